@@ -1,0 +1,22 @@
+"""Top-level routes. Every clinic-scoped route carries <clinic_slug>; see tenants.middleware."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from portal import health
+from tenants import views as tenant_views
+
+urlpatterns = [
+    path("", tenant_views.home, name="home"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("accounts/", include("tenants.urls")),
+    path("c/<slug:clinic_slug>/", include("tenants.clinic_urls")),
+    path("c/<slug:clinic_slug>/", include("studies.urls")),
+    path("c/<slug:clinic_slug>/billing/", include("billing.urls")),
+    path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/v1/", include("portal.api_urls")),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,31 @@
+// Warn a minute before the idle timeout, and go to the sign-in page when it has passed.
+(function () {
+  const body = document.body;
+  const idle = parseInt(body.dataset.idleSeconds || "0", 10);
+  if (!idle) return;
+  const banner = document.getElementById("session-warning");
+  const stay = document.getElementById("session-stay");
+  let lastActivity = Date.now();
+  let warned = false;
+
+  function keepAlive() {
+    fetch(body.dataset.keepaliveUrl, { credentials: "same-origin" }).then(() => {
+      lastActivity = Date.now();
+      warned = false;
+      banner.hidden = true;
+    });
+  }
+  if (stay) stay.addEventListener("click", keepAlive);
+
+  setInterval(function () {
+    const elapsed = (Date.now() - lastActivity) / 1000;
+    if (elapsed >= idle) {
+      window.location.href = body.dataset.loginUrl + "?expired=1";
+    } else if (elapsed >= idle - 60 && !warned) {
+      warned = true;
+      banner.hidden = false;
+    }
+  }, 1000);
+  // Other scripts on the page (uploads, the viewer) report activity that reached the server.
+  window.portalSessionActivity = function () { lastActivity = Date.now(); };
+})();

@@ -1,0 +1,1 @@
+"""Encrypted object archive: cryptography, key management and the two object stores."""
