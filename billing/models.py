@@ -71,6 +71,9 @@ class Subscription(models.Model):
 
     objects = ClinicQuerySet.as_manager()
 
+    def __str__(self) -> str:
+        return f"{self.clinic} on {self.plan} ({self.status})"
+
 
 class StripeEvent(models.Model):
     """A Stripe event already received; the unique id makes a redelivery a no-op."""
@@ -79,3 +82,6 @@ class StripeEvent(models.Model):
     type = models.CharField(max_length=128)
     created = models.BigIntegerField()
     received_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"

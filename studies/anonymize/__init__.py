@@ -1,0 +1,1 @@
+"""De-identification per DICOM PS3.15 Annex E: the profile (data), the engine, and the jobs."""

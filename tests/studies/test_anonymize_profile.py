@@ -1,0 +1,244 @@
+"""The PS3.15 Annex E engine on real files: nothing the profile removes or replaces survives anywhere."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from studies.anonymize.deidentify import (
+    BYTES_VRS,
+    DeidentifyContext,
+    PixelRectangle,
+    deidentify,
+    uid_derive,
+)
+from studies.anonymize.profile import Option, load_profile
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-edge"
+PYDICOM_FILES = SHARED / "pydicom-test-files"
+SECRET = b"project-secret-for-tests"
+ALL_OPTIONS = frozenset(Option)
+
+
+def sample_files() -> list[Path]:
+    files = sorted(PYDICOM_FILES.glob("*.dcm")) + sorted(PYDICOM_FILES.glob("dicomdirtests/**/*"))
+    local = Path(pydicom.__file__).parent / "data" / "test_files"
+    files += sorted(p for p in local.glob("*.dcm") if not (PYDICOM_FILES / p.name).exists())
+    return [p for p in files if p.is_file() and p.name != "DICOMDIR"]
+
+
+def readable(path: Path) -> Dataset | None:
+    try:
+        ds = pydicom.dcmread(path, force=True)
+        list(ds.iterall())
+    except (InvalidDicomError, Exception):  # noqa: BLE001 - unreadable samples are the ingest's concern
+        return None
+    return ds if "SOPInstanceUID" in ds or "PatientName" in ds else None
+
+
+def context(options: frozenset[str] = frozenset(), **overrides) -> DeidentifyContext:
+    return DeidentifyContext(
+        options=options,
+        uid_for=lambda uid: uid_derive(SECRET, uid),
+        pseudonym="RESEARCH-0001",
+        date_shift=overrides.pop("date_shift", timedelta(days=-137)),
+        **overrides,
+    )
+
+
+def walk(ds: Dataset) -> Iterator[tuple[Dataset, pydicom.DataElement]]:
+    for elem in ds:
+        yield ds, elem
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                yield from walk(item)
+
+
+def text_values(elem: pydicom.DataElement) -> list[str]:
+    if elem.VR in BYTES_VRS or elem.VR == "SQ" or elem.value in (None, "", b""):
+        return []
+    values = elem.value if elem.VM > 1 else [elem.value]
+    return [str(v).strip() for v in values if str(v).strip()]
+
+
+def removed_or_replaced_values(ds: Dataset, options: frozenset[str]) -> set[str]:
+    """Values of every attribute the profile removes or replaces (K and C kept values aside)."""
+    profile = load_profile()
+    sensitive: set[str] = set()
+    kept: set[str] = set()
+    for _, elem in walk(ds):
+        tag = int(elem.tag)
+        if (tag >> 16) & 1:
+            sensitive.update(text_values(elem)) if not (0x10 <= (tag & 0xFFFF) <= 0xFF) else None
+            continue
+        rule = profile.rule_for(tag)
+        action = rule.action(options) if rule else "K"
+        target = kept if action in {"K", "C"} else sensitive
+        target.update(text_values(elem))
+    # A value that a kept attribute also holds is legitimately in the output; short values are noise.
+    candidates = {v for v in sensitive - kept if len(v) >= 6 and not v.replace(".", "").isdigit()}
+    return {v for v in candidates if not any(v in k for k in kept)}
+
+
+def output_bytes_without_pixels(ds: Dataset) -> bytes:
+    clone = pydicom.dcmread(io.BytesIO(saved(ds)), force=True)
+    for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if tag in clone:
+            del clone[tag]
+    return saved(clone)
+
+
+def saved(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=False)
+    return buffer.getvalue()
+
+
+SAMPLES = [p for p in sample_files() if readable(p) is not None]
+
+
+def test_the_table_covers_every_row_of_annex_e():
+    profile = load_profile()
+
+    assert len(profile.exact) + len(profile.masks) + 1 >= 647 + 10 - 1
+    assert profile.rule_for(0x00100010).basic == "Z"  # PatientName
+    assert profile.rule_for(0x0020000D).basic == "U"  # StudyInstanceUID
+    assert profile.rule_for(0x60103000).basic == "X"  # Overlay Data, a 60xx mask
+    assert profile.rule_for(0x00091001).basic == "X"  # any private attribute
+
+
+@pytest.mark.parametrize("options", [frozenset(), ALL_OPTIONS - {Option.RETAIN_LONG_FULL_DATES}], ids=["basic", "options"])
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_nothing_the_profile_removes_survives_and_the_file_stays_valid(path, options):
+    original = readable(path)
+    sensitive = removed_or_replaced_values(original, options)
+    pixels_before = original.get("PixelData")
+    ds = readable(path)
+
+    report = deidentify(ds, context(options))
+
+    raw = output_bytes_without_pixels(ds)
+    survivors = {value for value in sensitive if value.encode(errors="ignore") in raw}
+    assert not survivors
+    reread = pydicom.dcmread(io.BytesIO(saved(ds)), force=True)
+    assert reread.PatientIdentityRemoved == "YES"
+    assert reread.PatientName == "RESEARCH-0001"
+    assert reread.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+    assert reread.get("PixelData") == pixels_before
+    assert not any((int(e.tag) >> 16) & 1 for _, e in walk(reread)) or Option.RETAIN_SAFE_PRIVATE in options
+    assert report.actions
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_uids_are_replaced_consistently(path):
+    original = readable(path)
+    ds = readable(path)
+
+    deidentify(ds, context())
+
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        if keyword in original:
+            assert ds[keyword].value == uid_derive(SECRET, original[keyword].value)
+    if "SOPClassUID" in original:
+        assert ds.SOPClassUID == original.SOPClassUID
+    if getattr(ds, "file_meta", None) is not None and "SOPInstanceUID" in ds:
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_a_study_in_several_files_stays_internally_consistent():
+    files = [p for p in sorted((PYDICOM_FILES / "dicomdirtests").rglob("*")) if p.is_file() and p.name != "DICOMDIR"]
+    studies_before: dict[str, set[str]] = {}
+    studies_after: dict[str, set[str]] = {}
+
+    for path in files:
+        ds = readable(path)
+        if ds is None or "StudyInstanceUID" not in ds:
+            continue
+        before = (ds.StudyInstanceUID, ds.SeriesInstanceUID)
+        deidentify(ds, context())
+        studies_before.setdefault(before[0], set()).add(before[1])
+        studies_after.setdefault(ds.StudyInstanceUID, set()).add(ds.SeriesInstanceUID)
+
+    assert len(studies_before) == len(studies_after) > 1
+    assert sorted(len(s) for s in studies_before.values()) == sorted(len(s) for s in studies_after.values())
+
+
+def test_modified_dates_shift_consistently_and_full_dates_are_kept():
+    path = PYDICOM_FILES / "CT_small.dcm"
+    shifted = readable(path)
+    kept = readable(path)
+    removed = readable(path)
+
+    deidentify(shifted, context(frozenset({Option.RETAIN_LONG_MODIFIED_DATES}), date_shift=timedelta(days=-10)))
+    deidentify(kept, context(frozenset({Option.RETAIN_LONG_FULL_DATES})))
+    deidentify(removed, context())
+
+    original = readable(path)
+    assert kept.StudyDate == original.StudyDate
+    assert shifted.StudyDate != original.StudyDate and len(shifted.StudyDate) == 8
+    assert shifted.LongitudinalTemporalInformationModified == "MODIFIED"
+    assert removed.StudyDate in ("", "19000101")
+    assert removed.LongitudinalTemporalInformationModified == "REMOVED"
+
+
+def test_clean_descriptors_keeps_the_text_but_scrubs_the_patient_name():
+    ds = readable(PYDICOM_FILES / "CT_small.dcm")
+    family_name = str(ds.PatientName).split("^")[0]
+    ds.StudyDescription = f"Follow-up for {family_name} chest"
+
+    deidentify(ds, context(frozenset({Option.CLEAN_DESCRIPTORS})))
+
+    assert ds.StudyDescription == "Follow-up for *** chest"
+
+
+def test_patient_characteristics_are_kept_only_with_their_option():
+    plain = readable(PYDICOM_FILES / "CT_small.dcm")
+    retained = readable(PYDICOM_FILES / "CT_small.dcm")
+    plain.PatientSex = retained.PatientSex = "F"
+
+    deidentify(plain, context())
+    deidentify(retained, context(frozenset({Option.RETAIN_PATIENT_CHARACTERISTICS})))
+
+    assert retained.PatientSex == "F"
+    assert plain.get("PatientSex", "") in ("", None)
+
+
+def test_safe_private_attributes_survive_only_under_their_option():
+    ds = readable(PYDICOM_FILES / "CT_small.dcm")
+    block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+    block.add_new(0x0C, "IS", "1000")
+    block.add_new(0x10, "LO", "Patient John Smith")
+    kept = readable(PYDICOM_FILES / "CT_small.dcm")
+    kept_block = kept.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+    kept_block.add_new(0x0C, "IS", "1000")
+    kept_block.add_new(0x10, "LO", "Patient John Smith")
+
+    deidentify(ds, context())
+    deidentify(kept, context(frozenset({Option.RETAIN_SAFE_PRIVATE})))
+
+    assert not any((int(e.tag) >> 16) & 1 for e in ds)
+    assert kept.private_block(0x0019, "SIEMENS MR HEADER")[0x0C].value == "1000"
+    assert b"John Smith" not in saved(kept)
+
+
+def test_burned_in_images_are_flagged_and_blanked_rectangles_clean_them():
+    ds = readable(PYDICOM_FILES / "CT_small.dcm")
+    ds.BurnedInAnnotation = "YES"
+    flagged = readable(PYDICOM_FILES / "CT_small.dcm")
+    flagged.BurnedInAnnotation = "YES"
+
+    cleaned_report = deidentify(ds, context(pixel_rectangles=(PixelRectangle(0, 0, 20, 10),)))
+    flagged_report = deidentify(flagged, context())
+
+    assert flagged_report.needs_review
+    assert not cleaned_report.needs_review
+    assert ds.BurnedInAnnotation == "NO"
+    assert (ds.pixel_array[0:10, 0:20] == ds.pixel_array.min()).all()
+    assert "113101" in [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
