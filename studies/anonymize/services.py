@@ -1,0 +1,419 @@
+"""Anonymization workflows: projects, pseudonyms, jobs over stored studies, anonymize-on-ingest, re-identification.
+
+Identities and original UIDs are kept only sealed (AES-256-GCM under the clinic key), so the database
+alone does not re-identify anyone; owners and admins can, through ``reidentify``, which is audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+import pydicom
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.db import transaction
+from django.db.models import Count, F, Q
+from django.http import HttpRequest
+from django.utils import timezone
+
+from portal.exceptions import PortalError
+from studies.anonymize.deidentify import DeidentifyContext, DeidentifyReport, PixelRectangle, deidentify, uid_derive
+from studies.anonymize.models import (
+    AnonymizationJob,
+    AnonymizationJobItem,
+    AnonymizationProject,
+    AnonymizedStudy,
+    JobStatus,
+    PatientPseudonym,
+    UidMapping,
+)
+from studies.anonymize.profile import Option
+from studies.models import Instance, Series, Study
+from tenants.audit import audit_record
+from tenants.models import Clinic, User
+
+logger = logging.getLogger(__name__)
+
+MAX_DATE_SHIFT_DAYS = 3650
+
+
+# --- sealing ------------------------------------------------------------------------------------------
+
+
+def _seal(*, clinic: Clinic, plaintext: bytes, purpose: str) -> bytes:
+    from studies.archive import keys
+
+    key_id, key = keys.clinic_key_get(clinic)
+    nonce = os.urandom(12)
+    aad = f"{clinic.uuid}:{purpose}".encode()
+    return json.dumps({"k": key_id, "n": nonce.hex(), "c": AESGCM(key).encrypt(nonce, plaintext, aad).hex()}).encode()
+
+
+def _unseal(*, clinic: Clinic, sealed: bytes, purpose: str) -> bytes:
+    from studies.archive import keys
+
+    envelope = json.loads(bytes(sealed))
+    key = keys.clinic_key_for_object(clinic=clinic, key_id=envelope["k"])
+    aad = f"{clinic.uuid}:{purpose}".encode()
+    return AESGCM(key).decrypt(bytes.fromhex(envelope["n"]), bytes.fromhex(envelope["c"]), aad)
+
+
+def _project_secret(project: AnonymizationProject) -> bytes:
+    return _unseal(clinic=project.clinic, sealed=project.sealed_secret, purpose=f"project:{project.uuid}")
+
+
+# --- projects and pseudonyms ---------------------------------------------------------------------------
+
+
+def options_validate(options: list[str]) -> list[str]:
+    unknown = sorted(set(options) - set(Option._value2member_map_))
+    if unknown:
+        raise PortalError(
+            f"Unknown anonymization option(s): {', '.join(unknown)}. Choose from: {', '.join(o.value for o in Option)}."
+        )
+    if Option.RETAIN_LONG_FULL_DATES in options and Option.RETAIN_LONG_MODIFIED_DATES in options:
+        raise PortalError("Choose either full dates or modified dates for longitudinal information, not both.")
+    return sorted(set(options))
+
+
+@transaction.atomic
+def project_create(
+    *,
+    clinic: Clinic,
+    name: str,
+    pseudonym_prefix: str = "ANON",
+    options: list[str] | None = None,
+    created_by: User | None = None,
+    request: HttpRequest | None = None,
+) -> AnonymizationProject:
+    name = name.strip()
+    prefix = pseudonym_prefix.strip().upper() or "ANON"
+    if not name:
+        raise PortalError("The project needs a name.")
+    if not prefix.replace("-", "").replace("_", "").isalnum() or len(prefix) > 20:
+        raise PortalError("The pseudonym prefix may hold up to 20 letters, digits, '-' or '_'.")
+    if AnonymizationProject.objects.for_clinic(clinic).filter(name=name).exists():
+        raise PortalError(f"A project named '{name}' already exists.")
+    project = AnonymizationProject(clinic=clinic, name=name, pseudonym_prefix=prefix,
+                                   options=options_validate(options or []), created_by=created_by)
+    project.sealed_secret = _seal(clinic=clinic, plaintext=secrets.token_bytes(32), purpose=f"project:{project.uuid}")
+    project.save()
+    audit_record(clinic=clinic, action="anonymization.project_created", request=request, actor=created_by,
+                 object_type="anonymization_project", object_id=str(project.uuid))
+    return project
+
+
+def project_get_or_create(*, clinic: Clinic, name: str, created_by: User | None = None,
+                          request: HttpRequest | None = None) -> AnonymizationProject:
+    existing = AnonymizationProject.objects.for_clinic(clinic).filter(name=name.strip()).first()
+    if existing is not None:
+        return existing
+    prefix = "".join(ch for ch in name.upper() if ch.isalnum())[:12] or "ANON"
+    try:
+        return project_create(clinic=clinic, name=name, pseudonym_prefix=prefix, created_by=created_by, request=request)
+    except PortalError:
+        # Created meanwhile by a concurrent request.
+        return AnonymizationProject.objects.for_clinic(clinic).get(name=name.strip())
+
+
+def pseudonym_for(*, project: AnonymizationProject, secret: bytes, identity: dict[str, str]) -> PatientPseudonym:
+    """Return the patient's pseudonym in the project, creating the next one (PREFIX-0001, ...) if new."""
+    key = identity.get("patient_id") or identity.get("patient_name") or ""
+    lookup = hmac.new(secret, f"{key}|{identity.get('issuer', '')}".encode(), hashlib.sha256).hexdigest()
+    existing = PatientPseudonym.objects.filter(project=project, lookup_hash=lookup).first()
+    if existing is not None:
+        return existing
+    with transaction.atomic():
+        locked = AnonymizationProject.objects.select_for_update().get(pk=project.pk)
+        existing = PatientPseudonym.objects.filter(project=project, lookup_hash=lookup).first()
+        if existing is not None:
+            return existing
+        number = locked.next_number
+        AnonymizationProject.objects.filter(pk=project.pk).update(next_number=F("next_number") + 1)
+        shift = -(int(lookup[:8], 16) % MAX_DATE_SHIFT_DAYS + 1)
+        return PatientPseudonym.objects.create(
+            clinic=project.clinic,
+            project=project,
+            lookup_hash=lookup,
+            sealed_identity=_seal(clinic=project.clinic, plaintext=json.dumps(identity).encode(),
+                                  purpose=f"identity:{project.uuid}"),
+            pseudonym=f"{project.pseudonym_prefix}-{number:04d}",
+            date_shift_days=shift,
+        )
+
+
+def _rectangles_for(project: AnonymizationProject, ds: pydicom.Dataset) -> tuple[PixelRectangle, ...]:
+    manufacturer = str(ds.get("Manufacturer", "")).strip().lower()
+    model = str(ds.get("ManufacturerModelName", "")).strip().lower()
+    for device in project.device_rectangles or []:
+        if str(device.get("manufacturer", "")).strip().lower() == manufacturer and (
+            not device.get("model") or str(device["model"]).strip().lower() == model
+        ):
+            return tuple(PixelRectangle(*map(int, rect)) for rect in device.get("rectangles", []))
+    return ()
+
+
+def _record_uid_mappings(project: AnonymizationProject, mapped: dict[str, str]) -> None:
+    known = set(
+        UidMapping.objects.filter(project=project, new_uid__in=list(mapped.values())).values_list("new_uid", flat=True)
+    )
+    rows = [
+        UidMapping(clinic=project.clinic, project=project, new_uid=new,
+                   sealed_original=_seal(clinic=project.clinic, plaintext=original.encode(),
+                                         purpose=f"uid:{project.uuid}"))
+        for original, new in mapped.items()
+        if new not in known
+    ]
+    UidMapping.objects.bulk_create(rows, ignore_conflicts=True)
+
+
+def _save_part10(ds: pydicom.Dataset, path: str) -> None:
+    """Write a Part 10 file, giving a file that arrived without File Meta Information its own."""
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds.ensure_file_meta()
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+
+
+@dataclass(frozen=True)
+class FileAnonymized:
+    report: DeidentifyReport
+    pseudonym: str
+
+
+def file_anonymize(
+    *, project: AnonymizationProject, source_path: str, dest_path: str, options: list[str] | None = None
+) -> FileAnonymized:
+    """De-identify one DICOM file into ``dest_path`` under the project's mapping.
+
+    Raises InvalidDicom for a file pydicom cannot read; the source is never modified.
+    """
+    from studies.errors import InvalidDicom
+
+    secret = _project_secret(project)
+    try:
+        ds = pydicom.dcmread(source_path, force=True)
+        identity = {
+            "patient_id": str(ds.get("PatientID", "")),
+            "issuer": str(ds.get("IssuerOfPatientID", "")),
+            "patient_name": str(ds.get("PatientName", "")),
+        }
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
+        raise InvalidDicom(f"The file could not be read as DICOM: {type(exc).__name__}.") from exc
+    pseudonym = pseudonym_for(project=project, secret=secret, identity=identity)
+    mapped: dict[str, str] = {}
+
+    def uid_for(uid: str) -> str:
+        new = uid_derive(secret, uid)
+        mapped[uid] = new
+        return new
+
+    ctx = DeidentifyContext(
+        options=frozenset(options if options is not None else project.options),
+        uid_for=uid_for,
+        pseudonym=pseudonym.pseudonym,
+        date_shift=timedelta(days=pseudonym.date_shift_days),
+        pixel_rectangles=_rectangles_for(project, ds),
+    )
+    report = deidentify(ds, ctx)
+    _save_part10(ds, dest_path)
+    _record_uid_mappings(project, mapped)
+    return FileAnonymized(report=report, pseudonym=pseudonym.pseudonym)
+
+
+# --- jobs ----------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def job_create(
+    *,
+    clinic: Clinic,
+    project: AnonymizationProject,
+    studies: list[Study],
+    series: list[Series] | None = None,
+    options: list[str] | None = None,
+    requested_by: User | None = None,
+    request: HttpRequest | None = None,
+) -> AnonymizationJob:
+    """Queue the anonymization of studies (or some of their series) as a Celery job with progress."""
+    from studies import tasks
+
+    if not studies:
+        raise PortalError("Choose at least one study to anonymize.")
+    job = AnonymizationJob.objects.create(
+        clinic=clinic,
+        project=project,
+        options=options_validate(options if options is not None else project.options),
+        source_series=[str(s.uuid) for s in series or []],
+        requested_by=requested_by,
+    )
+    job.source_studies.set(studies)
+    audit_record(clinic=clinic, action="anonymization.requested", request=request, actor=requested_by,
+                 object_type="anonymization_job", object_id=str(job.uuid),
+                 details={"studies": [str(s.uuid) for s in studies], "project": str(project.uuid),
+                          "options": job.options})
+    transaction.on_commit(partial(tasks.anonymization_job_start.delay, clinic_id=clinic.pk, job_id=job.pk))
+    return job
+
+
+def job_instances(job: AnonymizationJob) -> list[int]:
+    instances = Instance.objects.for_clinic(job.clinic_id).filter(
+        series__study__in=job.source_studies.all(), series__study__deleted_at__isnull=True
+    )
+    if job.source_series:
+        instances = instances.filter(series__uuid__in=job.source_series)
+    return list(instances.order_by("pk").values_list("pk", flat=True))
+
+
+def job_start(*, job: AnonymizationJob) -> list[int]:
+    """Count the job's instances and mark it running; return the instance ids to process."""
+    from studies import tasks
+
+    instance_ids = job_instances(job)
+    claimed = AnonymizationJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING, total=len(instance_ids)
+    )
+    if not claimed:
+        return []  # a previous delivery started it already
+    if not instance_ids:
+        job_finish_if_complete(job_id=job.pk)
+    for instance_id in instance_ids:
+        tasks.anonymization_instance.delay(clinic_id=job.clinic_id, job_id=job.pk, instance_id=instance_id)
+    return instance_ids
+
+
+def job_instance_process(*, job: AnonymizationJob, instance: Instance) -> None:
+    """Anonymize one stored instance into a new instance of the clinic.
+
+    Safe to run twice: a finished item is skipped, and the output bytes are the same each time, so a
+    re-run after a crash finds them already present.
+    """
+    from studies.archive import objects
+    from studies.ingest import instance_ingest
+
+    if AnonymizationJobItem.objects.filter(job=job, instance_id=instance.pk).exists():
+        job_finish_if_complete(job_id=job.pk)
+        return
+    workdir = tempfile.mkdtemp(prefix="anon-")
+    try:
+        source_path = os.path.join(workdir, "source.dcm")
+        dest_path = os.path.join(workdir, "anonymized.dcm")
+        with objects.object_open(clinic=job.clinic, key=instance.object_key) as stream, open(source_path, "wb") as out:
+            shutil.copyfileobj(stream, out, 1024 * 1024)
+        anonymized = file_anonymize(project=job.project, source_path=source_path, dest_path=dest_path,
+                                    options=job.options)
+        result = instance_ingest(clinic=job.clinic, source_path=dest_path, source="anonymize")
+        study = result.instance.series.study
+        with transaction.atomic():
+            link, _ = AnonymizedStudy.objects.get_or_create(
+                study=study,
+                defaults={"clinic": job.clinic, "source_study": instance.series.study, "project": job.project,
+                          "job": job},
+            )
+            if anonymized.report.needs_review and not link.needs_review:
+                AnonymizedStudy.objects.filter(pk=link.pk).update(needs_review=True)
+        _item_record(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.DONE,
+                     needs_review=anonymized.report.needs_review)
+    except PortalError as exc:
+        _item_record(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.FAILED, reason=exc.message)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    job_finish_if_complete(job_id=job.pk)
+
+
+def _item_record(*, job: AnonymizationJob, instance: Instance, outcome: str, needs_review: bool = False,
+                 reason: str = "") -> None:
+    AnonymizationJobItem.objects.get_or_create(
+        job=job, instance_id=instance.pk,
+        defaults={"outcome": outcome, "needs_review": needs_review, "reason": reason[:300]},
+    )
+
+
+@transaction.atomic
+def job_finish_if_complete(*, job_id: int) -> None:
+    """Bring the job's counts up to date from its items, and close it once every instance is done."""
+    job = AnonymizationJob.objects.select_for_update().select_related("clinic").get(pk=job_id)
+    counts = job.items.aggregate(
+        done=Count("pk", filter=Q(outcome=AnonymizationJobItem.Outcome.DONE)),
+        failed=Count("pk", filter=Q(outcome=AnonymizationJobItem.Outcome.FAILED)),
+        needs_review=Count("pk", filter=Q(needs_review=True)),
+    )
+    job.done, job.failed, job.needs_review = counts["done"], counts["failed"], counts["needs_review"]
+    failures = list(job.items.filter(outcome=AnonymizationJobItem.Outcome.FAILED).values_list("instance_id", "reason")[:100])
+    uuids = dict(Instance.objects.filter(pk__in=[pk for pk, _ in failures]).values_list("pk", "uuid"))
+    job.errors = [{"instance": str(uuids.get(pk, "")), "reason": reason} for pk, reason in failures]
+    fields = ["done", "failed", "needs_review", "errors"]
+    finished = job.status == JobStatus.RUNNING and job.done + job.failed >= job.total
+    if finished:
+        job.status = JobStatus.DONE if job.done or not job.total else JobStatus.FAILED
+        job.finished_at = timezone.now()
+        fields += ["status", "finished_at"]
+    job.save(update_fields=fields)
+    if finished:
+        audit_record(clinic=job.clinic, action="anonymization.finished", actor_label="system",
+                     object_type="anonymization_job", object_id=str(job.uuid),
+                     details={"done": job.done, "failed": job.failed, "needs_review": job.needs_review},
+                     result="success" if job.status == JobStatus.DONE else "failure")
+
+
+def job_result_studies(*, job: AnonymizationJob) -> list[Study]:
+    return [
+        row.study
+        for row in AnonymizedStudy.objects.for_clinic(job.clinic_id).filter(job=job).select_related("study")
+    ]
+
+
+# --- anonymize on ingest -----------------------------------------------------------------------------
+
+
+def anonymize_for_ingest(*, project: AnonymizationProject, source_path: str) -> str:
+    """Write an anonymized copy of an incoming file beside it and return its path; the original is
+    never stored. The caller deletes both temporary files."""
+    dest_path = source_path + ".anon"
+    file_anonymize(project=project, source_path=source_path, dest_path=dest_path)
+    return dest_path
+
+
+# --- re-identification ---------------------------------------------------------------------------------
+
+
+def reidentify(
+    *, project: AnonymizationProject, pseudonym: str = "", uid: str = "", user: User, request: HttpRequest | None = None
+) -> dict[str, Any]:
+    """Reveal who a pseudonym is, or which original UID a replacement UID stands for (owners/admins)."""
+    result: dict[str, Any] = {}
+    if pseudonym:
+        row = PatientPseudonym.objects.for_clinic(project.clinic).filter(project=project, pseudonym=pseudonym.strip()).first()
+        if row is None:
+            raise PortalError(f"No patient has the pseudonym '{pseudonym}' in this project.")
+        result["identity"] = json.loads(_unseal(clinic=project.clinic, sealed=row.sealed_identity,
+                                                purpose=f"identity:{project.uuid}"))
+    if uid:
+        mapping = UidMapping.objects.for_clinic(project.clinic).filter(project=project, new_uid=uid.strip()).first()
+        if mapping is None:
+            raise PortalError(f"The UID '{uid}' was not made by this project.")
+        result["original_uid"] = _unseal(clinic=project.clinic, sealed=mapping.sealed_original,
+                                         purpose=f"uid:{project.uuid}").decode()
+    if not result:
+        raise PortalError("Give a pseudonym or a UID to look up.")
+    audit_record(clinic=project.clinic, action="anonymization.reidentified", request=request, actor=user,
+                 object_type="anonymization_project", object_id=str(project.uuid),
+                 details={"pseudonym": pseudonym, "uid_lookup": bool(uid)})
+    return result
