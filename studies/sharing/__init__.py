@@ -1,0 +1,1 @@
+"""Share links, patient access codes and upload links."""

@@ -1,0 +1,162 @@
+"""What a share link's recipient sees, without an account: PIN page, studies, viewer, download, DICOMweb.
+
+Every request resolves the token again, so revocation and expiry take effect at once, also in the
+middle of viewing. Unknown, expired, revoked and used-up links all get the same answer.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
+
+from studies.models import Study
+from studies.sharing import services
+from studies.sharing.forms import AccessCodeForm, PinForm
+from studies.sharing.models import Share
+from tenants.roles import Action
+
+INVALID_STATUS = 404
+
+
+@dataclass(frozen=True)
+class ShareGrant:
+    """Stands in for a membership on share requests: may view, nothing else."""
+
+    share: Share
+
+    def can(self, action: str) -> bool:
+        return action == Action.VIEW
+
+    @property
+    def label(self) -> str:
+        return f"share:{self.share.uuid}"
+
+
+def _grant_key(share: Share) -> str:
+    return f"share-grant:{share.uuid}"
+
+
+def _invalid(request: HttpRequest) -> HttpResponse:
+    if "/dicomweb/" in request.path:
+        return JsonResponse({"error": "not_found", "message": "This link is not valid."}, status=INVALID_STATUS)
+    return render(request, "studies/share_invalid.html", status=INVALID_STATUS)
+
+
+def _is_granted(request: HttpRequest, share: Share) -> bool:
+    return not share.has_pin or request.session.get(_grant_key(share)) is True
+
+
+def share_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Resolve the link and its PIN grant, and scope the request to the shared studies."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, share_token: str, *args: Any, **kwargs: Any) -> HttpResponse:
+        share = services.share_resolve(token=share_token)
+        if share is None:
+            return _invalid(request)
+        if not _is_granted(request, share):
+            if "/dicomweb/" in request.path:
+                return JsonResponse({"error": "pin_required", "message": "Open the link in a browser and enter its PIN first."},
+                                    status=401)
+            return redirect("share:open", share_token=share_token)
+        request.clinic = share.clinic  # type: ignore[attr-defined]
+        request.membership = ShareGrant(share)  # type: ignore[attr-defined]
+        request.share = share  # type: ignore[attr-defined]
+        request.study_scope = {s.pk for s in services.share_studies(share=share)}  # type: ignore[attr-defined]
+        return view(request, *args, share_token=share_token, **kwargs)
+
+    return wrapper
+
+
+def _shared_study(request: HttpRequest, study_uuid: UUID) -> Study:
+    study = Study.objects.for_clinic(request.clinic).filter(  # type: ignore[attr-defined]
+        uuid=study_uuid, pk__in=request.study_scope, deleted_at__isnull=True  # type: ignore[attr-defined]
+    ).select_related("patient").first()
+    if study is None:
+        raise Http404("No such study in this link.")
+    return study
+
+
+@never_cache
+@csrf_protect
+def share_open(request: HttpRequest, share_token: str) -> HttpResponse:
+    """The link itself: ask for the PIN if there is one, then list the shared studies."""
+    share = services.share_resolve(token=share_token)
+    if share is None:
+        return _invalid(request)
+    if not _is_granted(request, share):
+        form = PinForm(request.POST or None)
+        error, status = "", 200
+        if request.method == "POST" and form.is_valid():
+            try:
+                if services.share_pin_check(share=share, pin=form.cleaned_data["pin"], request=request):
+                    request.session.cycle_key()
+                    request.session[_grant_key(share)] = True
+                    return redirect("share:open", share_token=share_token)
+                error, status = "Wrong PIN. After 5 wrong PINs the link is locked for 15 minutes.", 400
+            except services.ShareLocked as exc:
+                error, status = exc.message, 429
+        elif share.is_locked:
+            error, status = "Too many wrong PINs: this link is locked for 15 minutes.", 429
+        return render(request, "studies/share_pin.html", {"form": form, "error": error, "share": share},
+                      status=status)
+    opened_key = f"share-opened:{share.uuid}"
+    if not request.session.get(opened_key):
+        if not services.share_open(share=share, request=request):
+            return _invalid(request)
+        request.session[opened_key] = True
+    studies = services.share_studies(share=share)
+    return render(request, "studies/share_public.html", {"share": share, "studies": studies,
+                                                         "share_token": share_token})
+
+
+@never_cache
+@share_required
+def share_viewer(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
+    from studies.viewer.views import viewer_context
+
+    study = _shared_study(request, study_uuid)
+    services.share_log(share=request.share, action="viewed", request=request, study=study)  # type: ignore[attr-defined]
+    base = reverse("share-dicomweb:studies", kwargs={"share_token": share_token})[: -len("studies")]
+    download = (reverse("share:download", kwargs={"share_token": share_token, "study_uuid": study.uuid})
+                if request.share.allow_download else "")  # type: ignore[attr-defined]
+    return render(request, "studies/viewer.html", viewer_context(study=study, dicomweb_base=base,
+                                                                 download_url=download,
+                                                                 back_url=reverse("share:open", kwargs={"share_token": share_token})))
+
+
+@never_cache
+@share_required
+def share_download(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
+    from studies import download
+
+    if not request.share.allow_download:  # type: ignore[attr-defined]
+        return render(request, "studies/share_invalid.html", {"message": "This link allows viewing only."}, status=403)
+    study = _shared_study(request, study_uuid)
+    services.share_log(share=request.share, action="downloaded", request=request, study=study)  # type: ignore[attr-defined]
+    from studies import selectors
+
+    instances = selectors.instance_list(clinic=request.clinic, study=study)  # type: ignore[attr-defined]
+    return download.zip_response(clinic=request.clinic, instances=instances,  # type: ignore[attr-defined]
+                                 filename=f"study-{study.uuid}.zip")
+
+
+@never_cache
+def access_code(request: HttpRequest) -> HttpResponse:
+    """A patient types the code from their sheet; the PIN is asked on the link's own page."""
+    form = AccessCodeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        code = services.access_code_normalize(form.cleaned_data["code"])
+        if len(code) == services.ACCESS_CODE_LENGTH:
+            return redirect("share:open", share_token=services.patient_token(code))
+        form.add_error("code", "This code is not complete: it has 12 letters and digits.")
+    return render(request, "studies/share_access.html", {"form": form}, status=400 if form.errors else 200)

@@ -1,0 +1,313 @@
+"""Share links, patient access codes and upload links: create, resolve, PIN checks, revoke, extend, log."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.hashers import check_password, make_password
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import F, Q
+from django.http import HttpRequest
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from portal.exceptions import PortalError
+from studies.models import Study
+from studies.sharing.models import Share, ShareAccess, ShareKind, UploadLink
+from tenants.audit import audit_record, client_address
+from tenants.models import Clinic, Membership, User
+from tenants.roles import Role
+from tenants.secrets import new_secret, secret_hash
+
+logger = logging.getLogger(__name__)
+
+MAX_EXPIRY_DAYS = 90
+DEFAULT_EXPIRY_DAYS = 7
+PIN_ATTEMPTS = 5
+PIN_LOCK = timedelta(minutes=15)
+# Patient access codes are typed by hand: no look-alike characters.
+ACCESS_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+ACCESS_CODE_LENGTH = 12
+
+
+class ShareLocked(PortalError):
+    status = 429
+    code = "locked"
+
+
+def _check_expiry(days: int) -> int:
+    if not 1 <= days <= MAX_EXPIRY_DAYS:
+        raise PortalError(f"A link expires after 1 to {MAX_EXPIRY_DAYS} days.")
+    return days
+
+
+def _check_pin(pin: str) -> str:
+    pin = (pin or "").strip()
+    if pin and not (pin.isdigit() and 4 <= len(pin) <= 12):
+        raise PortalError("A PIN is 4 to 12 digits.")
+    return pin
+
+
+@dataclass(frozen=True)
+class NewShare:
+    share: Share
+    token: str
+    access_code: str = ""
+
+
+def _format_access_code(code: str) -> str:
+    return "-".join(code[i : i + 4] for i in range(0, len(code), 4))
+
+
+def access_code_normalize(code: str) -> str:
+    return "".join(ch for ch in code.upper() if ch in ACCESS_CODE_ALPHABET)
+
+
+@transaction.atomic
+def share_create(
+    *,
+    clinic: Clinic,
+    studies: list[Study],
+    created_by: User | None,
+    expires_in_days: int = DEFAULT_EXPIRY_DAYS,
+    pin: str = "",
+    allow_download: bool = False,
+    note: str = "",
+    recipient_email: str = "",
+    max_opens: int | None = None,
+    kind: str = ShareKind.LINK,
+    share_url_builder: object = None,
+    request: HttpRequest | None = None,
+) -> NewShare:
+    """Create a share link; its token (and a patient's access code) is returned here once.
+
+    Raises PortalError for an expiry outside 1-90 days, a malformed PIN, no studies, or a patient
+    access code without a PIN.
+    """
+    studies = [s for s in studies if s.clinic_id == clinic.pk and s.deleted_at is None]
+    if not studies:
+        raise PortalError("Choose at least one study to share.")
+    _check_expiry(expires_in_days)
+    pin = _check_pin(pin)
+    if kind == ShareKind.PATIENT and not pin:
+        raise PortalError("A patient access code needs a PIN.")
+    if max_opens is not None and max_opens < 1:
+        raise PortalError("The maximum number of opens must be at least 1.")
+    access_code = "".join(secrets.choice(ACCESS_CODE_ALPHABET) for _ in range(ACCESS_CODE_LENGTH)) if kind == ShareKind.PATIENT else ""
+    token = patient_token(access_code) if access_code else new_secret()
+    share = Share.objects.create(
+        clinic=clinic,
+        kind=kind,
+        token_hash=secret_hash(token),
+        created_by=created_by,
+        expires_at=timezone.now() + timedelta(days=expires_in_days),
+        pin_hash=make_password(pin) if pin else "",
+        allow_download=allow_download or kind == ShareKind.PATIENT,
+        note=note.strip()[:500],
+        recipient_email=recipient_email.strip(),
+        max_opens=max_opens,
+    )
+    share.studies.set(studies)
+    audit_record(clinic=clinic, action="share.created", request=request, actor=created_by, object_type="share",
+                 object_id=str(share.uuid),
+                 details={"studies": [str(s.uuid) for s in studies], "expires_in_days": expires_in_days,
+                          "pin": bool(pin), "allow_download": share.allow_download, "kind": kind})
+    return NewShare(share=share, token=token, access_code=_format_access_code(access_code) if access_code else "")
+
+
+def share_email_recipient(*, share: Share, url: str) -> None:
+    """E-mail the link (never the PIN, which the sender passes on another way) to the recipient."""
+    if not share.recipient_email:
+        return
+    body = render_to_string("emails/share_link.txt", {"share": share, "url": url, "clinic": share.clinic})
+    subject, _, text = body.partition("\n")
+    send_mail(subject.strip(), text.strip(), settings.DEFAULT_FROM_EMAIL, [share.recipient_email])
+
+
+def share_revoke(*, share: Share, user: User | None, request: HttpRequest | None = None) -> Share:
+    if share.revoked_at is None:
+        Share.objects.filter(pk=share.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        share.refresh_from_db()
+        audit_record(clinic=share.clinic, action="share.revoked", request=request, actor=user, object_type="share",
+                     object_id=str(share.uuid))
+    return share
+
+
+def share_extend(*, share: Share, days: int, user: User | None, request: HttpRequest | None = None) -> Share:
+    """Set the link to expire ``days`` from now (at most 90); a revoked link stays revoked."""
+    if share.revoked_at is not None:
+        raise PortalError("A revoked link cannot be extended; create a new one.")
+    _check_expiry(days)
+    share.expires_at = timezone.now() + timedelta(days=days)
+    share.save(update_fields=["expires_at"])
+    audit_record(clinic=share.clinic, action="share.extended", request=request, actor=user, object_type="share",
+                 object_id=str(share.uuid), details={"days": days})
+    return share
+
+
+def share_resolve(*, token: str) -> Share | None:
+    """Return the usable share for a token, or None: unknown, expired, revoked and used-up look the same."""
+    if not token or len(token) > 128:
+        return None
+    share = Share.objects.select_related("clinic").filter(token_hash=secret_hash(token)).first()
+    if share is None or share.revoked_at is not None or share.is_expired:
+        return None
+    return share
+
+
+def patient_token(access_code: str) -> str:
+    """The link token of a patient access code.
+
+    Derived with the site secret, so that a patient who types the short code on the access page reaches
+    the same link as the QR code; only the token's hash is stored. The code alone opens nothing: the
+    link also asks for the PIN, and five wrong PINs lock it.
+    """
+    digest = hmac.new(settings.SECRET_KEY.encode(), b"patient-access:" + access_code_normalize(access_code).encode(),
+                      hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def share_log(*, share: Share, action: str, request: HttpRequest | None = None, study: Study | None = None) -> None:
+    """Write one access (time, address, user agent, what) to the share's log and the clinic's audit trail."""
+    ip = client_address(request) if request is not None else None
+    agent = request.META.get("HTTP_USER_AGENT", "")[:512] if request is not None else ""
+    ShareAccess.objects.create(clinic=share.clinic, share=share, action=action, study=study, ip_address=ip,
+                               user_agent=agent)
+    audit_record(clinic=share.clinic, action=f"share.{action}", request=request, actor_label=f"share:{share.uuid}",
+                 object_type="study" if study else "share", object_id=str(study.uuid if study else share.uuid))
+
+
+def _notify_creator_locked(share: Share | UploadLink) -> None:
+    recipients = [share.created_by.email] if share.created_by else []
+    if not recipients:
+        return
+    body = render_to_string("emails/share_locked.txt", {"share": share, "clinic": share.clinic})
+    subject, _, text = body.partition("\n")
+    send_mail(subject.strip(), text.strip(), settings.DEFAULT_FROM_EMAIL, recipients)
+
+
+def _pin_check(model: type[Share] | type[UploadLink], obj: Share | UploadLink, pin: str) -> bool:
+    """Check a PIN against a share or upload link; five failures lock it for 15 minutes and tell its creator.
+
+    Raises ShareLocked while locked (the PIN is not even compared then).
+    """
+    with transaction.atomic():
+        locked = model.objects.select_for_update().get(pk=obj.pk)
+        if locked.is_locked:
+            raise ShareLocked("Too many wrong PINs: this link is locked for 15 minutes.")
+        if check_password(pin or "", locked.pin_hash):
+            if locked.failed_pin_count:
+                model.objects.filter(pk=obj.pk).update(failed_pin_count=0)
+            return True
+        failures = locked.failed_pin_count + 1
+        if failures >= PIN_ATTEMPTS:
+            model.objects.filter(pk=obj.pk).update(failed_pin_count=0, locked_until=timezone.now() + PIN_LOCK)
+        else:
+            model.objects.filter(pk=obj.pk).update(failed_pin_count=failures)
+    if failures >= PIN_ATTEMPTS:
+        _notify_creator_locked(locked)
+        raise ShareLocked("Too many wrong PINs: this link is locked for 15 minutes.")
+    return False
+
+
+def share_pin_check(*, share: Share, pin: str, request: HttpRequest | None = None) -> bool:
+    try:
+        ok = _pin_check(Share, share, pin)
+    except ShareLocked:
+        share_log(share=share, action="pin_locked", request=request)
+        raise
+    share_log(share=share, action="pin_ok" if ok else "pin_failed", request=request)
+    return ok
+
+
+def share_open(*, share: Share, request: HttpRequest | None = None) -> bool:
+    """Count an open of the link; False when the link's maximum number of opens is used up."""
+    opens = Share.objects.filter(pk=share.pk)
+    if share.max_opens is not None:
+        opens = opens.filter(open_count__lt=F("max_opens"))
+    if not opens.update(open_count=F("open_count") + 1):
+        return False
+    share_log(share=share, action="opened", request=request)
+    return True
+
+
+def share_studies(*, share: Share) -> list[Study]:
+    """The shared studies still in the clinic: a deleted study disappears from its links at once."""
+    return list(
+        share.studies.filter(clinic=share.clinic, deleted_at__isnull=True).select_related("patient").order_by("-study_date")
+    )
+
+
+# --- upload links -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewUploadLink:
+    link: UploadLink
+    token: str
+
+
+def upload_link_create(
+    *, clinic: Clinic, created_by: User | None, expires_in_days: int = DEFAULT_EXPIRY_DAYS, pin: str = "",
+    note: str = "", anonymize_project: object = None, request: HttpRequest | None = None,
+) -> NewUploadLink:
+    _check_expiry(expires_in_days)
+    pin = _check_pin(pin)
+    token = new_secret()
+    link = UploadLink.objects.create(
+        clinic=clinic, token_hash=secret_hash(token), created_by=created_by,
+        expires_at=timezone.now() + timedelta(days=expires_in_days), pin_hash=make_password(pin) if pin else "",
+        note=note.strip()[:500], anonymize_project=anonymize_project,
+    )
+    audit_record(clinic=clinic, action="upload_link.created", request=request, actor=created_by,
+                 object_type="upload_link", object_id=str(link.uuid), details={"pin": bool(pin)})
+    return NewUploadLink(link=link, token=token)
+
+
+def upload_link_resolve(*, token: str) -> UploadLink | None:
+    if not token or len(token) > 128:
+        return None
+    link = UploadLink.objects.select_related("clinic", "anonymize_project").filter(token_hash=secret_hash(token)).first()
+    return link if link is not None and link.is_active else None
+
+
+def upload_link_pin_check(*, link: UploadLink, pin: str) -> bool:
+    return _pin_check(UploadLink, link, pin)
+
+
+def upload_link_revoke(*, link: UploadLink, user: User | None, request: HttpRequest | None = None) -> None:
+    if UploadLink.objects.filter(pk=link.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
+        audit_record(clinic=link.clinic, action="upload_link.revoked", request=request, actor=user,
+                     object_type="upload_link", object_id=str(link.uuid))
+
+
+# The clinic hears about arrivals through a link at most this often, not once per file.
+UPLOAD_NOTIFY_INTERVAL_SECONDS = 600
+
+
+def upload_link_received(*, link: UploadLink, request: HttpRequest | None = None) -> None:
+    """Count a file that arrived through the link and tell the clinic (owners, admins, the link's creator)."""
+    from django.core.cache import cache
+
+    UploadLink.objects.filter(pk=link.pk).update(received_count=F("received_count") + 1)
+    if not cache.add(f"upload-link-notify:{link.pk}", 1, UPLOAD_NOTIFY_INTERVAL_SECONDS):
+        return
+    audit_record(clinic=link.clinic, action="upload_link.received", request=request,
+                 actor_label=f"upload_link:{link.uuid}", object_type="upload_link", object_id=str(link.uuid))
+    recipients = set(
+        Membership.objects.for_clinic(link.clinic).filter(Q(role__in=[Role.OWNER, Role.ADMIN]))
+        .values_list("user__email", flat=True)
+    )
+    if link.created_by:
+        recipients.add(link.created_by.email)
+    body = render_to_string("emails/upload_link_received.txt", {"link": link, "clinic": link.clinic})
+    subject, _, text = body.partition("\n")
+    send_mail(subject.strip(), text.strip(), settings.DEFAULT_FROM_EMAIL, sorted(recipients))

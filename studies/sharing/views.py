@@ -1,0 +1,149 @@
+"""Clinic pages for share links and upload links: create, list, revoke, extend, see every access."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Max
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from portal.exceptions import PortalError
+from studies.models import Study
+from studies.sharing import services
+from studies.sharing.forms import ExtendForm, ShareForm, UploadLinkForm
+from studies.sharing.models import Share, ShareKind, UploadLink
+from tenants.middleware import ClinicRequest
+from tenants.roles import Action
+
+
+def _require_share(request: ClinicRequest) -> None:
+    if not request.membership.can(Action.SHARE):
+        raise PermissionDenied
+
+
+def qr_svg(url: str) -> str:
+    """An inline SVG QR code of the address (no external service, no image file)."""
+    import qrcode
+    import qrcode.image.svg
+
+    image = qrcode.make(url, image_factory=qrcode.image.svg.SvgPathImage, box_size=8)
+    return image.to_string(encoding="unicode")
+
+
+def share_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
+    _require_share(request)
+    shares = (
+        Share.objects.for_clinic(request.clinic)
+        .prefetch_related("studies")
+        .annotate(last_access=Max("accesses__at"))
+        .order_by("-created_at")[:200]
+    )
+    links = UploadLink.objects.for_clinic(request.clinic).order_by("-created_at")[:50]
+    return render(request, "studies/share_list.html", {"shares": shares, "upload_links": links,
+                                                       "upload_link_form": UploadLinkForm()})
+
+
+def share_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
+    """Share one or several studies (``?study=<uuid>`` repeated, or the form's hidden fields)."""
+    _require_share(request)
+    uuids = request.POST.getlist("study") or request.GET.getlist("study")
+    studies = list(Study.objects.for_clinic(request.clinic).filter(uuid__in=_uuids(uuids), deleted_at__isnull=True)
+                   .select_related("patient"))
+    if not studies:
+        messages.error(request, "Choose at least one study to share.")
+        return redirect("studies:list", clinic_slug=clinic_slug)
+    form = ShareForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            created = services.share_create(clinic=request.clinic, studies=studies, created_by=request.user,
+                                             request=request, **form.cleaned_data)
+        except PortalError as exc:
+            form.add_error(None, exc.message)
+        else:
+            url = request.build_absolute_uri(reverse("share:open", kwargs={"share_token": created.token}))
+            services.share_email_recipient(share=created.share, url=url)
+            return render(request, "studies/share_created.html", {
+                "share": created.share, "url": url, "access_code": created.access_code,
+                "access_url": request.build_absolute_uri(reverse("share:access")),
+                "qr": qr_svg(url) if created.access_code else "", "pin": form.cleaned_data.get("pin", ""),
+                "studies": studies,
+            })
+    return render(request, "studies/share_form.html", {"form": form, "studies": studies},
+                  status=400 if form.errors else 200)
+
+
+def _uuids(values: list[str]) -> list[UUID]:
+    parsed = []
+    for value in values:
+        try:
+            parsed.append(UUID(value))
+        except ValueError:
+            continue
+    return parsed
+
+
+def share_detail(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> HttpResponse:
+    _require_share(request)
+    share = get_object_or_404(Share.objects.for_clinic(request.clinic), uuid=share_uuid)
+    accesses = share.accesses.select_related("study").order_by("-at")[:500]
+    return render(request, "studies/share_detail.html", {
+        "share": share, "accesses": accesses, "studies": share.studies.all(), "extend_form": ExtendForm(),
+        "kind_patient": share.kind == ShareKind.PATIENT,
+    })
+
+
+@require_POST
+def share_revoke(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> HttpResponse:
+    _require_share(request)
+    share = get_object_or_404(Share.objects.for_clinic(request.clinic), uuid=share_uuid)
+    services.share_revoke(share=share, user=request.user, request=request)
+    messages.success(request, "The link is revoked; it stops working at once.")
+    return redirect("sharing:detail", clinic_slug=clinic_slug, share_uuid=share.uuid)
+
+
+@require_POST
+def share_extend(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> HttpResponse:
+    _require_share(request)
+    share = get_object_or_404(Share.objects.for_clinic(request.clinic), uuid=share_uuid)
+    form = ExtendForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "A link can be extended by 1 to 90 days.")
+    else:
+        try:
+            services.share_extend(share=share, days=form.cleaned_data["days"], user=request.user, request=request)
+            messages.success(request, "The link's expiry is extended.")
+        except PortalError as exc:
+            messages.error(request, exc.message)
+    return redirect("sharing:detail", clinic_slug=clinic_slug, share_uuid=share.uuid)
+
+
+@require_POST
+def upload_link_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
+    if not request.membership.can(Action.UPLOAD) or not request.membership.can(Action.SHARE):
+        raise PermissionDenied
+    form = UploadLinkForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(str(e) for errors in form.errors.values() for e in errors))
+        return redirect("sharing:list", clinic_slug=clinic_slug)
+    try:
+        created = services.upload_link_create(clinic=request.clinic, created_by=request.user, request=request,
+                                              **form.cleaned_data)
+    except PortalError as exc:
+        messages.error(request, exc.message)
+        return redirect("sharing:list", clinic_slug=clinic_slug)
+    url = request.build_absolute_uri(reverse("share:upload", kwargs={"link_token": created.token}))
+    return render(request, "studies/upload_link_created.html", {"link": created.link, "url": url})
+
+
+@require_POST
+def upload_link_revoke(request: ClinicRequest, clinic_slug: str, link_uuid: UUID) -> HttpResponse:
+    _require_share(request)
+    link = get_object_or_404(UploadLink.objects.for_clinic(request.clinic), uuid=link_uuid)
+    services.upload_link_revoke(link=link, user=request.user, request=request)
+    messages.success(request, "The upload link is revoked.")
+    return redirect("sharing:list", clinic_slug=clinic_slug)
