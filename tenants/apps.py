@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class TenantsConfig(AppConfig):
     name = "tenants"
     verbose_name = "Clinics and accounts"
+
+    def ready(self) -> None:
+        from tenants import signals  # noqa: F401  (connects the sign-in receivers)

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
+from django.conf import settings
+from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 
 from tenants.models import AuditChain, AuditEvent, Clinic, User
 
 GENESIS_HASH = "0" * 64
+logger = logging.getLogger(__name__)
 
 
 def _chain_key(clinic: Clinic | None) -> str:
@@ -71,7 +78,8 @@ def audit_record(
     if request is not None:
         token = getattr(request, "api_token", None)
         request_user = getattr(request, "user", None)
-        if actor is None and request_user is not None and request_user.is_authenticated:
+        # A token request's user is a TokenUser, not a person: only real users become the actor.
+        if actor is None and isinstance(request_user, User) and request_user.is_authenticated:
             actor = request_user
         if not actor_label:
             actor_label = token.label if token is not None else (actor.email if actor else "anonymous")
@@ -111,9 +119,15 @@ class ChainProblem:
     problem: str
 
 
-def audit_chain_verify(*, clinic: Clinic | None) -> Iterator[ChainProblem]:
-    """Yield every break in one chain: an edited entry, a missing one, or a cut-off end."""
+def audit_chain_verify(
+    *, clinic: Clinic | None, counter: list[int] | None = None
+) -> Iterator[ChainProblem]:
+    """Yield every break in one chain: an edited entry, a missing one, or a cut-off end.
+
+    ``counter``, when given, gets the number of entries read appended to it.
+    """
     key = _chain_key(clinic)
+    entries = 0
     expected_prev = GENESIS_HASH
     expected_sequence = 1
     events = AuditEvent.objects.filter(clinic=clinic).select_related("clinic").order_by("sequence")
@@ -126,6 +140,120 @@ def audit_chain_verify(*, clinic: Clinic | None) -> Iterator[ChainProblem]:
             yield ChainProblem(key, event.sequence, "was changed after it was written")
         expected_prev = event.hash
         expected_sequence = event.sequence + 1
+        entries += 1
+    if counter is not None:
+        counter.append(entries)
     head = AuditChain.objects.filter(key=key).first()
     if head is not None and head.last_sequence != expected_sequence - 1:
         yield ChainProblem(key, expected_sequence, f"the chain ends early; it should reach {head.last_sequence}")
+    elif head is not None and entries and head.last_hash != expected_prev:
+        # The last entry was rewritten with a freshly computed hash; the head still holds the original one.
+        yield ChainProblem(key, expected_sequence - 1, "does not match the hash recorded in the chain head")
+
+
+@dataclass(frozen=True)
+class LabelledProblem:
+    label: str
+    sequence: int
+    problem: str
+
+
+@dataclass(frozen=True)
+class AuditVerifyReport:
+    chains: int
+    entries: int
+    problems: list[LabelledProblem]
+
+
+def audit_chains_verify(*, clinic: Clinic | None = None) -> AuditVerifyReport:
+    """Check one clinic's chain, or every clinic's chain and the global one when ``clinic`` is None."""
+    # Cross-clinic on purpose: an operator's integrity check covers every tenant.
+    targets: list[Clinic | None] = [clinic] if clinic is not None else [*Clinic.objects.order_by("pk"), None]
+    problems: list[LabelledProblem] = []
+    counter: list[int] = []
+    for target in targets:
+        label = f"{target.slug} ({target.uuid})" if target is not None else "global"
+        for problem in audit_chain_verify(clinic=target, counter=counter):
+            problems.append(LabelledProblem(label, problem.sequence, problem.problem))
+    if clinic is None:
+        # A chain head whose clinic no longer resolves still has entries to account for.
+        known = {str(c.uuid) for c in targets if c is not None} | {"global"}
+        for head in AuditChain.objects.exclude(key__in=known):
+            problems.append(LabelledProblem(head.key, head.last_sequence, "has a chain head but no clinic"))
+    return AuditVerifyReport(chains=len(targets), entries=sum(counter), problems=problems)
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What the audit page, its exports and the API filter by; empty values filter nothing.
+
+    ``action`` matches an action exactly or as a family (``auth`` and ``auth.`` match ``auth.login``);
+    ``object`` matches an object type exactly or part of an object id; ``date_to`` is inclusive.
+    """
+
+    date_from: date | None = None
+    date_to: date | None = None
+    actor: str = ""
+    action: str = ""
+    object: str = ""
+    result: str = ""
+
+    def as_details(self) -> dict[str, str]:
+        """The filters in use, for the audit entry that records who looked at the trail."""
+        return {name: str(value) for name, value in asdict(self).items() if value not in (None, "")}
+
+
+def _day_start(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min), timezone.get_current_timezone())
+
+
+def audit_event_list(*, clinic: Clinic, filters: AuditFilter | None = None) -> QuerySet[AuditEvent]:
+    """Return the clinic's audit entries matching the filters, newest first."""
+    filters = filters or AuditFilter()
+    events = AuditEvent.objects.for_clinic(clinic)
+    if filters.date_from:
+        events = events.filter(created_at__gte=_day_start(filters.date_from))
+    if filters.date_to:
+        events = events.filter(created_at__lt=_day_start(filters.date_to + timedelta(days=1)))
+    if filters.actor:
+        events = events.filter(actor_label__icontains=filters.actor)
+    if filters.action:
+        family = filters.action.rstrip(".")
+        events = events.filter(Q(action=filters.action) | Q(action__startswith=f"{family}."))
+    if filters.object:
+        events = events.filter(Q(object_type__iexact=filters.object) | Q(object_id__icontains=filters.object))
+    if filters.result:
+        events = events.filter(result=filters.result)
+    return events.order_by("-sequence")
+
+
+def audit_action_list(*, clinic: Clinic) -> list[str]:
+    """Return the distinct actions in the clinic's trail, for the filter's suggestions."""
+    return list(AuditEvent.objects.for_clinic(clinic).order_by("action").values_list("action", flat=True).distinct())
+
+
+def audit_result_list(*, clinic: Clinic) -> list[str]:
+    """Return the distinct results in the clinic's trail (at least success and failure)."""
+    found = set(AuditEvent.objects.for_clinic(clinic).values_list("result", flat=True).distinct())
+    return sorted(found | {"success", "failure"})
+
+
+def audit_chains_check() -> AuditVerifyReport:
+    """Verify every chain; on a break, log it as an error and e-mail the operators (OPERATOR_EMAILS).
+
+    Run daily by Celery beat (tenants.tasks.audit_chains_check), so tampering is noticed even when
+    nobody runs ``manage.py verify_audit_log``. The mail names chains and entry numbers only.
+    """
+    report = audit_chains_verify()
+    if report.problems:
+        lines = [f"chain {p.label}: entry {p.sequence} {p.problem}" for p in report.problems]
+        logger.error("audit log tampering detected: %s", "; ".join(lines))
+        if settings.OPERATOR_EMAILS:
+            send_mail(
+                f"[PACS audit] {len(report.problems)} break(s) in the audit log",
+                "The daily check of the audit hash chains found entries that were changed, removed or cut off:\n\n"
+                + "\n".join(lines)
+                + "\n\nRun `manage.py verify_audit_log` for the current state.\n",
+                None, settings.OPERATOR_EMAILS, fail_silently=False,
+            )
+    return report

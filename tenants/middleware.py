@@ -10,7 +10,9 @@ like a clinic that does not exist.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth import logout
@@ -105,7 +107,7 @@ class ClinicMiddleware:
                     {"error": "two_factor_required", "message": "This clinic requires two-factor sign-in."},
                     status=403,
                 )
-            return redirect(f"{reverse('tenants:two-factor')}?next={request.get_full_path()}")
+            return redirect(f"{reverse('tenants:two-factor')}?{urlencode({'next': request.get_full_path()})}")
         request.session["current_clinic"] = clinic.slug
         return None
 
@@ -134,7 +136,10 @@ class SessionTimeoutMiddleware:
                 logout(request)
                 if is_api_path(request.path):
                     return unauthenticated_response(request)
-                return redirect_to_login(request.get_full_path(), reverse(settings.LOGIN_URL) + "?expired=1")
+                login_url = reverse(settings.LOGIN_URL)
+                if request.path == login_url:
+                    return redirect(login_url + "?expired=1")
+                return redirect_to_login(request.get_full_path(), login_url + "?expired=1")
             # A background keep-alive poll must not count as activity.
             if request.headers.get("X-Session-Poll") != "1":
                 session["last_seen_at"] = now

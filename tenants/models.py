@@ -185,3 +185,20 @@ class AuditChain(models.Model):
     key = models.CharField(max_length=64, unique=True)
     last_sequence = models.PositiveBigIntegerField(default=0)
     last_hash = models.CharField(max_length=64, default="0" * 64)
+
+
+class UserSession(models.Model):
+    """A browser session a user signed in with, so that "sign out everywhere" can end them all.
+
+    Rows are written at sign-in and removed at sign-out; a row whose session already expired is
+    harmless (ending it again is a no-op) and is cleared the next time the user signs out everywhere.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="sessions")
+    session_key = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+
+    def __str__(self) -> str:
+        return f"session of {self.user_id} since {self.created_at:%Y-%m-%d %H:%M}"

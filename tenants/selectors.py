@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from importlib import import_module
 
-from tenants.models import ApiToken, Clinic, Membership, User
+from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from tenants.models import ApiToken, Clinic, Invitation, Membership, User, UserSession
 from tenants.secrets import secret_hash
 
 
@@ -25,3 +30,44 @@ def membership_get(*, clinic: Clinic, user: User) -> Membership | None:
 
 def clinic_list_for_user(*, user: User) -> QuerySet[Clinic]:
     return Clinic.objects.filter(memberships__user=user).order_by("name")
+
+
+def member_list(*, clinic: Clinic) -> QuerySet[Membership]:
+    return Membership.objects.for_clinic(clinic).select_related("user").order_by("user__email")
+
+
+def member_get(*, clinic: Clinic, user_uuid: object) -> Membership | None:
+    return Membership.objects.for_clinic(clinic).select_related("user", "clinic").filter(user__uuid=user_uuid).first()
+
+
+def invitation_list_pending(*, clinic: Clinic) -> QuerySet[Invitation]:
+    return (
+        Invitation.objects.for_clinic(clinic)
+        .filter(accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now())
+        .select_related("invited_by")
+        .order_by("-created_at")
+    )
+
+
+def invitation_get_by_token(*, token: str) -> Invitation | None:
+    """The invitation a link points at (any clinic: the secret itself is the credential)."""
+    return Invitation.objects.select_related("clinic").filter(token_hash=secret_hash(token)).first()
+
+
+def api_token_list(*, clinic: Clinic) -> QuerySet[ApiToken]:
+    return ApiToken.objects.for_clinic(clinic).select_related("created_by").order_by("revoked_at", "-created_at")
+
+
+def user_has_two_factor(*, user: User) -> bool:
+    return TOTPDevice.objects.filter(user=user, confirmed=True).exists()
+
+
+def user_session_count(*, user: User) -> int:
+    """How many of the user's sign-ins are still open, on any device."""
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    keys = UserSession.objects.filter(user=user).values_list("session_key", flat=True)
+    return sum(1 for key in keys if store().exists(key))
+
+
+def clinics_requiring_two_factor(*, user: User) -> QuerySet[Clinic]:
+    return Clinic.objects.filter(memberships__user=user, require_two_factor=True).order_by("name")

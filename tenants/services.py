@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import base64
+import logging
+import smtplib
+import time
 from dataclasses import dataclass
 from datetime import timedelta
+from importlib import import_module
 
 from django.conf import settings
-from django.db import transaction
+from django.contrib.auth import password_validation
+from django.contrib.sessions.backends.base import SessionBase
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from portal.exceptions import PortalError
-from tenants.audit import audit_record
-from tenants.models import ApiToken, Clinic, Membership, User
-from tenants.roles import Role
+from portal.exceptions import Conflict, NotAllowed, PortalError
+from tenants.audit import audit_record, client_address
+from tenants.models import ApiToken, Clinic, Invitation, Membership, User, UserSession
+from tenants.roles import ROLE_ACTIONS, Role
 from tenants.secrets import new_secret, secret_hash
+
+logger = logging.getLogger(__name__)
 
 # How often a token's use is written down; every request would flood the trail.
 TOKEN_USE_RECORD_INTERVAL = timedelta(minutes=5)
@@ -46,6 +59,10 @@ def clinic_create(
         name=name, slug=slug, ae_title=ae_title, quota_bytes=settings.DEFAULT_CLINIC_QUOTA_BYTES
     )
     Membership.objects.create(clinic=clinic, user=owner, role=Role.OWNER)
+    # Imported here: billing builds on tenants, and a new clinic starts on the trial plan.
+    from billing import services as billing_services
+
+    billing_services.subscription_start_trial(clinic=clinic)
     audit_record(clinic=clinic, action="clinic.created", request=request, actor=owner, object_type="clinic",
                  object_id=str(clinic.uuid))
     return clinic
@@ -59,11 +76,24 @@ class NewApiToken:
 
 @transaction.atomic
 def api_token_create(
-    *, clinic: Clinic, name: str, role: str, created_by: User | None = None, request: HttpRequest | None = None
+    *,
+    clinic: Clinic,
+    name: str,
+    role: str,
+    created_by: User | None = None,
+    request: HttpRequest | None = None,
+    granted_by: Membership | ApiToken | None = None,
 ) -> NewApiToken:
-    """Create an API token; its secret is returned here once and only its hash is kept."""
+    """Create an API token; its secret is returned here once and only its hash is kept.
+
+    ``granted_by`` is the member (or token) asking; a token cannot get rights its creator lacks.
+    """
     if role not in Role.values:
         raise PortalError(f"Unknown role '{role}'. Choose one of: {', '.join(Role.values)}.")
+    name = name.strip()
+    if not name:
+        raise PortalError("Give the token a name, so that you can tell it apart later.")
+    _check_may_grant(granted_by=granted_by, role=role)
     secret = new_secret("pacs_")
     token = ApiToken.objects.create(
         clinic=clinic, name=name, role=role, token_hash=secret_hash(secret), prefix=secret[:9], created_by=created_by
@@ -101,3 +131,379 @@ def session_expire(*, request: HttpRequest) -> None:
     for membership in Membership.objects.filter(user=user).select_related("clinic"):
         audit_record(clinic=membership.clinic, action="auth.session_expired", request=request,
                      object_type="user", object_id=str(user.uuid))  # type: ignore[union-attr]
+
+
+# --- roles ---------------------------------------------------------------------------------------
+
+
+def _check_may_grant(*, granted_by: Membership | ApiToken | None, role: str) -> None:
+    """Refuse to hand out a role with rights the granting member does not have (no escalation)."""
+    if granted_by is None:
+        return  # the system itself: sign-up, management commands
+    if not ROLE_ACTIONS.get(role, frozenset()) <= ROLE_ACTIONS.get(granted_by.role, frozenset()):
+        raise NotAllowed(f"Only an owner can give the {Role(role).label} role: it has rights your role lacks.")
+
+
+def _check_may_manage(*, granted_by: Membership | ApiToken | None, membership: Membership) -> None:
+    if granted_by is None:
+        return
+    if not ROLE_ACTIONS.get(membership.role, frozenset()) <= ROLE_ACTIONS.get(granted_by.role, frozenset()):
+        raise NotAllowed(f"Only an owner can change or remove a member whose role is {membership.get_role_display()}.")
+
+
+def _lock_clinic(clinic: Clinic) -> Clinic:
+    # Serialises membership changes per clinic, so two admins can't each remove "the other" last owner.
+    return Clinic.objects.select_for_update().get(pk=clinic.pk)
+
+
+def _owner_count(clinic: Clinic) -> int:
+    return Membership.objects.for_clinic(clinic).filter(role=Role.OWNER).count()
+
+
+LAST_OWNER_MESSAGE = "A clinic needs at least one owner. Make another member an owner first."
+
+
+@transaction.atomic
+def membership_role_change(
+    *, membership: Membership, role: str, granted_by: Membership | ApiToken | None, request: HttpRequest | None = None
+) -> Membership:
+    """Give a member another role.
+
+    Raises NotAllowed when the change would escalate rights, and Conflict for the last owner.
+    """
+    if role not in Role.values:
+        raise PortalError(f"Unknown role '{role}'. Choose one of: {', '.join(Role.values)}.")
+    clinic = _lock_clinic(membership.clinic)
+    membership = Membership.objects.for_clinic(clinic).select_related("user").get(pk=membership.pk)
+    if membership.role == role:
+        return membership
+    _check_may_manage(granted_by=granted_by, membership=membership)
+    _check_may_grant(granted_by=granted_by, role=role)
+    if membership.role == Role.OWNER and _owner_count(clinic) <= 1:
+        raise Conflict(LAST_OWNER_MESSAGE)
+    old_role = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit_record(clinic=clinic, action="member.role_changed", request=request, object_type="user",
+                 object_id=str(membership.user.uuid), details={"from": old_role, "to": role})
+    return membership
+
+
+@transaction.atomic
+def membership_remove(
+    *, membership: Membership, granted_by: Membership | ApiToken | None, request: HttpRequest | None = None
+) -> None:
+    """Remove a member from a clinic; their access ends with their next request.
+
+    Raises NotAllowed when the member outranks the remover, and Conflict for the last owner.
+    """
+    clinic = _lock_clinic(membership.clinic)
+    membership = Membership.objects.for_clinic(clinic).select_related("user").get(pk=membership.pk)
+    _check_may_manage(granted_by=granted_by, membership=membership)
+    if membership.role == Role.OWNER and _owner_count(clinic) <= 1:
+        raise Conflict(LAST_OWNER_MESSAGE)
+    user_uuid = str(membership.user.uuid)
+    membership.delete()
+    audit_record(clinic=clinic, action="member.removed", request=request, object_type="user", object_id=user_uuid)
+
+
+# --- security policy -----------------------------------------------------------------------------
+
+
+def clinic_security_update(
+    *, clinic: Clinic, require_two_factor: bool, session_idle_minutes: int | None, request: HttpRequest | None = None
+) -> Clinic:
+    """Change the clinic's security policy (2FA requirement, shorter idle timeout)."""
+    site_minutes = settings.SESSION_IDLE_TIMEOUT.total_seconds() / 60
+    if session_idle_minutes is not None and not 1 <= session_idle_minutes <= site_minutes:
+        raise PortalError(f"The idle timeout must be between 1 and {int(site_minutes)} minutes.")
+    before = {"require_two_factor": clinic.require_two_factor, "session_idle_minutes": clinic.session_idle_minutes}
+    clinic.require_two_factor = require_two_factor
+    clinic.session_idle_minutes = session_idle_minutes
+    clinic.save(update_fields=["require_two_factor", "session_idle_minutes"])
+    after = {"require_two_factor": require_two_factor, "session_idle_minutes": session_idle_minutes}
+    if before != after:
+        audit_record(clinic=clinic, action="clinic.security_changed", request=request, object_type="clinic",
+                     object_id=str(clinic.uuid), details={"before": before, "after": after})
+    return clinic
+
+
+# --- sign-up ---------------------------------------------------------------------------------------
+
+
+def _validate_new_password(*, password: str, email: str, full_name: str) -> None:
+    # Validated against an unsaved user so the similarity rule sees the e-mail and name.
+    password_validation.validate_password(password, user=User(email=email, full_name=full_name))
+
+
+@transaction.atomic
+def user_signup(
+    *, clinic_name: str, clinic_slug: str, full_name: str, email: str, password: str,
+    request: HttpRequest | None = None,
+) -> tuple[User, Clinic]:
+    """Create an account and its clinic, the account being the clinic's owner.
+
+    Raises PortalError (nothing stored) when the e-mail or the clinic address is taken;
+    django.core.exceptions.ValidationError when the password breaks a rule.
+    """
+    email = email.strip().lower()
+    if User.objects.filter(email__iexact=email).exists():
+        raise Conflict("An account with this e-mail address already exists. Sign in, or reset your password.")
+    _validate_new_password(password=password, email=email, full_name=full_name)
+    user = User.objects.create_user(email, password, full_name=full_name.strip())
+    clinic = clinic_create(name=clinic_name.strip(), slug=clinic_slug, owner=user, request=request)
+    return user, clinic
+
+
+# --- invitations -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewInvitation:
+    invitation: Invitation
+    url: str
+
+
+def invitation_create(
+    *,
+    clinic: Clinic,
+    email: str,
+    role: str,
+    invited_by: User | None,
+    base_url: str,
+    granted_by: Membership | ApiToken | None = None,
+    request: HttpRequest | None = None,
+) -> NewInvitation:
+    """Invite someone by e-mail; the mail carries a single-use link valid INVITATION_VALID_DAYS days.
+
+    Raises Conflict when the address already belongs to a member, NotAllowed on escalation, and
+    PortalError (invitation withdrawn) when the mail cannot be sent.
+    """
+    email = email.strip().lower()
+    if role not in Role.values:
+        raise PortalError(f"Unknown role '{role}'. Choose one of: {', '.join(Role.values)}.")
+    _check_may_grant(granted_by=granted_by, role=role)
+    if Membership.objects.for_clinic(clinic).filter(user__email__iexact=email).exists():
+        raise Conflict(f"{email} is already a member of this clinic.")
+    secret = new_secret()
+    now = timezone.now()
+    with transaction.atomic():
+        # One open invitation per address: a new one replaces the old link.
+        Invitation.objects.for_clinic(clinic).filter(
+            email=email, accepted_at__isnull=True, revoked_at__isnull=True
+        ).update(revoked_at=now)
+        invitation = Invitation.objects.create(
+            clinic=clinic, email=email, role=role, token_hash=secret_hash(secret), invited_by=invited_by,
+            expires_at=now + timedelta(days=settings.INVITATION_VALID_DAYS),
+        )
+        audit_record(clinic=clinic, action="invitation.sent", request=request, actor=invited_by,
+                     object_type="invitation", object_id=str(invitation.uuid), details={"role": role})
+    url = base_url.rstrip("/") + reverse("tenants:invitation-accept", kwargs={"token": secret})
+    context = {"clinic": clinic, "invitation": invitation, "url": url, "invited_by": invited_by,
+               "valid_days": settings.INVITATION_VALID_DAYS}
+    try:
+        send_mail(
+            subject=render_to_string("emails/invitation_subject.txt", context).strip(),
+            message=render_to_string("emails/invitation.txt", context),
+            from_email=None,
+            recipient_list=[email],
+        )
+    except (smtplib.SMTPException, OSError) as exc:
+        logger.warning("invitation mail for clinic %s failed: %s", clinic.uuid, exc)
+        invitation_revoke(invitation=invitation, request=request)
+        raise PortalError("The invitation e-mail could not be sent; try again in a few minutes.") from exc
+    return NewInvitation(invitation=invitation, url=url)
+
+
+def invitation_revoke(*, invitation: Invitation, request: HttpRequest | None = None) -> Invitation:
+    if invitation.accepted_at is None and invitation.revoked_at is None:
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit_record(clinic=invitation.clinic, action="invitation.revoked", request=request,
+                     object_type="invitation", object_id=str(invitation.uuid))
+    return invitation
+
+
+INVITATION_UNUSABLE = "This invitation link has already been used, was withdrawn or has expired. Ask for a new one."
+
+
+@transaction.atomic
+def invitation_accept(
+    *, token: str, user: User | None = None, full_name: str = "", password: str = "",
+    request: HttpRequest | None = None,
+) -> Membership:
+    """Accept an invitation: as the signed-in ``user``, or by creating the invited account.
+
+    Raises PortalError when the link is unusable or meant for another address, and
+    ValidationError when the new account's password breaks a rule. Nothing is stored on failure.
+    """
+    # The row lock makes the link single-use even when it is clicked twice at once.
+    invitation = (
+        Invitation.objects.select_for_update().select_related("clinic").filter(token_hash=secret_hash(token)).first()
+    )
+    if invitation is None or not invitation.is_usable:
+        raise PortalError(INVITATION_UNUSABLE)
+    if user is None:
+        if User.objects.filter(email__iexact=invitation.email).exists():
+            raise Conflict("An account with this e-mail address exists already; sign in to accept the invitation.")
+        _validate_new_password(password=password, email=invitation.email, full_name=full_name)
+        user = User.objects.create_user(invitation.email, password, full_name=full_name.strip())
+    elif user.email.lower() != invitation.email.lower():
+        raise NotAllowed(f"This invitation is for {invitation.email}; you are signed in as {user.email}.")
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(clinic=invitation.clinic, user=user, role=invitation.role)
+    except IntegrityError as exc:
+        raise Conflict("You are already a member of this clinic.") from exc
+    invitation.accepted_at = timezone.now()
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    audit_record(clinic=invitation.clinic, action="invitation.accepted", request=request, actor=user,
+                 object_type="invitation", object_id=str(invitation.uuid), details={"role": invitation.role})
+    return membership
+
+
+# --- sign-in, sessions ------------------------------------------------------------------------------
+
+
+def _user_clinics(user: User | None) -> list[Clinic | None]:
+    """The audit chains an account event belongs to: each of the user's clinics, or the global one."""
+    if user is None:
+        return [None]
+    clinics: list[Clinic | None] = [m.clinic for m in Membership.objects.filter(user=user).select_related("clinic")]
+    return clinics or [None]
+
+
+def auth_event_record(
+    *, action: str, user: User | None, request: HttpRequest | None, result: str = "success",
+    details: dict | None = None,
+) -> None:
+    """Write a sign-in related event into every clinic the user belongs to (global chain otherwise)."""
+    for clinic in _user_clinics(user):
+        audit_record(clinic=clinic, action=action, request=request, actor=user,
+                     actor_label=user.email if user else "anonymous", object_type="user",
+                     object_id=str(user.uuid) if user else "", result=result, details=details)
+
+
+def session_idle_seconds(*, user: User) -> int:
+    """The idle limit for the user's sessions: the site's, or a shorter one set by one of their clinics."""
+    idle = settings.SESSION_IDLE_TIMEOUT.total_seconds()
+    minutes = (
+        Clinic.objects.filter(memberships__user=user, session_idle_minutes__isnull=False)
+        .values_list("session_idle_minutes", flat=True)
+    )
+    for value in minutes:
+        idle = min(idle, value * 60)
+    return int(idle)
+
+
+def session_start(*, request: HttpRequest, user: User) -> None:
+    """Set up a new signed-in session: idle limit, timers, and the record for "sign out everywhere"."""
+    session = request.session
+    now = time.time()
+    session["idle_seconds"] = session_idle_seconds(user=user)
+    session["started_at"] = now
+    session["last_seen_at"] = now
+    if session.session_key is None:
+        session.save()
+    # Sessions that ran out without a sign-out (browser closed, absolute limit) leave rows behind.
+    cutoff = timezone.now() - settings.SESSION_ABSOLUTE_TIMEOUT
+    UserSession.objects.filter(user=user, created_at__lt=cutoff).delete()
+    UserSession.objects.update_or_create(
+        session_key=session.session_key,
+        defaults={"user": user, "ip_address": client_address(request),
+                  "user_agent": request.META.get("HTTP_USER_AGENT", "")[:512]},
+    )
+
+
+def session_forget(*, session_key: str | None) -> None:
+    if session_key:
+        UserSession.objects.filter(session_key=session_key).delete()
+
+
+def _session_store() -> type[SessionBase]:
+    """The configured session backend's store class (sessions may live outside the database)."""
+    return import_module(settings.SESSION_ENGINE).SessionStore
+
+
+def user_sessions_end_all(*, user: User, request: HttpRequest | None = None) -> int:
+    """End every session of the user, on every device, and say how many were still open."""
+    store = _session_store()
+    ended = 0
+    for key in list(UserSession.objects.filter(user=user).values_list("session_key", flat=True)):
+        session = store(session_key=key)
+        if session.exists(key):
+            ended += 1
+        session.delete(key)
+    UserSession.objects.filter(user=user).delete()
+    auth_event_record(action="auth.logout_everywhere", user=user, request=request, details={"sessions": ended})
+    return ended
+
+
+def password_changed_record(*, user: User, request: HttpRequest | None, how: str) -> None:
+    """Write down a password change or reset, and drop the record of sessions it invalidated."""
+    # Django invalidates other sessions by the changed password hash; keep only the current one.
+    current = request.session.session_key if request is not None and hasattr(request, "session") else None
+    UserSession.objects.filter(user=user).exclude(session_key=current or "").delete()
+    if how == "reset":
+        # Whoever can read the account's mailbox is its owner: a reset lifts a lockout.
+        from axes.utils import reset as axes_reset
+
+        axes_reset(username=user.email.lower())
+    auth_event_record(action=f"auth.password_{how}", user=user, request=request)
+
+
+# --- two-factor authentication --------------------------------------------------------------------
+
+
+def two_factor_device_get_or_start(*, user: User) -> TOTPDevice:
+    """Return the user's unconfirmed TOTP device, creating one (a new secret) if there is none."""
+    device = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("-id").first()
+    if device is None:
+        device = TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
+    return device
+
+
+def two_factor_secret_base32(*, device: TOTPDevice) -> str:
+    """The secret as authenticator apps expect it when typed in by hand."""
+    return base64.b32encode(device.bin_key).decode().rstrip("=")
+
+
+@transaction.atomic
+def two_factor_confirm(*, user: User, code: str, request: HttpRequest | None = None) -> TOTPDevice:
+    """Confirm the pending device with a code from the app; replaces any earlier confirmed device.
+
+    Raises PortalError when the code is wrong.
+    """
+    device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=False).order_by("-id").first()
+    if device is None:
+        raise PortalError("Start the set-up again: no authenticator is waiting to be confirmed.")
+    if not device.verify_token(code.strip()):
+        raise PortalError("That code is not right. Check the time on your phone and enter the current code.")
+    TOTPDevice.objects.filter(user=user, confirmed=True).delete()
+    device.confirmed = True
+    device.save(update_fields=["confirmed"])
+    auth_event_record(action="auth.two_factor_enabled", user=user, request=request)
+    return device
+
+
+def two_factor_verify(*, user: User, code: str) -> TOTPDevice | None:
+    """Return the user's confirmed device that accepts the code, or None (throttled by django-otp)."""
+    for device in TOTPDevice.objects.filter(user=user, confirmed=True):
+        if device.verify_token(code.strip()):
+            return device
+    return None
+
+
+def two_factor_disable(*, user: User, code: str, request: HttpRequest | None = None) -> None:
+    """Remove the user's authenticator, after a valid code.
+
+    Raises NotAllowed when one of the user's clinics requires two-factor sign-in.
+    """
+    required = Clinic.objects.filter(memberships__user=user, require_two_factor=True).first()
+    if required is not None:
+        raise NotAllowed(f"{required.name} requires two-factor sign-in, so it cannot be turned off.")
+    if two_factor_verify(user=user, code=code) is None:
+        raise PortalError("That code is not right; two-factor sign-in stays on.")
+    TOTPDevice.objects.filter(user=user).delete()
+    auth_event_record(action="auth.two_factor_disabled", user=user, request=request)

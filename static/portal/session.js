@@ -9,7 +9,12 @@
   let warned = false;
 
   function keepAlive() {
-    fetch(body.dataset.keepaliveUrl, { credentials: "same-origin" }).then(() => {
+    fetch(body.dataset.keepaliveUrl, { credentials: "same-origin" }).then((response) => {
+      // Anything but 204 means the server already ended the session.
+      if (response.status !== 204) {
+        window.location.href = body.dataset.loginUrl + "?expired=1";
+        return;
+      }
       lastActivity = Date.now();
       warned = false;
       banner.hidden = true;
@@ -19,7 +24,8 @@
 
   setInterval(function () {
     const elapsed = (Date.now() - lastActivity) / 1000;
-    if (elapsed >= idle) {
+    // One second of slack, so the server has surely expired the session when the login page loads.
+    if (elapsed >= idle + 1) {
       window.location.href = body.dataset.loginUrl + "?expired=1";
     } else if (elapsed >= idle - 60 && !warned) {
       warned = true;

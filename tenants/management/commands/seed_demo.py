@@ -6,7 +6,7 @@ import secrets
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 from tenants import services
 from tenants.models import Clinic, User
@@ -16,6 +16,9 @@ DEMO_EMAIL = "owner@demo.example"
 
 class Command(BaseCommand):
     help = "Create the demo clinic and its owner on first run, and print how to sign in."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", type=int, default=8000, help="The web server's port, for the printed address.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         password_file = settings.VAR_DIR / "demo_password"
@@ -32,5 +35,5 @@ class Command(BaseCommand):
             password_file.chmod(0o600)
         password = password_file.read_text().strip() if password_file.exists() else "(set when first created)"
         self.stdout.write(self.style.SUCCESS(
-            f"\n  Portal: http://127.0.0.1:8000/\n  Sign in as {DEMO_EMAIL} with password {password}\n"
+            f"\n  Portal: http://127.0.0.1:{options['port']}/\n  Sign in as {DEMO_EMAIL} with password {password}\n"
         ))

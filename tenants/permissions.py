@@ -1,0 +1,45 @@
+"""The role table applied to views and API endpoints (the rights themselves live in tenants.roles)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+
+def require_action(action: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Answer 403 unless the request's member (or API token) may perform ``action`` in its clinic.
+
+    ClinicMiddleware has already answered 404 for a clinic the caller does not belong to.
+    """
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def wrapper(request: Any, *args: Any, **kwargs: Any) -> HttpResponse:
+            membership = getattr(request, "membership", None)
+            if membership is None or not membership.can(action):
+                raise PermissionDenied("Your role does not allow this.")
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def has_action(action: str) -> type[BasePermission]:
+    """A DRF permission class: the clinic member or API token may perform ``action``."""
+
+    class HasAction(BasePermission):
+        message = f"Your role does not allow this ({action})."
+
+        def has_permission(self, request: Request, view: Any) -> bool:
+            membership = getattr(request._request, "membership", None)
+            return membership is not None and membership.can(action)
+
+    HasAction.__name__ = f"Has{action.title()}Action"
+    return HasAction

@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import pytest
+from django.test import Client
+
+from tenants.models import AuditEvent, Membership
+from tenants.roles import Role
+
+
+def role_url(clinic, user) -> str:
+    return f"/c/{clinic.slug}/members/{user.uuid}/role/"
+
+
+def remove_url(clinic, user) -> str:
+    return f"/c/{clinic.slug}/members/{user.uuid}/remove/"
+
+
+def role_of(clinic, user) -> str | None:
+    membership = Membership.objects.for_clinic(clinic).filter(user=user).first()
+    return membership.role if membership else None
+
+
+def test_members_page_lists_members(client, owner, admin, clinician, clinic):
+    client.force_login(admin)
+
+    response = client.get(f"/c/{clinic.slug}/members/")
+
+    text = response.content.decode()
+    assert response.status_code == HTTPStatus.OK
+    for user in (owner, admin, clinician):
+        assert user.email in text
+
+
+@pytest.mark.parametrize("role_fixture", ["clinician", "uploader", "billing_admin"])
+def test_members_page_is_forbidden_without_manage_right(client, clinic, request, role_fixture):
+    client.force_login(request.getfixturevalue(role_fixture))
+
+    assert client.get(f"/c/{clinic.slug}/members/").status_code == HTTPStatus.FORBIDDEN
+
+
+def test_outsider_gets_404_for_members_page(client, outsider, clinic):
+    client.force_login(outsider)
+
+    assert client.get(f"/c/{clinic.slug}/members/").status_code == HTTPStatus.NOT_FOUND
+
+
+def test_anonymous_is_sent_to_login(client, clinic):
+    response = client.get(f"/c/{clinic.slug}/members/")
+
+    assert response.status_code == HTTPStatus.FOUND
+    assert response["Location"].startswith("/accounts/login/")
+
+
+def test_owner_changes_a_role_and_it_is_audited(client, owner, clinician, clinic):
+    client.force_login(owner)
+
+    client.post(role_url(clinic, clinician), {"role": Role.UPLOADER})
+
+    assert role_of(clinic, clinician) == Role.UPLOADER
+    event = AuditEvent.objects.for_clinic(clinic).get(action="member.role_changed")
+    assert event.details == {"from": "clinician", "to": "uploader"}
+    assert event.object_id == str(clinician.uuid)
+
+
+def test_unknown_role_is_refused(client, owner, clinician, clinic):
+    client.force_login(owner)
+
+    response = client.post(role_url(clinic, clinician), {"role": "emperor"}, follow=True)
+
+    assert "Choose one of the listed roles" in response.content.decode()
+    assert role_of(clinic, clinician) == Role.CLINICIAN
+
+
+def test_last_owner_cannot_be_demoted(client, owner, clinic):
+    client.force_login(owner)
+
+    response = client.post(role_url(clinic, owner), {"role": Role.ADMIN}, follow=True)
+
+    assert "at least one owner" in response.content.decode()
+    assert role_of(clinic, owner) == Role.OWNER
+
+
+def test_last_owner_cannot_be_removed(client, owner, clinic):
+    client.force_login(owner)
+
+    response = client.post(remove_url(clinic, owner), follow=True)
+
+    assert "at least one owner" in response.content.decode()
+    assert role_of(clinic, owner) == Role.OWNER
+
+
+def test_an_owner_can_be_removed_when_another_remains(client, owner, admin, clinic):
+    client.force_login(owner)
+    client.post(role_url(clinic, admin), {"role": Role.OWNER})
+
+    client.post(remove_url(clinic, owner))
+
+    assert role_of(clinic, owner) is None
+    assert role_of(clinic, admin) == Role.OWNER
+
+
+def test_admin_cannot_demote_or_remove_an_owner(client, owner, admin, clinic):
+    client.force_login(admin)
+
+    client.post(role_url(clinic, owner), {"role": Role.CLINICIAN})
+    response = client.post(remove_url(clinic, owner), follow=True)
+
+    assert "Only an owner can" in response.content.decode()
+    assert role_of(clinic, owner) == Role.OWNER
+
+
+def test_admin_cannot_promote_to_owner(client, admin, clinician, clinic):
+    client.force_login(admin)
+
+    client.post(role_url(clinic, clinician), {"role": Role.OWNER})
+
+    assert role_of(clinic, clinician) == Role.CLINICIAN
+
+
+def test_removed_member_loses_access_at_once(client, owner, clinician, clinic):
+    member = Client()
+    member.force_login(clinician)
+    client.force_login(owner)
+
+    client.post(remove_url(clinic, clinician))
+
+    assert member.get(f"/c/{clinic.slug}/").status_code == HTTPStatus.NOT_FOUND
+    assert AuditEvent.objects.for_clinic(clinic).filter(action="member.removed").exists()
+
+
+def test_clinician_cannot_change_roles(client, clinician, uploader, clinic):
+    client.force_login(clinician)
+
+    response = client.post(role_url(clinic, uploader), {"role": Role.ADMIN})
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert role_of(clinic, uploader) == Role.UPLOADER
+
+
+def test_outsider_gets_404_changing_a_role_or_removing(client, outsider, clinician, clinic):
+    client.force_login(outsider)
+
+    assert client.post(role_url(clinic, clinician), {"role": Role.OWNER}).status_code == HTTPStatus.NOT_FOUND
+    assert client.post(remove_url(clinic, clinician)).status_code == HTTPStatus.NOT_FOUND
+    assert role_of(clinic, clinician) == Role.CLINICIAN
+
+
+def test_member_of_another_clinic_is_404_inside_mine(client, owner, outsider, clinic, other_clinic):
+    client.force_login(owner)
+
+    response = client.post(role_url(clinic, outsider), {"role": Role.ADMIN})
+
+    assert response.status_code == HTTPStatus.NOT_FOUND
+    assert role_of(other_clinic, outsider) == Role.OWNER
+
+
+def test_security_page_sets_two_factor_and_idle_timeout(client, owner, clinic):
+    client.force_login(owner)
+
+    response = client.post(f"/c/{clinic.slug}/security/", {"require_two_factor": "on", "session_idle_minutes": "5"})
+
+    clinic.refresh_from_db()
+    assert response.status_code == HTTPStatus.FOUND
+    assert clinic.require_two_factor
+    assert clinic.session_idle_minutes == 5
+    assert AuditEvent.objects.for_clinic(clinic).filter(action="clinic.security_changed").exists()
+
+
+@pytest.mark.parametrize("minutes", ["0", "16", "abc"])
+def test_security_page_refuses_bad_idle_timeout(client, owner, clinic, minutes):
+    client.force_login(owner)
+
+    response = client.post(f"/c/{clinic.slug}/security/", {"require_two_factor": "on", "session_idle_minutes": minutes})
+
+    clinic.refresh_from_db()
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert b"errorlist" in response.content
+    assert not clinic.require_two_factor
+    assert clinic.session_idle_minutes is None
+
+
+def test_security_page_forbidden_for_clinician_and_404_for_outsider(client, clinician, outsider, clinic):
+    client.force_login(clinician)
+    forbidden = client.post(f"/c/{clinic.slug}/security/", {"require_two_factor": "on"})
+    client.force_login(outsider)
+    missing = client.post(f"/c/{clinic.slug}/security/", {"require_two_factor": "on"})
+
+    clinic.refresh_from_db()
+    assert forbidden.status_code == HTTPStatus.FORBIDDEN
+    assert missing.status_code == HTTPStatus.NOT_FOUND
+    assert not clinic.require_two_factor

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+from django.test import Client
+
+from tenants.models import ApiToken, AuditEvent
+from tenants.roles import Role
+from tenants.secrets import secret_hash
+
+
+def create(client, clinic, name="Router", role=Role.UPLOADER):
+    return client.post(f"/c/{clinic.slug}/tokens/", {"name": name, "role": role})
+
+
+def test_admin_creates_token_and_sees_the_secret_once(client, admin, clinic):
+    client.force_login(admin)
+
+    response = create(client, clinic)
+
+    secret = re.search(r'id="new-token">([^<]+)<', response.content.decode()).group(1)
+    token = ApiToken.objects.for_clinic(clinic).get()
+    assert token.token_hash == secret_hash(secret)
+    assert token.role == Role.UPLOADER
+    assert token.created_by == admin
+    assert secret not in client.get(f"/c/{clinic.slug}/tokens/").content.decode()
+    assert AuditEvent.objects.for_clinic(clinic).filter(action="api_token.created").exists()
+
+
+def test_token_list_shows_last_used_time(client, owner, clinic):
+    client.force_login(owner)
+    secret = re.search(r'id="new-token">([^<]+)<', create(client, clinic).content.decode()).group(1)
+
+    Client().get(f"/api/v1/clinics/{clinic.slug}/members/", HTTP_AUTHORIZATION=f"Bearer {secret}")
+    page = client.get(f"/c/{clinic.slug}/tokens/").content.decode()
+
+    assert ApiToken.objects.get().last_used_at is not None
+    assert "never" not in page
+
+
+def test_token_with_blank_name_or_bad_role_is_refused(client, owner, clinic):
+    client.force_login(owner)
+
+    response = create(client, clinic, name="   ", role="emperor")
+
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert b"errorlist" in response.content
+    assert not ApiToken.objects.exists()
+
+
+def test_admin_cannot_create_owner_token(client, admin, clinic):
+    client.force_login(admin)
+
+    response = create(client, clinic, role=Role.OWNER)
+
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert "Only an owner" in response.content.decode()
+    assert not ApiToken.objects.exists()
+
+
+def test_revoked_token_stops_working(client, owner, clinic):
+    client.force_login(owner)
+    secret = re.search(r'id="new-token">([^<]+)<', create(client, clinic, role=Role.ADMIN).content.decode()).group(1)
+    token = ApiToken.objects.get()
+
+    client.post(f"/c/{clinic.slug}/tokens/{token.uuid}/revoke/")
+
+    response = Client().get(f"/api/v1/clinics/{clinic.slug}/members/", HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert response.status_code == HTTPStatus.UNAUTHORIZED
+    assert AuditEvent.objects.for_clinic(clinic).filter(action="api_token.revoked").exists()
+
+
+def test_tokens_page_forbidden_for_clinician(client, clinician, clinic):
+    client.force_login(clinician)
+
+    assert client.get(f"/c/{clinic.slug}/tokens/").status_code == HTTPStatus.FORBIDDEN
+    assert create(client, clinic).status_code == HTTPStatus.FORBIDDEN
+    assert not ApiToken.objects.exists()
+
+
+def test_outsider_gets_404_for_tokens(client, owner, outsider, clinic):
+    client.force_login(owner)
+    create(client, clinic)
+    token = ApiToken.objects.get()
+    client.force_login(outsider)
+
+    assert client.get(f"/c/{clinic.slug}/tokens/").status_code == HTTPStatus.NOT_FOUND
+    assert client.post(f"/c/{clinic.slug}/tokens/{token.uuid}/revoke/").status_code == HTTPStatus.NOT_FOUND
+    assert ApiToken.objects.get().revoked_at is None
+
+
+def test_token_of_another_clinic_cannot_be_revoked_from_mine(client, outsider, owner, clinic, other_clinic):
+    client.force_login(outsider)
+    create(client, other_clinic)
+    token = ApiToken.objects.get()
+    client.force_login(owner)
+
+    response = client.post(f"/c/{clinic.slug}/tokens/{token.uuid}/revoke/")
+
+    assert response.status_code == HTTPStatus.NOT_FOUND
+    assert ApiToken.objects.get().revoked_at is None
