@@ -1,0 +1,43 @@
+"""Errors of the encrypted archive.
+
+Messages name opaque object keys and key ids only, never patient data, so they are safe to log and
+to show to an operator.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from portal.exceptions import PortalError
+
+
+class ArchiveError(PortalError):
+    """Something went wrong storing or reading an encrypted object."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    code = "archive_error"
+
+
+class StorageUnavailable(ArchiveError):
+    """A store could not be reached or refused the request; transient, safe to retry."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "storage_unavailable"
+
+
+class ObjectMissing(ArchiveError):
+    """The store answered, but holds no object under that key."""
+
+    code = "object_missing"
+
+
+class ObjectCorrupt(ArchiveError):
+    """The object failed authentication: tampered, truncated, extended, reordered or swapped."""
+
+    code = "object_corrupt"
+
+
+class KeyUnavailable(ArchiveError):
+    """A clinic key cannot be unwrapped: unknown key id, or its master key is not in MASTER_KEYS."""
+
+    code = "key_unavailable"

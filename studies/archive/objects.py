@@ -1,0 +1,224 @@
+"""The encrypted archive service: what the rest of the code uses to store and read DICOM objects.
+
+``object_put`` encrypts while streaming from its source and returns once the object is durable in
+the store. ``object_open`` returns a read-only stream that releases plaintext only after each
+segment has been authenticated; if the primary store fails (missing, corrupt or unreachable object),
+it reads from the replica instead, even half-way through a stream, and reports the failure through
+``on_primary_read_failure``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from django.conf import settings
+
+from studies.archive import crypto, keys, stores
+from studies.archive.errors import ObjectCorrupt, ObjectMissing, StorageUnavailable
+from tenants.models import Clinic
+
+logger = logging.getLogger(__name__)
+
+# The failures that a second copy can cure; KeyUnavailable (a missing master key) cannot.
+FAILOVER_ERRORS = (ObjectMissing, ObjectCorrupt, StorageUnavailable)
+READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str  # "clinics/<clinic uuid>/objects/<object uuid>" (no patient data)
+    key_id: str  # clinic key id used
+    size_bytes: int  # plaintext size
+    sha256: str  # plaintext SHA-256 hex
+
+
+def on_primary_read_failure(clinic: Clinic, key: str) -> None:
+    """Called when a read had to fall back to the replica: queue a repair of the primary copy (issue 4)."""
+    logger.warning("primary store failed to serve object %s of clinic %s; read from the replica", key, clinic.uuid)
+    from studies.backup import recovery
+
+    recovery.object_repair_schedule(clinic=clinic, key=key)
+
+
+def object_key_for(*, clinic: Clinic, object_uuid: uuid.UUID) -> str:
+    """Return the store key of an object: opaque ids only, never patient data."""
+    return f"clinics/{clinic.uuid}/objects/{uuid.UUID(str(object_uuid))}"
+
+
+def _key_check(clinic: Clinic, key: str) -> None:
+    if not key.startswith(f"clinics/{clinic.uuid}/"):
+        # Same answer as for an absent object: another clinic's objects do not exist for this one.
+        raise ObjectMissing(f"No object {key} in this clinic.", key=key)
+    stores.key_check(key)
+
+
+def _segment_size() -> int:
+    return int(getattr(settings, "ARCHIVE_SEGMENT_SIZE", crypto.DEFAULT_SEGMENT_SIZE))
+
+
+def object_put(*, clinic: Clinic, source: BinaryIO, object_uuid: uuid.UUID, store: str = "primary") -> StoredObject:
+    """Encrypt ``source`` (read to its end) into the store; durable when this returns.
+
+    Raises StorageUnavailable if the store fails; nothing is left under the key then (local stores
+    rename a complete file into place, S3 aborts an unfinished multipart upload).
+    """
+    key = object_key_for(clinic=clinic, object_uuid=object_uuid)
+    key_id, clinic_key = keys.clinic_key_get(clinic)
+    reader = crypto.EncryptingReader(
+        source,
+        key_id=key_id,
+        clinic_key=clinic_key,
+        clinic_uuid=clinic.uuid,
+        object_key=key,
+        segment_size=_segment_size(),
+    )
+    stores.get_store(store).put(key, reader)
+    return StoredObject(key=key, key_id=key_id, size_bytes=reader.plaintext_size, sha256=reader.sha256)
+
+
+def _open_from(clinic: Clinic, key: str, store: str) -> crypto.DecryptingReader:
+    raw = stores.get_store(store).open(key)
+    try:
+        header = crypto.header_read(raw)
+        clinic_key = keys.clinic_key_for_object(clinic=clinic, key_id=header.key_id)
+        reader = crypto.DecryptingReader(
+            raw, header=header, clinic_key=clinic_key, clinic_uuid=clinic.uuid, object_key=key
+        )
+        # Authenticate the first segment now, so a bad object fails here and not in a half-sent response.
+        reader.prime()
+    except BaseException:
+        raw.close()
+        raise
+    return reader
+
+
+def _report_primary_failure(clinic: Clinic, key: str, error: Exception) -> None:
+    logger.warning("object %s of clinic %s: primary read failed (%s)", key, clinic.uuid, type(error).__name__)
+    try:
+        # Looked up at call time so that the hook installed by the backup code (or a test) is used.
+        globals()["on_primary_read_failure"](clinic, key)
+    except Exception:  # noqa: BLE001 - a broken repair hook must not break a read the replica can serve
+        logger.exception("on_primary_read_failure hook failed for object %s", key)
+
+
+class _FailoverReader(io.RawIOBase):
+    """Plaintext from the primary; on a failure, the rest of it from the replica."""
+
+    def __init__(self, clinic: Clinic, key: str, current: crypto.DecryptingReader, *, on_replica: bool) -> None:
+        super().__init__()
+        self._clinic = clinic
+        self._key = key
+        self._current = current
+        self._on_replica = on_replica
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+        try:
+            count = self._current.readinto(buffer)
+        except FAILOVER_ERRORS as error:
+            if self._on_replica:
+                raise
+            self._switch_to_replica(error)
+            count = self._current.readinto(buffer)
+        self._position += count or 0
+        return count or 0
+
+    def _switch_to_replica(self, error: Exception) -> None:
+        _report_primary_failure(self._clinic, self._key, error)
+        replica: crypto.DecryptingReader | None = None
+        try:
+            replica = _open_from(self._clinic, self._key, "replica")
+            # Skip what the caller already has; those replica bytes are authenticated like the rest.
+            remaining = self._position
+            while remaining:
+                skipped = replica.read(min(remaining, READ_CHUNK))
+                if not skipped:
+                    raise ObjectCorrupt(f"The replica copy of {self._key} is shorter than the primary one.")
+                remaining -= len(skipped)
+        except FAILOVER_ERRORS as replica_error:
+            if replica is not None:
+                replica.close()
+            logger.warning("object %s: replica read failed too (%s)", self._key, type(replica_error).__name__)
+            raise error from replica_error
+        self._current.close()
+        self._current = replica
+        self._on_replica = True
+
+    def close(self) -> None:
+        if not self.closed:
+            self._current.close()
+        super().close()
+
+
+def object_open(*, clinic: Clinic, key: str, store: str | None = None) -> BinaryIO:
+    """Open an object for streamed, authenticated reading.
+
+    With ``store=None`` (the default) the primary is read and the replica takes over on failure;
+    naming a store reads only that one (verification). Raises ObjectCorrupt, ObjectMissing,
+    StorageUnavailable, or KeyUnavailable when the master key of the clinic key is not configured.
+    """
+    _key_check(clinic, key)
+    if store is not None:
+        return io.BufferedReader(_open_from(clinic, key, store))  # type: ignore[return-value]
+    try:
+        first = _open_from(clinic, key, "primary")
+        on_replica = False
+    except FAILOVER_ERRORS as error:
+        _report_primary_failure(clinic, key, error)
+        try:
+            first = _open_from(clinic, key, "replica")
+        except FAILOVER_ERRORS as replica_error:
+            logger.warning("object %s: replica read failed too (%s)", key, type(replica_error).__name__)
+            raise error from replica_error
+        on_replica = True
+    return io.BufferedReader(_FailoverReader(clinic, key, first, on_replica=on_replica))  # type: ignore[return-value]
+
+
+def object_open_seekable(*, clinic: Clinic, key: str, max_memory: int = 8 * 1024 * 1024) -> BinaryIO:
+    """Decrypt the whole object into a seekable temporary file (for parsers such as pydicom).
+
+    Small objects stay in memory, larger ones spill to disk; the caller closes it.
+    """
+    spool = tempfile.SpooledTemporaryFile(max_size=max_memory)  # noqa: SIM115 - returned to the caller
+    try:
+        with object_open(clinic=clinic, key=key) as source:
+            shutil.copyfileobj(source, spool, READ_CHUNK)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool  # type: ignore[return-value]
+
+
+def object_verify(*, clinic: Clinic, key: str, store: str) -> StoredObject:
+    """Decrypt one store's copy to its end and return what it holds (size and SHA-256).
+
+    Raises ObjectCorrupt, ObjectMissing or StorageUnavailable for that store's copy; no failover.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    with object_open(clinic=clinic, key=key, store=store) as source:
+        key_id = source.raw.header.key_id  # type: ignore[attr-defined]
+        while chunk := source.read(READ_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return StoredObject(key=key, key_id=key_id, size_bytes=size, sha256=digest.hexdigest())
+
+
+def object_delete(*, clinic: Clinic, key: str, store: str = "primary") -> None:
+    """Delete an object from a store; deleting an absent object is not an error."""
+    _key_check(clinic, key)
+    stores.get_store(store).delete(key)
