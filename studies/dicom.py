@@ -1,0 +1,648 @@
+"""Read and validate one DICOM file: the only module (with DIMSE and anonymization) that imports pydicom.
+
+``parse_instance`` turns an untrusted file into a :class:`ParsedInstance` of plain, validated values, or
+raises :class:`~studies.errors.InvalidDicom` with a reason a person can read. It never holds pixel data in
+memory: pydicom reads the header (``stop_before_pixels``), and a small structural walker of our own checks
+that every element of the file, pixel data included, fits in the file and is well formed, so a truncated
+or malformed file is refused before anything is stored.
+
+Metadata is the header as DICOM JSON (PS3.18 F.2). Pixel data and other large values are left out and
+marked with a ``BulkDataURI`` placeholder whose value is the element's tag in hex (``"7FE00010"``; for
+values inside sequences, the nested element's own tag); the DICOMweb layer rewrites placeholders into
+real URIs when it answers. The transfer syntax is kept as ``00020010``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, time
+from typing import IO, Any, BinaryIO
+
+import pydicom
+import pydicom.config
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from studies.errors import DicomDirectory, InvalidDicom, NotDicom
+
+# Header values are untrusted and often slightly off; we validate what we use ourselves, so pydicom's
+# per-value warnings on read would only flood the logs.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+__all__ = ["ParsedInstance", "parse_instance", "is_valid_uid", "BULK_DATA_THRESHOLD"]
+
+# Binary values larger than this are left out of the JSON metadata (PS3.18 allows BulkDataURI instead).
+BULK_DATA_THRESHOLD = 1024
+# Any value larger than this is left out of the metadata whatever its VR, so one hostile element can't
+# bloat the index.
+MAX_INLINE_VALUE = 64 * 1024
+# Values above this stay on disk while pydicom reads the header (fetched only if we ask for them).
+_DEFER_SIZE = 256 * 1024
+# Sequences nested deeper than this are refused: real SR trees stay far below it, fuzzers don't.
+MAX_SEQUENCE_DEPTH = 64
+# A deflated dataset is inflated in memory to be checked; cap it against decompression bombs.
+MAX_INFLATED_BYTES = 64 * 1024 * 1024
+# Headers (everything but pixel data) above these limits are refused: pydicom holds the header in memory.
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+MAX_ELEMENTS = 250_000
+
+_REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+_DEFLATED_TS = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.204"}
+_NATIVE_TS = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+
+_PHOTOMETRIC = {
+    "MONOCHROME1",
+    "MONOCHROME2",
+    "PALETTE COLOR",
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_PARTIAL_422",
+    "YBR_PARTIAL_420",
+    "YBR_ICT",
+    "YBR_RCT",
+    "ARGB",
+    "CMYK",
+    "HSV",
+    "XYB",
+}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+_BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_DELIMITER = 0xFFFEE00D
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_PIXEL_DATA_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+
+
+def is_valid_uid(value: str) -> bool:
+    """Say whether ``value`` is a syntactically valid DICOM UID (PS3.5 9.1), at most 64 characters."""
+    return 0 < len(value) <= 64 and _UID_RE.match(value) is not None
+
+
+@dataclass(frozen=True)
+class ParsedInstance:
+    """What the index needs from one instance: plain values, UIDs validated, no pydicom objects."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_name: str = ""
+    patient_sex: str = ""
+    patient_birth_date: date | None = None
+    study_date: date | None = None
+    study_time: time | None = None
+    accession_number: str = ""
+    study_description: str = ""
+    study_id: str = ""
+    referring_physician_name: str = ""
+    modality: str = ""
+    series_description: str = ""
+    body_part_examined: str = ""
+    series_number: int | None = None
+    instance_number: int | None = None
+    number_of_frames: int = 1
+    rows: int | None = None
+    columns: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class _PixelInfo:
+    tag: int
+    vr: str
+    length: int | None  # None: encapsulated (undefined length)
+    fragments: int = 0
+
+
+@dataclass
+class _Layout:
+    """What the structural walk found at the top level of the dataset."""
+
+    pixel: _PixelInfo | None = None
+    header_bytes: int = 0
+    encoding: tuple[bool, bool] | None = None  # (implicit VR, little endian) when guessed, not declared
+
+
+def parse_instance(path_or_file: str | os.PathLike[str] | IO[bytes]) -> ParsedInstance:
+    """Parse and validate one DICOM file.
+
+    Parameters
+    ----------
+    path_or_file
+        A path, or a binary file object (read from its start; copied to a temporary file first when it
+        has no path on disk).
+
+    Returns
+    -------
+    ParsedInstance
+
+    Raises
+    ------
+    InvalidDicom
+        The file is not DICOM (:class:`NotDicom`), is a DICOMDIR (:class:`DicomDirectory`), or is
+        truncated or malformed; the message says why.
+    """
+    with _as_path(path_or_file) as path:
+        try:
+            return _parse_path(path)
+        except InvalidDicom:
+            raise
+        except RecursionError:
+            raise InvalidDicom("The file is malformed: its sequences are nested too deeply.") from None
+        # Hostile files make pydicom fail in many ways (struct, value, key, unicode, overflow errors...).
+        # Every one of them means the same thing to the uploader: this file can't be read.
+        except Exception as exc:  # noqa: BLE001
+            raise InvalidDicom(f"The file is malformed and can't be read as DICOM ({type(exc).__name__}).") from None
+
+
+@contextmanager
+def _as_path(path_or_file: str | os.PathLike[str] | IO[bytes]) -> Iterator[str]:
+    if isinstance(path_or_file, (str, os.PathLike)):
+        yield os.fspath(path_or_file)
+        return
+    name = getattr(path_or_file, "name", None)
+    if isinstance(name, str) and os.path.isfile(name):
+        yield name
+        return
+    # pydicom reads deferred values back through the file name, so a nameless stream goes to disk first.
+    with tempfile.NamedTemporaryFile(prefix="dicom-", suffix=".dcm") as tmp:
+        path_or_file.seek(0)
+        shutil.copyfileobj(path_or_file, tmp, 1024 * 1024)
+        tmp.flush()
+        yield tmp.name
+
+
+def _parse_path(path: str) -> ParsedInstance:
+    file_size = os.path.getsize(path)
+    if file_size == 0:
+        raise NotDicom("The file is empty.")
+    with open(path, "rb") as fp:
+        head = fp.read(132)
+    has_preamble = len(head) == 132 and head[128:132] == b"DICM"
+    if not has_preamble and not _looks_like_bare_dataset(head):
+        raise NotDicom("Not a DICOM file: it has no DICOM header.")
+
+    # Our own structural check first: pydicom then only ever sees a well-formed, bounded header.
+    layout, declared = _walk_file(path, file_size, has_preamble)
+    if layout.header_bytes > MAX_HEADER_BYTES:
+        raise InvalidDicom("The file's header is too large; it is refused.")
+    with open(path, "rb") as fp:
+        ds = pydicom.dcmread(fp, defer_size=_DEFER_SIZE, stop_before_pixels=True, force=not has_preamble)
+    meta = ds.file_meta if hasattr(ds, "file_meta") else Dataset()
+
+    media_class = str(meta.get("MediaStorageSOPClassUID", "") or "")
+    if media_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        raise DicomDirectory("This is a DICOMDIR (the index of a CD or DVD), not an image: skipped.")
+
+    transfer_syntax = _transfer_syntax(ds, meta)
+    if layout.encoding is not None and tuple(ds.original_encoding) != layout.encoding:
+        raise InvalidDicom("The file is malformed: its encoding can't be worked out reliably.")
+
+    uids = {}
+    for keyword, label in (
+        ("SOPInstanceUID", "SOP Instance UID"),
+        ("SOPClassUID", "SOP Class UID"),
+        ("StudyInstanceUID", "Study Instance UID"),
+        ("SeriesInstanceUID", "Series Instance UID"),
+    ):
+        value = _text(ds, keyword, 1000)
+        if not value:
+            if not has_preamble and len(meta) == 0 and not any(k in ds for k in _REQUIRED_UIDS):
+                raise NotDicom("Not a DICOM file: it has no DICOM header.")
+            raise InvalidDicom(f"The file has no {label}.")
+        if not is_valid_uid(value):
+            raise InvalidDicom(f"The file's {label} is not a valid UID.")
+        uids[keyword] = value
+
+    # The dataset's own UIDs are authoritative: file meta that disagrees (common after tag editing by
+    # other tools) is not a reason to refuse an otherwise valid file.
+    rows = _int(ds, "Rows")
+    columns = _int(ds, "Columns")
+    frames = _int(ds, "NumberOfFrames")
+    if frames is not None and frames < 1:
+        raise InvalidDicom("The file is malformed: Number of Frames is less than 1.")
+    if layout.pixel is not None:
+        _check_pixel_data(ds, layout.pixel, transfer_syntax, rows, columns, frames or 1)
+
+    return ParsedInstance(
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        transfer_syntax_uid=transfer_syntax,
+        patient_id=_text(ds, "PatientID", 64),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
+        patient_name=_text(ds, "PatientName", 324),
+        patient_sex=_text(ds, "PatientSex", 16),
+        patient_birth_date=_date(ds, "PatientBirthDate"),
+        study_date=_date(ds, "StudyDate"),
+        study_time=_time(ds, "StudyTime"),
+        accession_number=_text(ds, "AccessionNumber", 64),
+        study_description=_text(ds, "StudyDescription", 128),
+        study_id=_text(ds, "StudyID", 16),
+        referring_physician_name=_text(ds, "ReferringPhysicianName", 324),
+        modality=_text(ds, "Modality", 16),
+        series_description=_text(ds, "SeriesDescription", 128),
+        body_part_examined=_text(ds, "BodyPartExamined", 64),
+        series_number=_int(ds, "SeriesNumber"),
+        instance_number=_int(ds, "InstanceNumber"),
+        number_of_frames=frames or 1,
+        rows=rows,
+        columns=columns,
+        metadata=_metadata(ds, layout, meta),
+    )
+
+
+def _looks_like_bare_dataset(head: bytes) -> bool:
+    """Say whether a file without preamble starts like a DICOM dataset (group 0002 or 0008 first)."""
+    if len(head) < 8:
+        return False
+    group_le = struct.unpack_from("<H", head, 0)[0]
+    group_be = struct.unpack_from(">H", head, 0)[0]
+    return group_le in (0x0002, 0x0008) or group_be in (0x0002, 0x0008)
+
+
+def _transfer_syntax(ds: Dataset, meta: Dataset) -> str:
+    declared = str(meta.get("TransferSyntaxUID", "") or "").rstrip("\x00 ")
+    if declared:
+        if not is_valid_uid(declared):
+            raise InvalidDicom("The file's transfer syntax is not a valid UID.")
+        return declared
+    # No file meta: pydicom worked out the encoding from the first bytes.
+    implicit, little = ds.original_encoding
+    if implicit:
+        return _IMPLICIT_LE
+    return _EXPLICIT_LE if little else _EXPLICIT_BE
+
+
+def _walk_file(path: str, file_size: int, has_preamble: bool) -> tuple[_Layout, str]:
+    """Check the whole file's element structure without reading values; return it and the declared syntax."""
+    with open(path, "rb") as fp:
+        fp.seek(132 if has_preamble else 0)
+        declared = _skip_file_meta(fp, file_size)
+        start = fp.tell()
+        if declared in _DEFLATED_TS:
+            # pydicom inflates a deflated dataset whole, in memory: measure it first (decompression bombs).
+            _check_inflated_size(fp)
+            fp.seek(start)
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            data = inflater.decompress(fp.read(), MAX_INFLATED_BYTES)
+            walker = _Walker(io.BytesIO(data), len(data), implicit=False, little=True)
+            return walker.walk_top_level(0), declared
+        if declared:
+            implicit, little = declared == _IMPLICIT_LE, declared != _EXPLICIT_BE
+        else:
+            implicit, little = _guess_encoding(fp.read(8))
+        walker = _Walker(fp, file_size, implicit=implicit, little=little)
+        layout = walker.walk_top_level(start)
+        layout.encoding = (implicit, little)
+        return layout, declared
+
+
+def _guess_encoding(first: bytes) -> tuple[bool, bool]:
+    """Guess (implicit VR, little endian) of a dataset without declared transfer syntax, like pydicom."""
+    if len(first) < 8:
+        return True, True
+    little = struct.unpack_from("<H", first, 0)[0] <= struct.unpack_from(">H", first, 0)[0]
+    explicit = first[4:6].isalpha() and first[4:6].isupper()
+    return not explicit, little
+
+
+def _check_inflated_size(fp: BinaryIO) -> None:
+    """Inflate the rest of ``fp`` piece by piece, refusing it if it would pass MAX_INFLATED_BYTES."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while not inflater.eof:
+            data = inflater.unconsumed_tail or fp.read(1024 * 1024)
+            if not data:
+                raise InvalidDicom("The file is truncated: its deflated dataset ends early.")
+            total += len(inflater.decompress(data, 1024 * 1024))
+            if total > MAX_INFLATED_BYTES:
+                raise InvalidDicom("The deflated dataset is too large to be checked.")
+    except zlib.error:
+        raise InvalidDicom("The file is malformed: its deflated dataset is corrupt.") from None
+
+
+def _skip_file_meta(fp: BinaryIO, file_size: int) -> str:
+    """Move past group 0002 (always explicit VR little endian), checking each element fits.
+
+    Returns the declared transfer syntax UID ("" when there is none).
+    """
+    transfer_syntax = ""
+    while True:
+        start = fp.tell()
+        header = fp.read(6)
+        if len(header) < 6 or struct.unpack_from("<H", header, 0)[0] != 0x0002:
+            fp.seek(start)
+            return transfer_syntax
+        vr = header[4:6]
+        if vr in _LONG_VRS:
+            rest = fp.read(6)
+            if len(rest) < 6:
+                raise InvalidDicom("The file is truncated inside its meta information.")
+            length = struct.unpack_from("<I", rest, 2)[0]
+        elif vr.isalpha() and vr.isupper():
+            rest = fp.read(2)
+            if len(rest) < 2:
+                raise InvalidDicom("The file is truncated inside its meta information.")
+            length = struct.unpack_from("<H", rest, 0)[0]
+        else:
+            raise InvalidDicom("The file's meta information is malformed.")
+        if length == _UNDEFINED or fp.tell() + length > file_size:
+            raise InvalidDicom("The file is truncated or malformed inside its meta information.")
+        if struct.unpack_from("<H", header, 2)[0] == 0x0010 and length <= 64:
+            transfer_syntax = fp.read(length).decode("ascii", "replace").rstrip("\x00 ")
+        else:
+            fp.seek(length, os.SEEK_CUR)
+
+
+class _Walker:
+    """Walk DICOM elements by their headers, seeking over values, so any file size costs little memory.
+
+    Sequences are walked down to their items' elements (defined or undefined length), every length is
+    checked against the file and its enclosing item, and elements are counted, so a file pydicom would
+    need gigabytes to represent is refused before pydicom sees it.
+    """
+
+    def __init__(self, fp: BinaryIO, size: int, *, implicit: bool, little: bool) -> None:
+        self.fp = fp
+        self.size = size
+        self.implicit = implicit
+        self.endian = "<" if little else ">"
+        self.elements = 0
+
+    def _read(self, n: int, where: str) -> bytes:
+        data = self.fp.read(n)
+        if len(data) < n:
+            raise InvalidDicom(f"The file is truncated {where}.")
+        return data
+
+    def _tag(self, raw: bytes) -> int:
+        group, element = struct.unpack(self.endian + "HH", raw[:4])
+        return (group << 16) | element
+
+    def _element_header(self, where: str) -> tuple[int, str, int]:
+        self.elements += 1
+        if self.elements > MAX_ELEMENTS:
+            raise InvalidDicom(f"The file's header has more than {MAX_ELEMENTS} elements; it is refused.")
+        raw = self._read(8, where)
+        tag = self._tag(raw)
+        if tag >> 16 == 0xFFFE:
+            return tag, "", struct.unpack(self.endian + "I", raw[4:8])[0]
+        if self.implicit:
+            try:
+                vr = dictionary_VR(Tag(tag))
+            except KeyError:
+                vr = "UN"
+            return tag, vr, struct.unpack(self.endian + "I", raw[4:8])[0]
+        vr_bytes = raw[4:6]
+        if vr_bytes in _LONG_VRS:
+            length = struct.unpack(self.endian + "I", self._read(4, where))[0]
+        elif vr_bytes.isalpha() and vr_bytes.isupper():
+            length = struct.unpack(self.endian + "H", raw[6:8])[0]
+        else:
+            raise InvalidDicom("The file is malformed: an element has an invalid value representation.")
+        return tag, vr_bytes.decode("ascii"), length
+
+    def walk_top_level(self, start: int) -> _Layout:
+        layout = _Layout()
+        self.fp.seek(start)
+        previous = -1
+        where = "in its dataset"
+        while self.fp.tell() < self.size:
+            if self.size - self.fp.tell() < 8:
+                raise InvalidDicom("The file is truncated: it ends inside an element header.")
+            element_start = self.fp.tell()
+            tag, vr, length = self._element_header(where)
+            if tag >> 16 == 0xFFFE:
+                if tag == _ITEM_DELIMITER and length == 0 and previous == -1:
+                    continue  # some writers emit a stray empty delimiter; harmless
+                raise InvalidDicom("The file is malformed: a delimiter stands outside any sequence.")
+            if tag <= previous:
+                raise InvalidDicom("The file is malformed: its elements are repeated or out of order.")
+            previous = tag
+            if tag in _PIXEL_DATA_TAGS:
+                if layout.pixel is None:
+                    layout.header_bytes = element_start - start
+                if length == _UNDEFINED:
+                    layout.pixel = _PixelInfo(tag, "OB", None, self._walk_fragments())
+                else:
+                    self._skip(length, self.size, "inside its pixel data")
+                    # Implicit VR leaves the VR to the dictionary ("OB or OW"): native pixel data reads as OW.
+                    layout.pixel = _PixelInfo(tag, "OW" if self.implicit else vr, length)
+                where = "after its pixel data"
+                continue
+            self._value(vr, length, depth=0, end=self.size, where=where)
+        if layout.pixel is None:
+            layout.header_bytes = self.size - start
+        return layout
+
+    def _skip(self, length: int, end: int, where: str) -> None:
+        if self.fp.tell() + length > min(end, self.size):
+            raise InvalidDicom(f"The file is truncated or malformed {where}.")
+        self.fp.seek(length, os.SEEK_CUR)
+
+    def _value(self, vr: str, length: int, *, depth: int, end: int, where: str) -> None:
+        if length == _UNDEFINED:
+            if vr not in ("SQ", "UN"):
+                raise InvalidDicom("The file is malformed: a value of undefined length is not a sequence.")
+            self._sequence(depth=depth + 1, end=None)
+        elif vr == "SQ":
+            if self.fp.tell() + length > min(end, self.size):
+                raise InvalidDicom(f"The file is truncated or malformed {where}.")
+            self._sequence(depth=depth + 1, end=self.fp.tell() + length)
+        else:
+            self._skip(length, end, where)
+
+    def _sequence(self, *, depth: int, end: int | None) -> None:
+        if depth > MAX_SEQUENCE_DEPTH:
+            raise InvalidDicom("The file is malformed: its sequences are nested too deeply.")
+        where = "inside a sequence"
+        while end is None or self.fp.tell() < end:
+            tag, _, length = self._element_header(where)
+            if tag == _SEQUENCE_DELIMITER and end is None:
+                return
+            if tag != _ITEM:
+                raise InvalidDicom("The file is malformed: a sequence holds something other than items.")
+            if length == _UNDEFINED:
+                self._item(depth=depth, end=None, outer=end)
+            else:
+                item_end = self.fp.tell() + length
+                if item_end > min(end if end is not None else self.size, self.size):
+                    raise InvalidDicom(f"The file is truncated or malformed {where}.")
+                self._item(depth=depth, end=item_end, outer=end)
+        if self.fp.tell() != end:
+            raise InvalidDicom("The file is malformed: a sequence overruns its length.")
+
+    def _item(self, *, depth: int, end: int | None, outer: int | None) -> None:
+        where = "inside a sequence item"
+        limit = end if end is not None else (outer if outer is not None else self.size)
+        while end is None or self.fp.tell() < end:
+            tag, vr, length = self._element_header(where)
+            if tag == _ITEM_DELIMITER and end is None:
+                return
+            if tag >> 16 == 0xFFFE:
+                raise InvalidDicom("The file is malformed: a sequence item is not closed properly.")
+            self._value(vr, length, depth=depth, end=limit, where=where)
+        if self.fp.tell() != end:
+            raise InvalidDicom("The file is malformed: a sequence item overruns its length.")
+
+    def _walk_fragments(self) -> int:
+        where = "inside its pixel data"
+        fragments = 0
+        while True:
+            raw = self._read(8, where)
+            tag = self._tag(raw)
+            length = struct.unpack(self.endian + "I", raw[4:8])[0]
+            if tag == _SEQUENCE_DELIMITER:
+                return fragments
+            if tag != _ITEM or length == _UNDEFINED:
+                raise InvalidDicom("The file is malformed: its compressed pixel data is not a list of fragments.")
+            self._skip(length, self.size, where)
+            fragments += 1
+
+
+def _check_pixel_data(
+    ds: Dataset, pixel: _PixelInfo, transfer_syntax: str, rows: int | None, columns: int | None, frames: int
+) -> None:
+    if not rows or not columns:
+        raise InvalidDicom("The file is malformed: it has pixel data but no image size (Rows/Columns).")
+    if pixel.tag == 0x7FE00010 and _text(ds, "PhotometricInterpretation", 64) not in _PHOTOMETRIC:
+        raise InvalidDicom("The file is malformed: its Photometric Interpretation is missing or unknown.")
+    if pixel.length is None:
+        # Basic Offset Table item first, then at least one fragment.
+        if pixel.fragments < 2:
+            raise InvalidDicom("The file is malformed: its compressed pixel data has no image fragments.")
+        return
+    if transfer_syntax not in _NATIVE_TS:
+        raise InvalidDicom("The file is malformed: compressed pixel data must be encapsulated.")
+    if pixel.tag != 0x7FE00010:
+        return
+    bits = _int(ds, "BitsAllocated")
+    samples = _int(ds, "SamplesPerPixel") or 1
+    if bits not in (1, 8, 16, 32, 64):
+        raise InvalidDicom("The file is malformed: Bits Allocated is missing or not a supported value.")
+    if samples not in (1, 3, 4):
+        raise InvalidDicom("The file is malformed: Samples per Pixel is not a supported value.")
+    expected_bits = rows * columns * samples * frames * bits
+    if _text(ds, "PhotometricInterpretation", 32) == "YBR_FULL_422":
+        expected_bits = expected_bits * 2 // 3
+    expected = (expected_bits + 7) // 8
+    if pixel.length < expected:
+        raise InvalidDicom(
+            "The file is truncated or malformed: its pixel data is shorter than the image size in its header."
+        )
+
+
+def _raw_length(ds: Dataset, tag: int) -> tuple[str, int]:
+    raw = ds.get_item(tag)
+    vr = str(getattr(raw, "VR", "") or "")
+    length = getattr(raw, "length", None)
+    if length is None:
+        value = getattr(raw, "value", None)
+        length = len(value) if isinstance(value, (bytes, str)) else 0
+    return vr, int(length)
+
+
+def _metadata(ds: Dataset, layout: _Layout, meta: Dataset) -> dict[str, Any]:
+    """Return the header as DICOM JSON, large values replaced by BulkDataURI placeholders."""
+    small = Dataset()
+    placeholders: dict[str, dict[str, str]] = {}
+    for tag in list(ds.keys()):
+        vr, length = _raw_length(ds, tag)
+        key = f"{int(tag):08X}"
+        if length > MAX_INLINE_VALUE or (vr in _BINARY_VRS and length > BULK_DATA_THRESHOLD):
+            placeholders[key] = {"vr": vr if vr and vr != "UN" else "UN", "BulkDataURI": key}
+            continue
+        small.add(ds[tag])
+
+    def bulk(element: Any) -> str:
+        return f"{int(element.tag):08X}"
+
+    result = small.to_json_dict(BULK_DATA_THRESHOLD, bulk, suppress_invalid_tags=True)
+    result.update(placeholders)
+    if layout.pixel is not None:
+        key = f"{layout.pixel.tag:08X}"
+        result[key] = {"vr": layout.pixel.vr, "BulkDataURI": key}
+    # Keep the transfer syntax next to the header: WADO-RS metadata reports it (0002,0010).
+    ts = meta.get("TransferSyntaxUID")
+    if ts:
+        result["00020010"] = {"vr": "UI", "Value": [str(ts)]}
+    return dict(sorted(result.items()))
+
+
+def _text(ds: Dataset, keyword: str, max_length: int) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - a badly encoded value is treated as absent
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        text = "\\".join(str(v) for v in value)
+    elif isinstance(value, bytes):
+        text = value.decode("ascii", "replace")
+    else:
+        text = str(value)
+    return text.replace("\x00", "").strip()[:max_length]
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            value = value[0]
+        number = int(value)
+    except Exception:  # noqa: BLE001 - an unreadable number is treated as absent
+        return None
+    return number if -(2**31) <= number < 2**31 else None
+
+
+def _date(ds: Dataset, keyword: str) -> date | None:
+    text = _text(ds, keyword, 32).replace(".", "")
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None
+
+
+def _time(ds: Dataset, keyword: str) -> time | None:
+    text = _text(ds, keyword, 32).replace(":", "")
+    match = re.match(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$", text)
+    if not match:
+        return None
+    hour, minute, second, fraction = match.groups()
+    try:
+        return time(
+            int(hour),
+            int(minute or 0),
+            min(int(second or 0), 59),
+            int((fraction or "0").ljust(6, "0")),
+        )
+    except ValueError:
+        return None

@@ -1,0 +1,40 @@
+"""Domain errors raised by ingest (browser upload, STOW-RS, C-STORE all share them)."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from portal.exceptions import PortalError
+
+
+class InvalidDicom(PortalError):
+    """The file is not DICOM, or is truncated or malformed; ``message`` says why."""
+
+    status = HTTPStatus.BAD_REQUEST
+    code = "invalid_dicom"
+
+
+class InstanceConflict(PortalError):
+    """An instance with this SOP Instance UID is already stored with different content."""
+
+    status = HTTPStatus.CONFLICT
+    code = "instance_conflict"
+
+
+class QuotaExceeded(PortalError):
+    """Storing the file would pass the clinic's storage quota; ``message`` says how much is left."""
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE
+    code = "quota_exceeded"
+
+
+class NotDicom(InvalidDicom):
+    """The file is not DICOM at all (a readme, a picture, an archive); folders and ZIPs skip these."""
+
+    code = "not_dicom"
+
+
+class DicomDirectory(InvalidDicom):
+    """The file is a DICOMDIR, the index of a CD or DVD: nothing to store, skipped."""
+
+    code = "dicomdir"

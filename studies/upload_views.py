@@ -1,0 +1,166 @@
+"""The upload page and its endpoints: one file per POST, ZIP archives handed to a worker.
+
+``upload_file`` answers JSON ``{"outcome", "reason", ...}`` for every file, so the page can show a
+summary: ``stored``, ``already_present``, ``skipped`` (DICOMDIR, not DICOM), ``rejected`` (with the
+reason; the page does not retry these), ``queued`` (a ZIP archive; poll ``status_url``) or ``error``
+(transient: storage unreachable, retried by the page).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from http import HTTPStatus
+from uuid import UUID
+
+from django.core.exceptions import PermissionDenied
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.http import Http404, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from portal.exceptions import PortalError
+from studies import ingest, tasks, uploads
+from studies.archive.errors import StorageUnavailable
+from studies.errors import DicomDirectory, InstanceConflict, InvalidDicom, NotDicom, QuotaExceeded
+from studies.models import UploadBatch, UploadItem
+from tenants.middleware import ClinicRequest
+from tenants.models import User
+from tenants.roles import Action
+
+# The most results one status answer lists; the counts always cover the whole batch.
+BATCH_ITEMS_SHOWN = 5000
+
+
+def _require_upload(request: ClinicRequest) -> None:
+    if not request.membership.can(Action.UPLOAD):
+        raise PermissionDenied
+
+
+def _user(request: ClinicRequest) -> User | None:
+    # API-token requests carry no user; the audit trail names the token instead.
+    return request.user if request.user.is_authenticated else None  # type: ignore[return-value]
+
+
+@require_GET
+def upload_page(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
+    _require_upload(request)
+    return render(
+        request,
+        "studies/upload_page.html",
+        {
+            "file_url": reverse("studies:upload-file", kwargs={"clinic_slug": request.clinic.slug}),
+            "studies_url": reverse("studies:list", kwargs={"clinic_slug": request.clinic.slug}),
+            "can_view": request.membership.can(Action.VIEW),
+        },
+    )
+
+
+@contextmanager
+def _on_disk(upload: UploadedFile) -> Iterator[str]:
+    """Yield a path to the uploaded bytes: Django already spooled big files to disk; small ones we write."""
+    path = getattr(upload, "temporary_file_path", None)
+    if path is not None:
+        yield path()
+        return
+    with tempfile.NamedTemporaryFile(prefix="upload-", suffix=".dcm") as tmp:
+        upload.seek(0)
+        shutil.copyfileobj(upload, tmp, 1024 * 1024)
+        tmp.flush()
+        yield tmp.name
+
+
+def _answer(outcome: str, reason: str = "", status: int = HTTPStatus.OK, **extra: object) -> JsonResponse:
+    return JsonResponse({"outcome": outcome, "reason": reason, **extra}, status=status)
+
+
+@require_POST
+def upload_file(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
+    """Ingest one uploaded file (field ``file``), or stage a ZIP archive for unpacking."""
+    _require_upload(request)
+    upload = request.FILES.get("file")
+    if upload is None:
+        return _answer(
+            "rejected", "No file was sent (expected a multipart field named 'file').", HTTPStatus.BAD_REQUEST
+        )
+    name = request.POST.get("path") or upload.name or ""
+    try:
+        with _on_disk(upload) as path:
+            if uploads.is_zip_file(path):
+                return _stage_zip(request, path=path, name=name, size=upload.size or 0)
+            result = ingest.instance_ingest(
+                clinic=request.clinic, source_path=path, source="upload", request=request, actor=_user(request)
+            )
+    except DicomDirectory as exc:
+        return _answer("skipped", exc.message)
+    except NotDicom as exc:
+        return _answer("rejected", exc.message, HTTPStatus.UNPROCESSABLE_ENTITY)
+    except (InvalidDicom, InstanceConflict, QuotaExceeded) as exc:
+        return _answer(
+            "rejected",
+            exc.message,
+            exc.status if exc.status != HTTPStatus.BAD_REQUEST else HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+    except StorageUnavailable:
+        return _answer(
+            "error", "Storage is unavailable for a moment; the file will be sent again.", HTTPStatus.SERVICE_UNAVAILABLE
+        )
+    except PortalError as exc:
+        return _answer("error", exc.message, exc.status)
+    study = result.instance.series.study
+    reason = ""
+    if result.outcome == ingest.IngestOutcome.ALREADY_PRESENT and study.deleted_at is not None:
+        reason = "Its study is in the trash: restore the study to see it again."
+    return _answer(
+        result.outcome.value,
+        reason,
+        HTTPStatus.CREATED if result.outcome == ingest.IngestOutcome.STORED else HTTPStatus.OK,
+        study=str(study.uuid),
+        study_url=reverse("studies:detail", kwargs={"clinic_slug": request.clinic.slug, "study_uuid": study.uuid}),
+    )
+
+
+def _stage_zip(request: ClinicRequest, *, path: str, name: str, size: int) -> JsonResponse:
+    # No transaction around the staging write: a long upload to the store must not hold one open.
+    with open(path, "rb") as source:
+        batch = uploads.upload_zip_stage(
+            clinic=request.clinic, source=source, name=name, size=size, created_by=_user(request)
+        )
+    transaction.on_commit(partial(tasks.upload_zip_extract.delay, clinic_id=request.clinic.pk, batch_id=batch.pk))
+    return _answer(
+        "queued",
+        "The archive is being unpacked.",
+        HTTPStatus.ACCEPTED,
+        batch=str(batch.uuid),
+        status_url=reverse(
+            "studies:upload-batch", kwargs={"clinic_slug": request.clinic.slug, "batch_uuid": batch.uuid}
+        ),
+    )
+
+
+@require_GET
+def upload_batch(request: ClinicRequest, clinic_slug: str, batch_uuid: UUID) -> HttpResponse:
+    """Answer an archive's progress and, member by member, what happened."""
+    _require_upload(request)
+    batch = UploadBatch.objects.for_clinic(request.clinic).filter(uuid=batch_uuid).first()
+    if batch is None:
+        raise Http404("No such upload.")
+    items = UploadItem.objects.for_clinic(request.clinic).filter(batch=batch).order_by("pk")
+    return JsonResponse(
+        {
+            "batch": str(batch.uuid),
+            "status": batch.status,
+            "archive_name": batch.archive_name,
+            "message": batch.message,
+            "counts": uploads.upload_batch_counts(batch=batch),
+            "items": [
+                {"name": item.name, "outcome": item.outcome, "reason": item.reason}
+                for item in items[:BATCH_ITEMS_SHOWN]
+            ],
+        }
+    )

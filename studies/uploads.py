@@ -1,0 +1,264 @@
+"""Browser uploads of ZIP archives: stage the archive encrypted, then unpack it safely in a worker.
+
+The web process only streams the archive into the primary store (encrypted like everything else, so
+any worker can read it) and records an ``UploadBatch``. ``studies.tasks.upload_zip_extract`` then
+unpacks it member by member, each through ``instance_ingest``, writing one ``UploadItem`` per member.
+
+Safety: member names are never used as file-system paths (each member is copied into a temporary file
+we name), so path traversal can't happen; names that try it are refused and reported. Zip bombs are
+stopped by limits on member count, total and per-member uncompressed size and compression ratio,
+counted on the bytes actually inflated rather than on what the archive's directory claims.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import shutil
+import stat
+import tempfile
+import uuid
+import zipfile
+from contextlib import closing
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from django.conf import settings
+from django.db import IntegrityError
+from django.utils import timezone
+
+from portal.exceptions import PortalError
+from studies import ingest
+from studies.archive import objects
+from studies.archive.errors import ArchiveError, StorageUnavailable
+from studies.errors import DicomDirectory, InstanceConflict, InvalidDicom, NotDicom, QuotaExceeded
+from studies.models import UploadBatch, UploadItem
+from tenants.audit import audit_record
+from tenants.models import Clinic, User
+
+logger = logging.getLogger(__name__)
+
+Outcome = UploadItem.Outcome
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_COPY_CHUNK = 1024 * 1024
+
+
+class ArchiveRejected(PortalError):
+    """The whole archive is refused (not a ZIP, or over a safety limit)."""
+
+    code = "archive_rejected"
+
+
+@dataclass(frozen=True)
+class ZipLimits:
+    max_members: int
+    max_total_bytes: int
+    max_member_bytes: int
+    max_ratio: int
+
+    @classmethod
+    def from_settings(cls) -> ZipLimits:
+        return cls(
+            max_members=settings.UPLOAD_ZIP_MAX_MEMBERS,
+            max_total_bytes=settings.UPLOAD_ZIP_MAX_TOTAL_BYTES,
+            max_member_bytes=settings.UPLOAD_ZIP_MAX_MEMBER_BYTES,
+            max_ratio=settings.UPLOAD_ZIP_MAX_RATIO,
+        )
+
+
+def is_zip_file(path: str) -> bool:
+    """Say whether the file starts like a ZIP archive (content, not name, decides)."""
+    with open(path, "rb") as fileobj:
+        return fileobj.read(4) in ZIP_MAGIC
+
+
+def upload_zip_stage(*, clinic: Clinic, source: BinaryIO, name: str, size: int, created_by: User | None) -> UploadBatch:
+    """Store an uploaded archive encrypted in the primary store and record its batch (queued).
+
+    The caller queues ``tasks.upload_zip_extract`` after commit. Raises StorageUnavailable.
+    """
+    stored = objects.object_put(clinic=clinic, source=source, object_uuid=uuid.uuid4())
+    return UploadBatch.objects.create(
+        clinic=clinic,
+        created_by=created_by,
+        archive_name=posixpath.basename(name.replace("\\", "/"))[:255],
+        archive_size=size,
+        staging_key=stored.key,
+    )
+
+
+def upload_zip_extract(*, batch: UploadBatch, limits: ZipLimits | None = None) -> UploadBatch:
+    """Unpack a staged archive and ingest every member; safe to run again after a crash or retry.
+
+    Members that already have a result are not ingested again. Raises StorageUnavailable (the task
+    retries); any other failure of the whole archive marks the batch failed with a message.
+    """
+    limits = limits or ZipLimits.from_settings()
+    claimed = (
+        UploadBatch.objects.for_clinic(batch.clinic_id)
+        .filter(pk=batch.pk, status__in=[UploadBatch.Status.QUEUED, UploadBatch.Status.RUNNING])
+        .update(status=UploadBatch.Status.RUNNING, started_at=timezone.now())
+    )
+    if not claimed:
+        return batch  # finished by an earlier delivery
+    clinic = batch.clinic
+    try:
+        with tempfile.TemporaryFile(prefix="upload-zip-") as local:
+            # zipfile needs to seek; the staged object is a decrypting stream, so copy it locally first.
+            with closing(objects.object_open(clinic=clinic, key=batch.staging_key)) as staged:
+                shutil.copyfileobj(staged, local, _COPY_CHUNK)
+            local.seek(0)
+            _extract(batch=batch, clinic=clinic, fileobj=local, limits=limits)
+    except StorageUnavailable:
+        raise
+    except (ArchiveRejected, ArchiveError) as exc:
+        _finish(batch, UploadBatch.Status.FAILED, exc.message)
+        return batch
+    except zipfile.BadZipFile:
+        _finish(batch, UploadBatch.Status.FAILED, "The file is not a readable ZIP archive.")
+        return batch
+    _finish(batch, UploadBatch.Status.DONE, "")
+    return batch
+
+
+def _finish(batch: UploadBatch, status: str, message: str) -> None:
+    if batch.staging_key:
+        try:
+            objects.object_delete(clinic=batch.clinic, key=batch.staging_key)
+        except ArchiveError:
+            logger.warning("Could not delete the staged archive of upload batch %s", batch.uuid)
+    batch.status = status
+    batch.message = message[:500]
+    batch.finished_at = timezone.now()
+    batch.staging_key = ""
+    batch.save(update_fields=["status", "message", "finished_at", "staging_key"])
+    counts = upload_batch_counts(batch=batch)
+    audit_record(
+        clinic=batch.clinic,
+        action="upload.archive_unpacked" if status == UploadBatch.Status.DONE else "upload.archive_failed",
+        actor=batch.created_by,
+        object_type="upload_batch",
+        object_id=str(batch.uuid),
+        result="success" if status == UploadBatch.Status.DONE else "failure",
+        details=counts,
+    )
+
+
+def upload_batch_counts(*, batch: UploadBatch) -> dict[str, int]:
+    """Return how many members ended in each outcome."""
+    counts = {outcome.value: 0 for outcome in Outcome}
+    for outcome in UploadItem.objects.for_clinic(batch.clinic_id).filter(batch=batch).values_list("outcome", flat=True):
+        counts[outcome] += 1
+    return counts
+
+
+def _safe_member_name(name: str) -> str | None:
+    """Return the member's path for display, or None when it tries to leave the archive's root."""
+    cleaned = name.replace("\\", "/")
+    if cleaned.startswith("/") or (len(cleaned) > 1 and cleaned[1] == ":") or "\x00" in cleaned:
+        return None
+    parts = [part for part in cleaned.split("/") if part not in ("", ".")]
+    if any(part == ".." for part in parts):
+        return None
+    return "/".join(parts)
+
+
+def _extract(*, batch: UploadBatch, clinic: Clinic, fileobj: BinaryIO, limits: ZipLimits) -> None:
+    with zipfile.ZipFile(fileobj) as archive:
+        members = [info for info in archive.infolist() if not info.is_dir()]
+        if len(members) > limits.max_members:
+            raise ArchiveRejected(
+                f"The archive holds {len(members)} files; at most {limits.max_members} are accepted per archive."
+            )
+        done = set(UploadItem.objects.for_clinic(clinic).filter(batch=batch).values_list("name", flat=True))
+        inflated_total = 0
+        for info in members:
+            label = (_safe_member_name(info.filename) or info.filename)[:1024]
+            if label in done:
+                continue
+            outcome, reason, instance, inflated = _member_ingest(
+                archive=archive,
+                info=info,
+                clinic=clinic,
+                batch=batch,
+                limits=limits,
+                budget=limits.max_total_bytes - inflated_total,
+            )
+            inflated_total += inflated
+            try:
+                UploadItem.objects.create(
+                    clinic=clinic,
+                    batch=batch,
+                    name=label,
+                    size_bytes=info.file_size,
+                    outcome=outcome,
+                    reason=reason[:500],
+                    instance=instance,
+                )
+            except IntegrityError:
+                pass  # two members with the same name: the first result stands
+            if inflated_total >= limits.max_total_bytes:
+                raise ArchiveRejected(
+                    "The archive unpacks to more than the allowed total size; the rest of it was not read."
+                )
+
+
+def _member_ingest(
+    *,
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    clinic: Clinic,
+    batch: UploadBatch,
+    limits: ZipLimits,
+    budget: int,
+) -> tuple[str, str, object, int]:
+    """Ingest one member; return (outcome, reason, instance or None, bytes inflated)."""
+    if _safe_member_name(info.filename) is None:
+        return (
+            Outcome.REJECTED,
+            "Unsafe path inside the archive (absolute or leading outside it); not unpacked.",
+            None,
+            0,
+        )
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return Outcome.SKIPPED, "Symbolic link: not unpacked.", None, 0
+    if info.flag_bits & 0x1:
+        return Outcome.REJECTED, "Encrypted member: can't be read without its password.", None, 0
+    if info.file_size > limits.max_member_bytes:
+        return Outcome.REJECTED, "Too large to unpack from an archive; upload this file on its own.", None, 0
+    with tempfile.NamedTemporaryFile(prefix="upload-member-", suffix=".dcm") as member:
+        inflated = 0
+        limit = min(limits.max_member_bytes, budget)
+        try:
+            with archive.open(info) as source:
+                while chunk := source.read(_COPY_CHUNK):
+                    inflated += len(chunk)
+                    # Counted on real bytes: a forged directory entry can't hide a bomb.
+                    if inflated > limit:
+                        if inflated > budget:
+                            raise ArchiveRejected(
+                                "The archive unpacks to more than the allowed total size; the rest was not read."
+                            )
+                        return Outcome.REJECTED, "Too large to unpack from an archive.", None, inflated
+                    if inflated > 1024 * 1024 and inflated > limits.max_ratio * max(info.compress_size, 1):
+                        return (
+                            Outcome.REJECTED,
+                            "Compressed suspiciously well (a possible zip bomb); not unpacked.",
+                            None,
+                            inflated,
+                        )
+                    member.write(chunk)
+        except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError) as exc:
+            return Outcome.REJECTED, f"Can't be unpacked: {exc.__class__.__name__}.", None, inflated
+        member.flush()
+        try:
+            result = ingest.instance_ingest(
+                clinic=clinic, source_path=member.name, source="upload-zip", actor=batch.created_by
+            )
+        except (DicomDirectory, NotDicom) as exc:
+            return Outcome.SKIPPED, exc.message, None, inflated
+        except (InvalidDicom, InstanceConflict, QuotaExceeded) as exc:
+            return Outcome.REJECTED, exc.message, None, inflated
+    outcome = Outcome.STORED if result.outcome == ingest.IngestOutcome.STORED else Outcome.ALREADY_PRESENT
+    return outcome, "", result.instance, inflated
