@@ -1,0 +1,306 @@
+"""Reads of the clinic's study index for the studies pages, the study page, downloads and the REST API.
+
+Every function takes the clinic as a keyword argument and starts from ``for_clinic``. Trashed studies
+(``deleted_at`` set) are left out of every read except the trash itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from uuid import UUID
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import CharField, F, Func, IntegerField, Q, QuerySet, Value
+from django.db.models.functions import Replace, Upper
+
+from studies.models import Instance, Patient, Series, Study
+from tenants.models import Clinic
+
+# Family name before given names: "DOE^JANE" sorts before "DOERR^ANNA" (a space sorts before letters).
+_NAME_SORT = Upper(Replace("patient__patient_name", Value("^"), Value(" ")))
+
+# The public sort keys (page and API) and the columns behind them; ties broken by id so that pages
+# never repeat or skip a row.
+SORTS: dict[str, tuple] = {
+    "date": (F("study_date").asc(nulls_first=True), F("study_time").asc(nulls_first=True), "id"),
+    "-date": (F("study_date").desc(nulls_last=True), F("study_time").desc(nulls_last=True), "-id"),
+    "patient": (_NAME_SORT, "id"),
+    "-patient": (_NAME_SORT.desc(), "-id"),
+    "created": ("created_at", "id"),
+    "-created": ("-created_at", "-id"),
+}
+DEFAULT_SORT = "-date"
+# Up to this many patients matching a name search are looked up by id (see study_list).
+PATIENT_IDS_MAX = 300
+
+
+@dataclass(frozen=True)
+class StudySearch:
+    """The search keys shared by the studies page and ``GET /api/v1/clinics/<clinic>/studies/``.
+
+    Text keys accept the DICOM wildcards ``*`` (any run of characters) and ``?`` (one character).
+    ``patient_name`` is case-insensitive; without wildcards it matches a family or given name that
+    starts with the text (``smi`` finds ``SMITH^JOHN``, so does ``john``). ``patient_id`` and ``accession_number``
+    without wildcards match exactly; ``description`` matches anywhere, case-insensitively.
+    """
+
+    patient_name: str = ""
+    patient_id: str = ""
+    accession_number: str = ""
+    date_from: date | None = None
+    date_to: date | None = None
+    modality: str = ""
+    description: str = ""
+    sort: str = DEFAULT_SORT
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(
+            [self.patient_name, self.patient_id, self.accession_number, self.date_from, self.date_to,
+             self.modality, self.description]
+        )
+
+
+def _has_wildcard(value: str) -> bool:
+    return "*" in value or "?" in value
+
+
+def wildcard_to_regex(value: str) -> str:
+    """Turn a DICOM wildcard pattern into an anchored regular expression (everything else literal)."""
+    parts = []
+    for char in value:
+        if char == "*":
+            parts.append(".*")
+        elif char == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
+    return "^" + "".join(parts) + "$"
+
+
+def _wildcard_like(value: str) -> tuple[str, bool]:
+    """Translate a wildcard pattern to a LIKE pattern when it only has a trailing ``*``.
+
+    Returns (prefix, True) for "SMI*" style patterns so that the query can use a prefix index, or
+    ("", False) when a regular expression is needed.
+    """
+    if value.endswith("*") and not _has_wildcard(value[:-1]):
+        return value[:-1], True
+    return "", False
+
+
+def _patient_name_q(value: str) -> Q:
+    term = value.strip().upper()
+    if _has_wildcard(term):
+        prefix, simple = _wildcard_like(term)
+        if simple:
+            return Q(patient_name_upper__startswith=prefix)
+        return Q(patient_name_upper__regex=wildcard_to_regex(term))
+    # A person types "smith" or "john" and expects SMITH^JOHN: match the start of the family or the
+    # given name. Both tests use prefix indexes on PostgreSQL (see migration 0005_search_indexes).
+    return Q(patient_name_upper__startswith=term) | Q(given_name_upper__startswith=term)
+
+
+def _given_name_upper() -> Upper:
+    """The upper-cased given name (second PN component), spelled as its PostgreSQL index is."""
+    name = F("patient_name")
+    if connection.vendor == "postgresql":
+        return Upper(Func(name, Value("^"), Value(2), function="SPLIT_PART", output_field=CharField()))
+    # SQLite has no SPLIT_PART: what follows the first ^ starts with the given name all the same.
+    after_caret = Func(name, Value("^"), function="INSTR", output_field=IntegerField()) + Value(1)
+    return Upper(Func(name, after_caret, function="SUBSTR", output_field=CharField()))
+
+
+def _exact_or_wildcard_q(field_name: str, value: str) -> Q:
+    value = value.strip()
+    if not _has_wildcard(value):
+        return Q(**{field_name: value})
+    prefix, simple = _wildcard_like(value)
+    if simple:
+        return Q(**{f"{field_name}__startswith": prefix})
+    return Q(**{f"{field_name}__regex": wildcard_to_regex(value)})
+
+
+def _modality_q(value: str) -> Q:
+    # ModalitiesInStudy is stored backslash-separated ("CT\SR"); match one whole value.
+    modality = value.strip().upper()
+    sep = "\\"
+    return (
+        Q(modalities_in_study=modality)
+        | Q(modalities_in_study__startswith=modality + sep)
+        | Q(modalities_in_study__endswith=sep + modality)
+        | Q(modalities_in_study__contains=sep + modality + sep)
+    )
+
+
+def study_list(*, clinic: Clinic | int, search: StudySearch | None = None) -> QuerySet[Study]:
+    """Return the clinic's studies (not in the trash) matching the search, sorted, with their patient.
+
+    A patient-name search looks the matching patients up right away (one query); the rest is lazy.
+    """
+    search = search or StudySearch()
+    studies = Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).select_related("patient")
+    if search.patient_name.strip() or search.patient_id.strip() or search.sort in ("patient", "-patient"):
+        # Naming the patient's clinic too lets PostgreSQL use the (clinic_id, name) patient indexes.
+        studies = studies.filter(patient__clinic=clinic)
+    if search.patient_name.strip():
+        patients = (
+            Patient.objects.for_clinic(clinic)
+            .annotate(patient_name_upper=Upper("patient_name"), given_name_upper=_given_name_upper())
+            .filter(_patient_name_q(search.patient_name))
+        )
+        # Find the matching patients first: the planner cannot estimate how many names a pattern
+        # matches, and a wrong guess walks the whole date index. A short list of ids lets it fetch
+        # just those patients' studies through the patient index instead.
+        patient_ids = list(patients.values_list("id", flat=True)[: PATIENT_IDS_MAX + 1])
+        if len(patient_ids) <= PATIENT_IDS_MAX:
+            studies = studies.filter(patient_id__in=patient_ids)
+        else:
+            studies = studies.filter(patient__in=patients.values("id"))
+    if search.patient_id.strip():
+        studies = studies.filter(_exact_or_wildcard_q("patient__patient_id", search.patient_id))
+    if search.accession_number.strip():
+        studies = studies.filter(_exact_or_wildcard_q("accession_number", search.accession_number))
+    if search.date_from:
+        studies = studies.filter(study_date__gte=search.date_from)
+    if search.date_to:
+        studies = studies.filter(study_date__lte=search.date_to)
+    if search.modality.strip():
+        studies = studies.filter(_modality_q(search.modality))
+    if search.description.strip():
+        description = search.description.strip()
+        if _has_wildcard(description):
+            # Wildcards in a "contains" search: the pattern may match anywhere in the text.
+            regex = wildcard_to_regex(description)[1:-1]
+            studies = studies.filter(study_description__iregex=regex)
+        else:
+            studies = studies.filter(study_description__icontains=description)
+    return studies.order_by(*SORTS.get(search.sort, SORTS[DEFAULT_SORT]))
+
+
+def study_count(queryset: QuerySet[Study], *, cap: int | None = None) -> int:
+    """Count a search's matches, stopping at ``cap + 1`` so that a broad search stays fast.
+
+    A result of ``cap + 1`` means "more than cap"; the studies page says so instead of counting
+    100,000 rows for every page load.
+    """
+    if cap is None:
+        return queryset.count()
+    # Which rows make up the first cap + 1 does not matter for the count, so drop the (costly) order.
+    return queryset.order_by()[: cap + 1].count()
+
+
+def study_get(*, clinic: Clinic | int, study_uuid: UUID | str) -> Study | None:
+    """Return one study (not trashed) by its public uuid, with its patient, or None."""
+    return (
+        Study.objects.for_clinic(clinic)
+        .filter(uuid=study_uuid, deleted_at__isnull=True)
+        .select_related("patient")
+        .first()
+    )
+
+
+def study_get_by_uid(*, clinic: Clinic | int, study_instance_uid: str) -> Study | None:
+    """Return one study (not trashed) by its Study Instance UID (REST API), or None."""
+    return (
+        Study.objects.for_clinic(clinic)
+        .filter(study_instance_uid=study_instance_uid, deleted_at__isnull=True)
+        .select_related("patient")
+        .first()
+    )
+
+
+def series_list(*, clinic: Clinic | int, study: Study) -> QuerySet[Series]:
+    """Return a study's series in series-number order."""
+    return (
+        Series.objects.for_clinic(clinic)
+        .filter(study=study)
+        .order_by(F("series_number").asc(nulls_last=True), "created_at", "id")
+    )
+
+
+def series_get(*, clinic: Clinic | int, study: Study, series_uuid: UUID | str) -> Series | None:
+    return Series.objects.for_clinic(clinic).filter(study=study, uuid=series_uuid).first()
+
+
+def instance_list(
+    *, clinic: Clinic | int, study: Study | None = None, series: Series | None = None
+) -> QuerySet[Instance]:
+    """Return the instances of a study or of one series, in series then instance-number order."""
+    # The header copy (metadata) can be large and no download or listing needs it.
+    instances = Instance.objects.for_clinic(clinic).select_related("series").defer("metadata")
+    if series is not None:
+        instances = instances.filter(series=series)
+    elif study is not None:
+        instances = instances.filter(series__study=study)
+    return instances.order_by(
+        F("series__series_number").asc(nulls_last=True),
+        "series__id",
+        F("instance_number").asc(nulls_last=True),
+        "id",
+    )
+
+
+def series_thumbnail_instance(*, clinic: Clinic | int, series: Series) -> Instance | None:
+    """Return the series' middle image instance (by instance number), the one its thumbnail shows."""
+    images = (
+        Instance.objects.for_clinic(clinic)
+        .filter(series=series, rows__isnull=False, columns__isnull=False)
+        .order_by(F("instance_number").asc(nulls_last=True), "id")
+    )
+    count = images.count()
+    if count == 0:
+        return None
+    return images[count // 2]
+
+
+def trash_list(*, clinic: Clinic | int) -> QuerySet[Study]:
+    """Return the clinic's trashed studies, most recently deleted first, with who deleted them."""
+    return (
+        Study.objects.for_clinic(clinic)
+        .filter(deleted_at__isnull=False)
+        .select_related("patient", "deleted_by")
+        .order_by("-deleted_at", "-id")
+    )
+
+
+def trash_get(*, clinic: Clinic | int, study_uuid: UUID | str) -> Study | None:
+    return Study.objects.for_clinic(clinic).filter(uuid=study_uuid, deleted_at__isnull=False).first()
+
+
+def trash_purge_due(*, now: datetime) -> QuerySet[Study]:
+    """Return trashed studies of every clinic whose time in the trash is over.
+
+    Cross-clinic on purpose: the periodic purge is maintenance over all tenants; each study is then
+    purged by a task scoped to its own clinic.
+    """
+    cutoff = now - timedelta(days=settings.TRASH_DAYS)
+    return Study.objects.filter(deleted_at__isnull=False, deleted_at__lte=cutoff).only("id", "clinic_id")
+
+
+def study_recent(*, clinic: Clinic | int, limit: int = 5) -> list[Study]:
+    """Return the most recently stored studies, for the dashboard."""
+    return list(study_list(clinic=clinic, search=StudySearch(sort="-created"))[:limit])
+
+
+@dataclass(frozen=True)
+class Usage:
+    used_bytes: int
+    quota_bytes: int
+    studies: int
+
+    @property
+    def percent(self) -> int:
+        if self.quota_bytes <= 0:
+            return 0
+        return min(100, round(100 * self.used_bytes / self.quota_bytes))
+
+
+def clinic_usage(*, clinic: Clinic) -> Usage:
+    """Return the clinic's stored bytes against its quota, read fresh from the database."""
+    row = Clinic.objects.filter(pk=clinic.pk).values("used_bytes", "quota_bytes").get()
+    studies = Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).count()
+    return Usage(used_bytes=row["used_bytes"], quota_bytes=row["quota_bytes"], studies=studies)

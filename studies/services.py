@@ -1,0 +1,123 @@
+"""State changes of studies after ingest: trash, restore and purge.
+
+Ingest itself lives in ``studies.ingest``; thumbnails in ``studies.thumbnails``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Sum, Value
+from django.db.models.functions import Greatest
+from django.http import HttpRequest
+from django.utils import timezone
+
+from portal.exceptions import PortalError
+from studies.archive import objects
+from studies.archive.errors import ObjectMissing
+from studies.models import Instance, Patient, Series, Study
+from tenants.audit import audit_record
+from tenants.models import Clinic, User
+
+logger = logging.getLogger(__name__)
+
+
+def study_purge_at(study: Study) -> datetime | None:
+    """When a trashed study is purged for good."""
+    if study.deleted_at is None:
+        return None
+    return study.deleted_at + timedelta(days=settings.TRASH_DAYS)
+
+
+@transaction.atomic
+def study_delete(*, clinic: Clinic, study: Study, actor: User | None = None,
+                 request: HttpRequest | None = None) -> Study:
+    """Move a study to the trash; it stays restorable for ``TRASH_DAYS`` days, then is purged.
+
+    Raises PortalError when the study is already in the trash.
+    """
+    updated = Study.objects.for_clinic(clinic).filter(pk=study.pk, deleted_at__isnull=True).update(
+        deleted_at=timezone.now(), deleted_by=actor if actor and actor.is_authenticated else None
+    )
+    if not updated:
+        raise PortalError("This study is already in the trash.")
+    study.refresh_from_db(fields=["deleted_at", "deleted_by"])
+    audit_record(clinic=clinic, action="study.deleted", request=request, actor=actor, object_type="study",
+                 object_id=str(study.uuid), details={"purge_at": study_purge_at(study).isoformat()})
+    return study
+
+
+@transaction.atomic
+def study_restore(*, clinic: Clinic, study: Study, actor: User | None = None,
+                  request: HttpRequest | None = None) -> Study:
+    """Take a study out of the trash.
+
+    Raises PortalError when it is not in the trash (restored already, or purged meanwhile).
+    """
+    updated = Study.objects.for_clinic(clinic).filter(pk=study.pk, deleted_at__isnull=False).update(
+        deleted_at=None, deleted_by=None
+    )
+    if not updated:
+        raise PortalError("This study is not in the trash any more.")
+    study.refresh_from_db(fields=["deleted_at", "deleted_by"])
+    audit_record(clinic=clinic, action="study.restored", request=request, actor=actor, object_type="study",
+                 object_id=str(study.uuid))
+    return study
+
+
+def _delete_object(*, clinic: Clinic, key: str, store: str) -> None:
+    try:
+        objects.object_delete(clinic=clinic, key=key, store=store)
+    except ObjectMissing:
+        # A previous, interrupted purge already removed it: purging is idempotent.
+        pass
+
+
+def study_purge(*, clinic: Clinic, study_id: int) -> bool:
+    """Delete a trashed study for good: its objects in both stores, its index rows, its quota use.
+
+    Objects go first and rows last, so an interrupted purge leaves a trashed study that the next run
+    finishes; a study already purged (or restored meanwhile) is left alone. Returns whether it purged.
+    Raises StorageUnavailable when a store cannot be reached (the task retries).
+    """
+    study = Study.objects.for_clinic(clinic).filter(pk=study_id, deleted_at__isnull=False).first()
+    if study is None:
+        return False
+    keys = list(Instance.objects.for_clinic(clinic).filter(series__study=study).values_list("object_key", flat=True))
+    thumbnails = list(
+        Series.objects.for_clinic(clinic).filter(study=study).exclude(thumbnail_key="")
+        .values_list("thumbnail_key", flat=True)
+    )
+    for key in keys:
+        _delete_object(clinic=clinic, key=key, store="primary")
+        # The replica is deleted through the replica's own store (and credentials).
+        _delete_object(clinic=clinic, key=key, store="replica")
+    for key in thumbnails:
+        _delete_object(clinic=clinic, key=key, store="primary")
+
+    with transaction.atomic():
+        # Lock the study row: a restore racing with the purge either wins (and we stop) or waits.
+        study = (
+            Study.objects.for_clinic(clinic).select_for_update()
+            .filter(pk=study_id, deleted_at__isnull=False).first()
+        )
+        if study is None:
+            return False
+        instances = Instance.objects.for_clinic(clinic).filter(series__study=study)
+        freed = instances.aggregate(total=Sum("size_bytes"))["total"] or 0
+        count = instances.count()
+        instances.delete()
+        Series.objects.for_clinic(clinic).filter(study=study).delete()
+        patient_id = study.patient_id
+        study_uuid = str(study.uuid)
+        study.delete()
+        if not Study.objects.for_clinic(clinic).filter(patient_id=patient_id).exists():
+            Patient.objects.for_clinic(clinic).filter(pk=patient_id).delete()
+        Clinic.objects.filter(pk=clinic.pk).update(used_bytes=Greatest(F("used_bytes") - freed, Value(0)))
+        audit_record(clinic=clinic, action="study.purged", object_type="study", object_id=study_uuid,
+                     details={"instances": count, "freed_bytes": freed})
+    logger.info("purged study %s of clinic %s: %d instances, %d bytes", study_uuid, clinic.pk, count, freed)
+    return True

@@ -1,0 +1,44 @@
+"""Display helpers for DICOM values, and the studies cards of the clinic dashboard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+from studies import selectors
+from tenants.roles import Action
+
+register = template.Library()
+
+
+@register.filter
+def person_name(value: str) -> str:
+    """Show a DICOM PN ("SMITH^JOHN^^DR") as "SMITH, JOHN DR"."""
+    parts = [part for part in (value or "").split("=")[0].split("^")]
+    family, rest = (parts[0], [p for p in parts[1:] if p]) if parts else ("", [])
+    if not rest:
+        return family
+    return f"{family}, {' '.join(rest)}" if family else " ".join(rest)
+
+
+@register.filter
+def modalities(value: str) -> str:
+    """Show a backslash-separated multi-value ("CT\\SR") as "CT, SR"."""
+    return ", ".join(part for part in (value or "").split("\\") if part)
+
+
+@register.inclusion_tag("studies/study_dashboard_cards.html", takes_context=True)
+def studies_dashboard_cards(context: template.Context) -> dict[str, Any]:
+    """The dashboard's "recent studies" and "storage used" cards, each shown only to those allowed."""
+    request = context.get("request")
+    clinic = getattr(request, "clinic", None)
+    membership = getattr(request, "membership", None)
+    if clinic is None or membership is None:
+        return {}
+    cards: dict[str, Any] = {"clinic": clinic}
+    if membership.can(Action.VIEW):
+        cards["recent_studies"] = selectors.study_recent(clinic=clinic)
+    if membership.can(Action.BILLING):
+        cards["usage"] = selectors.clinic_usage(clinic=clinic)
+    return cards
