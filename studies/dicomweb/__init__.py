@@ -1,0 +1,1 @@
+"""DICOMweb (PS3.18) per clinic at ``/dicomweb/<clinic>/``: STOW-RS, QIDO-RS and WADO-RS."""

@@ -1,0 +1,365 @@
+"""QIDO-RS (PS3.18 10.6): matching keys, query building and DICOM JSON answers over the index.
+
+Searches run on the index rows only (no object reads). Every query starts from
+``Model.objects.for_clinic(clinic)`` and leaves out studies in the trash.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from portal.exceptions import PortalError
+from studies.dicomweb import rendering
+from studies.dicomweb.dicomjson import element, multi
+from studies.models import Instance, Series, Study
+from tenants.models import Clinic
+
+STUDY, SERIES, INSTANCE = "study", "series", "instance"
+# Where each entity sits relative to the model being searched.
+PATHS: dict[str, dict[str, str]] = {
+    STUDY: {"patient": "patient__", "study": ""},
+    SERIES: {"patient": "study__patient__", "study": "study__", "series": ""},
+    INSTANCE: {"patient": "series__study__patient__", "study": "series__study__", "series": "series__", "instance": ""},
+}
+# Without a limit, answer a page and say (Warning header) that more results remain.
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 5000
+
+
+class QueryInvalid(PortalError):
+    code = "invalid_query"
+
+
+@dataclass(frozen=True)
+class Attribute:
+    tag: str
+    keyword: str
+    vr: str
+    entity: str  # patient, study, series, instance
+    field: str  # index field on that entity
+    kind: str  # how it matches: text, person, date, time, uid, int, codes (a backslash list)
+    multi_valued: bool = False
+
+
+ATTRIBUTES: tuple[Attribute, ...] = (
+    Attribute("00100010", "PatientName", "PN", "patient", "patient_name", "person"),
+    Attribute("00100020", "PatientID", "LO", "patient", "patient_id", "text"),
+    Attribute("00100021", "IssuerOfPatientID", "LO", "patient", "issuer_of_patient_id", "text"),
+    Attribute("00100030", "PatientBirthDate", "DA", "patient", "patient_birth_date", "date"),
+    Attribute("00100040", "PatientSex", "CS", "patient", "patient_sex", "text"),
+    Attribute("0020000D", "StudyInstanceUID", "UI", "study", "study_instance_uid", "uid"),
+    Attribute("00080020", "StudyDate", "DA", "study", "study_date", "date"),
+    Attribute("00080030", "StudyTime", "TM", "study", "study_time", "time"),
+    Attribute("00080050", "AccessionNumber", "SH", "study", "accession_number", "text"),
+    Attribute("00080061", "ModalitiesInStudy", "CS", "study", "modalities_in_study", "codes", True),
+    Attribute("00080090", "ReferringPhysicianName", "PN", "study", "referring_physician_name", "person"),
+    Attribute("00081030", "StudyDescription", "LO", "study", "study_description", "text"),
+    Attribute("00200010", "StudyID", "SH", "study", "study_id", "text"),
+    Attribute("00201206", "NumberOfStudyRelatedSeries", "IS", "study", "number_of_series", "int"),
+    Attribute("00201208", "NumberOfStudyRelatedInstances", "IS", "study", "number_of_instances", "int"),
+    Attribute("0020000E", "SeriesInstanceUID", "UI", "series", "series_instance_uid", "uid"),
+    Attribute("00080060", "Modality", "CS", "series", "modality", "text"),
+    Attribute("00200011", "SeriesNumber", "IS", "series", "series_number", "int"),
+    Attribute("0008103E", "SeriesDescription", "LO", "series", "series_description", "text"),
+    Attribute("00180015", "BodyPartExamined", "CS", "series", "body_part_examined", "text"),
+    Attribute("00080021", "SeriesDate", "DA", "series", "series_date", "date"),
+    Attribute("00080031", "SeriesTime", "TM", "series", "series_time", "time"),
+    Attribute("00201209", "NumberOfSeriesRelatedInstances", "IS", "series", "number_of_instances", "int"),
+    Attribute("00080018", "SOPInstanceUID", "UI", "instance", "sop_instance_uid", "uid"),
+    Attribute("00080016", "SOPClassUID", "UI", "instance", "sop_class_uid", "uid"),
+    Attribute("00200013", "InstanceNumber", "IS", "instance", "instance_number", "int"),
+    Attribute("00280010", "Rows", "US", "instance", "rows", "int"),
+    Attribute("00280011", "Columns", "US", "instance", "columns", "int"),
+    Attribute("00280008", "NumberOfFrames", "IS", "instance", "number_of_frames", "int"),
+    Attribute("00020010", "TransferSyntaxUID", "UI", "instance", "transfer_syntax_uid", "uid"),
+)
+BY_NAME: dict[str, Attribute] = {a.keyword.lower(): a for a in ATTRIBUTES} | {a.tag.lower(): a for a in ATTRIBUTES}
+
+# PS3.18 Tables 10.6.3-3/4/5: what every answer carries at each level (plus a few viewers rely on).
+DEFAULT_RETURN: dict[str, tuple[str, ...]] = {
+    STUDY: (
+        "StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy", "ReferringPhysicianName",
+        "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+        "StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+    ),
+    SERIES: ("Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber", "NumberOfSeriesRelatedInstances"),
+    INSTANCE: ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns", "NumberOfFrames"),
+}
+# Instance attributes read from the stored header when asked for (not in the index).
+INSTANCE_HEADER_DEFAULTS = ("00280100",)  # BitsAllocated
+CONTROL_PARAMS = {"limit", "offset", "includefield", "fuzzymatching", "accept", "charset"}
+
+
+@dataclass
+class Query:
+    level: str
+    filters: Q
+    include: list[Attribute]
+    include_tags: list[str]  # header tags (instance level) asked for by includefield
+    include_all: bool
+    limit: int
+    offset: int
+    warnings: list[str]
+
+
+def _wildcard_q(path: str, pattern: str, *, insensitive: bool) -> Q:
+    """Match DICOM wildcards (* any run, ? one character) with the cheapest lookup that does it."""
+    if pattern == "*":
+        return Q()
+    i = "i" if insensitive else ""
+    if "*" not in pattern and "?" not in pattern:
+        return Q(**{f"{path}__{i}exact": pattern})
+    core = pattern.strip("*")
+    if "*" not in core and "?" not in core:
+        starts, ends = pattern.endswith("*"), pattern.startswith("*")
+        if starts and ends:
+            return Q(**{f"{path}__{i}contains": core})
+        if starts:
+            return Q(**{f"{path}__{i}startswith": core})
+        return Q(**{f"{path}__{i}endswith": core})
+    regex = "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + "$"
+    return Q(**{f"{path}__{i}regex": regex})
+
+
+def _parse_date(text: str) -> datetime.date:
+    try:
+        return datetime.datetime.strptime(text.replace("-", "").replace(".", ""), "%Y%m%d").date()
+    except ValueError:
+        raise QueryInvalid(f"'{text}' is not a DICOM date (YYYYMMDD).") from None
+
+
+def _parse_time(text: str) -> datetime.time:
+    text = text.replace(":", "")
+    main, _, fraction = text.partition(".")
+    if not main.isdigit() or len(main) not in (2, 4, 6):
+        raise QueryInvalid(f"'{text}' is not a DICOM time (HHMMSS).")
+    main = main.ljust(6, "0")
+    try:
+        base = datetime.time(int(main[:2]), int(main[2:4]), int(main[4:6]))
+    except ValueError:
+        raise QueryInvalid(f"'{text}' is not a DICOM time (HHMMSS).") from None
+    if fraction:
+        if not fraction.isdigit():
+            raise QueryInvalid(f"'{text}' is not a DICOM time (HHMMSS.FFFFFF).")
+        base = base.replace(microsecond=int(fraction[:6].ljust(6, "0")))
+    return base
+
+
+def _range_q(path: str, value: str, parse: Callable[[str], Any]) -> Q:
+    if "-" not in value:
+        return Q(**{path: parse(value)})
+    low, _, high = value.partition("-")
+    q = Q()
+    if low:
+        q &= Q(**{f"{path}__gte": parse(low)})
+    if high:
+        q &= Q(**{f"{path}__lte": parse(high)})
+    if not low and not high:
+        raise QueryInvalid("A range needs at least one end.")
+    return q
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip() for item in re.split(r"[\\,]", value) if item.strip()]
+
+
+def _matching_q(attribute: Attribute, path: str, value: str) -> Q:
+    if attribute.kind == "person":
+        return _wildcard_q(path, value, insensitive=True)
+    if attribute.kind == "text":
+        return _wildcard_q(path, value, insensitive=False)
+    if attribute.kind == "uid":
+        uids = _split_list(value)
+        return Q(**{f"{path}__in": uids}) if len(uids) > 1 else Q(**{path: uids[0] if uids else ""})
+    if attribute.kind == "date":
+        return _range_q(path, value, _parse_date)
+    if attribute.kind == "time":
+        return _range_q(path, value, _parse_time)
+    if attribute.kind == "int":
+        try:
+            return Q(**{path: int(value)})
+        except ValueError:
+            raise QueryInvalid(f"{attribute.keyword} must be a number.") from None
+    if attribute.kind == "codes":
+        q = Q()
+        for code in _split_list(value):
+            sep = "\\"
+            q |= (
+                Q(**{path: code})
+                | Q(**{f"{path}__startswith": code + sep})
+                | Q(**{f"{path}__endswith": sep + code})
+                | Q(**{f"{path}__contains": sep + code + sep})
+            )
+        return q
+    raise QueryInvalid(f"{attribute.keyword} cannot be used for matching.")
+
+
+def query_parse(*, level: str, params: Any) -> Query:
+    """Turn QIDO-RS query parameters (a QueryDict) into a ``Query``; raise QueryInvalid on bad values."""
+    paths = PATHS[level]
+    filters = Q()
+    warnings: list[str] = []
+    include: list[Attribute] = []
+    include_tags: list[str] = []
+    include_all = False
+    for name, values in params.lists():
+        lowered = name.lower()
+        if lowered in CONTROL_PARAMS:
+            continue
+        attribute = BY_NAME.get(lowered)
+        if attribute is None or attribute.entity not in paths:
+            warnings.append(f"299 dicomweb: The matching key {name!r} is not supported at this level and was ignored.")
+            continue
+        path = paths[attribute.entity] + attribute.field
+        for value in values:
+            if value == "":
+                continue  # Universal matching: return the attribute, filter nothing.
+            filters &= _matching_q(attribute, path, value)
+        if attribute not in include:
+            include.append(attribute)
+    for raw in params.getlist("includefield"):
+        for item in _split_list(raw):
+            if item.lower() == "all":
+                include_all = True
+                continue
+            attribute = BY_NAME.get(item.lower())
+            if attribute is not None and attribute.entity in paths:
+                include.append(attribute)
+            elif re.fullmatch(r"[0-9A-Fa-f]{8}", item) and level == INSTANCE:
+                include_tags.append(item.upper())
+            elif level == INSTANCE and attribute is None:
+                tag = rendering.keyword_tag(item)
+                if tag is not None:
+                    include_tags.append(tag)
+    if params.get("fuzzymatching", "").lower() == "true":
+        warnings.append("299 dicomweb: fuzzymatching is not supported; only literal and wildcard matching were used.")
+    try:
+        limit = int(params.get("limit", DEFAULT_LIMIT))
+        offset = int(params.get("offset", 0))
+    except ValueError:
+        raise QueryInvalid("limit and offset must be whole numbers.") from None
+    if limit < 0 or offset < 0:
+        raise QueryInvalid("limit and offset cannot be negative.")
+    if limit > MAX_LIMIT:
+        warnings.append(f"299 dicomweb: limit was lowered to {MAX_LIMIT}.")
+        limit = MAX_LIMIT
+    return Query(level, filters, include, include_tags, include_all, limit, offset, warnings)
+
+
+def _return_attributes(query: Query, *, with_parents: Iterable[str]) -> list[Attribute]:
+    """The attributes an answer carries: the level's defaults, its parents' when not fixed by the path."""
+    entities = set(PATHS[query.level])
+    keywords: list[str] = list(DEFAULT_RETURN[query.level])
+    for parent in with_parents:
+        keywords += DEFAULT_RETURN[parent]
+    chosen = [BY_NAME[k.lower()] for k in keywords]
+    if query.include_all:
+        chosen += [a for a in ATTRIBUTES if a.entity in entities]
+    chosen += query.include
+    unique: dict[str, Attribute] = {}
+    for attribute in chosen:
+        if attribute.entity in entities:
+            unique.setdefault(attribute.tag, attribute)
+    if query.level == INSTANCE:
+        # The instance's own TransferSyntaxUID is a file-meta value; answer it only when asked.
+        if not (query.include_all or any(a.keyword == "TransferSyntaxUID" for a in query.include)):
+            unique.pop("00020010", None)
+    return list(unique.values())
+
+
+def search(
+    *,
+    clinic: Clinic,
+    query: Query,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    base_url: str,
+    study_ids: set[int] | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Run a QIDO-RS search; return the DICOM JSON results and whether more results remain.
+
+    ``study_ids`` narrows the search to those studies (a share link's scope).
+    """
+    parents: list[str] = []
+    queryset: QuerySet
+    if query.level == STUDY:
+        queryset = Study.objects.for_clinic(clinic).filter(deleted_at=None)
+        order = ("-study_date", "-study_time", "-id")
+    elif query.level == SERIES:
+        queryset = Series.objects.for_clinic(clinic).filter(study__deleted_at=None)
+        order = ("study_id", "series_number", "id")
+        if study_uid is None:
+            parents = [STUDY]
+    else:
+        queryset = Instance.objects.for_clinic(clinic).filter(series__study__deleted_at=None)
+        order = ("series_id", "instance_number", "id")
+        if series_uid is None:
+            parents = [SERIES] + ([STUDY] if study_uid is None else [])
+    paths = PATHS[query.level]
+    # Naming the patient's clinic too lets PostgreSQL use the (clinic, patient_id, ...) index on patients.
+    queryset = queryset.filter(**{paths["patient"] + "clinic": clinic})
+    if study_ids is not None:
+        queryset = queryset.filter(**{paths["study"] + "id__in": study_ids})
+    if study_uid is not None:
+        queryset = queryset.filter(**{paths["study"] + "study_instance_uid": study_uid})
+    if series_uid is not None:
+        queryset = queryset.filter(**{paths["series"] + "series_instance_uid": series_uid})
+    attributes = _return_attributes(query, with_parents=parents)
+    wants_header = query.level == INSTANCE
+    fields = {paths[a.entity] + a.field for a in attributes}
+    fields |= {paths["study"] + "study_instance_uid"}
+    if query.level in (SERIES, INSTANCE):
+        fields.add(paths["series"] + "series_instance_uid")
+    if query.level == INSTANCE:
+        fields.add("sop_instance_uid")
+    if wants_header:
+        fields.add("metadata")
+    rows = list(queryset.filter(query.filters).order_by(*order).values(*fields)[
+        query.offset : query.offset + query.limit + 1
+    ])
+    has_more = len(rows) > query.limit
+    results = []
+    header_tags = list(INSTANCE_HEADER_DEFAULTS) + query.include_tags
+    for row in rows[: query.limit]:
+        result: dict[str, Any] = {}
+        for attribute in attributes:
+            value = row[paths[attribute.entity] + attribute.field]
+            if attribute.multi_valued:
+                result[attribute.tag] = multi(attribute.vr, value or "")
+            else:
+                result[attribute.tag] = element(attribute.vr, value)
+        result["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
+        result["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
+        study = row[paths["study"] + "study_instance_uid"]
+        url = f"{base_url}studies/{study}"
+        if query.level in (SERIES, INSTANCE):
+            url += f"/series/{row[paths['series'] + 'series_instance_uid']}"
+        if query.level == INSTANCE:
+            url += f"/instances/{row['sop_instance_uid']}"
+            header = row["metadata"] or {}
+            tags = header_tags if not query.include_all else [t for t in header if t not in result]
+            for tag in tags:
+                if tag in header and tag not in result:
+                    value = header[tag]
+                    if "BulkDataURI" in value:
+                        # The stored header names bulk data by tag path; answer a real URL.
+                        value = {**value, "BulkDataURI": f"{url}/bulkdata/{value['BulkDataURI']}"}
+                    result[tag] = value
+        result["00081190"] = {"vr": "UR", "Value": [url]}
+        results.append(dict(sorted(result.items())))
+    return results, has_more
+
+
+def series_exists(*, clinic: Clinic, study_uid: str, series_uid: str) -> bool:
+    """Say whether the clinic has this series in this study (and the study is not in the trash)."""
+    return (
+        Series.objects.for_clinic(clinic)
+        .filter(study__study_instance_uid=study_uid, study__deleted_at=None, series_instance_uid=series_uid)
+        .exists()
+    )
