@@ -1,0 +1,364 @@
+"""pynetdicom event handlers: association control and the C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET services.
+
+Every association runs in its own thread. The handlers there use the Django ORM, so each one starts
+and ends with ``close_old_connections()`` (as a request would) and the association's connection is
+closed when it is released or aborted: a long-running listener must not pile up database connections.
+
+C-STORE statuses (PS3.4 B.2.3, PS3.7 C): success when the instance is stored or already present with
+the same content; 0xA700 (out of resources) when the clinic's quota is used up or storage is
+unreachable, so the modality keeps the image and retries later; 0xC000 (cannot understand) for data
+that is not valid DICOM; 0x0111 (duplicate SOP instance, a failure) when an instance with the same
+SOP Instance UID but different content is already stored: the archive keeps the first one, and a
+failure (not a warning) makes the sender keep its copy and shows the conflict to an operator.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from pydicom import Dataset
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+
+from studies.dimse import nodes
+from studies.dimse.find import QueryError, find_matches
+from studies.dimse.move import instance_dataset, retrieve_instances, storage_contexts
+from studies.models import DicomNode, Instance
+from tenants.audit import audit_record
+from tenants.models import Clinic
+
+logger = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+NOT_AUTHORIZED = 0x0124
+DUPLICATE_SOP_INSTANCE = 0x0111
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+# A-ASSOCIATE-RJ: (result, source, diagnostic), PS3.8 9.3.4.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE title not recognized
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service user, called AE title not recognized
+REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # rejected-transient, service user, no reason given
+
+# Instances listed in the audit entry of one retrieve, at most.
+AUDIT_STUDY_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class AssociationInfo:
+    """Who is on the other end of an accepted association."""
+
+    clinic: Clinic
+    node: DicomNode
+    calling_ae: str
+    called_ae: str
+    address: str
+
+
+_associations: weakref.WeakKeyDictionary[Association, AssociationInfo] = weakref.WeakKeyDictionary()
+_associations_lock = threading.Lock()
+
+
+def association_info(assoc: Association) -> AssociationInfo | None:
+    with _associations_lock:
+        return _associations.get(assoc)
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    status = Dataset()
+    status.Status = code
+    if comment:
+        # Error Comment is LO: 64 characters at most.
+        status.ErrorComment = comment[:64]
+    return status
+
+
+def _audit_association(
+    *, clinic: Clinic | None, node: DicomNode | None, calling_ae: str, called_ae: str, address: str, result: str,
+    reason: str = "",
+) -> None:
+    details = {"calling_ae": calling_ae, "called_ae": called_ae}
+    if reason:
+        details["reason"] = reason
+    audit_record(
+        clinic=clinic, action="dimse.association", actor_label=f"dicom:{calling_ae}"[:255],
+        object_type="dicom_node" if node else "", object_id=str(node.uuid) if node else "",
+        result=result, ip_address=address or None, details=details,
+    )
+
+
+def _decide(*, called_ae: str, calling_ae: str, address: str) -> tuple[Clinic | None, DicomNode | None, str]:
+    """Return (clinic, node, reason); a non-empty reason means reject."""
+    clinic = Clinic.objects.filter(ae_title=called_ae).first()
+    if clinic is None:
+        return None, None, "called AE title not recognized"
+    node = nodes.dicom_node_inbound_get(clinic=clinic, ae_title=calling_ae)
+    if node is None:
+        return clinic, None, "calling AE title not recognized"
+    if not nodes.address_allows(allowed_address=node.allowed_address, peer_address=address):
+        return clinic, node, "calling address not allowed for this AE title"
+    return clinic, node, ""
+
+
+def _prefer_requested_syntaxes(assoc: Association) -> None:
+    """Accept, per SOP class, the first transfer syntax the caller proposed that we support.
+
+    pynetdicom picks by the acceptor's order; a modality lists its own preference (typically the
+    syntax its images are already in) first. Taking ours instead would make it convert, and many
+    senders cannot decompress (or would have to compress lossily) on the fly.
+    """
+    supported = {cx.abstract_syntax: cx for cx in assoc.acceptor.supported_contexts}
+    done: set[str] = set()
+    for requested in assoc.requestor.primitive.presentation_context_definition_list:
+        ours = supported.get(requested.abstract_syntax)
+        if ours is None or requested.abstract_syntax in done:
+            continue
+        done.add(requested.abstract_syntax)
+        offered = list(ours.transfer_syntax)
+        preferred = [ts for ts in requested.transfer_syntax if ts in offered]
+        # The association's own deep copy of the AE's contexts: this changes nothing for others.
+        ours.transfer_syntax = preferred + [ts for ts in offered if ts not in preferred]
+
+
+def handle_requested(event: Event) -> None:
+    """Accept or reject an A-ASSOCIATE-RQ: the called AE picks the clinic, the calling AE must be registered."""
+    assoc = event.assoc
+    primitive = assoc.requestor.primitive
+    called_ae = str(primitive.called_ae_title or "").strip()
+    calling_ae = str(primitive.calling_ae_title or "").strip()
+    address = str(assoc.requestor.address or "")
+    reject: tuple[int, int, int] | None = None
+    close_old_connections()
+    try:
+        clinic, node, reason = _decide(called_ae=called_ae, calling_ae=calling_ae, address=address)
+        if reason:
+            reject = REJECT_CALLED_AE if clinic is None else REJECT_CALLING_AE
+            _audit_association(clinic=clinic, node=node, calling_ae=calling_ae, called_ae=called_ae,
+                               address=address, result="rejected", reason=reason)
+            logger.info("DIMSE association rejected: %s (calling %s from %s)", reason, calling_ae, address)
+        else:
+            assert clinic is not None and node is not None
+            _prefer_requested_syntaxes(assoc)
+            with _associations_lock:
+                _associations[assoc] = AssociationInfo(clinic, node, calling_ae, called_ae, address)
+    except Exception:
+        # pynetdicom would go on and accept if this handler failed: fail closed instead.
+        logger.exception("DIMSE association check failed; rejecting")
+        reject = REJECT_TRANSIENT
+    if reject is not None:
+        connection.close()
+        assoc.acse.send_reject(*reject)
+        assoc.kill()
+
+
+def handle_accepted(event: Event) -> None:
+    info = association_info(event.assoc)
+    if info is None:
+        return
+    close_old_connections()
+    _audit_association(clinic=info.clinic, node=info.node, calling_ae=info.calling_ae, called_ae=info.called_ae,
+                       address=info.address, result="success")
+    logger.info("DIMSE association accepted: clinic %s, calling %s from %s", info.clinic.pk, info.calling_ae,
+                info.address)
+
+
+def handle_rejected(event: Event) -> None:
+    """pynetdicom itself rejected an association we had allowed (e.g. too many at once)."""
+    info = association_info(event.assoc)
+    if info is None:
+        return
+    close_old_connections()
+    _audit_association(clinic=info.clinic, node=info.node, calling_ae=info.calling_ae, called_ae=info.called_ae,
+                       address=info.address, result="rejected", reason="association limit reached")
+    _forget(event)
+
+
+def _forget(event: Event) -> None:
+    with _associations_lock:
+        _associations.pop(event.assoc, None)
+    if threading.current_thread() is event.assoc:
+        connection.close()
+
+
+def handle_closed(event: Event) -> None:
+    """Released or aborted: forget the association and close its thread's database connection."""
+    _forget(event)
+
+
+def handle_echo(event: Event) -> int:
+    return SUCCESS if association_info(event.assoc) is not None else NOT_AUTHORIZED
+
+
+def _ingest(*, clinic: Clinic, path: str) -> Dataset | int:
+    from studies.archive.errors import ArchiveError
+    from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
+    from studies.ingest import instance_ingest
+
+    try:
+        instance_ingest(clinic=clinic, source_path=path, source="dimse")
+    except QuotaExceeded as exc:
+        return _status(OUT_OF_RESOURCES, exc.message)
+    except InvalidDicom as exc:
+        return _status(CANNOT_UNDERSTAND, exc.message)
+    except InstanceConflict:
+        return _status(DUPLICATE_SOP_INSTANCE, "SOP Instance UID already stored with different content")
+    except ArchiveError:
+        logger.exception("C-STORE: archive unavailable for clinic %s", clinic.pk)
+        return _status(OUT_OF_RESOURCES, "Storage is unavailable; retry later")
+    return SUCCESS
+
+
+def handle_store(event: Event) -> Dataset | int:
+    """Store one instance through the same ingest path as browser uploads."""
+    info = association_info(event.assoc)
+    if info is None:
+        return NOT_AUTHORIZED
+    close_old_connections()
+    try:
+        try:
+            # Set by scp.ae_build: pynetdicom spooled the incoming data set to a Part 10 file already.
+            path = str(event.dataset_path)
+        except AttributeError:
+            path = ""
+        if path:
+            return _ingest(clinic=info.clinic, path=path)
+        fd, tmp_path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
+        try:
+            with os.fdopen(fd, "wb") as tmp:
+                tmp.write(event.encoded_dataset(include_meta=True))
+            return _ingest(clinic=info.clinic, path=tmp_path)
+        finally:
+            os.unlink(tmp_path)
+    finally:
+        close_old_connections()
+
+
+def handle_find(event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    info = association_info(event.assoc)
+    if info is None:
+        yield NOT_AUTHORIZED, None
+        return
+    close_old_connections()
+    sop_class_uid = str(event.request.AffectedSOPClassUID)
+    matched = 0
+    try:
+        identifier = event.identifier
+        for answer in find_matches(clinic=info.clinic, identifier=identifier, sop_class_uid=sop_class_uid):
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            matched += 1
+            yield PENDING, answer
+        level = str(identifier.get("QueryRetrieveLevel", ""))
+        audit_record(clinic=info.clinic, action="dimse.find", actor_label=f"dicom:{info.calling_ae}",
+                     object_type="dicom_node", object_id=str(info.node.uuid), ip_address=info.address or None,
+                     details={"level": level, "matches": matched})
+    except QueryError as exc:
+        yield _status(exc.status, str(exc)), None
+        return
+    finally:
+        close_old_connections()
+    yield SUCCESS, None
+
+
+def _retrieve_setup(event: Event, info: AssociationInfo, *, operation: str, destination: str) -> list[Instance]:
+    identifier = event.identifier
+    sop_class_uid = str(event.request.AffectedSOPClassUID)
+    instances = list(
+        retrieve_instances(clinic=info.clinic, identifier=identifier, sop_class_uid=sop_class_uid)
+        .select_related("series__study")
+        .defer("metadata")
+    )
+    study_uuids = sorted({str(i.series.study.uuid) for i in instances})
+    audit_record(
+        clinic=info.clinic, action="dimse.retrieve", actor_label=f"dicom:{info.calling_ae}",
+        object_type="dicom_node", object_id=str(info.node.uuid), ip_address=info.address or None,
+        details={"operation": operation, "destination": destination, "instances": len(instances),
+                 "studies": study_uuids[:AUDIT_STUDY_LIMIT]},
+    )
+    return instances
+
+
+def _send_each(event: Event, info: AssociationInfo, instances: list[Instance]) -> Iterator[tuple[int, Any]]:
+    from studies.archive.errors import ArchiveError
+
+    for instance in instances:
+        if event.is_cancelled:
+            yield CANCEL, None
+            return
+        close_old_connections()
+        try:
+            dataset = instance_dataset(clinic=info.clinic, instance=instance)
+        except ArchiveError:
+            logger.exception("Retrieve: instance %s could not be read", instance.uuid)
+            # Anything but a dataset makes pynetdicom count a failed sub-operation and go on.
+            yield PENDING, "unreadable"
+            continue
+        yield PENDING, dataset
+
+
+def handle_move(event: Event) -> Iterator[Any]:
+    """C-MOVE: send the matches to a registered destination (0xA801 for any other AE title)."""
+    info = association_info(event.assoc)
+    destination_ae = str(event.move_destination or "").strip()
+    close_old_connections()
+    try:
+        node = nodes.dicom_node_destination_get(clinic=info.clinic, ae_title=destination_ae) if info else None
+        if info is None or node is None:
+            if info is not None:
+                audit_record(clinic=info.clinic, action="dimse.retrieve", actor_label=f"dicom:{info.calling_ae}",
+                             result="rejected", ip_address=info.address or None,
+                             details={"operation": "C-MOVE", "destination": destination_ae,
+                                      "reason": "move destination not registered"})
+            yield None, None
+            return
+        instances = _retrieve_setup(event, info, operation="C-MOVE", destination=destination_ae)
+    finally:
+        close_old_connections()
+    yield node.host, node.port, {"contexts": storage_contexts(instances)}
+    yield len(instances)
+    yield from _send_each(event, info, instances)
+    close_old_connections()
+
+
+def handle_get(event: Event) -> Iterator[Any]:
+    """C-GET: send the matches back over the same association, in the requester's storage contexts."""
+    info = association_info(event.assoc)
+    if info is None:
+        yield 0
+        return
+    close_old_connections()
+    try:
+        instances = _retrieve_setup(event, info, operation="C-GET", destination=info.calling_ae)
+    finally:
+        close_old_connections()
+    yield len(instances)
+    yield from _send_each(event, info, instances)
+    close_old_connections()
+
+
+HANDLERS: list[tuple[Any, Any]] = [
+    (evt.EVT_REQUESTED, handle_requested),
+    (evt.EVT_ACCEPTED, handle_accepted),
+    (evt.EVT_REJECTED, handle_rejected),
+    (evt.EVT_RELEASED, handle_closed),
+    (evt.EVT_ABORTED, handle_closed),
+    (evt.EVT_C_ECHO, handle_echo),
+    (evt.EVT_C_STORE, handle_store),
+    (evt.EVT_C_FIND, handle_find),
+    (evt.EVT_C_MOVE, handle_move),
+    (evt.EVT_C_GET, handle_get),
+]

@@ -1,0 +1,109 @@
+"""Registered remote DICOM nodes: who may call a clinic, and where C-MOVE may send."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from portal.exceptions import PortalError
+from studies.models import DicomNode
+from tenants.audit import audit_record
+from tenants.models import Clinic, User
+
+# PS3.5 AE: up to 16 characters of the default repertoire, no backslash or control characters.
+AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def ae_title_clean(value: str) -> str:
+    """Return the AE title without padding; raise PortalError if DICOM does not allow it."""
+    title = (value or "").strip()
+    if not title or not AE_TITLE_RE.match(title):
+        raise PortalError("An AE title is 1 to 16 characters: letters, digits, spaces or punctuation, no backslash.")
+    return title
+
+
+def address_allows(*, allowed_address: str, peer_address: str) -> bool:
+    """Say whether the peer's IP address falls inside the node's address restriction (empty: any)."""
+    if not allowed_address:
+        return True
+    try:
+        return ipaddress.ip_address(peer_address) in ipaddress.ip_network(allowed_address, strict=False)
+    except ValueError:
+        return False
+
+
+def dicom_node_list(*, clinic: Clinic) -> QuerySet[DicomNode]:
+    return DicomNode.objects.for_clinic(clinic).order_by("ae_title")
+
+
+def dicom_node_inbound_get(*, clinic: Clinic, ae_title: str) -> DicomNode | None:
+    """Return the node that may open associations with this calling AE title, if any."""
+    return DicomNode.objects.for_clinic(clinic).filter(ae_title=ae_title.strip(), allow_inbound=True).first()
+
+
+def dicom_node_destination_get(*, clinic: Clinic, ae_title: str) -> DicomNode | None:
+    """Return the registered C-MOVE destination with this AE title, if any."""
+    return DicomNode.objects.for_clinic(clinic).filter(ae_title=ae_title.strip(), is_move_destination=True).first()
+
+
+def dicom_node_create(
+    *,
+    clinic: Clinic,
+    ae_title: str,
+    host: str,
+    port: int,
+    description: str = "",
+    allow_inbound: bool = True,
+    is_move_destination: bool = True,
+    allowed_address: str = "",
+    actor: User | None = None,
+    request: HttpRequest | None = None,
+) -> DicomNode:
+    """Register a remote node for the clinic.
+
+    Raises PortalError for an invalid AE title, port or address, or an AE title already registered.
+    """
+    ae_title = ae_title_clean(ae_title)
+    host = (host or "").strip()
+    if not host or len(host) > 255:
+        raise PortalError("Give the node's host name or IP address.")
+    if not 1 <= int(port) <= 65535:
+        raise PortalError("The port must be between 1 and 65535.")
+    allowed_address = (allowed_address or "").strip()
+    if allowed_address:
+        try:
+            ipaddress.ip_network(allowed_address, strict=False)
+        except ValueError as exc:
+            raise PortalError("The address restriction must be an IP address or a network such as 10.0.0.0/24.") from exc
+    try:
+        with transaction.atomic():
+            node = DicomNode.objects.create(
+                clinic=clinic, ae_title=ae_title, host=host, port=int(port), description=description.strip()[:200],
+                allow_inbound=allow_inbound, is_move_destination=is_move_destination, allowed_address=allowed_address,
+            )
+    except IntegrityError as exc:
+        raise PortalError(f"The AE title '{ae_title}' is already registered for this clinic.") from exc
+    audit_record(
+        clinic=clinic, action="dicom_node.created", request=request, actor=actor, object_type="dicom_node",
+        object_id=str(node.uuid),
+        details={"ae_title": ae_title, "host": host, "port": node.port, "allow_inbound": allow_inbound,
+                 "is_move_destination": is_move_destination, "allowed_address": allowed_address},
+    )
+    return node
+
+
+def dicom_node_delete(
+    *, clinic: Clinic, node: DicomNode, actor: User | None = None, request: HttpRequest | None = None
+) -> None:
+    """Remove a registered node; it can no longer call in or receive C-MOVE."""
+    if node.clinic_id != clinic.pk:
+        raise PortalError("No such DICOM node.")
+    details = {"ae_title": node.ae_title, "host": node.host, "port": node.port}
+    node_uuid = str(node.uuid)
+    node.delete()
+    audit_record(clinic=clinic, action="dicom_node.deleted", request=request, actor=actor,
+                 object_type="dicom_node", object_id=node_uuid, details=details)

@@ -1,0 +1,105 @@
+"""The DIMSE listener: one pynetdicom application entity serving every clinic.
+
+The called AE title of each association selects the clinic (``Clinic.ae_title``); the calling AE
+title must be one of that clinic's registered nodes (``handlers.handle_requested``). The listener
+accepts every storage SOP class pynetdicom knows, in the common transfer syntaxes, plus Verification
+and Query/Retrieve (Patient Root and Study Root: FIND, MOVE, GET).
+"""
+
+from __future__ import annotations
+
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, _config
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from studies.dimse.handlers import HANDLERS
+
+# Offered for storage; with several proposed, pynetdicom accepts the first the caller proposed.
+STORAGE_TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+QUERY_RETRIEVE_SOP_CLASSES = [
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+]
+QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian]
+
+# Seconds: waiting for an association request, for a DIMSE message, and on an idle connection.
+ACSE_TIMEOUT = 30
+DIMSE_TIMEOUT = 120
+NETWORK_TIMEOUT = 120
+# Largest P-DATA PDU we accept. pynetdicom's default (16 KiB) makes a 0.5 MB instance 32 PDUs; 1 MiB
+# cuts the per-PDU overhead while a PDU still fits comfortably in memory.
+MAXIMUM_PDU_SIZE = 1024 * 1024
+
+
+def ae_build(*, ae_title: str, max_associations: int = 32) -> AE:
+    """Build the listener's application entity (also the calling AE of C-MOVE sub-associations)."""
+    # Received data sets are spooled straight to a Part 10 temporary file, not decoded in memory:
+    # C-STORE hands ingest a file either way, and concurrent large instances stay off the heap.
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    ae = AE(ae_title=ae_title)
+    # The called AE title selects the clinic and the calling AE is checked per clinic, both in
+    # handlers.handle_requested, so pynetdicom's own global checks are off.
+    ae.require_called_aet = False
+    ae.require_calling_aet = []
+    ae.maximum_associations = max_associations
+    ae.acse_timeout = ACSE_TIMEOUT
+    ae.dimse_timeout = DIMSE_TIMEOUT
+    ae.network_timeout = NETWORK_TIMEOUT
+    ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
+    for context in AllStoragePresentationContexts:
+        # scp_role=True accepts a C-GET requester acting as Storage SCP on this context.
+        ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    ae.add_supported_context(Verification, QUERY_TRANSFER_SYNTAXES)
+    for sop_class in QUERY_RETRIEVE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, QUERY_TRANSFER_SYNTAXES)
+    # C-MOVE sub-associations propose only the contexts the moved instances need (see move.py).
+    return ae
+
+
+def scp_start(
+    *, host: str, port: int, ae_title: str, max_associations: int = 32, block: bool = True
+) -> ThreadedAssociationServer | None:
+    """Listen for associations; with ``block=False`` return the running server (call ``shutdown()``)."""
+    ae = ae_build(ae_title=ae_title, max_associations=max_associations)
+    return ae.start_server((host, port), block=block, evt_handlers=list(HANDLERS))

@@ -1,0 +1,54 @@
+"""manage.py dicom_scp: the DIMSE listener (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET) for every clinic."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from studies.dimse.scp import scp_start
+
+# On SIGTERM, associations in progress get this long to finish (an instance half received is not
+# acknowledged, so the sender keeps it and sends it again).
+DRAIN_SECONDS = 30
+
+
+class Command(BaseCommand):
+    help = (
+        "Listen for DICOM associations. The called AE title selects the clinic; the calling AE title must "
+        "be registered for it (manage.py add_dicom_node)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="0.0.0.0", help="Address to listen on (default: all).")
+        parser.add_argument("--port", type=int, default=None, help="Default: the DICOM_PORT setting (11112).")
+        parser.add_argument("--max-associations", type=int, default=32)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        port = options["port"] or settings.DICOM_PORT
+        # pynetdicom logs every request at INFO; our handlers log and audit what matters.
+        if options["verbosity"] < 2:
+            logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        server = scp_start(host=options["host"], port=port, ae_title=settings.DICOM_AE_TITLE,
+                           max_associations=options["max_associations"], block=False)
+        assert server is not None
+        self.stdout.write(f"DICOM listener on {options['host']}:{port} (AE {settings.DICOM_AE_TITLE})")
+        self.stdout.flush()
+        # Poll: a signal handler setting an Event the main thread blocks on can deadlock.
+        while not stop.wait(timeout=0.5):
+            pass
+        # Stop accepting, then let the associations in progress finish their work.
+        server.shutdown()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        # Connections that never sent an association request (port probes) are not waited for.
+        while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.stdout.write("DICOM listener stopped.")

@@ -1,0 +1,233 @@
+"""Helpers for the DIMSE tests: the listener in-process on a free port, DCMTK runs, real DICOM files.
+
+Ports come from 11200-11299 (this suite's range), so parallel runs of other suites don't collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+from studies.dimse import nodes
+from studies.dimse.scp import STORAGE_TRANSFER_SYNTAXES, scp_start
+from studies.models import DicomNode
+from tenants.models import Clinic
+
+PORT_RANGE = range(11200, 11300)
+HOST = "127.0.0.1"
+MODALITY_AE = "MODALITY1"
+VIEWER_AE = "VIEWER1"
+DCMTK_TIMEOUT = 60
+
+
+def free_port() -> int:
+    """Return a port in this suite's range that nothing listens on right now."""
+    ports = list(PORT_RANGE)
+    random.shuffle(ports)
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 11200-11299")
+
+
+@contextlib.contextmanager
+def running_scp() -> Iterator[int]:
+    """Run the portal's DIMSE listener in this process; yield its port."""
+    # The listener switches pynetdicom to receiving data sets into files, process-wide: undo it after.
+    chunked = _config.STORE_RECV_CHUNKED_DATASET
+    port = free_port()
+    server = scp_start(host=HOST, port=port, ae_title="PACSPORTAL", block=False)
+    assert server is not None
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        _config.STORE_RECV_CHUNKED_DATASET = chunked
+
+
+@contextlib.contextmanager
+def tasks_inline() -> Iterator[None]:
+    """Run the Celery tasks ingest queues after commit in place, so nothing reaches a broker."""
+    from portal.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = previous
+
+
+def register_node(clinic: Clinic, *, ae_title: str = MODALITY_AE, port: int = 104, **extra: object) -> DicomNode:
+    return nodes.dicom_node_create(clinic=clinic, ae_title=ae_title, host=HOST, port=port, **extra)
+
+
+def dcmtk(*args: str | Path | int, check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a DCMTK tool and return its result (stdout and stderr as text)."""
+    result = subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=DCMTK_TIMEOUT, cwd=cwd
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """Return a Part 10 file's data set bytes, after its file meta group (which every writer redoes)."""
+    data = Path(path).read_bytes()
+    assert data[128:132] == b"DICM", path
+    # (0002,0000) UL, explicit VR little endian: tag 4 + VR 2 + length 2, then the 4-byte group length.
+    assert data[132:136] == b"\x02\x00\x00\x00", path
+    group_length = int.from_bytes(data[140:144], "little")
+    return data[144 + group_length:]
+
+
+# Sample files covering the storage transfer syntaxes: (pydicom sample, transfer syntax it is stored in).
+SAMPLES = {
+    "CT_small.dcm": "1.2.840.10008.1.2.1",  # explicit VR little endian
+    "MR_small_implicit.dcm": "1.2.840.10008.1.2",  # implicit VR little endian
+    "MR_small_RLE.dcm": "1.2.840.10008.1.2.5",  # RLE lossless
+    "MR_small_jpeg_ls_lossless.dcm": "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "MR_small_jp2klossless.dcm": "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "SC_rgb_jpeg_dcmtk.dcm": "1.2.840.10008.1.2.4.50",  # JPEG baseline
+    "JPGExtended.dcm": "1.2.840.10008.1.2.4.51",  # JPEG extended
+    "image_dfl.dcm": "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
+}
+
+# Deflated data is re-compressed on the way out, so its bytes may differ; every other syntax is sent as stored.
+BYTE_EXACT_SAMPLES = [name for name, syntax in SAMPLES.items() if syntax != "1.2.840.10008.1.2.1.99"]
+
+
+@dataclass
+class StudyFiles:
+    study_uid: str
+    patient_id: str
+    files: list[Path] = field(default_factory=list)
+    sop_uids: list[str] = field(default_factory=list)
+    series_uids: list[str] = field(default_factory=list)
+
+
+def write_study(
+    folder: Path,
+    *,
+    samples: list[str] | None = None,
+    patient_id: str = "PID-1",
+    patient_name: str = "DOE^JANE",
+    accession: str = "ACC-1",
+    study_date: date = date(2024, 1, 15),
+    copies: int = 1,
+) -> StudyFiles:
+    """Write one study made of real sample files, one series per sample, ``copies`` instances each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study = StudyFiles(study_uid=generate_uid(), patient_id=patient_id)
+    for series_number, sample in enumerate(samples or ["CT_small.dcm"], start=1):
+        series_uid = generate_uid()
+        study.series_uids.append(series_uid)
+        for number in range(1, copies + 1):
+            ds = dcmread(get_testdata_file(sample))
+            # DCMTK's senders drop trailing padding (PS3.10 allows it), so byte comparisons would differ.
+            if "DataSetTrailingPadding" in ds:
+                del ds.DataSetTrailingPadding
+            ds.PatientID = patient_id
+            ds.PatientName = patient_name
+            ds.PatientBirthDate = "19700101"
+            ds.AccessionNumber = accession
+            ds.StudyDate = study_date.strftime("%Y%m%d")
+            ds.StudyTime = "101500"
+            ds.StudyDescription = "DIMSE TEST"
+            ds.StudyInstanceUID = study.study_uid
+            ds.SeriesInstanceUID = series_uid
+            ds.SeriesNumber = series_number
+            ds.InstanceNumber = number
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+            path = folder / f"{len(study.files) + 1:04d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            study.files.append(path)
+            study.sop_uids.append(str(ds.SOPInstanceUID))
+    return study
+
+
+class Receiver:
+    """A pynetdicom storage SCP that keeps every data set it receives, as raw bytes, by SOP Instance UID."""
+
+    def __init__(self, ae_title: str = VIEWER_AE) -> None:
+        self.ae_title = ae_title
+        self.received: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+        self.port = free_port()
+        ae = AE(ae_title=ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+        self.server = ae.start_server((HOST, self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event: evt.Event) -> int:
+        try:
+            data = dataset_bytes(Path(event.dataset_path))
+        except AttributeError:
+            data = event.encoded_dataset(include_meta=False)
+        with self.lock:
+            self.received[str(event.request.AffectedSOPInstanceUID)] = data
+        return 0x0000
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def storage_received(event: evt.Event, into: dict[str, bytes]) -> int:
+    """A C-STORE handler for an SCU's own association (C-GET): keep the raw data set bytes."""
+    try:
+        data = dataset_bytes(Path(event.dataset_path))
+    except AttributeError:
+        data = event.encoded_dataset(include_meta=False)
+    into[str(event.request.AffectedSOPInstanceUID)] = data
+    return 0x0000
+
+
+def store_with_pynetdicom(port: int, called: str, paths: list[Path]) -> list[int]:
+    """Send files in their own transfer syntaxes over one association; return the C-STORE statuses."""
+    ae = AE(ae_title=MODALITY_AE)
+    for path in paths:
+        meta = dcmread(path, stop_before_pixels=True).file_meta
+        ae.add_requested_context(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])
+    assoc = ae.associate(HOST, port, ae_title=called)
+    assert assoc.is_established
+    try:
+        return [assoc.send_c_store(path).Status for path in paths]
+    finally:
+        assoc.release()
+
+
+def move(port: int, called: str, destination: str, model: str = StudyRootQueryRetrieveInformationModelMove,
+         **keys: object) -> list[Dataset]:
+    """Run one C-MOVE with pynetdicom; return every response status."""
+    ae = AE(ae_title=MODALITY_AE)
+    ae.add_requested_context(model)
+    assoc = ae.associate(HOST, port, ae_title=called)
+    assert assoc.is_established
+    query = Dataset()
+    for keyword, value in keys.items():
+        setattr(query, keyword, value)
+    try:
+        return [status for status, _ in assoc.send_c_move(query, destination, model)]
+    finally:
+        assoc.release()
