@@ -1,0 +1,299 @@
+"""Disaster-recovery drill: recovery time (RTO) and replication lag (RPO), sync vs async ingest.
+
+Runs standalone and touches no other data:
+
+    .venv/bin/python bench/dr_drill.py [--instances 10000] [--database-url postgres://.../portal_drill]
+        [--broker-url redis://127.0.0.1:6379/8] [--rate 20] [--seconds 30]
+
+With ``--database-url`` the database named there is DROPPED and re-created (give it a name of its
+own); without it, SQLite in a temporary folder. Stores are local folders in a temporary folder.
+
+1. Setup: ingest N real DICOM instances (pydicom's CT_small.dcm with fresh UIDs, 100 per study) through
+   ``instance_ingest``, replicated to the replica.
+2. RTO restore: primary storage is wiped; ``restore --all`` rewrites it from the replica.
+3. RTO rebuild: the index (patients, studies, series, instances, clinic keys) is deleted;
+   ``rebuild_index`` recreates it from the replica alone.
+4. Verification throughput: ``verify_backups --all``.
+5. RPO: a real Celery worker runs while uploads arrive at a steady rate; lag = replicated_at - stored_at.
+6. Ingest latency with REPLICATION_MODE=async vs sync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, int(round(fraction * len(ordered) + 0.5)) - 1))]
+
+
+def recreate_database(url: str) -> None:
+    import psycopg
+
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/")
+    admin = parsed._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def setup_django(var_dir: Path, database_url: str | None, broker_url: str | None) -> dict[str, str]:
+    sys.path.insert(0, str(ROOT))
+    env = {
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "PORTAL_VAR_DIR": str(var_dir),
+        "DATABASE_URL": database_url or f"sqlite:///{var_dir / 'drill.sqlite3'}",
+        "MASTER_KEYS": "drill:" + base64.b64encode(os.urandom(32)).decode(),
+        "PRIMARY_STORE_URL": (var_dir / "primary").as_uri(),
+        "REPLICA_STORE_URL": (var_dir / "replica").as_uri(),
+        "LOG_LEVEL": "WARNING",
+        "REPLICATION_MODE": "async",
+        "DEFAULT_CLINIC_QUOTA_BYTES": str(10**13),
+    }
+    if broker_url:
+        env["CELERY_BROKER_URL"] = broker_url
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    return env
+
+
+def make_files(folder: Path, count: int) -> list[Path]:
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    template = dcmread(get_testdata_file("CT_small.dcm"))
+    paths = []
+    study = series = ""
+    for number in range(count):
+        if number % 100 == 0:
+            study, series = generate_uid(), generate_uid()
+        template.StudyInstanceUID = study
+        template.SeriesInstanceUID = series
+        template.SOPInstanceUID = generate_uid()
+        template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
+        template.PatientID = f"DRILL-{number // 100}"
+        template.InstanceNumber = number % 100 + 1
+        path = folder / f"{number:06d}.dcm"
+        template.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def make_clinic(slug: str):  # type: ignore[no-untyped-def]
+    from tenants import services
+    from tenants.models import User
+
+    owner = User.objects.create_user(f"owner@{slug}.example", "Drill-password-42!")
+    clinic = services.clinic_create(name=f"Drill {slug}", slug=slug, owner=owner)
+    type(clinic).objects.filter(pk=clinic.pk).update(quota_bytes=10**13)
+    clinic.refresh_from_db()
+    return clinic
+
+
+def ingest_all(clinic, paths: list[Path], jobs: int) -> float:  # type: ignore[no-untyped-def]
+    from django.db import close_old_connections
+
+    from studies.ingest import instance_ingest
+
+    def one(path: Path) -> None:
+        try:
+            instance_ingest(clinic=clinic, source_path=str(path))
+        finally:
+            close_old_connections()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, paths))
+    return time.perf_counter() - started
+
+
+def report(title: str, rows: list[tuple[str, str]]) -> None:
+    print(f"\n{title}")
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=10000)
+    parser.add_argument("--database-url", help="PostgreSQL database to DROP and re-create for the drill")
+    parser.add_argument("--broker-url", help="Celery broker for the RPO part (default: file broker)")
+    parser.add_argument("--jobs", type=int, default=4, help="parallel setup / restore / rebuild jobs")
+    parser.add_argument("--rate", type=float, default=20.0, help="uploads per second in the RPO part")
+    parser.add_argument("--seconds", type=float, default=30.0, help="duration of the RPO load")
+    parser.add_argument("--mode-samples", type=int, default=200, help="uploads per mode, sync vs async")
+    args = parser.parse_args()
+    if args.database_url:
+        recreate_database(args.database_url)
+
+    temp = Path(tempfile.mkdtemp(prefix="dr-drill-"))
+    try:
+        env = setup_django(temp, args.database_url, args.broker_url)
+        run(args, temp, env)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, temp: Path, env: dict[str, str]) -> None:
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db.models import Sum
+
+    from portal.celery import app
+    from studies.archive import keys
+    from studies.backup import replication
+    from studies.models import ClinicKey, Instance, Patient, Series, Study
+
+    print(f"DR drill: {args.instances} instances, database {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
+          f"{os.cpu_count()} CPUs")
+    clinic = make_clinic("drill")
+    paths = make_files(temp / "files", args.instances)
+    app.conf.task_always_eager = True  # setup only: each upload replicates inline
+    setup_seconds = ingest_all(clinic, paths, args.jobs)
+    app.conf.task_always_eager = False
+    total = Instance.objects.for_clinic(clinic).count()
+    replicated = Instance.objects.for_clinic(clinic).filter(replicated_at__isnull=False).count()
+    size = Instance.objects.for_clinic(clinic).aggregate(total=Sum("size_bytes"))["total"] or 0
+    report("Setup", [
+        ("instances stored", f"{total} ({size / 1e6:.0f} MB plaintext), {replicated} replicated"),
+        ("ingest + replicate", f"{setup_seconds:.1f} s ({total / setup_seconds:.0f} instances/s, {args.jobs} threads)"),
+    ])
+    snapshot = dict(Instance.objects.for_clinic(clinic).values_list("sop_instance_uid", "sha256"))
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - progress output is not part of the figures
+
+    # RTO 1: primary lost, restored from the replica.
+    shutil.rmtree(temp / "primary")
+    started = time.perf_counter()
+    call_command("restore", "--all", "--jobs", str(args.jobs), stdout=devnull)
+    restore_seconds = time.perf_counter() - started
+
+    # RTO 2: the index lost, rebuilt from the replica.
+    Instance.objects.all().delete()
+    Series.objects.all().delete()
+    Study.objects.all().delete()
+    Patient.objects.all().delete()
+    ClinicKey.objects.all().delete()
+    keys.key_cache_clear()
+    started = time.perf_counter()
+    call_command("rebuild_index", "--jobs", str(args.jobs), stdout=devnull)
+    rebuild_seconds = time.perf_counter() - started
+    rebuilt = dict(Instance.objects.for_clinic(clinic).values_list("sop_instance_uid", "sha256"))
+    assert rebuilt == snapshot, "the rebuilt index differs from the original"
+
+    started = time.perf_counter()
+    call_command("verify_backups", "--all", stdout=devnull)
+    verify_seconds = time.perf_counter() - started
+    report(f"RTO for {total} instances", [
+        ("restore --all (primary wiped)", f"{restore_seconds:.1f} s ({total / restore_seconds:.0f} instances/s)"),
+        (f"rebuild_index --jobs {args.jobs} (database lost)",
+         f"{rebuild_seconds:.1f} s ({total / rebuild_seconds:.0f} instances/s)"),
+        ("both, end to end", f"{restore_seconds + rebuild_seconds:.1f} s"),
+        ("verify_backups --all", f"{verify_seconds:.1f} s ({total / verify_seconds:.0f} instances/s)"),
+    ])
+
+    # RPO: steady uploads with a running worker.
+    rpo(args, temp, env, replication)
+    # Sync vs async ingest.
+    modes(args, temp)
+
+
+def rpo(args: argparse.Namespace, temp: Path, env: dict[str, str], replication) -> None:  # type: ignore[no-untyped-def]
+    from studies.ingest import instance_ingest
+    from studies.models import Instance
+
+    clinic = make_clinic("drill-rpo")
+    count = int(args.rate * args.seconds)
+    paths = make_files(temp / "rpo", count)
+    log = (temp / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).with_name("celery")), "-A", "portal", "worker", "--concurrency=2",
+         "--loglevel=WARNING", "--without-mingle", "--without-gossip", "-n", f"drill-{os.getpid()}@%h"],
+        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        time.sleep(5)  # let the worker connect
+        interval = 1.0 / args.rate
+        started = time.perf_counter()
+        for number, path in enumerate(paths):
+            delay = started + number * interval - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            instance_ingest(clinic=clinic, source_path=str(path))
+        load_seconds = time.perf_counter() - started
+        deadline = time.monotonic() + 120
+        pending = Instance.objects.for_clinic(clinic).filter(replicated_at=None)
+        while pending.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        lags = [
+            (replicated - stored).total_seconds()
+            for stored, replicated in Instance.objects.for_clinic(clinic)
+            .filter(replicated_at__isnull=False).values_list("stored_at", "replicated_at")
+        ]
+        report(f"RPO: {count} uploads at {args.rate:g}/s over {load_seconds:.0f} s, one worker (2 processes)", [
+            ("replicated", f"{len(lags)} of {count}"),
+            ("lag p50", f"{percentile(lags, 0.5):.3f} s"),
+            ("lag p95", f"{percentile(lags, 0.95):.3f} s"),
+            ("lag max", f"{max(lags):.3f} s" if lags else "n/a"),
+        ])
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(30)
+
+
+def modes(args: argparse.Namespace, temp: Path) -> None:
+    from django.conf import settings
+    from django.db import transaction
+
+    from portal.celery import app
+    from studies.ingest import instance_ingest
+    from studies.models import Instance
+
+    rows = []
+    for mode in ("async", "sync"):
+        settings.REPLICATION_MODE = mode
+        clinic = make_clinic(f"drill-{mode}")
+        paths = make_files(temp / mode, args.mode_samples)
+        latencies = []
+        # async: the replication message is published (broker round trip) and the upload is acknowledged.
+        app.conf.task_always_eager = False
+        for path in paths:
+            started = time.perf_counter()
+            with transaction.atomic():
+                instance_ingest(clinic=clinic, source_path=str(path))
+            latencies.append(time.perf_counter() - started)
+        both = Instance.objects.for_clinic(clinic).filter(replicated_at__isnull=False).count()
+        rows.append((
+            mode,
+            f"p50 {percentile(latencies, 0.5) * 1000:.1f} ms, p95 {percentile(latencies, 0.95) * 1000:.1f} ms, "
+            f"{len(latencies) / sum(latencies):.0f} uploads/s (one client); "
+            f"{both} of {len(paths)} on both stores when acknowledged",
+        ))
+    report(f"Ingest latency per upload, {args.mode_samples} uploads of 39 kB (REPLICATION_MODE)", rows)
+
+
+if __name__ == "__main__":
+    main()

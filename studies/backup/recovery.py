@@ -1,0 +1,455 @@
+"""Failover repair, restore (replica -> primary) and rebuilding the database index from the replica.
+
+All three only ever copy objects that decrypt and authenticate, so a damaged replica copy is never
+written over primary. All are resumable: an object already good on primary (or already indexed) is
+skipped, so an interrupted run is simply started again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import IntegrityError, close_old_connections, connections, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from studies.archive import crypto, stores
+from studies.archive.errors import ArchiveError, ObjectMissing, StorageUnavailable
+from studies.backup import replication
+from studies.backup.verification import ObjectCheck, object_check, object_open_from
+from studies.models import ClinicKey, Instance, Patient, Series, Study
+from tenants.models import Clinic
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+_OBJECT_KEY = re.compile(r"^clinics/(?P<clinic>[0-9a-f-]{36})/objects/(?P<object>[0-9a-f-]{36})$")
+_KEY_OBJECT = re.compile(r"^clinics/(?P<clinic>[0-9a-f-]{36})/keys/(?P<key_id>[^/]+)$")
+
+
+# --- Repair of one object (failover) ---------------------------------------------------------------
+
+
+def object_repair(*, clinic: Clinic, key: str) -> str:
+    """Rewrite one primary object from the replica after a failed primary read.
+
+    Returns "healthy" (primary was fine after all), "repaired", or "unrecoverable" (the replica copy
+    does not decrypt either; nothing is written). Raises StorageUnavailable so the task retries.
+    """
+    instance = Instance.objects.for_clinic(clinic).filter(object_key=key).first()
+    expected = (instance.sha256, instance.size_bytes) if instance is not None else None
+    if _store_good(clinic=clinic, key=key, store="primary", expected=expected).ok:
+        return "healthy"
+    replica = _store_good(clinic=clinic, key=key, store="replica", expected=expected)
+    if not replica.ok:
+        logger.error("Cannot repair %s: the replica copy is %s too.", key, replica.problem)
+        return "unrecoverable"
+    replication.object_copy(key=key, source="replica", target="primary")
+    if not _store_good(clinic=clinic, key=key, store="primary", expected=expected).ok:
+        logger.error("Primary copy of %s still fails after the repair.", key)
+        return "unrecoverable"
+    logger.warning("Primary object %s repaired from the replica.", key)
+    return "repaired"
+
+
+def _store_good(*, clinic: Clinic, key: str, store: str, expected: tuple[str, int] | None) -> ObjectCheck:
+    if expected is not None:
+        return object_check(clinic=clinic, key=key, sha256=expected[0], size_bytes=expected[1], store=store)
+    try:
+        with contextlib.closing(object_open_from(clinic=clinic, key=key, store=store)) as stream:
+            while stream.read(1024 * 1024):
+                pass
+    except ObjectMissing as exc:
+        return ObjectCheck(False, "missing", str(exc))
+    except StorageUnavailable:
+        raise
+    except (ArchiveError, ValueError) as exc:
+        return ObjectCheck(False, "corrupt", str(exc))
+    return ObjectCheck(True)
+
+
+# --- Restore: rewrite primary from the replica -----------------------------------------------------
+
+
+@dataclass
+class RestoreReport:
+    checked: int = 0
+    good: int = 0
+    restored: int = 0
+    unrecoverable: list[str] = field(default_factory=list)
+    other_objects_copied: int = 0
+
+
+def _restore_one(clinic: Clinic, key: str, sha256: str, size_bytes: int) -> str:
+    try:
+        return object_repair_values(clinic=clinic, key=key, expected=(sha256, size_bytes))
+    finally:
+        close_old_connections()
+
+
+def object_repair_values(*, clinic: Clinic, key: str, expected: tuple[str, int]) -> str:
+    """Like object_repair with the indexed digest given (no database access; used by worker threads)."""
+    if _store_good(clinic=clinic, key=key, store="primary", expected=expected).ok:
+        return "healthy"
+    if not _store_good(clinic=clinic, key=key, store="replica", expected=expected).ok:
+        return "unrecoverable"
+    replication.object_copy(key=key, source="replica", target="primary")
+    return "repaired" if _store_good(clinic=clinic, key=key, store="primary", expected=expected).ok else "unrecoverable"
+
+
+def clinic_restore(*, clinic: Clinic, jobs: int = 4, progress: Progress | None = None) -> RestoreReport:
+    """Rewrite every missing or corrupt primary object of the clinic from the replica.
+
+    Resumable: objects that verify on primary are skipped. Key objects, thumbnails and other objects
+    found only on the replica are copied back too.
+    """
+    report = RestoreReport()
+    rows = list(
+        Instance.objects.for_clinic(clinic).order_by("pk").values_list("object_key", "sha256", "size_bytes")
+    )
+    total = len(rows)
+    say = progress or (lambda message: None)
+    say(f"{clinic.slug}: checking {total} instances")
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = pool.map(lambda row: _restore_one(clinic, *row), rows)
+        for (key, _sha, _size), outcome in zip(rows, results, strict=True):
+            report.checked += 1
+            if outcome == "healthy":
+                report.good += 1
+            elif outcome == "repaired":
+                report.restored += 1
+            else:
+                report.unrecoverable.append(key)
+            if report.checked % 100 == 0 or report.checked == total:
+                say(
+                    f"{clinic.slug}: {report.checked}/{total} checked, {report.restored} restored, "
+                    f"{len(report.unrecoverable)} unrecoverable"
+                )
+    # Objects the index does not track (clinic keys, thumbnails, manifest): copy if missing on primary.
+    primary = stores.get_store("primary")
+    indexed = {row[0] for row in rows}
+    for key in stores.get_store("replica").list(replication.clinic_prefix(clinic)):
+        if key in indexed or primary.exists(key):
+            continue
+        replication.object_copy(key=key, source="replica", target="primary")
+        report.other_objects_copied += 1
+    say(f"{clinic.slug}: {report.other_objects_copied} other objects (keys, thumbnails) copied back")
+    return report
+
+
+# --- Rebuild the index from the replica alone --------------------------------------------------------
+
+
+@dataclass
+class RebuildReport:
+    clinics_created: int = 0
+    keys_restored: int = 0
+    objects_seen: int = 0
+    already_indexed: int = 0
+    indexed: int = 0
+    skipped_not_dicom: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+def replica_clinic_uuids() -> list[uuid.UUID]:
+    found: set[uuid.UUID] = set()
+    for key in stores.get_store("replica").list("clinics/"):
+        parts = key.split("/")
+        if len(parts) >= 3:
+            with contextlib.suppress(ValueError):
+                found.add(uuid.UUID(parts[1]))
+    return sorted(found, key=str)
+
+
+def clinic_recover(*, clinic_uuid: uuid.UUID) -> tuple[Clinic, bool]:
+    """Return the clinic with this uuid, recreating it from the replica's clinic.json if it is gone."""
+    clinic = Clinic.objects.filter(uuid=clinic_uuid).first()
+    if clinic is not None:
+        return clinic, False
+    manifest: dict[str, Any] = {}
+    key = f"clinics/{clinic_uuid}/clinic.json"
+    try:
+        with contextlib.closing(stores.get_store("replica").open(key)) as stream:
+            manifest = json.loads(stream.read(1024 * 1024))
+    except (ObjectMissing, ValueError):
+        logger.warning("No usable manifest for clinic %s; it gets a placeholder name.", clinic_uuid)
+    short = str(clinic_uuid)[:8]
+    slug = manifest.get("slug") or f"recovered-{short}"
+    if Clinic.objects.filter(slug=slug).exists():
+        slug = f"{slug[:40]}-{short}"
+    ae_title = (manifest.get("ae_title") or f"R{short}".upper())[:16]
+    if Clinic.objects.filter(ae_title=ae_title).exists():
+        ae_title = f"R{short}".upper()[:16]
+    clinic = Clinic.objects.create(
+        uuid=clinic_uuid,
+        name=manifest.get("name") or f"Recovered clinic {short}",
+        slug=slug,
+        ae_title=ae_title,
+        quota_bytes=int(manifest.get("quota_bytes") or 0),
+    )
+    return clinic, True
+
+
+def clinic_keys_recover(*, clinic: Clinic) -> int:
+    """Recreate ClinicKey rows from the replica's key objects (still wrapped by the master key)."""
+    from studies.archive import keys as archive_keys
+
+    restored = 0
+    for key in stores.get_store("replica").list(f"clinics/{clinic.uuid}/keys/"):
+        match = _KEY_OBJECT.match(key)
+        if match is None or ClinicKey.objects.filter(key_id=match["key_id"]).exists():
+            continue
+        with contextlib.closing(stores.get_store("replica").open(key)) as stream:
+            body = stream.read(1024 * 1024)
+        archive_keys.clinic_key_import(clinic=clinic, document=body)
+        restored += 1
+    return restored
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """What a rebuild worker learnt from one replica object (plain values: it crosses processes)."""
+
+    key: str
+    outcome: str  # "ok", "not_dicom" or "failed"
+    parsed: Any = None
+    sha256: str = ""
+    size: int = 0
+    key_id: str = ""
+    error: str = ""
+
+
+def _decode_object(clinic_uuid: uuid.UUID, key: str, clinic_keys: dict[str, bytes], directory: str) -> _Decoded:
+    """Decrypt one replica object to a temp file and parse it; touches no database (runs in workers)."""
+    from studies.dicom import parse_instance
+    from studies.errors import InvalidDicom
+
+    try:
+        raw = stores.get_store("replica").open(key)
+        header = crypto.header_read(raw)
+        clinic_key = clinic_keys.get(header.key_id)
+        if clinic_key is None:
+            raw.close()
+            return _Decoded(key, "failed", error=f"unknown clinic key {header.key_id}")
+        reader = crypto.DecryptingReader(
+            raw, header=header, clinic_key=clinic_key, clinic_uuid=clinic_uuid, object_key=key
+        )
+        digest = hashlib.sha256()
+        size = 0
+        fd, path = tempfile.mkstemp(dir=directory, suffix=".dcm")
+        try:
+            with os.fdopen(fd, "wb") as out, contextlib.closing(reader):
+                while chunk := reader.read(1024 * 1024):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+            try:
+                parsed = parse_instance(path)
+            except InvalidDicom:
+                return _Decoded(key, "not_dicom")
+        finally:
+            os.unlink(path)
+    except (ArchiveError, ValueError, OSError) as exc:
+        return _Decoded(key, "failed", error=str(exc)[:300])
+    return _Decoded(key, "ok", parsed=parsed, sha256=digest.hexdigest(), size=size, key_id=header.key_id)
+
+
+def _decode_worker_init() -> None:
+    # Store clients (boto3 sessions, pooled sockets) must not be shared across a fork: make fresh ones.
+    stores._cache.clear()
+
+
+def _replica_objects(clinic: Clinic) -> Iterator[str]:
+    for key in stores.get_store("replica").list(f"clinics/{clinic.uuid}/objects/"):
+        if _OBJECT_KEY.match(key):
+            yield key
+
+
+def index_rebuild(
+    *, clinic_uuids: list[uuid.UUID] | None = None, progress: Progress | None = None, jobs: int = 1
+) -> RebuildReport:
+    """Rebuild clinics, clinic keys and the patient/study/series/instance index from the replica alone.
+
+    Resumable: objects already in the index are skipped. Objects that decrypt but are not DICOM
+    (thumbnails) are skipped; the thumbnail task renders them again. Primary is not touched: run
+    ``restore`` afterwards if primary was lost too. With ``jobs`` > 1, decrypting and parsing (the
+    costly part) run in that many worker processes; the database is written by this process only.
+    """
+    from studies.archive import keys as archive_keys
+
+    say = progress or (lambda message: None)
+    report = RebuildReport()
+    uuids = clinic_uuids if clinic_uuids is not None else replica_clinic_uuids()
+    say(f"{len(uuids)} clinics on the replica")
+    workdir = tempfile.mkdtemp(prefix="rebuild-index-")
+    pool = None
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # Forked workers inherit the configuration; they get keys as arguments and never use the database
+        # (and leave with os._exit, so they never close the parent's connection either).
+        if not connections["default"].in_atomic_block:
+            connections.close_all()
+        pool = ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("fork"), initializer=_decode_worker_init
+        )
+    try:
+        for clinic_uuid in uuids:
+            clinic, created = clinic_recover(clinic_uuid=clinic_uuid)
+            report.clinics_created += int(created)
+            report.keys_restored += clinic_keys_recover(clinic=clinic)
+            clinic_keys = {
+                key_id: archive_keys.clinic_key_for_object(clinic=clinic, key_id=key_id)
+                for key_id in ClinicKey.objects.for_clinic(clinic).values_list("key_id", flat=True)
+            }
+            indexed = set(Instance.objects.for_clinic(clinic).values_list("object_key", flat=True))
+            thumbnails = set(Series.objects.for_clinic(clinic).values_list("thumbnail_key", flat=True))
+            keys = list(_replica_objects(clinic))
+            todo = [key for key in keys if key not in indexed and key not in thumbnails]
+            report.objects_seen += len(keys)
+            report.already_indexed += len(keys) - len(todo)
+            say(f"{clinic.slug}: {len(keys)} objects on the replica, {len(keys) - len(todo)} already indexed")
+            arguments = ([clinic.uuid] * len(todo), todo, [clinic_keys] * len(todo), [workdir] * len(todo))
+            results = pool.map(_decode_object, *arguments, chunksize=16) if pool else map(_decode_object, *arguments)
+            for position, decoded in enumerate(results, start=1):
+                if decoded.outcome == "ok":
+                    instance_index_create(
+                        clinic=clinic, parsed=decoded.parsed, object_key=decoded.key, key_id=decoded.key_id,
+                        sha256=decoded.sha256, size_bytes=decoded.size,
+                    )
+                    report.indexed += 1
+                elif decoded.outcome == "not_dicom":
+                    report.skipped_not_dicom += 1
+                else:
+                    logger.error("Cannot decrypt replica object %s: %s", decoded.key, decoded.error)
+                    report.failed.append(decoded.key)
+                if position % 100 == 0 or position == len(todo):
+                    say(f"{clinic.slug}: {position}/{len(todo)} objects, {report.indexed} indexed so far")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
+@transaction.atomic
+def instance_index_create(
+    *, clinic: Clinic, parsed: Any, object_key: str, key_id: str, sha256: str, size_bytes: int
+) -> Instance:
+    """Index one recovered instance: patient, study, series and instance rows, counters and usage.
+
+    The object uuid comes from the object key, so the instance keeps the uuid it had before.
+    Replication and verification state: the object came from the replica, so it is replicated; it was
+    verified by decrypting it here.
+    """
+    now = timezone.now()
+    patient, _ = Patient.objects.for_clinic(clinic).get_or_create(
+        clinic=clinic,
+        patient_id=parsed.patient_id,
+        issuer_of_patient_id=parsed.issuer_of_patient_id,
+        defaults={
+            "patient_name": parsed.patient_name,
+            "patient_birth_date": parsed.patient_birth_date,
+            "patient_sex": parsed.patient_sex,
+        },
+    )
+    study, _ = Study.objects.for_clinic(clinic).select_for_update().get_or_create(
+        clinic=clinic,
+        study_instance_uid=parsed.study_instance_uid,
+        defaults={
+            "patient": patient,
+            "study_id": parsed.study_id,
+            "study_date": parsed.study_date,
+            "study_time": parsed.study_time,
+            "accession_number": parsed.accession_number,
+            "study_description": parsed.study_description,
+            "referring_physician_name": parsed.referring_physician_name,
+        },
+    )
+    series, series_created = Series.objects.for_clinic(clinic).get_or_create(
+        clinic=clinic,
+        series_instance_uid=parsed.series_instance_uid,
+        defaults={
+            "study": study,
+            "modality": parsed.modality,
+            "series_number": parsed.series_number,
+            "series_description": parsed.series_description,
+            "body_part_examined": parsed.body_part_examined,
+        },
+    )
+    match = _OBJECT_KEY.match(object_key)
+    instance = Instance(
+        clinic=clinic,
+        series=series,
+        sop_instance_uid=parsed.sop_instance_uid,
+        sop_class_uid=parsed.sop_class_uid,
+        instance_number=parsed.instance_number,
+        transfer_syntax_uid=parsed.transfer_syntax_uid,
+        number_of_frames=parsed.number_of_frames or 1,
+        rows=parsed.rows,
+        columns=parsed.columns,
+        size_bytes=size_bytes,
+        sha256=sha256,
+        object_key=object_key,
+        key_id=key_id,
+        metadata=parsed.metadata,
+        stored_at=now,
+        replicated_at=now,
+        replica_verified_at=now,
+    )
+    if match is not None:
+        instance.uuid = uuid.UUID(match["object"])
+    try:
+        with transaction.atomic():
+            instance.save()
+    except IntegrityError:
+        # The same SOP Instance UID under another object (a re-upload that replaced it): keep the first.
+        logger.warning("Skipping %s: its SOP Instance UID is already indexed.", object_key)
+        return Instance.objects.for_clinic(clinic).get(sop_instance_uid=parsed.sop_instance_uid)
+    modalities = [m for m in study.modalities_in_study.split("\\") if m]
+    if parsed.modality and parsed.modality not in modalities:
+        modalities.append(parsed.modality)
+    bodyparts = [b for b in study.body_part_examined.split("\\") if b]
+    if parsed.body_part_examined and parsed.body_part_examined not in bodyparts:
+        bodyparts.append(parsed.body_part_examined)
+    Study.objects.for_clinic(clinic).filter(pk=study.pk).update(
+        number_of_instances=F("number_of_instances") + 1,
+        number_of_series=F("number_of_series") + int(series_created),
+        size_bytes=F("size_bytes") + size_bytes,
+        modalities_in_study="\\".join(modalities)[:128],
+        body_part_examined="\\".join(bodyparts)[:128],
+        updated_at=now,
+    )
+    Series.objects.for_clinic(clinic).filter(pk=series.pk).update(number_of_instances=F("number_of_instances") + 1)
+    Clinic.objects.filter(pk=clinic.pk).update(used_bytes=F("used_bytes") + size_bytes)
+    return instance
+
+
+def object_repair_schedule(*, clinic: Clinic, key: str) -> bool:
+    """Queue ``object_repair`` for a primary object that failed a read (the failover hook calls this).
+
+    At most one repair per object is queued every few minutes, so a popular damaged object read many
+    times does not flood the queue. Returns whether a task was queued.
+    """
+    from django.core.cache import cache
+
+    from studies import tasks
+
+    if not cache.add(f"backup:repair:{key}", 1, timeout=300):
+        return False
+    tasks.object_repair.delay(clinic_id=clinic.pk, key=key)
+    return True

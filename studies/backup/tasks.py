@@ -1,0 +1,103 @@
+"""Celery entry points of backup and recovery (imported by studies.tasks, so ``studies.tasks.X`` works).
+
+All take ids and plain values, are idempotent, and retry only transient storage errors.
+``replica_purge`` runs on the ``replica-admin`` queue, consumed only by the worker that holds the
+replica's delete-capable credentials (see README "Backup and recovery").
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from studies.archive.errors import ObjectMissing, StorageUnavailable
+from studies.backup import alerts, recovery, replication, verification
+from studies.models import Instance
+from tenants.models import Clinic
+
+logger = logging.getLogger(__name__)
+
+RETRY = {
+    "acks_late": True,
+    "autoretry_for": (StorageUnavailable,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
+
+
+@shared_task(**RETRY)
+def instance_replicate(*, clinic_id: int, instance_id: int) -> bool:
+    """Copy one instance's object to the replica; a no-op if it is gone or already replicated."""
+    instance = Instance.objects.for_clinic(clinic_id).select_related("clinic").filter(pk=instance_id).first()
+    if instance is None or instance.replicated_at is not None:
+        return False
+    try:
+        return replication.instance_replicate(instance=instance)
+    except ObjectMissing:
+        # Not retried: primary lost the object. Verification/restore deal with it; say so loudly.
+        logger.error("Cannot replicate %s: the primary store has no such object.", instance.object_key)
+        return False
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def replication_sweep() -> int:
+    """Every minute (beat): re-queue instances pending for over a minute; alert on growing lag."""
+    queued = replication.replication_sweep()
+    alerts.backup_health_check()
+    return queued
+
+
+@shared_task(**RETRY)
+def replica_reconcile(*, clinic_id: int | None = None) -> dict[str, int]:
+    """Hourly (beat): copy to the replica whatever primary holds and the replica lacks (thumbnails, keys)."""
+    # Unscoped when no clinic is given: the hourly job walks every clinic.
+    clinics = Clinic.objects.filter(pk=clinic_id) if clinic_id is not None else Clinic.objects.all()
+    totals = {"copied": 0, "lost_on_replica": 0}
+    for clinic in clinics.order_by("pk").iterator():
+        for name, value in replication.replica_reconcile(clinic=clinic).items():
+            totals[name] += value
+    return totals
+
+
+@shared_task(acks_late=True)
+def backup_verify_batch(*, clinic_id: int | None = None, limit: int | None = None) -> dict[str, int]:
+    """Verify the next batch of due replica copies, newest first (beat, every few minutes)."""
+    clinic = Clinic.objects.filter(pk=clinic_id).first() if clinic_id is not None else None
+    run = verification.verification_run(
+        clinic=clinic, limit=limit if limit is not None else settings.BACKUP_VERIFY_BATCH_SIZE
+    )
+    return {"checked": run.checked, "failed": run.failed}
+
+
+@shared_task(**RETRY)
+def object_repair(*, clinic_id: int, key: str) -> str:
+    """Rewrite a primary object from the replica after a failed primary read (queued by the failover)."""
+    clinic = Clinic.objects.filter(pk=clinic_id).first()
+    if clinic is None or not key.startswith(replication.clinic_prefix(clinic)):
+        return "ignored"
+    return recovery.object_repair(clinic=clinic, key=key)
+
+
+@shared_task(**RETRY)
+def replica_purge(*, clinic_id: int, key: str) -> bool:
+    """Delete an object from the replica after the trash period, with the replica's own credentials.
+
+    Refuses keys outside the clinic's prefix and keys the index still references (a purge must follow
+    the deletion of the index rows), so a bad message cannot delete a live backup.
+    """
+    clinic = Clinic.objects.filter(pk=clinic_id).first()
+    if clinic is None or not key.startswith(replication.clinic_prefix(clinic)):
+        logger.error("Refusing to purge replica object %s: not an object of clinic %s.", key, clinic_id)
+        return False
+    if Instance.objects.for_clinic(clinic).filter(object_key=key).exists():
+        logger.error("Refusing to purge replica object %s: the index still references it.", key)
+        return False
+    try:
+        replication.replica_object_purge(key=key)
+    except ObjectMissing:
+        return False
+    return True

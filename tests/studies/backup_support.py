@@ -1,0 +1,92 @@
+"""Helpers for the backup tests: real DICOM files, stored through the real ingest, and Celery modes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from portal.celery import app
+from studies.archive import stores
+from studies.ingest import instance_ingest
+from studies.models import Instance
+from tenants.models import Clinic
+
+
+def write_dicom_files(folder: Path, *, count: int = 3, source: str = "CT_small.dcm", studies: int = 1,
+                      patient_id: str = "BK-1") -> list[Path]:
+    """Write ``count`` real DICOM files (pydicom sample copies with fresh UIDs) spread over ``studies`` studies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uids = [generate_uid() for _ in range(studies)]
+    series_uids = [generate_uid() for _ in range(studies)]
+    paths = []
+    for number in range(count):
+        ds = dcmread(get_testdata_file(source))
+        which = number % studies
+        ds.StudyInstanceUID = study_uids[which]
+        ds.SeriesInstanceUID = series_uids[which]
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = number + 1
+        ds.PatientID = f"{patient_id}-{which}"
+        path = folder / f"{number:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def ingest(*, clinic: Clinic, paths: list[Path]) -> list[Instance]:
+    return [instance_ingest(clinic=clinic, source_path=str(path)).instance for path in paths]
+
+
+def stored_bytes(store: str, key: str) -> bytes:
+    with stores.get_store(store).open(key) as stream:
+        return stream.read()
+
+
+def local_path(settings_url: str, key: str) -> Path:
+    """The file of an object in a file:// store."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    return Path(url2pathname(urlparse(settings_url).path)) / key
+
+
+@contextmanager
+def celery_eager() -> Iterator[None]:
+    """Run .delay() inline (for tests of the code around tasks; the fault tests use a real worker)."""
+    previous = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager, app.conf.task_eager_propagates = previous
+
+
+def use_redis_broker() -> str:
+    """Point this process's Celery app at the test Redis database; returns the URL (workers get it too)."""
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/8")
+    if app.conf.broker_url != url:
+        app.conf.broker_url = url
+        if app._pool is not None:  # connections made for the old broker URL
+            app._pool.force_close_all()
+            app._pool = None
+        app.amqp._producer_pool = None
+    return url
+
+
+@pytest.fixture(autouse=True)
+def backup_cache_clear() -> Iterator[None]:
+    """Backup keeps small per-process flags in the cache (replica down, manifest written): start clean."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
