@@ -7,9 +7,8 @@ import uuid
 from django.db import models
 from django.utils import timezone
 
+from billing.plans import GB
 from tenants.models import Clinic, ClinicQuerySet
-
-GB = 1000**3
 
 
 class Plan(models.Model):

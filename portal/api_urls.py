@@ -6,4 +6,6 @@ urlpatterns = [
     path("clinics/<slug:clinic_slug>/", include("tenants.api_urls")),
     path("clinics/<slug:clinic_slug>/", include("studies.api_urls")),
     path("clinics/<slug:clinic_slug>/", include("billing.api_urls")),
+    path("clinics/<slug:clinic_slug>/", include("studies.anonymize.api_urls")),
+    path("clinics/<slug:clinic_slug>/", include("studies.sharing.api_urls")),
 ]

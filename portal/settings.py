@@ -178,6 +178,8 @@ AXES_FAILURE_LIMIT = env_int("LOCKOUT_FAILURES", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOCKOUT_MINUTES", 30))
 AXES_LOCKOUT_PARAMETERS = ["username"]
 AXES_USERNAME_FORM_FIELD = "username"
+# Counted per account case-insensitively, as e-mail addresses are matched.
+AXES_USERNAME_CALLABLE = "tenants.signals.axes_username"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "tenants.views.lockout_response"
 AXES_ENABLE_ACCESS_FAILURE_LOG = False
@@ -197,6 +199,7 @@ CSRF_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 INVITATION_VALID_DAYS = env_int("INVITATION_VALID_DAYS", 7)
+OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "PACS Portal")
 PASSWORD_RESET_TIMEOUT = 60 * 60
 
 # Transport security in production.
@@ -235,6 +238,11 @@ WHITENOISE_USE_FINDERS = DEBUG
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR") or None
+# ZIP archives uploaded in the browser are unpacked by a worker within these limits (zip-bomb guard).
+UPLOAD_ZIP_MAX_MEMBERS = env_int("UPLOAD_ZIP_MAX_MEMBERS", 20000)
+UPLOAD_ZIP_MAX_TOTAL_BYTES = env_int("UPLOAD_ZIP_MAX_TOTAL_BYTES", 50 * 1000**3)
+UPLOAD_ZIP_MAX_MEMBER_BYTES = env_int("UPLOAD_ZIP_MAX_MEMBER_BYTES", 4 * 1000**3)
+UPLOAD_ZIP_MAX_RATIO = env_int("UPLOAD_ZIP_MAX_RATIO", 200)
 
 # Object stores: file:///path or s3://bucket?endpoint_url=...&region_name=...
 PRIMARY_STORE_URL = env_str("PRIMARY_STORE_URL", (VAR_DIR / "primary").as_uri())
@@ -249,12 +257,13 @@ DEFAULT_CLINIC_QUOTA_BYTES = env_int("DEFAULT_CLINIC_QUOTA_BYTES", 100 * 1000**3
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or env_str("REDIS_URL") or "filesystem://"
 if CELERY_BROKER_URL == "filesystem://":
     _broker_dir = VAR_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 CELERY_TASK_SERIALIZER = "json"
@@ -302,6 +311,13 @@ globals().update(_email_settings(EMAIL_URL))
 # Stripe: absent keys mean billing test mode.
 STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY")
 STRIPE_WEBHOOK_SECRET = env_secret("STRIPE_WEBHOOK_SECRET")
+BILLING_TRIAL_PLAN = env_str("BILLING_TRIAL_PLAN", "starter")
+BILLING_TRIAL_DAYS = env_int("BILLING_TRIAL_DAYS", 14)
+BILLING_GRACE_DAYS = env_int("BILLING_GRACE_DAYS", 14)
+BILLING_RETENTION_DAYS = env_int("BILLING_RETENTION_DAYS", 30)
+CELERY_BEAT_SCHEDULE["billing-enforce"] = {"task": "billing.tasks.billing_enforce", "schedule": 3600.0}
+# Daily check of the audit hash chains; operators are e-mailed about any break.
+CELERY_BEAT_SCHEDULE["audit-chains-check"] = {"task": "tenants.tasks.audit_chains_check", "schedule": 86400.0}
 
 # DICOM
 DICOM_PORT = env_int("DICOM_PORT", 11112)
@@ -318,7 +334,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Names nested Input/OutputSerializers after their view and documents the bearer token; see portal/openapi.py.
+    "DEFAULT_SCHEMA_CLASS": "portal.openapi.PortalAutoSchema",
     "EXCEPTION_HANDLER": "portal.exceptions.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
@@ -338,4 +355,33 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"axes": {"level": "WARNING"}},
+}
+
+# Trash: a deleted study stays restorable this many days, then the periodic purge erases it.
+TRASH_DAYS = env_int("TRASH_DAYS", 30)
+CELERY_BEAT_SCHEDULE["studies-trash-purge"] = {"task": "studies.tasks.studies_trash_purge", "schedule": 3600.0}
+
+# Backup and recovery (issue 4; README "Backup and recovery").
+# sync: an upload is acknowledged once both stores hold it (falls back to pending + alert if the replica is down).
+REPLICATION_MODE = env_str("REPLICATION_MODE", "async")
+if REPLICATION_MODE not in {"sync", "async"}:
+    raise ImproperlyConfigured("REPLICATION_MODE must be 'sync' or 'async'.")
+REPLICATION_SWEEP_AGE_SECONDS = env_int("REPLICATION_SWEEP_AGE_SECONDS", 60)
+REPLICATION_SWEEP_LIMIT = env_int("REPLICATION_SWEEP_LIMIT", 10000)
+BACKUP_VERIFY_INTERVAL_DAYS = env_int("BACKUP_VERIFY_INTERVAL_DAYS", 7)
+BACKUP_VERIFY_BATCH_SIZE = env_int("BACKUP_VERIFY_BATCH_SIZE", 2000)
+BACKUP_LAG_ALERT_SECONDS = env_int("BACKUP_LAG_ALERT_SECONDS", 600)
+BACKUP_ALERT_INTERVAL_MINUTES = env_int("BACKUP_ALERT_INTERVAL_MINUTES", 60)
+# Default Object Lock retention applied by `manage.py replica_protect` (0: versioning only).
+REPLICA_OBJECT_LOCK_DAYS = env_int("REPLICA_OBJECT_LOCK_DAYS", 30)
+REPLICA_OBJECT_LOCK_MODE = env_str("REPLICA_OBJECT_LOCK_MODE", "GOVERNANCE")
+CELERY_BEAT_SCHEDULE["backup-replication-sweep"] = {"task": "studies.backup.tasks.replication_sweep", "schedule": 60.0}
+CELERY_BEAT_SCHEDULE["backup-replica-reconcile"] = {"task": "studies.backup.tasks.replica_reconcile", "schedule": 3600.0}
+CELERY_BEAT_SCHEDULE["backup-verify"] = {"task": "studies.backup.tasks.backup_verify_batch", "schedule": 600.0}
+# Replica deletes run only on the worker holding the replica's delete-capable credentials: the replica
+# purge, and the trash purge (it deletes a study's objects from both stores).
+CELERY_TASK_ROUTES = {
+    **globals().get("CELERY_TASK_ROUTES", {}),
+    "studies.backup.tasks.replica_purge": {"queue": "replica-admin"},
+    "studies.tasks.study_purge": {"queue": "replica-admin"},
 }

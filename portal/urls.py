@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from billing import views as billing_views
 from portal import health
 from tenants import views as tenant_views
 
@@ -15,8 +16,15 @@ urlpatterns = [
     path("c/<slug:clinic_slug>/", include("tenants.clinic_urls")),
     path("c/<slug:clinic_slug>/", include("studies.urls")),
     path("c/<slug:clinic_slug>/billing/", include("billing.urls")),
+    path("c/<slug:clinic_slug>/anonymize/", include("studies.anonymize.urls")),
+    path("c/<slug:clinic_slug>/shares/", include("studies.sharing.urls")),
+    path("c/<slug:clinic_slug>/viewer/", include("studies.viewer.urls")),
+    path("s/<str:share_token>/dicomweb/", include("studies.sharing.dicomweb_urls")),
+    path("", include("studies.sharing.public_urls")),
+    path("billing/stripe/webhook/", billing_views.stripe_webhook, name="stripe-webhook"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("portal.api_urls")),
+    path("dicomweb/<slug:clinic_slug>/", include("studies.dicomweb.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,4 +1,14 @@
-from django.urls import path  # noqa: F401
+"""REST resources of the studies app under /api/v1/clinics/<clinic_slug>/."""
+
+from django.urls import path
+
+from studies import api
+from studies.backup import views as backup_views
 
 app_name = "studies-api"
-urlpatterns: list = []
+urlpatterns = [
+    path("studies/", api.StudyListApi.as_view(), name="study-list"),
+    path("studies/<str:study_uid>/", api.StudyDetailApi.as_view(), name="study-detail"),
+    path("usage/", api.UsageApi.as_view(), name="usage"),
+    path("backup/", backup_views.BackupApi.as_view(), name="backup"),
+]

@@ -140,3 +140,146 @@ class Instance(models.Model):
                 fields=["stored_at"], condition=models.Q(replicated_at=None), name="instance_pending_replica"
             ),
         ]
+
+
+class DicomNode(models.Model):
+    """A remote DICOM application entity registered by a clinic.
+
+    ``allow_inbound`` lets it open associations to the clinic's called AE title (optionally only from
+    ``allowed_address``, an IP address or network); ``is_move_destination`` makes it a C-MOVE target
+    at ``host``:``port``.
+    """
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="+")
+    ae_title = models.CharField(max_length=16)
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField()
+    description = models.CharField(max_length=200, blank=True)
+    allow_inbound = models.BooleanField(default=True, help_text="May open associations to this clinic.")
+    is_move_destination = models.BooleanField(default=True, help_text="May be named as a C-MOVE destination.")
+    allowed_address = models.CharField(
+        max_length=64, blank=True, help_text="Accept calls only from this IP address or network (CIDR)."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ClinicQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["clinic", "ae_title"], name="dicom_node_unique_ae")]
+        ordering = ["ae_title"]
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class VerificationRun(models.Model):
+    """One pass of backup verification (scheduled batch or ``manage.py verify_backups``).
+
+    ``clinic`` is empty for a run across every clinic. Per-instance results live on ``Instance``
+    (``replica_verified_at`` / ``replica_verify_failed_at``); this row is the summary people read.
+    """
+
+    clinic = models.ForeignKey(Clinic, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    checked = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    source = models.CharField(max_length=16, default="schedule", help_text="schedule or command.")
+
+    objects = ClinicQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["clinic", "-started_at"], name="verification_run_recent")]
+
+    def __str__(self) -> str:
+        return f"verification {self.started_at:%Y-%m-%d %H:%M}: {self.checked} checked, {self.failed} failed"
+
+
+class BackupAlert(models.Model):
+    """When a kind of backup alert was last e-mailed for a clinic (empty clinic: operator-wide); rate limit."""
+
+    clinic = models.ForeignKey(Clinic, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=32)
+    last_sent_at = models.DateTimeField()
+    last_message = models.CharField(max_length=500, blank=True)
+
+    objects = ClinicQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["clinic", "kind"], name="backup_alert_unique_kind"),
+            models.UniqueConstraint(
+                fields=["kind"], condition=models.Q(clinic=None), name="backup_alert_unique_global_kind"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} alert, last sent {self.last_sent_at:%Y-%m-%d %H:%M}"
+
+
+class UploadBatch(models.Model):
+    """One ZIP archive uploaded in the browser, unpacked and ingested by ``studies.tasks.upload_zip_extract``.
+
+    The archive waits encrypted in the primary store (``staging_key``) until a worker has unpacked it; each
+    member's result is an ``UploadItem``, which the upload page polls.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Unpacking"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="+")
+    created_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    archive_name = models.CharField(max_length=255, blank=True)
+    archive_size = models.BigIntegerField(default=0)
+    staging_key = models.CharField(max_length=255, blank=True, help_text="The encrypted archive until unpacked.")
+    message = models.CharField(max_length=500, blank=True, help_text="Why the whole archive failed.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ClinicQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["clinic", "-created_at"], name="upload_batch_recent")]
+
+
+class UploadItem(models.Model):
+    """The result of one member of an uploaded archive: stored, already present, skipped or rejected."""
+
+    class Outcome(models.TextChoices):
+        STORED = "stored", "Stored"
+        ALREADY_PRESENT = "already_present", "Already present"
+        SKIPPED = "skipped", "Skipped"
+        REJECTED = "rejected", "Rejected"
+
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="+")
+    batch = models.ForeignKey(UploadBatch, on_delete=models.CASCADE, related_name="items")
+    name = models.CharField(max_length=1024, help_text="Path of the member inside the archive.")
+    size_bytes = models.BigIntegerField(default=0)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    reason = models.CharField(max_length=500, blank=True)
+    instance = models.ForeignKey(Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ClinicQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["batch", "name"], name="upload_item_unique_name")]
+
+
+# Anonymization models live with their capability; importing them here registers them with the app.
+from studies.anonymize.models import (  # noqa: E402, F401
+    AnonymizationJob,
+    AnonymizationJobItem,
+    AnonymizationProject,
+    AnonymizedStudy,
+    PatientPseudonym,
+    UidMapping,
+)
+from studies.sharing.models import Share, ShareAccess, UploadLink  # noqa: E402, F401

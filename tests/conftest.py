@@ -18,6 +18,12 @@ def _mail_in_memory(settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # Still Argon2 (the format production uses), with test-sized cost parameters.
+    settings.PASSWORD_HASHERS = ["tests.hashers.FastArgon2PasswordHasher"]
+
+
 @pytest.fixture
 def owner(db) -> User:
     return make_user(email="owner@clinic-a.example", full_name="Olivia Owner")
@@ -56,3 +62,66 @@ def billing_admin(clinic) -> User:
 @pytest.fixture
 def outsider(other_clinic) -> User:
     return make_member(clinic=other_clinic, role=Role.OWNER, user=make_user(email="outsider@clinic-b.example"))
+
+
+@pytest.fixture(autouse=True)
+def _stores_in_tmp(settings, tmp_path_factory):
+    """Point both object stores at fresh temporary folders, and forget cached clinic keys."""
+    from studies.archive import keys
+
+    base = tmp_path_factory.mktemp("stores")
+    settings.PRIMARY_STORE_URL = (base / "primary").as_uri()
+    settings.REPLICA_STORE_URL = (base / "replica").as_uri()
+    settings.PRIMARY_STORE_ACCESS_KEY_ID = settings.PRIMARY_STORE_SECRET_ACCESS_KEY = ""
+    settings.REPLICA_STORE_ACCESS_KEY_ID = settings.REPLICA_STORE_SECRET_ACCESS_KEY = ""
+    keys.key_cache_clear()
+    yield
+    keys.key_cache_clear()
+
+
+@pytest.fixture
+def s3_stores(settings):
+    """Point both stores at unique buckets on the test S3 endpoint (moto), with separate credentials."""
+    import os
+    import uuid
+
+    import boto3
+
+    endpoint = os.environ.get("TEST_S3_ENDPOINT")
+    if not endpoint:
+        pytest.skip("TEST_S3_ENDPOINT is not set; run through bin/with-test-services")
+    suffix = uuid.uuid4().hex[:12]
+    buckets = {"primary": f"primary-{suffix}", "replica": f"replica-{suffix}"}
+    for name, bucket in buckets.items():
+        access_key, secret_key = f"{name}-access-{suffix}", f"{name}-secret-{suffix}"
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+        ).create_bucket(Bucket=bucket)
+        prefix = name.upper()
+        setattr(settings, f"{prefix}_STORE_URL", f"s3://{bucket}?endpoint_url={endpoint}&region_name=us-east-1")
+        setattr(settings, f"{prefix}_STORE_ACCESS_KEY_ID", access_key)
+        setattr(settings, f"{prefix}_STORE_SECRET_ACCESS_KEY", secret_key)
+    return buckets
+
+
+@pytest.fixture(autouse=True)
+def _default_plans(request, django_db_blocker):
+    """Make sure the plans seeded by migrations exist for every test that uses the database.
+
+    Transactional and live-server tests empty every table when they finish, migration-seeded rows
+    included, and every new clinic starts on a trial plan.
+    """
+    uses_db = request.node.get_closest_marker("django_db") is not None or bool(
+        {"db", "transactional_db", "live_server"} & set(request.fixturenames)
+    )
+    if not uses_db:
+        return
+    from billing.models import Plan
+    from billing.plans import plans_seed
+
+    with django_db_blocker.unblock():
+        plans_seed(Plan)

@@ -2,24 +2,15 @@
 
 from django.db import migrations
 
-GB = 1000**3
-PLANS = [
-    ("starter", "Starter", 100 * GB, 7999, 1),
-    ("professional", "Professional", 500 * GB, 9999, 2),
-    ("enterprise", "Enterprise", 2000 * GB, 49999, 3),
-]
+from billing.plans import DEFAULT_PLANS, plans_seed
 
 
 def seed(apps, schema_editor):
-    Plan = apps.get_model("billing", "Plan")
-    for code, name, storage, price, order in PLANS:
-        Plan.objects.get_or_create(
-            code=code, defaults={"name": name, "storage_bytes": storage, "price_cents": price, "sort_order": order}
-        )
+    plans_seed(apps.get_model("billing", "Plan"))
 
 
 def unseed(apps, schema_editor):
-    apps.get_model("billing", "Plan").objects.filter(code__in=[p[0] for p in PLANS]).delete()
+    apps.get_model("billing", "Plan").objects.filter(code__in=[p[0] for p in DEFAULT_PLANS]).delete()
 
 
 class Migration(migrations.Migration):

@@ -124,23 +124,37 @@
     draw();
   }
 
+  function slicesFrom(instances) {
+    const slices = [];
+    for (const item of instances) {
+      const frames = item.frames || 1;
+      for (let frame = 1; frame <= frames; frame++) slices.push({ sop: item.sop, frame: frame, multiframe: frames > 1 });
+    }
+    return slices;
+  }
+
+  async function instancesOf(series) {
+    const initial = config.initial;
+    if (initial && initial.firstSeries === series.uid) return initial.instances;
+    const fields = ["00200013", "00280008", "00281050", "00281051"].map((f) => "includefield=" + f).join("&");
+    const found = await getJson(base + "studies/" + study + "/series/" + series.uid + "/instances?" + fields);
+    found.sort((a, b) => (tag(a, "00200013") ?? 0) - (tag(b, "00200013") ?? 0));
+    return found.map((item) => ({
+      sop: tag(item, "00080018"), number: tag(item, "00200013"),
+      frames: parseInt(tag(item, "00280008") || "1", 10) || 1,
+      windowCenter: tag(item, "00281050"), windowWidth: tag(item, "00281051"),
+    }));
+  }
+
   async function openSeries(series) {
     state.current = series;
     document.querySelectorAll(".series-list button").forEach((b) => b.classList.toggle("active", b.dataset.uid === series.uid));
     status.textContent = "Loading series…";
-    const fields = ["00200013", "00280008", "00281050", "00281051", "00200032"].map((f) => "includefield=" + f).join("&");
-    const instances = await getJson(base + "studies/" + study + "/series/" + series.uid + "/instances?" + fields);
-    instances.sort((a, b) => (tag(a, "00200013") ?? 0) - (tag(b, "00200013") ?? 0));
-    state.slices = [];
-    for (const item of instances) {
-      const frames = parseInt(tag(item, "00280008") || "1", 10) || 1;
-      for (let frame = 1; frame <= frames; frame++) {
-        state.slices.push({ sop: tag(item, "00080018"), frame: frame, multiframe: frames > 1 });
-      }
-    }
+    const instances = await instancesOf(series);
+    state.slices = slicesFrom(instances);
     const first = instances[0] || {};
-    const center = parseFloat(tag(first, "00281050"));
-    const width = parseFloat(tag(first, "00281051"));
+    const center = parseFloat(first.windowCenter);
+    const width = parseFloat(first.windowWidth);
     state.defaultWindow = Number.isFinite(center) && Number.isFinite(width) && width > 0 ? { center, width } : null;
     state.window = state.defaultWindow ? { ...state.defaultWindow } : null;
     state.index = 0;
@@ -154,12 +168,18 @@
   }
 
   async function start() {
-    const fields = ["0008103E", "00200011", "00080060", "00201209"].map((f) => "includefield=" + f).join("&");
-    const series = await getJson(base + "studies/" + study + "/series?" + fields);
-    state.series = series.map((item) => ({
-      uid: tag(item, "0020000E"), number: tag(item, "00200011"), modality: tag(item, "00080060"),
-      description: tag(item, "0008103E"), count: tag(item, "00201209"),
-    })).sort((a, b) => (a.number ?? 0) - (b.number ?? 0));
+    let listed;
+    if (config.initial) {
+      listed = config.initial.series;
+    } else {
+      const fields = ["0008103E", "00200011", "00080060", "00201209"].map((f) => "includefield=" + f).join("&");
+      const found = await getJson(base + "studies/" + study + "/series?" + fields);
+      listed = found.map((item) => ({
+        uid: tag(item, "0020000E"), number: tag(item, "00200011"), modality: tag(item, "00080060"),
+        description: tag(item, "0008103E"), count: tag(item, "00201209"),
+      }));
+    }
+    state.series = listed.slice().sort((a, b) => (a.number ?? 0) - (b.number ?? 0));
     const list = $("series-list");
     for (const s of state.series) {
       const item = document.createElement("li");
@@ -169,7 +189,8 @@
       const thumb = document.createElement("img");
       thumb.alt = "";
       thumb.loading = "lazy";
-      thumb.src = base + "studies/" + study + "/series/" + s.uid + "/thumbnail";
+      // Thumbnails wait until the first image is on screen, so they do not compete with it.
+      thumb.dataset.src = base + "studies/" + study + "/series/" + s.uid + "/thumbnail";
       const meta = document.createElement("span");
       meta.className = "meta";
       meta.textContent = [s.modality, s.number !== null ? "#" + s.number : "", s.description || "", (s.count || "?") + " images"].filter(Boolean).join(" · ");
@@ -178,9 +199,12 @@
       item.append(button);
       list.append(item);
     }
-    const firstImageSeries = state.series.find((s) => ["SR", "PR", "KO", "DOC"].indexOf(s.modality) < 0) || state.series[0];
+    const firstUid = config.initial && config.initial.firstSeries;
+    const firstImageSeries = state.series.find((s) => s.uid === firstUid) ||
+      state.series.find((s) => ["SR", "PR", "KO", "DOC"].indexOf(s.modality) < 0) || state.series[0];
     if (firstImageSeries) await openSeries(firstImageSeries);
     else status.textContent = "This study holds no series.";
+    document.querySelectorAll(".series-list img[data-src]").forEach((img) => { img.src = img.dataset.src; });
   }
 
   // --- interaction -----------------------------------------------------------------------------------

@@ -10,10 +10,45 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
-from studies.models import Study
+from studies.models import Instance, Series, Study
 from tenants.audit import audit_record
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
+
+NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "DOC"}
+
+
+def _first_value(metadata: dict[str, Any], tag: str) -> Any:
+    values = (metadata.get(tag) or {}).get("Value") or [None]
+    return values[0]
+
+
+def initial_series(*, study: Study) -> dict[str, Any]:
+    """The series list and the first image series' slices, so the first image needs no search round trips.
+
+    The same data the page would get from QIDO-RS; the viewer still asks DICOMweb for other series.
+    """
+    series = list(Series.objects.for_clinic(study.clinic_id).filter(study=study).order_by("series_number", "pk"))
+    listed = [
+        {"uid": s.series_instance_uid, "number": s.series_number, "modality": s.modality,
+         "description": s.series_description, "count": s.number_of_instances}
+        for s in series
+    ]
+    first = next((s for s in series if s.modality not in NON_IMAGE_MODALITIES), series[0] if series else None)
+    if first is None:
+        return {"series": listed, "firstSeries": None, "instances": []}
+    instances = [
+        {"sop": sop, "number": number, "frames": frames,
+         "windowCenter": _first_value(metadata, "00281050"), "windowWidth": _first_value(metadata, "00281051")}
+        for sop, number, frames, metadata in Instance.objects.for_clinic(study.clinic_id)
+        .filter(series=first).order_by("instance_number", "pk")
+        .values_list("sop_instance_uid", "instance_number", "number_of_frames", "metadata")
+    ]
+    # Only the first instance's window is needed; the rest would only weigh on the page.
+    for item in instances[1:]:
+        item.pop("windowCenter")
+        item.pop("windowWidth")
+    return {"series": listed, "firstSeries": first.series_instance_uid, "instances": instances}
 
 
 def viewer_context(*, study: Study, dicomweb_base: str, download_url: str = "", back_url: str = "") -> dict[str, Any]:
@@ -24,6 +59,7 @@ def viewer_context(*, study: Study, dicomweb_base: str, download_url: str = "", 
         "viewer_config": {
             "dicomwebBase": dicomweb_base,
             "studyUid": study.study_instance_uid,
+            "initial": initial_series(study=study),
             "overlay": {
                 "patientName": patient.patient_name.replace("^", " ").strip(),
                 "patientId": patient.patient_id,

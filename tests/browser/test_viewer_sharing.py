@@ -14,7 +14,7 @@ from studies.ingest import instance_ingest
 from studies.models import Study
 from studies.sharing.models import Share
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-edge" / "pydicom-test-files"
 

@@ -1,0 +1,127 @@
+"""Celery entry points of the studies app: load by id, call one service.
+
+Tasks take ids and plain JSON values only (never models or patient data) and are safe to run twice.
+Engineers add their tasks here (append) or in their own module imported at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+# --- Finding and using studies (browse): thumbnails and the trash purge ---------------------------
+
+
+@shared_task(acks_late=True, bind=True, max_retries=5)
+def series_thumbnail_render(self, clinic_id: int, series_id: int) -> None:
+    """Render the series' thumbnail from its middle image (again only when that instance changed)."""
+    from studies.archive.errors import StorageUnavailable
+    from studies.models import Series
+    from studies.thumbnails import series_thumbnail_render as render
+    from tenants.models import Clinic
+
+    clinic = Clinic.objects.filter(pk=clinic_id).first()
+    series = Series.objects.for_clinic(clinic_id).filter(pk=series_id).first() if clinic else None
+    if series is None:
+        return  # purged meanwhile
+    try:
+        render(clinic=clinic, series=series)
+    except StorageUnavailable as exc:
+        raise self.retry(exc=exc, countdown=min(600, 10 * 2**self.request.retries)) from exc
+
+
+@shared_task(acks_late=True, bind=True, max_retries=8)
+def study_purge(self, clinic_id: int, study_id: int) -> None:
+    """Erase one trashed study whose time in the trash is over (objects, replica, rows, quota)."""
+    from studies import services
+    from studies.archive.errors import StorageUnavailable
+    from tenants.models import Clinic
+
+    clinic = Clinic.objects.filter(pk=clinic_id).first()
+    if clinic is None:
+        return
+    try:
+        services.study_purge(clinic=clinic, study_id=study_id)
+    except StorageUnavailable as exc:
+        raise self.retry(exc=exc, countdown=min(3600, 30 * 2**self.request.retries)) from exc
+
+
+@shared_task(acks_late=True)
+def studies_trash_purge() -> int:
+    """Periodic: queue a purge for every study whose time in the trash is over; returns how many."""
+    from django.utils import timezone
+
+    from studies import selectors
+
+    due = list(selectors.trash_purge_due(now=timezone.now()).values_list("clinic_id", "id"))
+    for clinic_id, study_id in due:
+        study_purge.delay(clinic_id=clinic_id, study_id=study_id)
+    return len(due)
+
+
+# Backup and recovery tasks live in their own module; re-exported so `studies.tasks.instance_replicate` works.
+from studies.backup.tasks import (  # noqa: E402, F401
+    backup_verify_batch,
+    instance_replicate,
+    object_repair,
+    replica_purge,
+    replica_reconcile,
+    replication_sweep,
+)
+
+# --- Ingest from the browser: ZIP archives ----------------------------------------------------------
+
+
+@shared_task(acks_late=True, bind=True, max_retries=5)
+def upload_zip_extract(self, clinic_id: int, batch_id: int) -> None:
+    """Unpack one uploaded ZIP archive and ingest its members (members already done are skipped)."""
+    from django.utils import timezone
+
+    from studies import uploads
+    from studies.archive.errors import StorageUnavailable
+    from studies.models import UploadBatch
+
+    batch = UploadBatch.objects.for_clinic(clinic_id).select_related("clinic", "created_by").filter(pk=batch_id).first()
+    if batch is None or batch.status in (UploadBatch.Status.DONE, UploadBatch.Status.FAILED):
+        return  # deleted meanwhile, or finished by an earlier delivery
+    try:
+        uploads.upload_zip_extract(batch=batch)
+    except StorageUnavailable as exc:
+        if self.request.retries >= self.max_retries:
+            UploadBatch.objects.for_clinic(clinic_id).filter(pk=batch_id).update(
+                status=UploadBatch.Status.FAILED, finished_at=timezone.now(),
+                message="Storage stayed unavailable while unpacking; upload the archive again.",
+            )
+            raise
+        raise self.retry(exc=exc, countdown=min(600, 10 * 2**self.request.retries)) from exc
+
+
+# --- Anonymization: one job fans out into one task per instance ------------------------------------
+
+
+@shared_task(acks_late=True)
+def anonymization_job_start(clinic_id: int, job_id: int) -> None:
+    """Count the job's instances and queue one task per instance."""
+    from studies.anonymize import services
+    from studies.anonymize.models import AnonymizationJob
+
+    job = AnonymizationJob.objects.for_clinic(clinic_id).filter(pk=job_id).first()
+    if job is not None:
+        services.job_start(job=job)
+
+
+@shared_task(acks_late=True, bind=True, max_retries=5)
+def anonymization_instance(self, clinic_id: int, job_id: int, instance_id: int) -> None:
+    """Anonymize one instance of a job; a retry after a crash re-creates the same bytes (already present)."""
+    from studies.anonymize import services
+    from studies.anonymize.models import AnonymizationJob
+    from studies.archive.errors import StorageUnavailable
+    from studies.models import Instance
+
+    job = AnonymizationJob.objects.for_clinic(clinic_id).select_related("project", "clinic").filter(pk=job_id).first()
+    instance = Instance.objects.for_clinic(clinic_id).select_related("series__study").filter(pk=instance_id).first()
+    if job is None or instance is None:
+        return
+    try:
+        services.job_instance_process(job=job, instance=instance)
+    except StorageUnavailable as exc:
+        raise self.retry(exc=exc, countdown=min(600, 10 * 2**self.request.retries)) from exc
