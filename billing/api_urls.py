@@ -1,4 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from billing import api
 
 app_name = "billing-api"
-urlpatterns: list = []
+urlpatterns = [
+    path("usage/", api.UsageApi.as_view(), name="usage"),
+]

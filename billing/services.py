@@ -383,17 +383,27 @@ def pending_plan_apply(*, subscription: Subscription) -> bool:
 
 
 def clinic_data_destroy(*, clinic: Clinic) -> None:
-    """Destroy a canceled clinic's data after its retention period.
+    """Destroy a canceled clinic's data once its retention period has ended.
 
-    Deleting the clinic's keys makes every copy of its objects unreadable at once (crypto-shredding,
-    replica included); the objects and index rows are then purged study by study.
+    Every study is purged from both stores (objects, index rows, quota), then the clinic's keys go:
+    the wrapped key documents in both stores and the key rows. Without its key no copy that might
+    survive anywhere (a replica version kept by Object Lock, a backup of the database) can be read.
+    Runs on the replica-admin worker, the one holding the replica's delete rights. Safe to run twice.
     """
     from studies import services as study_services
+    from studies.archive import keys as archive_keys
+    from studies.archive import stores
     from studies.models import ClinicKey, Study
 
-    for study in Study.objects.for_clinic(clinic).iterator():
-        study_services.study_purge(clinic=clinic, study=study)
+    Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).update(deleted_at=timezone.now())
+    for study_id in Study.objects.for_clinic(clinic).values_list("pk", flat=True):
+        study_services.study_purge(clinic=clinic, study_id=study_id)
+    for row in ClinicKey.objects.for_clinic(clinic):
+        document = archive_keys.key_document_key(clinic_uuid=clinic.uuid, key_id=row.key_id)
+        for store_name in stores.STORE_NAMES:
+            stores.get_store(store_name).delete(document)
     ClinicKey.objects.for_clinic(clinic).delete()
+    archive_keys.key_cache_clear()
     Subscription.objects.for_clinic(clinic).update(status=SubscriptionStatus.DESTROYED, updated_at=timezone.now())
     audit_record(clinic=clinic, action="billing.data_destroyed", actor_label="system", object_type="clinic",
                  object_id=str(clinic.uuid))
@@ -408,4 +418,6 @@ def billing_enforce() -> None:
         usage_warnings_check(clinic=subscription.clinic)
         pending_plan_apply(subscription=subscription)
         if subscription.status == SubscriptionStatus.CANCELED and subscription.read_only_until and subscription.read_only_until <= now:
-            clinic_data_destroy(clinic=subscription.clinic)
+            from billing import tasks
+
+            tasks.clinic_data_destroy.delay(clinic_id=subscription.clinic_id)

@@ -18,3 +18,17 @@ def usage_warnings_check(*, clinic_id: int) -> None:
     clinic = Clinic.objects.filter(pk=clinic_id).first()
     if clinic is not None:
         services.usage_warnings_check(clinic=clinic)
+
+
+@shared_task(acks_late=True, bind=True, max_retries=8)
+def clinic_data_destroy(self, *, clinic_id: int) -> None:
+    """Destroy a canceled clinic's data (routed to the replica-admin worker)."""
+    from studies.archive.errors import StorageUnavailable
+
+    clinic = Clinic.objects.filter(pk=clinic_id).first()
+    if clinic is None:
+        return
+    try:
+        services.clinic_data_destroy(clinic=clinic)
+    except StorageUnavailable as exc:
+        raise self.retry(exc=exc, countdown=min(3600, 60 * 2**self.request.retries)) from exc

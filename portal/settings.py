@@ -94,6 +94,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "corsheaders",
     "axes",
     "django_otp",
@@ -346,6 +347,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Clinic-scoped REST API. Authenticate with `Authorization: Bearer <api token>`.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The interactive docs load Swagger UI from our own static files (drf-spectacular-sidecar), not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Swagger UI would otherwise send the schema to validator.swagger.io for its badge.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 LOGGING = {
@@ -384,4 +391,5 @@ CELERY_TASK_ROUTES = {
     **globals().get("CELERY_TASK_ROUTES", {}),
     "studies.backup.tasks.replica_purge": {"queue": "replica-admin"},
     "studies.tasks.study_purge": {"queue": "replica-admin"},
+    "billing.tasks.clinic_data_destroy": {"queue": "replica-admin"},
 }

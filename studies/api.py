@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -155,24 +154,4 @@ class StudyDetailApi(APIView):
             "status": "trashed",
             "deleted_at": study.deleted_at,
             "purge_at": services.study_purge_at(study),
-        }).data)
-
-
-class UsageApi(APIView):
-    """Stored DICOM bytes against the clinic's quota."""
-
-    class OutputSerializer(serializers.Serializer):
-        used_bytes = serializers.IntegerField()
-        quota_bytes = serializers.IntegerField()
-        plan = serializers.CharField(allow_null=True)
-        trash_days = serializers.IntegerField()
-
-    @extend_schema(responses=OutputSerializer)
-    def get(self, request: Request, clinic_slug: str) -> Response:
-        _require(request, Action.BILLING)
-        usage = selectors.clinic_usage(clinic=request.clinic)
-        # TODO(issue 4): the billing app names the plan here.
-        return Response(self.OutputSerializer({
-            "used_bytes": usage.used_bytes, "quota_bytes": usage.quota_bytes, "plan": None,
-            "trash_days": settings.TRASH_DAYS,
         }).data)

@@ -2,13 +2,14 @@
 
 from django.urls import path
 
-from studies import api
+from studies import api, upload_api
 from studies.backup import views as backup_views
 
 app_name = "studies-api"
 urlpatterns = [
     path("studies/", api.StudyListApi.as_view(), name="study-list"),
     path("studies/<str:study_uid>/", api.StudyDetailApi.as_view(), name="study-detail"),
-    path("usage/", api.UsageApi.as_view(), name="usage"),
     path("backup/", backup_views.BackupApi.as_view(), name="backup"),
+    path("uploads/", upload_api.UploadListApi.as_view(), name="uploads"),
+    path("uploads/<uuid:batch_id>/", upload_api.UploadDetailApi.as_view(), name="upload-detail"),
 ]

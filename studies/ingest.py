@@ -18,6 +18,7 @@ row remains; the caller acknowledges only when this function returns.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -63,12 +64,47 @@ def instance_ingest(
     source: str = "upload",
     request: HttpRequest | None = None,
     actor: User | None = None,
+    dicom_node: Any = None,
+    anonymize_project: Any = None,
 ) -> IngestResult:
     """Validate, store and index one DICOM file; return whether it was stored or already present.
 
+    When the clinic, the request's API token or upload link, or the DICOM node says "anonymize on
+    ingest" (or ``anonymize_project`` is given), only an anonymized copy is stored: the original is
+    never written.
+
     Raises InvalidDicom (nothing stored), InstanceConflict (audited; the stored instance untouched),
-    QuotaExceeded (the message says how much space is left) and the archive's StorageUnavailable.
+    QuotaExceeded (the message says how much space is left, or why uploads are paused) and the
+    archive's StorageUnavailable.
     """
+    project = None
+    if source != "anonymize":
+        from studies.anonymize import services as anonymize
+
+        project = anonymize_project or anonymize.project_for_ingest(
+            clinic=clinic,
+            api_token=getattr(request, "api_token", None),
+            dicom_node=dicom_node,
+            upload_link=getattr(request, "upload_link", None),
+        )
+    if project is None:
+        return _ingest_file(clinic=clinic, source_path=source_path, source=source, request=request, actor=actor)
+    # A broken file is refused for what it is, before anonymization could hide why.
+    dicom.parse_instance(source_path)
+    anonymized_path, anonymized = anonymize.anonymize_for_ingest(project=project, source_path=source_path)
+    try:
+        result = _ingest_file(clinic=clinic, source_path=anonymized_path, source=source, request=request, actor=actor)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(anonymized_path)
+    anonymize.ingest_result_link(project=project, study=result.instance.series.study,
+                                 needs_review=anonymized.report.needs_review)
+    return result
+
+
+def _ingest_file(
+    *, clinic: Clinic, source_path: str, source: str, request: HttpRequest | None, actor: User | None
+) -> IngestResult:
     parsed = dicom.parse_instance(source_path)
     size = os.path.getsize(source_path)
 
@@ -76,6 +112,11 @@ def instance_ingest(
     if existing is not None:
         return _duplicate(clinic=clinic, existing=existing, source_path=source_path, request=request, actor=actor)
 
+    from billing import selectors as billing_selectors
+
+    paused = billing_selectors.upload_block_reason(clinic=clinic)
+    if paused:
+        raise QuotaExceeded(paused)
     quota_reserve(clinic=clinic, size_bytes=size)
     stored = None
     try:
@@ -109,8 +150,21 @@ def instance_ingest(
     # Registered after our transaction closed: a failing enqueue must never undo a committed ingest
     # (robust callbacks only log), and the replication sweep catches anything lost here.
     _after_commit(instance=instance)
+    _usage_check_soon(clinic=clinic)
     logger.info("Stored instance %s of clinic %s (%s, %d bytes)", instance.uuid, clinic.pk, source, size)
     return IngestResult(IngestOutcome.STORED, instance)
+
+
+# Usage warnings (80% and 95% of the quota) are checked at most this often per clinic, not per file.
+USAGE_CHECK_SECONDS = 60
+
+
+def _usage_check_soon(*, clinic: Clinic) -> None:
+    if not cache.add(f"usage-check:{clinic.pk}", 1, timeout=USAGE_CHECK_SECONDS):
+        return
+    from billing import tasks as billing_tasks
+
+    transaction.on_commit(lambda: billing_tasks.usage_warnings_check.delay(clinic_id=clinic.pk), robust=True)
 
 
 def quota_reserve(*, clinic: Clinic, size_bytes: int) -> None:

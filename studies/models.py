@@ -279,6 +279,7 @@ from studies.anonymize.models import (  # noqa: E402, F401
     AnonymizationJobItem,
     AnonymizationProject,
     AnonymizedStudy,
+    IngestAnonymization,
     PatientPseudonym,
     UidMapping,
 )

@@ -286,21 +286,6 @@ def study_recent(*, clinic: Clinic | int, limit: int = 5) -> list[Study]:
     return list(study_list(clinic=clinic, search=StudySearch(sort="-created"))[:limit])
 
 
-@dataclass(frozen=True)
-class Usage:
-    used_bytes: int
-    quota_bytes: int
-    studies: int
-
-    @property
-    def percent(self) -> int:
-        if self.quota_bytes <= 0:
-            return 0
-        return min(100, round(100 * self.used_bytes / self.quota_bytes))
-
-
-def clinic_usage(*, clinic: Clinic) -> Usage:
-    """Return the clinic's stored bytes against its quota, read fresh from the database."""
-    row = Clinic.objects.filter(pk=clinic.pk).values("used_bytes", "quota_bytes").get()
-    studies = Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).count()
-    return Usage(used_bytes=row["used_bytes"], quota_bytes=row["quota_bytes"], studies=studies)
+def study_count_live(*, clinic: Clinic) -> int:
+    """How many studies the clinic holds outside the trash."""
+    return Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).count()

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from uuid import UUID
@@ -28,9 +29,9 @@ from portal.exceptions import PortalError
 from studies import ingest, tasks, uploads
 from studies.archive.errors import StorageUnavailable
 from studies.errors import DicomDirectory, InstanceConflict, InvalidDicom, NotDicom, QuotaExceeded
-from studies.models import UploadBatch, UploadItem
+from studies.models import Study, UploadBatch, UploadItem
 from tenants.middleware import ClinicRequest
-from tenants.models import User
+from tenants.models import Clinic, User
 from tenants.roles import Action
 
 # The most results one status answer lists; the counts always cover the whole batch.
@@ -43,8 +44,8 @@ def _require_upload(request: ClinicRequest) -> None:
 
 
 def _user(request: ClinicRequest) -> User | None:
-    # API-token requests carry no user; the audit trail names the token instead.
-    return request.user if request.user.is_authenticated else None  # type: ignore[return-value]
+    # API-token requests carry no person (DRF's TokenUser at most); the audit trail names the token instead.
+    return request.user if isinstance(request.user, User) else None
 
 
 @require_GET
@@ -75,72 +76,104 @@ def _on_disk(upload: UploadedFile) -> Iterator[str]:
         yield tmp.name
 
 
-def _answer(outcome: str, reason: str = "", status: int = HTTPStatus.OK, **extra: object) -> JsonResponse:
-    return JsonResponse({"outcome": outcome, "reason": reason, **extra}, status=status)
+@dataclass(frozen=True)
+class UploadAnswer:
+    """What became of one uploaded file, shared by the upload page's endpoint and the REST API."""
+
+    outcome: str
+    reason: str = ""
+    status: int = HTTPStatus.OK
+    # The study the instance is in, when it was stored or already present.
+    study: Study | None = None
+    # The archive's batch, when a ZIP archive was queued for unpacking.
+    batch: UploadBatch | None = None
+
+
+def upload_receive(request: ClinicRequest, *, upload: UploadedFile | None, name: str = "") -> UploadAnswer:
+    """Ingest one uploaded file, or stage a ZIP archive for unpacking; never raises a domain error.
+
+    The caller has checked the upload right. ``request`` is the plain HttpRequest (the audit trail reads
+    its address and API token).
+    """
+    if upload is None:
+        return UploadAnswer(
+            "rejected", "No file was sent (expected a multipart field named 'file').", HTTPStatus.BAD_REQUEST
+        )
+    name = name or upload.name or ""
+    try:
+        with _on_disk(upload) as path:
+            if uploads.is_zip_file(path):
+                batch = _stage_zip(request, path=path, name=name, size=upload.size or 0)
+                return UploadAnswer("queued", "The archive is being unpacked.", HTTPStatus.ACCEPTED, batch=batch)
+            result = ingest.instance_ingest(
+                clinic=request.clinic, source_path=path, source="upload", request=request, actor=_user(request)
+            )
+    except DicomDirectory as exc:
+        return UploadAnswer("skipped", exc.message)
+    except NotDicom as exc:
+        return UploadAnswer("rejected", exc.message, HTTPStatus.UNPROCESSABLE_ENTITY)
+    except (InvalidDicom, InstanceConflict, QuotaExceeded) as exc:
+        return UploadAnswer(
+            "rejected",
+            exc.message,
+            exc.status if exc.status != HTTPStatus.BAD_REQUEST else HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+    except StorageUnavailable:
+        return UploadAnswer(
+            "error", "Storage is unavailable for a moment; the file will be sent again.", HTTPStatus.SERVICE_UNAVAILABLE
+        )
+    except PortalError as exc:
+        return UploadAnswer("error", exc.message, exc.status)
+    study = result.instance.series.study
+    reason = ""
+    if result.outcome == ingest.IngestOutcome.ALREADY_PRESENT and study.deleted_at is not None:
+        reason = "Its study is in the trash: restore the study to see it again."
+    status = HTTPStatus.CREATED if result.outcome == ingest.IngestOutcome.STORED else HTTPStatus.OK
+    return UploadAnswer(result.outcome.value, reason, status, study=study)
 
 
 @require_POST
 def upload_file(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     """Ingest one uploaded file (field ``file``), or stage a ZIP archive for unpacking."""
     _require_upload(request)
-    upload = request.FILES.get("file")
-    if upload is None:
-        return _answer(
-            "rejected", "No file was sent (expected a multipart field named 'file').", HTTPStatus.BAD_REQUEST
+    answer = upload_receive(request, upload=request.FILES.get("file"), name=request.POST.get("path") or "")
+    extra: dict[str, object] = {}
+    if answer.study is not None:
+        extra["study"] = str(answer.study.uuid)
+        extra["study_url"] = reverse(
+            "studies:detail", kwargs={"clinic_slug": request.clinic.slug, "study_uuid": answer.study.uuid}
         )
-    name = request.POST.get("path") or upload.name or ""
-    try:
-        with _on_disk(upload) as path:
-            if uploads.is_zip_file(path):
-                return _stage_zip(request, path=path, name=name, size=upload.size or 0)
-            result = ingest.instance_ingest(
-                clinic=request.clinic, source_path=path, source="upload", request=request, actor=_user(request)
-            )
-    except DicomDirectory as exc:
-        return _answer("skipped", exc.message)
-    except NotDicom as exc:
-        return _answer("rejected", exc.message, HTTPStatus.UNPROCESSABLE_ENTITY)
-    except (InvalidDicom, InstanceConflict, QuotaExceeded) as exc:
-        return _answer(
-            "rejected",
-            exc.message,
-            exc.status if exc.status != HTTPStatus.BAD_REQUEST else HTTPStatus.UNPROCESSABLE_ENTITY,
+    if answer.batch is not None:
+        extra["batch"] = str(answer.batch.uuid)
+        extra["status_url"] = reverse(
+            "studies:upload-batch", kwargs={"clinic_slug": request.clinic.slug, "batch_uuid": answer.batch.uuid}
         )
-    except StorageUnavailable:
-        return _answer(
-            "error", "Storage is unavailable for a moment; the file will be sent again.", HTTPStatus.SERVICE_UNAVAILABLE
-        )
-    except PortalError as exc:
-        return _answer("error", exc.message, exc.status)
-    study = result.instance.series.study
-    reason = ""
-    if result.outcome == ingest.IngestOutcome.ALREADY_PRESENT and study.deleted_at is not None:
-        reason = "Its study is in the trash: restore the study to see it again."
-    return _answer(
-        result.outcome.value,
-        reason,
-        HTTPStatus.CREATED if result.outcome == ingest.IngestOutcome.STORED else HTTPStatus.OK,
-        study=str(study.uuid),
-        study_url=reverse("studies:detail", kwargs={"clinic_slug": request.clinic.slug, "study_uuid": study.uuid}),
-    )
+    return JsonResponse({"outcome": answer.outcome, "reason": answer.reason, **extra}, status=answer.status)
 
 
-def _stage_zip(request: ClinicRequest, *, path: str, name: str, size: int) -> JsonResponse:
+def _stage_zip(request: ClinicRequest, *, path: str, name: str, size: int) -> UploadBatch:
     # No transaction around the staging write: a long upload to the store must not hold one open.
     with open(path, "rb") as source:
         batch = uploads.upload_zip_stage(
             clinic=request.clinic, source=source, name=name, size=size, created_by=_user(request)
         )
     transaction.on_commit(partial(tasks.upload_zip_extract.delay, clinic_id=request.clinic.pk, batch_id=batch.pk))
-    return _answer(
-        "queued",
-        "The archive is being unpacked.",
-        HTTPStatus.ACCEPTED,
-        batch=str(batch.uuid),
-        status_url=reverse(
-            "studies:upload-batch", kwargs={"clinic_slug": request.clinic.slug, "batch_uuid": batch.uuid}
-        ),
-    )
+    return batch
+
+
+def upload_batch_report(*, clinic: Clinic, batch: UploadBatch) -> dict[str, object]:
+    """Describe an archive's progress and, member by member, what happened (the first BATCH_ITEMS_SHOWN)."""
+    items = UploadItem.objects.for_clinic(clinic).filter(batch=batch).order_by("pk")
+    return {
+        "batch": str(batch.uuid),
+        "status": batch.status,
+        "archive_name": batch.archive_name,
+        "message": batch.message,
+        "counts": uploads.upload_batch_counts(batch=batch),
+        "items": [
+            {"name": item.name, "outcome": item.outcome, "reason": item.reason} for item in items[:BATCH_ITEMS_SHOWN]
+        ],
+    }
 
 
 @require_GET
@@ -150,17 +183,4 @@ def upload_batch(request: ClinicRequest, clinic_slug: str, batch_uuid: UUID) -> 
     batch = UploadBatch.objects.for_clinic(request.clinic).filter(uuid=batch_uuid).first()
     if batch is None:
         raise Http404("No such upload.")
-    items = UploadItem.objects.for_clinic(request.clinic).filter(batch=batch).order_by("pk")
-    return JsonResponse(
-        {
-            "batch": str(batch.uuid),
-            "status": batch.status,
-            "archive_name": batch.archive_name,
-            "message": batch.message,
-            "counts": uploads.upload_batch_counts(batch=batch),
-            "items": [
-                {"name": item.name, "outcome": item.outcome, "reason": item.reason}
-                for item in items[:BATCH_ITEMS_SHOWN]
-            ],
-        }
-    )
+    return JsonResponse(upload_batch_report(clinic=request.clinic, batch=batch))

@@ -71,3 +71,23 @@ class DeviceRectanglesForm(forms.Form):
 class ReidentifyForm(forms.Form):
     pseudonym = forms.CharField(max_length=64, required=False)
     uid = forms.CharField(max_length=64, required=False, label="Replacement UID")
+
+
+class IngestRulesForm(forms.Form):
+    """Which arrivals this project anonymizes before anything is stored."""
+
+    clinic_wide = forms.BooleanField(required=False, label="Everything arriving in this clinic")
+    api_tokens = forms.ModelMultipleChoiceField(queryset=None, required=False, to_field_name="uuid",
+                                                widget=forms.CheckboxSelectMultiple, label="Through these API tokens")
+    dicom_nodes = forms.ModelMultipleChoiceField(queryset=None, required=False, to_field_name="uuid",
+                                                 widget=forms.CheckboxSelectMultiple, label="From these DICOM nodes")
+
+    def __init__(self, *args, clinic, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        from studies.models import DicomNode
+        from tenants.models import ApiToken
+
+        super().__init__(*args, **kwargs)
+        self.fields["api_tokens"].queryset = ApiToken.objects.for_clinic(clinic).filter(revoked_at__isnull=True)
+        self.fields["api_tokens"].label_from_instance = lambda token: f"{token.name} ({token.role})"
+        self.fields["dicom_nodes"].queryset = DicomNode.objects.for_clinic(clinic)
+        self.fields["dicom_nodes"].label_from_instance = lambda node: f"{node.ae_title} ({node.host})"

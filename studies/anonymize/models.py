@@ -133,3 +133,31 @@ class AnonymizedStudy(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = ClinicQuerySet.as_manager()
+
+
+class IngestAnonymization(models.Model):
+    """Anonymize on arrival, so that the original is never written: everything arriving in the clinic,
+    or everything arriving through one API token or one DICOM node (upload links carry their own)."""
+
+    class AppliesTo(models.TextChoices):
+        CLINIC = "clinic", "Everything arriving in the clinic"
+        API_TOKEN = "api_token", "One API token"
+        DICOM_NODE = "dicom_node", "One DICOM node"
+
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey(AnonymizationProject, on_delete=models.CASCADE, related_name="ingest_rules")
+    applies_to = models.CharField(max_length=16, choices=AppliesTo.choices)
+    api_token = models.ForeignKey("tenants.ApiToken", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    dicom_node = models.ForeignKey("studies.DicomNode", null=True, blank=True, on_delete=models.CASCADE,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ClinicQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["clinic"], condition=models.Q(applies_to="clinic"),
+                                    name="ingest_anon_one_per_clinic"),
+            models.UniqueConstraint(fields=["api_token"], name="ingest_anon_one_per_token"),
+            models.UniqueConstraint(fields=["dicom_node"], name="ingest_anon_one_per_node"),
+        ]

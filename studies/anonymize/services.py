@@ -33,6 +33,7 @@ from studies.anonymize.models import (
     AnonymizationJobItem,
     AnonymizationProject,
     AnonymizedStudy,
+    IngestAnonymization,
     JobStatus,
     PatientPseudonym,
     UidMapping,
@@ -383,12 +384,73 @@ def job_result_studies(*, job: AnonymizationJob) -> list[Study]:
 # --- anonymize on ingest -----------------------------------------------------------------------------
 
 
-def anonymize_for_ingest(*, project: AnonymizationProject, source_path: str) -> str:
-    """Write an anonymized copy of an incoming file beside it and return its path; the original is
-    never stored. The caller deletes both temporary files."""
+def project_for_ingest(
+    *, clinic: Clinic, api_token: Any = None, dicom_node: Any = None, upload_link: Any = None
+) -> AnonymizationProject | None:
+    """The project under which an arriving file must be anonymized, or None to store it as it is.
+
+    The most specific rule wins: the upload link's own project, then the API token's or the DICOM
+    node's rule, then the clinic-wide one.
+    """
+    if upload_link is not None and upload_link.anonymize_project_id:
+        return upload_link.anonymize_project
+    rules = IngestAnonymization.objects.for_clinic(clinic).select_related("project")
+    if api_token is not None:
+        rule = rules.filter(api_token=api_token).first()
+        if rule:
+            return rule.project
+    if dicom_node is not None:
+        rule = rules.filter(dicom_node=dicom_node).first()
+        if rule:
+            return rule.project
+    rule = rules.filter(applies_to=IngestAnonymization.AppliesTo.CLINIC).first()
+    return rule.project if rule else None
+
+
+@transaction.atomic
+def ingest_rules_set(
+    *, project: AnonymizationProject, clinic_wide: bool, api_tokens: list[Any], dicom_nodes: list[Any],
+    user: User | None = None, request: HttpRequest | None = None,
+) -> None:
+    """Make this project the anonymize-on-ingest rule for the clinic and/or the given tokens and nodes.
+
+    A token, node or the clinic already ruled by another project moves to this one.
+    """
+    clinic = project.clinic
+    rules = IngestAnonymization.objects.for_clinic(clinic)
+    rules.filter(project=project).delete()
+    if clinic_wide:
+        rules.filter(applies_to=IngestAnonymization.AppliesTo.CLINIC).delete()
+        IngestAnonymization.objects.create(clinic=clinic, project=project,
+                                           applies_to=IngestAnonymization.AppliesTo.CLINIC)
+    for token in api_tokens:
+        rules.filter(api_token=token).delete()
+        IngestAnonymization.objects.create(clinic=clinic, project=project, api_token=token,
+                                           applies_to=IngestAnonymization.AppliesTo.API_TOKEN)
+    for node in dicom_nodes:
+        rules.filter(dicom_node=node).delete()
+        IngestAnonymization.objects.create(clinic=clinic, project=project, dicom_node=node,
+                                           applies_to=IngestAnonymization.AppliesTo.DICOM_NODE)
+    audit_record(clinic=clinic, action="anonymization.ingest_rules_set", request=request, actor=user,
+                 object_type="anonymization_project", object_id=str(project.uuid),
+                 details={"clinic_wide": clinic_wide, "api_tokens": [str(t.uuid) for t in api_tokens],
+                          "dicom_nodes": [str(n.uuid) for n in dicom_nodes]})
+
+
+def anonymize_for_ingest(*, project: AnonymizationProject, source_path: str) -> tuple[str, FileAnonymized]:
+    """Write an anonymized copy of an arriving file beside it; return its path. The original is never
+    stored: the caller ingests the copy and deletes both temporary files."""
     dest_path = source_path + ".anon"
-    file_anonymize(project=project, source_path=source_path, dest_path=dest_path)
-    return dest_path
+    return dest_path, file_anonymize(project=project, source_path=source_path, dest_path=dest_path)
+
+
+def ingest_result_link(*, project: AnonymizationProject, study: Study, needs_review: bool) -> None:
+    """Mark a study that arrived anonymized (it has no stored source)."""
+    link, created = AnonymizedStudy.objects.get_or_create(
+        study=study, defaults={"clinic": project.clinic, "project": project, "needs_review": needs_review}
+    )
+    if needs_review and not link.needs_review:
+        AnonymizedStudy.objects.filter(pk=link.pk).update(needs_review=True)
 
 
 # --- re-identification ---------------------------------------------------------------------------------

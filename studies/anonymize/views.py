@@ -12,8 +12,8 @@ from django.views.decorators.http import require_POST
 
 from portal.exceptions import PortalError
 from studies.anonymize import services
-from studies.anonymize.forms import AnonymizeForm, DeviceRectanglesForm, ProjectForm, ReidentifyForm
-from studies.anonymize.models import AnonymizationJob, AnonymizationProject
+from studies.anonymize.forms import AnonymizeForm, DeviceRectanglesForm, IngestRulesForm, ProjectForm, ReidentifyForm
+from studies.anonymize.models import AnonymizationJob, AnonymizationProject, IngestAnonymization
 from studies.models import Series, Study
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
@@ -52,9 +52,25 @@ def project_detail(request: ClinicRequest, clinic_slug: str, project_uuid: UUID)
     project = get_object_or_404(AnonymizationProject.objects.for_clinic(request.clinic), uuid=project_uuid)
     rectangles_form = DeviceRectanglesForm(initial={"device_rectangles": _json(project.device_rectangles)})
     reidentify_form = ReidentifyForm()
+    rules = IngestAnonymization.objects.for_clinic(request.clinic).filter(project=project)
+    rules_form = IngestRulesForm(clinic=request.clinic, initial={
+        "clinic_wide": rules.filter(applies_to=IngestAnonymization.AppliesTo.CLINIC).exists(),
+        "api_tokens": [r.api_token.uuid for r in rules.filter(api_token__isnull=False).select_related("api_token")],
+        "dicom_nodes": [r.dicom_node.uuid for r in rules.filter(dicom_node__isnull=False).select_related("dicom_node")],
+    })
     revealed = None
     if request.method == "POST":
-        if "device_rectangles" in request.POST:
+        if "ingest_rules" in request.POST:
+            _require(request, Action.MANAGE)
+            rules_form = IngestRulesForm(request.POST, clinic=request.clinic)
+            if rules_form.is_valid():
+                services.ingest_rules_set(project=project, user=request.user, request=request,
+                                          clinic_wide=rules_form.cleaned_data["clinic_wide"],
+                                          api_tokens=list(rules_form.cleaned_data["api_tokens"]),
+                                          dicom_nodes=list(rules_form.cleaned_data["dicom_nodes"]))
+                messages.success(request, "Anonymize-on-ingest rules saved.")
+                return redirect("anonymize:project", clinic_slug=clinic_slug, project_uuid=project.uuid)
+        elif "device_rectangles" in request.POST:
             _require(request, Action.MANAGE)
             rectangles_form = DeviceRectanglesForm(request.POST)
             if rectangles_form.is_valid():
@@ -73,6 +89,7 @@ def project_detail(request: ClinicRequest, clinic_slug: str, project_uuid: UUID)
                     messages.error(request, exc.message)
     return render(request, "studies/anonymize_project.html", {
         "project": project, "rectangles_form": rectangles_form, "reidentify_form": reidentify_form,
+        "rules_form": rules_form,
         "revealed": revealed, "can_manage": request.membership.can(Action.MANAGE),
     })
 

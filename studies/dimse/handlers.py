@@ -202,13 +202,13 @@ def handle_echo(event: Event) -> int:
     return SUCCESS if association_info(event.assoc) is not None else NOT_AUTHORIZED
 
 
-def _ingest(*, clinic: Clinic, path: str) -> Dataset | int:
+def _ingest(*, clinic: Clinic, path: str, node: DicomNode | None = None) -> Dataset | int:
     from studies.archive.errors import ArchiveError
     from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
     from studies.ingest import instance_ingest
 
     try:
-        instance_ingest(clinic=clinic, source_path=path, source="dimse")
+        instance_ingest(clinic=clinic, source_path=path, source="dimse", dicom_node=node)
     except QuotaExceeded as exc:
         return _status(OUT_OF_RESOURCES, exc.message)
     except InvalidDicom as exc:
@@ -234,12 +234,12 @@ def handle_store(event: Event) -> Dataset | int:
         except AttributeError:
             path = ""
         if path:
-            return _ingest(clinic=info.clinic, path=path)
+            return _ingest(clinic=info.clinic, path=path, node=info.node)
         fd, tmp_path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
         try:
             with os.fdopen(fd, "wb") as tmp:
                 tmp.write(event.encoded_dataset(include_meta=True))
-            return _ingest(clinic=info.clinic, path=tmp_path)
+            return _ingest(clinic=info.clinic, path=tmp_path, node=info.node)
         finally:
             os.unlink(tmp_path)
     finally:

@@ -43,3 +43,11 @@ class UploadLinkForm(forms.Form):
     pin = forms.RegexField(regex=r"^\d{4,12}$", required=False, label="PIN (optional)",
                            error_messages={"invalid": "A PIN is 4 to 12 digits."})
     note = forms.CharField(max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    anonymize_project = forms.ModelChoiceField(queryset=None, required=False, to_field_name="uuid",
+                                               label="Anonymize on arrival under project (optional)")
+
+    def __init__(self, *args, clinic, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        from studies.anonymize.models import AnonymizationProject
+
+        super().__init__(*args, **kwargs)
+        self.fields["anonymize_project"].queryset = AnonymizationProject.objects.for_clinic(clinic).order_by("name")

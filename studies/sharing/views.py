@@ -45,7 +45,7 @@ def share_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     )
     links = UploadLink.objects.for_clinic(request.clinic).order_by("-created_at")[:50]
     return render(request, "studies/share_list.html", {"shares": shares, "upload_links": links,
-                                                       "upload_link_form": UploadLinkForm()})
+                                                       "upload_link_form": UploadLinkForm(clinic=request.clinic)})
 
 
 def share_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
@@ -126,7 +126,7 @@ def share_extend(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> 
 def upload_link_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     if not request.membership.can(Action.UPLOAD) or not request.membership.can(Action.SHARE):
         raise PermissionDenied
-    form = UploadLinkForm(request.POST)
+    form = UploadLinkForm(request.POST, clinic=request.clinic)
     if not form.is_valid():
         messages.error(request, " ".join(str(e) for errors in form.errors.values() for e in errors))
         return redirect("sharing:list", clinic_slug=clinic_slug)

@@ -40,5 +40,8 @@ def studies_dashboard_cards(context: template.Context) -> dict[str, Any]:
     if membership.can(Action.VIEW):
         cards["recent_studies"] = selectors.study_recent(clinic=clinic)
     if membership.can(Action.BILLING):
-        cards["usage"] = selectors.clinic_usage(clinic=clinic)
+        from billing import selectors as billing_selectors
+
+        cards["usage"] = billing_selectors.usage_get(clinic=clinic)
+        cards["study_count"] = selectors.study_count_live(clinic=clinic)
     return cards

@@ -8,6 +8,7 @@ import json
 import time
 from datetime import timedelta
 from http import HTTPStatus
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
@@ -196,7 +197,25 @@ def test_ended_trial_blocks_uploads_but_nothing_else(clinic):
     assert "trial has ended" in reason
 
 
-def test_cancel_in_test_mode_keeps_reading_then_destroys_the_data(client, clinic, owner):
+@pytest.fixture
+def tasks_inline():
+    """Run Celery tasks where they are queued, as a worker would."""
+    from portal.celery import app
+
+    previous = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager = app.conf.task_eager_propagates = True
+    yield
+    app.conf.task_always_eager, app.conf.task_eager_propagates = previous
+
+
+def test_cancel_in_test_mode_keeps_reading_then_destroys_the_data(client, clinic, owner, tmp_path, tasks_inline):
+    from studies.archive import keys, stores
+    from studies.ingest import instance_ingest
+    from studies.models import ClinicKey, Instance
+
+    sample = Path(__file__).resolve().parents[3] / "shared/data/dicom-edge/pydicom-test-files/CT_small.dcm"
+    instance = instance_ingest(clinic=clinic, source_path=str(sample)).instance
+    key_document = keys.key_document_key(clinic_uuid=clinic.uuid, key_id=instance.key_id)
     client.force_login(owner)
 
     client.post(billing_url(clinic, "cancel/"), {"confirm": clinic.slug})
@@ -205,9 +224,18 @@ def test_cancel_in_test_mode_keeps_reading_then_destroys_the_data(client, clinic
     assert subscription.status == SubscriptionStatus.CANCELED
     assert "canceled" in selectors.upload_block_reason(clinic=clinic)
     assert any("subscription canceled" in message.subject for message in mail.outbox)
+    assert client.get(f"/c/{clinic.slug}/studies/{instance.series.study.uuid}/download/").status_code == 200
     Subscription.objects.filter(clinic=clinic).update(read_only_until=timezone.now() - timedelta(seconds=1))
+
     services.billing_enforce()
+
     assert Subscription.objects.get(clinic=clinic).status == SubscriptionStatus.DESTROYED
+    assert not Instance.objects.filter(clinic=clinic).exists()
+    assert not ClinicKey.objects.filter(clinic=clinic).exists()
+    for name in stores.STORE_NAMES:
+        store = stores.get_store(name)
+        assert not store.exists(instance.object_key) and not store.exists(key_document)
+    assert Clinic.objects.get(pk=clinic.pk).used_bytes == 0
 
 
 def test_cancel_needs_the_typed_confirmation(client, clinic, owner):

@@ -151,7 +151,7 @@ def test_usage_for_billing_admin(client, billing_admin, clinic):
 
     assert response.status_code == HTTPStatus.OK
     assert response.json()["used_bytes"] == 1234 and response.json()["quota_bytes"] == 10_000
-    assert "plan" in response.json()
+    assert response.json()["plan"] == "starter" and response.json()["uploads_paused"] is None
 
 
 def test_usage_is_403_for_a_clinician(client, clinician, clinic):
