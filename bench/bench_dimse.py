@@ -108,7 +108,7 @@ def store(port: int, called_ae: str, paths: list[Path], associations: int) -> di
     chunks = [paths[i::associations] for i in range(associations)]
     started = time.perf_counter()
     runs = [
-        subprocess.Popen(["storescu", "-aet", SCU_AE, "-aec", called_ae, "127.0.0.1", str(port), *map(str, chunk)],
+        subprocess.Popen(["/usr/bin/storescu", "-aet", SCU_AE, "-aec", called_ae, "127.0.0.1", str(port), *map(str, chunk)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for chunk in chunks if chunk
     ]

@@ -254,6 +254,15 @@ REPLICA_STORE_ACCESS_KEY_ID = env_secret("REPLICA_STORE_ACCESS_KEY_ID")
 REPLICA_STORE_SECRET_ACCESS_KEY = env_secret("REPLICA_STORE_SECRET_ACCESS_KEY")
 DEFAULT_CLINIC_QUOTA_BYTES = env_int("DEFAULT_CLINIC_QUOTA_BYTES", 100 * 1000**3)
 
+# Cache: shared by every process through Redis when configured (throttles, debounces, "replica down"
+# flags); otherwise each process keeps its own, which only makes those throttles per process.
+CACHE_URL = env_str("CACHE_URL") or env_str("REDIS_URL")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    if CACHE_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+
 # Celery: a broker kept in files by default, so that the default run needs no server.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or env_str("REDIS_URL") or "filesystem://"
 if CELERY_BROKER_URL == "filesystem://":

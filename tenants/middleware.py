@@ -25,6 +25,7 @@ from tenants import selectors
 from tenants.models import ApiToken, Clinic, Membership
 
 API_PREFIXES = ("/api/", "/dicomweb/")
+ACTIVITY_RESOLUTION_SECONDS = 10
 
 
 class ClinicRequest(HttpRequest):
@@ -140,7 +141,9 @@ class SessionTimeoutMiddleware:
                 if request.path == login_url:
                     return redirect(login_url + "?expired=1")
                 return redirect_to_login(request.get_full_path(), login_url + "?expired=1")
-            # A background keep-alive poll must not count as activity.
-            if request.headers.get("X-Session-Poll") != "1":
+            # A background keep-alive poll must not count as activity. Activity is written down at a
+            # coarse resolution, so that a page's burst of requests (viewer slices) saves the session once.
+            resolution = min(ACTIVITY_RESOLUTION_SECONDS, idle / 10)
+            if request.headers.get("X-Session-Poll") != "1" and now - last_seen >= resolution:
                 session["last_seen_at"] = now
         return self.get_response(request)

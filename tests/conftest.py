@@ -125,3 +125,12 @@ def _default_plans(request, django_db_blocker):
 
     with django_db_blocker.unblock():
         plans_seed(Plan)
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    """Start every test with an empty cache: throttles and debounces keyed by database ids must not
+    carry over from an earlier test that used the same ids."""
+    from django.core.cache import cache
+
+    cache.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import date
 from pathlib import Path
@@ -11,7 +12,16 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-EDGE_DIR = Path("/work/shared/data/dicom-edge")
+
+def _shared_data_dir() -> Path:
+    """The project's shared test data: ``SHARED_DATA_DIR``, or ``../shared/data`` beside the checkout."""
+    configured = os.environ.get("SHARED_DATA_DIR")
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+SHARED_DATA_DIR = _shared_data_dir()
+EDGE_DIR = SHARED_DATA_DIR / "dicom-edge"
+PYDICOM_SAMPLES = EDGE_DIR / "pydicom-test-files"
 
 
 def sample_path(name: str) -> Path:

@@ -8,7 +8,6 @@ import json
 import time
 from datetime import timedelta
 from http import HTTPStatus
-from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
@@ -212,8 +211,9 @@ def test_cancel_in_test_mode_keeps_reading_then_destroys_the_data(client, clinic
     from studies.archive import keys, stores
     from studies.ingest import instance_ingest
     from studies.models import ClinicKey, Instance
+    from tests.dicom_files import PYDICOM_SAMPLES
 
-    sample = Path(__file__).resolve().parents[3] / "shared/data/dicom-edge/pydicom-test-files/CT_small.dcm"
+    sample = PYDICOM_SAMPLES / "CT_small.dcm"
     instance = instance_ingest(clinic=clinic, source_path=str(sample)).instance
     key_document = keys.key_document_key(clinic_uuid=clinic.uuid, key_id=instance.key_id)
     client.force_login(owner)

@@ -16,7 +16,7 @@ from studies.sharing.models import Share
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-edge" / "pydicom-test-files"
+from tests.dicom_files import PYDICOM_SAMPLES as SAMPLES  # noqa: E402
 
 
 def store_series(clinic, tmp_path: Path, slices: int = 12) -> tuple[Study, list[bytes]]:

@@ -79,11 +79,17 @@ def register_node(clinic: Clinic, *, ae_title: str = MODALITY_AE, port: int = 10
     return nodes.dicom_node_create(clinic=clinic, ae_title=ae_title, host=HOST, port=port, **extra)
 
 
+DCMTK_BIN = Path("/usr/bin")
+
+
 def dcmtk(*args: str | Path | int, check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a DCMTK tool and return its result (stdout and stderr as text)."""
-    result = subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, timeout=DCMTK_TIMEOUT, cwd=cwd
-    )
+    """Run a DCMTK tool and return its result (stdout and stderr as text).
+
+    Named by its full path: pynetdicom installs Python tools of the same names (findscu, storescu...)
+    into the virtual environment, which comes first on PATH under ``make test``.
+    """
+    command = [str(DCMTK_BIN / str(args[0])), *(str(a) for a in args[1:])]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=DCMTK_TIMEOUT, cwd=cwd)
     if check and result.returncode != 0:
         raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

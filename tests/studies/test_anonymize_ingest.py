@@ -25,8 +25,8 @@ from studies.models import DicomNode, Instance, Study
 from studies.sharing import services as sharing
 from tenants import services as tenant_services
 from tenants.roles import Role
+from tests.dicom_files import PYDICOM_SAMPLES as SAMPLES  # noqa: E402
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-edge" / "pydicom-test-files"
 ORIGINAL_NAME = str(pydicom.dcmread(SAMPLES / "CT_small.dcm").PatientName)
 
 

@@ -17,8 +17,7 @@ from studies.archive import objects
 from studies.ingest import instance_ingest
 from studies.models import Instance, Study
 from tenants.models import AuditEvent
-
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-edge" / "pydicom-test-files"
+from tests.dicom_files import PYDICOM_SAMPLES as SAMPLES  # noqa: E402
 
 
 def stored(clinic, name: str, tmp_path: Path, **changes) -> Instance:

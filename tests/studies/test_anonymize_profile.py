@@ -20,9 +20,8 @@ from studies.anonymize.deidentify import (
     uid_derive,
 )
 from studies.anonymize.profile import Option, load_profile
+from tests.dicom_files import PYDICOM_SAMPLES as PYDICOM_FILES  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-edge"
-PYDICOM_FILES = SHARED / "pydicom-test-files"
 SECRET = b"project-secret-for-tests"
 ALL_OPTIONS = frozenset(Option)
 

@@ -18,8 +18,7 @@ from studies.models import Study
 from studies.sharing import services
 from studies.sharing.models import Share, ShareAccess, UploadLink
 from tenants.models import AuditEvent
-
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom-edge" / "pydicom-test-files"
+from tests.dicom_files import PYDICOM_SAMPLES as SAMPLES  # noqa: E402
 
 
 def store(clinic, name: str, tmp_path: Path) -> Study:
