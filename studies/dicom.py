@@ -15,6 +15,7 @@ real URIs when it answers. The transfer syntax is kept as ``00020010``.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from studies.errors import DicomDirectory, InvalidDicom, NotDicom
+
+logger = logging.getLogger(__name__)
 
 # Header values are untrusted and often slightly off; we validate what we use ourselves, so pydicom's
 # per-value warnings on read would only flood the logs.
@@ -580,7 +583,16 @@ def _metadata(ds: Dataset, layout: _Layout, meta: Dataset) -> dict[str, Any]:
     def bulk(element: Any) -> str:
         return f"{int(element.tag):08X}"
 
-    result = small.to_json_dict(BULK_DATA_THRESHOLD, bulk, suppress_invalid_tags=True)
+    # Element by element rather than to_json_dict(suppress_invalid_tags=True): that flag switches a
+    # process-wide pydicom setting without a lock, and parallel ingests left it on "raise".
+    result: dict[str, Any] = {}
+    for tag in small.keys():
+        key = f"{int(tag):08X}"
+        try:
+            result[key] = small[tag].to_json_dict(bulk_data_element_handler=bulk,
+                                                  bulk_data_threshold=BULK_DATA_THRESHOLD)
+        except Exception:  # noqa: BLE001 - a value DICOM JSON cannot express stays out of the index copy
+            logger.warning("Element %s left out of the DICOM JSON header: it cannot be expressed", key)
     result.update(placeholders)
     if layout.pixel is not None:
         key = f"{layout.pixel.tag:08X}"

@@ -293,3 +293,23 @@ def test_sequence_item_overrunning_its_length_is_rejected(tmp_path):
 
     with pytest.raises(InvalidDicom, match="malformed"):
         parse_instance(path)
+
+
+def test_parsing_in_many_threads_leaves_pydicom_validation_mode_alone():
+    # Regression: pydicom's to_json_dict(suppress_invalid_tags=True) flips a process-wide setting to
+    # "raise" and back without a lock; parallel ingests (threads of the web server or of DIMSE
+    # associations) could leave it on "raise", after which slightly invalid files were refused.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pydicom.config
+
+    from studies import dicom
+    from tests.dicom_files import sample_path
+
+    before = pydicom.config.settings.reading_validation_mode
+    paths = [str(sample_path(name)) for name in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")] * 40
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(dicom.parse_instance, paths))
+
+    assert pydicom.config.settings.reading_validation_mode == before == pydicom.config.IGNORE

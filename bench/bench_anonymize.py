@@ -1,0 +1,110 @@
+"""Benchmark: anonymization throughput for 0.5 MB CT instances.
+
+Runs standalone: `.venv/bin/python bench/bench_anonymize.py [--instances 200]`.
+Two figures: the PS3.15 engine alone (read, de-identify with every option's rules, write) on files in
+a temporary folder, and whole jobs as the worker runs them (decrypt the stored instance, de-identify,
+ingest the result encrypted) against PostgreSQL (BENCH_DATABASE_URL, default .../portal_bench_anonymize).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/portal_bench_anonymize"
+
+
+def setup(database_url: str, var_dir: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ.update({"DJANGO_SETTINGS_MODULE": "portal.settings", "DATABASE_URL": database_url,
+                       "PORTAL_VAR_DIR": var_dir, "CELERY_BROKER_URL": "memory://", "LOG_LEVEL": "WARNING"})
+    from bench.common import database_recreate
+
+    database_recreate(database_url)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def ct_files(count: int, folder: Path) -> list[Path]:
+    """Write ``count`` 512x512 16-bit CT slices (about 0.5 MB each) of one study."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    study_uid, series_uid = generate_uid(), generate_uid()
+    paths = []
+    for number in range(1, count + 1):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, generate_uid()
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "DOE^JANE", "MRN-1234", "19700101", "F"
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20260101", "101500", "ACC-1"
+        ds.InstitutionName, ds.ReferringPhysicianName, ds.StationName = "General Hospital", "HOUSE^G", "CT01"
+        ds.StudyDescription, ds.SeriesDescription, ds.Modality = "CT CHEST", "AXIAL", "CT"
+        ds.SeriesNumber, ds.InstanceNumber = 1, number
+        ds.Rows = ds.Columns = 512
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 1
+        ds.PixelData = np.random.default_rng(number).integers(0, 2000, (512, 512)).astype("int16").tobytes()
+        path = folder / f"ct-{number}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=200)
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-anonymize-") as var_dir:
+        setup(os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB), var_dir)
+        from studies import tasks
+        from studies.anonymize import services
+        from studies.anonymize.profile import Option
+        from studies.ingest import instance_ingest
+        from tenants import services as tenant_services
+        from tenants.models import User
+
+        paths = ct_files(options.instances, Path(var_dir))
+        megabytes = sum(p.stat().st_size for p in paths) / 1e6
+        owner = User.objects.create_user("bench@anonymize.example", "Bench-Anonymize-2026!")
+        clinic = tenant_services.clinic_create(name="Bench anonymize", slug="bench-anonymize", owner=owner)
+        project = services.project_create(clinic=clinic, name="Bench", pseudonym_prefix="BENCH",
+                                          options=[Option.RETAIN_LONG_MODIFIED_DATES, Option.CLEAN_DESCRIPTORS])
+
+        started = time.perf_counter()
+        for path in paths:
+            services.file_anonymize(project=project, source_path=str(path), dest_path=str(path) + ".anon")
+        engine = time.perf_counter() - started
+
+        study = None
+        for path in paths:
+            study = instance_ingest(clinic=clinic, source_path=str(path)).instance.series.study
+        job = services.job_create(clinic=clinic, project=project, studies=[study])
+        started = time.perf_counter()
+        tasks.anonymization_job_start(clinic_id=clinic.pk, job_id=job.pk)
+        for instance_id in services.job_instances(job):
+            tasks.anonymization_instance(clinic_id=clinic.pk, job_id=job.pk, instance_id=instance_id)
+        whole = time.perf_counter() - started
+        job.refresh_from_db()
+    print(f"{options.instances} CT instances, {megabytes / options.instances:.2f} MB each")
+    print(f"engine (read, de-identify, write): {options.instances / engine:.0f} instances/s, {megabytes / engine:.0f} MB/s")
+    print(f"jobs (decrypt, de-identify, store encrypted, index): {options.instances / whole:.1f} instances/s "
+          f"({job.done} done, {job.failed} failed)")
+
+
+if __name__ == "__main__":
+    main()
