@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -103,6 +104,13 @@ def _resolve(action: str, vr: str) -> str:
     return action
 
 
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return ""
+
+
 def _fit(vr: str, text: str) -> str:
     limit = MAX_LENGTH.get(vr)
     return text[:limit] if limit else text
@@ -135,8 +143,11 @@ class _Walker:
 
     # -- values -------------------------------------------------------------------------------------
     def _map_uids(self, elem: DataElement) -> None:
-        if elem.VR != "UI" or elem.value in (None, ""):
+        # The standard's VR counts, not the file's: a UID written as LO (or UN) is still a UID.
+        if (elem.VR != "UI" and _dictionary_vr(elem.tag) != "UI") or elem.value in (None, "", b""):
             return
+        if isinstance(elem.value, bytes):
+            elem.value = elem.value.decode("ascii", "replace").strip("\x00 ")
         if elem.VM > 1:
             elem.value = [self.ctx.uid_for(str(uid)) for uid in elem.value]
         else:
@@ -144,7 +155,7 @@ class _Walker:
 
     def _dummy(self, elem: DataElement) -> None:
         vr = elem.VR
-        if vr == "UI":
+        if vr == "UI" or _dictionary_vr(elem.tag) == "UI":
             self._map_uids(elem)
         elif vr in DUMMY:
             elem.value = DUMMY[vr]
@@ -230,6 +241,9 @@ class _Walker:
             self._clean(elem)
         elif action == "U":
             self._map_uids(elem)
+            if _dictionary_vr(elem.tag) != "UI" and elem.VR != "UI":
+                # U on something that is not a UID at all (a damaged file): keep nothing of it.
+                _empty(elem)
 
     def _walk_items(self, items: Iterable[Dataset]) -> None:
         for item in items or ():
@@ -352,23 +366,31 @@ def deidentify(ds: Dataset, ctx: DeidentifyContext) -> DeidentifyReport:
 
     walker.walk(ds)
 
-    ds.PatientName = ctx.pseudonym
-    ds.PatientID = ctx.pseudonym
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = _method_description(ctx.options, report.pixels_cleaned)
-    ds.DeidentificationMethodCodeSequence = _method_codes(ctx.options, report.pixels_cleaned)
+    _replace(ds, "PatientName", ctx.pseudonym)
+    _replace(ds, "PatientID", ctx.pseudonym)
+    _replace(ds, "PatientIdentityRemoved", "YES")
+    _replace(ds, "DeidentificationMethod", _method_description(ctx.options, report.pixels_cleaned))
+    _replace(ds, "DeidentificationMethodCodeSequence", _method_codes(ctx.options, report.pixels_cleaned))
     if Option.RETAIN_LONG_FULL_DATES in ctx.options:
-        ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+        _replace(ds, "LongitudinalTemporalInformationModified", "UNMODIFIED")
     elif Option.RETAIN_LONG_MODIFIED_DATES in ctx.options:
-        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        _replace(ds, "LongitudinalTemporalInformationModified", "MODIFIED")
     else:
-        ds.LongitudinalTemporalInformationModified = "REMOVED"
+        _replace(ds, "LongitudinalTemporalInformationModified", "REMOVED")
     if report.pixels_cleaned:
-        ds.BurnedInAnnotation = "NO"
+        _replace(ds, "BurnedInAnnotation", "NO")
     file_meta = getattr(ds, "file_meta", None)
     if file_meta is not None and "SOPInstanceUID" in ds:
-        file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        _replace(file_meta, "MediaStorageSOPInstanceUID", ds.SOPInstanceUID)
     return report
+
+
+def _replace(ds: Dataset, keyword: str, value: object) -> None:
+    """Set an attribute anew, with the dictionary's VR: the file's own element may carry a wrong or
+    unknown VR (UN, or a damaged one) that the new value could not be written with."""
+    if keyword in ds:
+        delattr(ds, keyword)
+    setattr(ds, keyword, value)
 
 
 __all__ = ["DeidentifyContext", "DeidentifyReport", "PixelRectangle", "Tag", "burned_in_suspected", "deidentify", "uid_derive"]

@@ -20,16 +20,30 @@ from studies.anonymize.deidentify import (
     uid_derive,
 )
 from studies.anonymize.profile import Option, load_profile
+from tests.dicom_files import EDGE_DIR  # noqa: E402
 from tests.dicom_files import PYDICOM_SAMPLES as PYDICOM_FILES  # noqa: E402
 
 SECRET = b"project-secret-for-tests"
 ALL_OPTIONS = frozenset(Option)
 
 
+def storable(path: Path) -> bool:
+    """Whether ingest would store the file: only those can ever be anonymized."""
+    from studies import dicom
+
+    try:
+        dicom.parse_instance(str(path))
+    except Exception:  # noqa: BLE001 - refused by ingest, with a reason; not ours to anonymize
+        return False
+    return True
+
+
 def sample_files() -> list[Path]:
+    """pydicom's test files (the shared copy and the installed ones) and the storable edge cases."""
     files = sorted(PYDICOM_FILES.glob("*.dcm")) + sorted(PYDICOM_FILES.glob("dicomdirtests/**/*"))
     local = Path(pydicom.__file__).parent / "data" / "test_files"
     files += sorted(p for p in local.glob("*.dcm") if not (PYDICOM_FILES / p.name).exists())
+    files += sorted(p for p in (EDGE_DIR / "pwnlab-fuzz-corpus-v3").rglob("*.dcm") if storable(p))
     return [p for p in files if p.is_file() and p.name != "DICOMDIR"]
 
 
