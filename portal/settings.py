@@ -347,7 +347,7 @@ REST_FRAMEWORK = {
     # Names nested Input/OutputSerializers after their view and documents the bearer token; see portal/openapi.py.
     "DEFAULT_SCHEMA_CLASS": "portal.openapi.PortalAutoSchema",
     "EXCEPTION_HANDLER": "portal.exceptions.api_exception_handler",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "portal.pagination.PortalPagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": None,
 }

@@ -11,11 +11,11 @@ from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from portal.pagination import PortalPagination
 from studies import selectors, services
 from studies.models import Series, Study
 from tenants.audit import audit_record
@@ -114,7 +114,7 @@ class StudyListApi(APIView):
         params.is_valid(raise_exception=True)
         search = selectors.StudySearch(**{k: v for k, v in params.validated_data.items() if v is not None})
         studies = selectors.study_list(clinic=request.clinic, search=search)
-        paginator = LimitOffsetPagination()
+        paginator = PortalPagination()
         page = paginator.paginate_queryset(studies, request, view=self)
         return paginator.get_paginated_response(StudyOutput(page, many=True).data)
 

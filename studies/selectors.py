@@ -16,6 +16,7 @@ from django.db import connection
 from django.db.models import CharField, F, Func, IntegerField, Q, QuerySet, Value
 from django.db.models.functions import Replace, Upper
 
+from studies.dicom import is_valid_uid
 from studies.models import Instance, Patient, Series, Study
 from tenants.models import Clinic
 
@@ -205,6 +206,9 @@ def study_get(*, clinic: Clinic | int, study_uuid: UUID | str) -> Study | None:
 
 def study_get_by_uid(*, clinic: Clinic | int, study_instance_uid: str) -> Study | None:
     """Return one study (not trashed) by its Study Instance UID (REST API), or None."""
+    # A malformed UID names no study; a NUL byte in it would even be refused by PostgreSQL.
+    if not is_valid_uid(study_instance_uid):
+        return None
     return (
         Study.objects.for_clinic(clinic)
         .filter(study_instance_uid=study_instance_uid, deleted_at__isnull=True)

@@ -25,6 +25,23 @@ from tenants.roles import Action
 
 CanUpload = has_action(Action.UPLOAD)
 
+UPLOAD_REQUEST_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "One DICOM Part 10 file, or a ZIP archive of them.",
+        },
+        "path": {
+            "type": "string",
+            "maxLength": 1024,
+            "description": "The file's path on the sender's side, shown in reports.",
+        },
+    },
+    "required": ["file"],
+}
+
 
 class UploadOutput(serializers.Serializer):
     outcome = serializers.ChoiceField(choices=["stored", "already_present", "skipped", "rejected", "queued", "error"])
@@ -54,15 +71,10 @@ class UploadListApi(APIView):
     permission_classes = [CanUpload]
     parser_classes = [MultiPartParser, FormParser]
 
-    class InputSerializer(serializers.Serializer):
-        file = serializers.FileField(help_text="One DICOM Part 10 file, or a ZIP archive of them.")
-        path = serializers.CharField(
-            required=False, max_length=1024, help_text="The file's path on the sender's side, shown in reports."
-        )
-
     @extend_schema(
         operation_id="clinics_uploads_create",
-        request={"multipart/form-data": InputSerializer},
+        # Inline rather than a component, so that schema-driven clients see `file` as a file part.
+        request={"multipart/form-data": UPLOAD_REQUEST_SCHEMA},
         responses={
             status: OpenApiResponse(UploadOutput, description=description)
             for status, description in [

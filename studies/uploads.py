@@ -81,7 +81,8 @@ def upload_zip_stage(*, clinic: Clinic, source: BinaryIO, name: str, size: int, 
     return UploadBatch.objects.create(
         clinic=clinic,
         created_by=created_by,
-        archive_name=posixpath.basename(name.replace("\\", "/"))[:255],
+        # The name is the sender's text: PostgreSQL refuses NUL bytes in it (a server error, found by fuzzing).
+        archive_name=posixpath.basename(name.replace("\\", "/").replace("\x00", ""))[:255],
         archive_size=size,
         staging_key=stored.key,
     )

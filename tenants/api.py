@@ -104,7 +104,8 @@ class InvitationListApi(APIView):
     permission_classes = [CanManage]
 
     class InputSerializer(serializers.Serializer):
-        email = serializers.EmailField()
+        # The column's length: a longer address would fail in the database rather than here.
+        email = serializers.EmailField(max_length=254)
         role = serializers.ChoiceField(choices=Role.choices)
 
     @extend_schema(operation_id="clinics_invitations_list",

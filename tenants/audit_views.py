@@ -19,11 +19,11 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied as ApiPermissionDenied
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from portal.pagination import PortalPagination
 from tenants import audit, audit_export
 from tenants.middleware import ClinicRequest
 from tenants.models import Clinic
@@ -171,6 +171,6 @@ class AuditEventListApi(APIView):
         filters = form.to_filter() if form.is_bound else audit.AuditFilter()
         _record(clinic_request, "audit.viewed", filters, via="api")
         events = audit.audit_event_list(clinic=clinic_request.clinic, filters=filters)
-        paginator = LimitOffsetPagination()
+        paginator = PortalPagination()
         page = paginator.paginate_queryset(events, request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)

@@ -53,8 +53,9 @@ class ShareListApi(APIView):
         pin = serializers.RegexField(r"^\d{4,12}$", required=False, allow_blank=True, default="")
         allow_download = serializers.BooleanField(default=False)
         note = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
-        recipient_email = serializers.EmailField(required=False, allow_blank=True, default="")
-        max_opens = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
+        recipient_email = serializers.EmailField(max_length=254, required=False, allow_blank=True, default="")
+        max_opens = serializers.IntegerField(min_value=1, max_value=services.MAX_OPENS, required=False, allow_null=True,
+                                             default=None)
         kind = serializers.ChoiceField(choices=ShareKind.values, default=ShareKind.LINK)
 
     @extend_schema(responses=ShareOutput(many=True))

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from studies.sharing.models import ShareKind
-from studies.sharing.services import DEFAULT_EXPIRY_DAYS, MAX_EXPIRY_DAYS
+from studies.sharing.services import DEFAULT_EXPIRY_DAYS, MAX_EXPIRY_DAYS, MAX_OPENS
 
 
 class ShareForm(forms.Form):
@@ -14,9 +14,10 @@ class ShareForm(forms.Form):
                            error_messages={"invalid": "A PIN is 4 to 12 digits."},
                            widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "off"}))
     allow_download = forms.BooleanField(required=False, label="Allow download")
-    max_opens = forms.IntegerField(min_value=1, required=False, label="Maximum number of opens (optional)")
+    max_opens = forms.IntegerField(min_value=1, max_value=MAX_OPENS, required=False,
+                                   label="Maximum number of opens (optional)")
     note = forms.CharField(max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2}))
-    recipient_email = forms.EmailField(required=False, label="E-mail the link to (optional)")
+    recipient_email = forms.EmailField(max_length=254, required=False, label="E-mail the link to (optional)")
 
     def clean(self) -> dict:
         data = super().clean()

@@ -30,6 +30,8 @@ from tenants.secrets import new_secret, secret_hash
 logger = logging.getLogger(__name__)
 
 MAX_EXPIRY_DAYS = 90
+# Far below the column's limit (a PositiveIntegerField), and more opens than any real share needs.
+MAX_OPENS = 100_000
 DEFAULT_EXPIRY_DAYS = 7
 PIN_ATTEMPTS = 5
 PIN_LOCK = timedelta(minutes=15)
@@ -99,8 +101,8 @@ def share_create(
     pin = _check_pin(pin)
     if kind == ShareKind.PATIENT and not pin:
         raise PortalError("A patient access code needs a PIN.")
-    if max_opens is not None and max_opens < 1:
-        raise PortalError("The maximum number of opens must be at least 1.")
+    if max_opens is not None and not 1 <= max_opens <= MAX_OPENS:
+        raise PortalError(f"The maximum number of opens must be between 1 and {MAX_OPENS:,}.")
     access_code = "".join(secrets.choice(ACCESS_CODE_ALPHABET) for _ in range(ACCESS_CODE_LENGTH)) if kind == ShareKind.PATIENT else ""
     token = patient_token(access_code) if access_code else new_secret()
     share = Share.objects.create(
