@@ -239,6 +239,10 @@ class UploadBatch(models.Model):
     archive_name = models.CharField(max_length=255, blank=True)
     archive_size = models.BigIntegerField(default=0)
     staging_key = models.CharField(max_length=255, blank=True, help_text="The encrypted archive until unpacked.")
+    anonymize_project = models.ForeignKey(
+        "studies.AnonymizationProject", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Members are anonymized under this project before they are stored.",
+    )
     message = models.CharField(max_length=500, blank=True, help_text="Why the whole archive failed.")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -58,8 +58,15 @@ def upload_page(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
             "file_url": reverse("studies:upload-file", kwargs={"clinic_slug": request.clinic.slug}),
             "studies_url": reverse("studies:list", kwargs={"clinic_slug": request.clinic.slug}),
             "can_view": request.membership.can(Action.VIEW),
+            "anonymize_projects": _anonymize_projects(request),
         },
     )
+
+
+def _anonymize_projects(request: ClinicRequest) -> list[object]:
+    from studies.anonymize.models import AnonymizationProject
+
+    return list(AnonymizationProject.objects.for_clinic(request.clinic).order_by("name"))
 
 
 @contextmanager
@@ -100,13 +107,21 @@ def upload_receive(request: ClinicRequest, *, upload: UploadedFile | None, name:
             "rejected", "No file was sent (expected a multipart field named 'file').", HTTPStatus.BAD_REQUEST
         )
     name = name or upload.name or ""
+    project = None
+    chosen = (request.POST.get("anonymize_project") or "").strip()
+    if chosen:
+        project = _anonymize_project(request, chosen)
+        if project is None:
+            return UploadAnswer("rejected", "The anonymization project chosen does not exist in this clinic.",
+                                HTTPStatus.UNPROCESSABLE_ENTITY)
     try:
         with _on_disk(upload) as path:
             if uploads.is_zip_file(path):
-                batch = _stage_zip(request, path=path, name=name, size=upload.size or 0)
+                batch = _stage_zip(request, path=path, name=name, size=upload.size or 0, anonymize_project=project)
                 return UploadAnswer("queued", "The archive is being unpacked.", HTTPStatus.ACCEPTED, batch=batch)
             result = ingest.instance_ingest(
-                clinic=request.clinic, source_path=path, source="upload", request=request, actor=_user(request)
+                clinic=request.clinic, source_path=path, source="upload", request=request, actor=_user(request),
+                anonymize_project=project,
             )
     except DicomDirectory as exc:
         return UploadAnswer("skipped", exc.message)
@@ -151,11 +166,22 @@ def upload_file(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     return JsonResponse({"outcome": answer.outcome, "reason": answer.reason, **extra}, status=answer.status)
 
 
-def _stage_zip(request: ClinicRequest, *, path: str, name: str, size: int) -> UploadBatch:
+def _anonymize_project(request: ClinicRequest, value: str):  # type: ignore[no-untyped-def]
+    """The clinic's anonymization project named by its uuid in the upload, or None."""
+    from studies.anonymize.models import AnonymizationProject
+
+    try:
+        return AnonymizationProject.objects.for_clinic(request.clinic).filter(uuid=UUID(value)).first()
+    except ValueError:
+        return None
+
+
+def _stage_zip(request: ClinicRequest, *, path: str, name: str, size: int, anonymize_project=None) -> UploadBatch:  # type: ignore[no-untyped-def]
     # No transaction around the staging write: a long upload to the store must not hold one open.
     with open(path, "rb") as source:
         batch = uploads.upload_zip_stage(
-            clinic=request.clinic, source=source, name=name, size=size, created_by=_user(request)
+            clinic=request.clinic, source=source, name=name, size=size, created_by=_user(request),
+            anonymize_project=anonymize_project,
         )
     transaction.on_commit(partial(tasks.upload_zip_extract.delay, clinic_id=request.clinic.pk, batch_id=batch.pk))
     return batch

@@ -21,7 +21,7 @@ import uuid
 import zipfile
 from contextlib import closing
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.db import IntegrityError
@@ -72,7 +72,10 @@ def is_zip_file(path: str) -> bool:
         return fileobj.read(4) in ZIP_MAGIC
 
 
-def upload_zip_stage(*, clinic: Clinic, source: BinaryIO, name: str, size: int, created_by: User | None) -> UploadBatch:
+def upload_zip_stage(
+    *, clinic: Clinic, source: BinaryIO, name: str, size: int, created_by: User | None,
+    anonymize_project: Any = None,
+) -> UploadBatch:
     """Store an uploaded archive encrypted in the primary store and record its batch (queued).
 
     The caller queues ``tasks.upload_zip_extract`` after commit. Raises StorageUnavailable.
@@ -85,6 +88,7 @@ def upload_zip_stage(*, clinic: Clinic, source: BinaryIO, name: str, size: int, 
         archive_name=posixpath.basename(name.replace("\\", "/").replace("\x00", ""))[:255],
         archive_size=size,
         staging_key=stored.key,
+        anonymize_project=anonymize_project,
     )
 
 
@@ -255,7 +259,8 @@ def _member_ingest(
         member.flush()
         try:
             result = ingest.instance_ingest(
-                clinic=clinic, source_path=member.name, source="upload-zip", actor=batch.created_by
+                clinic=clinic, source_path=member.name, source="upload-zip", actor=batch.created_by,
+                anonymize_project=batch.anonymize_project,
             )
         except (DicomDirectory, NotDicom) as exc:
             return Outcome.SKIPPED, exc.message, None, inflated

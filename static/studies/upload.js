@@ -181,6 +181,8 @@
     xhr.ontimeout = xhr.onerror;
     var form = new FormData();
     form.append("path", entry.path);
+    var anonymize = document.getElementById("anonymize-project");
+    if (anonymize && anonymize.value) form.append("anonymize_project", anonymize.value);
     form.append("file", entry.file, entry.file.name);
     xhr.send(form);
   }

@@ -165,3 +165,41 @@ def test_reading_keeps_working_while_uploads_are_paused(client, clinic, clinicia
     download = client.get(f"/c/{clinic.slug}/studies/{study.uuid}/download/")
 
     assert (page.status_code, download.status_code) == (HTTPStatus.OK, HTTPStatus.OK)
+
+
+def test_upload_page_option_anonymizes_files_and_archives(client, clinic, uploader, project, tmp_path):
+    import zipfile
+
+    from studies import tasks
+
+    client.force_login(uploader)
+    page = client.get(f"/c/{clinic.slug}/upload/")
+    archive = tmp_path / "cd.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(SAMPLES / "MR_small.dcm", "DICOM/IMG0001")
+
+    single = client.post(f"/c/{clinic.slug}/upload/files/", {
+        "file": io.BytesIO((SAMPLES / "CT_small.dcm").read_bytes()), "anonymize_project": str(project.uuid)})
+    with archive.open("rb") as fileobj:
+        queued = client.post(f"/c/{clinic.slug}/upload/files/", {"file": fileobj, "anonymize_project": str(project.uuid)})
+    from studies.models import UploadBatch
+
+    batch = UploadBatch.objects.get()
+    tasks.upload_zip_extract(clinic_id=clinic.pk, batch_id=batch.pk)
+
+    assert b"anonymize-project" in page.content
+    assert (single.status_code, queued.status_code) == (HTTPStatus.CREATED, HTTPStatus.ACCEPTED)
+    names = set(Study.objects.for_clinic(clinic).values_list("patient__patient_name", flat=True))
+    assert names == {"REG-0001", "REG-0002"}
+    assert not any(ORIGINAL_NAME.encode() in text for text in stored_plaintexts(clinic))
+
+
+def test_unknown_project_in_an_upload_is_refused(client, clinic, uploader, other_clinic):
+    foreign = services.project_create(clinic=other_clinic, name="Theirs")
+    client.force_login(uploader)
+
+    response = client.post(f"/c/{clinic.slug}/upload/files/", {
+        "file": io.BytesIO((SAMPLES / "CT_small.dcm").read_bytes()), "anonymize_project": str(foreign.uuid)})
+
+    assert response.status_code == HTTPStatus.UNPROCESSABLE_ENTITY
+    assert not Instance.objects.exists()
