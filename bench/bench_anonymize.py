@@ -21,17 +21,9 @@ DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/portal_bench_anonymize"
 
 def setup(database_url: str, var_dir: str) -> None:
     sys.path.insert(0, str(ROOT))
-    os.environ.update({"DJANGO_SETTINGS_MODULE": "portal.settings", "DATABASE_URL": database_url,
-                       "PORTAL_VAR_DIR": var_dir, "CELERY_BROKER_URL": "memory://", "LOG_LEVEL": "WARNING"})
-    from bench.common import database_recreate
+    from bench.common import django_setup
 
-    database_recreate(database_url)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    django_setup(database_url, var_dir)
 
 
 def ct_files(count: int, folder: Path) -> list[Path]:

@@ -15,3 +15,21 @@ def database_recreate(database_url: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         connection.execute(f'CREATE DATABASE "{name}"')
+
+
+def django_setup(database_url: str, var_dir: str) -> None:
+    """Point Django at a fresh scratch database and a temporary var/ folder, and migrate."""
+    import os
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    os.environ.update({"DJANGO_SETTINGS_MODULE": "portal.settings", "DATABASE_URL": database_url,
+                       "PORTAL_VAR_DIR": var_dir, "CELERY_BROKER_URL": "memory://", "LOG_LEVEL": "WARNING"})
+    database_recreate(database_url)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)

@@ -124,9 +124,11 @@ def _ingest_file(
 
         with open(source_path, "rb") as fileobj:
             # REPLICATION_MODE=sync writes both stores in parallel here (studies.backup.replication).
-            stored = replication.object_put_for_ingest(clinic=clinic, source=fileobj, object_uuid=uuid.uuid4())
+            object_uuid = uuid.uuid4()
+            stored = replication.object_put_for_ingest(clinic=clinic, source=fileobj, object_uuid=object_uuid)
         with transaction.atomic():
-            instance, study_created = _index(clinic=clinic, parsed=parsed, stored=stored, size=size)
+            instance, study_created = instance_index_write(clinic=clinic, parsed=parsed, stored=stored,
+                                                           instance_uuid=object_uuid)
             if study_created:
                 audit_record(
                     clinic=clinic,
@@ -247,8 +249,22 @@ def _undo(*, clinic: Clinic, size: int, stored: Any) -> None:
     quota_release(clinic=clinic, size_bytes=size)
 
 
-def _index(*, clinic: Clinic, parsed: dicom.ParsedInstance, stored: Any, size: int) -> tuple[Instance, bool]:
-    """Write the index rows for one stored object; return the instance and whether its study is new."""
+def instance_index_write(
+    *,
+    clinic: Clinic,
+    parsed: dicom.ParsedInstance,
+    stored: Any,
+    instance_uuid: uuid.UUID | None = None,
+    replicated_at: Any = None,
+    verified_at: Any = None,
+) -> tuple[Instance, bool]:
+    """Write the index rows for one stored object; return the instance and whether its study is new.
+
+    ``stored`` names the object (key, key_id, size_bytes, sha256). The instance takes the object's uuid,
+    so an index rebuilt from the replica (``rebuild_index``) gives every instance its uuid back. Runs in
+    the caller's transaction; quota accounting is the caller's. Raises IntegrityError when the SOP
+    Instance UID is already indexed, InvalidDicom when the series belongs to another study.
+    """
     now = timezone.now()
     patient, _ = Patient.objects.get_or_create(
         clinic=clinic,
@@ -307,6 +323,9 @@ def _index(*, clinic: Clinic, parsed: dicom.ParsedInstance, stored: Any, size: i
         key_id=stored.key_id,
         metadata=parsed.metadata,
         stored_at=now,
+        replicated_at=replicated_at,
+        replica_verified_at=verified_at,
+        **({"uuid": instance_uuid} if instance_uuid is not None else {}),
     )
     Series.objects.filter(pk=series.pk).update(number_of_instances=F("number_of_instances") + 1)
     Study.objects.filter(pk=study.pk).update(

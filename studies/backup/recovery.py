@@ -29,7 +29,8 @@ from studies.archive import crypto, stores
 from studies.archive.errors import ArchiveError, ObjectMissing, StorageUnavailable
 from studies.backup import replication
 from studies.backup.verification import ObjectCheck, object_check, object_open_from
-from studies.models import ClinicKey, Instance, Patient, Series, Study
+from studies.errors import InvalidDicom
+from studies.models import ClinicKey, Instance, Series
 from tenants.models import Clinic
 
 logger = logging.getLogger(__name__)
@@ -327,10 +328,16 @@ def index_rebuild(
             results = pool.map(_decode_object, *arguments, chunksize=16) if pool else map(_decode_object, *arguments)
             for position, decoded in enumerate(results, start=1):
                 if decoded.outcome == "ok":
-                    instance_index_create(
-                        clinic=clinic, parsed=decoded.parsed, object_key=decoded.key, key_id=decoded.key_id,
-                        sha256=decoded.sha256, size_bytes=decoded.size,
-                    )
+                    try:
+                        instance_index_create(
+                            clinic=clinic, parsed=decoded.parsed, object_key=decoded.key, key_id=decoded.key_id,
+                            sha256=decoded.sha256, size_bytes=decoded.size,
+                        )
+                    except InvalidDicom as exc:
+                        # Its series already belongs to another study: report it, rebuild the rest.
+                        logger.error("Cannot index replica object %s: %s", decoded.key, exc.message)
+                        report.failed.append(decoded.key)
+                        continue
                     report.indexed += 1
                 elif decoded.outcome == "not_dicom":
                     report.skipped_not_dicom += 1
@@ -350,91 +357,29 @@ def index_rebuild(
 def instance_index_create(
     *, clinic: Clinic, parsed: Any, object_key: str, key_id: str, sha256: str, size_bytes: int
 ) -> Instance:
-    """Index one recovered instance: patient, study, series and instance rows, counters and usage.
+    """Index one recovered instance with the ingest's own index writer, and count it in the usage.
 
     The object uuid comes from the object key, so the instance keeps the uuid it had before.
     Replication and verification state: the object came from the replica, so it is replicated; it was
     verified by decrypting it here.
     """
+    from studies.archive.objects import StoredObject
+    from studies.ingest import instance_index_write
+
     now = timezone.now()
-    patient, _ = Patient.objects.for_clinic(clinic).get_or_create(
-        clinic=clinic,
-        patient_id=parsed.patient_id,
-        issuer_of_patient_id=parsed.issuer_of_patient_id,
-        defaults={
-            "patient_name": parsed.patient_name,
-            "patient_birth_date": parsed.patient_birth_date,
-            "patient_sex": parsed.patient_sex,
-        },
-    )
-    study, _ = Study.objects.for_clinic(clinic).select_for_update().get_or_create(
-        clinic=clinic,
-        study_instance_uid=parsed.study_instance_uid,
-        defaults={
-            "patient": patient,
-            "study_id": parsed.study_id,
-            "study_date": parsed.study_date,
-            "study_time": parsed.study_time,
-            "accession_number": parsed.accession_number,
-            "study_description": parsed.study_description,
-            "referring_physician_name": parsed.referring_physician_name,
-        },
-    )
-    series, series_created = Series.objects.for_clinic(clinic).get_or_create(
-        clinic=clinic,
-        series_instance_uid=parsed.series_instance_uid,
-        defaults={
-            "study": study,
-            "modality": parsed.modality,
-            "series_number": parsed.series_number,
-            "series_description": parsed.series_description,
-            "body_part_examined": parsed.body_part_examined,
-        },
-    )
     match = _OBJECT_KEY.match(object_key)
-    instance = Instance(
-        clinic=clinic,
-        series=series,
-        sop_instance_uid=parsed.sop_instance_uid,
-        sop_class_uid=parsed.sop_class_uid,
-        instance_number=parsed.instance_number,
-        transfer_syntax_uid=parsed.transfer_syntax_uid,
-        number_of_frames=parsed.number_of_frames or 1,
-        rows=parsed.rows,
-        columns=parsed.columns,
-        size_bytes=size_bytes,
-        sha256=sha256,
-        object_key=object_key,
-        key_id=key_id,
-        metadata=parsed.metadata,
-        stored_at=now,
-        replicated_at=now,
-        replica_verified_at=now,
-    )
-    if match is not None:
-        instance.uuid = uuid.UUID(match["object"])
+    stored = StoredObject(key=object_key, key_id=key_id, size_bytes=size_bytes, sha256=sha256)
     try:
         with transaction.atomic():
-            instance.save()
+            instance, _ = instance_index_write(
+                clinic=clinic, parsed=parsed, stored=stored,
+                instance_uuid=uuid.UUID(match["object"]) if match is not None else None,
+                replicated_at=now, verified_at=now,
+            )
     except IntegrityError:
         # The same SOP Instance UID under another object (a re-upload that replaced it): keep the first.
         logger.warning("Skipping %s: its SOP Instance UID is already indexed.", object_key)
         return Instance.objects.for_clinic(clinic).get(sop_instance_uid=parsed.sop_instance_uid)
-    modalities = [m for m in study.modalities_in_study.split("\\") if m]
-    if parsed.modality and parsed.modality not in modalities:
-        modalities.append(parsed.modality)
-    bodyparts = [b for b in study.body_part_examined.split("\\") if b]
-    if parsed.body_part_examined and parsed.body_part_examined not in bodyparts:
-        bodyparts.append(parsed.body_part_examined)
-    Study.objects.for_clinic(clinic).filter(pk=study.pk).update(
-        number_of_instances=F("number_of_instances") + 1,
-        number_of_series=F("number_of_series") + int(series_created),
-        size_bytes=F("size_bytes") + size_bytes,
-        modalities_in_study="\\".join(modalities)[:128],
-        body_part_examined="\\".join(bodyparts)[:128],
-        updated_at=now,
-    )
-    Series.objects.for_clinic(clinic).filter(pk=series.pk).update(number_of_instances=F("number_of_instances") + 1)
     Clinic.objects.filter(pk=clinic.pk).update(used_bytes=F("used_bytes") + size_bytes)
     return instance
 

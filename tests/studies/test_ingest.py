@@ -266,3 +266,11 @@ def test_ingest_into_s3_stores_and_reads_back(s3_stores, clinic, tmp_path):
 
     with objects.object_open(clinic=clinic, key=instance.object_key) as stored:
         assert stored.read() == path.read_bytes()
+
+
+def test_an_instance_is_named_like_its_object_so_a_rebuilt_index_keeps_its_uuids(clinic, tmp_path):
+    from tests.dicom_files import copy_sample
+
+    instance = instance_ingest(clinic=clinic, source_path=str(copy_sample("CT_small.dcm", tmp_path / "a.dcm"))).instance
+
+    assert instance.object_key == f"clinics/{clinic.uuid}/objects/{instance.uuid}"
