@@ -30,7 +30,7 @@ def modalities(value: str) -> str:
 
 @register.inclusion_tag("studies/study_dashboard_cards.html", takes_context=True)
 def studies_dashboard_cards(context: template.Context) -> dict[str, Any]:
-    """The dashboard's "recent studies" and "storage used" cards, each shown only to those allowed."""
+    """The dashboard's "recent studies", "storage used" and "backup" cards, each shown only to those allowed."""
     request = context.get("request")
     clinic = getattr(request, "clinic", None)
     membership = getattr(request, "membership", None)
@@ -44,4 +44,8 @@ def studies_dashboard_cards(context: template.Context) -> dict[str, Any]:
 
         cards["usage"] = billing_selectors.usage_get(clinic=clinic)
         cards["study_count"] = selectors.study_count_live(clinic=clinic)
+    if membership.can(Action.MANAGE):
+        from studies.backup import selectors as backup_selectors
+
+        cards["backup"] = backup_selectors.backup_status(clinic=clinic)
     return cards

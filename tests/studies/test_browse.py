@@ -207,6 +207,16 @@ def test_dashboard_shows_recent_studies_to_viewers_and_usage_to_billing(client, 
     assert "Storage used" in billing_page and "DOE" not in billing_page
 
 
+def test_dashboard_shows_backup_health_to_admins_only(client, clinic, admin, clinician, people):
+    client.force_login(admin)
+    admin_page = client.get(f"/c/{clinic.slug}/").content.decode()
+    client.force_login(clinician)
+    clinician_page = client.get(f"/c/{clinic.slug}/").content.decode()
+
+    assert 'id="backup-card"' in admin_page and "replicated" in admin_page
+    assert 'id="backup-card"' not in clinician_page
+
+
 def test_broad_search_says_more_than_the_cap_instead_of_counting(client, clinician, clinic, people, monkeypatch):
     from studies import views
 
