@@ -293,3 +293,17 @@ def study_recent(*, clinic: Clinic | int, limit: int = 5) -> list[Study]:
 def study_count_live(*, clinic: Clinic) -> int:
     """How many studies the clinic holds outside the trash."""
     return Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).count()
+
+
+def study_list_by_uids(*, clinic: Clinic, uids: list[str]) -> list[Study]:
+    """The clinic's live studies named by these Study Instance UIDs; Http404 naming any not found.
+
+    Another clinic's study, a trashed one and one that does not exist all answer the same.
+    """
+    from django.http import Http404
+
+    found = list(Study.objects.for_clinic(clinic).filter(study_instance_uid__in=uids, deleted_at__isnull=True))
+    missing = sorted(set(uids) - {study.study_instance_uid for study in found})
+    if missing:
+        raise Http404(f"No such study: {', '.join(missing)}")
+    return found

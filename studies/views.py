@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.functional import cached_property
 from django.views.decorators.http import require_GET, require_POST
@@ -141,17 +141,6 @@ def study_detail(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> 
                   {"study": study, "series_list": series, "trash_days": settings.TRASH_DAYS})
 
 
-def _zip_response(request: ClinicRequest, *, study: Study, instances: Any, filename: str) -> StreamingHttpResponse:
-    # Rows are read up front (without their header copies): a server-side cursor left open by a
-    # client that hangs up mid-download would outlive the request's transaction.
-    stream = download.zip_stream(clinic=request.clinic, instances=list(instances),
-                                 root=filename.removesuffix(".zip"))
-    response = StreamingHttpResponse(stream, content_type="application/zip")
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    response["Cache-Control"] = "private, no-store"
-    return response
-
-
 @require_GET
 def study_download(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> HttpResponse:
     _require(request, Action.VIEW)
@@ -159,7 +148,7 @@ def study_download(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -
     instances = selectors.instance_list(clinic=request.clinic, study=study)
     audit_record(clinic=request.clinic, action="study.downloaded", request=request, object_type="study",
                  object_id=str(study.uuid), details={"instances": study.number_of_instances})
-    return _zip_response(request, study=study, instances=instances, filename=f"study-{study.uuid}.zip")
+    return download.zip_response(clinic=request.clinic, instances=instances, filename=f"study-{study.uuid}.zip")
 
 
 @require_GET
@@ -173,7 +162,7 @@ def series_download(request: ClinicRequest, clinic_slug: str, study_uuid: UUID, 
     audit_record(clinic=request.clinic, action="study.downloaded", request=request, object_type="study",
                  object_id=str(study.uuid), details={"series": str(series.uuid),
                                                      "instances": series.number_of_instances})
-    return _zip_response(request, study=study, instances=instances, filename=f"series-{series.uuid}.zip")
+    return download.zip_response(clinic=request.clinic, instances=instances, filename=f"series-{series.uuid}.zip")
 
 
 @require_GET

@@ -12,11 +12,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.exceptions import PortalError
+from studies import selectors
 from studies.anonymize import services
 from studies.anonymize.models import AnonymizationJob
 from studies.anonymize.profile import Option
-from studies.models import Study
 from tenants.roles import Action
 
 
@@ -63,19 +62,12 @@ class AnonymizationListApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         uids = data.validated_data["studies"]
-        found = list(Study.objects.for_clinic(request.clinic).filter(study_instance_uid__in=uids, deleted_at__isnull=True))
-        missing = sorted(set(uids) - {s.study_instance_uid for s in found})
-        if missing:
-            raise Http404(f"No such study: {', '.join(missing)}")
+        found = selectors.study_list_by_uids(clinic=request.clinic, uids=uids)
         user = request.user if getattr(request.user, "pk", None) else None
-        try:
-            project = services.project_get_or_create(clinic=request.clinic, name=data.validated_data["project"],
-                                                      created_by=user, request=request._request)
-            job = services.job_create(clinic=request.clinic, project=project, studies=found,
-                                      options=data.validated_data["options"], requested_by=user,
-                                      request=request._request)
-        except PortalError:
-            raise
+        project = services.project_get_or_create(clinic=request.clinic, name=data.validated_data["project"],
+                                                  created_by=user, request=request._request)
+        job = services.job_create(clinic=request.clinic, project=project, studies=found,
+                                  options=data.validated_data["options"], requested_by=user, request=request._request)
         return Response(JobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
 

@@ -103,6 +103,14 @@ def _json(body: str | list | dict, *, status: int = HTTPStatus.OK) -> HttpRespon
     return HttpResponse(text, content_type=DICOM_JSON, status=status)
 
 
+def _multipart_response(parts: list[bytes], *, part_type: str) -> HttpResponse:
+    """Answer small parts (frames, rendered images, bulk data) as one multipart/related body."""
+    boundary = multipart.new_boundary()
+    body = b"".join(multipart.parts_write((({"Content-Type": part_type}, [part]) for part in parts), boundary=boundary))
+    main_type = part_type.split(";")[0]
+    return HttpResponse(body, content_type=f'multipart/related; type="{main_type}"; boundary={boundary}')
+
+
 def _json_accepted(request: ClinicRequest) -> bool:
     ranges = wado.accept_parse(request.headers.get("Accept", ""))
     return not ranges or any(
@@ -274,12 +282,7 @@ def frames(
     with _open_dataset(request, instance) as ds:
         data = rendering.frames_native(ds, numbers) if choice.decode else rendering.frames_stored(ds, numbers)
     _audit(request, "dicomweb.retrieve", study=found, details={"what": "frames"})
-    boundary = multipart.new_boundary()
-    part_type = choice.part_type.split(";")[0]
-    body = b"".join(
-        multipart.parts_write((({"Content-Type": choice.part_type}, [frame]) for frame in data), boundary=boundary)
-    )
-    return HttpResponse(body, content_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
+    return _multipart_response(data, part_type=choice.part_type)
 
 
 @require_GET
@@ -302,10 +305,7 @@ def bulkdata(
         else:
             data, part_type = [rendering.bulkdata_value(ds, tag_path)], wado.OCTET
     _audit(request, "dicomweb.retrieve", study=found, details={"what": "bulkdata"})
-    boundary = multipart.new_boundary()
-    body = b"".join(multipart.parts_write((({"Content-Type": part_type}, [d]) for d in data), boundary=boundary))
-    main_type = part_type.split(";")[0]
-    return HttpResponse(body, content_type=f'multipart/related; type="{main_type}"; boundary={boundary}')
+    return _multipart_response(data, part_type=part_type)
 
 
 def _render_options(request: ClinicRequest, *, thumbnail: bool = False) -> rendering.RenderOptions:
@@ -369,11 +369,7 @@ def rendered(
                 images.append(rendering.render(ds, frame=1, options=options))
         if not images:
             raise rendering.RenderError("Nothing here holds an image to render.")
-    boundary = multipart.new_boundary()
-    body = b"".join(
-        multipart.parts_write((({"Content-Type": options.media_type}, [i]) for i in images), boundary=boundary)
-    )
-    return HttpResponse(body, content_type=f'multipart/related; type="{options.media_type}"; boundary={boundary}')
+    return _multipart_response(images, part_type=options.media_type)
 
 
 @require_GET

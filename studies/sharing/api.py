@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from studies.models import Study
+from studies import selectors
 from studies.sharing import services
 from studies.sharing.models import Share, ShareKind
 from tenants.roles import Action
@@ -71,10 +71,7 @@ class ShareListApi(APIView):
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
         uids = values.pop("studies")
-        found = list(Study.objects.for_clinic(request.clinic).filter(study_instance_uid__in=uids, deleted_at__isnull=True))
-        missing = sorted(set(uids) - {s.study_instance_uid for s in found})
-        if missing:
-            raise Http404(f"No such study: {', '.join(missing)}")
+        found = selectors.study_list_by_uids(clinic=request.clinic, uids=uids)
         created = services.share_create(clinic=request.clinic, studies=found, created_by=_user(request),
                                         request=request._request, **values)
         url = request.build_absolute_uri(reverse("share:open", kwargs={"share_token": created.token}))
