@@ -8,4 +8,5 @@ urlpatterns = [
     path("clinics/<slug:clinic_slug>/", include("billing.api_urls")),
     path("clinics/<slug:clinic_slug>/", include("studies.anonymize.api_urls")),
     path("clinics/<slug:clinic_slug>/", include("studies.sharing.api_urls")),
+    path("clinics/<slug:clinic_slug>/", include("studies.outbound.api_urls")),
 ]

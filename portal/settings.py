@@ -402,3 +402,8 @@ CELERY_TASK_ROUTES = {
     "studies.tasks.study_purge": {"queue": "replica-admin"},
     "billing.tasks.clinic_data_destroy": {"queue": "replica-admin"},
 }
+
+# Outbound DICOM (sends, migrations, routing rules): its tasks, and the sweep that resumes what a dead
+# worker or a lost message left behind.
+CELERY_IMPORTS = [*globals().get("CELERY_IMPORTS", []), "studies.outbound.tasks"]
+CELERY_BEAT_SCHEDULE["outbound-sweep"] = {"task": "outbound.outbound_sweep", "schedule": 60.0}

@@ -37,6 +37,7 @@ from django.utils import timezone
 from studies import dicom
 from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
 from studies.models import Instance, Patient, Series, Study
+from studies.outbound import routing
 from tenants.audit import audit_record
 from tenants.models import Clinic, User
 
@@ -87,13 +88,16 @@ def instance_ingest(
             dicom_node=dicom_node,
             upload_link=getattr(request, "upload_link", None),
         )
+    calling_ae_title = getattr(dicom_node, "ae_title", "")
     if project is None:
-        return _ingest_file(clinic=clinic, source_path=source_path, source=source, request=request, actor=actor)
+        return _ingest_file(clinic=clinic, source_path=source_path, source=source, request=request, actor=actor,
+                            calling_ae_title=calling_ae_title)
     # A broken file is refused for what it is, before anonymization could hide why.
     dicom.parse_instance(source_path)
     anonymized_path, anonymized = anonymize.anonymize_for_ingest(project=project, source_path=source_path)
     try:
-        result = _ingest_file(clinic=clinic, source_path=anonymized_path, source=source, request=request, actor=actor)
+        result = _ingest_file(clinic=clinic, source_path=anonymized_path, source=source, request=request, actor=actor,
+                              calling_ae_title=calling_ae_title)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(anonymized_path)
@@ -103,7 +107,8 @@ def instance_ingest(
 
 
 def _ingest_file(
-    *, clinic: Clinic, source_path: str, source: str, request: HttpRequest | None, actor: User | None
+    *, clinic: Clinic, source_path: str, source: str, request: HttpRequest | None, actor: User | None,
+    calling_ae_title: str = "",
 ) -> IngestResult:
     parsed = dicom.parse_instance(source_path)
     size = os.path.getsize(source_path)
@@ -129,6 +134,8 @@ def _ingest_file(
         with transaction.atomic():
             instance, study_created = instance_index_write(clinic=clinic, parsed=parsed, stored=stored,
                                                            instance_uuid=object_uuid)
+            routing.instances_route(clinic=clinic, instances=[instance], source=source,
+                                    calling_ae_title=calling_ae_title)
             if study_created:
                 audit_record(
                     clinic=clinic,

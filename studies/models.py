@@ -161,6 +161,9 @@ class DicomNode(models.Model):
     allowed_address = models.CharField(
         max_length=64, blank=True, help_text="Accept calls only from this IP address or network (CIDR)."
     )
+    calling_ae_title = models.CharField(
+        max_length=16, blank=True, help_text="Our calling AE title towards this node (empty: the clinic's own)."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = ClinicQuerySet.as_manager()
@@ -286,5 +289,14 @@ from studies.anonymize.models import (  # noqa: E402, F401
     IngestAnonymization,
     PatientPseudonym,
     UidMapping,
+)
+from studies.outbound.models import (  # noqa: E402, F401
+    MigrationInstance,
+    MigrationJob,
+    MigrationStudy,
+    RouteDelivery,
+    RoutingRule,
+    SendJob,
+    SendResult,
 )
 from studies.sharing.models import Share, ShareAccess, UploadLink  # noqa: E402, F401

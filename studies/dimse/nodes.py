@@ -60,6 +60,7 @@ def dicom_node_create(
     allow_inbound: bool = True,
     is_move_destination: bool = True,
     allowed_address: str = "",
+    calling_ae_title: str = "",
     actor: User | None = None,
     request: HttpRequest | None = None,
 ) -> DicomNode:
@@ -73,6 +74,7 @@ def dicom_node_create(
         raise PortalError("Give the node's host name or IP address.")
     if not 1 <= int(port) <= 65535:
         raise PortalError("The port must be between 1 and 65535.")
+    calling_ae_title = ae_title_clean(calling_ae_title) if (calling_ae_title or "").strip() else ""
     allowed_address = (allowed_address or "").strip()
     if allowed_address:
         try:
@@ -84,6 +86,7 @@ def dicom_node_create(
             node = DicomNode.objects.create(
                 clinic=clinic, ae_title=ae_title, host=host, port=int(port), description=description.strip()[:200],
                 allow_inbound=allow_inbound, is_move_destination=is_move_destination, allowed_address=allowed_address,
+                calling_ae_title=calling_ae_title,
             )
     except IntegrityError as exc:
         raise PortalError(f"The AE title '{ae_title}' is already registered for this clinic.") from exc

@@ -26,6 +26,8 @@ class Command(BaseCommand):
         parser.add_argument("--description", default="")
         parser.add_argument("--allowed-address", default="",
                             help="Accept calls from this node only from this IP address or network (CIDR).")
+        parser.add_argument("--calling-ae", default="",
+                            help="Our calling AE title when we call this node (default: the clinic's AE title).")
         parser.add_argument("--no-inbound", action="store_true", help="A move destination only; it may not call in.")
         parser.add_argument("--no-move", action="store_true", help="May call in, but is not a C-MOVE destination.")
 
@@ -38,6 +40,7 @@ class Command(BaseCommand):
                 clinic=clinic, ae_title=options["ae"], host=options["host"], port=options["port"],
                 description=options["description"], allowed_address=options["allowed_address"],
                 allow_inbound=not options["no_inbound"], is_move_destination=not options["no_move"],
+                calling_ae_title=options["calling_ae"],
             )
         except PortalError as exc:
             raise CommandError(exc.message) from exc

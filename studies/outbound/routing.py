@@ -1,0 +1,52 @@
+"""Routing rules applied to incoming instances: which nodes each newly stored instance is owed to.
+
+Ingest calls :func:`instances_route` inside its index transaction, so a delivery row exists exactly
+when its instance does; the deliveries themselves are sent by ``outbound.route_deliveries_send``.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from portal.celery import app
+from studies.models import Instance
+from studies.outbound.models import RouteDelivery, RoutingRule
+from tenants.models import Clinic
+
+# Ways in that bring back what the clinic already had somewhere: forwarded only by a rule naming them.
+EXPLICIT_ONLY_SOURCES = {"migration", "rebuild"}
+
+
+def _rule_matches(rule: RoutingRule, *, calling_ae_title: str, modality: str, source: str) -> bool:
+    if not rule.source and source in EXPLICIT_ONLY_SOURCES:
+        return False
+    return ((not rule.calling_ae_title or rule.calling_ae_title == calling_ae_title)
+            and (not rule.modality or rule.modality == modality)
+            and (not rule.source or rule.source == source))
+
+
+def instances_route(*, clinic: Clinic, instances: list[Instance], source: str, calling_ae_title: str = "") -> int:
+    """Owe every newly stored instance to the nodes of the rules it matches; return deliveries created.
+
+    Called inside the ingest transaction, so a delivery exists exactly when its instance does.
+    """
+    rules = list(RoutingRule.objects.for_clinic(clinic).filter(is_active=True).prefetch_related("destinations"))
+    if not rules or not instances:
+        return 0
+    deliveries = []
+    for instance in instances:
+        modality = instance.series.modality if instance.series_id else ""
+        for rule in rules:
+            if _rule_matches(rule, calling_ae_title=calling_ae_title, modality=modality, source=source):
+                deliveries.extend(RouteDelivery(clinic=clinic, rule=rule, node=node, instance=instance)
+                                  for node in rule.destinations.all())
+    RouteDelivery.objects.bulk_create(deliveries, ignore_conflicts=True)
+    nodes = {d.node_id for d in deliveries}
+    for node_id in nodes:
+        transaction.on_commit(
+            lambda node_id=node_id: app.signature(
+                "outbound.route_deliveries_send", kwargs={"clinic_id": clinic.pk, "node_id": node_id}
+            ).apply_async(),
+            robust=True,
+        )
+    return len(deliveries)

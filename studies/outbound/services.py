@@ -1,0 +1,578 @@
+"""Outbound DICOM workflows: send a study to a node, migrate a node's archive in, route incoming images.
+
+Jobs keep every fact in the database, so they are resumable: a task claims a job (or one study of a
+migration) with a conditional update, does a bounded slice of work, records it, and queues itself again.
+A periodic sweep (``outbound_sweep``) re-queues jobs whose worker stopped reporting, so a killed worker or a
+lost queue message only delays a job. Re-running any step stores nothing twice: ingest answers "already
+present" for an instance it holds, and migrations skip instances our index already has.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import Count, Q, Sum
+from django.http import HttpRequest
+from django.utils import timezone
+
+from billing import selectors as billing_selectors
+from portal.celery import app
+from portal.exceptions import PortalError
+from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
+from studies.ingest import instance_ingest
+from studies.models import DicomNode, Instance, Series, Study
+from studies.outbound import scu
+from studies.outbound.models import (
+    JobStatus,
+    MigrationInstance,
+    MigrationJob,
+    MigrationStudy,
+    RouteDelivery,
+    RoutingRule,
+    SendJob,
+    SendResult,
+)
+from tenants.audit import audit_record
+from tenants.models import Clinic, User
+
+logger = logging.getLogger(__name__)
+
+# A job whose worker has not reported for this long is taken to be dead and is re-queued by the sweep.
+HEARTBEAT_STALE = timedelta(minutes=3)
+# A migration task works on studies for about this long, then queues itself again (fair to other work).
+MIGRATION_SLICE_SECONDS = 60
+# Retrieval attempts per study before its missing instances are reported as missing.
+MIGRATION_STUDY_ATTEMPTS = 3
+# Instances named in one image-level retrieve.
+RETRIEVE_UIDS_PER_REQUEST = 200
+ROUTE_BATCH = 200
+ROUTE_MAX_ATTEMPTS = 20
+MISSING_LISTED = 1000
+DATE_RE_LENGTH = 8
+
+
+class OutboundError(PortalError):
+    """A send, migration or routing request that cannot be done as asked."""
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    studies_total: int
+    studies_verified: int
+    studies_incomplete: int
+    instances_listed: int
+    instances_present: int
+    missing: list[str]
+
+
+def node_get(*, clinic: Clinic, ae_title: str) -> DicomNode:
+    """Return the clinic's registered node with this AE title; raise OutboundError if there is none."""
+    node = DicomNode.objects.for_clinic(clinic).filter(ae_title=(ae_title or "").strip()).first()
+    if node is None:
+        raise OutboundError(f"No DICOM node with the AE title '{ae_title}' is registered for this clinic.")
+    return node
+
+
+# --- Sending ---------------------------------------------------------------------------------------
+
+
+def send_create(
+    *, clinic: Clinic, study: Study, node: DicomNode, series: Series | None = None,
+    actor: User | None = None, request: HttpRequest | None = None,
+) -> SendJob:
+    """Queue a send of a live study (or one of its series) to a registered node; audited."""
+    if study.clinic_id != clinic.pk or node.clinic_id != clinic.pk:
+        raise OutboundError("No such study or node.")
+    if study.deleted_at is not None:
+        raise OutboundError("This study is in the trash; restore it before sending it.")
+    instances = Instance.objects.for_clinic(clinic).filter(series__study=study)
+    if series is not None:
+        instances = instances.filter(series=series)
+    with transaction.atomic():
+        job = SendJob.objects.create(clinic=clinic, node=node, study=study, series=series,
+                                     instances_total=instances.count(), created_by=actor)
+        audit_record(clinic=clinic, action="study.sent", request=request, actor=actor, object_type="study",
+                     object_id=str(study.uuid),
+                     details={"send": str(job.uuid), "node": node.ae_title, "instances": job.instances_total,
+                              "series": str(series.uuid) if series else ""})
+        transaction.on_commit(lambda: job_enqueue(job=job))
+    return job
+
+
+def _enqueue(task_name: str, countdown: float = 0, **kwargs: int) -> None:
+    # Tasks are named, not imported: tasks import these services, never the reverse.
+    app.signature(task_name, kwargs=kwargs).apply_async(countdown=countdown or None)
+
+
+def job_enqueue(*, job: SendJob | MigrationJob, countdown: float = 0) -> None:
+    """Queue a task for the job and note when, so the sweep does not queue it again meanwhile."""
+    task = "outbound.send_job_run" if isinstance(job, SendJob) else "outbound.migration_job_run"
+    type(job).objects.filter(pk=job.pk).update(queued_at=timezone.now() + timedelta(seconds=countdown))
+    _enqueue(task, countdown=countdown, clinic_id=job.clinic_id, job_id=job.pk)
+
+
+def _unheld(now: datetime) -> Q:
+    return Q(heartbeat_at=None) | Q(heartbeat_at__lt=now - HEARTBEAT_STALE)
+
+
+def _claim(model: type[SendJob] | type[MigrationJob], job_id: int) -> bool:
+    """Take the job's lease unless another worker holds it (a recent heartbeat); False if it does."""
+    now = timezone.now()
+    active = Q(status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+    return bool(model.objects.filter(active, _unheld(now), pk=job_id).update(status=JobStatus.RUNNING,
+                                                                              heartbeat_at=now))
+
+
+def _release(model: type[SendJob] | type[MigrationJob], job_id: int) -> None:
+    model.objects.filter(pk=job_id).update(heartbeat_at=None)
+
+
+def send_run(*, job: SendJob) -> SendJob:
+    """Send every instance of the job not yet accepted by the node; record each answer.
+
+    Safe to run again after a crash: instances the node already accepted are not sent twice.
+    Raises scu.NodeUnreachable (job left running, to be retried) when the node cannot be reached.
+    """
+    if not _claim(SendJob, job.pk):
+        job.refresh_from_db()
+        return job
+    clinic = job.clinic
+    done = SendResult.objects.filter(job=job, is_success=True).values_list("instance_id", flat=True)
+    instances = Instance.objects.for_clinic(clinic).filter(series__study_id=job.study_id).exclude(pk__in=done)
+    if job.series_id:
+        instances = instances.filter(series_id=job.series_id)
+    pending = list(instances.defer("metadata").order_by("series_id", "instance_number", "pk"))
+    last_beat = [time.monotonic()]
+
+    def record(result: scu.StoreResult) -> None:
+        SendResult.objects.update_or_create(
+            job=job, instance=result.instance,
+            defaults={"clinic": clinic, "is_success": result.is_success, "status_code": result.status,
+                      "error": result.error[:200], "sent_at": timezone.now()},
+        )
+        if time.monotonic() - last_beat[0] > 10:
+            last_beat[0] = time.monotonic()
+            _send_counters_save(job)
+
+    try:
+        scu.instances_store(clinic=clinic, node=job.node, instances=pending, on_result=record)
+    except scu.NodeUnreachable as exc:
+        _send_counters_save(job)
+        SendJob.objects.filter(pk=job.pk).update(error=str(exc)[:300], heartbeat_at=None)
+        raise
+    _send_counters_save(job, finished=True)
+    job.refresh_from_db()
+    audit_record(clinic=clinic, action="study.sent", actor_label=f"send:{job.uuid}", object_type="study",
+                 object_id=str(job.study.uuid), result="success" if job.status == JobStatus.DONE else "failure",
+                 details={"send": str(job.uuid), "node": job.node.ae_title, "done": job.instances_done,
+                          "failed": job.instances_failed})
+    return job
+
+
+def send_give_up(*, job: SendJob, reason: str) -> None:
+    """Mark a send failed after its retries ran out (the node stayed unreachable)."""
+    _send_counters_save(job)
+    SendJob.objects.filter(pk=job.pk).exclude(status=JobStatus.DONE).update(
+        status=JobStatus.FAILED, error=reason[:300], finished_at=timezone.now())
+
+
+def _send_counters_save(job: SendJob, *, finished: bool = False) -> None:
+    counts = SendResult.objects.filter(job=job).aggregate(
+        done=Count("pk", filter=Q(is_success=True)), failed=Count("pk", filter=Q(is_success=False)))
+    fields: dict[str, object] = {"instances_done": counts["done"], "instances_failed": counts["failed"],
+                                 "heartbeat_at": timezone.now()}
+    if finished:
+        fields["status"] = JobStatus.DONE if not counts["failed"] else JobStatus.FAILED
+        fields["finished_at"] = timezone.now()
+        fields["error"] = ""
+    SendJob.objects.filter(pk=job.pk).update(**fields)
+
+
+def send_results(*, job: SendJob) -> list[SendResult]:
+    return list(SendResult.objects.for_clinic(job.clinic_id).filter(job=job).select_related("instance")
+                .order_by("instance__series_id", "instance__instance_number"))
+
+
+# --- Migration -------------------------------------------------------------------------------------
+
+
+def _date_clean(value: str, label: str) -> str:
+    value = (value or "").strip().replace("-", "")
+    if value and (len(value) != DATE_RE_LENGTH or not value.isdigit()):
+        raise OutboundError(f"{label} must be a date written YYYYMMDD.")
+    return value
+
+
+def migration_create(
+    *, clinic: Clinic, node: DicomNode, study_date_from: str = "", study_date_to: str = "",
+    modalities: Iterable[str] = (), patient_ids: Iterable[str] = (), method: str = MigrationJob.Method.GET,
+    max_instances_per_second: int = 0, window_start_hour: int = 0, window_end_hour: int = 0,
+    actor: User | None = None, request: HttpRequest | None = None,
+) -> MigrationJob:
+    """Queue a migration of the node's studies in scope into the clinic; audited.
+
+    Raises OutboundError for a scope that cannot be asked of a node (bad dates, inverted range, hours).
+    """
+    if node.clinic_id != clinic.pk:
+        raise OutboundError("No such DICOM node.")
+    date_from = _date_clean(study_date_from, "The first study date")
+    date_to = _date_clean(study_date_to, "The last study date")
+    if date_from and date_to and date_from > date_to:
+        raise OutboundError("The first study date is after the last one.")
+    if method not in MigrationJob.Method.values:
+        raise OutboundError("The retrieve method is C-MOVE or C-GET.")
+    if not (0 <= window_start_hour <= 23 and 0 <= window_end_hour <= 23):
+        raise OutboundError("Time window hours go from 0 to 23.")
+    cleaned_modalities = sorted({m.strip().upper() for m in modalities if m and m.strip()})
+    cleaned_patients = sorted({p.strip() for p in patient_ids if p and p.strip()})
+    if any(len(m) > 16 for m in cleaned_modalities) or any(len(p) > 64 for p in cleaned_patients):
+        raise OutboundError("A modality is at most 16 characters and a patient ID at most 64.")
+    with transaction.atomic():
+        job = MigrationJob.objects.create(
+            clinic=clinic, node=node, method=method, study_date_from=date_from, study_date_to=date_to,
+            modalities=cleaned_modalities, patient_ids=cleaned_patients,
+            max_instances_per_second=max(0, int(max_instances_per_second)),
+            window_start_hour=window_start_hour, window_end_hour=window_end_hour, created_by=actor,
+        )
+        # The scope's patient IDs are patient data: the audit entry counts them instead of naming them.
+        audit_record(clinic=clinic, action="migration.created", request=request, actor=actor,
+                     object_type="migration", object_id=str(job.uuid),
+                     details={"node": node.ae_title, "method": method, "study_date_from": date_from,
+                              "study_date_to": date_to, "modalities": cleaned_modalities,
+                              "patient_ids": len(cleaned_patients)})
+        transaction.on_commit(lambda: job_enqueue(job=job))
+    return job
+
+
+def migration_in_window(*, job: MigrationJob, now: datetime | None = None) -> bool:
+    """Say whether the job may run now (its hours, in the server's time zone; equal hours: always)."""
+    if job.window_start_hour == job.window_end_hour:
+        return True
+    hour = timezone.localtime(now or timezone.now()).hour
+    if job.window_start_hour < job.window_end_hour:
+        return job.window_start_hour <= hour < job.window_end_hour
+    return hour >= job.window_start_hour or hour < job.window_end_hour
+
+
+def migration_list_studies(*, job: MigrationJob) -> None:
+    """Ask the node for the studies in scope and record each one (once)."""
+    clinic, node = job.clinic, job.node
+    listed: dict[str, scu.ListedStudy] = {}
+    for patient_id in job.patient_ids or [""]:
+        for study in scu.studies_find(clinic=clinic, node=node, study_date_from=job.study_date_from,
+                                      study_date_to=job.study_date_to, modalities=job.modalities,
+                                      patient_id=patient_id):
+            listed[study.study_instance_uid] = study
+    MigrationStudy.objects.bulk_create(
+        [MigrationStudy(clinic=clinic, job=job, study_instance_uid=uid[:64], instances_listed=study.instances or 0)
+         for uid, study in listed.items()],
+        ignore_conflicts=True,
+    )
+    studies = MigrationStudy.objects.filter(job=job)
+    MigrationJob.objects.filter(pk=job.pk).update(
+        is_listed=True, studies_total=studies.count(),
+        instances_total=studies.aggregate(total=Sum("instances_listed"))["total"] or 0,
+        started_at=timezone.now(), heartbeat_at=timezone.now(),
+    )
+
+
+def _present_uids(*, clinic: Clinic, uids: list[str]) -> set[str]:
+    present: set[str] = set()
+    for start in range(0, len(uids), 1000):
+        chunk = uids[start:start + 1000]
+        present.update(Instance.objects.for_clinic(clinic).filter(sop_instance_uid__in=chunk)
+                       .values_list("sop_instance_uid", flat=True))
+    return present
+
+
+def _mark_present(*, study: MigrationStudy) -> list[str]:
+    """Record which listed instances our index holds; return the SOP Instance UIDs still missing."""
+    rows = list(MigrationInstance.objects.filter(study=study).values_list("sop_instance_uid", "is_present"))
+    uids = [uid for uid, is_present in rows if not is_present]
+    present = _present_uids(clinic=study.job.clinic, uids=uids)
+    if present:
+        MigrationInstance.objects.filter(study=study, sop_instance_uid__in=present).update(is_present=True)
+    return [uid for uid in uids if uid not in present]
+
+
+class _QuotaStop(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def migration_study_retrieve(*, job: MigrationJob, study: MigrationStudy) -> None:
+    """List, retrieve and verify one study of a migration (a step that can be repeated safely)."""
+    clinic, node = job.clinic, job.node
+    listed = scu.study_instances_find(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid)
+    MigrationInstance.objects.bulk_create(
+        [MigrationInstance(clinic=clinic, study=study, series_instance_uid=item.series_instance_uid[:64],
+                           sop_instance_uid=item.sop_instance_uid[:64]) for item in listed],
+        ignore_conflicts=True,
+    )
+    sop_classes = {item.sop_class_uid for item in listed if item.sop_class_uid}
+    missing = _mark_present(study=study)
+    whole_study = len(missing) == len(listed)
+    quota_message: list[str] = []
+    if missing:
+        chunks = [None] if whole_study else [missing[i:i + RETRIEVE_UIDS_PER_REQUEST]
+                                             for i in range(0, len(missing), RETRIEVE_UIDS_PER_REQUEST)]
+        def on_file(path: str) -> int:
+            # Runs inside pynetdicom's C-STORE handler, which turns exceptions into a failure status:
+            # the answer is the status, and a full quota is remembered to stop the job afterwards.
+            if quota_message:
+                return 0xA700
+            try:
+                instance_ingest(clinic=clinic, source_path=path, source="migration", dicom_node=node)
+            except QuotaExceeded as exc:
+                quota_message.append(exc.message)
+                return 0xA700
+            except InvalidDicom:
+                return 0xC000
+            except InstanceConflict:
+                return 0x0111
+            if job.max_instances_per_second:
+                time.sleep(1 / job.max_instances_per_second)
+            return 0x0000
+
+        for chunk in chunks:
+            if quota_message:
+                break
+            if job.method == MigrationJob.Method.GET:
+                scu.study_get(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
+                              sop_class_uids=sop_classes or {"1.2.840.10008.5.1.4.1.1.7"}, on_file=on_file,
+                              sop_instance_uids=chunk)
+            else:
+                scu.study_move(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
+                               sop_instance_uids=chunk)
+        missing = _mark_present(study=study)
+    present = MigrationInstance.objects.filter(study=study, is_present=True).count()
+    state = MigrationStudy.State.VERIFIED if not missing else MigrationStudy.State.INCOMPLETE
+    attempts = study.attempts + 1
+    MigrationStudy.objects.filter(pk=study.pk).update(
+        instances_listed=len(listed), instances_present=present, attempts=attempts,
+        # Incomplete studies go back to pending until their attempts are used up.
+        state=MigrationStudy.State.PENDING if missing and attempts < MIGRATION_STUDY_ATTEMPTS else state,
+    )
+    if quota_message:
+        raise _QuotaStop(quota_message[0])
+
+
+def _migration_counters_save(job: MigrationJob, **extra: object) -> None:
+    studies = MigrationStudy.objects.filter(job=job)
+    totals = studies.aggregate(listed=Sum("instances_listed"), present=Sum("instances_present"))
+    failed = studies.filter(state=MigrationStudy.State.INCOMPLETE).aggregate(
+        listed=Sum("instances_listed"), present=Sum("instances_present"))
+    MigrationJob.objects.filter(pk=job.pk).update(
+        studies_total=studies.count(), instances_total=totals["listed"] or 0,
+        instances_done=totals["present"] or 0,
+        instances_failed=(failed["listed"] or 0) - (failed["present"] or 0),
+        heartbeat_at=timezone.now(), **extra,
+    )
+
+
+def migration_run(*, job: MigrationJob, slice_seconds: float = MIGRATION_SLICE_SECONDS,
+                  clock: Callable[[], float] = time.monotonic) -> bool:
+    """Work on the migration for about ``slice_seconds``; return True when more work remains.
+
+    Raises scu.NodeUnreachable when the node cannot be reached (the job stays running; retried later).
+    """
+    if not _claim(MigrationJob, job.pk):
+        return False
+    try:
+        return _migration_slice(job=job, slice_seconds=slice_seconds, clock=clock)
+    finally:
+        _release(MigrationJob, job.pk)
+
+
+def _migration_slice(*, job: MigrationJob, slice_seconds: float, clock: Callable[[], float]) -> bool:
+    if not migration_in_window(job=job):
+        return True
+    if not job.is_listed:
+        migration_list_studies(job=job)
+        job.refresh_from_db()
+    deadline = clock() + slice_seconds
+    while clock() < deadline:
+        paused = billing_selectors.upload_block_reason(clinic=job.clinic)
+        if paused:
+            _migration_stop(job, paused)
+            return False
+        study = MigrationStudy.objects.filter(job=job, state=MigrationStudy.State.PENDING).order_by("pk").first()
+        if study is None:
+            break
+        try:
+            migration_study_retrieve(job=job, study=study)
+        except _QuotaStop as exc:
+            _migration_counters_save(job)
+            _migration_stop(job, exc.message)
+            return False
+        _migration_counters_save(job)
+    if MigrationStudy.objects.filter(job=job, state=MigrationStudy.State.PENDING).exists():
+        return True
+    _migration_finish(job)
+    return False
+
+
+def _migration_stop(job: MigrationJob, message: str) -> None:
+    MigrationJob.objects.filter(pk=job.pk).update(status=JobStatus.STOPPED, error=message[:300],
+                                                  finished_at=timezone.now())
+    audit_record(clinic=job.clinic, action="migration.stopped", actor_label=f"migration:{job.uuid}",
+                 object_type="migration", object_id=str(job.uuid), result="failure",
+                 details={"reason": message[:200]})
+
+
+def _migration_finish(job: MigrationJob) -> None:
+    _migration_counters_save(job)
+    incomplete = MigrationStudy.objects.filter(job=job, state=MigrationStudy.State.INCOMPLETE).exists()
+    MigrationJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.FAILED if incomplete else JobStatus.DONE, finished_at=timezone.now())
+    job.refresh_from_db()
+    audit_record(clinic=job.clinic, action="migration.finished", actor_label=f"migration:{job.uuid}",
+                 object_type="migration", object_id=str(job.uuid),
+                 result="success" if not incomplete else "failure",
+                 details={"studies": job.studies_total, "instances": job.instances_done,
+                          "missing": job.instances_failed})
+
+
+def migration_report(*, job: MigrationJob) -> MigrationReport:
+    studies = MigrationStudy.objects.filter(job=job)
+    missing = list(MigrationInstance.objects.filter(study__job=job, is_present=False)
+                   .order_by("pk").values_list("sop_instance_uid", flat=True)[:MISSING_LISTED])
+    totals = studies.aggregate(listed=Sum("instances_listed"), present=Sum("instances_present"))
+    return MigrationReport(
+        studies_total=studies.count(),
+        studies_verified=studies.filter(state=MigrationStudy.State.VERIFIED).count(),
+        studies_incomplete=studies.filter(state=MigrationStudy.State.INCOMPLETE).count(),
+        instances_listed=totals["listed"] or 0, instances_present=totals["present"] or 0, missing=missing,
+    )
+
+
+def migration_speed(*, job: MigrationJob) -> tuple[float | None, float | None]:
+    """Return (instances per second so far, seconds left at that speed), when they can be told."""
+    if not job.started_at or not job.instances_done:
+        return None, None
+    end = job.finished_at or timezone.now()
+    elapsed = max((end - job.started_at).total_seconds(), 1.0)
+    speed = job.instances_done / elapsed
+    left = max(job.instances_total - job.instances_done - job.instances_failed, 0)
+    return speed, (left / speed if speed and job.status == JobStatus.RUNNING else None)
+
+
+# --- Routing ---------------------------------------------------------------------------------------
+
+
+def routing_rule_create(
+    *, clinic: Clinic, name: str, destinations: Iterable[DicomNode], calling_ae_title: str = "",
+    modality: str = "", source: str = "", actor: User | None = None, request: HttpRequest | None = None,
+) -> RoutingRule:
+    """Create a rule forwarding matching incoming instances to the destination nodes; audited."""
+    nodes = [node for node in destinations if node.clinic_id == clinic.pk]
+    if not nodes:
+        raise OutboundError("Choose at least one destination node.")
+    name = (name or "").strip()[:100]
+    if not name:
+        raise OutboundError("Give the rule a name.")
+    with transaction.atomic():
+        rule = RoutingRule.objects.create(clinic=clinic, name=name, calling_ae_title=calling_ae_title.strip()[:16],
+                                          modality=modality.strip().upper()[:16], source=source.strip()[:16])
+        rule.destinations.set(nodes)
+        audit_record(clinic=clinic, action="routing_rule.created", request=request, actor=actor,
+                     object_type="routing_rule", object_id=str(rule.uuid),
+                     details={"destinations": [n.ae_title for n in nodes], "calling_ae_title": rule.calling_ae_title,
+                              "modality": rule.modality, "source": rule.source})
+    return rule
+
+
+def routing_rule_delete(*, clinic: Clinic, rule: RoutingRule, actor: User | None = None,
+                        request: HttpRequest | None = None) -> None:
+    if rule.clinic_id != clinic.pk:
+        raise OutboundError("No such routing rule.")
+    rule_uuid = str(rule.uuid)
+    rule.delete()
+    audit_record(clinic=clinic, action="routing_rule.deleted", request=request, actor=actor,
+                 object_type="routing_rule", object_id=rule_uuid)
+
+
+def route_deliveries_send(*, clinic: Clinic, node: DicomNode, now: datetime | None = None) -> int:
+    """Send the node's due deliveries over one association; return how many were delivered.
+
+    A node that cannot be reached, or refuses an instance, is tried again later with a growing delay;
+    nothing is dropped until ROUTE_MAX_ATTEMPTS refusals (connection failures never drop a delivery).
+    """
+    now = now or timezone.now()
+    due = list(RouteDelivery.objects.for_clinic(clinic).filter(node=node, state=RouteDelivery.State.PENDING,
+                                                               next_attempt_at__lte=now)
+               .select_related("instance").order_by("pk")[:ROUTE_BATCH])
+    if not due:
+        return 0
+    by_instance = {d.instance_id: d for d in due}
+    delivered = [0]
+
+    def record(result: scu.StoreResult) -> None:
+        delivery = by_instance[result.instance.pk]
+        if result.is_success:
+            RouteDelivery.objects.filter(pk=delivery.pk).update(state=RouteDelivery.State.DELIVERED,
+                                                                delivered_at=timezone.now(), last_error="")
+            delivered[0] += 1
+            return
+        attempts = delivery.attempts + 1
+        RouteDelivery.objects.filter(pk=delivery.pk).update(
+            attempts=attempts, last_error=(result.error or f"status 0x{result.status or 0:04X}")[:200],
+            state=RouteDelivery.State.FAILED if attempts >= ROUTE_MAX_ATTEMPTS else RouteDelivery.State.PENDING,
+            next_attempt_at=timezone.now() + _backoff(attempts),
+        )
+
+    try:
+        scu.instances_store(clinic=clinic, node=node, instances=[d.instance for d in due], on_result=record)
+    except scu.NodeUnreachable as exc:
+        waiting = RouteDelivery.objects.filter(pk__in=[d.pk for d in due], state=RouteDelivery.State.PENDING,
+                                               next_attempt_at__lte=now)
+        for delivery in waiting:
+            RouteDelivery.objects.filter(pk=delivery.pk).update(
+                attempts=delivery.attempts + 1, last_error=str(exc)[:200],
+                next_attempt_at=timezone.now() + _backoff(delivery.attempts + 1))
+        logger.info("Routing: node %s of clinic %s unreachable; %d deliveries wait", node.uuid, clinic.pk,
+                    len(due))
+    return delivered[0]
+
+
+def _backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(3600, 15 * 2 ** min(attempts, 12)))
+
+
+# --- Sweep -----------------------------------------------------------------------------------------
+
+
+def outbound_sweep(*, now: datetime | None = None) -> dict[str, int]:
+    """Re-queue what a dead worker or a lost message left: stale jobs and due routing deliveries.
+
+    Runs across clinics (a maintenance task): each queued task is scoped to its own clinic.
+    """
+    now = now or timezone.now()
+    # Neither held by a worker nor waiting in the queue (queued a while ago and never picked up).
+    lost = Q(status__in=[JobStatus.QUEUED, JobStatus.RUNNING]) & _unheld(now) & (
+        Q(queued_at=None) | Q(queued_at__lt=now - HEARTBEAT_STALE))
+    sends = list(SendJob.objects.filter(lost))
+    for send in sends:
+        job_enqueue(job=send)
+    migrations = list(MigrationJob.objects.filter(lost))
+    for migration in migrations:
+        job_enqueue(job=migration)
+    due_nodes = list(RouteDelivery.objects.filter(state=RouteDelivery.State.PENDING, next_attempt_at__lte=now)
+                     .values_list("clinic_id", "node_id").distinct())
+    for clinic_id, node_id in due_nodes:
+        _enqueue("outbound.route_deliveries_send", clinic_id=clinic_id, node_id=node_id)
+    return {"sends": len(sends), "migrations": len(migrations), "route_nodes": len(due_nodes)}
+
+
+def route_delivery_counts(*, clinic: Clinic) -> dict[str, int]:
+    """How many deliveries wait, were delivered and were refused for good, for the routing page."""
+    rows = RouteDelivery.objects.for_clinic(clinic).values("state").annotate(n=Count("pk"))
+    counts = {state: 0 for state in RouteDelivery.State.values}
+    counts.update({row["state"]: row["n"] for row in rows})
+    return counts

@@ -1,0 +1,409 @@
+"""Outbound DICOM against a real peer: send to Orthanc, migrate Orthanc's archive in, route to Orthanc."""
+
+from __future__ import annotations
+
+import io
+from datetime import date, timedelta
+from http import HTTPStatus
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+from pydicom import Dataset, dcmread
+
+from studies.ingest import instance_ingest
+from studies.models import DicomNode, Instance
+from studies.outbound import services
+from studies.outbound.models import JobStatus, MigrationJob, RouteDelivery, SendJob
+from tenants.audit import AuditEvent
+from tests.peers import running_orthanc
+from tests.studies.dimse_support import (
+    BYTE_EXACT_SAMPLES,
+    register_node,
+    running_scp,
+    tasks_inline,
+    write_study,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _tasks_run_inline():
+    with tasks_inline():
+        yield
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    with running_orthanc(tmp_path / "orthanc") as peer:
+        yield peer
+
+
+@pytest.fixture
+def orthanc_node(clinic, orthanc) -> DicomNode:
+    return register_node(clinic, ae_title=orthanc.ae_title, port=orthanc.dicom_port)
+
+
+def _values(dataset: Dataset) -> dict:
+    """A data set's values by tag, sequences recursively: what "the same data set" means between archives.
+
+    Orthanc (DCMTK) re-encodes what it stores (OB for encapsulated pixel data where a writer put OW,
+    sequences with defined lengths), so two archives holding the same data set differ in bytes only.
+    """
+    values = {}
+    for element in dataset:
+        if element.VR == "SQ":
+            values[element.tag] = [_values(item) for item in element.value]
+        else:
+            values[element.tag] = element.value
+    return values
+
+
+def _data_sets(files: dict[str, bytes]) -> dict[str, dict]:
+    return {uid: _values(dcmread(io.BytesIO(data))) for uid, data in files.items()}
+
+
+def _files_data_sets(paths: list[Path]) -> dict[str, dict]:
+    return {str(dcmread(path).SOPInstanceUID): _values(dcmread(path)) for path in paths}
+
+
+def _stored_data_sets(clinic) -> dict[str, dict]:
+    from studies.dimse.move import instance_dataset
+
+    return {instance.sop_instance_uid: _values(instance_dataset(clinic=clinic, instance=instance))
+            for instance in Instance.objects.for_clinic(clinic)}
+
+
+# --- Send ------------------------------------------------------------------------------------------
+
+
+def test_a_study_sent_to_orthanc_arrives_whole_and_unchanged(client, clinic, clinician, orthanc, orthanc_node,
+                                                             tmp_path):
+    study_files = write_study(tmp_path / "study", samples=BYTE_EXACT_SAMPLES)
+    for path in study_files.files:
+        instance_ingest(clinic=clinic, source_path=str(path), source="test")
+    client.force_login(clinician)
+
+    response = client.post(f"/api/v1/clinics/{clinic.slug}/studies/{study_files.study_uid}/send/",
+                           {"node": orthanc.ae_title}, content_type="application/json")
+
+    assert response.status_code == HTTPStatus.ACCEPTED
+    job = SendJob.objects.get()
+    assert job.status == JobStatus.DONE
+    detail = client.get(f"/api/v1/clinics/{clinic.slug}/sends/{response.json()['id']}/").json()
+    assert (detail["status"], detail["progress"]) == ("done", 1.0)
+    assert (detail["instances_done"], detail["instances_failed"]) == (len(study_files.files), 0)
+    assert all(result["is_success"] for result in detail["results"])
+    assert _data_sets(orthanc.instance_files()) == _files_data_sets(study_files.files)
+
+
+def test_sending_calls_with_the_clinic_ae_title_unless_the_node_names_another(clinic, orthanc, tmp_path):
+    node = register_node(clinic, ae_title=orthanc.ae_title, port=orthanc.dicom_port)
+    other = register_node(clinic, ae_title="ROUTER", port=orthanc.dicom_port, calling_ae_title="PORTALOUT")
+
+    from studies.outbound.scu import calling_ae_title
+
+    assert calling_ae_title(clinic=clinic, node=node) == clinic.ae_title
+    assert calling_ae_title(clinic=clinic, node=other) == "PORTALOUT"
+
+
+def test_a_send_to_a_node_that_is_down_is_retried_then_reported_failed(clinic, orthanc, orthanc_node, tmp_path):
+    study_files = write_study(tmp_path / "study")
+    instance_ingest(clinic=clinic, source_path=str(study_files.files[0]), source="test")
+    study = Instance.objects.get().series.study
+    orthanc.stop()
+    job = SendJob.objects.create(clinic=clinic, node=orthanc_node, study=study, instances_total=1)
+
+    with pytest.raises(services.scu.NodeUnreachable):
+        services.send_run(job=job)
+    services.send_give_up(job=job, reason="unreachable")
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.instances_done == 0
+
+
+def test_send_api_answers_404_to_an_outsider_and_queues_nothing(client, clinic, outsider, tmp_path):
+    study_files = write_study(tmp_path / "study")
+    instance_ingest(clinic=clinic, source_path=str(study_files.files[0]), source="test")
+    register_node(clinic, ae_title="PACS2")
+    client.force_login(outsider)
+
+    response = client.post(f"/api/v1/clinics/{clinic.slug}/studies/{study_files.study_uid}/send/",
+                           {"node": "PACS2"}, content_type="application/json")
+
+    assert response.status_code == HTTPStatus.NOT_FOUND
+    assert not SendJob.objects.exists()
+
+
+def test_an_uploader_may_not_send(client, clinic, uploader, tmp_path):
+    study_files = write_study(tmp_path / "study")
+    instance_ingest(clinic=clinic, source_path=str(study_files.files[0]), source="test")
+    register_node(clinic, ae_title="PACS2")
+    client.force_login(uploader)
+
+    response = client.post(f"/api/v1/clinics/{clinic.slug}/studies/{study_files.study_uid}/send/",
+                           {"node": "PACS2"}, content_type="application/json")
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert not SendJob.objects.exists()
+
+
+def test_sending_to_an_unknown_node_says_which_node(client, clinic, clinician, tmp_path):
+    study_files = write_study(tmp_path / "study")
+    instance_ingest(clinic=clinic, source_path=str(study_files.files[0]), source="test")
+    client.force_login(clinician)
+
+    response = client.post(f"/api/v1/clinics/{clinic.slug}/studies/{study_files.study_uid}/send/",
+                           {"node": "NOWHERE"}, content_type="application/json")
+
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert "NOWHERE" in response.json()["message"]
+
+
+# --- Migration -------------------------------------------------------------------------------------
+
+
+def _old_archive(orthanc, tmp_path) -> tuple:
+    """Fill Orthanc with three studies: CT 2023, MR 2024 (two series), CT 2024."""
+    ct_2023 = write_study(tmp_path / "a", samples=["CT_small.dcm"], patient_id="OLD-1", study_date=date(2023, 3, 1),
+                          copies=3)
+    mr_2024 = write_study(tmp_path / "b", samples=["MR_small.dcm", "MR_small_RLE.dcm"], patient_id="OLD-2",
+                          study_date=date(2024, 5, 2), copies=2)
+    ct_2024 = write_study(tmp_path / "c", samples=["CT_small.dcm"], patient_id="OLD-3", study_date=date(2024, 6, 3),
+                          copies=2)
+    for study in (ct_2023, mr_2024, ct_2024):
+        orthanc.upload(study.files)
+    return ct_2023, mr_2024, ct_2024
+
+
+def _migrate(client, clinic, **body):
+    response = client.post(f"/api/v1/clinics/{clinic.slug}/migrations/", body, content_type="application/json")
+    assert response.status_code == HTTPStatus.ACCEPTED, response.content
+    return client.get(f"/api/v1/clinics/{clinic.slug}/migrations/{response.json()['id']}/").json()
+
+
+def test_a_scoped_migration_imports_exactly_the_scope_with_data_sets_equal_to_the_source(
+    client, clinic, admin, orthanc, orthanc_node, tmp_path
+):
+    ct_2023, mr_2024, ct_2024 = _old_archive(orthanc, tmp_path)
+    client.force_login(admin)
+
+    report = _migrate(client, clinic, node=orthanc.ae_title, study_date_from="20240101", study_date_to="20241231",
+                      modalities=["MR"])
+
+    assert (report["status"], report["studies_total"], report["missing"]) == ("done", 1, [])
+    assert report["instances_done"] == report["instances_total"] == len(mr_2024.files)
+    assert _stored_data_sets(clinic) == _files_data_sets(mr_2024.files)
+
+
+def test_a_migration_run_again_stores_nothing_twice(client, clinic, admin, orthanc, orthanc_node, tmp_path):
+    _old_archive(orthanc, tmp_path)
+    client.force_login(admin)
+    first = _migrate(client, clinic, node=orthanc.ae_title)
+    stored = set(Instance.objects.for_clinic(clinic).values_list("pk", "object_key"))
+
+    second = _migrate(client, clinic, node=orthanc.ae_title)
+
+    assert first["status"] == second["status"] == "done"
+    assert first["instances_done"] == second["instances_done"] == 3 + 4 + 2
+    assert set(Instance.objects.for_clinic(clinic).values_list("pk", "object_key")) == stored
+
+
+def test_a_migration_by_c_move_receives_through_the_listener(client, clinic, admin, tmp_path):
+    with running_scp() as scp_port:
+        with running_orthanc(tmp_path / "orthanc",
+                             modalities={"portal": (clinic.ae_title, "127.0.0.1", scp_port)}) as orthanc:
+            register_node(clinic, ae_title=orthanc.ae_title, port=orthanc.dicom_port)
+            _ct_2023, _mr, ct_2024 = _old_archive(orthanc, tmp_path)
+            client.force_login(admin)
+
+            report = _migrate(client, clinic, node=orthanc.ae_title, method="C-MOVE", modalities=["CT"],
+                              study_date_from="20240601")
+
+    assert (report["status"], report["missing"]) == ("done", [])
+    assert set(Instance.objects.for_clinic(clinic).values_list("sop_instance_uid", flat=True)) == set(ct_2024.sop_uids)
+
+
+def test_a_migration_that_would_pass_the_quota_stops_with_a_clear_message_and_keeps_what_it_has(
+    client, clinic, admin, orthanc, orthanc_node, tmp_path
+):
+    from tenants.models import Clinic
+
+    _old_archive(orthanc, tmp_path)
+    one_file = Path(write_study(tmp_path / "size").files[0]).stat().st_size
+    Clinic.objects.filter(pk=clinic.pk).update(quota_bytes=int(one_file * 4.5))
+    client.force_login(admin)
+
+    report = _migrate(client, clinic, node=orthanc.ae_title)
+
+    assert report["status"] == "stopped"
+    assert "quota" in report["error"].lower() or "space" in report["error"].lower()
+    kept = Instance.objects.for_clinic(clinic).count()
+    assert 1 <= kept <= 4
+    assert report["instances_done"] == kept
+
+
+def test_a_migration_whose_worker_died_is_resumed_by_the_sweep_and_finishes_without_duplicates(
+    clinic, admin, orthanc, orthanc_node, tmp_path
+):
+    _old_archive(orthanc, tmp_path)
+    job = MigrationJob.objects.create(clinic=clinic, node=orthanc_node)
+    # A worker took the job, imported one study, and was killed: its lease is left behind.
+    services.migration_run(job=job, slice_seconds=0.001)
+    first_pass = Instance.objects.for_clinic(clinic).count()
+    MigrationJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING,
+                                                  heartbeat_at=timezone.now() - timedelta(minutes=10),
+                                                  queued_at=timezone.now() - timedelta(minutes=10))
+
+    queued = services.outbound_sweep()
+
+    job.refresh_from_db()
+    assert queued["migrations"] == 1
+    assert 0 < first_pass < 9
+    assert job.status == JobStatus.DONE
+    assert Instance.objects.for_clinic(clinic).count() == 9
+    assert job.instances_done == 9 and job.instances_failed == 0
+
+
+def test_migration_api_answers_404_to_an_outsider_and_403_to_a_clinician(client, clinic, clinician, outsider):
+    register_node(clinic, ae_title="OLDPACS")
+    body = {"node": "OLDPACS"}
+
+    client.force_login(outsider)
+    as_outsider = client.post(f"/api/v1/clinics/{clinic.slug}/migrations/", body, content_type="application/json")
+    client.force_login(clinician)
+    as_clinician = client.post(f"/api/v1/clinics/{clinic.slug}/migrations/", body, content_type="application/json")
+
+    assert as_outsider.status_code == HTTPStatus.NOT_FOUND
+    assert as_clinician.status_code == HTTPStatus.FORBIDDEN
+    assert not MigrationJob.objects.exists()
+
+
+def test_a_migration_with_an_inverted_date_range_is_refused(client, clinic, admin):
+    register_node(clinic, ae_title="OLDPACS")
+    client.force_login(admin)
+
+    response = client.post(f"/api/v1/clinics/{clinic.slug}/migrations/",
+                           {"node": "OLDPACS", "study_date_from": "20250101", "study_date_to": "20240101"},
+                           content_type="application/json")
+
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert "after" in response.json()["message"]
+    assert not MigrationJob.objects.exists()
+
+
+def test_a_migration_is_audited_without_patient_ids(client, clinic, admin, orthanc, orthanc_node, tmp_path):
+    _old_archive(orthanc, tmp_path)
+    client.force_login(admin)
+
+    _migrate(client, clinic, node=orthanc.ae_title, patient_ids=["OLD-2"])
+
+    actions = list(AuditEvent.objects.filter(clinic=clinic, action__startswith="migration.").order_by("pk")
+                   .values_list("action", flat=True))
+    assert actions == ["migration.created", "migration.finished"]
+    assert "OLD-2" not in str(list(AuditEvent.objects.filter(clinic=clinic).values_list("details", flat=True)))
+
+
+# --- Routing ---------------------------------------------------------------------------------------
+
+
+def test_routed_images_reach_a_node_that_was_down_once_it_is_back(client, clinic, admin, orthanc, orthanc_node,
+                                                                 tmp_path):
+    client.force_login(admin)
+    response = client.post(f"/api/v1/clinics/{clinic.slug}/routing-rules/",
+                           {"name": "CT to Orthanc", "destinations": [orthanc.ae_title], "modality": "CT"},
+                           content_type="application/json")
+    assert response.status_code == HTTPStatus.CREATED
+    orthanc.stop()
+    ct = write_study(tmp_path / "ct", samples=["CT_small.dcm"], copies=3)
+    mr = write_study(tmp_path / "mr", samples=["MR_small.dcm"], copies=1)
+
+    for path in [*ct.files, *mr.files]:
+        instance_ingest(clinic=clinic, source_path=str(path), source="dimse")
+
+    assert RouteDelivery.objects.filter(state=RouteDelivery.State.PENDING).count() == 3
+    assert all(d.attempts >= 1 and d.last_error for d in RouteDelivery.objects.all())
+    orthanc.start()
+    services.route_deliveries_send(clinic=clinic, node=orthanc_node, now=timezone.now() + timedelta(days=1))
+    assert orthanc.instance_uids() == set(ct.sop_uids)
+    assert RouteDelivery.objects.filter(state=RouteDelivery.State.DELIVERED).count() == 3
+
+
+def test_a_rule_on_the_calling_ae_title_forwards_only_that_senders_images(clinic, orthanc, orthanc_node, tmp_path):
+    modality = register_node(clinic, ae_title="CT-SCANNER", port=104)
+    services.routing_rule_create(clinic=clinic, name="scanner", destinations=[orthanc_node],
+                                 calling_ae_title="CT-SCANNER")
+    from_scanner = write_study(tmp_path / "a")
+    from_elsewhere = write_study(tmp_path / "b")
+
+    instance_ingest(clinic=clinic, source_path=str(from_scanner.files[0]), source="dimse", dicom_node=modality)
+    instance_ingest(clinic=clinic, source_path=str(from_elsewhere.files[0]), source="dicomweb")
+
+    assert orthanc.instance_uids() == set(from_scanner.sop_uids)
+
+
+def test_routing_rules_api_answers_404_to_an_outsider(client, clinic, outsider):
+    register_node(clinic, ae_title="PACS2")
+    client.force_login(outsider)
+
+    response = client.post(f"/api/v1/clinics/{clinic.slug}/routing-rules/",
+                           {"name": "x", "destinations": ["PACS2"]}, content_type="application/json")
+
+    assert response.status_code == HTTPStatus.NOT_FOUND
+
+
+# --- Pages -----------------------------------------------------------------------------------------
+
+
+def test_the_study_page_sends_a_study_and_shows_its_progress(client, clinic, clinician, orthanc, orthanc_node,
+                                                             tmp_path):
+    study_files = write_study(tmp_path / "study", copies=2)
+    for path in study_files.files:
+        instance_ingest(clinic=clinic, source_path=str(path), source="test")
+    study = Instance.objects.first().series.study
+    client.force_login(clinician)
+    page = client.get(f"/c/{clinic.slug}/studies/{study.uuid}/")
+    assert b"Send to a node" in page.content
+
+    response = client.post(f"/c/{clinic.slug}/outbound/send/{study.uuid}/", {"node": str(orthanc_node.uuid)},
+                           follow=True)
+
+    assert response.status_code == HTTPStatus.OK
+    assert b"Done" in response.content
+    assert b"2</span> of <span id=\"job-total\">2</span> images accepted" in response.content
+    assert orthanc.instance_uids() == set(study_files.sop_uids)
+
+
+def test_the_migration_page_starts_a_migration_and_shows_the_final_report(client, clinic, admin, orthanc,
+                                                                          orthanc_node, tmp_path):
+    _old_archive(orthanc, tmp_path)
+    client.force_login(admin)
+
+    response = client.post(f"/c/{clinic.slug}/outbound/migrations/",
+                           {"node": str(orthanc_node.uuid), "method": "C-GET", "modalities": "CT"}, follow=True)
+
+    assert response.status_code == HTTPStatus.OK
+    assert b"Every image the old archive listed (5) is stored here." in response.content
+
+
+def test_outbound_pages_answer_404_to_an_outsider(client, clinic, outsider):
+    client.force_login(outsider)
+
+    assert client.get(f"/c/{clinic.slug}/outbound/migrations/").status_code == HTTPStatus.NOT_FOUND
+    assert client.get(f"/c/{clinic.slug}/outbound/routing/").status_code == HTTPStatus.NOT_FOUND
+
+
+def test_received_migrated_files_are_valid_dicom(clinic, orthanc, orthanc_node, tmp_path):
+    _old_archive(orthanc, tmp_path)
+    job = MigrationJob.objects.create(clinic=clinic, node=orthanc_node)
+
+    while services.migration_run(job=job):
+        job.refresh_from_db()
+
+    from studies.dimse.move import instance_dataset
+
+    for instance in Instance.objects.for_clinic(clinic):
+        dataset = instance_dataset(clinic=clinic, instance=instance)
+        assert dataset.SOPInstanceUID == instance.sop_instance_uid
