@@ -34,7 +34,7 @@ from django.db.models.functions import Greatest
 from django.http import HttpRequest
 from django.utils import timezone
 
-from studies import dicom
+from studies import admission, dicom
 from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
 from studies.models import Instance, Patient, Series, Study
 from tenants.audit import audit_record
@@ -109,7 +109,8 @@ def _ingest_file(
     size = os.path.getsize(source_path)
 
     existing = _existing_instance(clinic=clinic, sop_instance_uid=parsed.sop_instance_uid)
-    if existing is not None:
+    # An outside sender's different file under a stored UID is held (studies.admission), not refused.
+    if existing is not None and (admission.upload_link_of(request) is None or _sha256(source_path) == existing.sha256):
         return _duplicate(clinic=clinic, existing=existing, source_path=source_path, request=request, actor=actor)
 
     from billing import selectors as billing_selectors
@@ -127,9 +128,13 @@ def _ingest_file(
             object_uuid = uuid.uuid4()
             stored = replication.object_put_for_ingest(clinic=clinic, source=fileobj, object_uuid=object_uuid)
         with transaction.atomic():
-            instance, study_created = instance_index_write(clinic=clinic, parsed=parsed, stored=stored,
-                                                           instance_uuid=object_uuid)
-            if study_created:
+            # Trash, patient identity and outside-sender rules: a held file goes to quarantine, unindexed.
+            held = admission.instance_admit_or_hold(clinic=clinic, parsed=parsed, stored=stored, source=source,
+                                                    request=request, actor=actor)
+            if held is None:
+                instance, study_created = instance_index_write(clinic=clinic, parsed=parsed, stored=stored,
+                                                               instance_uuid=object_uuid)
+            if held is None and study_created:
                 audit_record(
                     clinic=clinic,
                     action="study.stored",
@@ -149,6 +154,10 @@ def _ingest_file(
     except BaseException:
         _undo(clinic=clinic, size=size, stored=stored)
         raise
+    if held is not None:
+        if held.object_key != stored.key:
+            _undo(clinic=clinic, size=size, stored=stored)  # the same file was already held
+        raise admission.held_error(held=held)
     # Registered after our transaction closed: a failing enqueue must never undo a committed ingest
     # (robust callbacks only log), and the replication sweep catches anything lost here.
     _after_commit(instance=instance)
