@@ -145,6 +145,26 @@ def quarantined_discard(
     transaction.on_commit(partial(tasks.replica_purge.delay, clinic_id=clinic.pk, key=held.object_key), robust=True)
 
 
+def quarantine_destroy_all(*, clinic: Clinic) -> int:
+    """Erase every held instance of a clinic whose data is destroyed: objects in both stores, then rows.
+
+    Runs on the replica-admin worker (``billing.services.clinic_data_destroy``); returns how many.
+    """
+    held = list(
+        QuarantinedInstance.objects.for_clinic(clinic).values_list("pk", "object_key", "size_bytes", "resolution")
+    )
+    for _, key, _, resolution in held:
+        if resolution == QuarantinedInstance.Resolution.FILED:
+            continue  # its object is an instance's now, purged with its study
+        for store in ("primary", "replica"):
+            with contextlib.suppress(ObjectMissing):
+                objects.object_delete(clinic=clinic, key=key, store=store)
+    unresolved = sum(size for _, _, size, resolution in held if not resolution)
+    ingest.quota_release(clinic=clinic, size_bytes=unresolved)
+    QuarantinedInstance.objects.for_clinic(clinic).delete()
+    return len(held)
+
+
 def quarantined_replicate(*, held: QuarantinedInstance) -> bool:
     """Copy a held instance's object to the replica; False when done already or decided meanwhile."""
     from studies.backup import replication

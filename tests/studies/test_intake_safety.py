@@ -440,3 +440,20 @@ def test_zip_upload_with_room_left_is_still_queued(
     assert response.status_code == HTTPStatus.ACCEPTED
     assert UploadBatch.objects.get().status == "queued"
     assert len(callbacks) >= 1
+
+
+def test_destroying_a_clinics_data_erases_its_held_instances_too(clinic, first_patient_study, tmp_path):
+    from billing import services as billing_services
+    from studies.errors import PatientMismatch
+    from studies.ingest import instance_ingest
+
+    with pytest.raises(PatientMismatch):
+        instance_ingest(clinic=clinic, source_path=str(other_patient_file(tmp_path, first_patient_study)))
+    held = QuarantinedInstance.objects.get()
+    tasks.quarantined_replicate(clinic_id=clinic.pk, held_id=held.pk)
+
+    billing_services.clinic_data_destroy(clinic=clinic)
+
+    assert not QuarantinedInstance.objects.exists()
+    assert not stores.get_store("primary").exists(held.object_key)
+    assert not stores.get_store("replica").exists(held.object_key)

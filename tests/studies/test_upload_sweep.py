@@ -18,8 +18,13 @@ from studies import tasks, uploads
 from studies.archive import stores
 from studies.models import Instance, UploadBatch, UploadItem
 from tests.dicom_files import write_ct
+from tests.studies import test_backup_faults as faults
 from tests.studies.backup_support import celery_eager
-from tests.studies.test_backup_faults import _wait_for, broker_url, worker_factory  # noqa: F401 - fixtures
+
+# The real worker subprocess of the backup fault tests, shared as fixtures.
+broker_url = faults.broker_url
+worker_factory = faults.worker_factory
+_wait_for = faults._wait_for
 
 postgresql_only = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="the worker subprocess shares the test's PostgreSQL database"
