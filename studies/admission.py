@@ -50,23 +50,37 @@ def instance_admit_or_hold(
     source: str,
     request: HttpRequest | None = None,
     actor: User | None = None,
+    upload_link: Any = None,
 ) -> QuarantinedInstance | None:
     """Apply the admission rules to a stored object; return its quarantine entry when it is held.
 
     None means: write its index rows now (in the same transaction). A held entry whose ``object_key``
     is not ``stored.key`` is the same file held earlier; the caller deletes the new copy.
     """
-    reason = instance_admit(clinic=clinic, parsed=parsed, request=request, actor=actor)
+    upload_link = upload_link or upload_link_of(request)
+    reason = instance_admit(clinic=clinic, parsed=parsed, request=request, actor=actor, upload_link=upload_link)
     if reason is None:
         return None
     held, _ = instance_hold(
-        clinic=clinic, parsed=parsed, stored=stored, reason=reason, source=source, request=request, actor=actor
+        clinic=clinic,
+        parsed=parsed,
+        stored=stored,
+        reason=reason,
+        source=source,
+        request=request,
+        actor=actor,
+        upload_link=upload_link,
     )
     return held
 
 
 def instance_admit(
-    *, clinic: Clinic, parsed: dicom.ParsedInstance, request: HttpRequest | None = None, actor: User | None = None
+    *,
+    clinic: Clinic,
+    parsed: dicom.ParsedInstance,
+    request: HttpRequest | None = None,
+    actor: User | None = None,
+    upload_link: Any = None,
 ) -> str | None:
     """Decide whether the instance may join the index; return a quarantine reason to hold it instead.
 
@@ -81,7 +95,9 @@ def instance_admit(
         .filter(study_instance_uid=parsed.study_instance_uid)
         .first()
     )
-    if upload_link_of(request) is not None and _already_known(clinic=clinic, parsed=parsed, study=study):
+    if (upload_link or upload_link_of(request)) is not None and _already_known(
+        clinic=clinic, parsed=parsed, study=study
+    ):
         return Reason.OUTSIDE_SENDER
     if study is None:
         return None
@@ -153,12 +169,14 @@ def instance_hold(
     source: str,
     request: HttpRequest | None = None,
     actor: User | None = None,
+    upload_link: Any = None,
 ) -> tuple[QuarantinedInstance, bool]:
     """Record a stored object as held in quarantine (audited); return it and whether it is new.
 
     The same file sent again (same SOP Instance UID and content, still held) is not held twice: the
     caller deletes the new copy and gives back its quota. Runs in the caller's transaction.
     """
+    upload_link = upload_link or upload_link_of(request)
     again = (
         QuarantinedInstance.objects.for_clinic(clinic)
         .filter(sop_instance_uid=parsed.sop_instance_uid, sha256=stored.sha256, resolved_at__isnull=True)
@@ -171,7 +189,7 @@ def instance_hold(
         clinic=clinic,
         reason=reason,
         source=source,
-        upload_link=upload_link_of(request),
+        upload_link=upload_link,
         sop_instance_uid=parsed.sop_instance_uid,
         series_instance_uid=parsed.series_instance_uid,
         study_instance_uid=parsed.study_instance_uid,
@@ -189,7 +207,7 @@ def instance_hold(
         action="instance.quarantined",
         request=request,
         actor=actor,
-        actor_label="" if upload_link_of(request) is None else f"upload_link:{upload_link_of(request).uuid}",
+        actor_label="" if upload_link is None else f"upload_link:{upload_link.uuid}",
         object_type="quarantined_instance",
         object_id=str(held.uuid),
         details={"reason": reason, "source": source, "study": str(study.uuid) if study else ""},

@@ -66,17 +66,19 @@ def instance_ingest(
     actor: User | None = None,
     dicom_node: Any = None,
     anonymize_project: Any = None,
+    upload_link: Any = None,
 ) -> IngestResult:
     """Validate, store and index one DICOM file; return whether it was stored or already present.
 
     When the clinic, the request's API token or upload link, or the DICOM node says "anonymize on
     ingest" (or ``anonymize_project`` is given), only an anonymized copy is stored: the original is
-    never written.
+    never written. ``upload_link`` (or the request's) marks an outside sender (``studies.admission``).
 
     Raises InvalidDicom (nothing stored), InstanceConflict (audited; the stored instance untouched),
     QuotaExceeded (the message says how much space is left, or why uploads are paused) and the
     archive's StorageUnavailable.
     """
+    upload_link = upload_link or admission.upload_link_of(request)
     project = None
     if source != "anonymize":
         from studies.anonymize import services as anonymize
@@ -85,15 +87,17 @@ def instance_ingest(
             clinic=clinic,
             api_token=getattr(request, "api_token", None),
             dicom_node=dicom_node,
-            upload_link=getattr(request, "upload_link", None),
+            upload_link=upload_link,
         )
     if project is None:
-        return _ingest_file(clinic=clinic, source_path=source_path, source=source, request=request, actor=actor)
+        return _ingest_file(clinic=clinic, source_path=source_path, source=source, request=request, actor=actor,
+                            upload_link=upload_link)
     # A broken file is refused for what it is, before anonymization could hide why.
     dicom.parse_instance(source_path)
     anonymized_path, anonymized = anonymize.anonymize_for_ingest(project=project, source_path=source_path)
     try:
-        result = _ingest_file(clinic=clinic, source_path=anonymized_path, source=source, request=request, actor=actor)
+        result = _ingest_file(clinic=clinic, source_path=anonymized_path, source=source, request=request, actor=actor,
+                              upload_link=upload_link)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(anonymized_path)
@@ -103,14 +107,15 @@ def instance_ingest(
 
 
 def _ingest_file(
-    *, clinic: Clinic, source_path: str, source: str, request: HttpRequest | None, actor: User | None
+    *, clinic: Clinic, source_path: str, source: str, request: HttpRequest | None, actor: User | None,
+    upload_link: Any = None,
 ) -> IngestResult:
     parsed = dicom.parse_instance(source_path)
     size = os.path.getsize(source_path)
 
     existing = _existing_instance(clinic=clinic, sop_instance_uid=parsed.sop_instance_uid)
     # An outside sender's different file under a stored UID is held (studies.admission), not refused.
-    if existing is not None and (admission.upload_link_of(request) is None or _sha256(source_path) == existing.sha256):
+    if existing is not None and (upload_link is None or _sha256(source_path) == existing.sha256):
         return _duplicate(clinic=clinic, existing=existing, source_path=source_path, request=request, actor=actor)
 
     from billing import selectors as billing_selectors
@@ -130,7 +135,7 @@ def _ingest_file(
         with transaction.atomic():
             # Trash, patient identity and outside-sender rules: a held file goes to quarantine, unindexed.
             held = admission.instance_admit_or_hold(clinic=clinic, parsed=parsed, stored=stored, source=source,
-                                                    request=request, actor=actor)
+                                                    request=request, actor=actor, upload_link=upload_link)
             if held is None:
                 instance, study_created = instance_index_write(clinic=clinic, parsed=parsed, stored=stored,
                                                                instance_uuid=object_uuid)

@@ -246,6 +246,10 @@ class UploadBatch(models.Model):
         "studies.AnonymizationProject", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="Members are anonymized under this project before they are stored.",
     )
+    upload_link = models.ForeignKey(
+        "studies.UploadLink", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Sent by an outside sender through this link: its members never join stored studies.",
+    )
     message = models.CharField(max_length=500, blank=True, help_text="Why the whole archive failed.")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

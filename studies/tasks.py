@@ -87,7 +87,7 @@ def upload_zip_extract(self, clinic_id: int, batch_id: int) -> None:
     from studies.archive.errors import StorageUnavailable
     from studies.models import UploadBatch
 
-    batch = UploadBatch.objects.for_clinic(clinic_id).select_related("clinic", "created_by").filter(pk=batch_id).first()
+    batch = UploadBatch.objects.for_clinic(clinic_id).select_related("clinic", "created_by", "upload_link").filter(pk=batch_id).first()
     if batch is None or batch.status in (UploadBatch.Status.DONE, UploadBatch.Status.FAILED):
         return  # deleted meanwhile, or finished by an earlier delivery
     try:

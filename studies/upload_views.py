@@ -197,7 +197,7 @@ def _stage_zip(request: ClinicRequest, *, path: str, name: str, size: int, anony
     with open(path, "rb") as source:
         batch = uploads.upload_zip_stage(
             clinic=request.clinic, source=source, name=name, size=size, created_by=_user(request),
-            anonymize_project=anonymize_project,
+            anonymize_project=anonymize_project, upload_link=getattr(request, "upload_link", None),
         )
     transaction.on_commit(partial(tasks.upload_zip_extract.delay, clinic_id=request.clinic.pk, batch_id=batch.pk))
     return batch

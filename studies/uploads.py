@@ -77,7 +77,7 @@ def is_zip_file(path: str) -> bool:
 
 def upload_zip_stage(
     *, clinic: Clinic, source: BinaryIO, name: str, size: int, created_by: User | None,
-    anonymize_project: Any = None,
+    anonymize_project: Any = None, upload_link: Any = None,
 ) -> UploadBatch:
     """Store an uploaded archive encrypted in the primary store and record its batch (queued).
 
@@ -96,6 +96,7 @@ def upload_zip_stage(
         archive_size=size,
         staging_key=stored.key,
         anonymize_project=anonymize_project,
+        upload_link=upload_link,
     )
     from studies import tasks
 
@@ -347,7 +348,7 @@ def _member_ingest(
         try:
             result = ingest.instance_ingest(
                 clinic=clinic, source_path=member.name, source="upload-zip", actor=batch.created_by,
-                anonymize_project=batch.anonymize_project,
+                anonymize_project=batch.anonymize_project, upload_link=batch.upload_link,
             )
         except (DicomDirectory, NotDicom) as exc:
             return Outcome.SKIPPED, exc.message, None, inflated

@@ -389,6 +389,33 @@ def test_upload_link_answers_a_stored_sop_or_series_uid_like_a_new_file(
     assert QuarantinedInstance.objects.count() == 2
 
 
+def test_upload_link_zip_members_never_join_an_existing_study(
+    client, clinic, link_token, first_patient_study, tmp_path, django_capture_on_commit_callbacks
+):
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(
+            "IMG/1",
+            write_ct(
+                tmp_path / "in-study.dcm",
+                study_uid=first_patient_study.study_instance_uid,
+                patient_id="PAT-A",
+                patient_name="Alpha^Ann",
+            ).read_bytes(),
+        )
+        zf.writestr("IMG/2", write_ct(tmp_path / "new.dcm").read_bytes())
+
+    response = link_upload(client, link_token, archive)
+    batch = UploadBatch.objects.get()
+    tasks.upload_zip_extract(clinic_id=clinic.pk, batch_id=batch.pk)
+
+    assert response.status_code == HTTPStatus.ACCEPTED
+    assert Instance.objects.for_clinic(clinic).filter(series__study=first_patient_study).count() == 1
+    assert Instance.objects.for_clinic(clinic).count() == 2  # the new study's file is stored
+    held = QuarantinedInstance.objects.get()
+    assert held.reason == "outside_sender" and held.upload_link == batch.upload_link
+
+
 # --- 5. ZIP archives past a full quota --------------------------------------------------------------
 
 
