@@ -390,6 +390,7 @@ def clinic_data_destroy(*, clinic: Clinic) -> None:
     survive anywhere (a replica version kept by Object Lock, a backup of the database) can be read.
     Runs on the replica-admin worker, the one holding the replica's delete rights. Safe to run twice.
     """
+    from studies import quarantine
     from studies import services as study_services
     from studies.archive import keys as archive_keys
     from studies.archive import stores
@@ -398,6 +399,8 @@ def clinic_data_destroy(*, clinic: Clinic) -> None:
     Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).update(deleted_at=timezone.now())
     for study_id in Study.objects.for_clinic(clinic).values_list("pk", flat=True):
         study_services.study_purge(clinic=clinic, study_id=study_id)
+    # Instances held for review are stored too (studies.quarantine).
+    quarantine.quarantine_destroy_all(clinic=clinic)
     for row in ClinicKey.objects.for_clinic(clinic):
         document = archive_keys.key_document_key(clinic_uuid=clinic.uuid, key_id=row.key_id)
         for store_name in stores.STORE_NAMES:

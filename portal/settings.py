@@ -244,6 +244,8 @@ UPLOAD_ZIP_MAX_MEMBERS = env_int("UPLOAD_ZIP_MAX_MEMBERS", 20000)
 UPLOAD_ZIP_MAX_TOTAL_BYTES = env_int("UPLOAD_ZIP_MAX_TOTAL_BYTES", 50 * 1000**3)
 UPLOAD_ZIP_MAX_MEMBER_BYTES = env_int("UPLOAD_ZIP_MAX_MEMBER_BYTES", 4 * 1000**3)
 UPLOAD_ZIP_MAX_RATIO = env_int("UPLOAD_ZIP_MAX_RATIO", 200)
+# A queued or unpacking archive untouched this long (lost message, killed worker) is handed out again.
+UPLOAD_ZIP_STALE_SECONDS = env_int("UPLOAD_ZIP_STALE_SECONDS", 900)
 
 # Object stores: file:///path or s3://bucket?endpoint_url=...&region_name=...
 PRIMARY_STORE_URL = env_str("PRIMARY_STORE_URL", (VAR_DIR / "primary").as_uri())
@@ -376,6 +378,8 @@ LOGGING = {
 # Trash: a deleted study stays restorable this many days, then the periodic purge erases it.
 TRASH_DAYS = env_int("TRASH_DAYS", 30)
 CELERY_BEAT_SCHEDULE["studies-trash-purge"] = {"task": "studies.tasks.studies_trash_purge", "schedule": 3600.0}
+# Stalled ZIP unpacking, and replica copies of staged archives and quarantined instances (README "Uploading").
+CELERY_BEAT_SCHEDULE["studies-intake-sweep"] = {"task": "studies.tasks.intake_sweep", "schedule": 60.0}
 
 # Backup and recovery (issue 4; README "Backup and recovery").
 # sync: an upload is acknowledged once both stores hold it (falls back to pending + alert if the replica is down).

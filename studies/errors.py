@@ -5,6 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 
 from portal.exceptions import PortalError
+from studies.archive.errors import StorageUnavailable
 
 
 class InvalidDicom(PortalError):
@@ -38,3 +39,26 @@ class DicomDirectory(InvalidDicom):
     """The file is a DICOMDIR, the index of a CD or DVD: nothing to store, skipped."""
 
     code = "dicomdir"
+
+
+class InstanceHeld(InvalidDicom):
+    """The file was kept in quarantine for review instead of being filed (``studies.admission``)."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "held_for_review"
+
+
+class PatientMismatch(InstanceHeld):
+    """The file's patient differs from that of the stored study with its Study Instance UID: held for review."""
+
+    code = "patient_mismatch"
+
+
+class StudyBeingPurged(StorageUnavailable):
+    """The file's study is being erased from the trash right now; sending again shortly stores it anew.
+
+    A StorageUnavailable, so every way in answers it as "try again" (upload 503, STOW processing failure,
+    C-STORE 0xA700) and the ZIP task retries it.
+    """
+
+    code = "study_being_purged"

@@ -34,7 +34,7 @@ from django.db.models.functions import Greatest
 from django.http import HttpRequest
 from django.utils import timezone
 
-from studies import dicom
+from studies import admission, dicom
 from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
 from studies.models import Instance, Patient, Series, Study
 from studies.outbound import routing
@@ -67,17 +67,19 @@ def instance_ingest(
     actor: User | None = None,
     dicom_node: Any = None,
     anonymize_project: Any = None,
+    upload_link: Any = None,
 ) -> IngestResult:
     """Validate, store and index one DICOM file; return whether it was stored or already present.
 
     When the clinic, the request's API token or upload link, or the DICOM node says "anonymize on
     ingest" (or ``anonymize_project`` is given), only an anonymized copy is stored: the original is
-    never written.
+    never written. ``upload_link`` (or the request's) marks an outside sender (``studies.admission``).
 
     Raises InvalidDicom (nothing stored), InstanceConflict (audited; the stored instance untouched),
     QuotaExceeded (the message says how much space is left, or why uploads are paused) and the
     archive's StorageUnavailable.
     """
+    upload_link = upload_link or admission.upload_link_of(request)
     project = None
     if source != "anonymize":
         from studies.anonymize import services as anonymize
@@ -86,18 +88,18 @@ def instance_ingest(
             clinic=clinic,
             api_token=getattr(request, "api_token", None),
             dicom_node=dicom_node,
-            upload_link=getattr(request, "upload_link", None),
+            upload_link=upload_link,
         )
     calling_ae_title = getattr(dicom_node, "ae_title", "")
     if project is None:
         return _ingest_file(clinic=clinic, source_path=source_path, source=source, request=request, actor=actor,
-                            calling_ae_title=calling_ae_title)
+                            upload_link=upload_link, calling_ae_title=calling_ae_title)
     # A broken file is refused for what it is, before anonymization could hide why.
     dicom.parse_instance(source_path)
     anonymized_path, anonymized = anonymize.anonymize_for_ingest(project=project, source_path=source_path)
     try:
         result = _ingest_file(clinic=clinic, source_path=anonymized_path, source=source, request=request, actor=actor,
-                              calling_ae_title=calling_ae_title)
+                              upload_link=upload_link, calling_ae_title=calling_ae_title)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(anonymized_path)
@@ -108,13 +110,14 @@ def instance_ingest(
 
 def _ingest_file(
     *, clinic: Clinic, source_path: str, source: str, request: HttpRequest | None, actor: User | None,
-    calling_ae_title: str = "",
+    upload_link: Any = None, calling_ae_title: str = "",
 ) -> IngestResult:
     parsed = dicom.parse_instance(source_path)
     size = os.path.getsize(source_path)
 
     existing = _existing_instance(clinic=clinic, sop_instance_uid=parsed.sop_instance_uid)
-    if existing is not None:
+    # An outside sender's different file under a stored UID is held (studies.admission), not refused.
+    if existing is not None and (upload_link is None or _sha256(source_path) == existing.sha256):
         return _duplicate(clinic=clinic, existing=existing, source_path=source_path, request=request, actor=actor)
 
     from billing import selectors as billing_selectors
@@ -132,11 +135,15 @@ def _ingest_file(
             object_uuid = uuid.uuid4()
             stored = replication.object_put_for_ingest(clinic=clinic, source=fileobj, object_uuid=object_uuid)
         with transaction.atomic():
-            instance, study_created = instance_index_write(clinic=clinic, parsed=parsed, stored=stored,
-                                                           instance_uuid=object_uuid)
-            routing.instances_route(clinic=clinic, instances=[instance], source=source,
-                                    calling_ae_title=calling_ae_title)
-            if study_created:
+            # Trash, patient identity and outside-sender rules: a held file goes to quarantine, unindexed.
+            held = admission.instance_admit_or_hold(clinic=clinic, parsed=parsed, stored=stored, source=source,
+                                                    request=request, actor=actor, upload_link=upload_link)
+            if held is None:
+                instance, study_created = instance_index_write(clinic=clinic, parsed=parsed, stored=stored,
+                                                               instance_uuid=object_uuid)
+                routing.instances_route(clinic=clinic, instances=[instance], source=source,
+                                        calling_ae_title=calling_ae_title)
+            if held is None and study_created:
                 audit_record(
                     clinic=clinic,
                     action="study.stored",
@@ -156,6 +163,10 @@ def _ingest_file(
     except BaseException:
         _undo(clinic=clinic, size=size, stored=stored)
         raise
+    if held is not None:
+        if held.object_key != stored.key:
+            _undo(clinic=clinic, size=size, stored=stored)  # the same file was already held
+        raise admission.held_error(held=held)
     # Registered after our transaction closed: a failing enqueue must never undo a committed ingest
     # (robust callbacks only log), and the replication sweep catches anything lost here.
     _after_commit(instance=instance)

@@ -70,6 +70,9 @@ class Study(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
     deleted_at = models.DateTimeField(null=True, blank=True, help_text="In the trash since.")
     deleted_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    purge_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="The purge began erasing its objects: it can no longer be restored."
+    )
 
     objects = ClinicQuerySet.as_manager()
 
@@ -246,9 +249,16 @@ class UploadBatch(models.Model):
         "studies.AnonymizationProject", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="Members are anonymized under this project before they are stored.",
     )
+    upload_link = models.ForeignKey(
+        "studies.UploadLink", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Sent by an outside sender through this link: its members never join stored studies.",
+    )
     message = models.CharField(max_length=500, blank=True, help_text="Why the whole archive failed.")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Touched by the worker after every member; a queued or running batch left untouched is swept.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    staging_replicated_at = models.DateTimeField(null=True, blank=True, help_text="The staged archive is on the replica.")
 
     objects = ClinicQuerySet.as_manager()
 
@@ -278,6 +288,55 @@ class UploadItem(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["batch", "name"], name="upload_item_unique_name")]
+
+
+class QuarantinedInstance(models.Model):
+    """A received instance held out of the index until someone decides where it belongs.
+
+    Its encrypted object is in the primary store (and replicated) like any instance's, and counts toward
+    the quota; it is not searchable, viewable or shareable until an owner or admin files it into its
+    study or discards it (``studies.quarantine``).
+    """
+
+    class Reason(models.TextChoices):
+        PATIENT_MISMATCH = "patient_mismatch", "Patient differs from the study's"
+        OUTSIDE_SENDER = "outside_sender", "Upload link file for a study, series or instance already stored"
+
+    class Resolution(models.TextChoices):
+        FILED = "filed", "Filed into its study"
+        DISCARDED = "discarded", "Discarded"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    clinic = models.ForeignKey(Clinic, on_delete=models.PROTECT, related_name="+")
+    reason = models.CharField(max_length=32, choices=Reason.choices)
+    source = models.CharField(max_length=32, blank=True, help_text="upload, upload-zip, dicomweb, dimse, upload-link.")
+    received_at = models.DateTimeField(default=timezone.now)
+    upload_link = models.ForeignKey(
+        "studies.UploadLink", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    sop_instance_uid = models.CharField(max_length=64)
+    series_instance_uid = models.CharField(max_length=64)
+    study_instance_uid = models.CharField(max_length=64)
+    patient_id = models.CharField(max_length=64, blank=True)
+    patient_name = models.CharField(max_length=324, blank=True)
+    patient_birth_date = models.DateField(null=True, blank=True)
+    study = models.ForeignKey(
+        Study, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The stored study it collided with.",
+    )
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    object_key = models.CharField(max_length=255, unique=True)
+    key_id = models.CharField(max_length=64)
+    replicated_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    resolution = models.CharField(max_length=16, choices=Resolution.choices, blank=True)
+
+    objects = ClinicQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["clinic", "resolved_at", "-received_at"], name="quarantine_open")]
 
 
 # Anonymization models live with their capability; importing them here registers them with the app.

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Sum, Value
+from django.db.models import F, Q, Sum, Value
 from django.db.models.functions import Greatest
 from django.http import HttpRequest
 from django.utils import timezone
@@ -52,19 +52,23 @@ def study_delete(*, clinic: Clinic, study: Study, actor: User | None = None,
 
 @transaction.atomic
 def study_restore(*, clinic: Clinic, study: Study, actor: User | None = None,
-                  request: HttpRequest | None = None) -> Study:
-    """Take a study out of the trash.
+                  request: HttpRequest | None = None, reason: str = "") -> Study:
+    """Take a study out of the trash; ``reason`` says why when it was not a person's choice.
 
-    Raises PortalError when it is not in the trash (restored already, or purged meanwhile).
+    Raises PortalError when it is not in the trash (restored already, or purged meanwhile) or when the
+    purge has begun erasing its objects.
     """
-    updated = Study.objects.for_clinic(clinic).filter(pk=study.pk, deleted_at__isnull=False).update(
-        deleted_at=None, deleted_by=None
-    )
+    # One conditional UPDATE: the purge claims the study the same way, so exactly one of them wins.
+    updated = Study.objects.for_clinic(clinic).filter(
+        pk=study.pk, deleted_at__isnull=False, purge_started_at__isnull=True
+    ).update(deleted_at=None, deleted_by=None)
     if not updated:
+        if Study.objects.for_clinic(clinic).filter(pk=study.pk, purge_started_at__isnull=False).exists():
+            raise PortalError("This study is being erased from the trash; it can no longer be restored.")
         raise PortalError("This study is not in the trash any more.")
     study.refresh_from_db(fields=["deleted_at", "deleted_by"])
     audit_record(clinic=clinic, action="study.restored", request=request, actor=actor, object_type="study",
-                 object_id=str(study.uuid))
+                 object_id=str(study.uuid), details={"reason": reason} if reason else None)
     return study
 
 
@@ -76,14 +80,21 @@ def _delete_object(*, clinic: Clinic, key: str, store: str) -> None:
         pass
 
 
-def study_purge(*, clinic: Clinic, study_id: int) -> bool:
+def study_purge(*, clinic: Clinic, study_id: int, deleted_before: datetime | None = None) -> bool:
     """Delete a trashed study for good: its objects in both stores, its index rows, its quota use.
 
-    Objects go first and rows last, so an interrupted purge leaves a trashed study that the next run
-    finishes; a study already purged (or restored meanwhile) is left alone. Returns whether it purged.
+    The purge first claims the study (``purge_started_at``, one conditional UPDATE): from then on a
+    restore is refused and new files for it are turned away, so no live study can lose its objects.
+    ``deleted_before`` (the periodic purge's cutoff) leaves alone a study trashed again since it was
+    queued. Objects go first and rows last, each object re-checked just before it is deleted, so an
+    interrupted purge leaves a claimed study that the next run finishes. Returns whether it purged.
     Raises StorageUnavailable when a store cannot be reached (the task retries).
     """
-    study = Study.objects.for_clinic(clinic).filter(pk=study_id, deleted_at__isnull=False).first()
+    trashed = Study.objects.for_clinic(clinic).filter(pk=study_id, deleted_at__isnull=False)
+    if deleted_before is not None:
+        trashed = trashed.filter(Q(deleted_at__lte=deleted_before) | Q(purge_started_at__isnull=False))
+    trashed.filter(purge_started_at__isnull=True).update(purge_started_at=timezone.now())
+    study = trashed.filter(purge_started_at__isnull=False).first()
     if study is None:
         return False
     keys = list(Instance.objects.for_clinic(clinic).filter(series__study=study).values_list("object_key", flat=True))
@@ -92,6 +103,10 @@ def study_purge(*, clinic: Clinic, study_id: int) -> bool:
         .values_list("thumbnail_key", flat=True)
     )
     for key in keys:
+        if not _purge_still_owns(clinic=clinic, study_id=study_id, key=key):
+            logger.error("purge of study %s of clinic %s stopped: object %s is no longer the purge's",
+                         study.uuid, clinic.pk, key)
+            return False
         _delete_object(clinic=clinic, key=key, store="primary")
         # The replica is deleted through the replica's own store (and credentials).
         _delete_object(clinic=clinic, key=key, store="replica")
@@ -99,10 +114,9 @@ def study_purge(*, clinic: Clinic, study_id: int) -> bool:
         _delete_object(clinic=clinic, key=key, store="primary")
 
     with transaction.atomic():
-        # Lock the study row: a restore racing with the purge either wins (and we stop) or waits.
         study = (
             Study.objects.for_clinic(clinic).select_for_update()
-            .filter(pk=study_id, deleted_at__isnull=False).first()
+            .filter(pk=study_id, deleted_at__isnull=False, purge_started_at__isnull=False).first()
         )
         if study is None:
             return False
@@ -121,3 +135,12 @@ def study_purge(*, clinic: Clinic, study_id: int) -> bool:
                      details={"instances": count, "freed_bytes": freed})
     logger.info("purged study %s of clinic %s: %d instances, %d bytes", study_uuid, clinic.pk, count, freed)
     return True
+
+
+def _purge_still_owns(*, clinic: Clinic, study_id: int, key: str) -> bool:
+    """Say whether ``key`` still belongs to a study claimed by the purge (checked before each delete)."""
+    return Instance.objects.for_clinic(clinic).filter(
+        object_key=key, series__study_id=study_id, series__study__deleted_at__isnull=False,
+        series__study__purge_started_at__isnull=False,
+    ).exists()
+

@@ -32,6 +32,11 @@ def series_thumbnail_render(self, clinic_id: int, series_id: int) -> None:
 @shared_task(acks_late=True, bind=True, max_retries=8)
 def study_purge(self, clinic_id: int, study_id: int) -> None:
     """Erase one trashed study whose time in the trash is over (objects, replica, rows, quota)."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
     from studies import services
     from studies.archive.errors import StorageUnavailable
     from tenants.models import Clinic
@@ -39,8 +44,10 @@ def study_purge(self, clinic_id: int, study_id: int) -> None:
     clinic = Clinic.objects.filter(pk=clinic_id).first()
     if clinic is None:
         return
+    # Re-checked at run time: a study restored and trashed again since this message was queued stays.
+    cutoff = timezone.now() - timedelta(days=settings.TRASH_DAYS)
     try:
-        services.study_purge(clinic=clinic, study_id=study_id)
+        services.study_purge(clinic=clinic, study_id=study_id, deleted_before=cutoff)
     except StorageUnavailable as exc:
         raise self.retry(exc=exc, countdown=min(3600, 30 * 2**self.request.retries)) from exc
 
@@ -80,7 +87,7 @@ def upload_zip_extract(self, clinic_id: int, batch_id: int) -> None:
     from studies.archive.errors import StorageUnavailable
     from studies.models import UploadBatch
 
-    batch = UploadBatch.objects.for_clinic(clinic_id).select_related("clinic", "created_by").filter(pk=batch_id).first()
+    batch = UploadBatch.objects.for_clinic(clinic_id).select_related("clinic", "created_by", "upload_link").filter(pk=batch_id).first()
     if batch is None or batch.status in (UploadBatch.Status.DONE, UploadBatch.Status.FAILED):
         return  # deleted meanwhile, or finished by an earlier delivery
     try:
@@ -125,3 +132,65 @@ def anonymization_instance(self, clinic_id: int, job_id: int, instance_id: int) 
         services.job_instance_process(job=job, instance=instance)
     except StorageUnavailable as exc:
         raise self.retry(exc=exc, countdown=min(600, 10 * 2**self.request.retries)) from exc
+
+
+# --- Intake safety: staged archives and quarantined instances are backed up and never stall ----------
+
+
+@shared_task(acks_late=True, bind=True, max_retries=10)
+def upload_staging_replicate(self, clinic_id: int, batch_id: int) -> bool:
+    """Copy one staged ZIP archive to the replica (the intake sweep re-queues any copy lost here)."""
+    from studies import uploads
+    from studies.archive.errors import ObjectMissing, StorageUnavailable
+    from studies.models import UploadBatch
+
+    batch = UploadBatch.objects.for_clinic(clinic_id).filter(pk=batch_id).first()
+    if batch is None:
+        return False
+    try:
+        return uploads.upload_staging_replicate(batch=batch)
+    except ObjectMissing:
+        return False  # unpacked and deleted meanwhile
+    except StorageUnavailable as exc:
+        raise self.retry(exc=exc, countdown=min(600, 10 * 2**self.request.retries)) from exc
+
+
+@shared_task(acks_late=True, bind=True, max_retries=10)
+def quarantined_replicate(self, clinic_id: int, held_id: int) -> bool:
+    """Copy one quarantined instance's object to the replica."""
+    from studies import quarantine
+    from studies.archive.errors import ObjectMissing, StorageUnavailable
+    from studies.models import QuarantinedInstance
+
+    held = QuarantinedInstance.objects.for_clinic(clinic_id).filter(pk=held_id).first()
+    if held is None:
+        return False
+    try:
+        return quarantine.quarantined_replicate(held=held)
+    except ObjectMissing:
+        return False  # discarded meanwhile
+    except StorageUnavailable as exc:
+        raise self.retry(exc=exc, countdown=min(600, 10 * 2**self.request.retries)) from exc
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def intake_sweep() -> dict[str, int]:
+    """Every minute (beat): re-queue stalled ZIP unpacking and missing replica copies of staged archives
+    and quarantined instances, as the replication sweep does for instances."""
+    from datetime import timedelta
+
+    from django.conf import settings
+
+    from studies import quarantine, uploads
+
+    stale = uploads.upload_batches_stale(older_than=timedelta(seconds=settings.UPLOAD_ZIP_STALE_SECONDS))
+    for clinic_id, batch_id in stale:
+        upload_zip_extract.delay(clinic_id=clinic_id, batch_id=batch_id)
+    age = timedelta(seconds=settings.REPLICATION_SWEEP_AGE_SECONDS)
+    staged = uploads.upload_staging_pending(older_than=age)
+    for clinic_id, batch_id in staged:
+        upload_staging_replicate.delay(clinic_id=clinic_id, batch_id=batch_id)
+    held = list(quarantine.quarantine_pending_replication(older_than=age).values_list("clinic_id", "pk")[:1000])
+    for clinic_id, held_id in held:
+        quarantined_replicate.delay(clinic_id=clinic_id, held_id=held_id)
+    return {"batches": len(stale), "staged": len(staged), "quarantined": len(held)}

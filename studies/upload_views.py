@@ -28,7 +28,15 @@ from django.views.decorators.http import require_GET, require_POST
 from portal.exceptions import PortalError
 from studies import ingest, tasks, uploads
 from studies.archive.errors import StorageUnavailable
-from studies.errors import DicomDirectory, InstanceConflict, InvalidDicom, NotDicom, QuotaExceeded
+from studies.errors import (
+    DicomDirectory,
+    InstanceConflict,
+    InstanceHeld,
+    InvalidDicom,
+    NotDicom,
+    QuotaExceeded,
+    StudyBeingPurged,
+)
 from studies.models import Study, UploadBatch, UploadItem
 from tenants.middleware import ClinicRequest
 from tenants.models import Clinic, User
@@ -94,6 +102,8 @@ class UploadAnswer:
     study: Study | None = None
     # The archive's batch, when a ZIP archive was queued for unpacking.
     batch: UploadBatch | None = None
+    # Kept in quarantine for review rather than filed (studies.admission); outcome "rejected" for the clinic.
+    held: bool = False
 
 
 def upload_receive(request: ClinicRequest, *, upload: UploadedFile | None, name: str = "") -> UploadAnswer:
@@ -127,6 +137,10 @@ def upload_receive(request: ClinicRequest, *, upload: UploadedFile | None, name:
         return UploadAnswer("skipped", exc.message)
     except NotDicom as exc:
         return UploadAnswer("rejected", exc.message, HTTPStatus.UNPROCESSABLE_ENTITY)
+    except InstanceHeld as exc:
+        return UploadAnswer("rejected", exc.message, HTTPStatus.UNPROCESSABLE_ENTITY, held=True)
+    except StudyBeingPurged as exc:
+        return UploadAnswer("error", exc.message, HTTPStatus.SERVICE_UNAVAILABLE)
     except (InvalidDicom, InstanceConflict, QuotaExceeded) as exc:
         return UploadAnswer(
             "rejected",
@@ -153,6 +167,8 @@ def upload_file(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     _require_upload(request)
     answer = upload_receive(request, upload=request.FILES.get("file"), name=request.POST.get("path") or "")
     extra: dict[str, object] = {}
+    if answer.held:
+        extra["held"] = True
     if answer.study is not None:
         extra["study"] = str(answer.study.uuid)
         extra["study_url"] = reverse(
@@ -181,7 +197,7 @@ def _stage_zip(request: ClinicRequest, *, path: str, name: str, size: int, anony
     with open(path, "rb") as source:
         batch = uploads.upload_zip_stage(
             clinic=request.clinic, source=source, name=name, size=size, created_by=_user(request),
-            anonymize_project=anonymize_project,
+            anonymize_project=anonymize_project, upload_link=getattr(request, "upload_link", None),
         )
     transaction.on_commit(partial(tasks.upload_zip_extract.delay, clinic_id=request.clinic.pk, batch_id=batch.pk))
     return batch

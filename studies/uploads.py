@@ -21,10 +21,13 @@ import uuid
 import zipfile
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
 from typing import Any, BinaryIO
 
 from django.conf import settings
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from portal.exceptions import PortalError
@@ -74,14 +77,18 @@ def is_zip_file(path: str) -> bool:
 
 def upload_zip_stage(
     *, clinic: Clinic, source: BinaryIO, name: str, size: int, created_by: User | None,
-    anonymize_project: Any = None,
+    anonymize_project: Any = None, upload_link: Any = None,
 ) -> UploadBatch:
     """Store an uploaded archive encrypted in the primary store and record its batch (queued).
 
-    The caller queues ``tasks.upload_zip_extract`` after commit. Raises StorageUnavailable.
+    The caller queues ``tasks.upload_zip_extract`` after commit; the staged archive is copied to the
+    replica after commit too (and swept, like instances). Raises QuotaExceeded at the door, before
+    anything is stored, when uploads are paused or the archive alone would pass the quota; and
+    StorageUnavailable.
     """
+    upload_zip_admit(clinic=clinic, size=size)
     stored = objects.object_put(clinic=clinic, source=source, object_uuid=uuid.uuid4())
-    return UploadBatch.objects.create(
+    batch = UploadBatch.objects.create(
         clinic=clinic,
         created_by=created_by,
         # The name is the sender's text: PostgreSQL refuses NUL bytes in it (a server error, found by fuzzing).
@@ -89,6 +96,79 @@ def upload_zip_stage(
         archive_size=size,
         staging_key=stored.key,
         anonymize_project=anonymize_project,
+        upload_link=upload_link,
+    )
+    from studies import tasks
+
+    transaction.on_commit(
+        partial(tasks.upload_staging_replicate.delay, clinic_id=clinic.pk, batch_id=batch.pk), robust=True
+    )
+    return batch
+
+
+def upload_zip_admit(*, clinic: Clinic, size: int) -> None:
+    """Refuse an archive at the door, with the single-file message, when it can't be stored.
+
+    Its members need at least the archive's own size once unpacked, so a quota with less than that left
+    (or paused uploads) refuses it now, instead of staging it to reject every member later. Each member
+    is still checked and reserved one by one as it is ingested.
+    """
+    from billing import selectors as billing_selectors
+
+    paused = billing_selectors.upload_block_reason(clinic=clinic)
+    if paused:
+        raise QuotaExceeded(paused)
+    row = Clinic.objects.filter(pk=clinic.pk).values("quota_bytes", "used_bytes").get()
+    left = max(row["quota_bytes"] - row["used_bytes"], 0)
+    if size > left:
+        raise QuotaExceeded(
+            f"Not enough storage left: this archive needs at least {ingest.format_bytes(size)} but only "
+            f"{ingest.format_bytes(left)} of the clinic's {ingest.format_bytes(row['quota_bytes'])} is free. "
+            "Free space or choose a larger plan.",
+            bytes_left=left,
+            bytes_needed=size,
+        )
+
+
+def upload_staging_replicate(*, batch: UploadBatch) -> bool:
+    """Copy a staged archive, still encrypted, to the replica; False when unpacked already or copied."""
+    from studies.backup import replication
+
+    if not batch.staging_key or batch.staging_replicated_at is not None:
+        return False
+    replication.object_copy(key=batch.staging_key)
+    return bool(
+        UploadBatch.objects.for_clinic(batch.clinic_id)
+        .filter(pk=batch.pk, staging_key=batch.staging_key, staging_replicated_at=None)
+        .update(staging_replicated_at=timezone.now())
+    )
+
+
+def upload_batches_stale(*, older_than: timedelta) -> list[tuple[int, int]]:
+    """Claim queued or unpacking archives nobody touched for ``older_than``; return (clinic_id, batch_id).
+
+    A lost queue message leaves a batch queued, a killed worker leaves it running: both are handed out
+    again. The claim moves ``heartbeat_at`` to now, so a batch is re-queued at most once per period
+    even while its message waits behind other work.
+    """
+    cutoff = timezone.now() - older_than
+    # Cross-clinic maintenance query: the intake sweep covers every clinic.
+    stale = UploadBatch.objects.filter(
+        status__in=[UploadBatch.Status.QUEUED, UploadBatch.Status.RUNNING]
+    ).filter(Q(heartbeat_at__lte=cutoff) | Q(heartbeat_at__isnull=True, created_at__lte=cutoff))
+    claimed = []
+    for batch_id, clinic_id, heartbeat_at in stale.values_list("pk", "clinic_id", "heartbeat_at")[:1000]:
+        if UploadBatch.objects.filter(pk=batch_id, heartbeat_at=heartbeat_at).update(heartbeat_at=timezone.now()):
+            claimed.append((clinic_id, batch_id))
+    return claimed
+
+
+def upload_staging_pending(*, older_than: timedelta) -> list[tuple[int, int]]:
+    """Staged archives not yet on the replica after ``older_than``: (clinic_id, batch_id)."""
+    # Cross-clinic maintenance query: the intake sweep covers every clinic.
+    return list(
+        UploadBatch.objects.filter(staging_replicated_at__isnull=True, created_at__lte=timezone.now() - older_than)
+        .exclude(staging_key="").values_list("clinic_id", "pk")[:1000]
     )
 
 
@@ -102,7 +182,7 @@ def upload_zip_extract(*, batch: UploadBatch, limits: ZipLimits | None = None) -
     claimed = (
         UploadBatch.objects.for_clinic(batch.clinic_id)
         .filter(pk=batch.pk, status__in=[UploadBatch.Status.QUEUED, UploadBatch.Status.RUNNING])
-        .update(status=UploadBatch.Status.RUNNING, started_at=timezone.now())
+        .update(status=UploadBatch.Status.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now())
     )
     if not claimed:
         return batch  # finished by an earlier delivery
@@ -132,6 +212,12 @@ def _finish(batch: UploadBatch, status: str, message: str) -> None:
             objects.object_delete(clinic=batch.clinic, key=batch.staging_key)
         except ArchiveError:
             logger.warning("Could not delete the staged archive of upload batch %s", batch.uuid)
+        from studies import tasks
+
+        # Its replica copy goes too, with the replica's own credentials (replica-admin queue).
+        transaction.on_commit(
+            partial(tasks.replica_purge.delay, clinic_id=batch.clinic_id, key=batch.staging_key), robust=True
+        )
     batch.status = status
     batch.message = message[:500]
     batch.finished_at = timezone.now()
@@ -202,6 +288,8 @@ def _extract(*, batch: UploadBatch, clinic: Clinic, fileobj: BinaryIO, limits: Z
                 )
             except IntegrityError:
                 pass  # two members with the same name: the first result stands
+            # Alive: the intake sweep leaves this batch to us (a killed worker stops touching it).
+            UploadBatch.objects.for_clinic(clinic).filter(pk=batch.pk).update(heartbeat_at=timezone.now())
             if inflated_total >= limits.max_total_bytes:
                 raise ArchiveRejected(
                     "The archive unpacks to more than the allowed total size; the rest of it was not read."
@@ -260,7 +348,7 @@ def _member_ingest(
         try:
             result = ingest.instance_ingest(
                 clinic=clinic, source_path=member.name, source="upload-zip", actor=batch.created_by,
-                anonymize_project=batch.anonymize_project,
+                anonymize_project=batch.anonymize_project, upload_link=batch.upload_link,
             )
         except (DicomDirectory, NotDicom) as exc:
             return Outcome.SKIPPED, exc.message, None, inflated

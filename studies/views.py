@@ -17,7 +17,7 @@ from django.utils.functional import cached_property
 from django.views.decorators.http import require_GET, require_POST
 
 from portal.exceptions import PortalError
-from studies import download, selectors, services
+from studies import download, quarantine, selectors, services
 from studies.archive import objects
 from studies.archive.errors import ArchiveError
 from studies.models import Study
@@ -212,6 +212,41 @@ def study_restore(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) ->
     if study is None:
         raise Http404("No such study in the trash.")
     _require(request, Action.DELETE)
-    services.study_restore(clinic=request.clinic, study=study, actor=request.user, request=request)
+    try:
+        services.study_restore(clinic=request.clinic, study=study, actor=request.user, request=request)
+    except PortalError as exc:
+        messages.error(request, exc.message)
+        return redirect("studies:trash", clinic_slug=request.clinic.slug)
     messages.success(request, "The study is restored.")
     return redirect("studies:detail", clinic_slug=request.clinic.slug, study_uuid=study.uuid)
+
+
+@require_GET
+def quarantine_page(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
+    """Instances held for review (patient differs from the study's, or an outside sender's collision)."""
+    _require(request, Action.DELETE)
+    held = quarantine.quarantine_list(clinic=request.clinic)
+    page = Paginator(held, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "studies/quarantine.html", {"page": page, "rows": list(page)})
+
+
+@require_POST
+def quarantine_resolve(request: ClinicRequest, clinic_slug: str, held_uuid: UUID) -> HttpResponse:
+    """File a held instance into its study (``action=file``) or discard it (``action=discard``)."""
+    held = quarantine.quarantine_get(clinic=request.clinic, held_uuid=held_uuid)
+    if held is None:
+        raise Http404("No such instance in quarantine.")
+    _require(request, Action.DELETE)
+    action = request.POST.get("action")
+    try:
+        if action == "file":
+            quarantine.quarantined_file(clinic=request.clinic, held=held, actor=request.user, request=request)
+            messages.success(request, "The instance is filed into its study.")
+        elif action == "discard":
+            quarantine.quarantined_discard(clinic=request.clinic, held=held, actor=request.user, request=request)
+            messages.success(request, "The instance is discarded.")
+        else:
+            messages.error(request, "Choose to file or to discard the instance.")
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    return redirect("studies:quarantine", clinic_slug=request.clinic.slug)

@@ -29,6 +29,8 @@ FAILURE_CONFLICT = 0x0111  # Duplicate SOP Instance with different content
 FAILURE_OUT_OF_RESOURCES = 0xA700
 FAILURE_NOT_DICOM = 0xC000  # Cannot understand
 FAILURE_STUDY_MISMATCH = 0xC409  # Instance does not belong to the study named in the URL
+# Held in quarantine for review: its patient differs from that of the stored study with its Study Instance UID.
+FAILURE_HELD_FOR_REVIEW = 0xC410
 DICOM = "application/dicom"
 
 
@@ -87,7 +89,7 @@ def stow(*, request: HttpRequest, clinic: Clinic, base_url: str, study_uid: str 
     """Store every application/dicom part of the request body; raise UnsupportedMediaType or MultipartInvalid."""
     from studies import ingest
     from studies.archive.errors import StorageUnavailable
-    from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
+    from studies.errors import InstanceConflict, InstanceHeld, InvalidDicom, QuotaExceeded
 
     media_type, params = multipart.media_type_params(request.META.get("CONTENT_TYPE", ""))
     if media_type != "multipart/related":
@@ -107,6 +109,9 @@ def stow(*, request: HttpRequest, clinic: Clinic, base_url: str, study_uid: str 
                 continue
             try:
                 outcome = ingest.instance_ingest(clinic=clinic, source_path=part.path, source="dicomweb", request=request)
+            except InstanceHeld:
+                _failed(result, path=part.path, reason=FAILURE_HELD_FOR_REVIEW)
+                continue
             except InvalidDicom:
                 _failed(result, path=part.path, reason=FAILURE_NOT_DICOM)
                 continue

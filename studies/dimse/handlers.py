@@ -46,6 +46,8 @@ NOT_AUTHORIZED = 0x0124
 DUPLICATE_SOP_INSTANCE = 0x0111
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+# Held in quarantine for review (patient differs from the stored study's); a failure, so the sender keeps it.
+HELD_FOR_REVIEW = 0xC410
 PROCESSING_FAILURE = 0x0110
 
 # A-ASSOCIATE-RJ: (result, source, diagnostic), PS3.8 9.3.4.
@@ -204,13 +206,17 @@ def handle_echo(event: Event) -> int:
 
 def _ingest(*, clinic: Clinic, path: str, node: DicomNode | None = None) -> Dataset | int:
     from studies.archive.errors import ArchiveError
-    from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
+    from studies.errors import InstanceConflict, InstanceHeld, InvalidDicom, QuotaExceeded, StudyBeingPurged
     from studies.ingest import instance_ingest
 
     try:
         instance_ingest(clinic=clinic, source_path=path, source="dimse", dicom_node=node)
     except QuotaExceeded as exc:
         return _status(OUT_OF_RESOURCES, exc.message)
+    except StudyBeingPurged:
+        return _status(OUT_OF_RESOURCES, "Study is being purged from the trash; retry later")
+    except InstanceHeld:
+        return _status(HELD_FOR_REVIEW, "Held for review: patient differs from the study's")
     except InvalidDicom as exc:
         return _status(CANNOT_UNDERSTAND, exc.message)
     except InstanceConflict:

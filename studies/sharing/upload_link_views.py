@@ -1,7 +1,8 @@
 """The upload page for outside senders (/u/<token>/): the clinic's upload page, scoped to one link.
 
 The sender sees nothing already stored: every accepted file is answered "received", whether it was
-new or already present, and no study address is given back.
+new, already present or held in quarantine because it named a study, series or instance the clinic
+already has (``studies.admission``), and no study address is given back.
 """
 
 from __future__ import annotations
@@ -83,8 +84,10 @@ def upload_link_file(request: HttpRequest, link_token: str) -> HttpResponse:
     request.upload_link = link  # type: ignore[attr-defined]
     response = upload_views.upload_file(request, clinic_slug=link.clinic.slug)  # type: ignore[arg-type]
     answer = json.loads(response.content)
-    if answer.get("outcome") in ("stored", "already_present"):
-        if answer["outcome"] == "stored":
+    # Stored, already stored, or held for the clinic's review (it named a study, series or instance already
+    # stored): one answer, so the link reveals nothing about what the clinic holds.
+    if answer.get("outcome") in ("stored", "already_present") or answer.get("held"):
+        if answer["outcome"] != "already_present":
             services.upload_link_received(link=link, request=request)
         return JsonResponse({"outcome": "stored", "reason": ""}, status=201)
     if answer.get("outcome") == "queued":

@@ -193,3 +193,35 @@ def test_storescu_sends_compressed_instances_as_they_are(clinic, scp_port, tmp_p
     instance = Instance.objects.for_clinic(clinic).get()
     assert instance.transfer_syntax_uid == transfer_syntax
     assert archived_bytes(instance) == dataset_bytes(compressed)
+
+
+def test_c_store_of_a_study_uid_held_by_another_patient_fails_with_c410_and_is_held(clinic, scp_port, tmp_path):
+    from studies.models import QuarantinedInstance
+    from tests.dicom_files import write_ct
+
+    first = write_ct(tmp_path / "a.dcm", patient_id="PAT-A", patient_name="Alpha^Ann")
+    study_uid = dcmread(first).StudyInstanceUID
+    other = write_ct(tmp_path / "b.dcm", study_uid=study_uid, patient_id="PAT-B", patient_name="Beta^Bob")
+
+    statuses = store_with_pynetdicom(scp_port, clinic.ae_title, [first, other])
+
+    assert statuses == [0x0000, 0xC410]
+    assert Instance.objects.for_clinic(clinic).get().series.study.patient.patient_id == "PAT-A"
+    assert QuarantinedInstance.objects.for_clinic(clinic).get().patient_id == "PAT-B"
+
+
+def test_c_store_into_a_trashed_study_brings_it_back(clinic, owner, scp_port, tmp_path):
+    from studies import services
+    from tests.dicom_files import write_ct
+
+    first = write_ct(tmp_path / "a.dcm")
+    store_with_pynetdicom(scp_port, clinic.ae_title, [first])
+    study = Study.objects.for_clinic(clinic).get()
+    services.study_delete(clinic=clinic, study=study, actor=owner)
+
+    statuses = store_with_pynetdicom(scp_port, clinic.ae_title, [write_ct(tmp_path / "b.dcm",
+                                                                         study_uid=study.study_instance_uid)])
+
+    assert statuses == [0x0000]
+    study.refresh_from_db()
+    assert study.deleted_at is None and study.number_of_instances == 2

@@ -197,7 +197,7 @@ def test_zip_archive_is_queued_then_unpacked_with_a_result_per_member(
 
     assert response.status_code == HTTPStatus.ACCEPTED
     assert response.json()["outcome"] == "queued"
-    assert len(callbacks) == 1
+    assert len(callbacks) == 2  # the unpacking, and the staged archive's copy to the replica
     assert status["status"] == "done"
     assert status["counts"] == {"stored": 3, "already_present": 0, "skipped": 3, "rejected": 2}
     results = {item["name"]: (item["outcome"], item["reason"]) for item in status["items"]}

@@ -160,7 +160,7 @@ def test_zip_archive_is_queued_and_its_progress_can_be_polled(
     assert response.status_code == HTTPStatus.ACCEPTED
     assert response.json()["outcome"] == "queued"
     assert response.json()["batch"] == str(batch.uuid)
-    assert len(callbacks) == 1
+    assert len(callbacks) == 2  # the unpacking, and the staged archive's copy to the replica
     assert status.status_code == HTTPStatus.OK
     assert status.json()["status"] == "done"
     assert status.json()["counts"]["stored"] == 1 and status.json()["counts"]["skipped"] == 1

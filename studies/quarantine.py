@@ -1,0 +1,210 @@
+"""Instances held in quarantine (``studies.admission``): list them, file them into their study, discard them.
+
+A held instance's encrypted object sits in the primary store and is copied to the replica like any
+instance's (``quarantined_replicate``, swept by ``studies.tasks.intake_sweep``), so holding an image
+never risks losing it. Owners and admins decide: *file* it into the study its Study Instance UID names
+(when they know it is the same patient, say a corrected name), or *discard* it (its object is erased
+and the quota given back). Both are audited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from portal.exceptions import PortalError
+from studies import dicom, ingest
+from studies.archive import objects
+from studies.archive.errors import ObjectMissing
+from studies.errors import InvalidDicom
+from studies.models import Instance, QuarantinedInstance, Study
+from tenants.audit import audit_record
+from tenants.models import Clinic, User
+
+logger = logging.getLogger(__name__)
+
+
+def quarantine_list(*, clinic: Clinic) -> QuerySet[QuarantinedInstance]:
+    """The clinic's instances still waiting for a decision, newest first."""
+    return (
+        QuarantinedInstance.objects.for_clinic(clinic)
+        .filter(resolved_at__isnull=True)
+        .select_related("study__patient", "upload_link")
+        .order_by("-received_at")
+    )
+
+
+def quarantine_get(*, clinic: Clinic, held_uuid: uuid.UUID) -> QuarantinedInstance | None:
+    return quarantine_list(clinic=clinic).filter(uuid=held_uuid).first()
+
+
+@dataclass(frozen=True)
+class _Stored:
+    key: str
+    key_id: str
+    size_bytes: int
+    sha256: str
+
+
+def quarantined_file(
+    *, clinic: Clinic, held: QuarantinedInstance, actor: User | None, request: HttpRequest | None = None
+) -> Instance:
+    """File a held instance into the study its Study Instance UID names (created if it is gone).
+
+    Its object and quota use stay as they are; a study in the trash is brought back. Raises PortalError
+    when it can't be filed (its SOP Instance UID is stored meanwhile, or its series is another study's).
+    """
+    parsed = _parse_object(clinic=clinic, key=held.object_key)
+    stored = _Stored(held.object_key, held.key_id, held.size_bytes, held.sha256)
+    try:
+        with transaction.atomic():
+            claimed = QuarantinedInstance.objects.for_clinic(clinic).filter(pk=held.pk, resolved_at__isnull=True)
+            if not claimed.update(
+                resolved_at=timezone.now(), resolved_by=actor, resolution=QuarantinedInstance.Resolution.FILED
+            ):
+                raise PortalError("This instance was already filed or discarded.")
+            study = (
+                Study.objects.for_clinic(clinic)
+                .select_for_update()
+                .filter(study_instance_uid=parsed.study_instance_uid)
+                .first()
+            )
+            if study is not None and study.deleted_at is not None:
+                if study.purge_started_at is not None:
+                    raise PortalError("Its study is being erased from the trash; file it again in a few minutes.")
+                Study.objects.for_clinic(clinic).filter(pk=study.pk).update(deleted_at=None, deleted_by=None)
+                audit_record(
+                    clinic=clinic,
+                    action="study.restored",
+                    request=request,
+                    actor=actor,
+                    object_type="study",
+                    object_id=str(study.uuid),
+                    details={"reason": "quarantined instance filed"},
+                )
+            instance, _ = ingest.instance_index_write(
+                clinic=clinic,
+                parsed=parsed,
+                stored=stored,
+                instance_uuid=_object_uuid(held.object_key),
+                replicated_at=held.replicated_at,
+            )
+            audit_record(
+                clinic=clinic,
+                action="quarantine.filed",
+                request=request,
+                actor=actor,
+                object_type="quarantined_instance",
+                object_id=str(held.uuid),
+                details={"instance": str(instance.uuid), "study": str(instance.series.study.uuid)},
+            )
+    except IntegrityError as exc:
+        raise PortalError("An instance with this SOP Instance UID is stored meanwhile: discard this copy.") from exc
+    except InvalidDicom as exc:
+        raise PortalError(f"It can't be filed: {exc.message} Discard it instead.") from exc
+    return instance
+
+
+def quarantined_discard(
+    *, clinic: Clinic, held: QuarantinedInstance, actor: User | None, request: HttpRequest | None = None
+) -> None:
+    """Erase a held instance: its object in both stores, its quota use. Raises PortalError if decided already."""
+    with transaction.atomic():
+        claimed = QuarantinedInstance.objects.for_clinic(clinic).filter(pk=held.pk, resolved_at__isnull=True)
+        if not claimed.update(
+            resolved_at=timezone.now(), resolved_by=actor, resolution=QuarantinedInstance.Resolution.DISCARDED
+        ):
+            raise PortalError("This instance was already filed or discarded.")
+        ingest.quota_release(clinic=clinic, size_bytes=held.size_bytes)
+        audit_record(
+            clinic=clinic,
+            action="quarantine.discarded",
+            request=request,
+            actor=actor,
+            object_type="quarantined_instance",
+            object_id=str(held.uuid),
+            details={"reason": held.reason},
+        )
+    with contextlib.suppress(ObjectMissing):
+        objects.object_delete(clinic=clinic, key=held.object_key)
+    from studies import tasks
+
+    # The replica copy goes with the replica's own credentials, on the replica-admin queue.
+    transaction.on_commit(partial(tasks.replica_purge.delay, clinic_id=clinic.pk, key=held.object_key), robust=True)
+
+
+def quarantine_destroy_all(*, clinic: Clinic) -> int:
+    """Erase every held instance of a clinic whose data is destroyed: objects in both stores, then rows.
+
+    Runs on the replica-admin worker (``billing.services.clinic_data_destroy``); returns how many.
+    """
+    held = list(
+        QuarantinedInstance.objects.for_clinic(clinic).values_list("pk", "object_key", "size_bytes", "resolution")
+    )
+    for _, key, _, resolution in held:
+        if resolution == QuarantinedInstance.Resolution.FILED:
+            continue  # its object is an instance's now, purged with its study
+        for store in ("primary", "replica"):
+            with contextlib.suppress(ObjectMissing):
+                objects.object_delete(clinic=clinic, key=key, store=store)
+    unresolved = sum(size for _, _, size, resolution in held if not resolution)
+    ingest.quota_release(clinic=clinic, size_bytes=unresolved)
+    QuarantinedInstance.objects.for_clinic(clinic).delete()
+    return len(held)
+
+
+def quarantined_replicate(*, held: QuarantinedInstance) -> bool:
+    """Copy a held instance's object to the replica; False when done already or decided meanwhile."""
+    from studies.backup import replication
+
+    if held.replicated_at is not None or held.resolution == QuarantinedInstance.Resolution.DISCARDED:
+        return False
+    replication.object_copy(key=held.object_key)
+    now = timezone.now()
+    QuarantinedInstance.objects.for_clinic(held.clinic_id).filter(pk=held.pk, replicated_at=None).update(
+        replicated_at=now
+    )
+    # Filed meanwhile: its instance row took the (then empty) replication mark; give it the copy's.
+    Instance.objects.for_clinic(held.clinic_id).filter(object_key=held.object_key, replicated_at=None).update(
+        replicated_at=now
+    )
+    return True
+
+
+def quarantine_pending_replication(*, older_than: timedelta) -> QuerySet[QuarantinedInstance]:
+    # Cross-clinic maintenance query: the intake sweep covers every clinic.
+    return (
+        QuarantinedInstance.objects.filter(replicated_at__isnull=True, received_at__lte=timezone.now() - older_than)
+        .exclude(resolution=QuarantinedInstance.Resolution.DISCARDED)
+        .only("pk", "clinic_id")
+    )
+
+
+def _object_uuid(key: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(key.rsplit("/", 1)[-1])
+    except ValueError:
+        return None
+
+
+def _parse_object(*, clinic: Clinic, key: str) -> dicom.ParsedInstance:
+    fd, path = tempfile.mkstemp(prefix="quarantine-", suffix=".dcm")
+    try:
+        with os.fdopen(fd, "wb") as local, contextlib.closing(objects.object_open(clinic=clinic, key=key)) as source:
+            shutil.copyfileobj(source, local, 1024 * 1024)
+        return dicom.parse_instance(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
