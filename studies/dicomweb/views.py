@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from portal.exceptions import PortalError
+from portal.public_url import absolute_url
 from studies import transcoding
 from studies.dicomweb import multipart, qido, rendering, stow, wado
 from studies.models import Instance, Study
@@ -65,7 +66,7 @@ def _base_url(request: ClinicRequest) -> str:
     else:
         # Share links mount these views at /s/<token>/dicomweb/; answers must point back there.
         root = request.path[: request.path.index("/dicomweb/") + len("/dicomweb/")]
-    return request.build_absolute_uri(root)
+    return absolute_url(request, root)
 
 
 def _actor_key(request: ClinicRequest) -> str:
