@@ -340,6 +340,8 @@ CELERY_BEAT_SCHEDULE["audit-chains-check"] = {"task": "tenants.tasks.audit_chain
 # DICOM
 DICOM_PORT = env_int("DICOM_PORT", 11112)
 DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "PACSPORTAL")
+# Storage commitment: how long a request waits for backup copies before reporting them failed.
+STORAGE_COMMITMENT_WAIT_SECONDS = env_int("STORAGE_COMMITMENT_WAIT_SECONDS", 300)
 
 # CORS is opened only for DICOMweb, and only to the configured origins.
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
