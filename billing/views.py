@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 from billing import selectors, services, stripe_api
 from billing.forms import PlanChangeForm
 from portal.exceptions import PortalError
+from portal.public_url import absolute_url
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
 
@@ -50,7 +51,7 @@ def plan_change(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, " ".join(form.errors.get("plan", ["Choose a plan."])))
         return redirect("billing:overview", clinic_slug=clinic_slug)
-    page = request.build_absolute_uri(reverse("billing:overview", kwargs={"clinic_slug": clinic_slug}))
+    page = absolute_url(request, reverse("billing:overview", kwargs={"clinic_slug": clinic_slug}))
     try:
         change = services.plan_change(
             clinic=request.clinic,
@@ -87,7 +88,7 @@ def cancel(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 
 def customer_portal(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     _require_billing(request)
-    page = request.build_absolute_uri(reverse("billing:overview", kwargs={"clinic_slug": clinic_slug}))
+    page = absolute_url(request, reverse("billing:overview", kwargs={"clinic_slug": clinic_slug}))
     try:
         return redirect(services.billing_portal_url(clinic=request.clinic, return_url=page))
     except PortalError as exc:

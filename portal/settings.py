@@ -8,6 +8,7 @@ files, all under ``var/``. With ``DEBUG`` off, unsafe defaults are refused at st
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -82,6 +83,13 @@ if not MASTER_KEYS:
     MASTER_KEYS = _local_secret("master_keys", _new_master_keys)
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+# Absolute URLs in answers (DICOMweb RetrieveURL and BulkDataURI, share and invitation links) start
+# with this, never with the request's Host header; only the default run falls back to the request.
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL").rstrip("/")
+if PUBLIC_BASE_URL and not re.fullmatch(r"https?://[^/?#\s]+", PUBLIC_BASE_URL):
+    raise ImproperlyConfigured("PUBLIC_BASE_URL is scheme://host[:port], e.g. https://pacs.example.org.")
+if not DEBUG and not PUBLIC_BASE_URL:
+    raise ImproperlyConfigured("PUBLIC_BASE_URL must be set when DEBUG is off (e.g. https://pacs.example.org).")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
@@ -334,6 +342,8 @@ CELERY_BEAT_SCHEDULE["audit-chains-check"] = {"task": "tenants.tasks.audit_chain
 # DICOM
 DICOM_PORT = env_int("DICOM_PORT", 11112)
 DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "PACSPORTAL")
+# Storage commitment: how long a request waits for backup copies before reporting them failed.
+STORAGE_COMMITMENT_WAIT_SECONDS = env_int("STORAGE_COMMITMENT_WAIT_SECONDS", 300)
 
 # CORS is opened only for DICOMweb, and only to the configured origins.
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")

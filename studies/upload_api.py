@@ -18,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from portal.public_url import absolute_url
 from studies import upload_views
 from studies.models import UploadBatch
 from tenants.permissions import has_action
@@ -106,7 +107,8 @@ class UploadListApi(APIView):
             body["study"] = answer.study.study_instance_uid
         if answer.batch is not None:
             body["batch"] = str(answer.batch.uuid)
-            body["status_url"] = request.build_absolute_uri(
+            body["status_url"] = absolute_url(
+                request,
                 reverse("studies-api:upload-detail", kwargs={"clinic_slug": clinic_slug, "batch_id": answer.batch.uuid})
             )
         return Response(body, status=answer.status)

@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from portal.public_url import absolute_url
 from tenants import selectors, services
 from tenants.models import User
 from tenants.permissions import has_action
@@ -121,7 +122,7 @@ class InvitationListApi(APIView):
         created = services.invitation_create(
             clinic=request.clinic, email=data.validated_data["email"], role=data.validated_data["role"],
             invited_by=_actor(request), granted_by=request.membership,
-            base_url=request.build_absolute_uri("/"), request=_django_request(request),
+            base_url=absolute_url(request, "/"), request=_django_request(request),
         )
         return Response(InvitationOutput(created.invitation).data, status=status.HTTP_201_CREATED)
 

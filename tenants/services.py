@@ -35,8 +35,12 @@ TOKEN_USE_RECORD_INTERVAL = timedelta(minutes=5)
 
 
 def default_ae_title(slug: str) -> str:
-    """The clinic's called AE title by default: its slug, upper-cased, at most 16 characters."""
-    return slug.upper().replace("-", "_")[:16]
+    """The clinic's called AE title by default: its slug, upper-cased, at most 16 characters.
+
+    A hyphen is legal in an AE title (PS3.5 6.2), so ``clinic-a`` is called ``CLINIC-A``. Clinics
+    created when hyphens were replaced by underscores keep the title their modalities are set up with.
+    """
+    return slug.upper()[:16]
 
 
 @transaction.atomic

@@ -22,6 +22,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from portal.exceptions import PortalError
+from portal.public_url import absolute_url
 from tenants import forms, selectors, services
 from tenants.middleware import ClinicRequest
 from tenants.permissions import require_action
@@ -364,7 +365,7 @@ def invitation_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
         try:
             services.invitation_create(
                 clinic=request.clinic, email=form.cleaned_data["email"], role=form.cleaned_data["role"],
-                invited_by=request.user, granted_by=request.membership, base_url=request.build_absolute_uri("/"),
+                invited_by=request.user, granted_by=request.membership, base_url=absolute_url(request, "/"),
                 request=request,
             )
         except PortalError as exc:

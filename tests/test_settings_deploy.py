@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _SETTINGS_VARIABLES = {
     "DEBUG", "SECRET_KEY", "SECRET_KEY_FILE", "MASTER_KEYS", "MASTER_KEYS_FILE", "ALLOWED_HOSTS", "DATABASE_URL",
     "CELERY_BROKER_URL", "REDIS_URL", "PRIMARY_STORE_URL", "REPLICA_STORE_URL", "EMAIL_URL", "SECURE_SSL_REDIRECT",
-    "USE_X_FORWARDED_PROTO", "CSRF_TRUSTED_ORIGINS", "CORS_ALLOWED_ORIGINS", "PORTAL_VAR_DIR",
+    "USE_X_FORWARDED_PROTO", "CSRF_TRUSTED_ORIGINS", "CORS_ALLOWED_ORIGINS", "PORTAL_VAR_DIR", "PUBLIC_BASE_URL",
 }
 
 
@@ -31,6 +31,7 @@ def production_env(tmp_path: Path, **overrides: str | None) -> dict[str, str]:
         "MASTER_KEYS": "prod1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
         "ALLOWED_HOSTS": "pacs.example.org",
         "CSRF_TRUSTED_ORIGINS": "https://pacs.example.org",
+        "PUBLIC_BASE_URL": "https://pacs.example.org",
         "DATABASE_URL": "postgres://pacs@db.internal.example.org:5432/pacs",
         "CELERY_BROKER_URL": "redis://redis.internal.example.org:6379/0",
         "PRIMARY_STORE_URL": "s3://pacs-primary?region_name=eu-central-1",
@@ -79,7 +80,7 @@ def test_production_settings_are_locked_down(tmp_path):
     )
 
 
-@pytest.mark.parametrize("missing", ["SECRET_KEY", "MASTER_KEYS"])
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "MASTER_KEYS", "PUBLIC_BASE_URL"])
 def test_debug_off_without_a_secret_refuses_to_start(tmp_path, missing):
     result = manage(production_env(tmp_path, **{missing: None}), "check")
 

@@ -21,6 +21,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from portal.exceptions import PortalError
+from portal.public_url import absolute_url
+from studies import transcoding
 from studies.dicomweb import multipart, qido, rendering, stow, wado
 from studies.models import Instance, Study
 from tenants.audit import audit_record
@@ -64,7 +66,7 @@ def _base_url(request: ClinicRequest) -> str:
     else:
         # Share links mount these views at /s/<token>/dicomweb/; answers must point back there.
         root = request.path[: request.path.index("/dicomweb/") + len("/dicomweb/")]
-    return request.build_absolute_uri(root)
+    return absolute_url(request, root)
 
 
 def _actor_key(request: ClinicRequest) -> str:
@@ -207,12 +209,13 @@ def retrieve(
 ) -> HttpResponse:
     found = _study(request, study_uid)
     instances = wado.instances_for(clinic=request.clinic, study=found, series_uid=series_uid, sop_uid=sop_uid)
-    wado.instances_negotiate(
+    target = wado.instances_negotiate(
         request.headers.get("Accept", ""), stored_syntaxes={i.transfer_syntax_uid for i in instances}
     )
     _audit(request, "dicomweb.retrieve", study=found, details={"what": "instances"})
     boundary = multipart.new_boundary()
-    body = multipart.parts_write(wado.instance_parts(clinic=request.clinic, instances=instances), boundary=boundary)
+    parts = wado.instance_parts(clinic=request.clinic, instances=instances, target=target)
+    body = multipart.parts_write(parts, boundary=boundary)
     return StreamingHttpResponse(body, content_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
 
 
@@ -280,6 +283,9 @@ def frames(
     instance = wado.instances_for(clinic=request.clinic, study=found, series_uid=series_uid, sop_uid=sop_uid)[0]
     choice = wado.frames_negotiate(request.headers.get("Accept", ""), stored_syntax=instance.transfer_syntax_uid)
     with _open_dataset(request, instance) as ds:
+        if choice.encode:
+            rendering.frames_stored(ds, numbers)  # a missing frame is a 404, before any encoding work
+            transcoding.dataset_transcode(ds, choice.encode)
         data = rendering.frames_native(ds, numbers) if choice.decode else rendering.frames_stored(ds, numbers)
     _audit(request, "dicomweb.retrieve", study=found, details={"what": "frames"})
     return _multipart_response(data, part_type=choice.part_type)
@@ -298,6 +304,8 @@ def bulkdata(
                 request.headers.get("Accept", ""), stored_syntax=instance.transfer_syntax_uid
             )
             numbers = list(range(1, rendering.frame_count(ds) + 1))
+            if choice.encode:
+                transcoding.dataset_transcode(ds, choice.encode)
             data = rendering.frames_native(ds, numbers) if choice.decode else rendering.frames_stored(ds, numbers)
             part_type = choice.part_type
             if choice.decode or instance.transfer_syntax_uid in rendering.NATIVE_SYNTAXES:

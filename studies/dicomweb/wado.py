@@ -16,6 +16,7 @@ from django.db.models import Q, TextField
 from django.db.models.functions import Cast
 
 from portal.exceptions import PortalError
+from studies import transcoding
 from studies.dicomweb import multipart, rendering
 from studies.models import Instance, Series, Study
 from tenants.models import Clinic
@@ -57,27 +58,33 @@ def _matches(wanted: str, offered: str) -> bool:
     return wanted.endswith("/*") and offered.startswith(wanted[:-1])
 
 
-def instances_negotiate(accept: str, *, stored_syntaxes: set[str]) -> None:
-    """Check the client accepts multipart application/dicom in the stored syntaxes; raise NotAcceptable."""
-    ranges = accept_parse(accept)
-    if not ranges:
-        return
-    for media in ranges:
+def instances_negotiate(accept: str, *, stored_syntaxes: set[str]) -> str | None:
+    """Choose the transfer syntax instances are sent in: None for as stored; raise NotAcceptable.
+
+    PS3.18 8.7.3.5.2: ``transfer-syntax=*`` means as stored, no parameter (or no Accept at all)
+    means Explicit VR Little Endian. Another syntax is served when every instance can be converted
+    to it without lossy compression (see ``transcoding``).
+    """
+    for media in accept_parse(accept) or [MediaRange("multipart/related", {"type": DICOM}, 1.0)]:
         if media.quality <= 0:
             continue
-        if media.media_type == "*/*" or media.media_type == "multipart/*":
-            return
-        if media.media_type != "multipart/related" or not _matches(media.params.get("type", ""), DICOM):
+        if media.media_type in ("*/*", "multipart/*"):
+            syntax = None
+        elif media.media_type == "multipart/related" and _matches(media.params.get("type", ""), DICOM):
+            syntax = media.params.get("transfer-syntax")
+        else:
             continue
-        syntax = media.params.get("transfer-syntax")
-        # Without a transfer-syntax parameter the stored syntax is served: this archive does not transcode.
-        if syntax is None or syntax == "*" or stored_syntaxes <= {syntax}:
-            return
+        if syntax == "*":
+            return None
+        target = syntax or transcoding.DEFAULT
+        if stored_syntaxes <= {target}:
+            return None
+        if all(transcoding.can_transcode(stored, target) for stored in stored_syntaxes):
+            return target
     raise NotAcceptable(
-        "This archive serves instances in their stored transfer syntax only: ask for "
-        'multipart/related; type="application/dicom"; transfer-syntax=* (stored: '
-        + ", ".join(sorted(stored_syntaxes))
-        + ")."
+        'Instances are available as multipart/related; type="application/dicom" in their stored transfer '
+        "syntax (transfer-syntax=*; stored: " + ", ".join(sorted(stored_syntaxes)) + ") or converted to "
+        + ", ".join(transcoding.TARGETS) + " (lossless only)."
     )
 
 
@@ -85,6 +92,15 @@ def instances_negotiate(accept: str, *, stored_syntaxes: set[str]) -> None:
 class FrameChoice:
     decode: bool  # True: native (uncompressed) pixels; False: stored bytes
     part_type: str
+    encode: str | None = None  # a lossless syntax to convert the instance to before taking its frames
+
+
+# Frame media types (PS3.18 Table 8.7.3-2) we can encode to from any decodable syntax, losslessly.
+FRAME_ENCODINGS = {
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+}
 
 
 def frames_negotiate(accept: str, *, stored_syntax: str) -> FrameChoice:
@@ -119,9 +135,12 @@ def frames_negotiate(accept: str, *, stored_syntax: str) -> FrameChoice:
                 return FrameChoice(not is_native, native_part)
         if compressed_type and _matches(wanted, compressed_type) and syntax in (None, "*", stored_syntax):
             return FrameChoice(False, stored_part)
+        target = FRAME_ENCODINGS.get(wanted)
+        if target and syntax in (None, target) and transcoding.can_decode(stored_syntax):
+            return FrameChoice(False, f"{wanted}; transfer-syntax={target}", encode=target)
     raise NotAcceptable(
-        "Frames are available uncompressed (application/octet-stream) or in the stored transfer syntax "
-        f"({stored_syntax}) only."
+        "Frames are available uncompressed (application/octet-stream), in the stored transfer syntax "
+        f"({stored_syntax}), or losslessly encoded as " + ", ".join(FRAME_ENCODINGS) + "."
     )
 
 
@@ -159,22 +178,46 @@ def instances_for(
     return instances
 
 
-def instance_parts(*, clinic: Clinic, instances: list[Instance]) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
-    """Yield (part headers, streamed decrypted bytes) for each instance.
+def instance_parts(
+    *, clinic: Clinic, instances: list[Instance], target: str | None = None
+) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
+    """Yield (part headers, streamed decrypted bytes) for each instance, converted to ``target`` if given.
 
-    The first object is opened before anything is sent, so that a store that is down or an object
-    that is missing is a clean error answer (503/500) rather than a cut-off stream.
+    The first object is opened (and converted, if it has to be) before anything is sent, so that a
+    store that is down, an object that is missing or pixel data that cannot be decoded is a clean
+    error answer rather than a cut-off stream.
     """
     from studies.archive import objects
 
     first = objects.object_open(clinic=clinic, key=instances[0].object_key)
-    return _parts(clinic, instances, first, objects)
+    if target is not None and instances[0].transfer_syntax_uid != target:
+        with first:
+            first_part = _transcoded_part(first, target)
+        return _parts(clinic, instances, None, objects, target, first_part)
+    return _parts(clinic, instances, first, objects, target, None)
+
+
+def _transcoded_part(source: BinaryIO, target: str) -> tuple[dict[str, str], Iterator[bytes]]:
+    with rendering.spool(source) as spooled:
+        data, syntax = transcoding.instance_transcode(spooled, target)
+    return {"Content-Type": f"{DICOM}; transfer-syntax={syntax}", "Content-Length": str(len(data))}, iter([data])
 
 
 def _parts(
-    clinic: Clinic, instances: list[Instance], first: BinaryIO, objects: Any
+    clinic: Clinic,
+    instances: list[Instance],
+    first: BinaryIO | None,
+    objects: Any,
+    target: str | None,
+    first_part: tuple[dict[str, str], Iterator[bytes]] | None,
 ) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
     for index, instance in enumerate(instances):
+        if index == 0 and first_part is not None:
+            yield first_part
+            continue
+        if target is not None and instance.transfer_syntax_uid != target:
+            yield _transcoded_part(objects.object_open(clinic=clinic, key=instance.object_key), target)
+            continue
         headers = {
             "Content-Type": f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}",
             "Content-Length": str(instance.size_bytes),

@@ -75,6 +75,9 @@ COUNTS = {
     "NumberOfSeriesRelatedInstances": "SERIES",
 }
 SKIPPED_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
+# File Meta elements (group 0002) describe a file, not the data set: some SCUs (Orthanc) put
+# (0002,0003) in an identifier anyway; it is neither matched nor returned (PS3.4 C.4.1.1.3).
+FILE_META_GROUP = 0x0002
 
 
 class QueryError(Exception):
@@ -330,7 +333,7 @@ def _answer(identifier: Dataset, *, level: str, row: Row, clinic: Clinic) -> Dat
     level_index = LEVELS.index(level)
     for element in identifier:
         keyword = element.keyword
-        if not keyword or keyword in SKIPPED_KEYS:
+        if not keyword or keyword in SKIPPED_KEYS or element.tag.group == FILE_META_GROUP:
             continue
         vr = element.VR
         value: Any = None
@@ -374,6 +377,8 @@ def find_matches(*, clinic: Clinic, identifier: Dataset, sop_class_uid: str) -> 
     for element in identifier:
         keyword = element.keyword
         if not keyword or keyword in SKIPPED_KEYS or keyword in COUNTS or element.VR == "SQ":
+            continue
+        if element.tag.group == FILE_META_GROUP:
             continue
         values = element_values(identifier, keyword)
         if not values:

@@ -19,7 +19,7 @@ import os
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +32,15 @@ from pynetdicom.events import Event
 
 from studies.dimse import nodes
 from studies.dimse.find import QueryError, find_matches
-from studies.dimse.move import instance_dataset, retrieve_instances, storage_contexts
+from studies.dimse.move import (
+    accepted_syntaxes,
+    instance_dataset,
+    retrieve_instances,
+    send_syntax,
+    storage_contexts,
+)
 from studies.models import DicomNode, Instance
+from studies.transcoding import TranscodeError, dataset_transcode
 from tenants.audit import audit_record
 from tenants.models import Clinic
 
@@ -298,18 +305,30 @@ def _retrieve_setup(event: Event, info: AssociationInfo, *, operation: str, dest
     return instances
 
 
-def _send_each(event: Event, info: AssociationInfo, instances: list[Instance]) -> Iterator[tuple[int, Any]]:
+def _send_each(
+    event: Event, info: AssociationInfo, instances: list[Instance], store_assoc: Callable[[], Association | None]
+) -> Iterator[tuple[int, Any]]:
+    """Yield each instance for a C-STORE sub-operation, converted when the peer did not accept its syntax."""
     from studies.archive.errors import ArchiveError
 
+    accepted: dict[str, set[str]] | None = None
     for instance in instances:
         if event.is_cancelled:
             yield CANCEL, None
             return
         close_old_connections()
+        if accepted is None:
+            assoc = store_assoc()
+            accepted = accepted_syntaxes(assoc.accepted_contexts) if assoc is not None else {}
+        target = send_syntax(
+            stored=instance.transfer_syntax_uid, accepted=accepted.get(instance.sop_class_uid, set())
+        )
         try:
             dataset = instance_dataset(clinic=info.clinic, instance=instance)
-        except ArchiveError:
-            logger.exception("Retrieve: instance %s could not be read", instance.uuid)
+            if target is not None:
+                dataset_transcode(dataset, target)
+        except (ArchiveError, TranscodeError):
+            logger.exception("Retrieve: instance %s could not be read or converted", instance.uuid)
             # Anything but a dataset makes pynetdicom count a failed sub-operation and go on.
             yield PENDING, "unreadable"
             continue
@@ -334,9 +353,12 @@ def handle_move(event: Event) -> Iterator[Any]:
         instances = _retrieve_setup(event, info, operation="C-MOVE", destination=destination_ae)
     finally:
         close_old_connections()
-    yield node.host, node.port, {"contexts": storage_contexts(instances)}
+    # The sub-association is opened by pynetdicom; its accepted contexts decide what is converted.
+    opened: list[Association] = []
+    handlers = [(evt.EVT_ACCEPTED, lambda accepted: opened.append(accepted.assoc))]
+    yield node.host, node.port, {"contexts": storage_contexts(instances), "evt_handlers": handlers}
     yield len(instances)
-    yield from _send_each(event, info, instances)
+    yield from _send_each(event, info, instances, lambda: opened[0] if opened else None)
     close_old_connections()
 
 
@@ -352,7 +374,8 @@ def handle_get(event: Event) -> Iterator[Any]:
     finally:
         close_old_connections()
     yield len(instances)
-    yield from _send_each(event, info, instances)
+    # C-GET sends over the requester's own association, in the storage contexts it proposed.
+    yield from _send_each(event, info, instances, lambda: event.assoc)
     close_old_connections()
 
 

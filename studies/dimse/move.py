@@ -22,6 +22,7 @@ from pydicom.uid import (
 )
 from pynetdicom.presentation import PresentationContext, build_context
 
+from studies import transcoding
 from studies.dimse.find import INDEXED, LEVELS, PATHS, QueryError, element_values, key_q, query_level
 from studies.models import Instance
 from tenants.models import Clinic
@@ -76,18 +77,46 @@ def storage_contexts(instances: Iterable[Instance]) -> list[PresentationContext]
     """Presentation contexts for sending these instances: each SOP class in its stored syntax.
 
     pynetdicom sends over a context with the exact stored syntax when the peer accepted one, so the
-    bytes go out as they were stored. Uncompressed (and deflated) instances get a second context
-    offering explicit and implicit little endian, for peers that accept only those: pynetdicom then
-    converts on the fly. Compressed instances are sent as stored or not at all.
+    bytes go out as they were stored. Every SOP class also gets a context offering explicit and
+    implicit little endian, for peers that accept only those: uncompressed data pynetdicom converts
+    on the fly, compressed data is decoded first (``send_syntax``).
     """
     pairs = sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in instances})
     wanted: dict[tuple[str, tuple[str, ...]], None] = {}
     for sop_class_uid, transfer_syntax_uid in pairs:
         wanted[(sop_class_uid, (transfer_syntax_uid,))] = None
     for sop_class_uid, transfer_syntax_uid in pairs:
-        if transfer_syntax_uid in CONVERTIBLE:
+        if transfer_syntax_uid in CONVERTIBLE or transcoding.can_decode(transfer_syntax_uid):
             wanted[(sop_class_uid, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))] = None
     return [build_context(sop_class_uid, list(syntaxes)) for sop_class_uid, syntaxes in wanted][:MAX_CONTEXTS]
+
+
+def accepted_syntaxes(contexts: Iterable[PresentationContext]) -> dict[str, set[str]]:
+    """The transfer syntaxes a peer accepted, by SOP class, from an association's accepted contexts."""
+    accepted: dict[str, set[str]] = {}
+    for context in contexts:
+        accepted.setdefault(str(context.abstract_syntax), set()).update(str(ts) for ts in context.transfer_syntax)
+    return accepted
+
+
+def send_syntax(*, stored: str, accepted: set[str]) -> str | None:
+    """The syntax to convert an instance to before a C-STORE sub-operation, or None to send it as stored.
+
+    As stored when the peer accepted that syntax (or, for uncompressed data, any uncompressed one:
+    pynetdicom re-encodes it). Otherwise decoded to Explicit VR Little Endian for a peer that takes
+    uncompressed data, or encoded losslessly in a compressed syntax it accepted; never lossily.
+    """
+    uncompressed = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+    if stored in accepted or (stored in CONVERTIBLE and accepted & uncompressed):
+        return None
+    if not transcoding.can_decode(stored):
+        return None
+    if accepted & uncompressed:
+        return ExplicitVRLittleEndian
+    for target in transcoding.TARGETS:
+        if target in accepted:
+            return target
+    return None
 
 
 def instance_dataset(*, clinic: Clinic, instance: Instance) -> Dataset:

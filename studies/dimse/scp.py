@@ -3,7 +3,7 @@
 The called AE title of each association selects the clinic (``Clinic.ae_title``); the calling AE
 title must be one of that clinic's registered nodes (``handlers.handle_requested``). The listener
 accepts every storage SOP class pynetdicom knows, in the common transfer syntaxes, plus Verification
-and Query/Retrieve (Patient Root and Study Root: FIND, MOVE, GET).
+and Query/Retrieve (Patient Root and Study Root: FIND, MOVE, GET), and Storage Commitment Push Model.
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from studies.dimse.commitment import COMMITMENT_HANDLERS
 from studies.dimse.handlers import HANDLERS
 
 # Offered for storage; with several proposed, pynetdicom accepts the first the caller proposed.
@@ -91,6 +93,7 @@ def ae_build(*, ae_title: str, max_associations: int = 32) -> AE:
         # scp_role=True accepts a C-GET requester acting as Storage SCP on this context.
         ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     ae.add_supported_context(Verification, QUERY_TRANSFER_SYNTAXES)
+    ae.add_supported_context(StorageCommitmentPushModel, QUERY_TRANSFER_SYNTAXES)
     for sop_class in QUERY_RETRIEVE_SOP_CLASSES:
         ae.add_supported_context(sop_class, QUERY_TRANSFER_SYNTAXES)
     # C-MOVE sub-associations propose only the contexts the moved instances need (see move.py).
@@ -102,4 +105,4 @@ def scp_start(
 ) -> ThreadedAssociationServer | None:
     """Listen for associations; with ``block=False`` return the running server (call ``shutdown()``)."""
     ae = ae_build(ae_title=ae_title, max_associations=max_associations)
-    return ae.start_server((host, port), block=block, evt_handlers=list(HANDLERS))
+    return ae.start_server((host, port), block=block, evt_handlers=[*HANDLERS, *COMMITMENT_HANDLERS])

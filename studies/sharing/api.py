@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from portal.public_url import absolute_url
 from studies import selectors
 from studies.sharing import services
 from studies.sharing.models import Share, ShareKind
@@ -74,7 +75,7 @@ class ShareListApi(APIView):
         found = selectors.study_list_by_uids(clinic=request.clinic, uids=uids)
         created = services.share_create(clinic=request.clinic, studies=found, created_by=_user(request),
                                         request=request._request, **values)
-        url = request.build_absolute_uri(reverse("share:open", kwargs={"share_token": created.token}))
+        url = absolute_url(request, reverse("share:open", kwargs={"share_token": created.token}))
         services.share_email_recipient(share=created.share, url=url)
         body = {**ShareOutput(created.share).data, "url": url, "token": created.token}
         if created.access_code:

@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from portal.exceptions import PortalError
+from portal.public_url import absolute_url
 from studies.models import Study
 from studies.sharing import services
 from studies.sharing.forms import ExtendForm, ShareForm, UploadLinkForm
@@ -65,11 +66,11 @@ def share_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
         except PortalError as exc:
             form.add_error(None, exc.message)
         else:
-            url = request.build_absolute_uri(reverse("share:open", kwargs={"share_token": created.token}))
+            url = absolute_url(request, reverse("share:open", kwargs={"share_token": created.token}))
             services.share_email_recipient(share=created.share, url=url)
             return render(request, "studies/share_created.html", {
                 "share": created.share, "url": url, "access_code": created.access_code,
-                "access_url": request.build_absolute_uri(reverse("share:access")),
+                "access_url": absolute_url(request, reverse("share:access")),
                 "qr": qr_svg(url) if created.access_code else "", "pin": form.cleaned_data.get("pin", ""),
                 "studies": studies,
             })
@@ -136,7 +137,7 @@ def upload_link_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse
     except PortalError as exc:
         messages.error(request, exc.message)
         return redirect("sharing:list", clinic_slug=clinic_slug)
-    url = request.build_absolute_uri(reverse("share:upload", kwargs={"link_token": created.token}))
+    url = absolute_url(request, reverse("share:upload", kwargs={"link_token": created.token}))
     return render(request, "studies/upload_link_created.html", {"link": created.link, "url": url})
 
 

@@ -21,7 +21,7 @@ def scp_port():
         yield port
 
 
-def echo(port: int, *, calling: str = MODALITY_AE, called: str = "CLINIC_A"):
+def echo(port: int, *, calling: str = MODALITY_AE, called: str = "CLINIC-A"):
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
     assoc = ae.associate(HOST, port, ae_title=called)

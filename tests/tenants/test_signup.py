@@ -109,10 +109,10 @@ def test_signup_rejects_bad_slug_and_missing_fields(client, db):
 def test_signup_rejects_clashing_ae_title_and_stores_nothing(client, db):
     from tests.factories import make_clinic
 
-    make_clinic(slug="harbour-x")  # AE title HARBOUR_X
+    make_clinic(slug="harbour-radiology-north")  # AE title HARBOUR-RADIOLOG
     users_before = User.objects.count()
 
-    response = client.post("/accounts/signup/", signup_data(clinic_slug="harbour_x"))
+    response = client.post("/accounts/signup/", signup_data(clinic_slug="harbour-radiology-south"))
 
     assert response.status_code == HTTPStatus.BAD_REQUEST
     assert User.objects.count() == users_before

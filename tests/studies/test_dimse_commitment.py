@@ -1,0 +1,222 @@
+"""Storage Commitment Push Model: committed only when the instance and its backup copy exist."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import StorageCommitmentPushModel
+
+from studies.archive import stores
+from studies.backup.replication import instance_replicate
+from studies.dimse.commitment import (
+    CLASS_INSTANCE_CONFLICT,
+    COMMITMENT_INSTANCE,
+    NO_SUCH_OBJECT_INSTANCE,
+    PROCESSING_FAILURE,
+    commitment_check,
+)
+from studies.ingest import instance_ingest
+from studies.models import Instance
+from tenants.models import AuditEvent
+from tests.studies.dimse_support import (
+    HOST,
+    MODALITY_AE,
+    free_port,
+    register_node,
+    running_scp,
+    tasks_inline,
+    write_study,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.fixture(autouse=True)
+def _tasks_run_inline():
+    with tasks_inline():
+        yield
+
+
+@pytest.fixture
+def study(clinic, tmp_path):
+    files = write_study(tmp_path / "originals", copies=2)
+    for path in files.files:
+        instance_ingest(clinic=clinic, source_path=str(path), source="test")
+    return files
+
+
+def _references(study) -> list[tuple[str, str]]:
+    return [
+        (str(dcmread(p, stop_before_pixels=True).SOPClassUID), uid)
+        for p, uid in zip(study.files, study.sop_uids, strict=True)
+    ]
+
+
+def _not_backed_up(instance: Instance) -> None:
+    """As if the backup copy had not been made yet: no replica object, not marked replicated."""
+    stores.get_store("replica").delete(instance.object_key)
+    Instance.objects.filter(pk=instance.pk).update(replicated_at=None)
+
+
+class Modality:
+    """A pynetdicom storage commitment SCU that also listens for reports on a new association."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, Dataset, str]] = []
+        self.received = threading.Event()
+        self.port = free_port()
+        listener = AE(ae_title=MODALITY_AE)
+        listener.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+        self.server = listener.start_server(
+            (HOST, self.port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report_new)]
+        )
+
+    def _keep(self, event, how: str) -> tuple[int, None]:
+        self.reports.append((event.request.EventTypeID, event.event_information, how))
+        self.received.set()
+        return 0x0000, None
+
+    def _on_report_same(self, event) -> tuple[int, None]:
+        return self._keep(event, "same")
+
+    def _on_report_new(self, event) -> tuple[int, None]:
+        return self._keep(event, "new")
+
+    def request(self, scp_port: int, called: str, references, *, keep_open: bool, timeout: float = 20) -> int:
+        ae = AE(ae_title=MODALITY_AE)
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate(
+            HOST, scp_port, ae_title=called, evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report_same)]
+        )
+        assert assoc.is_established
+        action = Dataset()
+        action.TransactionUID = generate_uid()
+        action.ReferencedSOPSequence = []
+        for sop_class, uid in references:
+            item = Dataset()
+            item.ReferencedSOPClassUID = sop_class
+            item.ReferencedSOPInstanceUID = uid
+            action.ReferencedSOPSequence.append(item)
+        self.transaction_uid = action.TransactionUID
+        status, _ = assoc.send_n_action(action, 1, StorageCommitmentPushModel, COMMITMENT_INSTANCE)
+        if keep_open:
+            self.received.wait(timeout)
+        assoc.release()
+        if not keep_open:
+            self.received.wait(timeout)
+        return status.Status
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def modality(clinic):
+    listening = Modality()
+    register_node(clinic, port=listening.port)
+    yield listening
+    listening.close()
+
+
+@pytest.fixture
+def scp_port(modality):
+    with running_scp() as port:
+        yield port
+
+
+def _committed(info: Dataset) -> set[str]:
+    return {str(i.ReferencedSOPInstanceUID) for i in info.get("ReferencedSOPSequence", [])}
+
+
+def _failed(info: Dataset) -> dict[str, int]:
+    return {str(i.ReferencedSOPInstanceUID): int(i.FailureReason) for i in info.get("FailedSOPSequence", [])}
+
+
+def test_backed_up_instances_are_committed_on_the_same_association(clinic, modality, scp_port, study):
+    status = modality.request(scp_port, clinic.ae_title, _references(study), keep_open=True)
+
+    assert status == 0x0000
+    [(event_type, info, how)] = modality.reports
+    assert (event_type, how) == (1, "same")
+    assert info.TransactionUID == modality.transaction_uid
+    assert _committed(info) == set(study.sop_uids)
+    assert "FailedSOPSequence" not in info
+    assert AuditEvent.objects.for_clinic(clinic).filter(action="dimse.commitment", result="success").exists()
+
+
+def test_report_comes_on_a_new_association_when_the_modality_has_released(clinic, modality, scp_port, study):
+    modality.request(scp_port, clinic.ae_title, _references(study), keep_open=False)
+
+    [(event_type, info, how)] = modality.reports
+    assert (event_type, how) == (1, "new")
+    assert _committed(info) == set(study.sop_uids)
+
+
+def test_unknown_and_other_clinics_instances_fail(clinic, other_clinic, modality, scp_port, study, tmp_path):
+    theirs = write_study(tmp_path / "theirs")
+    instance_ingest(clinic=other_clinic, source_path=str(theirs.files[0]), source="test")
+    unknown = (CT_IMAGE_STORAGE, generate_uid())
+    references = [*_references(study)[:1], unknown, (CT_IMAGE_STORAGE, theirs.sop_uids[0])]
+
+    modality.request(scp_port, clinic.ae_title, references, keep_open=True)
+
+    [(event_type, info, _)] = modality.reports
+    assert event_type == 2
+    assert _committed(info) == {study.sop_uids[0]}
+    assert _failed(info) == {unknown[1]: NO_SUCH_OBJECT_INSTANCE, theirs.sop_uids[0]: NO_SUCH_OBJECT_INSTANCE}
+
+
+def test_instance_without_backup_copy_is_never_committed(clinic, modality, scp_port, study, settings):
+    settings.STORAGE_COMMITMENT_WAIT_SECONDS = 1
+    lagging = Instance.objects.get(sop_instance_uid=study.sop_uids[1])
+    _not_backed_up(lagging)
+
+    modality.request(scp_port, clinic.ae_title, _references(study), keep_open=True)
+
+    [(event_type, info, _)] = modality.reports
+    assert event_type == 2
+    assert _committed(info) == {study.sop_uids[0]}
+    assert _failed(info) == {study.sop_uids[1]: PROCESSING_FAILURE}
+
+
+def test_instance_backed_up_while_the_request_waits_is_reported_committed(clinic, modality, scp_port, study, settings):
+    settings.STORAGE_COMMITMENT_WAIT_SECONDS = 30
+    lagging = Instance.objects.get(sop_instance_uid=study.sop_uids[1])
+    _not_backed_up(lagging)
+
+    def replicate_soon() -> None:
+        time.sleep(1.5)
+        instance_replicate(instance=Instance.objects.get(pk=lagging.pk))
+
+    worker = threading.Thread(target=replicate_soon)
+    worker.start()
+    modality.request(scp_port, clinic.ae_title, _references(study), keep_open=True)
+    worker.join()
+
+    [(event_type, info, _)] = modality.reports
+    assert event_type == 1
+    assert _committed(info) == set(study.sop_uids)
+
+
+def test_marked_replicated_but_missing_from_the_replica_is_pending(clinic, study):
+    instance = Instance.objects.get(sop_instance_uid=study.sop_uids[0])
+    stores.get_store("replica").delete(instance.object_key)
+
+    result = commitment_check(clinic=clinic, references=_references(study))
+
+    assert result.pending == [_references(study)[0]]
+    assert result.committed == [_references(study)[1]]
+
+
+def test_wrong_sop_class_is_a_class_instance_conflict(clinic, study):
+    wrong = [("1.2.840.10008.5.1.4.1.1.4", study.sop_uids[0])]
+
+    result = commitment_check(clinic=clinic, references=wrong)
+
+    assert result.failed == [("1.2.840.10008.5.1.4.1.1.4", study.sop_uids[0], CLASS_INSTANCE_CONFLICT)]
