@@ -6,6 +6,7 @@ from studies.viewer import views
 
 app_name = "share-viewer"
 urlpatterns = [
+    path("<uuid:study_uuid>/ohif/", views.share_study_ohif, name="study-ohif"),
     path("ohif/", views.ohif_share, name="ohif"),
     path("ohif/<path:path>", views.ohif_share, name="ohif-path"),
 ]

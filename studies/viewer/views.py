@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 
 from studies.models import Instance, Series, Study
+from studies.sharing import services as sharing_services
 from studies.sharing.public_views import share_required
 from studies.viewer import ohif
 from tenants.audit import audit_record
@@ -224,4 +225,19 @@ def study_ohif(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> Ht
         object_id=str(study.uuid),
     )
     public_url = reverse("viewer:ohif", kwargs={"clinic_slug": request.clinic.slug})
+    return redirect(ohif_study_url(public_url=public_url, study=study))
+
+
+@share_required
+def share_study_ohif(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
+    """Open one shared study in the share's diagnostic viewer (the share page's button)."""
+    study = (
+        Study.objects.for_clinic(request.clinic)  # type: ignore[attr-defined]
+        .filter(uuid=study_uuid, pk__in=request.study_scope, deleted_at__isnull=True)  # type: ignore[attr-defined]
+        .first()
+    )
+    if study is None:
+        raise Http404("No such study in this link.")
+    sharing_services.share_log(share=request.share, action="viewed", request=request, study=study)  # type: ignore[attr-defined]
+    public_url = reverse("share-viewer:ohif", kwargs={"share_token": share_token})
     return redirect(ohif_study_url(public_url=public_url, study=study))

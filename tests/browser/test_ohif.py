@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
 
 import pytest
 
-from studies.sharing.models import Share
 from tests.browser.test_viewer_sharing import store_series
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -26,10 +25,13 @@ CANVAS_MEAN_JS = """() => {
 }"""
 
 
-def wait_for_image(page) -> float:
-    page.wait_for_selector(".cornerstone-canvas", timeout=60_000)
-    page.wait_for_function(f"({CANVAS_MEAN_JS})() > 10", timeout=60_000)
-    return page.evaluate(CANVAS_MEAN_JS)
+def wait_for_image(page, timeout: float = 60) -> float:
+    """Wait until the viewport shows an image; return its mean grey level (wait_for_function would need eval)."""
+    page.wait_for_selector(".cornerstone-canvas", timeout=timeout * 1000)
+    deadline = time.monotonic() + timeout
+    while (mean := page.evaluate(CANVAS_MEAN_JS)) <= 10 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    return mean
 
 
 def test_study_page_opens_the_study_in_ohif_and_a_length_is_measured(page, sign_in, clinic, clinician, tmp_path):
@@ -38,13 +40,70 @@ def test_study_page_opens_the_study_in_ohif_and_a_length_is_measured(page, sign_
     errors: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     failed: list[str] = []
-    page.on("response", lambda response: failed.append(f"{response.status} {response.url}") if response.status >= 400 else None)
+    page.on(
+        "response",
+        lambda response: failed.append(f"{response.status} {response.url}") if response.status >= 400 else None,
+    )
 
     page.goto(f"/c/{clinic.slug}/studies/{study.uuid}/")
     page.click("[data-testid=open-ohif]")
     mean = wait_for_image(page)
 
-    page.screenshot(path="/tmp/ohif1.png")
-    open("/tmp/ohif1.html", "w").write(page.content())
+    skip_tour(page)
+    page.click("[data-cy=MeasurementTools-split-button-primary]")
+    box = page.locator(".cornerstone-canvas").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5, steps=10)
+    page.mouse.up()
+    page.click("button:has-text('Yes')")
+    length = page.locator("[data-cy=viewport-pane] svg text", has_text=" mm").first
+    length.wait_for()
+
     assert mean > 10, (errors, failed)
+    assert float(length.text_content().split()[0]) > 5
+    assert page.url.startswith(f"{page.url.split('/c/')[0]}/c/{clinic.slug}/viewer/ohif/viewer?StudyInstanceUIDs=")
     assert not failed, failed
+
+
+def skip_tour(page) -> None:
+    """OHIF greets a first visit with a guided tour; a reader would dismiss it."""
+    skip = page.locator("text=Skip all")
+    if skip.count():
+        skip.first.click()
+
+
+def share_url(page, clinic, study, *, pin: str = "") -> str:
+    page.goto(f"/c/{clinic.slug}/shares/new/?study={study.uuid}")
+    if pin:
+        page.fill("#id_pin", pin)
+    page.click("main button[type=submit]")
+    return page.locator("[data-testid=share-url]").inner_text().strip()
+
+
+@pytest.mark.parametrize("pin", ["", "8642"], ids=["without-pin", "with-pin"])
+def test_shared_study_opens_in_ohif_and_reads_only_the_link(page, browser, sign_in, clinic, clinician, tmp_path, pin):
+    study, _ = store_series(clinic, tmp_path, slices=3)
+    sign_in(clinician)
+    url = share_url(page, clinic, study, pin=pin)
+    link_path = "/" + url.split("/", 3)[3].rstrip("/") + "/"
+    recipient = browser.new_context().new_page()
+    recipient.goto(url)
+    if pin:
+        recipient.fill("#id_pin", pin)
+        recipient.click("main button[type=submit]")
+    recipient.wait_for_load_state("networkidle")
+    requests: list[str] = []
+    recipient.on("request", lambda request: requests.append(request.url))
+    recipient.click("[data-testid=open-ohif]")
+    mean = wait_for_image(recipient)
+    content = recipient.content()
+    recipient.context.close()
+
+    assert mean > 10
+    origin = url.split("/s/")[0]
+    outside = [r for r in requests if r.startswith(origin) and not r[len(origin) :].startswith(link_path)]
+    assert not outside, requests[:12]
+    assert not [r for r in requests if not r.startswith((origin, "blob:", "data:"))]
+    assert clinic.name not in content and clinic.slug not in content
+    assert "/dicomweb/" + clinic.slug not in content
