@@ -95,9 +95,7 @@ def test_idle_session_warns_then_ends_at_the_login_page(page, sign_in, owner, cl
     assert "/accounts/login/" in page.url
 
 
-def test_invited_user_accepts_and_sees_only_their_clinic(
-    page, browser, live_server, sign_in, owner, clinic, other_clinic
-):
+def test_invited_user_accepts_and_sees_only_their_clinic(page, browser, live_server, sign_in, owner, clinic, other_clinic):
     sign_in(owner)
     page.goto(f"/c/{clinic.slug}/members/")
     page.fill("#id_email", "nora@newcomer.example")

@@ -16,16 +16,8 @@ def test_uploaded_folder_is_found_opened_and_downloaded_byte_for_byte(page, sign
     folder = tmp_path / "CD"
     ct = write_series(folder / "SERIES1", count=3, patient_name="FLOW^FIONA", patient_id="FL-7", accession="ACC-77")
     study_uid = __import__("pydicom").dcmread(ct[0]).StudyInstanceUID
-    mr = write_series(
-        folder / "SERIES2",
-        count=2,
-        source="MR_small.dcm",
-        study_uid=study_uid,
-        series_number=2,
-        patient_name="FLOW^FIONA",
-        patient_id="FL-7",
-        accession="ACC-77",
-    )
+    mr = write_series(folder / "SERIES2", count=2, source="MR_small.dcm", study_uid=study_uid, series_number=2,
+                      patient_name="FLOW^FIONA", patient_id="FL-7", accession="ACC-77")
     originals = {hashlib.sha256(p.read_bytes()).hexdigest() for p in ct + mr}
     sign_in(clinician)
 

@@ -67,9 +67,8 @@ def test_viewer_scrolls_and_window_level_changes_the_image(page, sign_in, clinic
     assert page.locator("#overlay-slice").inner_text().endswith("Im 3 / 12")
 
 
-def test_share_link_with_pin_from_creation_to_revocation(
-    page, browser, live_server, sign_in, clinic, clinician, tmp_path
-):
+def test_share_link_with_pin_from_creation_to_revocation(page, browser, live_server, sign_in, clinic, clinician,
+                                                         tmp_path):
     study, originals = store_series(clinic, tmp_path, slices=3)
     sign_in(clinician)
     page.goto(f"/c/{clinic.slug}/shares/new/?study={study.uuid}")
