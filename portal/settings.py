@@ -229,6 +229,10 @@ CONTENT_SECURITY_POLICY = {
         "frame-ancestors": ["'none'"],
     }
 }
+# Rendered images (WADO-RS rendered, thumbnails, the light viewer): what one request may cost.
+DICOMWEB_RENDER_MAX_FRAMES = env_int("DICOMWEB_RENDER_MAX_FRAMES", 16)
+DICOMWEB_RENDER_MAX_SOURCE_PIXELS = env_int("DICOMWEB_RENDER_MAX_SOURCE_PIXELS", 40_000_000)
+DICOMWEB_RENDER_MAX_OUTPUT_PIXELS = env_int("DICOMWEB_RENDER_MAX_OUTPUT_PIXELS", 32 * 1024 * 1024)
 # The diagnostic viewer: OHIF's prebuilt files, installed by `make ohif` from ohif/package-lock.json.
 OHIF_DIST_DIR = BASE_DIR / "ohif" / "node_modules" / "@ohif" / "app" / "dist"
 
