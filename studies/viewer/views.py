@@ -11,6 +11,7 @@ from csp.decorators import csp_update
 from django.conf import settings
 from django.contrib.staticfiles import finders
 from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect, render
@@ -18,6 +19,7 @@ from django.templatetags.static import static
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 
+from studies import names
 from studies.models import Instance, Series, Study
 from studies.sharing import services as sharing_services
 from studies.sharing.public_views import share_required
@@ -25,8 +27,6 @@ from studies.viewer import ohif
 from tenants.audit import audit_record
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
-
-NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "DOC"}
 
 
 def _first_value(metadata: dict[str, Any], tag: str) -> Any:
@@ -39,7 +39,13 @@ def initial_series(*, study: Study) -> dict[str, Any]:
 
     The same data the page would get from QIDO-RS; the viewer still asks DICOMweb for other series.
     """
-    series = list(Series.objects.for_clinic(study.clinic_id).filter(study=study).order_by("series_number", "pk"))
+    with_pixels = Instance.objects.for_clinic(study.clinic_id).filter(series=OuterRef("pk"), rows__isnull=False)
+    series = list(
+        Series.objects.for_clinic(study.clinic_id)
+        .filter(study=study)
+        .annotate(has_images=Exists(with_pixels))
+        .order_by("series_number", "pk")
+    )
     listed = [
         {
             "uid": s.series_instance_uid,
@@ -47,10 +53,11 @@ def initial_series(*, study: Study) -> dict[str, Any]:
             "modality": s.modality,
             "description": s.series_description,
             "count": s.number_of_instances,
+            "images": s.has_images,
         }
         for s in series
     ]
-    first = next((s for s in series if s.modality not in NON_IMAGE_MODALITIES), series[0] if series else None)
+    first = next((s for s in series if s.has_images), series[0] if series else None)
     if first is None:
         return {"series": listed, "firstSeries": None, "instances": []}
     instances = [
@@ -83,7 +90,7 @@ def viewer_context(*, study: Study, dicomweb_base: str, download_url: str = "", 
             "studyUid": study.study_instance_uid,
             "initial": initial_series(study=study),
             "overlay": {
-                "patientName": patient.patient_name.replace("^", " ").strip(),
+                "patientName": names.person_name_display(patient.patient_name),
                 "patientId": patient.patient_id,
                 "birthDate": patient.patient_birth_date.isoformat() if patient.patient_birth_date else "",
                 "sex": patient.patient_sex,
