@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install install-test run test lint check bench clean
+.PHONY: install install-test ohif run test lint check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,22 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 	bin/install-system-packages
 
-run: install
+# The diagnostic viewer (OHIF): its prebuilt dist/ from the npm registry, pinned by ohif/package-lock.json.
+OHIF_DIST := ohif/node_modules/@ohif/app/dist/index.html
+
+$(OHIF_DIST): ohif/package.json ohif/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 18 or later (Debian: apt-get install nodejs npm) to get the OHIF viewer."; exit 1; }
+	npm ci --prefix ohif --ignore-scripts --no-audit --no-fund
+	touch $@
+
+ohif: $(OHIF_DIST)
+
+run: install ohif
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo --port $(PORT)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile -p $(PORT)
 
-test: install-test
+test: install-test ohif
 	PATH=$(CURDIR)/$(BIN):$$PATH bin/with-test-services $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install-test

@@ -124,6 +124,7 @@ MIDDLEWARE = [
     "tenants.middleware.SessionTimeoutMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "tenants.middleware.ClinicMiddleware",
     # Last, so that it sees the final request state; django-axes asks for that.
     "axes.middleware.AxesMiddleware",
@@ -222,6 +223,26 @@ SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp): strict everywhere; the diagnostic viewer's views add only what
+# OHIF needs (studies.viewer.ohif.CSP_UPDATE) with django-csp's per-view decorator.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+# Rendered images (WADO-RS rendered, thumbnails, the light viewer): what one request may cost.
+DICOMWEB_RENDER_MAX_FRAMES = env_int("DICOMWEB_RENDER_MAX_FRAMES", 16)
+DICOMWEB_RENDER_MAX_SOURCE_PIXELS = env_int("DICOMWEB_RENDER_MAX_SOURCE_PIXELS", 40_000_000)
+DICOMWEB_RENDER_MAX_OUTPUT_PIXELS = env_int("DICOMWEB_RENDER_MAX_OUTPUT_PIXELS", 32 * 1024 * 1024)
+# The diagnostic viewer: OHIF's prebuilt files, installed by `make ohif` from ohif/package-lock.json.
+OHIF_DIST_DIR = BASE_DIR / "ohif" / "node_modules" / "@ohif" / "app" / "dist"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -13,14 +13,13 @@ import uuid
 from contextlib import closing
 from typing import BinaryIO
 
-import numpy as np
 import pydicom
-from PIL import Image
-from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+from pydicom.pixels import pixel_array
 
 from studies import selectors
 from studies.archive import objects
 from studies.archive.errors import ObjectMissing
+from studies.dicomweb import rendering
 from studies.models import Series
 from tenants.models import Clinic
 
@@ -35,57 +34,21 @@ def thumbnail_object_uuid(*, series: Series, instance_uuid: uuid.UUID) -> uuid.U
     return uuid.uuid5(series.uuid, f"thumbnail:{instance_uuid}")
 
 
-def _first(value: object) -> float:
-    if isinstance(value, pydicom.multival.MultiValue):
-        value = value[0]
-    return float(value)  # type: ignore[arg-type]
-
-
-def _to_uint8(pixels: np.ndarray, header: pydicom.Dataset) -> np.ndarray:
-    """Window a grey-scale frame (the header's first window, else the 0.5-99.5 percentiles) to 0..255."""
-    values = apply_modality_lut(pixels, header).astype(np.float64)
-    low = high = None
-    if "WindowCenter" in header and "WindowWidth" in header:
-        try:
-            center, width = _first(header.WindowCenter), _first(header.WindowWidth)
-            if width > 0:
-                low, high = center - width / 2, center + width / 2
-        except (TypeError, ValueError, IndexError):
-            pass
-    if low is None or high is None:
-        low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
-    if high <= low:
-        high = low + 1
-    scaled = np.clip((values - low) / (high - low), 0, 1) * 255
-    if str(header.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        scaled = 255 - scaled
-    return scaled.astype(np.uint8)
-
-
 def thumbnail_render_png(source: BinaryIO) -> bytes:
-    """Render a seekable DICOM file's middle frame as a PNG thumbnail.
+    """Render a seekable DICOM file's middle frame as a PNG thumbnail (the same renderer as WADO-RS rendered).
 
-    Raises ValueError when the file holds no image that can be decoded.
+    Raises ValueError when the file holds no image that can be decoded, and RenderTooLarge for a frame
+    beyond the per-render memory bound.
     """
     header = pydicom.dcmread(source, stop_before_pixels=True, force=True)
     if "Rows" not in header or "Columns" not in header:
         raise ValueError("no image in this instance")
+    rendering.decode_check(header, limits=rendering.RenderLimits.from_settings())
     frames = int(header.get("NumberOfFrames", 1) or 1)
     source.seek(0)
     # Decode only the one frame needed, even in a large multi-frame file.
     pixels = pixel_array(source, index=frames // 2)
-    photometric = str(header.get("PhotometricInterpretation", "")).upper()
-    if photometric == "PALETTE COLOR":
-        pixels = apply_color_lut(pixels, header)
-    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
-        image_array = pixels[..., :3]
-        if image_array.dtype != np.uint8:
-            peak = float(image_array.max()) or 1.0
-            image_array = (image_array.astype(np.float64) * (255 / peak)).astype(np.uint8)
-        image = Image.fromarray(np.ascontiguousarray(image_array), mode="RGB")
-    else:
-        image = Image.fromarray(_to_uint8(pixels, header), mode="L")
-    image.thumbnail(THUMBNAIL_SIZE)
+    image = rendering.display_image(pixels, header, fit=THUMBNAIL_SIZE)
     output = io.BytesIO()
     image.save(output, format="PNG", optimize=True)
     return output.getvalue()
@@ -114,8 +77,8 @@ def series_thumbnail_render(*, clinic: Clinic, series: Series) -> str | None:
             return None
     stored = objects.object_put(clinic=clinic, source=io.BytesIO(png), object_uuid=object_uuid)
     previous = series.thumbnail_key
-    updated = Series.objects.for_clinic(clinic).filter(pk=series.pk, thumbnail_key=previous).update(
-        thumbnail_key=stored.key
+    updated = (
+        Series.objects.for_clinic(clinic).filter(pk=series.pk, thumbnail_key=previous).update(thumbnail_key=stored.key)
     )
     if not updated:
         # Another render won the race; its thumbnail stays.

@@ -12,8 +12,12 @@ from tenants.roles import Action
 
 
 def portal(request: HttpRequest) -> dict[str, Any]:
-    context: dict[str, Any] = {"clinic": getattr(request, "clinic", None),
-                               "membership": getattr(request, "membership", None)}
+    # A share link's recipient acts inside the clinic but must see nothing of it (menu, address, name).
+    on_share = getattr(request, "share", None) is not None
+    context: dict[str, Any] = {
+        "clinic": None if on_share else getattr(request, "clinic", None),
+        "membership": None if on_share else getattr(request, "membership", None),
+    }
     membership = context["membership"]
     context["clinic_perms"] = {action: membership.can(action) for action in Action.values} if membership else {}
     user = getattr(request, "user", None)

@@ -1,5 +1,6 @@
 // Study viewer on top of DICOMweb: QIDO-RS lists series and instances, WADO-RS "rendered" draws each
-// slice (the server applies window/level), and slices around the current one are prefetched.
+// slice (the server applies window/level, at the size the slice is shown), and slices around the
+// current one are prefetched. Multi-frame series play as a loop (cine).
 (function () {
   "use strict";
   const config = JSON.parse(document.getElementById("viewer-config").textContent);
@@ -17,8 +18,11 @@
   const state = {
     series: [], current: null, slices: [], index: 0,
     window: null, defaultWindow: null, tool: "window",
-    scale: 1, tx: 0, ty: 0, stopped: false,
+    scale: 1, tx: 0, ty: 0, stopped: false, playing: null,
   };
+  const CINE_FPS = 10;
+  const VIEWPORT_STEP = 64;
+  const VIEWPORT_MAX = 4096;
   const cache = new Map(); // rendered URL -> Promise<object URL>
 
   function tag(item, code) {
@@ -29,12 +33,27 @@
   }
 
   function fail(response) {
-    state.stopped = true;
     const gone = response.status === 401 || response.status === 403 || response.status === 404;
+    if (response.status === 400 || response.status === 413) {
+      // This image cannot be drawn here (no pixel data, or too large); the rest of the study still can.
+      status.textContent = response.status === 413 ? "This image is too large for the quick viewer: use the diagnostic viewer."
+        : "This image cannot be shown here (it holds no pixel data the viewer can draw).";
+      image.removeAttribute("src");
+      throw new Error("not drawable: " + response.status);
+    }
+    state.stopped = true;
     status.textContent = gone ? "This study is no longer available here (the link may have been revoked or expired)."
       : "The server could not answer (" + response.status + ").";
     image.removeAttribute("src");
     throw new Error("viewer stopped: " + response.status);
+  }
+
+  // The size the slice is shown at, in device pixels, in steps (so zooming does not fetch every size).
+  function displayedSize() {
+    const ratio = window.devicePixelRatio || 1;
+    const size = (length) => Math.min(VIEWPORT_MAX, Math.max(VIEWPORT_STEP,
+      Math.ceil(length * state.scale * ratio / VIEWPORT_STEP) * VIEWPORT_STEP));
+    return size(viewport.clientWidth) + "," + size(viewport.clientHeight);
   }
 
   async function getJson(url) {
@@ -47,7 +66,7 @@
   function sliceUrl(slice) {
     let url = base + "studies/" + study + "/series/" + state.current.uid + "/instances/" + slice.sop;
     url += slice.multiframe ? "/frames/" + slice.frame + "/rendered" : "/rendered";
-    const params = ["accept=" + encodeURIComponent("image/jpeg"), "quality=92"];
+    const params = ["accept=" + encodeURIComponent("image/jpeg"), "quality=92", "viewport=" + displayedSize()];
     if (state.window) params.push("window=" + Math.round(state.window.center) + "," + Math.max(1, Math.round(state.window.width)) + ",linear");
     return url + "?" + params.join("&");
   }
@@ -147,8 +166,20 @@
   }
 
   async function openSeries(series) {
+    stopCine();
     state.current = series;
     document.querySelectorAll(".series-list button").forEach((b) => b.classList.toggle("active", b.dataset.uid === series.uid));
+    if (series.images === false) {
+      // RT Plan, SR, key objects: nothing to draw, and no request that would fail on black.
+      state.slices = [];
+      image.removeAttribute("src");
+      image.removeAttribute("data-src");
+      status.textContent = "This series (" + (series.modality || "no modality") + ") holds no images to show: " +
+        "it is a document or plan, not pixels. Download the study to open it in a program made for it.";
+      $("cine").hidden = true;
+      overlay();
+      return;
+    }
     status.textContent = "Loading series…";
     const instances = await instancesOf(series);
     state.slices = slicesFrom(instances);
@@ -161,6 +192,7 @@
     slider.max = String(Math.max(1, state.slices.length));
     slider.value = "1";
     status.textContent = state.slices.length ? "" : "This series holds no image.";
+    $("cine").hidden = state.slices.length < 2;
     image.removeAttribute("data-src");
     state.scale = 1; state.tx = 0; state.ty = 0;
     applyTransform();
@@ -193,7 +225,8 @@
       thumb.dataset.src = base + "studies/" + study + "/series/" + s.uid + "/thumbnail";
       const meta = document.createElement("span");
       meta.className = "meta";
-      meta.textContent = [s.modality, s.number !== null ? "#" + s.number : "", s.description || "", (s.count || "?") + " images"].filter(Boolean).join(" · ");
+      const count = s.images === false ? "no images" : (s.count || "?") + " images";
+      meta.textContent = [s.modality, s.number !== null ? "#" + s.number : "", s.description || "", count].filter(Boolean).join(" · ");
       button.append(thumb, meta);
       button.addEventListener("click", () => openSeries(s));
       item.append(button);
@@ -201,7 +234,7 @@
     }
     const firstUid = config.initial && config.initial.firstSeries;
     const firstImageSeries = state.series.find((s) => s.uid === firstUid) ||
-      state.series.find((s) => ["SR", "PR", "KO", "DOC"].indexOf(s.modality) < 0) || state.series[0];
+      state.series.find((s) => s.images !== false) || state.series[0];
     if (firstImageSeries) await openSeries(firstImageSeries);
     else status.textContent = "This study holds no series.";
     document.querySelectorAll(".series-list img[data-src]").forEach((img) => { img.src = img.dataset.src; });
@@ -223,7 +256,7 @@
       scheduleRender();
     } else if (state.tool === "zoom") {
       state.scale = Math.max(0.2, Math.min(12, state.scale * Math.exp(-dy * 0.01)));
-      applyTransform(); overlay();
+      applyTransform(); scheduleRender();
     } else if (state.tool === "pan") {
       state.tx += dx; state.ty += dy;
       applyTransform();
@@ -262,7 +295,7 @@
   viewport.addEventListener("touchmove", (event) => {
     if (pinch && event.touches.length === 2) {
       state.scale = Math.max(0.2, Math.min(12, pinch.scale * touchDistance(event.touches) / pinch.distance));
-      applyTransform(); overlay();
+      applyTransform(); scheduleRender();
     }
   }, { passive: true });
   viewport.addEventListener("touchend", () => { if (pinch) { pinch = null; last = null; } });
@@ -274,7 +307,7 @@
     event.preventDefault();
     if (event.ctrlKey) {
       state.scale = Math.max(0.2, Math.min(12, state.scale * Math.exp(-event.deltaY * 0.002)));
-      applyTransform(); overlay();
+      applyTransform(); scheduleRender();
     } else {
       go(state.index + (event.deltaY > 0 ? 1 : -1));
     }
@@ -316,6 +349,26 @@
     draw();
   });
   $("reset").addEventListener("click", reset);
+
+  // --- cine: play a multi-frame series (or a stack) as a loop ---------------------------------------------
+  function stopCine() {
+    if (state.playing) clearInterval(state.playing);
+    state.playing = null;
+    $("cine").textContent = "Play";
+    $("cine").setAttribute("aria-pressed", "false");
+  }
+  function startCine() {
+    $("cine").textContent = "Pause";
+    $("cine").setAttribute("aria-pressed", "true");
+    state.playing = setInterval(() => {
+      if (!state.slices.length) return stopCine();
+      state.index = (state.index + 1) % state.slices.length;
+      draw();
+    }, 1000 / CINE_FPS);
+  }
+  $("cine").addEventListener("click", () => (state.playing ? stopCine() : startCine()));
+  let resizeTimer = null;
+  window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(draw, 200); });
 
   applyTransform();
   start().catch((error) => { if (!state.stopped) status.textContent = "Could not open the study: " + error.message; });

@@ -17,11 +17,12 @@ from typing import BinaryIO
 
 import numpy as np
 import pydicom
+from django.conf import settings
 from PIL import Image
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing, pixel_array
 
 from portal.exceptions import PortalError
 
@@ -175,67 +176,157 @@ class RenderOptions:
     quality: int = 90
 
 
-def _window(values: np.ndarray, ds: Dataset, window: tuple[float, float, str] | None) -> np.ndarray:
-    """Map grey values to 0..255 with the VOI LUT function of PS3.3 C.11.2.1.2."""
-    if window is None and "WindowCenter" in ds and "WindowWidth" in ds:
-        try:
-            center = ds.WindowCenter
-            width = ds.WindowWidth
-            center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
-            width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
-            function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").lower()
-            if width >= 1:
-                window = (center, width, function)
-        except (TypeError, ValueError, IndexError):
-            window = None
-    if window is None:
-        low, high = float(values.min()), float(values.max())
-        if high <= low:
-            high = low + 1
-        scaled = (values - low) / (high - low)
-    else:
+class RenderTooLarge(PortalError):
+    status = 413
+    code = "too_large"
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """What one rendered request may cost (settings DICOMWEB_RENDER_*; README documents them)."""
+
+    max_frames: int
+    max_source_pixels: int
+    max_output_pixels: int
+
+    @classmethod
+    def from_settings(cls) -> RenderLimits:
+        return cls(
+            max_frames=settings.DICOMWEB_RENDER_MAX_FRAMES,
+            max_source_pixels=settings.DICOMWEB_RENDER_MAX_SOURCE_PIXELS,
+            max_output_pixels=settings.DICOMWEB_RENDER_MAX_OUTPUT_PIXELS,
+        )
+
+
+def render_request_check(*, frames: int, options: RenderOptions, limits: RenderLimits) -> None:
+    """Refuse a rendered request that asks for too many frames or too many pixels in all (before any work).
+
+    Raises PortalError (400) for too many frames and RenderTooLarge (413) for too many output pixels.
+    """
+    if frames > limits.max_frames:
+        raise PortalError(f"Ask for at most {limits.max_frames} rendered frames per request (this asked for {frames}).")
+    if options.viewport is not None:
+        width, height = options.viewport
+        if frames * width * height > limits.max_output_pixels:
+            raise RenderTooLarge(
+                f"That is more than {limits.max_output_pixels} pixels in one answer: ask for fewer frames"
+                " or a smaller viewport."
+            )
+
+
+def frame_pixels(header: Dataset) -> int:
+    """How many values one decoded frame holds (what decoding it costs in memory, times the sample size)."""
+    try:
+        return int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
+def decode_check(header: Dataset, *, limits: RenderLimits) -> None:
+    """Refuse to decode a frame larger than the per-render memory bound."""
+    if frame_pixels(header) > limits.max_source_pixels:
+        raise RenderTooLarge(
+            f"This image ({header.Columns} x {header.Rows}) is too large to render here; retrieve its"
+            " frames instead (WADO-RS frames or the instance)."
+        )
+
+
+def _first_number(value: object) -> float:
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = value[0]
+    return float(value)  # type: ignore[arg-type]
+
+
+def _header_window(header: Dataset) -> tuple[float, float, str] | None:
+    if "WindowCenter" not in header or "WindowWidth" not in header:
+        return None
+    try:
+        center, width = _first_number(header.WindowCenter), _first_number(header.WindowWidth)
+    except (TypeError, ValueError, IndexError):
+        return None
+    function = str(header.get("VOILUTFunction", "LINEAR") or "LINEAR").lower()
+    return (center, width, function) if width >= 1 else None
+
+
+def _grey_to_uint8(values: np.ndarray, header: Dataset, window: tuple[float, float, str] | None) -> np.ndarray:
+    """Apply the VOI transform (PS3.3 C.11.2) with pydicom: the asked window, else the header's window or
+    VOI LUT, else the 0.5-99.5 percentiles of the image."""
+    window = window or _header_window(header)
+    if window is not None:
         center, width, function = window
-        if function == "sigmoid":
-            scaled = 1 / (1 + np.exp(-4 * (values - center) / width))
-        elif function == "linear_exact":
-            scaled = (values - center) / width + 0.5
-        else:
-            scaled = (values - (center - 0.5)) / max(width - 1, 1) + 0.5
-    return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+        # A stand-in header whose output range is 0..255, so pydicom's result needs no rescaling.
+        view = Dataset()
+        view.PhotometricInterpretation = "MONOCHROME2"
+        view.BitsStored, view.PixelRepresentation = 8, 0
+        view.WindowCenter, view.WindowWidth = center, width
+        view.VOILUTFunction = function.upper()
+        return np.clip(apply_windowing(values, view), 0, 255).astype(np.uint8)
+    if header.get("VOILUTSequence"):
+        try:
+            bits = int(header.VOILUTSequence[0].LUTDescriptor[2])
+            # The LUT is indexed by whole values (pydicom warns that floats give wrong results).
+            mapped = apply_voi_lut(np.rint(values).astype(np.int64), header, prefer_lut=True).astype(np.float32)
+            return np.clip(mapped * (255 / (2**bits - 1)), 0, 255).astype(np.uint8)
+        except (AttributeError, IndexError, TypeError, ValueError):
+            pass  # a broken LUT: fall back to the image's own range
+    low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+    if high <= low:
+        high = low + 1
+    return (np.clip((values - low) / (high - low), 0, 1) * 255).astype(np.uint8)
 
 
-def render(ds: Dataset, *, frame: int, options: RenderOptions) -> bytes:
+def display_image(
+    pixels: np.ndarray,
+    header: Dataset,
+    *,
+    window: tuple[float, float, str] | None = None,
+    fit: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Turn one decoded frame into what a screen shows: grey values windowed, colour as RGB, fitted into
+    ``fit`` (aspect ratio kept). The one renderer of thumbnails, WADO-RS rendered and the light viewer."""
+    photometric = str(header.get("PhotometricInterpretation", "")).upper()
+    if fit is not None:
+        # Drop rows and columns far beyond what is shown before the float work, which costs 4 bytes a value.
+        step = int(min(pixels.shape[0] / max(fit[1], 1), pixels.shape[1] / max(fit[0], 1)) // 2)
+        if step >= 2:
+            pixels = pixels[::step, ::step]
+    if photometric == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, header)
+    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
+        rgb = pixels[..., :3]
+        if rgb.dtype != np.uint8:
+            peak = float(rgb.max()) or 1.0
+            rgb = (rgb.astype(np.float32) * (255 / peak)).astype(np.uint8)
+        image = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+    else:
+        values = apply_modality_lut(pixels, header).astype(np.float32)
+        grey = _grey_to_uint8(values, header, window)
+        if photometric == "MONOCHROME1":
+            grey = 255 - grey
+        image = Image.fromarray(grey, mode="L")
+    if fit is not None:
+        width, height = fit
+        scale = min(width / image.width, height / image.height)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        if size != image.size:
+            image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
+
+
+def render(ds: Dataset, *, frame: int, options: RenderOptions, limits: RenderLimits | None = None) -> bytes:
     """Render one frame (1-based) as JPEG or PNG with the requested window and viewport."""
     if "PixelData" not in ds or "Rows" not in ds:
         raise RenderError("This instance has no image to render.")
     total = frame_count(ds)
     if not 1 <= frame <= total:
         raise FrameMissing(f"Frame {frame} does not exist; this instance has {total} frame(s).")
+    decode_check(ds, limits=limits or RenderLimits.from_settings())
     try:
         pixels = pixel_array(ds, index=frame - 1)
     except Exception as exc:  # noqa: BLE001 - decoder plugins fail in their own ways
         raise RenderError(f"The image can't be decoded ({type(exc).__name__}).") from None
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    if photometric == "PALETTE COLOR":
-        pixels = apply_color_lut(pixels, ds)
-    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
-        rgb = pixels[..., :3]
-        if rgb.dtype != np.uint8:
-            peak = float(rgb.max()) or 1.0
-            rgb = (rgb.astype(np.float64) * (255 / peak)).astype(np.uint8)
-        image = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
-    else:
-        values = apply_modality_lut(pixels, ds).astype(np.float64)
-        grey = _window(values, ds, options.window)
-        if photometric == "MONOCHROME1":
-            grey = 255 - grey
-        image = Image.fromarray(grey, mode="L")
-    if options.viewport is not None:
-        width, height = options.viewport
-        # The viewport bounds the image; the aspect ratio is kept (PS3.18 8.3.5.1.3).
-        scale = min(width / image.width, height / image.height)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS)
+    # The viewport bounds the image; the aspect ratio is kept (PS3.18 8.3.5.1.3).
+    image = display_image(pixels, ds, window=options.window, fit=options.viewport)
     output = io.BytesIO()
     if options.media_type == "image/png":
         image.save(output, format="PNG")

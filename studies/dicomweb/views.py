@@ -361,14 +361,19 @@ def rendered(
     found = _study(request, study_uid)
     instances = wado.instances_for(clinic=request.clinic, study=found, series_uid=series_uid, sop_uid=sop_uid)
     _audit(request, "dicomweb.retrieve", study=found, details={"what": "rendered"})
+    limits = rendering.RenderLimits.from_settings()
     if sop_uid is not None:
         numbers = _frame_numbers(frame_list) if frame_list else [1]
+        rendering.render_request_check(frames=len(numbers), options=options, limits=limits)
         with _open_dataset(request, instances[0]) as ds:
             images = [rendering.render(ds, frame=n, options=options) for n in numbers]
         if len(images) == 1:
             return HttpResponse(images[0], content_type=options.media_type)
     else:
         # Study and series level: the first frame of each instance that holds an image, as parts.
+        rendering.render_request_check(
+            frames=sum(1 for instance in instances if instance.rows is not None), options=options, limits=limits
+        )
         images = []
         for instance in instances:
             if instance.rows is None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from django import template
 
-from studies import selectors
+from studies import names, selectors
 from tenants.roles import Action
 
 register = template.Library()
@@ -14,12 +14,8 @@ register = template.Library()
 
 @register.filter
 def person_name(value: str) -> str:
-    """Show a DICOM PN ("SMITH^JOHN^^DR") as "SMITH, JOHN DR"."""
-    parts = [part for part in (value or "").split("=")[0].split("^")]
-    family, rest = (parts[0], [p for p in parts[1:] if p]) if parts else ("", [])
-    if not rest:
-        return family
-    return f"{family}, {' '.join(rest)}" if family else " ".join(rest)
+    """Show a DICOM PN ("SMITH^JOHN^^DR") as "SMITH, JOHN DR" (studies.names holds the one format)."""
+    return names.person_name_display(value)
 
 
 @register.filter

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 from uuid import UUID
 
+from csp.decorators import csp_update
+from django.conf import settings
+from django.contrib.staticfiles import finders
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.db.models import Exists, OuterRef
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.middleware.csrf import get_token
+from django.shortcuts import get_object_or_404, redirect, render
+from django.templatetags.static import static
 from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
 
+from studies import names
 from studies.models import Instance, Series, Study
+from studies.sharing import services as sharing_services
+from studies.sharing.public_views import share_required
+from studies.viewer import ohif
 from tenants.audit import audit_record
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
-
-NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "DOC"}
 
 
 def _first_value(metadata: dict[str, Any], tag: str) -> Any:
@@ -28,20 +39,38 @@ def initial_series(*, study: Study) -> dict[str, Any]:
 
     The same data the page would get from QIDO-RS; the viewer still asks DICOMweb for other series.
     """
-    series = list(Series.objects.for_clinic(study.clinic_id).filter(study=study).order_by("series_number", "pk"))
+    with_pixels = Instance.objects.for_clinic(study.clinic_id).filter(series=OuterRef("pk"), rows__isnull=False)
+    series = list(
+        Series.objects.for_clinic(study.clinic_id)
+        .filter(study=study)
+        .annotate(has_images=Exists(with_pixels))
+        .order_by("series_number", "pk")
+    )
     listed = [
-        {"uid": s.series_instance_uid, "number": s.series_number, "modality": s.modality,
-         "description": s.series_description, "count": s.number_of_instances}
+        {
+            "uid": s.series_instance_uid,
+            "number": s.series_number,
+            "modality": s.modality,
+            "description": s.series_description,
+            "count": s.number_of_instances,
+            "images": s.has_images,
+        }
         for s in series
     ]
-    first = next((s for s in series if s.modality not in NON_IMAGE_MODALITIES), series[0] if series else None)
+    first = next((s for s in series if s.has_images), series[0] if series else None)
     if first is None:
         return {"series": listed, "firstSeries": None, "instances": []}
     instances = [
-        {"sop": sop, "number": number, "frames": frames,
-         "windowCenter": _first_value(metadata, "00281050"), "windowWidth": _first_value(metadata, "00281051")}
+        {
+            "sop": sop,
+            "number": number,
+            "frames": frames,
+            "windowCenter": _first_value(metadata, "00281050"),
+            "windowWidth": _first_value(metadata, "00281051"),
+        }
         for sop, number, frames, metadata in Instance.objects.for_clinic(study.clinic_id)
-        .filter(series=first).order_by("instance_number", "pk")
+        .filter(series=first)
+        .order_by("instance_number", "pk")
         .values_list("sop_instance_uid", "instance_number", "number_of_frames", "metadata")
     ]
     # Only the first instance's window is needed; the rest would only weigh on the page.
@@ -61,7 +90,7 @@ def viewer_context(*, study: Study, dicomweb_base: str, download_url: str = "", 
             "studyUid": study.study_instance_uid,
             "initial": initial_series(study=study),
             "overlay": {
-                "patientName": patient.patient_name.replace("^", " ").strip(),
+                "patientName": names.person_name_display(patient.patient_name),
                 "patientId": patient.patient_id,
                 "birthDate": patient.patient_birth_date.isoformat() if patient.patient_birth_date else "",
                 "sex": patient.patient_sex,
@@ -82,12 +111,140 @@ def study_viewer(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> 
         Study.objects.for_clinic(request.clinic).filter(deleted_at__isnull=True).select_related("patient"),
         uuid=study_uuid,
     )
-    audit_record(clinic=request.clinic, action="study.viewer_opened", request=request, object_type="study",
-                 object_id=str(study.uuid))
+    audit_record(
+        clinic=request.clinic,
+        action="study.viewer_opened",
+        request=request,
+        object_type="study",
+        object_id=str(study.uuid),
+    )
     base = reverse("dicomweb:studies", kwargs={"clinic_slug": request.clinic.slug})[: -len("studies")]
-    return render(request, "studies/viewer.html", viewer_context(
-        study=study,
-        dicomweb_base=base,
-        download_url=reverse("studies:download", kwargs={"clinic_slug": clinic_slug, "study_uuid": study.uuid}),
-        back_url=reverse("studies:detail", kwargs={"clinic_slug": clinic_slug, "study_uuid": study.uuid}),
-    ))
+    return render(
+        request,
+        "studies/viewer.html",
+        viewer_context(
+            study=study,
+            dicomweb_base=base,
+            download_url=reverse("studies:download", kwargs={"clinic_slug": clinic_slug, "study_uuid": study.uuid}),
+            back_url=reverse("studies:detail", kwargs={"clinic_slug": clinic_slug, "study_uuid": study.uuid}),
+        ),
+    )
+
+
+# --- the diagnostic viewer (OHIF) ----------------------------------------------------------------------
+
+VIEWER_SCRIPT = "studies/viewer-ohif.js"
+
+
+def _ohif_response(request: HttpRequest, path: str, site: ohif.ViewerSite) -> HttpResponse:
+    """Answer one request under a viewer prefix: a file of OHIF's dist/, its config, or its page."""
+    if path == "app-config.js":
+        return _no_store(HttpResponse(ohif.app_config_js(site), content_type="text/javascript"))
+    if path == "portal-viewer.js":
+        return FileResponse(Path(finders.find(VIEWER_SCRIPT)).open("rb"), content_type="text/javascript")
+    asset = ohif.asset_path(path) if path else None
+    if asset is not None and asset.name != "index.html":
+        patched = ohif.asset_patched(asset)
+        if patched is not None:
+            response: HttpResponse = HttpResponse(patched, content_type=ohif.content_type(asset))
+        else:
+            response = FileResponse(asset.open("rb"), content_type=ohif.content_type(asset))
+        long_lived = ohif.is_long_lived(asset)
+        response["Cache-Control"] = "private, max-age=31536000, immutable" if long_lived else "private, max-age=3600"
+        return response
+    if "." in path.rsplit("/", 1)[-1]:
+        raise Http404("No such file in the viewer.")
+    # Any other path is one of OHIF's own routes (/viewer?StudyInstanceUIDs=..., the study list).
+    try:
+        html = ohif.index_html(site)
+    except ohif.ViewerNotInstalled:
+        return HttpResponse(
+            "The diagnostic viewer is not installed: run `make ohif` (part of `make run`).",
+            status=503,
+            content_type="text/plain; charset=utf-8",
+        )
+    return _no_store(HttpResponse(html))
+
+
+def _no_store(response: HttpResponse) -> HttpResponse:
+    add_never_cache_headers(response)
+    return response
+
+
+@csp_update(ohif.CSP_UPDATE)
+def ohif_clinic(request: ClinicRequest, clinic_slug: str, path: str = "") -> HttpResponse:
+    """OHIF for a signed-in reader, on the clinic's DICOMweb with the browser session."""
+    if not request.membership.can(Action.VIEW):
+        raise PermissionDenied
+    dicomweb = reverse("dicomweb:studies", kwargs={"clinic_slug": request.clinic.slug})[: -len("/studies")]
+    site = ohif.ViewerSite(
+        public_url=reverse("viewer:ohif", kwargs={"clinic_slug": request.clinic.slug}),
+        dicomweb_root=request.build_absolute_uri(dicomweb),
+        name=request.clinic.name,
+        show_study_list=True,
+        csrf_token=get_token(request),
+        session_script=static("portal/session.js"),
+        body_attributes=session_attributes(request),
+    )
+    return _ohif_response(request, path, site)
+
+
+def session_attributes(request: HttpRequest) -> dict[str, str]:
+    """What static/portal/session.js reads from <body> (base.html writes the same for portal pages)."""
+    return {
+        "data-idle-seconds": str(
+            int(request.session.get("idle_seconds", settings.SESSION_IDLE_TIMEOUT.total_seconds()))
+        ),
+        "data-keepalive-url": reverse("tenants:keepalive"),
+        "data-login-url": reverse("tenants:login"),
+    }
+
+
+@csp_update(ohif.CSP_UPDATE)
+@share_required
+def ohif_share(request: HttpRequest, share_token: str, path: str = "") -> HttpResponse:
+    """OHIF for a share link's recipient: reads only the link's read-only DICOMweb, shows nothing of the clinic."""
+    dicomweb = reverse("share-dicomweb:studies", kwargs={"share_token": share_token})[: -len("/studies")]
+    site = ohif.ViewerSite(
+        public_url=reverse("share-viewer:ohif", kwargs={"share_token": share_token}),
+        dicomweb_root=request.build_absolute_uri(dicomweb),
+        name="Shared studies",
+        show_study_list=False,
+    )
+    return _ohif_response(request, path, site)
+
+
+def ohif_study_url(*, public_url: str, study: Study) -> str:
+    """The viewer's address for one study (OHIF's own route form)."""
+    return f"{public_url}viewer?{urlencode({'StudyInstanceUIDs': study.study_instance_uid})}"
+
+
+def study_ohif(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> HttpResponse:
+    """Open one study in the diagnostic viewer (the link of the studies list and the study page)."""
+    if not request.membership.can(Action.VIEW):
+        raise PermissionDenied
+    study = get_object_or_404(Study.objects.for_clinic(request.clinic).filter(deleted_at__isnull=True), uuid=study_uuid)
+    audit_record(
+        clinic=request.clinic,
+        action="study.viewer_opened",
+        request=request,
+        object_type="study",
+        object_id=str(study.uuid),
+    )
+    public_url = reverse("viewer:ohif", kwargs={"clinic_slug": request.clinic.slug})
+    return redirect(ohif_study_url(public_url=public_url, study=study))
+
+
+@share_required
+def share_study_ohif(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
+    """Open one shared study in the share's diagnostic viewer (the share page's button)."""
+    study = (
+        Study.objects.for_clinic(request.clinic)  # type: ignore[attr-defined]
+        .filter(uuid=study_uuid, pk__in=request.study_scope, deleted_at__isnull=True)  # type: ignore[attr-defined]
+        .first()
+    )
+    if study is None:
+        raise Http404("No such study in this link.")
+    sharing_services.share_log(share=request.share, action="viewed", request=request, study=study)  # type: ignore[attr-defined]
+    public_url = reverse("share-viewer:ohif", kwargs={"share_token": share_token})
+    return redirect(ohif_study_url(public_url=public_url, study=study))

@@ -58,7 +58,7 @@ def test_viewer_scrolls_and_window_level_changes_the_image(page, sign_in, clinic
     page.mouse.down()
     page.mouse.move(box["x"] + 250, box["y"] + 150, steps=8)
     page.mouse.up()
-    page.wait_for_function("document.getElementById('image').dataset.src.includes('window=')")
+    page.wait_for_selector("#image[data-src*='window=']")
     page.wait_for_timeout(300)
     after = page.locator("#image").screenshot()
 
@@ -84,7 +84,7 @@ def test_share_link_with_pin_from_creation_to_revocation(page, browser, live_ser
     assert "Wrong PIN" in recipient.content()
     recipient.fill("#id_pin", "8642")
     recipient.click("main button[type=submit]")
-    recipient.click("text=View")
+    recipient.click('text="View"')
     recipient.wait_for_selector("#image[data-slice='1']")
     recipient.go_back()
     with recipient.expect_download() as download_info:

@@ -1,0 +1,202 @@
+"""The diagnostic viewer (OHIF v3): its prebuilt files, served by the portal under a prefix of ours.
+
+OHIF's ``dist/`` is built to live at ``/`` of its own site. The portal serves it under a prefix per
+clinic (``/c/<clinic>/viewer/ohif/``) or per share link (``/s/<token>/viewer/ohif/``), so that the
+share's viewer never makes a request outside its link. Three things make that work:
+
+- ``index.html`` is rewritten per request: its asset paths get the prefix, its inline scripts (which
+  a strict Content-Security-Policy refuses) are replaced by the generated ``app-config.js`` and our
+  own static script, and its service worker is left out (it would cache patient images in the browser).
+- ``app-config.js`` is generated per request: one DICOMweb data source, the clinic's or the share's.
+- The webpack runtime of each bundle has its public path fixed to ``/``; it is rewritten to read the
+  prefix (``window.PUBLIC_URL`` in the page, the script's own folder in a worker).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+# What webpack writes into each runtime, and what we serve instead.
+WEBPACK_PUBLIC_PATH = '__webpack_require__.p = "/";'
+PORTAL_PUBLIC_PATH = (
+    '__webpack_require__.p = (typeof window !== "undefined" ? window.PUBLIC_URL'
+    ' : self.location.href.replace(/[^/]*$/, "")) || "/";'
+)
+# Hashed bundle names change with every release, so they can be cached for long.
+HASHED_NAME = re.compile(r"\.[0-9a-f]{16}\.(?:js|wasm)$|^[0-9a-f]{16}\.\w+$")
+CONTENT_TYPES = {
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".css": "text/css",
+    ".wasm": "application/wasm",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".woff2": "font/woff2",
+    ".woff": "font/woff",
+    ".ttf": "font/ttf",
+    ".html": "text/html; charset=utf-8",
+    ".map": "application/json",
+    ".onnx": "application/octet-stream",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+# Only what OHIF needs beyond the site-wide policy: WebAssembly codecs, workers started from blob:
+# URLs, inline styles set by its React components, and images drawn from blob:/data: URLs.
+CSP_UPDATE: dict[str, list[str]] = {
+    "script-src": ["'wasm-unsafe-eval'"],
+    "worker-src": ["'self'", "blob:"],
+    "style-src": ["'unsafe-inline'"],
+    "img-src": ["blob:", "data:"],
+    "font-src": ["'self'", "data:"],
+    "connect-src": ["'self'", "blob:", "data:"],
+}
+
+
+class ViewerNotInstalled(Exception):
+    """OHIF's files are not there: `make ohif` (part of `make run` and `make test`) installs them."""
+
+
+@dataclass(frozen=True)
+class ViewerSite:
+    """Where one viewer lives and what it reads."""
+
+    public_url: str  # the prefix, ending in "/"
+    dicomweb_root: str  # absolute URL of the DICOMweb base, without trailing "/"
+    name: str  # shown as the data source's name
+    show_study_list: bool
+    csrf_token: str = ""
+    session_script: str = ""  # our session keep-alive script, for signed-in readers
+    body_attributes: dict[str, str] | None = None
+
+
+def dist_dir() -> Path:
+    return Path(settings.OHIF_DIST_DIR)
+
+
+def asset_path(relative: str) -> Path | None:
+    """Return the file of OHIF's dist/ at ``relative``, or None (also for anything outside dist/)."""
+    root = dist_dir().resolve()
+    candidate = (root / relative).resolve()
+    if root not in candidate.parents or not candidate.is_file():
+        return None
+    return candidate
+
+
+def content_type(path: Path) -> str:
+    return CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
+
+
+def is_long_lived(path: Path) -> bool:
+    return bool(HASHED_NAME.search(path.name))
+
+
+# Style sheets name fonts from the site root; relative to the sheet, they resolve under the prefix.
+CSS_ROOT_URL = re.compile(rb"url\(\s*([\"']?)/(?!/)")
+
+
+@functools.lru_cache(maxsize=64)
+def _patched_bytes(path: str, mtime_ns: int) -> bytes | None:
+    data = Path(path).read_bytes()
+    if path.endswith(".css"):
+        patched = CSS_ROOT_URL.sub(rb"url(\1", data)
+    else:
+        patched = data.replace(WEBPACK_PUBLIC_PATH.encode(), PORTAL_PUBLIC_PATH.encode())
+    return patched if patched != data else None
+
+
+def asset_patched(path: Path) -> bytes | None:
+    """The file with its root paths made relative to the prefix, or None when it needs no change."""
+    if path.suffix not in (".js", ".css"):
+        return None
+    return _patched_bytes(str(path), path.stat().st_mtime_ns)
+
+
+def index_html(site: ViewerSite) -> str:
+    """OHIF's page, rewritten for ``site`` (see the module docstring)."""
+    index = dist_dir() / "index.html"
+    if not index.is_file():
+        raise ViewerNotInstalled(str(index))
+    html = index.read_text(encoding="utf-8")
+    # Inline scripts set PUBLIC_URL and a dynamic-import helper; app-config.js (ours) does both.
+    html = re.sub(r"<script>.*?</script>", "", html, flags=re.DOTALL)
+    html = re.sub(r'<script[^>]*src="/init-service-worker\.js"[^>]*></script>', "", html)
+    html = re.sub(r'<link rel="manifest"[^>]*>', "", html)
+    html = re.sub(r'(href|src)="/(?!/)', lambda m: f'{m.group(1)}="{site.public_url}', html)
+    extra = f'<script src="{site.public_url}portal-viewer.js"></script>'
+    if site.session_script:
+        extra += f'<script defer src="{site.session_script}"></script>'
+    html = html.replace(
+        f'<script rel="preload" as="script" src="{site.public_url}app-config.js"></script>',
+        f'<script src="{site.public_url}app-config.js"></script>{extra}',
+    )
+    if site.body_attributes:
+        attributes = "".join(f' {name}="{_attribute(value)}"' for name, value in site.body_attributes.items())
+        html = html.replace("<body>", f"<body{attributes}>", 1)
+    return html
+
+
+def _attribute(value: str) -> str:
+    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+
+def app_config(site: ViewerSite) -> dict[str, Any]:
+    """OHIF's configuration: one DICOMweb data source, read (and written, where allowed) with the session."""
+    root = site.dicomweb_root
+    return {
+        "routerBasename": site.public_url.rstrip("/"),
+        "extensions": [],
+        "modes": [],
+        "customizationService": {},
+        "showStudyList": site.show_study_list,
+        "maxNumberOfWebWorkers": 3,
+        "showWarningMessageForCrossOrigin": False,
+        "showCPUFallbackMessage": True,
+        "showLoadingIndicator": True,
+        "strictZSpacingForVolumeViewport": True,
+        "investigationalUseDialog": {"option": "never"},
+        "maxNumRequests": {"interaction": 100, "thumbnail": 5, "prefetch": 25},
+        "showErrorDetails": "production",
+        "defaultDataSourceName": "portal",
+        "dataSources": [
+            {
+                "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
+                "sourceName": "portal",
+                "configuration": {
+                    "friendlyName": site.name,
+                    "name": "portal",
+                    "wadoUriRoot": root,
+                    "qidoRoot": root,
+                    "wadoRoot": root,
+                    "qidoSupportsIncludeField": True,
+                    "imageRendering": "wadors",
+                    "thumbnailRendering": "wadors",
+                    "enableStudyLazyLoad": True,
+                    "supportsFuzzyMatching": False,
+                    "supportsWildcard": True,
+                    "staticWado": False,
+                    "singlepart": "bulkdata,video",
+                    "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
+                    "omitQuotationForMultipartRequest": True,
+                },
+            }
+        ],
+    }
+
+
+def app_config_js(site: ViewerSite) -> str:
+    """The script OHIF loads first: its config, its public URL, and what our shim needs (no API token)."""
+    portal = {"dicomwebRoot": site.dicomweb_root, "csrfToken": site.csrf_token}
+    return (
+        f"window.PUBLIC_URL = {json.dumps(site.public_url)};\n"
+        f"window.portalViewer = {json.dumps(portal)};\n"
+        f"window.config = {json.dumps(app_config(site), indent=1)};\n"
+    )

@@ -1,0 +1,109 @@
+"""In Chromium: the diagnostic viewer (OHIF) served by the portal, for a clinic's reader and for share links."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.browser.test_viewer_sharing import store_series
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+# Mean grey level of the viewport canvas's centre: more than a black canvas can have.
+CANVAS_MEAN_JS = """() => {
+  const canvas = document.querySelector('.cornerstone-canvas, canvas');
+  if (!canvas || !canvas.width) return -1;
+  const probe = document.createElement('canvas');
+  probe.width = 64; probe.height = 64;
+  const context = probe.getContext('2d');
+  context.drawImage(canvas, canvas.width / 4, canvas.height / 4, canvas.width / 2, canvas.height / 2, 0, 0, 64, 64);
+  const data = context.getImageData(0, 0, 64, 64).data;
+  let sum = 0;
+  for (let i = 0; i < data.length; i += 4) sum += data[i] + data[i + 1] + data[i + 2];
+  return sum / (data.length / 4) / 3;
+}"""
+
+
+def wait_for_image(page, timeout: float = 60) -> float:
+    """Wait until the viewport shows an image; return its mean grey level (wait_for_function would need eval)."""
+    page.wait_for_selector(".cornerstone-canvas", timeout=timeout * 1000)
+    deadline = time.monotonic() + timeout
+    while (mean := page.evaluate(CANVAS_MEAN_JS)) <= 10 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    return mean
+
+
+def test_study_page_opens_the_study_in_ohif_and_a_length_is_measured(page, sign_in, clinic, clinician, tmp_path):
+    study, _ = store_series(clinic, tmp_path, slices=5)
+    sign_in(clinician)
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    failed: list[str] = []
+    page.on(
+        "response",
+        lambda response: failed.append(f"{response.status} {response.url}") if response.status >= 400 else None,
+    )
+
+    page.goto(f"/c/{clinic.slug}/studies/{study.uuid}/")
+    page.click("[data-testid=open-ohif]")
+    mean = wait_for_image(page)
+
+    skip_tour(page)
+    page.click("[data-cy=MeasurementTools-split-button-primary]")
+    box = page.locator(".cornerstone-canvas").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5, steps=10)
+    page.mouse.up()
+    page.click("button:has-text('Yes')")
+    length = page.locator("[data-cy=viewport-pane] svg text", has_text=" mm").first
+    length.wait_for()
+
+    assert mean > 10, (errors, failed)
+    assert float(length.text_content().split()[0]) > 5
+    assert page.url.startswith(f"{page.url.split('/c/')[0]}/c/{clinic.slug}/viewer/ohif/viewer?StudyInstanceUIDs=")
+    assert not failed, failed
+
+
+def skip_tour(page) -> None:
+    """OHIF greets a first visit with a guided tour; a reader would dismiss it."""
+    skip = page.locator("text=Skip all")
+    if skip.count():
+        skip.first.click()
+
+
+def share_url(page, clinic, study, *, pin: str = "") -> str:
+    page.goto(f"/c/{clinic.slug}/shares/new/?study={study.uuid}")
+    if pin:
+        page.fill("#id_pin", pin)
+    page.click("main button[type=submit]")
+    return page.locator("[data-testid=share-url]").inner_text().strip()
+
+
+@pytest.mark.parametrize("pin", ["", "8642"], ids=["without-pin", "with-pin"])
+def test_shared_study_opens_in_ohif_and_reads_only_the_link(page, browser, sign_in, clinic, clinician, tmp_path, pin):
+    study, _ = store_series(clinic, tmp_path, slices=3)
+    sign_in(clinician)
+    url = share_url(page, clinic, study, pin=pin)
+    link_path = "/" + url.split("/", 3)[3].rstrip("/") + "/"
+    recipient = browser.new_context().new_page()
+    recipient.goto(url)
+    if pin:
+        recipient.fill("#id_pin", pin)
+        recipient.click("main button[type=submit]")
+    recipient.wait_for_load_state("networkidle")
+    requests: list[str] = []
+    recipient.on("request", lambda request: requests.append(request.url))
+    recipient.click("[data-testid=open-ohif]")
+    mean = wait_for_image(recipient)
+    content = recipient.content()
+    recipient.context.close()
+
+    assert mean > 10
+    origin = url.split("/s/")[0]
+    outside = [r for r in requests if r.startswith(origin) and not r[len(origin) :].startswith(link_path)]
+    assert not outside, requests[:12]
+    assert not [r for r in requests if not r.startswith((origin, "blob:", "data:"))]
+    assert clinic.name not in content and clinic.slug not in content
+    assert "/dicomweb/" + clinic.slug not in content

@@ -1,0 +1,146 @@
+"""The diagnostic viewer (OHIF) as the portal serves it: page, config, assets, CSP, sessions and share links."""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+import pytest
+from django.test import Client
+from pydicom.uid import generate_uid
+
+from studies.sharing import services as sharing_services
+from studies.viewer import ohif
+from tenants.models import AuditEvent
+from tests.studies.dicomweb_support import ingest, multipart_body, write_instance
+
+pytestmark = pytest.mark.django_db
+PREFIX = "/c/clinic-a/viewer/ohif/"
+
+
+@pytest.fixture
+def study(clinic, tmp_path):
+    return ingest(clinic, [write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid())])[
+        0
+    ].series.study
+
+
+def test_reader_gets_ohif_with_its_config_as_scripts_of_ours_only(client, clinician):
+    client.force_login(clinician)
+
+    page = client.get(PREFIX + "viewer?StudyInstanceUIDs=1.2.3")
+    config = client.get(PREFIX + "app-config.js")
+
+    assert page.status_code == HTTPStatus.OK
+    html = page.content.decode()
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), "an inline script would break the CSP"
+    assert f'src="{PREFIX}app-config.js"' in html and 'src="/app.bundle' not in html
+    assert "init-service-worker" not in html
+    body = config.content.decode()
+    assert '"qidoRoot": "http://testserver/dicomweb/clinic-a"' in body
+    assert '"routerBasename": "/c/clinic-a/viewer/ohif"' in body
+    assert "Bearer" not in body and "Authorization" not in body
+    assert "no-cache" in config["Cache-Control"] or "no-store" in config["Cache-Control"]
+
+
+def test_csp_is_widened_for_ohif_only(client, clinician):
+    client.force_login(clinician)
+
+    viewer = client.get(PREFIX + "viewer")
+    studies = client.get("/c/clinic-a/studies/")
+
+    assert "'wasm-unsafe-eval'" in viewer["Content-Security-Policy"]
+    assert "blob:" in viewer["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in viewer["Content-Security-Policy"]
+    assert "wasm-unsafe-eval" not in studies["Content-Security-Policy"]
+    assert "unsafe-eval'" not in viewer["Content-Security-Policy"].replace("'wasm-unsafe-eval'", "")
+
+
+def test_bundles_load_their_chunks_from_the_prefix(client, clinician):
+    client.force_login(clinician)
+    bundle = next(ohif.dist_dir().glob("app.bundle.*.js")).name
+
+    response = client.get(PREFIX + bundle)
+
+    body = b"".join(response.streaming_content) if response.streaming else response.content
+    assert response.status_code == HTTPStatus.OK
+    assert ohif.WEBPACK_PUBLIC_PATH.encode() not in body
+    assert ohif.PORTAL_PUBLIC_PATH.encode() in body
+    assert "immutable" in response["Cache-Control"]
+
+
+def test_paths_outside_the_viewer_files_are_not_served(client, clinician):
+    client.force_login(clinician)
+
+    assert client.get(PREFIX + "../../../../portal/settings.py").status_code == HTTPStatus.NOT_FOUND
+    assert client.get(PREFIX + "no-such-chunk.js").status_code == HTTPStatus.NOT_FOUND
+
+
+def test_outsider_gets_404_and_anonymous_is_sent_to_sign_in(client, outsider, clinic):
+    assert client.get(PREFIX + "viewer").status_code == HTTPStatus.FOUND
+    client.force_login(outsider)
+
+    assert client.get(PREFIX + "viewer").status_code == HTTPStatus.NOT_FOUND
+    assert client.get(PREFIX + "app-config.js").status_code == HTTPStatus.NOT_FOUND
+
+
+def test_study_link_opens_ohif_on_the_study_and_is_audited(client, clinician, study):
+    client.force_login(clinician)
+
+    response = client.get(f"/c/clinic-a/viewer/{study.uuid}/ohif/")
+
+    assert response.status_code == HTTPStatus.FOUND
+    assert response["Location"] == f"{PREFIX}viewer?StudyInstanceUIDs={study.study_instance_uid}"
+    assert AuditEvent.objects.filter(clinic=study.clinic, action="study.viewer_opened").count() == 1
+
+
+def test_outsider_cannot_open_a_study_in_ohif(client, outsider, study):
+    client.force_login(outsider)
+
+    assert client.get(f"/c/clinic-a/viewer/{study.uuid}/ohif/").status_code == HTTPStatus.NOT_FOUND
+
+
+def test_stow_with_the_session_needs_the_csrf_token_ohif_sends(clinician, tmp_path):
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(clinician)
+    config = browser.get(PREFIX + "app-config.js").content.decode()
+    token = re.search(r'"csrfToken": "([^"]+)"', config).group(1)
+    body, content_type = multipart_body([write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid())])
+
+    refused = browser.post("/dicomweb/clinic-a/studies", body, content_type=content_type)
+    stored = browser.post("/dicomweb/clinic-a/studies", body, content_type=content_type, HTTP_X_CSRFTOKEN=token)
+
+    assert refused.status_code == HTTPStatus.FORBIDDEN
+    assert stored.status_code == HTTPStatus.OK
+
+
+def test_share_viewer_reads_only_the_link_and_names_nothing_of_the_clinic(client, clinic, study):
+    created = sharing_services.share_create(clinic=clinic, studies=[study], created_by=None)
+    prefix = f"/s/{created.token}/viewer/ohif/"
+
+    page = client.get(prefix + "viewer?StudyInstanceUIDs=" + study.study_instance_uid)
+    config = client.get(prefix + "app-config.js").content.decode()
+    opened = client.get(f"/s/{created.token}/viewer/{study.uuid}/ohif/")
+
+    assert page.status_code == HTTPStatus.OK
+    assert f'"qidoRoot": "http://testserver/s/{created.token}/dicomweb"' in config
+    assert clinic.slug not in config + page.content.decode()
+    assert clinic.name not in config
+    assert "session.js" not in page.content.decode()
+    assert opened["Location"].startswith(prefix + "viewer?StudyInstanceUIDs=")
+
+
+def test_pin_link_viewer_needs_the_grant(client, clinic, study):
+    created = sharing_services.share_create(clinic=clinic, studies=[study], created_by=None, pin="8642")
+
+    response = client.get(f"/s/{created.token}/viewer/ohif/app-config.js")
+
+    assert response.status_code == HTTPStatus.FOUND
+    assert response["Location"] == f"/s/{created.token}/"
+
+
+def test_revoked_link_viewer_is_gone(client, clinic, study):
+    created = sharing_services.share_create(clinic=clinic, studies=[study], created_by=None)
+    sharing_services.share_revoke(share=created.share, user=None)
+
+    assert client.get(f"/s/{created.token}/viewer/ohif/viewer").status_code == HTTPStatus.NOT_FOUND
