@@ -484,3 +484,25 @@ def test_destroying_a_clinics_data_erases_its_held_instances_too(clinic, first_p
     assert not QuarantinedInstance.objects.exists()
     assert not stores.get_store("primary").exists(held.object_key)
     assert not stores.get_store("replica").exists(held.object_key)
+
+
+def test_owners_and_admins_are_told_without_patient_data_and_see_a_dashboard_card(
+    client, clinic, owner, admin, clinician, first_patient_study, tmp_path, django_capture_on_commit_callbacks
+):
+    from django.core import mail
+
+    from studies.errors import PatientMismatch
+    from studies.ingest import instance_ingest
+
+    with celery_eager(), django_capture_on_commit_callbacks(execute=True), pytest.raises(PatientMismatch):
+        instance_ingest(clinic=clinic, source_path=str(other_patient_file(tmp_path, first_patient_study)))
+    client.force_login(admin)
+    admin_page = client.get(f"/c/{clinic.slug}/").content.decode()
+    client.force_login(clinician)
+    clinician_page = client.get(f"/c/{clinic.slug}/").content.decode()
+
+    [message] = [m for m in mail.outbox if "held for review" in m.subject]
+    assert set(message.to) == {owner.email, admin.email}
+    assert "Beta" not in message.body and "PAT-B" not in message.body
+    assert f"/c/{clinic.slug}/studies/quarantine/" in message.body
+    assert "Held for review" in admin_page and "Held for review" not in clinician_page
