@@ -506,3 +506,20 @@ def test_owners_and_admins_are_told_without_patient_data_and_see_a_dashboard_car
     assert "Beta" not in message.body and "PAT-B" not in message.body
     assert f"/c/{clinic.slug}/studies/quarantine/" in message.body
     assert "Held for review" in admin_page and "Held for review" not in clinician_page
+
+
+def test_rebuilding_the_index_from_the_replica_leaves_held_instances_held(clinic, first_patient_study, tmp_path):
+    from studies.backup import recovery
+    from studies.errors import PatientMismatch
+    from studies.ingest import instance_ingest
+
+    for instance in Instance.objects.for_clinic(clinic):
+        tasks.instance_replicate(clinic_id=clinic.pk, instance_id=instance.pk)
+    with pytest.raises(PatientMismatch):
+        instance_ingest(clinic=clinic, source_path=str(other_patient_file(tmp_path, first_patient_study)))
+    tasks.quarantined_replicate(clinic_id=clinic.pk, held_id=QuarantinedInstance.objects.get().pk)
+
+    recovery.index_rebuild(clinic_uuids=[clinic.uuid])
+
+    assert Instance.objects.for_clinic(clinic).count() == 1
+    assert Instance.objects.for_clinic(clinic).get().series.study.patient.patient_id == "PAT-A"
