@@ -104,6 +104,48 @@ def test_restore_while_the_purge_erases_objects_is_refused_and_no_live_study_los
     assert not AuditEvent.objects.filter(action="study.restored").exists()
 
 
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_file_arriving_while_the_purge_erases_its_study_is_refused_then_stored_as_a_new_study(
+    client, clinic, owner, uploader, tmp_path, monkeypatch
+):
+    study = trashed_study(clinic, owner, tmp_path, count=3)
+    primary = stores.get_store("primary")
+    real_delete = type(primary).delete
+    erasing, go_on = threading.Event(), threading.Event()
+
+    def slow_delete(store, key):
+        erasing.set()
+        go_on.wait(10)
+        return real_delete(store, key)
+
+    monkeypatch.setattr(type(primary), "delete", slow_delete)
+    worker = threading.Thread(
+        target=lambda: (services.study_purge(clinic=clinic, study_id=study.pk), connection.close())
+    )
+    worker.start()
+    assert erasing.wait(10)
+    client.force_login(uploader)
+    path = write_ct(
+        tmp_path / "late.dcm",
+        study_uid=study.study_instance_uid,
+        patient_id=study.patient.patient_id,
+        patient_name=study.patient.patient_name,
+    )
+
+    during = upload(client, clinic, path)
+    go_on.set()
+    worker.join(30)
+    monkeypatch.setattr(type(primary), "delete", real_delete)
+    after = upload(client, clinic, path)
+
+    assert during.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert after.status_code == HTTPStatus.CREATED
+    again = Study.objects.for_clinic(clinic).get(study_instance_uid=study.study_instance_uid)
+    assert again.pk != study.pk and again.deleted_at is None and again.number_of_instances == 1
+    assert all(primary.exists(i.object_key) for i in Instance.objects.for_clinic(clinic))
+
+
 def test_a_purge_message_for_a_study_trashed_again_since_is_ignored(clinic, owner, tmp_path):
     study = trashed_study(clinic, owner, tmp_path)
     Study.objects.filter(pk=study.pk).update(deleted_at=timezone.now() - timedelta(days=31))
