@@ -216,6 +216,7 @@ def instance_hold(
     from studies import tasks
 
     transaction.on_commit(partial(tasks.quarantined_replicate.delay, clinic_id=clinic.pk, held_id=held.pk), robust=True)
+    transaction.on_commit(partial(tasks.quarantine_notify.delay, clinic_id=clinic.pk), robust=True)
     return held, True
 
 

@@ -76,8 +76,9 @@ def instance_ingest(
     never written. ``upload_link`` (or the request's) marks an outside sender (``studies.admission``).
 
     Raises InvalidDicom (nothing stored), InstanceConflict (audited; the stored instance untouched),
-    QuotaExceeded (the message says how much space is left, or why uploads are paused) and the
-    archive's StorageUnavailable.
+    QuotaExceeded (the message says how much space is left, or why uploads are paused), InstanceHeld
+    (kept in quarantine, not indexed: ``studies.admission``), StudyBeingPurged and the archive's
+    StorageUnavailable.
     """
     upload_link = upload_link or admission.upload_link_of(request)
     project = None

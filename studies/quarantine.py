@@ -19,9 +19,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
+from django.conf import settings
+from django.core.cache import cache
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 
 from portal.exceptions import PortalError
@@ -31,7 +36,8 @@ from studies.archive.errors import ObjectMissing
 from studies.errors import InvalidDicom
 from studies.models import Instance, QuarantinedInstance, Study
 from tenants.audit import audit_record
-from tenants.models import Clinic, User
+from tenants.models import Clinic, Membership, User
+from tenants.roles import Role
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +149,36 @@ def quarantined_discard(
 
     # The replica copy goes with the replica's own credentials, on the replica-admin queue.
     transaction.on_commit(partial(tasks.replica_purge.delay, clinic_id=clinic.pk, key=held.object_key), robust=True)
+
+
+# Owners and admins hear about held instances at most this often per clinic, not once per file.
+NOTIFY_INTERVAL_SECONDS = 600
+
+
+def quarantine_notify(*, clinic: Clinic) -> bool:
+    """E-mail the clinic's owners and admins that instances wait for review; False when told recently.
+
+    The mail names no patient: it points to the Quarantine page, which shows them to those allowed.
+    """
+    if not cache.add(f"quarantine-notify:{clinic.pk}", 1, NOTIFY_INTERVAL_SECONDS):
+        return False
+    count = quarantine_list(clinic=clinic).count()
+    if not count:
+        return False
+    recipients = sorted(
+        set(
+            Membership.objects.for_clinic(clinic)
+            .filter(role__in=[Role.OWNER, Role.ADMIN])
+            .values_list("user__email", flat=True)
+        )
+    )
+    body = render_to_string(
+        "emails/quarantine_held.txt",
+        {"clinic": clinic, "count": count, "path": reverse("studies:quarantine", kwargs={"clinic_slug": clinic.slug})},
+    )
+    subject, _, text = body.partition("\n")
+    send_mail(subject.strip(), text.strip(), settings.DEFAULT_FROM_EMAIL, recipients)
+    return True
 
 
 def quarantine_destroy_all(*, clinic: Clinic) -> int:

@@ -174,6 +174,16 @@ def quarantined_replicate(self, clinic_id: int, held_id: int) -> bool:
 
 
 @shared_task(acks_late=True, ignore_result=True)
+def quarantine_notify(clinic_id: int) -> bool:
+    """Tell the clinic's owners and admins that instances are held for review (rate-limited)."""
+    from studies import quarantine
+    from tenants.models import Clinic
+
+    clinic = Clinic.objects.filter(pk=clinic_id).first()
+    return clinic is not None and quarantine.quarantine_notify(clinic=clinic)
+
+
+@shared_task(acks_late=True, ignore_result=True)
 def intake_sweep() -> dict[str, int]:
     """Every minute (beat): re-queue stalled ZIP unpacking and missing replica copies of staged archives
     and quarantined instances, as the replication sweep does for instances."""

@@ -30,7 +30,7 @@ from studies.archive.errors import ArchiveError, ObjectMissing, StorageUnavailab
 from studies.backup import replication
 from studies.backup.verification import ObjectCheck, object_check, object_open_from
 from studies.errors import InvalidDicom
-from studies.models import ClinicKey, Instance, Series
+from studies.models import ClinicKey, Instance, QuarantinedInstance, Series
 from tenants.models import Clinic
 
 logger = logging.getLogger(__name__)
@@ -319,8 +319,13 @@ def index_rebuild(
             }
             indexed = set(Instance.objects.for_clinic(clinic).values_list("object_key", flat=True))
             thumbnails = set(Series.objects.for_clinic(clinic).values_list("thumbnail_key", flat=True))
+            # Held for review (studies.admission) or discarded: indexing them would file them after all.
+            held = set(
+                QuarantinedInstance.objects.for_clinic(clinic).exclude(resolution=QuarantinedInstance.Resolution.FILED)
+                .values_list("object_key", flat=True)
+            )
             keys = list(_replica_objects(clinic))
-            todo = [key for key in keys if key not in indexed and key not in thumbnails]
+            todo = [key for key in keys if key not in indexed and key not in thumbnails and key not in held]
             report.objects_seen += len(keys)
             report.already_indexed += len(keys) - len(todo)
             say(f"{clinic.slug}: {len(keys)} objects on the replica, {len(keys) - len(todo)} already indexed")

@@ -6,7 +6,7 @@ from typing import Any
 
 from django import template
 
-from studies import names, selectors
+from studies import names, quarantine, selectors
 from tenants.roles import Action
 
 register = template.Library()
@@ -26,7 +26,7 @@ def modalities(value: str) -> str:
 
 @register.inclusion_tag("studies/study_dashboard_cards.html", takes_context=True)
 def studies_dashboard_cards(context: template.Context) -> dict[str, Any]:
-    """The dashboard's "recent studies", "storage used" and "backup" cards, each shown only to those allowed."""
+    """The dashboard's "recent studies", "storage used", "backup" and "held for review" cards, each shown only to those allowed."""
     request = context.get("request")
     clinic = getattr(request, "clinic", None)
     membership = getattr(request, "membership", None)
@@ -44,4 +44,6 @@ def studies_dashboard_cards(context: template.Context) -> dict[str, Any]:
         from studies.backup import selectors as backup_selectors
 
         cards["backup"] = backup_selectors.backup_status(clinic=clinic)
+    if membership.can(Action.DELETE):
+        cards["held_count"] = quarantine.quarantine_list(clinic=clinic).count()
     return cards

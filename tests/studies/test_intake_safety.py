@@ -104,6 +104,48 @@ def test_restore_while_the_purge_erases_objects_is_refused_and_no_live_study_los
     assert not AuditEvent.objects.filter(action="study.restored").exists()
 
 
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_file_arriving_while_the_purge_erases_its_study_is_refused_then_stored_as_a_new_study(
+    client, clinic, owner, uploader, tmp_path, monkeypatch
+):
+    study = trashed_study(clinic, owner, tmp_path, count=3)
+    primary = stores.get_store("primary")
+    real_delete = type(primary).delete
+    erasing, go_on = threading.Event(), threading.Event()
+
+    def slow_delete(store, key):
+        erasing.set()
+        go_on.wait(10)
+        return real_delete(store, key)
+
+    monkeypatch.setattr(type(primary), "delete", slow_delete)
+    worker = threading.Thread(
+        target=lambda: (services.study_purge(clinic=clinic, study_id=study.pk), connection.close())
+    )
+    worker.start()
+    assert erasing.wait(10)
+    client.force_login(uploader)
+    path = write_ct(
+        tmp_path / "late.dcm",
+        study_uid=study.study_instance_uid,
+        patient_id=study.patient.patient_id,
+        patient_name=study.patient.patient_name,
+    )
+
+    during = upload(client, clinic, path)
+    go_on.set()
+    worker.join(30)
+    monkeypatch.setattr(type(primary), "delete", real_delete)
+    after = upload(client, clinic, path)
+
+    assert during.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert after.status_code == HTTPStatus.CREATED
+    again = Study.objects.for_clinic(clinic).get(study_instance_uid=study.study_instance_uid)
+    assert again.pk != study.pk and again.deleted_at is None and again.number_of_instances == 1
+    assert all(primary.exists(i.object_key) for i in Instance.objects.for_clinic(clinic))
+
+
 def test_a_purge_message_for_a_study_trashed_again_since_is_ignored(clinic, owner, tmp_path):
     study = trashed_study(clinic, owner, tmp_path)
     Study.objects.filter(pk=study.pk).update(deleted_at=timezone.now() - timedelta(days=31))
@@ -484,3 +526,42 @@ def test_destroying_a_clinics_data_erases_its_held_instances_too(clinic, first_p
     assert not QuarantinedInstance.objects.exists()
     assert not stores.get_store("primary").exists(held.object_key)
     assert not stores.get_store("replica").exists(held.object_key)
+
+
+def test_owners_and_admins_are_told_without_patient_data_and_see_a_dashboard_card(
+    client, clinic, owner, admin, clinician, first_patient_study, tmp_path, django_capture_on_commit_callbacks
+):
+    from django.core import mail
+
+    from studies.errors import PatientMismatch
+    from studies.ingest import instance_ingest
+
+    with celery_eager(), django_capture_on_commit_callbacks(execute=True), pytest.raises(PatientMismatch):
+        instance_ingest(clinic=clinic, source_path=str(other_patient_file(tmp_path, first_patient_study)))
+    client.force_login(admin)
+    admin_page = client.get(f"/c/{clinic.slug}/").content.decode()
+    client.force_login(clinician)
+    clinician_page = client.get(f"/c/{clinic.slug}/").content.decode()
+
+    [message] = [m for m in mail.outbox if "held for review" in m.subject]
+    assert set(message.to) == {owner.email, admin.email}
+    assert "Beta" not in message.body and "PAT-B" not in message.body
+    assert f"/c/{clinic.slug}/studies/quarantine/" in message.body
+    assert "Held for review" in admin_page and "Held for review" not in clinician_page
+
+
+def test_rebuilding_the_index_from_the_replica_leaves_held_instances_held(clinic, first_patient_study, tmp_path):
+    from studies.backup import recovery
+    from studies.errors import PatientMismatch
+    from studies.ingest import instance_ingest
+
+    for instance in Instance.objects.for_clinic(clinic):
+        tasks.instance_replicate(clinic_id=clinic.pk, instance_id=instance.pk)
+    with pytest.raises(PatientMismatch):
+        instance_ingest(clinic=clinic, source_path=str(other_patient_file(tmp_path, first_patient_study)))
+    tasks.quarantined_replicate(clinic_id=clinic.pk, held_id=QuarantinedInstance.objects.get().pk)
+
+    recovery.index_rebuild(clinic_uuids=[clinic.uuid])
+
+    assert Instance.objects.for_clinic(clinic).count() == 1
+    assert Instance.objects.for_clinic(clinic).get().series.study.patient.patient_id == "PAT-A"
