@@ -265,7 +265,7 @@ def study_get(
     def handle_store(event: Event) -> int:
         try:
             # In a process that also runs the listener, pynetdicom spools data sets to files already.
-            spooled = str(event.dataset_path)
+            spooled = str(event.dataset_path or "")
         except AttributeError:
             spooled = ""
         if spooled:
