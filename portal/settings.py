@@ -441,4 +441,6 @@ CELERY_TASK_ROUTES = {
 # Outbound DICOM (sends, migrations, routing rules): its tasks, and the sweep that resumes what a dead
 # worker or a lost message left behind.
 CELERY_IMPORTS = [*globals().get("CELERY_IMPORTS", []), "studies.outbound.tasks"]
+# A send or migration whose worker has not reported for this long is taken to be dead and re-queued.
+OUTBOUND_JOB_STALE_SECONDS = env_int("OUTBOUND_JOB_STALE_SECONDS", 180)
 CELERY_BEAT_SCHEDULE["outbound-sweep"] = {"task": "outbound.outbound_sweep", "schedule": 60.0}

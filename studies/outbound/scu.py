@@ -263,6 +263,13 @@ def study_get(
         roles.append(build_role(sop_class_uid, scp_role=True))
 
     def handle_store(event: Event) -> int:
+        try:
+            # In a process that also runs the listener, pynetdicom spools data sets to files already.
+            spooled = str(event.dataset_path or "")
+        except AttributeError:
+            spooled = ""
+        if spooled:
+            return on_file(spooled)
         fd, path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
         try:
             with os.fdopen(fd, "wb") as handle:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.http import HttpRequest
@@ -42,8 +43,6 @@ from tenants.models import Clinic, User
 
 logger = logging.getLogger(__name__)
 
-# A job whose worker has not reported for this long is taken to be dead and is re-queued by the sweep.
-HEARTBEAT_STALE = timedelta(minutes=3)
 # A migration task works on studies for about this long, then queues itself again (fair to other work).
 MIGRATION_SLICE_SECONDS = 60
 # Retrieval attempts per study before its missing instances are reported as missing.
@@ -116,8 +115,12 @@ def job_enqueue(*, job: SendJob | MigrationJob, countdown: float = 0) -> None:
     _enqueue(task, countdown=countdown, clinic_id=job.clinic_id, job_id=job.pk)
 
 
+def _stale() -> timedelta:
+    return timedelta(seconds=settings.OUTBOUND_JOB_STALE_SECONDS)
+
+
 def _unheld(now: datetime) -> Q:
-    return Q(heartbeat_at=None) | Q(heartbeat_at__lt=now - HEARTBEAT_STALE)
+    return Q(heartbeat_at=None) | Q(heartbeat_at__lt=now - _stale())
 
 
 def _claim(model: type[SendJob] | type[MigrationJob], job_id: int) -> bool:
@@ -332,10 +335,9 @@ def migration_study_retrieve(*, job: MigrationJob, study: MigrationStudy) -> Non
             except QuotaExceeded as exc:
                 quota_message.append(exc.message)
                 return 0xA700
-            except InvalidDicom:
-                return 0xC000
-            except InstanceConflict:
-                return 0x0111
+            except (InvalidDicom, InstanceConflict) as exc:
+                logger.warning("Migration %s: an instance of the node was refused: %s", job.uuid, exc)
+                return 0xC000 if isinstance(exc, InvalidDicom) else 0x0111
             if job.max_instances_per_second:
                 time.sleep(1 / job.max_instances_per_second)
             return 0x0000
@@ -556,7 +558,7 @@ def outbound_sweep(*, now: datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     # Neither held by a worker nor waiting in the queue (queued a while ago and never picked up).
     lost = Q(status__in=[JobStatus.QUEUED, JobStatus.RUNNING]) & _unheld(now) & (
-        Q(queued_at=None) | Q(queued_at__lt=now - HEARTBEAT_STALE))
+        Q(queued_at=None) | Q(queued_at__lt=now - _stale()))
     sends = list(SendJob.objects.filter(lost))
     for send in sends:
         job_enqueue(job=send)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from datetime import date, timedelta
 from http import HTTPStatus
 from pathlib import Path
@@ -17,6 +18,7 @@ from studies.outbound import services
 from studies.outbound.models import JobStatus, MigrationJob, RouteDelivery, SendJob
 from tenants.audit import AuditEvent
 from tests.peers import running_orthanc
+from tests.studies.backup_support import use_redis_broker
 from tests.studies.dimse_support import (
     BYTE_EXACT_SAMPLES,
     register_node,
@@ -24,6 +26,7 @@ from tests.studies.dimse_support import (
     tasks_inline,
     write_study,
 )
+from tests.studies.test_backup_faults import Worker, _wait_for, _worker_env
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -407,3 +410,57 @@ def test_received_migrated_files_are_valid_dicom(clinic, orthanc, orthanc_node, 
     for instance in Instance.objects.for_clinic(clinic):
         dataset = instance_dataset(clinic=clinic, instance=instance)
         assert dataset.SOPInstanceUID == instance.sop_instance_uid
+
+
+# --- A real worker, killed -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def worker_factory(tmp_path):
+    import redis
+
+    from portal.celery import app
+
+    broker_url = use_redis_broker()
+    redis.Redis.from_url(broker_url).flushdb()
+    started: list[Worker] = []
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = False
+
+    def make(**extra_env: str) -> Worker:
+        worker = Worker({**_worker_env(broker_url, tmp_path), **extra_env}, tmp_path / "worker.log")
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        worker.kill()
+    app.conf.task_always_eager = eager
+
+
+def test_a_migration_resumes_after_kill_9_of_its_worker_with_nothing_missing_or_doubled(
+    clinic, orthanc, orthanc_node, tmp_path, worker_factory, settings
+):
+    studies = [write_study(tmp_path / f"s{n}", patient_id=f"K-{n}", copies=4) for n in range(6)]
+    for study in studies:
+        orthanc.upload(study.files)
+    settings.OUTBOUND_JOB_STALE_SECONDS = 3
+    worker = worker_factory(OUTBOUND_JOB_STALE_SECONDS="3")
+    worker.start()
+    # Throttled so that the worker is killed in the middle of the job.
+    job = services.migration_create(clinic=clinic, node=orthanc_node, max_instances_per_second=4)
+
+    _wait_for(lambda: Instance.objects.for_clinic(clinic).count() >= 3, 60, "the migration to start")
+    worker.kill()
+    at_kill = Instance.objects.for_clinic(clinic).count()
+    time.sleep(3.5)
+    assert services.outbound_sweep()["migrations"] == 1
+    worker = worker_factory(OUTBOUND_JOB_STALE_SECONDS="3")
+    worker.start()
+    _wait_for(lambda: MigrationJob.objects.get(pk=job.pk).status == JobStatus.DONE, 120, "the migration to finish")
+
+    assert at_kill < 24
+    uids = list(Instance.objects.for_clinic(clinic).values_list("sop_instance_uid", flat=True))
+    assert sorted(uids) == sorted(uid for study in studies for uid in study.sop_uids)
+    job.refresh_from_db()
+    assert (job.instances_done, job.instances_failed) == (24, 0)
