@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -147,3 +148,45 @@ def test_orthanc_without_a_token_of_the_clinic_gets_nothing(clinic, other_clinic
         response = requests.post(f"{peer.url}/dicom-web/servers/portal/get", json={"Uri": "/studies"}, timeout=60)
 
     assert response.status_code >= 400
+
+
+def test_orthanc_gets_a_storage_commitment_report_once_images_are_backed_up(clinic, orthanc, files):
+    ids = orthanc.upload(files.files)
+
+    sent = orthanc.post("/modalities/portal/store", {"Resources": ids, "Synchronous": True, "StorageCommitment": True})
+    report = _commitment_report(orthanc, sent["StorageCommitmentTransactionUID"])
+
+    assert report["Status"] == "Success", report
+    assert {uid for _, uid in _pairs(report["Success"])} == set(files.sop_uids)
+    assert report["Failures"] == []
+
+
+def test_orthanc_is_told_by_storage_commitment_that_an_instance_we_do_not_hold_failed(
+    clinic, orthanc, archived, tmp_path
+):
+    unknown = write_study(tmp_path / "unknown")
+    orthanc.upload([archived.files[0], unknown.files[0]])
+    sop_class = str(dcmread(archived.files[0], stop_before_pixels=True).SOPClassUID)
+
+    sent = orthanc.post(
+        "/modalities/portal/storage-commitment",
+        {"DicomInstances": [[sop_class, archived.sop_uids[0]], [sop_class, unknown.sop_uids[0]]]},
+    )
+    report = _commitment_report(orthanc, sent["ID"])
+
+    assert report["Status"] == "Failure", report
+    assert {uid for _, uid in _pairs(report["Success"])} == {archived.sop_uids[0]}
+    assert [f["SOPInstanceUID"] for f in report["Failures"]] == [unknown.sop_uids[0]]
+
+
+def _pairs(items):
+    return [(item["SOPClassUID"], item["SOPInstanceUID"]) for item in items]
+
+
+def _commitment_report(orthanc, transaction_uid: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        report = orthanc.get(f"/storage-commitment/{transaction_uid}")
+        if report["Status"] != "Pending" or time.monotonic() > deadline:
+            return report
+        time.sleep(0.3)
