@@ -48,7 +48,7 @@ def main() -> None:
     template = ct_files(1, work)[0]
     scp_port = free_tcp_port()
     server = scp_start(host="127.0.0.1", port=scp_port, ae_title="PACSPORTAL", block=False)
-    with running_orthanc(work / "orthanc", modalities={"portal": ("BENCH", "127.0.0.1", scp_port)}) as orthanc:
+    with running_orthanc(work / "orthanc", portal_ae="BENCH", portal_dicom_port=scp_port) as orthanc:
         started = time.perf_counter()
         for _study in range(args.studies):
             ds = dcmread(template)

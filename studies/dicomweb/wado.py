@@ -79,7 +79,9 @@ def instances_negotiate(accept: str, *, stored_syntaxes: set[str]) -> str | None
         target = syntax or transcoding.DEFAULT
         if stored_syntaxes <= {target}:
             return None
-        if all(transcoding.can_transcode(stored, target) for stored in stored_syntaxes):
+        # Asked for by name, every instance must be convertible. By default, one we cannot decode
+        # (a video, say) still goes out as stored, its part naming its syntax, rather than nothing.
+        if syntax is None or all(transcoding.can_transcode(stored, target) for stored in stored_syntaxes):
             return target
     raise NotAcceptable(
         'Instances are available as multipart/related; type="application/dicom" in their stored transfer '
@@ -190,11 +192,19 @@ def instance_parts(
     from studies.archive import objects
 
     first = objects.object_open(clinic=clinic, key=instances[0].object_key)
-    if target is not None and instances[0].transfer_syntax_uid != target:
+    if _converts(instances[0], target):
         with first:
             first_part = _transcoded_part(first, target)
         return _parts(clinic, instances, None, objects, target, first_part)
     return _parts(clinic, instances, first, objects, target, None)
+
+
+def _converts(instance: Instance, target: str | None) -> bool:
+    return (
+        target is not None
+        and instance.transfer_syntax_uid != target
+        and transcoding.can_transcode(instance.transfer_syntax_uid, target)
+    )
 
 
 def _transcoded_part(source: BinaryIO, target: str) -> tuple[dict[str, str], Iterator[bytes]]:
@@ -215,7 +225,7 @@ def _parts(
         if index == 0 and first_part is not None:
             yield first_part
             continue
-        if target is not None and instance.transfer_syntax_uid != target:
+        if _converts(instance, target):
             yield _transcoded_part(objects.object_open(clinic=clinic, key=instance.object_key), target)
             continue
         headers = {

@@ -179,3 +179,16 @@ def _decode_frame(source_path, frame: bytes, syntax: str) -> np.ndarray:
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
     return ds.pixel_array
+
+
+def test_instance_that_cannot_be_decoded_goes_out_as_stored_by_default(api, study, monkeypatch):
+    from studies import transcoding
+
+    # As for a video or a syntax without a decoder here.
+    monkeypatch.setattr(transcoding, "can_decode", lambda syntax: syntax in transcoding.UNCOMPRESSED)
+
+    default = api.get(_url(study, 0), HTTP_ACCEPT=_accept(None))
+    named = api.get(_url(study, 0), HTTP_ACCEPT=_accept(EXPLICIT_LE))
+
+    assert _parts(default) == [study["paths"][0].read_bytes()]
+    assert named.status_code == HTTPStatus.NOT_ACCEPTABLE

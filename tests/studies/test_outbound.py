@@ -38,8 +38,9 @@ def _tasks_run_inline():
 
 
 @pytest.fixture
-def orthanc(tmp_path):
-    with running_orthanc(tmp_path / "orthanc") as peer:
+def orthanc(clinic, tmp_path):
+    # Orthanc answers queries and retrieves only from modalities it knows: it knows the clinic's AE.
+    with running_orthanc(tmp_path / "orthanc", portal_ae=clinic.ae_title) as peer:
         yield peer
 
 
@@ -216,8 +217,7 @@ def test_a_migration_run_again_stores_nothing_twice(client, clinic, admin, ortha
 
 def test_a_migration_by_c_move_receives_through_the_listener(client, clinic, admin, tmp_path):
     with running_scp() as scp_port:
-        with running_orthanc(tmp_path / "orthanc",
-                             modalities={"portal": (clinic.ae_title, "127.0.0.1", scp_port)}) as orthanc:
+        with running_orthanc(tmp_path / "orthanc", portal_ae=clinic.ae_title, portal_dicom_port=scp_port) as orthanc:
             register_node(clinic, ae_title=orthanc.ae_title, port=orthanc.dicom_port)
             _ct_2023, _mr, ct_2024 = _old_archive(orthanc, tmp_path)
             client.force_login(admin)
