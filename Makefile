@@ -47,7 +47,7 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
-bench: install-test
+bench: install-test ohif
 	PATH=$(CURDIR)/$(BIN):$$PATH bin/with-test-services $(BIN)/python bench/run_all.py
 
 clean:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from csp.decorators import csp_update
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -120,6 +121,7 @@ def share_open(request: HttpRequest, share_token: str) -> HttpResponse:
 
 
 @never_cache
+@csp_update({"img-src": ["'self'", "blob:"]})  # the light viewer draws slices from blob: URLs
 @share_required
 def share_viewer(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
     from studies.viewer.views import viewer_context

@@ -104,6 +104,11 @@ def viewer_context(*, study: Study, dicomweb_base: str, download_url: str = "", 
     }
 
 
+# The light viewer draws slices fetched with fetch() from blob: URLs.
+LIGHT_VIEWER_CSP = {"img-src": ["'self'", "blob:"]}
+
+
+@csp_update(LIGHT_VIEWER_CSP)
 def study_viewer(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> HttpResponse:
     if not request.membership.can(Action.VIEW):
         raise PermissionDenied

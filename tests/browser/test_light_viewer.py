@@ -50,9 +50,15 @@ def test_cine_loops_zoom_renders_larger_and_a_plan_says_it_has_no_images(page, s
 
     page.goto(f"/c/{clinic.slug}/viewer/{study.uuid}/")
     page.wait_for_selector("#image[data-slice='1']")
+    # Drawn, not just asked for: the page's CSP lets the blob: image through.
+    page.wait_for_timeout(300)
+    drawn = page.evaluate("() => document.getElementById('image').naturalWidth")
     page.click("#cine")
     page.wait_for_selector(f"#image[data-slice='{FRAMES}']")
     page.wait_for_selector("#image[data-slice='1']")
+    # Drawn, not just asked for: the page's CSP lets the blob: image through.
+    page.wait_for_timeout(300)
+    drawn = page.evaluate("() => document.getElementById('image').naturalWidth")
     page.click("#cine")
     before = viewport_of(page)
     page.locator("#viewport").hover()
@@ -65,6 +71,7 @@ def test_cine_loops_zoom_renders_larger_and_a_plan_says_it_has_no_images(page, s
     page.click(".series-list button:has-text('RTPLAN')")
     message = page.locator("#status")
 
+    assert drawn > 0
     assert after[0] > before[0] and after[1] > before[1]
     assert "holds no images" in message.inner_text()
     assert not bad
