@@ -244,7 +244,7 @@ def test_a_migration_that_would_pass_the_quota_stops_with_a_clear_message_and_ke
     assert report["status"] == "stopped"
     assert "quota" in report["error"].lower() or "space" in report["error"].lower()
     kept = Instance.objects.for_clinic(clinic).count()
-    assert 1 <= kept <= 4
+    assert 1 <= kept < 9
     assert report["instances_done"] == kept
 
 
