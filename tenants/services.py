@@ -23,6 +23,7 @@ from django.utils.text import slugify
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.exceptions import Conflict, NotAllowed, PortalError
+from tenants import selectors
 from tenants.audit import audit_record, client_address
 from tenants.models import ApiToken, Clinic, Invitation, Membership, User, UserSession
 from tenants.roles import ROLE_ACTIONS, Role
@@ -191,10 +192,16 @@ def membership_role_change(
 
 @transaction.atomic
 def membership_remove(
-    *, membership: Membership, granted_by: Membership | ApiToken | None, request: HttpRequest | None = None
+    *,
+    membership: Membership,
+    granted_by: Membership | ApiToken | None,
+    keep_api_tokens: bool = False,
+    request: HttpRequest | None = None,
 ) -> None:
     """Remove a member from a clinic; their access ends with their next request.
 
+    The clinic's API tokens the member created are revoked with the membership (a token must not
+    outlive its creator's right to make it), unless the remover explicitly keeps them.
     Raises NotAllowed when the member outranks the remover, and Conflict for the last owner.
     """
     clinic = _lock_clinic(membership.clinic)
@@ -203,8 +210,14 @@ def membership_remove(
     if membership.role == Role.OWNER and _owner_count(clinic) <= 1:
         raise Conflict(LAST_OWNER_MESSAGE)
     user_uuid = str(membership.user.uuid)
+    tokens = selectors.api_token_list_created_by(clinic=clinic, user=membership.user)
     membership.delete()
-    audit_record(clinic=clinic, action="member.removed", request=request, object_type="user", object_id=user_uuid)
+    if keep_api_tokens:
+        details = {"api_tokens_kept": tokens.count()}
+    else:
+        details = {"api_tokens_revoked": tokens.update(revoked_at=timezone.now())}
+    audit_record(clinic=clinic, action="member.removed", request=request, object_type="user", object_id=user_uuid,
+                 details=details)
 
 
 # --- security policy -----------------------------------------------------------------------------

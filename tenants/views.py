@@ -416,7 +416,8 @@ def member_role(request: ClinicRequest, clinic_slug: str, user_uuid: UUID) -> Ht
 def member_remove(request: ClinicRequest, clinic_slug: str, user_uuid: UUID) -> HttpResponse:
     membership = _member_or_404(request, user_uuid)
     try:
-        services.membership_remove(membership=membership, granted_by=request.membership, request=request)
+        services.membership_remove(membership=membership, granted_by=request.membership, request=request,
+                                   keep_api_tokens=request.POST.get("keep_api_tokens") == "on")
     except PortalError as exc:
         messages.error(request, exc.message)
     else:
