@@ -331,6 +331,8 @@ CELERY_BEAT_SCHEDULE["audit-chains-check"] = {"task": "tenants.tasks.audit_chain
 
 # DICOM
 DICOM_PORT = env_int("DICOM_PORT", 11112)
+# Loopback by default, like the web server: listening on every interface is an explicit choice.
+DICOM_BIND_ADDRESS = env_str("DICOM_BIND_ADDRESS", "127.0.0.1")
 DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "PACSPORTAL")
 
 # CORS is opened only for DICOMweb, and only to the configured origins.

@@ -25,22 +25,24 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="0.0.0.0", help="Address to listen on (default: all).")
+        parser.add_argument("--host", default=None,
+                            help="Address to listen on. Default: the DICOM_BIND_ADDRESS setting (127.0.0.1).")
         parser.add_argument("--port", type=int, default=None, help="Default: the DICOM_PORT setting (11112).")
         parser.add_argument("--max-associations", type=int, default=32)
 
     def handle(self, *args: Any, **options: Any) -> None:
         port = options["port"] or settings.DICOM_PORT
+        host = options["host"] or settings.DICOM_BIND_ADDRESS
         # pynetdicom logs every request at INFO; our handlers log and audit what matters.
         if options["verbosity"] < 2:
             logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        server = scp_start(host=options["host"], port=port, ae_title=settings.DICOM_AE_TITLE,
+        server = scp_start(host=host, port=port, ae_title=settings.DICOM_AE_TITLE,
                            max_associations=options["max_associations"], block=False)
         assert server is not None
-        self.stdout.write(f"DICOM listener on {options['host']}:{port} (AE {settings.DICOM_AE_TITLE})")
+        self.stdout.write(f"DICOM listener on {host}:{port} (AE {settings.DICOM_AE_TITLE})")
         self.stdout.flush()
         # Poll: a signal handler setting an Event the main thread blocks on can deadlock.
         while not stop.wait(timeout=0.5):
