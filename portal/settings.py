@@ -7,6 +7,7 @@ files, all under ``var/``. With ``DEBUG`` off, unsafe defaults are refused at st
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from datetime import timedelta
@@ -267,7 +268,15 @@ CACHES = {
 # Celery: a broker kept in files by default, so that the default run needs no server.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or env_str("REDIS_URL") or "filesystem://"
 if CELERY_BROKER_URL == "filesystem://":
-    _broker_dir = VAR_DIR / "broker"
+    # One queue folder per database: two deployments started from one checkout without their own
+    # PORTAL_VAR_DIR share var/, and a worker must never run the other deployment's tasks (their ids
+    # name other rows in its database). The web process, worker and beat of one deployment name the
+    # same database, so they meet in the same folder.
+    _database = DATABASES["default"]
+    _deployment = hashlib.sha256(
+        "|".join(str(_database.get(k) or "") for k in ("ENGINE", "HOST", "PORT", "NAME")).encode()
+    ).hexdigest()[:16]
+    _broker_dir = VAR_DIR / "broker" / _deployment
     for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
