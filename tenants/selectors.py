@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django_otp.plugins.otp_static.models import StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from tenants.models import ApiToken, Clinic, Invitation, Membership, User, UserSession
@@ -80,6 +81,11 @@ def api_token_list(*, clinic: Clinic) -> QuerySet[ApiToken]:
 
 def user_has_two_factor(*, user: User) -> bool:
     return TOTPDevice.objects.filter(user=user, confirmed=True).exists()
+
+
+def recovery_code_count(*, user: User) -> int:
+    """How many unused recovery codes the user has."""
+    return StaticToken.objects.filter(device__user=user, device__confirmed=True).count()
 
 
 def user_session_count(*, user: User) -> int:
