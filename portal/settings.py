@@ -344,6 +344,10 @@ CELERY_BEAT_SCHEDULE["audit-chains-check"] = {"task": "tenants.tasks.audit_chain
 DICOM_PORT = env_int("DICOM_PORT", 11112)
 # Loopback by default, like the web server: listening on every interface is an explicit choice.
 DICOM_BIND_ADDRESS = env_str("DICOM_BIND_ADDRESS", "127.0.0.1")
+# After this many refused associations from one address within the window, every association from
+# it is refused (rejected-transient) until the window ends; counted in the shared cache.
+DICOM_REJECT_LIMIT = env_int("DICOM_REJECT_LIMIT", 10)
+DICOM_REJECT_WINDOW_SECONDS = env_int("DICOM_REJECT_WINDOW_SECONDS", 600)
 DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "PACSPORTAL")
 
 # CORS is opened only for DICOMweb, and only to the configured origins.

@@ -145,9 +145,9 @@ class Instance(models.Model):
 class DicomNode(models.Model):
     """A remote DICOM application entity registered by a clinic.
 
-    ``allow_inbound`` lets it open associations to the clinic's called AE title (optionally only from
-    ``allowed_address``, an IP address or network); ``is_move_destination`` makes it a C-MOVE target
-    at ``host``:``port``.
+    ``allow_inbound`` lets it open associations to the clinic's called AE title from ``allowed_address``
+    (an IP address or network) or, without one, from ``host``'s address; from anywhere only with
+    ``allow_any_address``. ``is_move_destination`` makes it a C-MOVE target at ``host``:``port``.
     """
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
@@ -160,6 +160,11 @@ class DicomNode(models.Model):
     is_move_destination = models.BooleanField(default=True, help_text="May be named as a C-MOVE destination.")
     allowed_address = models.CharField(
         max_length=64, blank=True, help_text="Accept calls only from this IP address or network (CIDR)."
+    )
+    # Without an allowed_address, calls are accepted from ``host``'s own address only; any address
+    # only when an owner or admin accepted that risk (the AE title alone is guessable).
+    allow_any_address = models.BooleanField(
+        default=False, help_text="Accept calls from any address: the AE title alone protects the clinic."
     )
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -26,7 +26,12 @@ class DicomNodeForm(forms.Form):
     description = forms.CharField(label="Description", max_length=200, required=False)
     allowed_address = forms.CharField(
         label="Only from address", max_length=64, required=False,
-        help_text="Optional: accept calls from this IP address or network (e.g. 10.0.0.0/24) only.",
+        help_text="Accept calls from this IP address or network (e.g. 10.0.0.0/24). Left empty: from the "
+                  "host's own address only.",
+    )
+    allow_any_address = forms.BooleanField(
+        label="Accept calls from any address (not recommended)", required=False,
+        help_text=nodes.ANY_ADDRESS_WARNING,
     )
     allow_inbound = forms.BooleanField(label="May connect (store, query, retrieve)", required=False, initial=True)
     is_move_destination = forms.BooleanField(label="C-MOVE destination", required=False, initial=True)
@@ -51,6 +56,8 @@ def dicom_node_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
                 form.add_error(None, exc.message)
             else:
                 messages.success(request, f"{node.ae_title} can now {_abilities(node)}.")
+                if node.allow_any_address and node.allow_inbound:
+                    messages.warning(request, nodes.ANY_ADDRESS_WARNING)
                 return redirect("studies:dicom-nodes", clinic_slug=request.clinic.slug)
         status = 400
     context = {

@@ -7,13 +7,20 @@ import socket
 import subprocess
 import sys
 import time
+from http import HTTPStatus
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.db import connection
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
-from tests.studies.dimse_support import HOST, free_port
+from studies.dimse import nodes
+from studies.models import DicomNode
+from tenants.models import AuditEvent
+from tests.studies.dimse_support import HOST, MODALITY_AE, free_port, running_scp
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -83,3 +90,129 @@ def test_dicom_bind_address_setting_opens_the_listener_to_the_network(tmp_path):
         server.communicate(timeout=30)
 
     assert from_outside
+
+
+# --- nodes are tied to an address ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def scp_port():
+    with running_scp() as port:
+        yield port
+
+
+def echo(port: int, *, calling: str = MODALITY_AE, called: str):
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(HOST, port, ae_title=called)
+    status = assoc.send_c_echo() if assoc.is_established else None
+    if assoc.is_established:
+        assoc.release()
+    return assoc, status
+
+
+def test_a_node_without_a_network_is_only_accepted_from_its_own_host(clinic, scp_port):
+    nodes.dicom_node_create(clinic=clinic, ae_title=MODALITY_AE, host="10.9.9.9", port=104)
+
+    assoc, _ = echo(scp_port, called=clinic.ae_title)
+
+    assert assoc.is_rejected
+    event = AuditEvent.objects.for_clinic(clinic).get(action="dimse.association")
+    assert event.details["reason"] == "calling address not allowed for this AE title"
+
+
+def test_a_node_registered_by_host_name_is_accepted_from_that_hosts_address(clinic, scp_port):
+    nodes.dicom_node_create(clinic=clinic, ae_title=MODALITY_AE, host="localhost", port=104)
+
+    _, status = echo(scp_port, called=clinic.ae_title)
+
+    assert status is not None and status.Status == 0x0000
+
+
+def test_any_address_only_when_the_owner_accepts_the_risk(clinic, scp_port):
+    nodes.dicom_node_create(clinic=clinic, ae_title=MODALITY_AE, host="10.9.9.9", port=104, allow_any_address=True)
+
+    _, status = echo(scp_port, called=clinic.ae_title)
+
+    assert status is not None and status.Status == 0x0000
+    created = AuditEvent.objects.for_clinic(clinic).get(action="dicom_node.created")
+    assert created.details["allow_any_address"] is True
+
+
+def test_the_page_warns_and_shows_a_node_open_to_any_address(client, owner, clinic):
+    client.force_login(owner)
+
+    response = client.post(f"/c/{clinic.slug}/dicom-nodes/", {
+        "ae_title": "REMOTE_CT", "host": "ct.example.org", "port": 104, "allow_inbound": "on",
+        "allow_any_address": "on"}, follow=True)
+
+    text = response.content.decode()
+    assert DicomNode.objects.for_clinic(clinic).get().allow_any_address
+    assert "from any address" in text and "guess" in text
+
+
+def test_the_command_warns_about_any_address(clinic, capsys):
+    call_command("add_dicom_node", "--clinic", clinic.slug, "--ae", "REMOTE", "--host", "ct.example.org",
+                 "--port", "104", "--any-address")
+
+    captured = capsys.readouterr()
+    assert DicomNode.objects.for_clinic(clinic).get().allow_any_address
+    assert "WARNING" in captured.err and "any address" in captured.err
+
+
+def test_outsider_cannot_add_a_node_to_another_clinic(client, outsider, clinic):
+    client.force_login(outsider)
+
+    response = client.post(f"/c/{clinic.slug}/dicom-nodes/", {
+        "ae_title": "SNEAKY", "host": "10.0.0.1", "port": 104, "allow_inbound": "on", "allow_any_address": "on"})
+
+    assert response.status_code == HTTPStatus.NOT_FOUND
+    assert not DicomNode.objects.exists()
+
+
+# --- guessing AE titles is throttled ------------------------------------------------------------------
+
+
+@pytest.fixture
+def shared_cache(settings):
+    """The cache every process shares in production (Redis), so the throttle holds across listeners."""
+    url = os.environ.get("TEST_REDIS_URL")
+    if not url:
+        pytest.skip("TEST_REDIS_URL is not set")
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
+                                   "KEY_PREFIX": "dimse-throttle-test"}}
+    from django.core.cache import cache
+
+    cache.clear()
+    yield cache
+    cache.clear()
+
+
+def test_repeated_rejected_associations_from_an_address_are_throttled_and_audited(
+    clinic, scp_port, settings, shared_cache
+):
+    settings.DICOM_REJECT_LIMIT = 3
+    nodes.dicom_node_create(clinic=clinic, ae_title=MODALITY_AE, host=HOST, port=104)
+
+    guesses = [echo(scp_port, calling=f"GUESS{n}", called=clinic.ae_title)[0] for n in range(3)]
+    right_title, _ = echo(scp_port, called=clinic.ae_title)
+    echo(scp_port, called=clinic.ae_title)
+
+    assert all(g.is_rejected for g in guesses)
+    assert right_title.is_rejected
+    assert right_title.acceptor.primitive.result == 0x02  # rejected-transient: try again later
+    throttled = AuditEvent.objects.filter(action="dimse.association_throttled")
+    assert throttled.count() == 1 and throttled.get().ip_address == HOST
+    assert throttled.get().result == "denied"
+    shared_cache.clear()  # the window passed
+    _, status = echo(scp_port, called=clinic.ae_title)
+    assert status is not None and status.Status == 0x0000
+
+
+def test_accepted_associations_do_not_count_toward_the_throttle(clinic, scp_port, settings, shared_cache):
+    settings.DICOM_REJECT_LIMIT = 2
+    nodes.dicom_node_create(clinic=clinic, ae_title=MODALITY_AE, host=HOST, port=104)
+
+    statuses = [echo(scp_port, called=clinic.ae_title)[1] for _ in range(4)]
+
+    assert all(s is not None and s.Status == 0x0000 for s in statuses)

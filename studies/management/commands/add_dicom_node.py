@@ -25,7 +25,11 @@ class Command(BaseCommand):
         parser.add_argument("--port", required=True, type=int)
         parser.add_argument("--description", default="")
         parser.add_argument("--allowed-address", default="",
-                            help="Accept calls from this node only from this IP address or network (CIDR).")
+                            help="Accept calls from this node only from this IP address or network (CIDR). "
+                                 "Default: from HOST's own address only.")
+        parser.add_argument("--any-address", action="store_true",
+                            help="Accept calls from any address (not recommended: the AE title alone then "
+                                 "protects the clinic).")
         parser.add_argument("--no-inbound", action="store_true", help="A move destination only; it may not call in.")
         parser.add_argument("--no-move", action="store_true", help="May call in, but is not a C-MOVE destination.")
 
@@ -38,8 +42,11 @@ class Command(BaseCommand):
                 clinic=clinic, ae_title=options["ae"], host=options["host"], port=options["port"],
                 description=options["description"], allowed_address=options["allowed_address"],
                 allow_inbound=not options["no_inbound"], is_move_destination=not options["no_move"],
+                allow_any_address=options["any_address"],
             )
         except PortalError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(f"Registered {node.ae_title} at {node.host}:{node.port} for {clinic.slug} "
                           f"(calls to AE title {clinic.ae_title}).")
+        if node.allow_any_address and node.allow_inbound:
+            self.stderr.write(f"WARNING: {nodes.ANY_ADDRESS_WARNING}")
