@@ -348,6 +348,12 @@ DICOM_BIND_ADDRESS = env_str("DICOM_BIND_ADDRESS", "127.0.0.1")
 # it is refused (rejected-transient) until the window ends; counted in the shared cache.
 DICOM_REJECT_LIMIT = env_int("DICOM_REJECT_LIMIT", 10)
 DICOM_REJECT_WINDOW_SECONDS = env_int("DICOM_REJECT_WINDOW_SECONDS", 600)
+# DICOM TLS (PS3.15 Annex B) on a port of its own, 0 for none (2762 is the registered one): the
+# listener's certificate and key, and the CA file that nodes' client certificates must chain to.
+DICOM_TLS_PORT = env_int("DICOM_TLS_PORT", 0)
+DICOM_TLS_CERTIFICATE = env_str("DICOM_TLS_CERTIFICATE")
+DICOM_TLS_PRIVATE_KEY = env_str("DICOM_TLS_PRIVATE_KEY")
+DICOM_TLS_CA_FILE = env_str("DICOM_TLS_CA_FILE")
 DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "PACSPORTAL")
 
 # CORS is opened only for DICOMweb, and only to the configured origins.

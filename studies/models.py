@@ -166,6 +166,9 @@ class DicomNode(models.Model):
     allow_any_address = models.BooleanField(
         default=False, help_text="Accept calls from any address: the AE title alone protects the clinic."
     )
+    # SHA-256 of the node's TLS client certificate (DER), hex: when set, the node may call in only over
+    # DICOM TLS presenting exactly that certificate (which then identifies it from any address).
+    tls_certificate_sha256 = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = ClinicQuerySet.as_manager()

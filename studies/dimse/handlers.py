@@ -14,8 +14,10 @@ failure (not a warning) makes the sender keep its copy and shows the conflict to
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import ssl
 import tempfile
 import threading
 import weakref
@@ -67,6 +69,7 @@ class AssociationInfo:
     calling_ae: str
     called_ae: str
     address: str
+    tls: bool = False
 
 
 _associations: weakref.WeakKeyDictionary[Association, AssociationInfo] = weakref.WeakKeyDictionary()
@@ -89,11 +92,13 @@ def _status(code: int, comment: str = "") -> Dataset:
 
 def _audit_association(
     *, clinic: Clinic | None, node: DicomNode | None, calling_ae: str, called_ae: str, address: str, result: str,
-    reason: str = "",
+    reason: str = "", tls: bool = False,
 ) -> None:
-    details = {"calling_ae": calling_ae, "called_ae": called_ae}
+    details: dict[str, object] = {"calling_ae": calling_ae, "called_ae": called_ae}
     if reason:
         details["reason"] = reason
+    if tls:
+        details["tls"] = True
     audit_record(
         clinic=clinic, action="dimse.association", actor_label=f"dicom:{calling_ae}"[:255],
         object_type="dicom_node" if node else "", object_id=str(node.uuid) if node else "",
@@ -101,7 +106,9 @@ def _audit_association(
     )
 
 
-def _decide(*, called_ae: str, calling_ae: str, address: str) -> tuple[Clinic | None, DicomNode | None, str]:
+def _decide(
+    *, called_ae: str, calling_ae: str, address: str, certificate_sha256: str = ""
+) -> tuple[Clinic | None, DicomNode | None, str]:
     """Return (clinic, node, reason); a non-empty reason means reject."""
     clinic = Clinic.objects.filter(ae_title=called_ae).first()
     if clinic is None:
@@ -109,9 +116,17 @@ def _decide(*, called_ae: str, calling_ae: str, address: str) -> tuple[Clinic | 
     node = nodes.dicom_node_inbound_get(clinic=clinic, ae_title=calling_ae)
     if node is None:
         return clinic, None, "calling AE title not recognized"
-    if not nodes.node_accepts_address(node=node, peer_address=address):
-        return clinic, node, "calling address not allowed for this AE title"
-    return clinic, node, ""
+    reason = nodes.node_refusal(node=node, peer_address=address, peer_certificate_sha256=certificate_sha256)
+    return clinic, node, reason
+
+
+def _peer_certificate_sha256(assoc: Association) -> str:
+    """The SHA-256 (hex) of the client certificate of a DICOM TLS association; "" over plain TCP."""
+    sock = getattr(assoc.dul.socket, "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return ""
+    der = sock.getpeercert(binary_form=True)
+    return hashlib.sha256(der).hexdigest() if der else ""
 
 
 def _rejections_key(address: str) -> str:
@@ -170,17 +185,19 @@ def _prefer_requested_syntaxes(assoc: Association) -> None:
 
 def _accept_or_reject(assoc: Association, *, called_ae: str, calling_ae: str, address: str) -> tuple[int, int, int] | None:
     """Decide on the association; return the A-ASSOCIATE-RJ reason, or None having recorded it as accepted."""
-    clinic, node, reason = _decide(called_ae=called_ae, calling_ae=calling_ae, address=address)
+    certificate = _peer_certificate_sha256(assoc)
+    clinic, node, reason = _decide(called_ae=called_ae, calling_ae=calling_ae, address=address,
+                                   certificate_sha256=certificate)
     if reason:
         _count_rejection(address)
         _audit_association(clinic=clinic, node=node, calling_ae=calling_ae, called_ae=called_ae,
-                           address=address, result="rejected", reason=reason)
+                           address=address, result="rejected", reason=reason, tls=bool(certificate))
         logger.info("DIMSE association rejected: %s (calling %s from %s)", reason, calling_ae, address)
         return REJECT_CALLED_AE if clinic is None else REJECT_CALLING_AE
     assert clinic is not None and node is not None
     _prefer_requested_syntaxes(assoc)
     with _associations_lock:
-        _associations[assoc] = AssociationInfo(clinic, node, calling_ae, called_ae, address)
+        _associations[assoc] = AssociationInfo(clinic, node, calling_ae, called_ae, address, tls=bool(certificate))
     return None
 
 
@@ -216,7 +233,7 @@ def handle_accepted(event: Event) -> None:
         return
     close_old_connections()
     _audit_association(clinic=info.clinic, node=info.node, calling_ae=info.calling_ae, called_ae=info.called_ae,
-                       address=info.address, result="success")
+                       address=info.address, result="success", tls=info.tls)
     logger.info("DIMSE association accepted: clinic %s, calling %s from %s", info.clinic.pk, info.calling_ae,
                 info.address)
 

@@ -33,6 +33,11 @@ class DicomNodeForm(forms.Form):
         label="Accept calls from any address (not recommended)", required=False,
         help_text=nodes.ANY_ADDRESS_WARNING,
     )
+    tls_certificate_pem = forms.CharField(
+        label="TLS client certificate (optional)", required=False, max_length=20000,
+        widget=forms.Textarea(attrs={"rows": 4, "placeholder": "-----BEGIN CERTIFICATE-----"}),
+        help_text="PEM. The node must then connect over DICOM TLS presenting this certificate, from any address.",
+    )
     allow_inbound = forms.BooleanField(label="May connect (store, query, retrieve)", required=False, initial=True)
     is_move_destination = forms.BooleanField(label="C-MOVE destination", required=False, initial=True)
 
@@ -64,6 +69,7 @@ def dicom_node_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
         "nodes": nodes.dicom_node_list(clinic=request.clinic),
         "form": form,
         "dicom_port": settings.DICOM_PORT,
+        "dicom_tls_port": settings.DICOM_TLS_PORT,
     }
     return render(request, "studies/dicom_nodes.html", context, status=status)
 
