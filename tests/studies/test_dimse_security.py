@@ -15,13 +15,15 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
 from portal.exceptions import PortalError
 from studies.dimse import nodes
 from studies.dimse.scp import scp_start, tls_context
-from studies.models import DicomNode
+from studies.models import DicomNode, Instance
 from tenants.models import AuditEvent
 from tests.studies.dimse_support import HOST, MODALITY_AE, dcmtk, free_port, running_scp
 from tests.studies.dimse_tls_support import CertificateAuthority
@@ -343,17 +345,22 @@ def test_dcmtk_echoscu_and_storescu_over_tls_through_manage_py_dicom_scp(clinic,
             time.sleep(0.1)
         tls_args = ["+tls", modality.key, modality.certificate, "+cf", ca.path]
         echoed = dcmtk("echoscu", *tls_args, "-aet", MODALITY_AE, "-aec", clinic.ae_title, HOST, tls)
+        stored = dcmtk("storescu", *tls_args, "-aet", MODALITY_AE, "-aec", clinic.ae_title, HOST, tls,
+                       get_testdata_file("CT_small.dcm"))
         plain = dcmtk("echoscu", "-aet", MODALITY_AE, "-aec", clinic.ae_title, HOST, port)
     finally:
         server.terminate()
         output = server.communicate(timeout=30)[0].decode()
 
     assert echoed.returncode == 0, echoed.stderr + echoed.stdout
+    assert stored.returncode == 0, stored.stderr + stored.stdout
+    assert Instance.objects.for_clinic(clinic).get().sop_instance_uid == dcmread(
+        get_testdata_file("CT_small.dcm")).SOPInstanceUID
     assert plain.returncode != 0
     assert f"DICOM TLS listener on 127.0.0.1:{tls}" in output
     results = list(AuditEvent.objects.for_clinic(clinic).filter(action="dimse.association")
                    .order_by("sequence").values_list("result", "details__reason"))
-    assert results == [("success", None), ("rejected", "this AE title must call over DICOM TLS")]
+    assert results == [("success", None), ("success", None), ("rejected", "this AE title must call over DICOM TLS")]
 
 
 def test_a_silent_connection_to_the_tls_port_does_not_hold_up_others(clinic, pki, tls_port):
