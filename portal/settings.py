@@ -7,6 +7,7 @@ files, all under ``var/``. With ``DEBUG`` off, unsafe defaults are refused at st
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -107,6 +108,7 @@ INSTALLED_APPS = [
     "axes",
     "django_otp",
     "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "tenants",
     "studies",
     "billing",
@@ -174,6 +176,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "tenants.validators.CharacterClassValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "tenants.validators.StrengthValidator", "OPTIONS": {"min_score": env_int("PASSWORD_MIN_SCORE", 3)}},
     {
         "NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator",
         "OPTIONS": {"user_attributes": ("email", "full_name")},
@@ -297,7 +300,15 @@ CACHES = {
 # Celery: a broker kept in files by default, so that the default run needs no server.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or env_str("REDIS_URL") or "filesystem://"
 if CELERY_BROKER_URL == "filesystem://":
-    _broker_dir = VAR_DIR / "broker"
+    # One queue folder per database: two deployments started from one checkout without their own
+    # PORTAL_VAR_DIR share var/, and a worker must never run the other deployment's tasks (their ids
+    # name other rows in its database). The web process, worker and beat of one deployment name the
+    # same database, so they meet in the same folder.
+    _database = DATABASES["default"]
+    _deployment = hashlib.sha256(
+        "|".join(str(_database.get(k) or "") for k in ("ENGINE", "HOST", "PORT", "NAME")).encode()
+    ).hexdigest()[:16]
+    _broker_dir = VAR_DIR / "broker" / _deployment
     for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -362,6 +373,18 @@ CELERY_BEAT_SCHEDULE["audit-chains-check"] = {"task": "tenants.tasks.audit_chain
 
 # DICOM
 DICOM_PORT = env_int("DICOM_PORT", 11112)
+# Loopback by default, like the web server: listening on every interface is an explicit choice.
+DICOM_BIND_ADDRESS = env_str("DICOM_BIND_ADDRESS", "127.0.0.1")
+# After this many refused associations from one address within the window, every association from
+# it is refused (rejected-transient) until the window ends; counted in the shared cache.
+DICOM_REJECT_LIMIT = env_int("DICOM_REJECT_LIMIT", 10)
+DICOM_REJECT_WINDOW_SECONDS = env_int("DICOM_REJECT_WINDOW_SECONDS", 600)
+# DICOM TLS (PS3.15 Annex B) on a port of its own, 0 for none (2762 is the registered one): the
+# listener's certificate and key, and the CA file that nodes' client certificates must chain to.
+DICOM_TLS_PORT = env_int("DICOM_TLS_PORT", 0)
+DICOM_TLS_CERTIFICATE = env_str("DICOM_TLS_CERTIFICATE")
+DICOM_TLS_PRIVATE_KEY = env_str("DICOM_TLS_PRIVATE_KEY")
+DICOM_TLS_CA_FILE = env_str("DICOM_TLS_CA_FILE")
 DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "PACSPORTAL")
 # Storage commitment: how long a request waits for backup copies before reporting them failed.
 STORAGE_COMMITMENT_WAIT_SECONDS = env_int("STORAGE_COMMITMENT_WAIT_SECONDS", 300)

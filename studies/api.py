@@ -116,6 +116,8 @@ class StudyListApi(APIView):
         studies = selectors.study_list(clinic=request.clinic, search=search)
         paginator = PortalPagination()
         page = paginator.paginate_queryset(studies, request, view=self)
+        services.study_search_record(clinic=request.clinic, search=search, count=len(page), source="api",
+                                     request=request._request)
         return paginator.get_paginated_response(StudyOutput(page, many=True).data)
 
 

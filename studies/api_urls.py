@@ -4,6 +4,7 @@ from django.urls import path
 
 from studies import api, upload_api
 from studies.backup import views as backup_views
+from studies.dimse import api as dimse_api
 
 app_name = "studies-api"
 urlpatterns = [
@@ -12,4 +13,6 @@ urlpatterns = [
     path("backup/", backup_views.BackupApi.as_view(), name="backup"),
     path("uploads/", upload_api.UploadListApi.as_view(), name="uploads"),
     path("uploads/<uuid:batch_id>/", upload_api.UploadDetailApi.as_view(), name="upload-detail"),
+    path("dicom-nodes/", dimse_api.DicomNodeListApi.as_view(), name="dicom-node-list"),
+    path("dicom-nodes/<uuid:node_uuid>/", dimse_api.DicomNodeDetailApi.as_view(), name="dicom-node-detail"),
 ]

@@ -148,9 +148,9 @@ class Instance(models.Model):
 class DicomNode(models.Model):
     """A remote DICOM application entity registered by a clinic.
 
-    ``allow_inbound`` lets it open associations to the clinic's called AE title (optionally only from
-    ``allowed_address``, an IP address or network); ``is_move_destination`` makes it a C-MOVE target
-    at ``host``:``port``.
+    ``allow_inbound`` lets it open associations to the clinic's called AE title from ``allowed_address``
+    (an IP address or network) or, without one, from ``host``'s address; from anywhere only with
+    ``allow_any_address``. ``is_move_destination`` makes it a C-MOVE target at ``host``:``port``.
     """
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
@@ -167,6 +167,14 @@ class DicomNode(models.Model):
     calling_ae_title = models.CharField(
         max_length=16, blank=True, help_text="Our calling AE title towards this node (empty: the clinic's own)."
     )
+    # Without an allowed_address, calls are accepted from ``host``'s own address only; any address
+    # only when an owner or admin accepted that risk (the AE title alone is guessable).
+    allow_any_address = models.BooleanField(
+        default=False, help_text="Accept calls from any address: the AE title alone protects the clinic."
+    )
+    # SHA-256 of the node's TLS client certificate (DER), hex: when set, the node may call in only over
+    # DICOM TLS presenting exactly that certificate (which then identifies it from any address).
+    tls_certificate_sha256 = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = ClinicQuerySet.as_manager()

@@ -19,6 +19,7 @@ from portal.exceptions import PortalError
 from studies.archive import objects
 from studies.archive.errors import ObjectMissing
 from studies.models import Instance, Patient, Series, Study
+from studies.selectors import StudySearch
 from tenants.audit import audit_record
 from tenants.models import Clinic, User
 
@@ -144,3 +145,27 @@ def _purge_still_owns(*, clinic: Clinic, study_id: int, key: str) -> bool:
         series__study__purge_started_at__isnull=False,
     ).exists()
 
+# Keys whose values are patient data: the audit entry names them, never their values.
+_PATIENT_SEARCH_KEYS = ("patient_name", "patient_id", "accession_number", "description")
+
+
+def study_search_record(
+    *, clinic: Clinic, search: StudySearch, count: int, source: str, request: HttpRequest | None = None
+) -> None:
+    """Audit a list of studies shown to someone: which keys were searched and how many studies were shown.
+
+    HIPAA counts a list of names, IDs and birth dates as an access to each; the entry keeps the
+    criteria that are not patient data (modality, dates, sort) and only the names of the others.
+    """
+    keys = [key for key in _PATIENT_SEARCH_KEYS if str(getattr(search, key) or "").strip()]
+    details: dict[str, object] = {"source": source, "count": count, "sort": search.sort}
+    if search.modality.strip():
+        keys.append("modality")
+        details["modality"] = search.modality.strip()[:16]
+    for key in ("date_from", "date_to"):
+        value = getattr(search, key)
+        if value:
+            keys.append(key)
+            details[key] = value.isoformat()
+    details["keys"] = keys
+    audit_record(clinic=clinic, action="study.searched", request=request, object_type="study_list", details=details)

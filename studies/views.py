@@ -118,6 +118,8 @@ def study_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     search = form.search() if form.is_bound and form.is_valid() else selectors.StudySearch()
     studies = selectors.study_list(clinic=request.clinic, search=search)
     page = CappedPaginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
+    services.study_search_record(clinic=request.clinic, search=search, count=len(page.object_list),
+                                 source="studies_page", request=request)
     query = request.GET.copy()
     query.pop("page", None)
     return render(request, "studies/study_list.html", {

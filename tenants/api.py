@@ -6,7 +6,7 @@ from typing import Any
 from uuid import UUID
 
 from django.http import Http404
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -83,10 +83,15 @@ class MemberDetailApi(APIView):
         )
         return Response(MemberOutput(membership).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(
+        parameters=[OpenApiParameter("keep_api_tokens", bool, description=(
+            "Keep the API tokens this member created; by default they are revoked with the membership."))],
+        responses={204: None},
+    )
     def delete(self, request: Request, clinic_slug: str, user_uuid: UUID) -> Response:
         membership = self._get(request, user_uuid)
-        services.membership_remove(membership=membership, granted_by=request.membership,
+        keep = request.query_params.get("keep_api_tokens", "").lower() in ("1", "true", "yes")
+        services.membership_remove(membership=membership, granted_by=request.membership, keep_api_tokens=keep,
                                    request=_django_request(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 

@@ -44,6 +44,25 @@ class CodeForm(forms.Form):
         return code
 
 
+# django-otp's static tokens: 8 characters of the base32 alphabet, shown as "abcd-efgh".
+RECOVERY_CODE_RE = re.compile(r"^[a-z2-7]{8}$")
+
+
+class SecondFactorForm(forms.Form):
+    """The code asked for at sign-in: from the authenticator app, or one of the recovery codes."""
+
+    code = forms.CharField(
+        label="Code from your authenticator app, or a recovery code", max_length=20, min_length=6,
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "autofocus": True, "autocapitalize": "none"}),
+    )
+
+    def clean_code(self) -> str:
+        code = re.sub(r"[\s-]", "", self.cleaned_data["code"]).lower()
+        if not (code.isdigit() or RECOVERY_CODE_RE.match(code)):
+            raise ValidationError("Enter the 6-digit code your authenticator app shows, or one of your recovery codes.")
+        return code
+
+
 class NewPasswordMixin(forms.Form):
     """Two password fields checked against every password rule, each failed rule named."""
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from importlib import import_module
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django_otp.plugins.otp_static.models import StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from tenants.models import ApiToken, Clinic, Invitation, Membership, User, UserSession
@@ -33,7 +35,26 @@ def clinic_list_for_user(*, user: User) -> QuerySet[Clinic]:
 
 
 def member_list(*, clinic: Clinic) -> QuerySet[Membership]:
-    return Membership.objects.for_clinic(clinic).select_related("user").order_by("user__email")
+    """The clinic's members, each with ``api_token_count``: the active tokens they created here."""
+    tokens = (
+        ApiToken.objects.for_clinic(clinic)
+        .filter(created_by=OuterRef("user"), revoked_at__isnull=True)
+        .order_by()
+        .values("created_by")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return (
+        Membership.objects.for_clinic(clinic)
+        .select_related("user")
+        .annotate(api_token_count=Coalesce(Subquery(tokens), 0))
+        .order_by("user__email")
+    )
+
+
+def api_token_list_created_by(*, clinic: Clinic, user: User) -> QuerySet[ApiToken]:
+    """The clinic's active API tokens that this user created."""
+    return ApiToken.objects.for_clinic(clinic).filter(created_by=user, revoked_at__isnull=True)
 
 
 def member_get(*, clinic: Clinic, user_uuid: object) -> Membership | None:
@@ -60,6 +81,11 @@ def api_token_list(*, clinic: Clinic) -> QuerySet[ApiToken]:
 
 def user_has_two_factor(*, user: User) -> bool:
     return TOTPDevice.objects.filter(user=user, confirmed=True).exists()
+
+
+def recovery_code_count(*, user: User) -> int:
+    """How many unused recovery codes the user has."""
+    return StaticToken.objects.filter(device__user=user, device__confirmed=True).count()
 
 
 def user_session_count(*, user: User) -> int:

@@ -20,9 +20,12 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.exceptions import Conflict, NotAllowed, PortalError
+from tenants import selectors
 from tenants.audit import audit_record, client_address
 from tenants.models import ApiToken, Clinic, Invitation, Membership, User, UserSession
 from tenants.roles import ROLE_ACTIONS, Role
@@ -195,10 +198,16 @@ def membership_role_change(
 
 @transaction.atomic
 def membership_remove(
-    *, membership: Membership, granted_by: Membership | ApiToken | None, request: HttpRequest | None = None
+    *,
+    membership: Membership,
+    granted_by: Membership | ApiToken | None,
+    keep_api_tokens: bool = False,
+    request: HttpRequest | None = None,
 ) -> None:
     """Remove a member from a clinic; their access ends with their next request.
 
+    The clinic's API tokens the member created are revoked with the membership (a token must not
+    outlive its creator's right to make it), unless the remover explicitly keeps them.
     Raises NotAllowed when the member outranks the remover, and Conflict for the last owner.
     """
     clinic = _lock_clinic(membership.clinic)
@@ -207,8 +216,14 @@ def membership_remove(
     if membership.role == Role.OWNER and _owner_count(clinic) <= 1:
         raise Conflict(LAST_OWNER_MESSAGE)
     user_uuid = str(membership.user.uuid)
+    tokens = selectors.api_token_list_created_by(clinic=clinic, user=membership.user)
     membership.delete()
-    audit_record(clinic=clinic, action="member.removed", request=request, object_type="user", object_id=user_uuid)
+    if keep_api_tokens:
+        details = {"api_tokens_kept": tokens.count()}
+    else:
+        details = {"api_tokens_revoked": tokens.update(revoked_at=timezone.now())}
+    audit_record(clinic=clinic, action="member.removed", request=request, object_type="user", object_id=user_uuid,
+                 details=details)
 
 
 # --- security policy -----------------------------------------------------------------------------
@@ -473,10 +488,37 @@ def two_factor_secret_base32(*, device: TOTPDevice) -> str:
     return base64.b32encode(device.bin_key).decode().rstrip("=")
 
 
+RECOVERY_CODE_COUNT = 10
+RECOVERY_DEVICE_NAME = "Recovery codes"
+WRONG_CODE_MESSAGE = ("That code is not right. Enter the current code from your authenticator app, "
+                      "or one of your recovery codes.")
+REPLAYED_CODE_MESSAGE = ("This code was just used: wait for the next one your authenticator app shows, "
+                         "then enter that.")
+
+
+@dataclass(frozen=True)
+class TwoFactorEnabled:
+    device: TOTPDevice
+    recovery_codes: list[str]
+
+
+@dataclass(frozen=True)
+class CodeCheck:
+    """The outcome of a second-factor code: the device that accepted it, or a message saying why not."""
+
+    device: TOTPDevice | StaticDevice | None
+    message: str = ""
+
+    @property
+    def is_recovery_code(self) -> bool:
+        return isinstance(self.device, StaticDevice)
+
+
 @transaction.atomic
-def two_factor_confirm(*, user: User, code: str, request: HttpRequest | None = None) -> TOTPDevice:
+def two_factor_confirm(*, user: User, code: str, request: HttpRequest | None = None) -> TwoFactorEnabled:
     """Confirm the pending device with a code from the app; replaces any earlier confirmed device.
 
+    Also issues a fresh set of recovery codes (returned here, to be shown once).
     Raises PortalError when the code is wrong.
     """
     device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=False).order_by("-id").first()
@@ -488,15 +530,84 @@ def two_factor_confirm(*, user: User, code: str, request: HttpRequest | None = N
     device.confirmed = True
     device.save(update_fields=["confirmed"])
     auth_event_record(action="auth.two_factor_enabled", user=user, request=request)
-    return device
+    return TwoFactorEnabled(device=device, recovery_codes=recovery_codes_generate(user=user, request=request))
 
 
-def two_factor_verify(*, user: User, code: str) -> TOTPDevice | None:
-    """Return the user's confirmed device that accepts the code, or None (throttled by django-otp)."""
-    for device in TOTPDevice.objects.filter(user=user, confirmed=True):
-        if device.verify_token(code.strip()):
-            return device
-    return None
+@transaction.atomic
+def recovery_codes_generate(*, user: User, request: HttpRequest | None = None) -> list[str]:
+    """Replace the user's recovery codes with new single-use ones and return them (shown once).
+
+    They are django-otp static tokens: each one signs in once in place of an authenticator code.
+    """
+    device, _ = StaticDevice.objects.get_or_create(user=user, name=RECOVERY_DEVICE_NAME, defaults={"confirmed": True})
+    device.token_set.all().delete()
+    codes = [StaticToken.random_token() for _ in range(RECOVERY_CODE_COUNT)]
+    StaticToken.objects.bulk_create(StaticToken(device=device, token=code) for code in codes)
+    auth_event_record(action="auth.recovery_codes_generated", user=user, request=request,
+                      details={"count": RECOVERY_CODE_COUNT})
+    return [f"{code[:4]}-{code[4:]}" for code in codes]
+
+
+def _totp(device: TOTPDevice) -> TOTP:
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    totp.time = time.time()
+    return totp
+
+
+def _totp_replayed(device: TOTPDevice, code: str) -> bool:
+    """Whether the code is the app's current one but its time step was already used (django-otp refuses it)."""
+    if device.last_t < 0:
+        return False
+    token = int(code)
+    return _totp(device).verify(token, device.tolerance) and not _totp(device).verify(
+        token, device.tolerance, device.last_t + 1
+    )
+
+
+def _throttled_message(info: dict | None) -> str:
+    locked_until = (info or {}).get("locked_until")
+    seconds = max(1, int((locked_until - timezone.now()).total_seconds()) + 1) if locked_until else 1
+    return f"Too many wrong codes: wait {seconds} second{'s' if seconds != 1 else ''}, then enter the current code."
+
+
+def two_factor_check(*, user: User, code: str, request: HttpRequest | None = None) -> CodeCheck:
+    """Check a second-factor code: the authenticator's current code, or one of the user's recovery codes.
+
+    A code that was right but already used (the one that just turned two-factor on, or just signed in)
+    is a replay: it is refused with its own message and, unlike a wrong code, not counted toward
+    django-otp's throttle. A recovery code is used up by signing in with it (audited, no code kept).
+    """
+    code = code.strip().replace(" ", "").replace("-", "").lower()
+    if not code:
+        return CodeCheck(None, WRONG_CODE_MESSAGE)
+    if code.isdigit():
+        for device in TOTPDevice.objects.filter(user=user, confirmed=True):
+            if len(code) != device.digits:
+                continue
+            allowed, info = device.verify_is_allowed()
+            if not allowed:
+                return CodeCheck(None, _throttled_message(info))
+            if _totp_replayed(device, code):
+                return CodeCheck(None, REPLAYED_CODE_MESSAGE)
+            if device.verify_token(code):
+                return CodeCheck(device)
+        return CodeCheck(None, WRONG_CODE_MESSAGE)
+    recovery = StaticDevice.objects.filter(user=user, name=RECOVERY_DEVICE_NAME, confirmed=True).first()
+    if recovery is None:
+        return CodeCheck(None, WRONG_CODE_MESSAGE)
+    allowed, info = recovery.verify_is_allowed()
+    if not allowed:
+        return CodeCheck(None, _throttled_message(info))
+    if not recovery.verify_token(code):
+        return CodeCheck(None, WRONG_CODE_MESSAGE)
+    auth_event_record(action="auth.recovery_code_used", user=user, request=request,
+                      details={"remaining": recovery.token_set.count()})
+    return CodeCheck(recovery)
+
+
+def two_factor_verify(*, user: User, code: str, request: HttpRequest | None = None) -> TOTPDevice | StaticDevice | None:
+    """Return the device that accepts the code (authenticator or recovery codes), or None."""
+    return two_factor_check(user=user, code=code, request=request).device
 
 
 def two_factor_disable(*, user: User, code: str, request: HttpRequest | None = None) -> None:
@@ -507,7 +618,9 @@ def two_factor_disable(*, user: User, code: str, request: HttpRequest | None = N
     required = Clinic.objects.filter(memberships__user=user, require_two_factor=True).first()
     if required is not None:
         raise NotAllowed(f"{required.name} requires two-factor sign-in, so it cannot be turned off.")
-    if two_factor_verify(user=user, code=code) is None:
-        raise PortalError("That code is not right; two-factor sign-in stays on.")
+    check = two_factor_check(user=user, code=code, request=request)
+    if check.device is None:
+        raise PortalError(f"{check.message} Two-factor sign-in stays on.")
     TOTPDevice.objects.filter(user=user).delete()
+    StaticDevice.objects.filter(user=user).delete()
     auth_event_record(action="auth.two_factor_disabled", user=user, request=request)

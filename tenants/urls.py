@@ -12,6 +12,7 @@ urlpatterns = [
     path("two-factor/", views.two_factor, name="two-factor"),
     path("two-factor/setup/", views.two_factor_setup, name="two-factor-setup"),
     path("two-factor/disable/", views.two_factor_disable, name="two-factor-disable"),
+    path("two-factor/recovery-codes/", views.two_factor_recovery_codes, name="two-factor-recovery-codes"),
     path("keepalive/", views.keepalive, name="keepalive"),
     path("switch/", views.switch_clinic, name="switch-clinic"),
     path("account/", views.account, name="account"),

@@ -14,7 +14,7 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model, login, logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
@@ -88,17 +88,19 @@ def login_code(request: HttpRequest) -> HttpResponse:
     if user is None:
         request.session.pop(PENDING_LOGIN, None)
         return redirect("tenants:login")
-    form = forms.CodeForm(request.POST or None)
+    form = forms.SecondFactorForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        device = services.two_factor_verify(user=user, code=form.cleaned_data["code"])
-        if device is not None:
+        check = services.two_factor_check(user=user, code=form.cleaned_data["code"], request=request)
+        if check.device is not None:
             del request.session[PENDING_LOGIN]
-            user.otp_device = device  # django-otp marks the new session as verified at login
+            user.otp_device = check.device  # django-otp marks the new session as verified at login
             login(request, user, backend=pending["backend"])
+            _recovery_code_notice(request, check)
             return redirect(pending["next"] or "home")
+        reason = "two-factor code already used" if check.message == services.REPLAYED_CODE_MESSAGE else "wrong two-factor code"
         services.auth_event_record(action="auth.login_failed", user=user, request=request, result="failure",
-                                   details={"reason": "wrong two-factor code"})
-        form.add_error("code", "That code is not right. Enter the current code from your authenticator app.")
+                                   details={"reason": reason})
+        form.add_error("code", check.message)
     status = 400 if request.method == "POST" else 200
     return render(request, "tenants/login_code.html", {"form": form}, status=status)
 
@@ -159,15 +161,16 @@ def two_factor(request: HttpRequest) -> HttpResponse:
         return redirect(next_url)
     if not selectors.user_has_two_factor(user=request.user):
         return redirect(f"{reverse('tenants:two-factor-setup')}?{urlencode({'next': next_url})}")
-    form = forms.CodeForm(request.POST or None)
+    form = forms.SecondFactorForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        device = services.two_factor_verify(user=request.user, code=form.cleaned_data["code"])
-        if device is not None:
+        check = services.two_factor_check(user=request.user, code=form.cleaned_data["code"], request=request)
+        if check.device is not None:
             from django_otp import login as otp_login
 
-            otp_login(request, device)
+            otp_login(request, check.device)
+            _recovery_code_notice(request, check)
             return redirect(next_url)
-        form.add_error("code", "That code is not right. Enter the current code from your authenticator app.")
+        form.add_error("code", check.message)
     status = 400 if request.method == "POST" else 200
     required = selectors.clinics_requiring_two_factor(user=request.user)
     return render(request, "tenants/two_factor.html", {"form": form, "next": next_url, "required": required},
@@ -181,15 +184,17 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
     form = forms.CodeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            device = services.two_factor_confirm(user=request.user, code=form.cleaned_data["code"], request=request)
+            enabled = services.two_factor_confirm(user=request.user, code=form.cleaned_data["code"], request=request)
         except PortalError as exc:
             form.add_error("code", exc.message)
         else:
             from django_otp import login as otp_login
 
-            otp_login(request, device)
+            otp_login(request, enabled.device)
             messages.success(request, "Two-factor sign-in is on. You will be asked for a code when you sign in.")
-            return redirect(next_url)
+            # Shown once, on the next page (a redirect, so that reloading does not post the code again).
+            request.session[NEW_RECOVERY_CODES] = enabled.recovery_codes
+            return redirect(f"{reverse('tenants:two-factor-recovery-codes')}?{urlencode({'next': next_url})}")
     context = {
         "form": form, "next": next_url, "qr_svg": _qr_svg(device.config_url),
         "secret": services.two_factor_secret_base32(device=device),
@@ -198,10 +203,34 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
     return render(request, "tenants/two_factor_setup.html", context, status=400 if request.method == "POST" else 200)
 
 
+NEW_RECOVERY_CODES = "new_recovery_codes"
+
+
+def _recovery_code_notice(request: HttpRequest, check: services.CodeCheck) -> None:
+    if check.is_recovery_code:
+        left = selectors.recovery_code_count(user=request.user)
+        messages.warning(request, f"You signed in with a recovery code; {left} left. If your phone is lost, "
+                                  "set up a new authenticator and new recovery codes on your account page.")
+
+
+@login_required
+def two_factor_recovery_codes(request: HttpRequest) -> HttpResponse:
+    """Show new recovery codes once (after set-up, or regenerated here by a two-factor verified session)."""
+    next_url = _safe_next(request) or reverse("tenants:account")
+    codes = request.session.pop(NEW_RECOVERY_CODES, None)
+    if request.method == "POST":
+        if not request.user.is_verified():
+            raise PermissionDenied("Sign in with your second factor before making new recovery codes.")
+        codes = services.recovery_codes_generate(user=request.user, request=request)
+    context = {"codes": codes or [], "next": next_url, "remaining": selectors.recovery_code_count(user=request.user),
+               "has_two_factor": selectors.user_has_two_factor(user=request.user)}
+    return render(request, "tenants/recovery_codes.html", context)
+
+
 @login_required
 @require_POST
 def two_factor_disable(request: HttpRequest) -> HttpResponse:
-    form = forms.CodeForm(request.POST)
+    form = forms.SecondFactorForm(request.POST)
     if not form.is_valid():
         messages.error(request, " ".join(form.errors.get("code", ["Enter your code."])))
         return redirect("tenants:account")
@@ -417,7 +446,8 @@ def member_role(request: ClinicRequest, clinic_slug: str, user_uuid: UUID) -> Ht
 def member_remove(request: ClinicRequest, clinic_slug: str, user_uuid: UUID) -> HttpResponse:
     membership = _member_or_404(request, user_uuid)
     try:
-        services.membership_remove(membership=membership, granted_by=request.membership, request=request)
+        services.membership_remove(membership=membership, granted_by=request.membership, request=request,
+                                   keep_api_tokens=request.POST.get("keep_api_tokens") == "on")
     except PortalError as exc:
         messages.error(request, exc.message)
     else:

@@ -14,8 +14,10 @@ failure (not a warning) makes the sender keep its copy and shows the conflict to
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import ssl
 import tempfile
 import threading
 import weakref
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import close_old_connections, connection
 from pydicom import Dataset
 from pynetdicom import evt
@@ -75,6 +78,7 @@ class AssociationInfo:
     calling_ae: str
     called_ae: str
     address: str
+    tls: bool = False
 
 
 _associations: weakref.WeakKeyDictionary[Association, AssociationInfo] = weakref.WeakKeyDictionary()
@@ -97,11 +101,13 @@ def _status(code: int, comment: str = "") -> Dataset:
 
 def _audit_association(
     *, clinic: Clinic | None, node: DicomNode | None, calling_ae: str, called_ae: str, address: str, result: str,
-    reason: str = "",
+    reason: str = "", tls: bool = False,
 ) -> None:
-    details = {"calling_ae": calling_ae, "called_ae": called_ae}
+    details: dict[str, object] = {"calling_ae": calling_ae, "called_ae": called_ae}
     if reason:
         details["reason"] = reason
+    if tls:
+        details["tls"] = True
     audit_record(
         clinic=clinic, action="dimse.association", actor_label=f"dicom:{calling_ae}"[:255],
         object_type="dicom_node" if node else "", object_id=str(node.uuid) if node else "",
@@ -109,7 +115,9 @@ def _audit_association(
     )
 
 
-def _decide(*, called_ae: str, calling_ae: str, address: str) -> tuple[Clinic | None, DicomNode | None, str]:
+def _decide(
+    *, called_ae: str, calling_ae: str, address: str, certificate_sha256: str = ""
+) -> tuple[Clinic | None, DicomNode | None, str]:
     """Return (clinic, node, reason); a non-empty reason means reject."""
     clinic = Clinic.objects.filter(ae_title=called_ae).first()
     if clinic is None:
@@ -117,9 +125,51 @@ def _decide(*, called_ae: str, calling_ae: str, address: str) -> tuple[Clinic | 
     node = nodes.dicom_node_inbound_get(clinic=clinic, ae_title=calling_ae)
     if node is None:
         return clinic, None, "calling AE title not recognized"
-    if not nodes.address_allows(allowed_address=node.allowed_address, peer_address=address):
-        return clinic, node, "calling address not allowed for this AE title"
-    return clinic, node, ""
+    reason = nodes.node_refusal(node=node, peer_address=address, peer_certificate_sha256=certificate_sha256)
+    return clinic, node, reason
+
+
+def _peer_certificate_sha256(assoc: Association) -> str:
+    """The SHA-256 (hex) of the client certificate of a DICOM TLS association; "" over plain TCP."""
+    sock = getattr(assoc.dul.socket, "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return ""
+    der = sock.getpeercert(binary_form=True)
+    return hashlib.sha256(der).hexdigest() if der else ""
+
+
+def _rejections_key(address: str) -> str:
+    return f"dimse-rejected:{address}"
+
+
+def _is_throttled(address: str) -> bool:
+    """Whether this address was refused too often lately: AE titles are short and guessable."""
+    return (cache.get(_rejections_key(address)) or 0) >= settings.DICOM_REJECT_LIMIT
+
+
+def _count_rejection(address: str) -> None:
+    # In the shared cache (Redis in production), so every listener process sees the same count; the
+    # window starts at the first refusal and is not extended by later ones.
+    key = _rejections_key(address)
+    if not cache.add(key, 1, settings.DICOM_REJECT_WINDOW_SECONDS):
+        try:
+            cache.incr(key)
+        except ValueError:  # expired in between
+            cache.add(key, 1, settings.DICOM_REJECT_WINDOW_SECONDS)
+
+
+def _audit_throttled(*, called_ae: str, calling_ae: str, address: str) -> None:
+    """One entry per address and window (in the called clinic's trail when there is one), not one per try."""
+    if not cache.add(f"dimse-throttle-audited:{address}", 1, settings.DICOM_REJECT_WINDOW_SECONDS):
+        return
+    clinic = Clinic.objects.filter(ae_title=called_ae).first()
+    audit_record(
+        clinic=clinic, action="dimse.association_throttled", actor_label=f"dicom:{calling_ae}"[:255],
+        result="denied", ip_address=address or None,
+        details={"calling_ae": calling_ae, "called_ae": called_ae, "limit": settings.DICOM_REJECT_LIMIT,
+                 "window_seconds": settings.DICOM_REJECT_WINDOW_SECONDS},
+    )
+    logger.warning("DIMSE associations from %s throttled after %d refusals", address, settings.DICOM_REJECT_LIMIT)
 
 
 def _prefer_requested_syntaxes(assoc: Association) -> None:
@@ -142,6 +192,24 @@ def _prefer_requested_syntaxes(assoc: Association) -> None:
         ours.transfer_syntax = preferred + [ts for ts in offered if ts not in preferred]
 
 
+def _accept_or_reject(assoc: Association, *, called_ae: str, calling_ae: str, address: str) -> tuple[int, int, int] | None:
+    """Decide on the association; return the A-ASSOCIATE-RJ reason, or None having recorded it as accepted."""
+    certificate = _peer_certificate_sha256(assoc)
+    clinic, node, reason = _decide(called_ae=called_ae, calling_ae=calling_ae, address=address,
+                                   certificate_sha256=certificate)
+    if reason:
+        _count_rejection(address)
+        _audit_association(clinic=clinic, node=node, calling_ae=calling_ae, called_ae=called_ae,
+                           address=address, result="rejected", reason=reason, tls=bool(certificate))
+        logger.info("DIMSE association rejected: %s (calling %s from %s)", reason, calling_ae, address)
+        return REJECT_CALLED_AE if clinic is None else REJECT_CALLING_AE
+    assert clinic is not None and node is not None
+    _prefer_requested_syntaxes(assoc)
+    with _associations_lock:
+        _associations[assoc] = AssociationInfo(clinic, node, calling_ae, called_ae, address, tls=bool(certificate))
+    return None
+
+
 def handle_requested(event: Event) -> None:
     """Accept or reject an A-ASSOCIATE-RQ: the called AE picks the clinic, the calling AE must be registered."""
     assoc = event.assoc
@@ -152,17 +220,12 @@ def handle_requested(event: Event) -> None:
     reject: tuple[int, int, int] | None = None
     close_old_connections()
     try:
-        clinic, node, reason = _decide(called_ae=called_ae, calling_ae=calling_ae, address=address)
-        if reason:
-            reject = REJECT_CALLED_AE if clinic is None else REJECT_CALLING_AE
-            _audit_association(clinic=clinic, node=node, calling_ae=calling_ae, called_ae=called_ae,
-                               address=address, result="rejected", reason=reason)
-            logger.info("DIMSE association rejected: %s (calling %s from %s)", reason, calling_ae, address)
+        if _is_throttled(address):
+            # Refused without looking anything up, so that guessing learns nothing, even the right title.
+            reject = REJECT_TRANSIENT
+            _audit_throttled(called_ae=called_ae, calling_ae=calling_ae, address=address)
         else:
-            assert clinic is not None and node is not None
-            _prefer_requested_syntaxes(assoc)
-            with _associations_lock:
-                _associations[assoc] = AssociationInfo(clinic, node, calling_ae, called_ae, address)
+            reject = _accept_or_reject(assoc, called_ae=called_ae, calling_ae=calling_ae, address=address)
     except Exception:
         # pynetdicom would go on and accept if this handler failed: fail closed instead.
         logger.exception("DIMSE association check failed; rejecting")
@@ -179,7 +242,7 @@ def handle_accepted(event: Event) -> None:
         return
     close_old_connections()
     _audit_association(clinic=info.clinic, node=info.node, calling_ae=info.calling_ae, called_ae=info.called_ae,
-                       address=info.address, result="success")
+                       address=info.address, result="success", tls=info.tls)
     logger.info("DIMSE association accepted: clinic %s, calling %s from %s", info.clinic.pk, info.calling_ae,
                 info.address)
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import re
+import socket
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -26,14 +30,75 @@ def ae_title_clean(value: str) -> str:
     return title
 
 
+ANY_ADDRESS_WARNING = (
+    "This node accepts calls from any address: anyone on the internet who guesses its AE title and the "
+    "clinic's can then search and retrieve the clinic's studies. Prefer its address or network."
+)
+
+
 def address_allows(*, allowed_address: str, peer_address: str) -> bool:
-    """Say whether the peer's IP address falls inside the node's address restriction (empty: any)."""
+    """Say whether the peer's IP address falls inside an address or network (CIDR)."""
     if not allowed_address:
-        return True
+        return False
     try:
         return ipaddress.ip_address(peer_address) in ipaddress.ip_network(allowed_address, strict=False)
     except ValueError:
         return False
+
+
+def _host_addresses(host: str) -> set[str]:
+    """The IP addresses a node's host name (or literal address) stands for; empty if it does not resolve."""
+    try:
+        return {ipaddress.ip_address(host).compressed}
+    except ValueError:
+        pass
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):
+        return set()
+
+
+def certificate_sha256(pem: str) -> str:
+    """Return the SHA-256 fingerprint (hex) of a PEM certificate; raise PortalError if it is not one."""
+    try:
+        certificate = x509.load_pem_x509_certificate(pem.strip().encode())
+    except ValueError as exc:
+        raise PortalError("The client certificate must be one PEM certificate (-----BEGIN CERTIFICATE-----).") from exc
+    return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+def node_refusal(*, node: DicomNode, peer_address: str, peer_certificate_sha256: str) -> str:
+    """Why a call claiming to be this node is refused, or "" when it is accepted.
+
+    A node with a client certificate must call over DICOM TLS with exactly that certificate (from any
+    address, unless it also has an address restriction); any other node must call from its address.
+    """
+    if node.tls_certificate_sha256:
+        if not peer_certificate_sha256:
+            return "this AE title must call over DICOM TLS"
+        if not hmac.compare_digest(peer_certificate_sha256, node.tls_certificate_sha256):
+            return "client certificate does not match this AE title"
+        if node.allowed_address and not node_accepts_address(node=node, peer_address=peer_address):
+            return "calling address not allowed for this AE title"
+        return ""
+    if not node_accepts_address(node=node, peer_address=peer_address):
+        return "calling address not allowed for this AE title"
+    return ""
+
+
+def node_accepts_address(*, node: DicomNode, peer_address: str) -> bool:
+    """Say whether a call from this address may be this node: its network, else its host, else by choice any."""
+    if node.allowed_address:
+        return address_allows(allowed_address=node.allowed_address, peer_address=peer_address)
+    if node.allow_any_address:
+        return True
+    try:
+        peer = ipaddress.ip_address(peer_address)
+    except ValueError:
+        return False
+    # An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
+    peer = getattr(peer, "ipv4_mapped", None) or peer
+    return peer.compressed in _host_addresses(node.host)
 
 
 def dicom_node_list(*, clinic: Clinic) -> QuerySet[DicomNode]:
@@ -61,11 +126,17 @@ def dicom_node_create(
     is_move_destination: bool = True,
     allowed_address: str = "",
     calling_ae_title: str = "",
+    allow_any_address: bool = False,
+    tls_certificate_pem: str = "",
     actor: User | None = None,
     request: HttpRequest | None = None,
 ) -> DicomNode:
     """Register a remote node for the clinic.
 
+    A node that may call in is accepted from ``allowed_address`` (an address or network) or, without
+    one, from ``host``'s address; ``allow_any_address`` (with ANY_ADDRESS_WARNING shown to whoever
+    chose it) accepts it from anywhere, and is recorded as such in the audit trail. With a TLS client
+    certificate (PEM) the node must call over DICOM TLS presenting it.
     Raises PortalError for an invalid AE title, port or address, or an AE title already registered.
     """
     ae_title = ae_title_clean(ae_title)
@@ -81,12 +152,14 @@ def dicom_node_create(
             ipaddress.ip_network(allowed_address, strict=False)
         except ValueError as exc:
             raise PortalError("The address restriction must be an IP address or a network such as 10.0.0.0/24.") from exc
+    fingerprint = certificate_sha256(tls_certificate_pem) if (tls_certificate_pem or "").strip() else ""
     try:
         with transaction.atomic():
             node = DicomNode.objects.create(
                 clinic=clinic, ae_title=ae_title, host=host, port=int(port), description=description.strip()[:200],
                 allow_inbound=allow_inbound, is_move_destination=is_move_destination, allowed_address=allowed_address,
                 calling_ae_title=calling_ae_title,
+                allow_any_address=allow_any_address and not allowed_address, tls_certificate_sha256=fingerprint,
             )
     except IntegrityError as exc:
         raise PortalError(f"The AE title '{ae_title}' is already registered for this clinic.") from exc
@@ -94,7 +167,8 @@ def dicom_node_create(
         clinic=clinic, action="dicom_node.created", request=request, actor=actor, object_type="dicom_node",
         object_id=str(node.uuid),
         details={"ae_title": ae_title, "host": host, "port": node.port, "allow_inbound": allow_inbound,
-                 "is_move_destination": is_move_destination, "allowed_address": allowed_address},
+                 "is_move_destination": is_move_destination, "allowed_address": allowed_address,
+                 "allow_any_address": node.allow_any_address, "tls_certificate_sha256": fingerprint},
     )
     return node
 

@@ -8,6 +8,8 @@ and Query/Retrieve (Patient Root and Study Root: FIND, MOVE, GET), and Storage C
 
 from __future__ import annotations
 
+import ssl
+
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -100,9 +102,40 @@ def ae_build(*, ae_title: str, max_associations: int = 32) -> AE:
     return ae
 
 
+class _DeferredHandshakeContext(ssl.SSLContext):
+    """Leaves the TLS handshake to the association's own thread.
+
+    pynetdicom wraps each accepted socket in its accept loop; a handshake there would let one client
+    that connects and stays silent hold up every other TLS connection.
+    """
+
+    def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        kwargs["do_handshake_on_connect"] = False
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def tls_context(*, certificate: str, private_key: str, ca_file: str) -> ssl.SSLContext:
+    """The DICOM TLS (PS3.15 Annex B) server context: our certificate, and a client certificate required.
+
+    Client certificates must chain to ``ca_file``; which certificate may be which node is pinned per
+    node (``DicomNode.tls_certificate_sha256``). TLS 1.2 or later, as BCP 195 (PS3.15 B.9) asks.
+    """
+    context = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_verify_locations(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(certfile=certificate, keyfile=private_key)
+    return context
+
+
 def scp_start(
-    *, host: str, port: int, ae_title: str, max_associations: int = 32, block: bool = True
+    *, host: str, port: int, ae_title: str, max_associations: int = 32, block: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ThreadedAssociationServer | None:
-    """Listen for associations; with ``block=False`` return the running server (call ``shutdown()``)."""
+    """Listen for associations; with ``block=False`` return the running server (call ``shutdown()``).
+
+    With ``ssl_context`` the listener speaks DICOM TLS only.
+    """
     ae = ae_build(ae_title=ae_title, max_associations=max_associations)
-    return ae.start_server((host, port), block=block, evt_handlers=[*HANDLERS, *COMMITMENT_HANDLERS])
+    return ae.start_server((host, port), block=block, evt_handlers=[*HANDLERS, *COMMITMENT_HANDLERS],
+                           ssl_context=ssl_context)

@@ -26,7 +26,17 @@ class DicomNodeForm(forms.Form):
     description = forms.CharField(label="Description", max_length=200, required=False)
     allowed_address = forms.CharField(
         label="Only from address", max_length=64, required=False,
-        help_text="Optional: accept calls from this IP address or network (e.g. 10.0.0.0/24) only.",
+        help_text="Accept calls from this IP address or network (e.g. 10.0.0.0/24). Left empty: from the "
+                  "host's own address only.",
+    )
+    allow_any_address = forms.BooleanField(
+        label="Accept calls from any address (not recommended)", required=False,
+        help_text=nodes.ANY_ADDRESS_WARNING,
+    )
+    tls_certificate_pem = forms.CharField(
+        label="TLS client certificate (optional)", required=False, max_length=20000,
+        widget=forms.Textarea(attrs={"rows": 4, "placeholder": "-----BEGIN CERTIFICATE-----"}),
+        help_text="PEM. The node must then connect over DICOM TLS presenting this certificate, from any address.",
     )
     allow_inbound = forms.BooleanField(label="May connect (store, query, retrieve)", required=False, initial=True)
     is_move_destination = forms.BooleanField(label="C-MOVE destination", required=False, initial=True)
@@ -51,12 +61,15 @@ def dicom_node_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
                 form.add_error(None, exc.message)
             else:
                 messages.success(request, f"{node.ae_title} can now {_abilities(node)}.")
+                if node.allow_any_address and node.allow_inbound:
+                    messages.warning(request, nodes.ANY_ADDRESS_WARNING)
                 return redirect("studies:dicom-nodes", clinic_slug=request.clinic.slug)
         status = 400
     context = {
         "nodes": nodes.dicom_node_list(clinic=request.clinic),
         "form": form,
         "dicom_port": settings.DICOM_PORT,
+        "dicom_tls_port": settings.DICOM_TLS_PORT,
     }
     return render(request, "studies/dicom_nodes.html", context, status=status)
 

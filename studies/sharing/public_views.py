@@ -56,6 +56,22 @@ def _is_granted(request: HttpRequest, share: Share) -> bool:
     return not share.has_pin or request.session.get(_grant_key(share)) is True
 
 
+def _has_opened(request: HttpRequest, share: Share) -> bool:
+    """Count this session's open of the link once; False when the link's opens are used up.
+
+    A link with a maximum number of opens serves only sessions that used one of them: a fresh
+    session (or a DICOMweb client without cookies) uses one, and once none is left gets the same
+    answer as for a revoked link, on the page, the viewer, the download and DICOMweb alike.
+    """
+    opened_key = f"share-opened:{share.uuid}"
+    if request.session.get(opened_key):
+        return True
+    if not services.share_open(share=share, request=request):
+        return False
+    request.session[opened_key] = True
+    return True
+
+
 def share_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     """Resolve the link and its PIN grant, and scope the request to the shared studies."""
 
@@ -69,6 +85,8 @@ def share_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
                 return JsonResponse({"error": "pin_required", "message": "Open the link in a browser and enter its PIN first."},
                                     status=401)
             return redirect("share:open", share_token=share_token)
+        if share.max_opens is not None and not _has_opened(request, share):
+            return _invalid(request)
         request.clinic = share.clinic  # type: ignore[attr-defined]
         request.membership = ShareGrant(share)  # type: ignore[attr-defined]
         request.share = share  # type: ignore[attr-defined]
@@ -110,11 +128,8 @@ def share_open(request: HttpRequest, share_token: str) -> HttpResponse:
             error, status = "Too many wrong PINs: this link is locked for 15 minutes.", 429
         return render(request, "studies/share_pin.html", {"form": form, "error": error, "share": share},
                       status=status)
-    opened_key = f"share-opened:{share.uuid}"
-    if not request.session.get(opened_key):
-        if not services.share_open(share=share, request=request):
-            return _invalid(request)
-        request.session[opened_key] = True
+    if not _has_opened(request, share):
+        return _invalid(request)
     studies = services.share_studies(share=share)
     return render(request, "studies/share_public.html", {"share": share, "studies": studies,
                                                          "share_token": share_token})

@@ -177,14 +177,18 @@ def patient_token(access_code: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def share_log(*, share: Share, action: str, request: HttpRequest | None = None, study: Study | None = None) -> None:
+def share_log(
+    *, share: Share, action: str, request: HttpRequest | None = None, study: Study | None = None,
+    result: str = "success",
+) -> None:
     """Write one access (time, address, user agent, what) to the share's log and the clinic's audit trail."""
     ip = client_address(request) if request is not None else None
     agent = request.META.get("HTTP_USER_AGENT", "")[:512] if request is not None else ""
     ShareAccess.objects.create(clinic=share.clinic, share=share, action=action, study=study, ip_address=ip,
                                user_agent=agent)
     audit_record(clinic=share.clinic, action=f"share.{action}", request=request, actor_label=f"share:{share.uuid}",
-                 object_type="study" if study else "share", object_id=str(study.uuid if study else share.uuid))
+                 object_type="study" if study else "share", object_id=str(study.uuid if study else share.uuid),
+                 result=result)
 
 
 def _notify_creator_locked(share: Share | UploadLink) -> None:
@@ -224,9 +228,10 @@ def share_pin_check(*, share: Share, pin: str, request: HttpRequest | None = Non
     try:
         ok = _pin_check(Share, share, pin)
     except ShareLocked:
-        share_log(share=share, action="pin_locked", request=request)
+        share_log(share=share, action="pin_locked", request=request, result="denied")
         raise
-    share_log(share=share, action="pin_ok" if ok else "pin_failed", request=request)
+    share_log(share=share, action="pin_ok" if ok else "pin_failed", request=request,
+              result="success" if ok else "failure")
     return ok
 
 

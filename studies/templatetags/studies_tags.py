@@ -6,7 +6,7 @@ from typing import Any
 
 from django import template
 
-from studies import names, quarantine, selectors
+from studies import names, quarantine, selectors, services
 from tenants.roles import Action
 
 register = template.Library()
@@ -35,6 +35,8 @@ def studies_dashboard_cards(context: template.Context) -> dict[str, Any]:
     cards: dict[str, Any] = {"clinic": clinic}
     if membership.can(Action.VIEW):
         cards["recent_studies"] = selectors.study_recent(clinic=clinic)
+        services.study_search_record(clinic=clinic, search=selectors.StudySearch(sort="-created"),
+                                     count=len(cards["recent_studies"]), source="dashboard", request=request)
     if membership.can(Action.BILLING):
         from billing import selectors as billing_selectors
 

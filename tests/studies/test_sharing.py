@@ -281,3 +281,48 @@ def test_clinic_viewer_page_is_audited_and_outsider_gets_404(client, clinic, cli
     assert page.status_code == HTTPStatus.OK and b"viewer-config" in page.content
     assert hidden.status_code == HTTPStatus.NOT_FOUND
     assert AuditEvent.objects.filter(clinic=clinic, action="study.viewer_opened").count() == 1
+
+
+def test_a_used_up_link_serves_nothing_to_a_fresh_session(client, clinic, study):
+    created = make_share(clinic, study, max_opens=1, allow_download=True)
+    assert client.get(f"/s/{created.token}/").status_code == HTTPStatus.OK
+    client.cookies.clear()
+
+    dicomweb = client.get(f"/s/{created.token}/dicomweb/studies", HTTP_ACCEPT="application/dicom+json")
+    viewer = client.get(f"/s/{created.token}/studies/{study.uuid}/")
+    download = client.get(f"/s/{created.token}/studies/{study.uuid}/download/")
+
+    assert (dicomweb.status_code, viewer.status_code, download.status_code) == (HTTPStatus.NOT_FOUND,) * 3
+    assert not ShareAccess.objects.filter(share=created.share, action__in=["viewed", "downloaded"]).exists()
+
+
+def test_the_session_that_used_the_last_open_keeps_viewing(client, clinic, study):
+    created = make_share(clinic, study, max_opens=1)
+    client.get(f"/s/{created.token}/")
+
+    viewer = client.get(f"/s/{created.token}/studies/{study.uuid}/")
+    series = client.get(f"/s/{created.token}/dicomweb/studies/{study.study_instance_uid}/series",
+                        HTTP_ACCEPT="application/dicom+json")
+
+    assert (viewer.status_code, series.status_code) == (HTTPStatus.OK, HTTPStatus.OK)
+
+
+def test_a_fresh_client_going_straight_to_dicomweb_uses_an_open(client, clinic, study):
+    created = make_share(clinic, study, max_opens=1)
+
+    first = client.get(f"/s/{created.token}/dicomweb/studies", HTTP_ACCEPT="application/dicom+json")
+    client.cookies.clear()
+    second = client.get(f"/s/{created.token}/dicomweb/studies", HTTP_ACCEPT="application/dicom+json")
+
+    assert (first.status_code, second.status_code) == (HTTPStatus.OK, HTTPStatus.NOT_FOUND)
+    assert Share.objects.get(pk=created.share.pk).open_count == 1
+
+
+def test_a_wrong_pin_is_audited_as_a_failure(client, clinic, study):
+    created = make_share(clinic, study, pin="2468")
+
+    client.post(f"/s/{created.token}/", {"pin": "1111"})
+    client.post(f"/s/{created.token}/", {"pin": "2468"})
+
+    results = dict(AuditEvent.objects.filter(action__startswith="share.pin").values_list("action", "result"))
+    assert results == {"share.pin_failed": "failure", "share.pin_ok": "success"}

@@ -191,3 +191,63 @@ def test_security_page_forbidden_for_clinician_and_404_for_outsider(client, clin
     assert forbidden.status_code == HTTPStatus.FORBIDDEN
     assert missing.status_code == HTTPStatus.NOT_FOUND
     assert not clinic.require_two_factor
+
+
+def _admin_token(clinic, admin) -> str:
+    from tenants import services
+
+    membership = Membership.objects.for_clinic(clinic).get(user=admin)
+    return services.api_token_create(clinic=clinic, name="PACS router", role=Role.ADMIN, created_by=admin,
+                                     granted_by=membership).secret
+
+
+def test_removing_a_member_revokes_the_api_tokens_they_created(client, owner, admin, clinic):
+    secret = _admin_token(clinic, admin)
+    client.force_login(owner)
+
+    client.post(remove_url(clinic, admin))
+
+    api = Client().get(f"/api/v1/clinics/{clinic.slug}/members/", HTTP_AUTHORIZATION=f"Bearer {secret}")
+    studies = Client().get(f"/api/v1/clinics/{clinic.slug}/studies/", HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert (api.status_code, studies.status_code) == (HTTPStatus.UNAUTHORIZED, HTTPStatus.UNAUTHORIZED)
+    removed = AuditEvent.objects.for_clinic(clinic).get(action="member.removed")
+    assert removed.details["api_tokens_revoked"] == 1
+
+
+def test_owner_may_keep_a_removed_members_tokens_by_choice(client, owner, admin, clinic):
+    secret = _admin_token(clinic, admin)
+    client.force_login(owner)
+    page = client.get(f"/c/{clinic.slug}/members/").content.decode()
+
+    client.post(remove_url(clinic, admin), {"keep_api_tokens": "on"})
+
+    assert "1 API token" in page and "keep_api_tokens" in page
+    api = Client().get(f"/api/v1/clinics/{clinic.slug}/members/", HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert api.status_code == HTTPStatus.OK
+    assert AuditEvent.objects.for_clinic(clinic).get(action="member.removed").details["api_tokens_kept"] == 1
+
+
+def test_api_member_delete_revokes_tokens_unless_kept(owner, admin, clinic):
+    secret = _admin_token(clinic, admin)
+    owner_client = Client()
+    owner_client.force_login(owner)
+
+    response = owner_client.delete(f"/api/v1/clinics/{clinic.slug}/members/{admin.uuid}/")
+
+    assert response.status_code == HTTPStatus.NO_CONTENT
+    api = Client().get(f"/api/v1/clinics/{clinic.slug}/members/", HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert api.status_code == HTTPStatus.UNAUTHORIZED
+
+
+def test_removing_a_member_leaves_other_clinics_tokens_alone(owner, admin, clinic, other_clinic):
+    from tenants import services
+
+    Membership.objects.create(clinic=other_clinic, user=admin, role=Role.ADMIN)
+    elsewhere = services.api_token_create(clinic=other_clinic, name="Other", role=Role.ADMIN, created_by=admin).secret
+    owner_client = Client()
+    owner_client.force_login(owner)
+
+    owner_client.post(remove_url(clinic, admin))
+
+    api = Client().get(f"/api/v1/clinics/{other_clinic.slug}/members/", HTTP_AUTHORIZATION=f"Bearer {elsewhere}")
+    assert api.status_code == HTTPStatus.OK

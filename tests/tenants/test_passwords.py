@@ -98,3 +98,16 @@ def test_password_change_rejects_weak_password_and_wrong_old_one(client, owner, 
     assert "old password was entered incorrectly" in wrong_old.content.decode()
     owner.refresh_from_db()
     assert owner.check_password(PASSWORD)
+
+
+def test_password_change_refuses_a_guessable_password(client, owner, clinic):
+    client.force_login(owner)
+
+    response = client.post("/accounts/password/change/", {
+        "old_password": PASSWORD, "new_password1": "Welcome@12345", "new_password2": "Welcome@12345",
+    })
+
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert "too easy to guess" in response.content.decode()
+    owner.refresh_from_db()
+    assert owner.check_password(PASSWORD)

@@ -130,3 +130,14 @@ def test_production_hashes_passwords_with_argon2():
     import portal.settings
 
     assert portal.settings.PASSWORD_HASHERS[0] == "django.contrib.auth.hashers.Argon2PasswordHasher"
+
+
+def test_signup_rejects_an_easily_guessed_password_that_meets_every_rule(client, db):
+    response = client.post("/accounts/signup/", signup_data(password1="Password1234!", password2="Password1234!"))
+
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    text = response.content.decode()
+    assert "too easy to guess" in text
+    assert "similar to a commonly used password" in text
+    assert not User.objects.exists()
+

@@ -126,7 +126,9 @@ def test_clinic_requiring_two_factor_sends_unverified_member_to_set_it_up(client
     client.get(step["Location"])
     pending = TOTPDevice.objects.get(user=owner)
     done = client.post(step["Location"], {"code": code_for(pending)})
-    assert done["Location"] == f"/c/{clinic.slug}/"
+    # The recovery codes are shown once on the way, with a link on to where the member was going.
+    assert done["Location"].startswith("/accounts/two-factor/recovery-codes/?next=")
+    assert f'href="/c/{clinic.slug}/"' in client.get(done["Location"]).content.decode()
     assert client.get(f"/c/{clinic.slug}/").status_code == HTTPStatus.OK
 
 

@@ -25,7 +25,14 @@ class Command(BaseCommand):
         parser.add_argument("--port", required=True, type=int)
         parser.add_argument("--description", default="")
         parser.add_argument("--allowed-address", default="",
-                            help="Accept calls from this node only from this IP address or network (CIDR).")
+                            help="Accept calls from this node only from this IP address or network (CIDR). "
+                                 "Default: from HOST's own address only.")
+        parser.add_argument("--any-address", action="store_true",
+                            help="Accept calls from any address (not recommended: the AE title alone then "
+                                 "protects the clinic).")
+        parser.add_argument("--tls-certificate", default="",
+                            help="The node's TLS client certificate (PEM file): it must then call over DICOM TLS "
+                                 "presenting it.")
         parser.add_argument("--calling-ae", default="",
                             help="Our calling AE title when we call this node (default: the clinic's AE title).")
         parser.add_argument("--no-inbound", action="store_true", help="A move destination only; it may not call in.")
@@ -35,14 +42,24 @@ class Command(BaseCommand):
         clinic = Clinic.objects.filter(slug=options["clinic"]).first()
         if clinic is None:
             raise CommandError(f"No clinic with slug '{options['clinic']}'.")
+        pem = ""
+        if options["tls_certificate"]:
+            try:
+                with open(options["tls_certificate"], encoding="ascii") as handle:
+                    pem = handle.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CommandError(f"Cannot read the certificate file: {exc}") from exc
         try:
             node = nodes.dicom_node_create(
                 clinic=clinic, ae_title=options["ae"], host=options["host"], port=options["port"],
                 description=options["description"], allowed_address=options["allowed_address"],
                 allow_inbound=not options["no_inbound"], is_move_destination=not options["no_move"],
                 calling_ae_title=options["calling_ae"],
+                allow_any_address=options["any_address"], tls_certificate_pem=pem,
             )
         except PortalError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(f"Registered {node.ae_title} at {node.host}:{node.port} for {clinic.slug} "
                           f"(calls to AE title {clinic.ae_title}).")
+        if node.allow_any_address and node.allow_inbound:
+            self.stderr.write(f"WARNING: {nodes.ANY_ADDRESS_WARNING}")
