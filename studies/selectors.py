@@ -16,7 +16,7 @@ from django.db.models.functions import Replace, Upper
 
 from studies import matching
 from studies.dicom import is_valid_uid
-from studies.models import Instance, Patient, Series, Study
+from studies.models import Instance, Series, Study
 from tenants.models import Clinic
 
 # Family name before given names: "DOE^JANE" sorts before "DOERR^ANNA" (a space sorts before letters).
@@ -33,8 +33,6 @@ SORTS: dict[str, tuple] = {
     "-created": ("-created_at", "-id"),
 }
 DEFAULT_SORT = "-date"
-# Up to this many patients matching a name search are looked up by id (see study_list).
-PATIENT_IDS_MAX = 300
 
 
 @dataclass(frozen=True)
@@ -78,19 +76,8 @@ def study_list(*, clinic: Clinic | int, search: StudySearch | None = None) -> Qu
         # Naming the patient's clinic too lets PostgreSQL use the (clinic_id, name) patient indexes.
         studies = studies.filter(patient__clinic=clinic)
     if search.patient_name.strip():
-        patients = (
-            Patient.objects.for_clinic(clinic)
-            .annotate(given_name_upper=matching.given_name_upper("patient_name"))
-            .filter(matching.name_words_q("patient_name", search.patient_name, given_name="given_name_upper"))
-        )
-        # Find the matching patients first: the planner cannot estimate how many names a pattern
-        # matches, and a wrong guess walks the whole date index. A short list of ids lets it fetch
-        # just those patients' studies through the patient index instead.
-        patient_ids = list(patients.values_list("id", flat=True)[: PATIENT_IDS_MAX + 1])
-        if len(patient_ids) <= PATIENT_IDS_MAX:
-            studies = studies.filter(patient_id__in=patient_ids)
-        else:
-            studies = studies.filter(patient__in=patients.values("id"))
+        name_q = matching.name_words_q("patient_name", search.patient_name, given_name="given_name_upper")
+        studies = matching.patients_narrow(studies, clinic=clinic, patient_q=name_q, path="patient__")
     studies = studies.filter(
         matching.text_q("patient__patient_id", search.patient_id.strip()),
         matching.text_q("accession_number", search.accession_number.strip()),

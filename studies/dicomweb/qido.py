@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
 from studies import matching
 from studies.dicomweb import rendering
@@ -105,6 +105,7 @@ class Query:
     limit: int
     offset: int
     warnings: list[str]
+    patient_filters: Q = field(default_factory=Q)  # keys on the patient, matched first (patients_narrow)
 
 
 def _matching_q(attribute: Attribute, path: str, value: str) -> Q:
@@ -117,6 +118,7 @@ def query_parse(*, level: str, params: Any) -> Query:
     """Turn QIDO-RS query parameters (a QueryDict) into a ``Query``; raise QueryInvalid on bad values."""
     paths = PATHS[level]
     filters = Q()
+    patient_filters = Q()
     warnings: list[str] = []
     include: list[Attribute] = []
     include_tags: list[str] = []
@@ -133,7 +135,10 @@ def query_parse(*, level: str, params: Any) -> Query:
         for value in values:
             if value == "":
                 continue  # Universal matching: return the attribute, filter nothing.
-            filters &= _matching_q(attribute, path, value)
+            if attribute.entity == "patient":
+                patient_filters &= _matching_q(attribute, attribute.field, value)
+            else:
+                filters &= _matching_q(attribute, path, value)
         if attribute not in include:
             include.append(attribute)
     for raw in params.getlist("includefield"):
@@ -157,7 +162,7 @@ def query_parse(*, level: str, params: Any) -> Query:
     if limit > MAX_LIMIT:
         warnings.append(f"299 dicomweb: limit was lowered to {MAX_LIMIT}.")
         limit = MAX_LIMIT
-    return Query(level, filters, include, include_tags, include_all, limit, offset, warnings)
+    return Query(level, filters, include, include_tags, include_all, limit, offset, warnings, patient_filters)
 
 
 def _return_attributes(query: Query, *, with_parents: Iterable[str]) -> list[Attribute]:
@@ -198,7 +203,8 @@ def search(
     queryset: QuerySet
     if query.level == STUDY:
         queryset = Study.objects.for_clinic(clinic).filter(deleted_at=None)
-        order = ("-study_date", "-study_time", "-id")
+        # Newest first, spelled as the live-study date indexes are (so a page stops after its rows).
+        order = (F("study_date").desc(nulls_last=True), F("study_time").desc(nulls_last=True), "-id")
     elif query.level == SERIES:
         queryset = Series.objects.for_clinic(clinic).filter(study__deleted_at=None)
         order = ("study_id", "series_number", "id")
@@ -212,6 +218,10 @@ def search(
     paths = PATHS[query.level]
     # Naming the patient's clinic too lets PostgreSQL use the (clinic, patient_id, ...) index on patients.
     queryset = queryset.filter(**{paths["patient"] + "clinic": clinic})
+    if query.patient_filters:
+        queryset = matching.patients_narrow(
+            queryset, clinic=clinic, patient_q=query.patient_filters, path=paths["patient"]
+        )
     if study_ids is not None:
         queryset = queryset.filter(**{paths["study"] + "id__in": study_ids})
     if study_uid is not None:

@@ -269,6 +269,7 @@ def find_matches(*, clinic: Clinic, identifier: Dataset, sop_class_uid: str) -> 
     level_index = LEVELS.index(level)
     queryset = _base_queryset(clinic=clinic, level=level)
     python_keys: list[tuple[str, list[str]]] = []
+    patient_q = Q()
     for element in identifier:
         keyword = element.keyword
         if not keyword or keyword in SKIPPED_KEYS or keyword in COUNTS or element.VR == "SQ":
@@ -281,12 +282,19 @@ def find_matches(*, clinic: Clinic, identifier: Dataset, sop_class_uid: str) -> 
             if LEVELS.index(attr_level) > level_index:
                 # PS3.4 C.4.1.1.3.1: keys below the query level are not allowed.
                 raise QueryError(f"{keyword} is not a key at the {level} level.", status=0xA900)
-            queryset = queryset.filter(key_q(keyword, values, PATHS[level][attr_level] + field))
+            if attr_level == "PATIENT" and level != "PATIENT":
+                patient_q &= key_q(keyword, values, field)
+            else:
+                queryset = queryset.filter(key_q(keyword, values, PATHS[level][attr_level] + field))
         elif level == "IMAGE":
             python_keys.append((keyword, values))
         # Other keys we do not index at this level are answered empty and not matched.
     try:
         with matching.search_budget():
+            if patient_q:
+                queryset = matching.patients_narrow(
+                    queryset, clinic=clinic, patient_q=patient_q, path=PATHS[level]["PATIENT"]
+                )
             for obj in queryset.iterator(chunk_size=500):
                 row = _row_for(level, obj)
                 if python_keys and not all(
