@@ -11,12 +11,13 @@ from datetime import date, datetime, timedelta
 from uuid import UUID
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Replace, Upper
 
 from studies import matching
 from studies.dicom import is_valid_uid
-from studies.models import Instance, Series, Study
+from studies.models import Instance, Patient, Series, Study
 from tenants.models import Clinic
 
 # Family name before given names: "DOE^JANE" sorts before "DOERR^ANNA" (a space sorts before letters).
@@ -216,3 +217,14 @@ def study_list_by_uids(*, clinic: Clinic, uids: list[str]) -> list[Study]:
     if missing:
         raise Http404(f"No such study: {', '.join(missing)}")
     return found
+
+
+def index_statistics_refresh() -> None:
+    """Bring the planner's statistics of the index tables up to date (after a bulk load or rebuild).
+
+    Autovacuum catches up on its own schedule; until then the planner judges a freshly filled table by
+    its old size and may pick a plan that reads every row.
+    """
+    with connection.cursor() as cursor:
+        for model in (Patient, Study, Series, Instance):
+            cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
