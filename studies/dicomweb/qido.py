@@ -216,8 +216,10 @@ def search(
         if series_uid is None:
             parents = [SERIES] + ([STUDY] if study_uid is None else [])
     paths = PATHS[query.level]
-    # Naming the patient's clinic too lets PostgreSQL use the (clinic, patient_id, ...) index on patients.
-    queryset = queryset.filter(**{paths["patient"] + "clinic": clinic})
+    # Naming each level's clinic lets PostgreSQL use the (clinic, ...) indexes of every table joined.
+    for entity in paths:
+        if paths[entity]:
+            queryset = queryset.filter(**{paths[entity] + "clinic": clinic})
     if query.patient_filters:
         queryset = matching.patients_narrow(
             queryset, clinic=clinic, patient_q=query.patient_filters, path=paths["patient"]
@@ -306,6 +308,7 @@ def series_exists(*, clinic: Clinic, study_uid: str, series_uid: str) -> bool:
     """Say whether the clinic has this series in this study (and the study is not in the trash)."""
     return (
         Series.objects.for_clinic(clinic)
-        .filter(study__study_instance_uid=study_uid, study__deleted_at=None, series_instance_uid=series_uid)
+        .filter(study__study_instance_uid=study_uid, study__deleted_at=None, series_instance_uid=series_uid,
+                study__clinic=clinic)
         .exists()
     )

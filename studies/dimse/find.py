@@ -126,6 +126,15 @@ def key_q(keyword: str, values: list[str], path: str) -> Q:
 
 
 def _base_queryset(*, clinic: Clinic, level: str) -> QuerySet[Any]:
+    """The level's live rows, each joined level named with its clinic (so its (clinic, ...) indexes serve)."""
+    queryset = _level_queryset(clinic=clinic, level=level)
+    for path in PATHS[level].values():
+        if path:
+            queryset = queryset.filter(**{path + "clinic": clinic})
+    return queryset
+
+
+def _level_queryset(*, clinic: Clinic, level: str) -> QuerySet[Any]:
     live = Q(deleted_at=None)
     if level == "PATIENT":
         return (

@@ -18,7 +18,13 @@ INDEXES = {
     "study_accession_trgm": "studies_study USING gin (accession_number gin_trgm_ops)",
     "study_description_upper_trgm": "studies_study USING gin (UPPER(study_description) gin_trgm_ops)",
     "study_referring_upper_trgm": "studies_study USING gin (UPPER(referring_physician_name) gin_trgm_ops)",
-    # QIDO-RS and C-FIND find a study's series by study; the page and C-FIND patients' studies by patient.
+    # A study, series or instance named by its UID from a lower level (QIDO-RS studies/{uid}/series,
+    # C-FIND and C-MOVE keys) is joined without its own clinic column; the (clinic, uid) unique indexes
+    # cannot serve that, and the table was read whole (issue 19: 1.1 s for one study's series).
+    "study_uid": "studies_study (study_instance_uid)",
+    "series_uid": "studies_series (series_instance_uid)",
+    "instance_uid": "studies_instance (sop_instance_uid)",
+    # The page and C-FIND fetch the studies of the patients a name matched, newest first.
     "study_patient_live_date": (
         "studies_study (patient_id, study_date DESC NULLS LAST, study_time DESC NULLS LAST, id DESC) "
         "WHERE deleted_at IS NULL"

@@ -160,7 +160,7 @@ def test_qido_series_of_a_study_use_indexes(client, clinic, archive, django_asse
         response = client.get(f"/dicomweb/{clinic.slug}/studies/{archive.study_instance_uid}/series", **auth)
 
     assert [s["0020000E"]["Value"] for s in response.json()] == [[f"{archive.study_instance_uid}.1"]]
-    _assert_indexed(captured, {})
+    _assert_indexed(captured, {"studies_study": {"study_unique_uid", "study_uid"}})
 
 
 PAGE_CASES = [
