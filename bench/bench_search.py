@@ -1,11 +1,15 @@
-"""Benchmark: studies-page search latency (p50/p95) on 100,000 studies in PostgreSQL.
+"""Benchmark: search latency (p50/p95) of the studies page and QIDO-RS on 100,000 or 1,000,000 studies.
 
-Runs standalone: `.venv/bin/python bench/bench_search.py [--studies N] [--rounds R] [--keep]`.
-It uses DATABASE_URL (PostgreSQL; default postgres://postgres@127.0.0.1:5432/portal_bench_search, created
-if missing), applies migrations, fills a fresh clinic with N studies (and a second clinic with N/5,
-so that tenant scoping is part of the measurement) through bulk_create, then times what the studies
-page does for each search: the count and the first page of 25 rows, through ``studies.selectors``.
-It prints each query's plan (to check that indexes are used) and deletes its clinics unless --keep.
+Runs standalone: `.venv/bin/python bench/bench_search.py [--studies N] [--rounds R] [--keep] [--plans]`.
+It uses DATABASE_URL (default postgres://postgres@127.0.0.1:5432/portal_bench_search, created if
+missing; ``sqlite:///path`` measures SQLite), applies migrations, fills a fresh clinic with N studies
+of about N/2 patients, one series each (and a second clinic with N/5, so that tenant scoping is part
+of the measurement), then times, for each search, what the studies page does (the capped count and
+the first page of 25 rows with patients, through ``studies.selectors``) and what QIDO-RS does (parse
+the query, search, answer DICOM JSON of up to 100 studies, through ``studies.dicomweb.qido``), each
+inside the search time budget. On PostgreSQL the index is filled by SQL straight from
+``generate_series`` (1,000,000 studies in a few minutes); elsewhere through bulk_create. The tables
+are analyzed after the load, as ``rebuild_index`` does. It deletes its clinics unless --keep.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def setup_django(database_url: str) -> None:
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("CELERY_BROKER_URL", "memory://")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    _database_create(database_url)
+    if database_url.startswith("postgres"):
+        _database_create(database_url)
     import django
 
     django.setup()
@@ -63,11 +68,56 @@ def _database_create(database_url: str) -> None:
             connection.execute(f'CREATE DATABASE "{name}"')
 
 
+def _sql_array(values: list[str]) -> str:
+    return "ARRAY[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
+
+
+def populate_sql(*, clinic, studies: int, seed: int) -> None:
+    """Fill the index straight in PostgreSQL: patients, studies and one series each from generate_series.
+
+    Values are spread by multiplicative hashing of the row number, as random as the benchmark needs.
+    """
+    from django.db import connection
+
+    patients = max(1, studies // 2)
+    h = "((i::bigint * {k} + {seed}) % 2147483647)"
+    pick = lambda values, k: f"({_sql_array(values)})[1 + {h.format(k=k, seed=seed)} % {len(values)}]"  # noqa: E731
+    with connection.cursor() as cursor:
+        cursor.execute(f"""
+            INSERT INTO studies_patient (uuid, clinic_id, patient_id, issuer_of_patient_id, patient_name,
+                                         patient_birth_date, patient_sex, created_at)
+            SELECT gen_random_uuid(), {clinic.pk}, '{seed}-' || lpad(i::text, 7, '0'), '',
+                   {pick(FAMILY, 2654435761)} || {pick(['', 'SON', 'ER', 'S'], 40503)} || '^' || {pick(GIVEN, 97)},
+                   date '1930-01-01' + ({h.format(k=7919, seed=seed)} % 32850)::int,
+                   CASE WHEN i % 2 = 0 THEN 'M' ELSE 'F' END, now()
+            FROM generate_series(0, {patients - 1}) AS i""")
+        cursor.execute("SELECT min(id) FROM studies_patient WHERE clinic_id = %s", [clinic.pk])
+        first_patient = cursor.fetchone()[0]
+        cursor.execute(f"""
+            INSERT INTO studies_study (uuid, clinic_id, patient_id, study_instance_uid, study_id, study_date,
+                study_time, accession_number, study_description, referring_physician_name, modalities_in_study,
+                body_part_examined, number_of_series, number_of_instances, size_bytes, created_at, updated_at,
+                deleted_at)
+            SELECT gen_random_uuid(), {clinic.pk}, {first_patient} + ({h.format(k=48271, seed=seed)} % {patients}),
+                   '1.2.826.0.1.3680043.10.{seed}.' || i, '', date '2010-01-01' + ({h.format(k=16807, seed=seed)}
+                   % 5475)::int, make_time(({h.format(k=31, seed=seed)} % 24)::int, (i % 60)::int, 0),
+                   'A{seed}' || lpad(i::text, 8, '0'), {pick(DESCRIPTIONS, 69621)}, '', {pick(MODALITIES, 1103)},
+                   '', 1 + i % 7, 1 + i % 800, 1 + i * 1000, now() - i * interval '1 minute',
+                   now(), CASE WHEN {h.format(k=65539, seed=seed)} % 100 = 0 THEN now() END
+            FROM generate_series(0, {studies - 1}) AS i""")
+        cursor.execute(f"""
+            INSERT INTO studies_series (uuid, clinic_id, study_id, series_instance_uid, modality, series_number,
+                series_description, body_part_examined, number_of_instances, thumbnail_key, created_at)
+            SELECT gen_random_uuid(), {clinic.pk}, id, study_instance_uid || '.1', split_part(modalities_in_study,
+                   '\\', 1), 1, '', '', number_of_instances, '', created_at
+            FROM studies_study WHERE clinic_id = {clinic.pk}""")
+
+
 def populate(*, clinic, studies: int, seed: int) -> None:
     """Bulk-create patients (about two studies each) and studies with realistic spreads of values."""
     from django.utils import timezone
 
-    from studies.models import Patient, Study
+    from studies.models import Patient, Series, Study
 
     rng = random.Random(seed)
     patients = [
@@ -105,6 +155,13 @@ def populate(*, clinic, studies: int, seed: int) -> None:
             Study.objects.bulk_create(batch)
             batch = []
     Study.objects.bulk_create(batch)
+    series = (
+        Series(clinic=clinic, study_id=study_id, series_instance_uid=f"{uid}.1", modality=modalities.split("\\")[0],
+               series_number=1)
+        for study_id, uid, modalities in Study.objects.for_clinic(clinic).values_list(
+            "id", "study_instance_uid", "modalities_in_study").iterator()
+    )
+    Series.objects.bulk_create(series, batch_size=5000)
 
 
 def searches(seed: int) -> dict[str, dict]:
@@ -124,17 +181,57 @@ def searches(seed: int) -> dict[str, dict]:
         "description 'brain'": StudySearch(description="brain"),
         "sort by patient": StudySearch(sort="patient"),
         "sort by stored": StudySearch(sort="-created"),
+        "name as listed 'Smith, Mary'": StudySearch(patient_name="Smith, Mary"),
+        "name as listed 'Mary Smith'": StudySearch(patient_name="Mary Smith"),
     }
+
+
+def qido_searches(seed: int, study_uid: str) -> dict[str, str]:
+    """QIDO-RS study searches (query strings), as OHIF's study list and DICOMweb clients send them."""
+    return {
+        "QIDO all, limit 100": "limit=100",
+        "QIDO PatientID": f"PatientID={seed}-0001234",
+        "QIDO PatientName=SMI*": "PatientName=SMI*&limit=100",
+        "QIDO PatientName=*SON^?ARY": "PatientName=*SON%5E?ARY&limit=100",
+        "QIDO StudyDate 1 month": "StudyDate=20200301-20200331&limit=100",
+        "QIDO ModalitiesInStudy=MR": "ModalitiesInStudy=MR&limit=100",
+        "QIDO ModalitiesInStudy=C?": "ModalitiesInStudy=C?&limit=100",
+        "QIDO AccessionNumber": f"AccessionNumber=A{seed}00012345",
+        "QIDO StudyInstanceUID": f"StudyInstanceUID={study_uid}",
+        "QIDO StudyDescription=*BRAIN*": "StudyDescription=*BRAIN*&limit=100",
+        "QIDO series of one study": f"series:{study_uid}",
+    }
+
+
+def time_qido(*, clinic, query_string: str) -> float:
+    """What QIDO-RS does for one request: parse, search within the time budget, answer DICOM JSON."""
+    import json
+
+    from django.http import QueryDict
+
+    from studies import matching
+    from studies.dicomweb import qido
+
+    started = time.perf_counter()
+    level, study_uid = qido.STUDY, None
+    if query_string.startswith("series:"):
+        level, study_uid, query_string = qido.SERIES, query_string.split(":", 1)[1], ""
+    query = qido.query_parse(level=level, params=QueryDict(query_string))
+    with matching.search_budget():
+        results, _ = qido.search(clinic=clinic, query=query, study_uid=study_uid, base_url="https://pacs.example/")
+    json.dumps(results)
+    return (time.perf_counter() - started) * 1000
 
 
 def time_page(*, clinic, search) -> float:
     """What the studies page does: count the matches and fetch the first page with patients."""
-    from studies import selectors
+    from studies import matching, selectors
 
     started = time.perf_counter()
-    queryset = selectors.study_list(clinic=clinic, search=search)
-    selectors.study_count(queryset, cap=COUNT_CAP)
-    rows = list(queryset[:PAGE_SIZE])
+    with matching.search_budget():
+        queryset = selectors.study_list(clinic=clinic, search=search)
+        selectors.study_count(queryset, cap=COUNT_CAP)
+        rows = list(queryset[:PAGE_SIZE])
     for row in rows:
         _ = row.patient.patient_name
     return (time.perf_counter() - started) * 1000
@@ -153,42 +250,43 @@ def main() -> None:
     parser.add_argument("--plans", action="store_true", help="print EXPLAIN ANALYZE of each search")
     args = parser.parse_args()
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DB
-    if not database_url.startswith("postgres"):
-        sys.exit("bench_search needs PostgreSQL: set DATABASE_URL=postgres://...")
     setup_django(database_url)
     from django.db import connection
 
+    from studies import selectors
     from studies.models import Patient, Study
     from tenants.models import Clinic
 
     tag = uuid.uuid4().hex[:8]
     clinic = Clinic.objects.create(name=f"Bench {tag}", slug=f"bench-{tag}", ae_title=f"B{tag}".upper()[:16])
     neighbour = Clinic.objects.create(name=f"Bench {tag} b", slug=f"bench-{tag}-b", ae_title=f"C{tag}".upper()[:16])
+    fill = populate_sql if connection.vendor == "postgresql" else populate
     try:
         started = time.perf_counter()
-        populate(clinic=clinic, studies=args.studies, seed=1)
-        populate(clinic=neighbour, studies=args.studies // 5, seed=2)
-        with connection.cursor() as cursor:
-            cursor.execute("ANALYZE studies_patient")
-            cursor.execute("ANALYZE studies_study")
-        print(f"generated {args.studies:,} studies (+{args.studies // 5:,} in another clinic) "
+        fill(clinic=clinic, studies=args.studies, seed=1)
+        fill(clinic=neighbour, studies=args.studies // 5, seed=2)
+        selectors.index_statistics_refresh()
+        print(f"{connection.vendor}: generated {args.studies:,} studies (+{args.studies // 5:,} in another clinic) "
               f"in {time.perf_counter() - started:.1f} s")
+        study_uid = Study.objects.for_clinic(clinic).order_by("id").values_list("study_instance_uid", flat=True)[777]
 
-        all_times: list[float] = []
-        print(f"\n{'search':32} {'matches':>8} {'p50 ms':>8} {'p95 ms':>8}")
-        for label, search in searches(seed=1).items():
-            time_page(clinic=clinic, search=search)  # warm the cache, as a busy server would be
-            times = [time_page(clinic=clinic, search=search) for _ in range(args.rounds)]
-            all_times.extend(times)
-            from studies import selectors
-
-            matches = selectors.study_list(clinic=clinic, search=search).count()
-            print(f"{label:32} {matches:>8,} {statistics.median(times):>8.1f} {percentile(times, 0.95):>8.1f}")
-            if args.plans:
+        cases = [(label, "page", search) for label, search in searches(seed=1).items()]
+        cases += [(label, "qido", text) for label, text in qido_searches(seed=1, study_uid=study_uid).items()]
+        totals: dict[str, list[float]] = {"page": [], "qido": []}
+        print(f"\n{'search':34} {'p50 ms':>8} {'p95 ms':>8}")
+        for label, door, search in cases:
+            timer = time_page if door == "page" else time_qido
+            key = "search" if door == "page" else "query_string"
+            timer(clinic=clinic, **{key: search})  # warm the cache, as a busy server would be
+            times = [timer(clinic=clinic, **{key: search}) for _ in range(args.rounds)]
+            totals[door].extend(times)
+            print(f"{label:34} {statistics.median(times):>8.1f} {percentile(times, 0.95):>8.1f}")
+            if args.plans and door == "page":
                 queryset = selectors.study_list(clinic=clinic, search=search)[:PAGE_SIZE]
                 print("    " + queryset.explain(analyze=True).replace("\n", "\n    "))
-        print(f"\nall searches: p50 {statistics.median(all_times):.1f} ms, p95 {percentile(all_times, 0.95):.1f} ms "
-              f"({len(all_times)} page loads, {args.studies:,} studies)")
+        for door, times in totals.items():
+            print(f"all {door} searches: p50 {statistics.median(times):.1f} ms, p95 {percentile(times, 0.95):.1f} ms "
+                  f"({len(times)} requests, {args.studies:,} studies, {connection.vendor})")
     finally:
         if not args.keep:
             for target in (clinic, neighbour):

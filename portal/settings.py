@@ -431,6 +431,8 @@ LOGGING = {
 
 # Trash: a deleted study stays restorable this many days, then the periodic purge erases it.
 TRASH_DAYS = env_int("TRASH_DAYS", 30)
+# A study search (page, REST, QIDO-RS, C-FIND) stops after this long instead of holding the database.
+SEARCH_TIME_LIMIT_SECONDS = env_int("SEARCH_TIME_LIMIT_SECONDS", 10)
 CELERY_BEAT_SCHEDULE["studies-trash-purge"] = {"task": "studies.tasks.studies_trash_purge", "schedule": 3600.0}
 # Stalled ZIP unpacking, and replica copies of staged archives and quarantined instances (README "Uploading").
 CELERY_BEAT_SCHEDULE["studies-intake-sweep"] = {"task": "studies.tasks.intake_sweep", "schedule": 60.0}

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal.pagination import PortalPagination
-from studies import selectors, services
+from studies import matching, selectors, services
 from studies.models import Series, Study
 from tenants.audit import audit_record
 from tenants.roles import Action
@@ -113,12 +113,14 @@ class StudyListApi(APIView):
         params = self.InputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
         search = selectors.StudySearch(**{k: v for k, v in params.validated_data.items() if v is not None})
-        studies = selectors.study_list(clinic=request.clinic, search=search)
         paginator = PortalPagination()
-        page = paginator.paginate_queryset(studies, request, view=self)
+        with matching.search_budget():
+            studies = selectors.study_list(clinic=request.clinic, search=search)
+            page = paginator.paginate_queryset(studies, request, view=self)
+            data = StudyOutput(page, many=True).data
         services.study_search_record(clinic=request.clinic, search=search, count=len(page), source="api",
                                      request=request._request)
-        return paginator.get_paginated_response(StudyOutput(page, many=True).data)
+        return paginator.get_paginated_response(data)
 
 
 class StudyDetailApi(APIView):

@@ -6,16 +6,16 @@ Every function takes the clinic as a keyword argument and starts from ``for_clin
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from uuid import UUID
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import CharField, F, Func, IntegerField, Q, QuerySet, Value
+from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Replace, Upper
 
+from studies import matching
 from studies.dicom import is_valid_uid
 from studies.models import Instance, Patient, Series, Study
 from tenants.models import Clinic
@@ -34,8 +34,6 @@ SORTS: dict[str, tuple] = {
     "-created": ("-created_at", "-id"),
 }
 DEFAULT_SORT = "-date"
-# Up to this many patients matching a name search are looked up by id (see study_list).
-PATIENT_IDS_MAX = 300
 
 
 @dataclass(frozen=True)
@@ -44,8 +42,10 @@ class StudySearch:
 
     Text keys accept the DICOM wildcards ``*`` (any run of characters) and ``?`` (one character).
     ``patient_name`` is case-insensitive; without wildcards it matches a family or given name that
-    starts with the text (``smi`` finds ``SMITH^JOHN``, so does ``john``). ``patient_id`` and ``accession_number``
-    without wildcards match exactly; ``description`` matches anywhere, case-insensitively.
+    starts with the text (``smi`` finds ``SMITH^JOHN``, so does ``john``), and the forms the list shows
+    (``Smith, John``, ``John Smith``). ``patient_id`` and ``accession_number`` without wildcards match
+    exactly; ``modality`` is one of the study's modalities; ``description`` matches anywhere,
+    case-insensitively. The rules are those of ``studies.matching``, shared with QIDO-RS and C-FIND.
     """
 
     patient_name: str = ""
@@ -65,120 +65,30 @@ class StudySearch:
         )
 
 
-def _has_wildcard(value: str) -> bool:
-    return "*" in value or "?" in value
-
-
-def wildcard_to_regex(value: str) -> str:
-    """Turn a DICOM wildcard pattern into an anchored regular expression (everything else literal)."""
-    parts = []
-    for char in value:
-        if char == "*":
-            parts.append(".*")
-        elif char == "?":
-            parts.append(".")
-        else:
-            parts.append(re.escape(char))
-    return "^" + "".join(parts) + "$"
-
-
-def _wildcard_like(value: str) -> tuple[str, bool]:
-    """Translate a wildcard pattern to a LIKE pattern when it only has a trailing ``*``.
-
-    Returns (prefix, True) for "SMI*" style patterns so that the query can use a prefix index, or
-    ("", False) when a regular expression is needed.
-    """
-    if value.endswith("*") and not _has_wildcard(value[:-1]):
-        return value[:-1], True
-    return "", False
-
-
-def _patient_name_q(value: str) -> Q:
-    term = value.strip().upper()
-    if _has_wildcard(term):
-        prefix, simple = _wildcard_like(term)
-        if simple:
-            return Q(patient_name_upper__startswith=prefix)
-        return Q(patient_name_upper__regex=wildcard_to_regex(term))
-    # A person types "smith" or "john" and expects SMITH^JOHN: match the start of the family or the
-    # given name. Both tests use prefix indexes on PostgreSQL (see migration 0005_search_indexes).
-    return Q(patient_name_upper__startswith=term) | Q(given_name_upper__startswith=term)
-
-
-def _given_name_upper() -> Upper:
-    """The upper-cased given name (second PN component), spelled as its PostgreSQL index is."""
-    name = F("patient_name")
-    if connection.vendor == "postgresql":
-        return Upper(Func(name, Value("^"), Value(2), function="SPLIT_PART", output_field=CharField()))
-    # SQLite has no SPLIT_PART: what follows the first ^ starts with the given name all the same.
-    after_caret = Func(name, Value("^"), function="INSTR", output_field=IntegerField()) + Value(1)
-    return Upper(Func(name, after_caret, function="SUBSTR", output_field=CharField()))
-
-
-def _exact_or_wildcard_q(field_name: str, value: str) -> Q:
-    value = value.strip()
-    if not _has_wildcard(value):
-        return Q(**{field_name: value})
-    prefix, simple = _wildcard_like(value)
-    if simple:
-        return Q(**{f"{field_name}__startswith": prefix})
-    return Q(**{f"{field_name}__regex": wildcard_to_regex(value)})
-
-
-def _modality_q(value: str) -> Q:
-    # ModalitiesInStudy is stored backslash-separated ("CT\SR"); match one whole value.
-    modality = value.strip().upper()
-    sep = "\\"
-    return (
-        Q(modalities_in_study=modality)
-        | Q(modalities_in_study__startswith=modality + sep)
-        | Q(modalities_in_study__endswith=sep + modality)
-        | Q(modalities_in_study__contains=sep + modality + sep)
-    )
-
-
 def study_list(*, clinic: Clinic | int, search: StudySearch | None = None) -> QuerySet[Study]:
     """Return the clinic's studies (not in the trash) matching the search, sorted, with their patient.
 
     A patient-name search looks the matching patients up right away (one query); the rest is lazy.
     """
     search = search or StudySearch()
+    matching.date_bounds(search.date_from, search.date_to)
     studies = Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).select_related("patient")
     if search.patient_name.strip() or search.patient_id.strip() or search.sort in ("patient", "-patient"):
         # Naming the patient's clinic too lets PostgreSQL use the (clinic_id, name) patient indexes.
         studies = studies.filter(patient__clinic=clinic)
     if search.patient_name.strip():
-        patients = (
-            Patient.objects.for_clinic(clinic)
-            .annotate(patient_name_upper=Upper("patient_name"), given_name_upper=_given_name_upper())
-            .filter(_patient_name_q(search.patient_name))
-        )
-        # Find the matching patients first: the planner cannot estimate how many names a pattern
-        # matches, and a wrong guess walks the whole date index. A short list of ids lets it fetch
-        # just those patients' studies through the patient index instead.
-        patient_ids = list(patients.values_list("id", flat=True)[: PATIENT_IDS_MAX + 1])
-        if len(patient_ids) <= PATIENT_IDS_MAX:
-            studies = studies.filter(patient_id__in=patient_ids)
-        else:
-            studies = studies.filter(patient__in=patients.values("id"))
-    if search.patient_id.strip():
-        studies = studies.filter(_exact_or_wildcard_q("patient__patient_id", search.patient_id))
-    if search.accession_number.strip():
-        studies = studies.filter(_exact_or_wildcard_q("accession_number", search.accession_number))
+        name_q = matching.name_words_q("patient_name", search.patient_name, given_name="given_name_upper")
+        studies = matching.patients_narrow(studies, clinic=clinic, patient_q=name_q, path="patient__")
+    studies = studies.filter(
+        matching.text_q("patient__patient_id", search.patient_id.strip()),
+        matching.text_q("accession_number", search.accession_number.strip()),
+        matching.codes_q("modalities_in_study", search.modality.strip().upper()),
+        matching.contains_q("study_description", search.description),
+    )
     if search.date_from:
         studies = studies.filter(study_date__gte=search.date_from)
     if search.date_to:
         studies = studies.filter(study_date__lte=search.date_to)
-    if search.modality.strip():
-        studies = studies.filter(_modality_q(search.modality))
-    if search.description.strip():
-        description = search.description.strip()
-        if _has_wildcard(description):
-            # Wildcards in a "contains" search: the pattern may match anywhere in the text.
-            regex = wildcard_to_regex(description)[1:-1]
-            studies = studies.filter(study_description__iregex=regex)
-        else:
-            studies = studies.filter(study_description__icontains=description)
     return studies.order_by(*SORTS.get(search.sort, SORTS[DEFAULT_SORT]))
 
 
@@ -307,3 +217,14 @@ def study_list_by_uids(*, clinic: Clinic, uids: list[str]) -> list[Study]:
     if missing:
         raise Http404(f"No such study: {', '.join(missing)}")
     return found
+
+
+def index_statistics_refresh() -> None:
+    """Bring the planner's statistics of the index tables up to date (after a bulk load or rebuild).
+
+    Autovacuum catches up on its own schedule; until then the planner judges a freshly filled table by
+    its old size and may pick a plan that reads every row.
+    """
+    with connection.cursor() as cursor:
+        for model in (Patient, Study, Series, Instance):
+            cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")

@@ -17,7 +17,7 @@ from django.utils.functional import cached_property
 from django.views.decorators.http import require_GET, require_POST
 
 from portal.exceptions import PortalError
-from studies import download, quarantine, selectors, services
+from studies import download, matching, quarantine, selectors, services
 from studies.archive import objects
 from studies.archive.errors import ArchiveError
 from studies.models import Study
@@ -111,13 +111,28 @@ def _sort_links(request: ClinicRequest, current: str) -> dict[str, dict[str, str
     return links
 
 
+def _study_page(request: ClinicRequest, form: StudySearchForm, search: selectors.StudySearch) -> Any:
+    """The page of matches, read within the search time budget; none for a search with errors."""
+    if form.is_bound and not form.is_valid():
+        # Listing every study under "the 'from' date is after the 'to' date" would look like an answer.
+        return CappedPaginator(Study.objects.none(), PAGE_SIZE).get_page(1)
+    try:
+        with matching.search_budget():
+            studies = selectors.study_list(clinic=request.clinic, search=search)
+            page = CappedPaginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
+            page.object_list = list(page.object_list)
+    except PortalError as exc:
+        form.add_error(None, exc.message)
+        return CappedPaginator(Study.objects.none(), PAGE_SIZE).get_page(1)
+    return page
+
+
 @require_GET
 def study_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     _require(request, Action.VIEW)
     form = StudySearchForm(request.GET or None)
     search = form.search() if form.is_bound and form.is_valid() else selectors.StudySearch()
-    studies = selectors.study_list(clinic=request.clinic, search=search)
-    page = CappedPaginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = _study_page(request, form, search)
     services.study_search_record(clinic=request.clinic, search=search, count=len(page.object_list),
                                  source="studies_page", request=request)
     query = request.GET.copy()

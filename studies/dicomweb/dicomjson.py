@@ -11,7 +11,7 @@ def element(vr: str, value: Any) -> dict[str, Any]:
     if value is None or value == "" or value == []:
         return {"vr": vr}
     if vr == "PN":
-        return {"vr": vr, "Value": [{"Alphabetic": value}]}
+        return {"vr": vr, "Value": [person_name(value)]}
     if vr == "DA":
         return {"vr": vr, "Value": [value.strftime("%Y%m%d") if isinstance(value, datetime.date) else str(value)]}
     if vr == "TM":
@@ -26,6 +26,12 @@ def element(vr: str, value: Any) -> dict[str, Any]:
     if isinstance(value, (list, tuple)):
         return {"vr": vr, "Value": list(value)}
     return {"vr": vr, "Value": [value]}
+
+
+def person_name(value: str) -> dict[str, str]:
+    """A PN value as DICOM JSON (PS3.18 F.2.2): its component groups apart, empty ones left out."""
+    groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), value.split("="), strict=False))
+    return {name: text for name, text in groups.items() if text}
 
 
 def multi(vr: str, backslashed: str) -> dict[str, Any]:

@@ -6,15 +6,14 @@ Searches run on the index rows only (no object reads). Every query starts from
 
 from __future__ import annotations
 
-import datetime
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
-from portal.exceptions import PortalError
+from studies import matching
 from studies.dicomweb import rendering
 from studies.dicomweb.dicomjson import element, multi
 from studies.models import Instance, Series, Study
@@ -32,8 +31,8 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 5000
 
 
-class QueryInvalid(PortalError):
-    code = "invalid_query"
+# Bad matching values and bad control parameters alike answer 400 with a JSON message.
+QueryInvalid = matching.MatchInvalid
 
 
 @dataclass(frozen=True)
@@ -106,104 +105,20 @@ class Query:
     limit: int
     offset: int
     warnings: list[str]
-
-
-def _wildcard_q(path: str, pattern: str, *, insensitive: bool) -> Q:
-    """Match DICOM wildcards (* any run, ? one character) with the cheapest lookup that does it."""
-    if pattern == "*":
-        return Q()
-    i = "i" if insensitive else ""
-    if "*" not in pattern and "?" not in pattern:
-        return Q(**{f"{path}__{i}exact": pattern})
-    core = pattern.strip("*")
-    if "*" not in core and "?" not in core:
-        starts, ends = pattern.endswith("*"), pattern.startswith("*")
-        if starts and ends:
-            return Q(**{f"{path}__{i}contains": core})
-        if starts:
-            return Q(**{f"{path}__{i}startswith": core})
-        return Q(**{f"{path}__{i}endswith": core})
-    regex = "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + "$"
-    return Q(**{f"{path}__{i}regex": regex})
-
-
-def _parse_date(text: str) -> datetime.date:
-    try:
-        return datetime.datetime.strptime(text.replace("-", "").replace(".", ""), "%Y%m%d").date()
-    except ValueError:
-        raise QueryInvalid(f"'{text}' is not a DICOM date (YYYYMMDD).") from None
-
-
-def _parse_time(text: str) -> datetime.time:
-    text = text.replace(":", "")
-    main, _, fraction = text.partition(".")
-    if not main.isdigit() or len(main) not in (2, 4, 6):
-        raise QueryInvalid(f"'{text}' is not a DICOM time (HHMMSS).")
-    main = main.ljust(6, "0")
-    try:
-        base = datetime.time(int(main[:2]), int(main[2:4]), int(main[4:6]))
-    except ValueError:
-        raise QueryInvalid(f"'{text}' is not a DICOM time (HHMMSS).") from None
-    if fraction:
-        if not fraction.isdigit():
-            raise QueryInvalid(f"'{text}' is not a DICOM time (HHMMSS.FFFFFF).")
-        base = base.replace(microsecond=int(fraction[:6].ljust(6, "0")))
-    return base
-
-
-def _range_q(path: str, value: str, parse: Callable[[str], Any]) -> Q:
-    if "-" not in value:
-        return Q(**{path: parse(value)})
-    low, _, high = value.partition("-")
-    q = Q()
-    if low:
-        q &= Q(**{f"{path}__gte": parse(low)})
-    if high:
-        q &= Q(**{f"{path}__lte": parse(high)})
-    if not low and not high:
-        raise QueryInvalid("A range needs at least one end.")
-    return q
-
-
-def _split_list(value: str) -> list[str]:
-    return [item.strip() for item in re.split(r"[\\,]", value) if item.strip()]
+    patient_filters: Q = field(default_factory=Q)  # keys on the patient, matched first (patients_narrow)
 
 
 def _matching_q(attribute: Attribute, path: str, value: str) -> Q:
-    if attribute.kind == "person":
-        return _wildcard_q(path, value, insensitive=True)
-    if attribute.kind == "text":
-        return _wildcard_q(path, value, insensitive=False)
-    if attribute.kind == "uid":
-        uids = _split_list(value)
-        return Q(**{f"{path}__in": uids}) if len(uids) > 1 else Q(**{path: uids[0] if uids else ""})
-    if attribute.kind == "date":
-        return _range_q(path, value, _parse_date)
-    if attribute.kind == "time":
-        return _range_q(path, value, _parse_time)
-    if attribute.kind == "int":
-        try:
-            return Q(**{path: int(value)})
-        except ValueError:
-            raise QueryInvalid(f"{attribute.keyword} must be a number.") from None
-    if attribute.kind == "codes":
-        q = Q()
-        for code in _split_list(value):
-            sep = "\\"
-            q |= (
-                Q(**{path: code})
-                | Q(**{f"{path}__startswith": code + sep})
-                | Q(**{f"{path}__endswith": sep + code})
-                | Q(**{f"{path}__contains": sep + code + sep})
-            )
-        return q
-    raise QueryInvalid(f"{attribute.keyword} cannot be used for matching.")
+    return matching.attribute_q(
+        path, attribute.vr, [value], name=attribute.keyword, multi_valued=attribute.multi_valued
+    )
 
 
 def query_parse(*, level: str, params: Any) -> Query:
     """Turn QIDO-RS query parameters (a QueryDict) into a ``Query``; raise QueryInvalid on bad values."""
     paths = PATHS[level]
     filters = Q()
+    patient_filters = Q()
     warnings: list[str] = []
     include: list[Attribute] = []
     include_tags: list[str] = []
@@ -220,11 +135,14 @@ def query_parse(*, level: str, params: Any) -> Query:
         for value in values:
             if value == "":
                 continue  # Universal matching: return the attribute, filter nothing.
-            filters &= _matching_q(attribute, path, value)
+            if attribute.entity == "patient":
+                patient_filters &= _matching_q(attribute, attribute.field, value)
+            else:
+                filters &= _matching_q(attribute, path, value)
         if attribute not in include:
             include.append(attribute)
     for raw in params.getlist("includefield"):
-        for item in _split_list(raw):
+        for item in matching.split_list(raw):
             if item.lower() == "all":
                 include_all = True
                 continue
@@ -239,17 +157,12 @@ def query_parse(*, level: str, params: Any) -> Query:
                     include_tags.append(tag)
     if params.get("fuzzymatching", "").lower() == "true":
         warnings.append("299 dicomweb: fuzzymatching is not supported; only literal and wildcard matching were used.")
-    try:
-        limit = int(params.get("limit", DEFAULT_LIMIT))
-        offset = int(params.get("offset", 0))
-    except ValueError:
-        raise QueryInvalid("limit and offset must be whole numbers.") from None
-    if limit < 0 or offset < 0:
-        raise QueryInvalid("limit and offset cannot be negative.")
+    limit = matching.int_value(params.get("limit", DEFAULT_LIMIT), name="limit", low=0)
+    offset = matching.int_value(params.get("offset", 0), name="offset", low=0)
     if limit > MAX_LIMIT:
         warnings.append(f"299 dicomweb: limit was lowered to {MAX_LIMIT}.")
         limit = MAX_LIMIT
-    return Query(level, filters, include, include_tags, include_all, limit, offset, warnings)
+    return Query(level, filters, include, include_tags, include_all, limit, offset, warnings, patient_filters)
 
 
 def _return_attributes(query: Query, *, with_parents: Iterable[str]) -> list[Attribute]:
@@ -290,7 +203,8 @@ def search(
     queryset: QuerySet
     if query.level == STUDY:
         queryset = Study.objects.for_clinic(clinic).filter(deleted_at=None)
-        order = ("-study_date", "-study_time", "-id")
+        # Newest first, spelled as the live-study date indexes are (so a page stops after its rows).
+        order = (F("study_date").desc(nulls_last=True), F("study_time").desc(nulls_last=True), "-id")
     elif query.level == SERIES:
         queryset = Series.objects.for_clinic(clinic).filter(study__deleted_at=None)
         order = ("study_id", "series_number", "id")
@@ -302,8 +216,14 @@ def search(
         if series_uid is None:
             parents = [SERIES] + ([STUDY] if study_uid is None else [])
     paths = PATHS[query.level]
-    # Naming the patient's clinic too lets PostgreSQL use the (clinic, patient_id, ...) index on patients.
-    queryset = queryset.filter(**{paths["patient"] + "clinic": clinic})
+    # Naming each level's clinic lets PostgreSQL use the (clinic, ...) indexes of every table joined.
+    for entity in paths:
+        if paths[entity]:
+            queryset = queryset.filter(**{paths[entity] + "clinic": clinic})
+    if query.patient_filters:
+        queryset = matching.patients_narrow(
+            queryset, clinic=clinic, patient_q=query.patient_filters, path=paths["patient"]
+        )
     if study_ids is not None:
         queryset = queryset.filter(**{paths["study"] + "id__in": study_ids})
     if study_uid is not None:
@@ -324,13 +244,20 @@ def search(
         query.offset : query.offset + query.limit + 1
     ])
     has_more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    modalities_key = paths["study"] + "modalities_in_study"
+    if any(a.keyword == "ModalitiesInStudy" for a in attributes):
+        _modalities_fill(clinic, rows, uid_key=paths["study"] + "study_instance_uid", key=modalities_key)
     results = []
     header_tags = list(INSTANCE_HEADER_DEFAULTS) + query.include_tags
-    for row in rows[: query.limit]:
+    for row in rows:
         result: dict[str, Any] = {}
         for attribute in attributes:
             value = row[paths[attribute.entity] + attribute.field]
             if attribute.multi_valued:
+                if not value and attribute.keyword == "ModalitiesInStudy":
+                    # OHIF's study list fails on a CS element without a Value: leave it out.
+                    continue
                 result[attribute.tag] = multi(attribute.vr, value or "")
             else:
                 result[attribute.tag] = element(attribute.vr, value)
@@ -356,10 +283,32 @@ def search(
     return results, has_more
 
 
+def _modalities_fill(clinic: Clinic, rows: list[dict[str, Any]], *, uid_key: str, key: str) -> None:
+    """Fill an empty ModalitiesInStudy from the modalities of the series we hold (one query)."""
+    missing = {row[uid_key] for row in rows if not row[key]}
+    if not missing:
+        return
+    found: dict[str, list[str]] = {}
+    pairs = (
+        Series.objects.for_clinic(clinic)
+        .filter(study__study_instance_uid__in=missing)
+        .exclude(modality="")
+        .values_list("study__study_instance_uid", "modality")
+        .order_by("modality")
+        .distinct()
+    )
+    for uid, modality in pairs:
+        found.setdefault(uid, []).append(modality)
+    for row in rows:
+        if not row[key] and row[uid_key] in found:
+            row[key] = "\\".join(found[row[uid_key]])
+
+
 def series_exists(*, clinic: Clinic, study_uid: str, series_uid: str) -> bool:
     """Say whether the clinic has this series in this study (and the study is not in the trash)."""
     return (
         Series.objects.for_clinic(clinic)
-        .filter(study__study_instance_uid=study_uid, study__deleted_at=None, series_instance_uid=series_uid)
+        .filter(study__study_instance_uid=study_uid, study__deleted_at=None, series_instance_uid=series_uid,
+                study__clinic=clinic)
         .exists()
     )

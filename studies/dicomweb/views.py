@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from portal.exceptions import PortalError
 from portal.public_url import absolute_url
-from studies import transcoding
+from studies import matching, transcoding
 from studies.dicomweb import multipart, qido, rendering, stow, wado
 from studies.models import Instance, Study
 from tenants.audit import audit_record
@@ -131,10 +131,11 @@ def _search(
     query = qido.query_parse(level=level, params=request.GET)
     if study_uid is not None:
         _study(request, study_uid)  # 404 for an unknown study, rather than an empty list
-    results, has_more = qido.search(
-        clinic=request.clinic, query=query, study_uid=study_uid, series_uid=series_uid, base_url=_base_url(request),
-        study_ids=getattr(request, "study_scope", None),
-    )
+    with matching.search_budget():
+        results, has_more = qido.search(
+            clinic=request.clinic, query=query, study_uid=study_uid, series_uid=series_uid,
+            base_url=_base_url(request), study_ids=getattr(request, "study_scope", None),
+        )
     _audit(request, "dicomweb.search", details={"level": level})
     response = _json(results)
     warnings = list(query.warnings)

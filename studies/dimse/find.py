@@ -9,7 +9,6 @@ Trashed studies (and their series and instances) are never matched.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, time
@@ -20,6 +19,7 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.multival import MultiValue
 
+from studies import matching
 from studies.models import Instance, Patient, Series, Study
 from tenants.models import Clinic
 
@@ -119,108 +119,25 @@ def element_values(identifier: Dataset, keyword: str) -> list[str]:
     return [str(value)] if str(value) != "" else []
 
 
-def _wildcard_regex(pattern: str) -> str:
-    parts = []
-    for char in pattern:
-        parts.append(".*" if char == "*" else "." if char == "?" else re.escape(char))
-    return "".join(parts)
-
-
-def _has_wildcard(value: str) -> bool:
-    return "*" in value or "?" in value
-
-
-def _parse_date(value: str) -> date:
-    value = value.strip().replace(".", "")  # ACR-NEMA style YYYY.MM.DD still appears
-    try:
-        return date(int(value[0:4]), int(value[4:6]), int(value[6:8]))
-    except (ValueError, IndexError) as exc:
-        raise QueryError(f"{value!r} is not a DICOM date (YYYYMMDD).") from exc
-
-
-def _parse_time(value: str, *, end: bool = False) -> time:
-    """Parse TM; a partial time is the start (or, for a range's end, the end) of its span."""
-    value = value.strip().replace(":", "")
-    digits, _, fraction = value.partition(".")
-    if not digits.isdigit() or len(digits) not in (2, 4, 6) or (fraction and not fraction.isdigit()):
-        raise QueryError(f"{value!r} is not a DICOM time (HHMMSS.FFFFFF).")
-    hour = int(digits[0:2])
-    minute = int(digits[2:4]) if len(digits) >= 4 else (59 if end else 0)
-    second = int(digits[4:6]) if len(digits) >= 6 else (59 if end else 0)
-    micro = int((fraction + "000000")[:6]) if fraction else (999999 if end else 0)
-    try:
-        return time(hour, minute, second, micro)
-    except ValueError as exc:
-        raise QueryError(f"{value!r} is not a DICOM time.") from exc
-
-
-def _range(value: str) -> tuple[str, str] | None:
-    if "-" not in value:
-        return None
-    low, _, high = value.partition("-")
-    return low.strip(), high.strip()
-
-
-def _date_q(path: str, value: str) -> Q:
-    bounds = _range(value)
-    if bounds is None:
-        return Q(**{path: _parse_date(value)})
-    low, high = bounds
-    q = Q()
-    if low:
-        q &= Q(**{f"{path}__gte": _parse_date(low)})
-    if high:
-        q &= Q(**{f"{path}__lte": _parse_date(high)})
-    return q
-
-
-def _time_q(path: str, value: str) -> Q:
-    bounds = _range(value)
-    if bounds is None:
-        return Q(**{f"{path}__gte": _parse_time(value), f"{path}__lte": _parse_time(value, end=True)})
-    low, high = bounds
-    q = Q()
-    if low:
-        q &= Q(**{f"{path}__gte": _parse_time(low)})
-    if high:
-        q &= Q(**{f"{path}__lte": _parse_time(high, end=True)})
-    return q
-
-
-def _string_q(path: str, value: str, *, vr: str, multi_valued: bool) -> Q:
-    ignore_case = vr == "PN"
-    if multi_valued:
-        # Stored as "CT\MR": the key matches when any stored value matches.
-        regex = r"(^|\\)" + _wildcard_regex(value) + r"(\\|$)"
-        return Q(**{f"{path}__{'iregex' if ignore_case else 'regex'}": regex})
-    if _has_wildcard(value):
-        return Q(**{f"{path}__{'iregex' if ignore_case else 'regex'}": "^" + _wildcard_regex(value) + "$"})
-    return Q(**{f"{path}__{'iexact' if ignore_case else 'exact'}": value})
-
-
 def key_q(keyword: str, values: list[str], path: str) -> Q:
     """Return the filter matching one key (its DICOM VR picks the matching rule) on a model path."""
     vr = dictionary_VR(tag_for_keyword(keyword))
-    if vr == "UI":
-        return Q(**{f"{path}__in": values})
-    if vr in ("IS", "US", "SS", "UL", "SL"):
-        try:
-            return Q(**{f"{path}__in": [int(v) for v in values]})
-        except ValueError as exc:
-            raise QueryError(f"{keyword} must be a number.") from exc
-    # Any other key with several values means "any of them" (PS3.4 C.2.2.2.1 value lists).
-    q = Q()
-    for value in values:
-        if vr == "DA":
-            q |= _date_q(path, value)
-        elif vr == "TM":
-            q |= _time_q(path, value)
-        else:
-            q |= _string_q(path, value, vr=vr, multi_valued=keyword in MULTI_VALUED)
-    return q
+    try:
+        return matching.attribute_q(path, vr, values, name=keyword, multi_valued=keyword in MULTI_VALUED)
+    except matching.MatchInvalid as exc:
+        raise QueryError(exc.message) from exc
 
 
 def _base_queryset(*, clinic: Clinic, level: str) -> QuerySet[Any]:
+    """The level's live rows, each joined level named with its clinic (so its (clinic, ...) indexes serve)."""
+    queryset = _level_queryset(clinic=clinic, level=level)
+    for path in PATHS[level].values():
+        if path:
+            queryset = queryset.filter(**{path + "clinic": clinic})
+    return queryset
+
+
+def _level_queryset(*, clinic: Clinic, level: str) -> QuerySet[Any]:
     live = Q(deleted_at=None)
     if level == "PATIENT":
         return (
@@ -256,8 +173,9 @@ def _metadata_values(instance: Instance, keyword: str) -> list[str]:
     values = item.get("Value") or []
     out = []
     for value in values:
-        if isinstance(value, dict):  # PN in DICOM JSON
-            out.append(str(value.get("Alphabetic", "")))
+        if isinstance(value, dict):  # PN in DICOM JSON: its groups as stored in the index
+            groups = [str(value.get(g, "")) for g in ("Alphabetic", "Ideographic", "Phonetic")]
+            out.append("=".join(groups).rstrip("="))
         elif not isinstance(value, list):
             out.append(str(value))
     return out
@@ -265,21 +183,10 @@ def _metadata_values(instance: Instance, keyword: str) -> list[str]:
 
 def _python_match(keyword: str, query_values: list[str], stored: list[str]) -> bool:
     """Match a non-indexed IMAGE-level key against the stored header values."""
-    vr = dictionary_VR(tag_for_keyword(keyword))
-    if vr == "SQ":
-        return True  # sequence matching is not supported: treated as universal
-    for query in query_values:
-        for value in stored:
-            if vr == "UI" and value == query:
-                return True
-            if vr in ("DA", "TM", "DT") and "-" in query:
-                low, _, high = query.partition("-")
-                if (not low or value >= low) and (not high or value[: len(high)] <= high):
-                    return True
-            flags = re.IGNORECASE if vr == "PN" else 0
-            if re.fullmatch(_wildcard_regex(query), value, flags):
-                return True
-    return False
+    try:
+        return matching.header_match(dictionary_VR(tag_for_keyword(keyword)), query_values, stored)
+    except matching.MatchInvalid as exc:
+        raise QueryError(exc.message) from exc
 
 
 def _format(value: Any, vr: str) -> Any:
@@ -374,6 +281,7 @@ def find_matches(*, clinic: Clinic, identifier: Dataset, sop_class_uid: str) -> 
     level_index = LEVELS.index(level)
     queryset = _base_queryset(clinic=clinic, level=level)
     python_keys: list[tuple[str, list[str]]] = []
+    patient_q = Q()
     for element in identifier:
         keyword = element.keyword
         if not keyword or keyword in SKIPPED_KEYS or keyword in COUNTS or element.VR == "SQ":
@@ -388,14 +296,25 @@ def find_matches(*, clinic: Clinic, identifier: Dataset, sop_class_uid: str) -> 
             if LEVELS.index(attr_level) > level_index:
                 # PS3.4 C.4.1.1.3.1: keys below the query level are not allowed.
                 raise QueryError(f"{keyword} is not a key at the {level} level.", status=0xA900)
-            queryset = queryset.filter(key_q(keyword, values, PATHS[level][attr_level] + field))
+            if attr_level == "PATIENT" and level != "PATIENT":
+                patient_q &= key_q(keyword, values, field)
+            else:
+                queryset = queryset.filter(key_q(keyword, values, PATHS[level][attr_level] + field))
         elif level == "IMAGE":
             python_keys.append((keyword, values))
         # Other keys we do not index at this level are answered empty and not matched.
-    for obj in queryset.iterator(chunk_size=500):
-        row = _row_for(level, obj)
-        if python_keys and not all(
-            _python_match(keyword, values, _metadata_values(obj, keyword)) for keyword, values in python_keys
-        ):
-            continue
-        yield _answer(identifier, level=level, row=row, clinic=clinic)
+    try:
+        with matching.search_budget():
+            if patient_q:
+                queryset = matching.patients_narrow(
+                    queryset, clinic=clinic, patient_q=patient_q, path=PATHS[level]["PATIENT"]
+                )
+            for obj in queryset.iterator(chunk_size=500):
+                row = _row_for(level, obj)
+                if python_keys and not all(
+                    _python_match(keyword, values, _metadata_values(obj, keyword)) for keyword, values in python_keys
+                ):
+                    continue
+                yield _answer(identifier, level=level, row=row, clinic=clinic)
+    except matching.SearchTooSlow as exc:
+        raise QueryError(exc.message, status=0xA700) from exc

@@ -6,9 +6,14 @@ from datetime import date, time
 from http import HTTPStatus
 
 import pytest
+from django.db import connection
 from django.utils import timezone
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from studies.dicomweb import qido
+from studies.models import Series
+from tests.studies.browse_support import make_study
 from tests.studies.dicomweb_support import ingest, token_for, write_instance
 
 BASE = "/dicomweb/clinic-a/"
@@ -263,3 +268,68 @@ def test_instance_search_with_all_fields_gives_absolute_bulk_data_uris(api, arch
 
     assert first["7FE00010"]["BulkDataURI"] == first["00081190"]["Value"][0] + "/bulkdata/7FE00010"
     assert first["00100010"]["Value"] == [{"Alphabetic": "DOE^JANE"}]
+
+
+def test_person_names_are_split_into_their_groups_and_each_group_matches(api, clinic, tmp_path):
+    path = write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid(), patient_name="")
+    ds = dcmread(path)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    ds.save_as(path, enforce_file_format=True)
+    ingest(clinic, [path])
+
+    for name in ("山田^太郎", "やまだ^たろう", "Yamada^Tarou", "山田*"):
+        [study] = api.get(BASE + "studies", {"PatientName": name}).json()
+        assert study["00100010"]["Value"] == [
+            {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}
+        ], name
+
+
+def test_modalities_in_study_match_wildcards(api, archive):
+    assert sorted(_uids(api.get(BASE + "studies", {"ModalitiesInStudy": "C?"}))) == sorted(
+        [archive["jane"], archive["richard"]]
+    )
+    assert _uids(api.get(BASE + "studies", {"ModalitiesInStudy": "M?"})) == [archive["jane"]]
+
+
+def test_a_study_without_modalities_is_answered_without_an_empty_cs_element(api, clinic):
+    bare = make_study(clinic=clinic, modalities_in_study="", study_instance_uid="1.2.826.0.1.3680043.10.9.1")
+    from_series = make_study(clinic=clinic, modalities_in_study="", study_instance_uid="1.2.826.0.1.3680043.10.9.2")
+    Series.objects.create(clinic=clinic, study=from_series, series_instance_uid="1.2.826.0.1.3680043.10.9.2.1",
+                          modality="US")
+
+    answers = {a["0020000D"]["Value"][0]: a for a in api.get(BASE + "studies").json()}
+
+    assert "00080061" not in answers[bare.study_instance_uid]  # OHIF's list fails on {"vr": "CS"}
+    assert answers[from_series.study_instance_uid]["00080061"] == {"vr": "CS", "Value": ["US"]}
+
+
+@pytest.mark.parametrize("params", [
+    {"offset": "99999999999999999999"}, {"limit": "99999999999999999999"}, {"offset": "-1"}, {"limit": "1e3"},
+    {"NumberOfStudyRelatedSeries": "99999999999999999999"}, {"StudyDate": "20240101-20230101"}, {"StudyDate": "-"},
+])
+def test_numbers_and_ranges_out_of_bounds_answer_400_with_a_message(api, archive, params):
+    response = api.get(BASE + "studies", params)
+
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert response.json()["error"] == "invalid_query" and response.json()["message"]
+
+
+def test_a_search_past_its_time_budget_answers_503_with_a_message(api, archive, settings, monkeypatch):
+    settings.SEARCH_TIME_LIMIT_SECONDS = 0.05
+    search = qido.search
+
+    def slow_search(**kwargs):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(1)" if connection.vendor == "postgresql" else
+                           "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n")
+        return search(**kwargs)
+
+    monkeypatch.setattr(qido, "search", slow_search)
+
+    response = api.get(BASE + "studies", {"PatientName": "*A*A*A*A*A*A*A*A*B"})
+
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert response.json()["error"] == "search_too_slow"
+    monkeypatch.setattr(qido, "search", search)
+    assert _uids(api.get(BASE + "studies", {"PatientName": "DOE*"})) == [archive["jane"]]  # the next one runs

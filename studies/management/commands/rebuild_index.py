@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from studies import selectors
 from studies.backup import recovery
 
 
@@ -32,6 +33,8 @@ class Command(BaseCommand):
             except ValueError as exc:
                 raise CommandError(f"Not a clinic uuid: {exc}") from exc
         report = recovery.index_rebuild(clinic_uuids=uuids, progress=self.stdout.write, jobs=max(1, options["jobs"]))
+        # A rebuild is a bulk load: searches must not wait for autovacuum to learn the new table sizes.
+        selectors.index_statistics_refresh()
         self.stdout.write(
             f"Done: {report.clinics_created} clinics recreated, {report.keys_restored} clinic keys restored, "
             f"{report.objects_seen} objects seen, {report.indexed} indexed, {report.already_indexed} already "

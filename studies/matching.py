@@ -1,0 +1,450 @@
+"""One DICOM matching engine for the studies page, QIDO-RS and C-FIND (PS3.4 C.2.2.2).
+
+Each door turns its own request (a form, query parameters, an identifier) into calls here, so that the
+same question gets the same answer from the web page, from OHIF and from a modality:
+
+- universal matching: an empty value (or a lone ``*``) filters nothing;
+- single value: exact, case-sensitive, except person names, which ignore case;
+- wildcards ``*`` (any run) and ``?`` (one character) on every string attribute, translated to SQL
+  ``LIKE`` with the other characters escaped. LIKE runs in time linear in the value on PostgreSQL and
+  SQLite alike (a regular expression with ``.*`` runs backtrack exponentially), and its literal prefix
+  uses a B-tree index, its inner literals a trigram index (PostgreSQL);
+- ranges of dates and times (``A-B``, ``-B``, ``A-``): a lone ``-`` and a range that ends before it starts
+  are refused; a partial time covers its whole span (``10`` is 10:00:00 to 10:59:59.999999), also as a
+  range's end;
+- person names with several component groups (``Alphabetic=Ideographic=Phonetic``): the value matches
+  when any group does;
+- lists of UIDs (backslash- or comma-separated) and multi-valued codes (``ModalitiesInStudy``, stored
+  ``CT\\MR``): a match of any value.
+
+Values read from a stored header (C-FIND keys we do not index) go through ``header_match``, which
+follows the same rules in Python with a linear wildcard matcher.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, time
+from http import HTTPStatus
+from time import monotonic
+from typing import Any
+
+from django.conf import settings
+from django.db import OperationalError, connection, transaction
+from django.db.models import CharField, F, Func, IntegerField, Lookup, Q, QuerySet, TextField, Value
+from django.db.models.functions import Upper
+
+from portal.exceptions import PortalError
+from studies.models import Patient
+from tenants.models import Clinic
+
+# The widest integer the index columns hold (IS is a 32-bit signed value, PS3.5 6.2).
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+_LIKE_SPECIAL = re.compile(r"([\\%_])")
+# Up to this many patients matching a search's patient keys are looked up by id (see patients_narrow).
+PATIENT_IDS_MAX = 1000
+
+
+class MatchInvalid(PortalError):
+    """A matching key's value that cannot be understood (a bad date, an inverted range, ...)."""
+
+    code = "invalid_query"
+
+
+class SearchTooSlow(PortalError):
+    """The search ran past its time budget (``SEARCH_TIME_LIMIT_SECONDS``) and was stopped."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "search_too_slow"
+
+
+class DicomLike(Lookup):
+    """``column LIKE pattern`` with backslash escapes (the pattern comes from ``like_pattern``)."""
+
+    lookup_name = "dicom_like"
+
+    def as_sql(self, compiler: Any, conn: Any) -> tuple[str, list[Any]]:
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        rhs, rhs_params = self.process_rhs(compiler, conn)
+        # PostgreSQL's LIKE escapes with a backslash by default; SQLite needs to be told.
+        escape = " ESCAPE '\\'" if conn.vendor == "sqlite" else ""
+        return f"{lhs} LIKE {rhs}{escape}", [*lhs_params, *rhs_params]
+
+
+for _field in (CharField, TextField):
+    _field.register_lookup(DicomLike)
+    # ``name__upper__dicom_like``: spelled as the UPPER(...) expression indexes are.
+    _field.register_lookup(Upper)
+
+
+def has_wildcard(value: str) -> bool:
+    return "*" in value or "?" in value
+
+
+def like_pattern(pattern: str) -> str:
+    """Translate DICOM wildcards to a LIKE pattern; ``%``, ``_`` and ``\\`` stay literal."""
+    escaped = _LIKE_SPECIAL.sub(r"\\\1", pattern)
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def wildcard_match(pattern: str, value: str, *, ignore_case: bool = False) -> bool:
+    """Say whether ``value`` matches the wildcard pattern, in time linear in len(value) * len(pattern).
+
+    Greedy: the literal runs between ``*`` are found leftmost in turn, which is enough for ``*``
+    (whatever a later run needs, an earlier leftmost match leaves the most text for it).
+    """
+    if ignore_case:
+        pattern, value = pattern.upper(), value.upper()
+    pieces = pattern.split("*")
+    if len(pieces) == 1:
+        return len(value) == len(pattern) and _run_at(pattern, value, 0)
+    first, *middle, last = pieces
+    if len(value) < len(first) + len(last) or not _run_at(first, value, 0):
+        return False
+    position, end = len(first), len(value) - len(last)
+    for piece in middle:
+        found = _run_find(piece, value, position, end)
+        if found < 0:
+            return False
+        position = found + len(piece)
+    return position <= end and _run_at(last, value, end)
+
+
+def _run_at(piece: str, value: str, start: int) -> bool:
+    """A run of literals and ``?`` matches value at start."""
+    if start + len(piece) > len(value):
+        return False
+    return all(p == "?" or p == value[start + i] for i, p in enumerate(piece))
+
+
+def _run_find(piece: str, value: str, start: int, end: int) -> int:
+    for position in range(start, end - len(piece) + 1):
+        if _run_at(piece, value, position):
+            return position
+    return -1
+
+
+# Strings ---------------------------------------------------------------------------------------------
+
+
+def text_q(path: str, pattern: str, *, ignore_case: bool = False) -> Q:
+    """Single value or wildcard match of one string column."""
+    if pattern in ("", "*"):
+        return Q()
+    if ignore_case:
+        path, pattern = f"{path}__upper", pattern.upper()
+    if not has_wildcard(pattern):
+        return Q(**{path: pattern})
+    return Q(**{f"{path}__dicom_like": like_pattern(pattern)})
+
+
+def contains_q(path: str, text: str) -> Q:
+    """Case-insensitive "contains" (the studies page's description box); wildcards inside allowed."""
+    text = text.strip()
+    return text_q(path, f"*{text}*", ignore_case=True) if text else Q()
+
+
+def _non_latin(value: str) -> bool:
+    return any(ord(char) > 0x24F for char in value)
+
+
+def person_name_q(path: str, pattern: str) -> Q:
+    """Match a PN column, ignoring case, against each of its component groups.
+
+    The stored value is ``Alphabetic=Ideographic=Phonetic`` (trailing groups often absent). A pattern
+    holding ``=`` is matched against the whole value, groups and all.
+    """
+    pattern = pattern.strip()
+    if pattern in ("", "*"):
+        return Q()
+    pattern = pattern.upper()
+    upper = f"{path}__upper"
+    if "=" in pattern:
+        return text_q(path, pattern, ignore_case=True) | Q(**{f"{upper}__dicom_like": like_pattern(pattern) + "=%"})
+    like = like_pattern(pattern)
+    # The alphabetic group: the value alone, or followed by other groups.
+    q = text_q(path, pattern, ignore_case=True)
+    if not pattern.endswith("*"):
+        q |= Q(**{f"{upper}__dicom_like": like + "=%"})
+    # Ideographic and phonetic groups hold non-Latin scripts; looking there only for such a pattern keeps
+    # a Latin search on the prefix index (the other arms need the trigram index and cost more).
+    if _non_latin(pattern):
+        q |= Q(**{f"{upper}__dicom_like": "%=" + like}) | Q(**{f"{upper}__dicom_like": "%=" + like + "=%"})
+    return q
+
+
+def given_name_upper(path: str) -> Func:
+    """The upper-cased given name (second PN component), spelled as its PostgreSQL index is."""
+    name = F(path)
+    if connection.vendor == "postgresql":
+        return Upper(Func(name, Value("^"), Value(2), function="SPLIT_PART", output_field=CharField()))
+    # SQLite has no SPLIT_PART: what follows the first ^ starts with the given name all the same.
+    after_caret = Func(name, Value("^"), function="INSTR", output_field=IntegerField()) + Value(1)
+    return Upper(Func(name, after_caret, function="SUBSTR", output_field=CharField()))
+
+
+def name_words_q(path: str, text: str, *, given_name: str) -> Q:
+    """Match a name as people type it on the studies page (``given_name`` names an annotation of
+    ``given_name_upper(path)`` on the queryset).
+
+    - with DICOM wildcards or ``^``: a PN pattern (``DOE^J*``), a prefix without wildcards;
+    - ``Family, Given`` (the list's form): that family name and a given name starting so;
+    - ``Given Family`` or ``Family Given`` (both shown by other software): either order;
+    - one word: a family or a given name starting with it (``smi`` and ``john`` find ``SMITH^JOHN``).
+    """
+    text = " ".join(text.split()).upper()
+    if not text:
+        return Q()
+    if has_wildcard(text) or "^" in text or "=" in text:
+        return person_name_q(path, text if has_wildcard(text) else text + "*")
+    if "," in text:
+        family, _, given = (part.strip() for part in text.partition(","))
+        return person_name_q(path, f"{family}^{given}*" if given else f"{family}*")
+    words = text.split(" ")
+    if len(words) == 1:
+        q = Q(**{f"{path}__upper__startswith": text}) | Q(**{f"{given_name}__startswith": text})
+        if _non_latin(text):
+            q |= person_name_q(path, text + "*") | person_name_q(path, "*^" + text + "*")
+        return q
+    q = Q()
+    # Every split into two runs of words, in both orders: "Mary Ann Smith" is SMITH^MARY ANN.
+    for cut in range(1, min(len(words), 4)):
+        first, second = " ".join(words[:cut]), " ".join(words[cut:])
+        q |= person_name_q(path, f"{second}^{first}*") | person_name_q(path, f"{first}^{second}*")
+    return q
+
+
+def codes_q(path: str, pattern: str) -> Q:
+    """Match a backslash-separated multi-value column (``CT\\MR``): some stored value matches."""
+    if pattern in ("", "*"):
+        return Q()
+    like = like_pattern(pattern)
+    sep = "\\\\"  # a backslash, escaped for LIKE
+    exact = Q(**{path: pattern}) if not has_wildcard(pattern) else Q(**{f"{path}__dicom_like": like})
+    return (
+        exact
+        | Q(**{f"{path}__dicom_like": like + sep + "%"})
+        | Q(**{f"{path}__dicom_like": "%" + sep + like})
+        | Q(**{f"{path}__dicom_like": "%" + sep + like + sep + "%"})
+    )
+
+
+def split_list(value: str) -> list[str]:
+    """A value list (PS3.4 C.2.2.2.1): backslash-separated, or comma-separated as QIDO allows."""
+    return [item.strip() for item in re.split(r"[\\,]", value) if item.strip()]
+
+
+def uid_q(path: str, values: list[str]) -> Q:
+    uids = [uid for value in values for uid in split_list(value)]
+    if not uids:
+        return Q()
+    return Q(**{f"{path}__in": uids}) if len(uids) > 1 else Q(**{path: uids[0]})
+
+
+def int_value(text: str, *, name: str, low: int = INT_MIN, high: int = INT_MAX) -> int:
+    """A whole number within [low, high] (the index's column range); MatchInvalid otherwise."""
+    text = str(text).strip()
+    if not re.fullmatch(r"[+-]?[0-9]{1,19}", text) or not low <= int(text) <= high:
+        raise MatchInvalid(f"{name} must be a whole number from {low} to {high}.")
+    return int(text)
+
+
+def int_q(path: str, values: list[str], *, name: str) -> Q:
+    numbers = [int_value(v, name=name) for value in values for v in split_list(value)]
+    return Q(**{f"{path}__in": numbers}) if numbers else Q()
+
+
+# Dates and times -------------------------------------------------------------------------------------
+
+
+def parse_date(text: str) -> date:
+    """A DICOM date, YYYYMMDD (the ACR-NEMA form YYYY.MM.DD still appears)."""
+    digits = text.strip().replace(".", "")
+    if not re.fullmatch(r"[0-9]{8}", digits):
+        raise MatchInvalid(f"'{text}' is not a DICOM date (YYYYMMDD).")
+    try:
+        return date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError:
+        raise MatchInvalid(f"'{text}' is not a DICOM date (YYYYMMDD).") from None
+
+
+def parse_time(text: str, *, end: bool = False) -> time:
+    """A DICOM time HH[MM[SS[.FFFFFF]]]; a partial time is the start of its span (or its end, ``end``)."""
+    value = text.strip().replace(":", "")
+    digits, _, fraction = value.partition(".")
+    if not re.fullmatch(r"[0-9]{2}|[0-9]{4}|[0-9]{6}", digits) or not re.fullmatch(r"[0-9]{0,6}", fraction):
+        raise MatchInvalid(f"'{text}' is not a DICOM time (HHMMSS.FFFFFF).")
+    hour = int(digits[0:2])
+    minute = int(digits[2:4]) if len(digits) >= 4 else (59 if end else 0)
+    second = int(digits[4:6]) if len(digits) >= 6 else (59 if end else 0)
+    if fraction:
+        micro = int(fraction.ljust(6, "9" if end else "0"))
+    else:
+        micro = 999999 if end and "." not in value else 0
+    try:
+        return time(hour, minute, second, micro)
+    except ValueError:
+        raise MatchInvalid(f"'{text}' is not a DICOM time (HHMMSS.FFFFFF).") from None
+
+
+def date_bounds(low: date | None, high: date | None) -> None:
+    """Refuse a date range that ends before it starts (the page's boxes come here too)."""
+    if low is not None and high is not None and low > high:
+        raise MatchInvalid("The range starts after it ends.")
+
+
+def _range(value: str, parse: Callable[..., Any]) -> tuple[Any, Any]:
+    """(low, high) of a single value or a range; a single value is a range over its own span."""
+    value = value.strip()
+    if "-" not in value:
+        return parse(value), parse(value, end=True) if parse is parse_time else parse(value)
+    low_text, _, high_text = (part.strip() for part in value.partition("-"))
+    if not low_text and not high_text:
+        raise MatchInvalid("A range needs at least one end.")
+    low = parse(low_text) if low_text else None
+    high = (parse(high_text, end=True) if parse is parse_time else parse(high_text)) if high_text else None
+    if low is not None and high is not None and low > high:
+        raise MatchInvalid(f"The range '{value}' starts after it ends.")
+    return low, high
+
+
+def _range_q(path: str, low: Any, high: Any) -> Q:
+    if low is not None and high is not None and low == high:
+        return Q(**{path: low})
+    q = Q()
+    if low is not None:
+        q &= Q(**{f"{path}__gte": low})
+    if high is not None:
+        q &= Q(**{f"{path}__lte": high})
+    return q
+
+
+def date_q(path: str, value: str) -> Q:
+    return _range_q(path, *_range(value, parse_date)) if value.strip() else Q()
+
+
+def time_q(path: str, value: str) -> Q:
+    return _range_q(path, *_range(value, parse_time)) if value.strip() else Q()
+
+
+# By VR -----------------------------------------------------------------------------------------------
+
+_INT_VRS = {"IS", "US", "SS", "UL", "SL", "SV", "UV"}
+
+
+def attribute_q(path: str, vr: str, values: list[str], *, name: str, multi_valued: bool = False) -> Q:
+    """Match one key on an index column by its VR; several values mean any of them (a value list)."""
+    values = [value for value in values if value != ""]
+    if not values:
+        return Q()
+    if vr == "UI":
+        return uid_q(path, values)
+    if vr in _INT_VRS:
+        return int_q(path, values, name=name)
+    q = Q()
+    for value in values:
+        if vr == "DA":
+            q |= date_q(path, value)
+        elif vr == "TM":
+            q |= time_q(path, value)
+        elif vr == "PN":
+            q |= person_name_q(path, value)
+        elif multi_valued:
+            for code in split_list(value):
+                q |= codes_q(path, code)
+        else:
+            q |= text_q(path, value)
+    return q
+
+
+def header_match(vr: str, query_values: list[str], stored: list[str]) -> bool:
+    """Match a key against values read from a stored header (DICOM JSON), by the same rules."""
+    if vr == "SQ" or not query_values:
+        return True  # sequence matching is not supported: treated as universal
+    for query in query_values:
+        for value in stored:
+            if vr == "UI":
+                if value in split_list(query):
+                    return True
+            elif vr in ("DA", "TM") and value:
+                parse = parse_date if vr == "DA" else parse_time
+                low, high = _range(query, parse)
+                try:
+                    stored_value = parse(value)
+                except MatchInvalid:
+                    continue
+                if (low is None or stored_value >= low) and (high is None or stored_value <= high):
+                    return True
+            elif vr == "PN":
+                groups = [value, *value.split("=")] if "=" not in query else [value]
+                if any(wildcard_match(query, group, ignore_case=True) for group in groups):
+                    return True
+            elif wildcard_match(query, value):
+                return True
+    return False
+
+
+def patients_narrow(queryset: QuerySet[Any], *, clinic: Clinic | int, patient_q: Q, path: str) -> QuerySet[Any]:
+    """Narrow a study, series or instance search to the patients matching ``patient_q`` (one query).
+
+    The planner cannot estimate how many names a pattern matches, and a wrong guess walks the whole
+    date index filtering each row's patient. Finding the patients first, through their own indexes,
+    gives it a short list of ids to fetch just those patients' rows by the patient index instead.
+    ``path`` leads from the searched model to the patient (``patient__``, ``study__patient__``, ...).
+    """
+    # name_words_q compares the given name under this annotation's name (only computed where used).
+    patients = (
+        Patient.objects.for_clinic(clinic)
+        .annotate(given_name_upper=given_name_upper("patient_name"))
+        .filter(patient_q)
+    )
+    ids = list(patients.values_list("id", flat=True)[: PATIENT_IDS_MAX + 1])
+    if len(ids) <= PATIENT_IDS_MAX:
+        return queryset.filter(**{f"{path}id__in": ids})
+    return queryset.filter(**{f"{path}id__in": patients.values("id")})
+
+
+# Time budget -----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def search_budget(seconds: float | None = None) -> Iterator[None]:
+    """Stop any statement of a search that runs past its budget; raise SearchTooSlow for it.
+
+    One tenant's costly search must not hold the database for everyone. PostgreSQL enforces
+    ``statement_timeout`` (set for this transaction only); SQLite interrupts through a progress handler.
+    """
+    budget = settings.SEARCH_TIME_LIMIT_SECONDS if seconds is None else seconds
+    message = "The search took too long and was stopped; narrow it (more characters, fewer wildcards, a date range)."
+    if connection.vendor == "postgresql":
+        try:
+            nested = connection.in_atomic_block
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    cursor.execute(f"SET LOCAL statement_timeout = {int(budget * 1000)}")
+                yield
+                if nested:  # SET LOCAL lasts to the end of the outer transaction: give the rest its own.
+                    with connection.cursor() as cursor:
+                        cursor.execute("SET LOCAL statement_timeout TO DEFAULT")
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) == "57014":  # query_canceled
+                raise SearchTooSlow(message) from exc
+            raise
+        return
+    if connection.vendor != "sqlite":
+        yield
+        return
+    connection.ensure_connection()
+    deadline = monotonic() + budget
+    raw = connection.connection
+    raw.set_progress_handler(lambda: int(monotonic() > deadline), 10_000)
+    try:
+        yield
+    except OperationalError as exc:
+        if "interrupted" in str(exc):
+            raise SearchTooSlow(message) from exc
+        raise
+    finally:
+        raw.set_progress_handler(None, 0)

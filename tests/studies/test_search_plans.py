@@ -1,0 +1,209 @@
+"""Searches stay on indexes and run a fixed number of statements (PostgreSQL only, issue 19).
+
+The archive here is small, so PostgreSQL would rightly read whole tables; with ``enable_seqscan`` off it
+still does when no index can answer, which is what these tests catch: a search that stops using an
+index (a lookup spelled differently from its index, a missing trigram index) fails here long before
+an archive is large enough to notice.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import date, timedelta
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from pydicom import Dataset
+
+from studies.dimse.find import STUDY_ROOT_FIND, find_matches
+from studies.models import Patient, Series, Study
+from tests.studies.dicomweb_support import token_for
+
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.skipif(
+        settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
+        reason="query plans and trigram indexes are PostgreSQL's",
+    ),
+]
+# Statements per request: authentication, the search (a savepoint, the time budget's SETs, patients
+# first, the page, modalities from series), and the audit entry's chain (six statements of its own).
+QIDO_STATEMENTS = 18
+PAGE_STATEMENTS = 22
+REST_STATEMENTS = 20
+TABLES = {"studies_patient", "studies_study", "studies_series", "studies_instance"}
+FAMILY = ["SMITH", "JOHNSON", "BROWN", "GARCIA", "MILLER", "DAVIS", "WILSON", "TAYLOR", "MOORE", "WHITE"]
+GIVEN = ["MARY", "JOHN", "ANNA", "PAUL", "LINDA", "PETER", "SARAH", "TOM"]
+
+
+@pytest.fixture
+def archive(clinic, other_clinic):
+    """2,000 patients with 4,000 studies (one series each) in clinic A, a few in clinic B, analyzed."""
+    rng = random.Random(7)
+    for target, count in ((clinic, 2000), (other_clinic, 100)):
+        Patient.objects.bulk_create(
+            Patient(
+                clinic=target,
+                patient_id=f"P{target.pk}-{n:05d}",
+                patient_name=f"{rng.choice(FAMILY)}{rng.choice(['', 'SON'])}^{rng.choice(GIVEN)}",
+            )
+            for n in range(count)
+        )
+        patients = list(Patient.objects.for_clinic(target).only("id"))
+        Study.objects.bulk_create(
+            Study(
+                clinic=target,
+                patient=rng.choice(patients),
+                study_instance_uid=f"1.2.3.{target.pk}.{n}",
+                study_date=date(2015, 1, 1) + timedelta(days=rng.randrange(3000)),
+                accession_number=f"A{n:06d}",
+                study_description=rng.choice(["CT HEAD", "MRI BRAIN", "CHEST XR", "KNEE MRI"]),
+                modalities_in_study=rng.choice(["CT", "MR", "CR", "CT\\SR"]),
+            )
+            for n in range(count * 2)
+        )
+        Series.objects.bulk_create(
+            Series(clinic=target, study=study, series_instance_uid=f"{study.study_instance_uid}.1", modality="CT")
+            for study in Study.objects.for_clinic(target)
+        )
+    with connection.cursor() as cursor:
+        for table in sorted(TABLES):
+            cursor.execute(f"ANALYZE {table}")
+    return Study.objects.for_clinic(clinic).order_by("id")[10]
+
+
+def _scans(sql: str) -> dict[str, set[str]]:
+    """For each index table the statement reads: the indexes it reads it through ("Seq Scan" if none)."""
+    with connection.cursor() as cursor:
+        # As on a large archive: reading a table whole, or filtering row by row what an index could
+        # answer, costs more than any index that applies.
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute("SET cpu_operator_cost = 1")
+        try:
+            cursor.execute("EXPLAIN (FORMAT JSON) " + sql)
+            plan = cursor.fetchone()[0]
+        finally:
+            cursor.execute("RESET enable_seqscan")
+            cursor.execute("RESET cpu_operator_cost")
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    found: dict[str, set[str]] = {}
+
+    def walk(node: dict) -> None:
+        table = node.get("Relation Name")
+        if table in TABLES:
+            found.setdefault(table, set()).add(node.get("Index Name") or node["Node Type"])
+        for child in node.get("Plans", []):
+            walk(child)
+        # A bitmap heap scan names its table; the indexes sit in the bitmap nodes below it.
+        if node["Node Type"] == "Bitmap Heap Scan":
+            found[table] |= _bitmap_indexes(node)
+            found[table].discard("Bitmap Heap Scan")
+
+    walk(plan[0]["Plan"])
+    return found
+
+
+def _bitmap_indexes(node: dict) -> set[str]:
+    names = {node["Index Name"]} if "Index Name" in node else set()
+    for child in node.get("Plans", []):
+        names |= _bitmap_indexes(child)
+    return names
+
+
+def _plans(captured) -> list[dict[str, set[str]]]:
+    return [_scans(q["sql"]) for q in captured if q["sql"].startswith("SELECT") and "studies_" in q["sql"]]
+
+
+def _assert_indexed(captured, expect: dict[str, set[str]], info: object = "") -> None:
+    plans = _plans(captured)
+    assert plans, "the search ran no statement over the index"
+    for plan in plans:
+        for table, scans in plan.items():
+            assert "Seq Scan" not in scans, f"{info}: {table} is read whole: {plans}"
+    for table, allowed in expect.items():
+        used = set().union(*(plan.get(table, set()) for plan in plans))
+        assert used & allowed, f"{info}: {table} read through {used}, expected one of {allowed}"
+
+
+QIDO_CASES = [
+    ({"PatientID": "P{clinic}-00042"}, {"studies_patient": {"patient_id_pattern", "patient_unique_id"}}),
+    ({"PatientName": "SMI*"}, {"studies_patient": {"patient_name_upper_pattern", "patient_name_upper_trgm"}}),
+    ({"PatientName": "*SON^?ARY"}, {"studies_patient": {"patient_name_upper_trgm"}}),
+    ({"AccessionNumber": "*00123"}, {"studies_study": {"study_accession_trgm"}}),
+    ({"AccessionNumber": "A0001*"}, {"studies_study": {"study_accession_pattern", "study_accession_trgm"}}),
+    ({"StudyDate": "20160101-20160131"}, {"studies_study": {"study_clinic_live_date", "study_clinic_date"}}),
+    ({}, {"studies_study": {"study_clinic_live_date"}}),
+    ({"ModalitiesInStudy": "C?"}, {"studies_study": {"study_clinic_live_date"}}),
+]
+
+
+def test_qido_studies_searches_use_indexes(client, clinic, archive, django_assert_max_num_queries):
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token_for(clinic)}"}
+    client.get(f"/dicomweb/{clinic.slug}/studies", **auth)  # the token's first use is audited once
+    for params, expect in QIDO_CASES:
+        params = {key: value.format(clinic=clinic.pk) for key, value in params.items()}
+        with CaptureQueriesContext(connection) as captured, django_assert_max_num_queries(QIDO_STATEMENTS, info=params):
+            response = client.get(f"/dicomweb/{clinic.slug}/studies", {**params, "limit": "100"}, **auth)
+
+        assert response.status_code == 200
+        _assert_indexed(captured, expect, info=params)
+
+
+def test_qido_series_of_a_study_use_indexes(client, clinic, archive, django_assert_max_num_queries):
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token_for(clinic)}"}
+    client.get(f"/dicomweb/{clinic.slug}/studies", **auth)  # the token's first use is audited once
+
+    with CaptureQueriesContext(connection) as captured, django_assert_max_num_queries(QIDO_STATEMENTS):
+        response = client.get(f"/dicomweb/{clinic.slug}/studies/{archive.study_instance_uid}/series", **auth)
+
+    assert [s["0020000E"]["Value"] for s in response.json()] == [[f"{archive.study_instance_uid}.1"]]
+    _assert_indexed(captured, {"studies_study": {"study_unique_uid", "study_uid"}})
+
+
+PAGE_CASES = [
+    ({"patient_name": "smi"}, {"studies_patient": {"patient_name_upper_pattern", "patient_given_name_pattern"}}),
+    ({"patient_name": "Smith, Mary"}, {"studies_patient": {"patient_name_upper_pattern", "patient_name_upper_trgm"}}),
+    ({"patient_name": "*son^?ary"}, {"studies_patient": {"patient_name_upper_trgm"}}),
+    ({"accession_number": "A000123"}, {"studies_study": {"study_accession_pattern", "study_clinic_accession"}}),
+    ({"description": "brain"}, {}),
+    ({"sort": "patient"}, {}),
+    ({"sort": "-created"}, {"studies_study": {"study_clinic_live_created", "study_clinic_created"}}),
+]
+
+
+def test_studies_page_searches_use_indexes(client, clinician, clinic, archive, django_assert_max_num_queries):
+    client.force_login(clinician)
+    for params, expect in PAGE_CASES:
+        with CaptureQueriesContext(connection) as captured, django_assert_max_num_queries(PAGE_STATEMENTS, info=params):
+            response = client.get(f"/c/{clinic.slug}/studies/", params)
+
+        assert response.status_code == 200
+        _assert_indexed(captured, expect, info=params)
+
+
+def test_rest_search_uses_indexes(client, clinic, archive, django_assert_max_num_queries):
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token_for(clinic)}"}
+
+    with CaptureQueriesContext(connection) as captured, django_assert_max_num_queries(REST_STATEMENTS):
+        response = client.get(f"/api/v1/clinics/{clinic.slug}/studies/", {"patient_name": "*son^?ary"}, **auth)
+
+    assert response.status_code == 200 and response.json()["results"]
+    _assert_indexed(captured, {"studies_patient": {"patient_name_upper_trgm"}})
+
+
+def test_cfind_runs_a_fixed_number_of_indexed_statements(clinic, archive):
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientName = "*SON^?ARY"
+    identifier.StudyInstanceUID = ""
+    identifier.NumberOfStudyRelatedSeries = ""
+
+    with CaptureQueriesContext(connection) as captured:
+        answers = list(find_matches(clinic=clinic, identifier=identifier, sop_class_uid=STUDY_ROOT_FIND))
+
+    assert len(answers) > 50  # many answers ...
+    assert len(captured) <= 8  # ... from a fixed number of statements
+    _assert_indexed(captured, {"studies_patient": {"patient_name_upper_trgm"}})
