@@ -90,6 +90,7 @@ def running_orthanc(
     portal_dicom_port: int,
     portal_dicomweb_url: str | None = None,
     token: str = "",
+    extra_config: dict[str, Any] | None = None,
 ) -> Iterator[Orthanc]:
     """Start a private Orthanc that knows the portal as its DICOM modality and DICOMweb server ``portal``."""
     storage = folder / "orthanc-storage"
@@ -114,6 +115,7 @@ def running_orthanc(
         config["DicomWeb"]["Servers"] = {
             "portal": {"Url": portal_dicomweb_url, "HttpHeaders": {"Authorization": f"Bearer {token}"}}
         }
+    config.update(extra_config or {})
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(config))
     log = folder / "orthanc.log"
