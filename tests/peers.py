@@ -124,6 +124,7 @@ def running_orthanc(
     portal_dicomweb_url: str | None = None,
     token: str = "",
     modalities: dict[str, tuple[str, str, int]] | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> Iterator[Orthanc]:
     """Start a private Orthanc that knows the portal as its DICOM modality and DICOMweb server ``portal``.
 
@@ -157,6 +158,7 @@ def running_orthanc(
         config["DicomWeb"]["Servers"] = {
             "portal": {"Url": portal_dicomweb_url, "HttpHeaders": {"Authorization": f"Bearer {token}"}}
         }
+    config.update(extra_config or {})
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(config))
     peer = Orthanc(url=f"http://{HOST}:{http_port}", dicom_port=dicom_port, ae_title=ORTHANC_AE,

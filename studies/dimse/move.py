@@ -16,6 +16,7 @@ from django.db.models import QuerySet
 from pydicom import Dataset, dcmread
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     UncompressedTransferSyntaxes,
@@ -107,7 +108,8 @@ def send_syntax(*, stored: str, accepted: set[str]) -> str | None:
     uncompressed data, or encoded losslessly in a compressed syntax it accepted; never lossily.
     """
     uncompressed = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
-    if stored in accepted or (stored in CONVERTIBLE and accepted & uncompressed):
+    # pynetdicom re-encodes little endian syntaxes; big endian needs its pixel bytes swapped (transcoding).
+    if stored in accepted or (stored in CONVERTIBLE and stored != ExplicitVRBigEndian and accepted & uncompressed):
         return None
     if not transcoding.can_decode(stored):
         return None

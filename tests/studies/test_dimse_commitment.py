@@ -172,6 +172,7 @@ def test_unknown_and_other_clinics_instances_fail(clinic, other_clinic, modality
     assert _failed(info) == {unknown[1]: NO_SUCH_OBJECT_INSTANCE, theirs.sop_uids[0]: NO_SUCH_OBJECT_INSTANCE}
 
 
+@pytest.mark.slow
 def test_instance_without_backup_copy_is_never_committed(clinic, modality, scp_port, study, settings):
     settings.STORAGE_COMMITMENT_WAIT_SECONDS = 1
     lagging = Instance.objects.get(sop_instance_uid=study.sop_uids[1])
@@ -185,6 +186,7 @@ def test_instance_without_backup_copy_is_never_committed(clinic, modality, scp_p
     assert _failed(info) == {study.sop_uids[1]: PROCESSING_FAILURE}
 
 
+@pytest.mark.slow
 def test_instance_backed_up_while_the_request_waits_is_reported_committed(clinic, modality, scp_port, study, settings):
     settings.STORAGE_COMMITMENT_WAIT_SECONDS = 30
     lagging = Instance.objects.get(sop_instance_uid=study.sop_uids[1])

@@ -29,8 +29,16 @@ from tests.studies.dimse_support import (
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
+UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.2"}
 
-J2K = ["MR_small_jp2klossless.dcm", "JPGExtended.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+# Compressed samples, and a big endian one (whose pixel bytes must be swapped for little endian).
+SAMPLES = [
+    "MR_small_jp2klossless.dcm",
+    "JPGExtended.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "MR_small_bigendian.dcm",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +56,7 @@ def scp_port(clinic):
 
 @pytest.fixture
 def study(clinic, tmp_path):
-    files = write_study(tmp_path / "originals", samples=J2K)
+    files = write_study(tmp_path / "originals", samples=SAMPLES)
     for path in files.files:
         instance_ingest(clinic=clinic, source_path=str(path), source="test")
     return files
@@ -91,10 +99,7 @@ def test_dcmtk_storescp_accepting_only_uncompressed_receives_a_jpeg2000_study_by
 
     files = [p for p in Path(out).iterdir() if p.is_file()]
     assert result.returncode == 0, result.stdout + result.stderr
-    assert {str(dcmread(p).file_meta.TransferSyntaxUID) for p in files} <= {
-        ExplicitVRLittleEndian,
-        ImplicitVRLittleEndian,
-    }
+    assert {str(dcmread(p).file_meta.TransferSyntaxUID) for p in files} <= UNCOMPRESSED
     _assert_same_pixels(_pixels_by_uid(files), study)
 
 
@@ -166,6 +171,7 @@ def test_c_get_in_implicit_little_endian_only_gets_every_instance_decoded(clinic
         ("1.2.840.10008.1.2.4.90", {"1.2.840.10008.1.2.4.90", ExplicitVRLittleEndian}, None),
         ("1.2.840.10008.1.2.4.90", {ImplicitVRLittleEndian}, ExplicitVRLittleEndian),
         (ImplicitVRLittleEndian, {ExplicitVRLittleEndian}, None),
+        ("1.2.840.10008.1.2.2", {ExplicitVRLittleEndian}, ExplicitVRLittleEndian),
         (ExplicitVRLittleEndian, {"1.2.840.10008.1.2.4.90"}, "1.2.840.10008.1.2.4.90"),
         # A destination that takes only lossy JPEG gets nothing re-encoded lossily: the sub-operation fails.
         (ExplicitVRLittleEndian, {"1.2.840.10008.1.2.4.50"}, None),

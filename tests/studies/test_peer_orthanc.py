@@ -190,3 +190,24 @@ def _commitment_report(orthanc, transaction_uid: str, timeout: float = 30) -> di
         if report["Status"] != "Pending" or time.monotonic() > deadline:
             return report
         time.sleep(0.3)
+
+
+def test_orthanc_accepting_only_uncompressed_syntaxes_gets_the_study_decoded_by_c_move(
+    clinic, scp_port, archived, tmp_path
+):
+    uncompressed = {"AcceptedTransferSyntaxes": ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]}
+    with running_orthanc(
+        tmp_path / "strict", portal_ae=clinic.ae_title, portal_dicom_port=scp_port, extra_config=uncompressed
+    ) as peer:
+        register_node(clinic, ae_title=ORTHANC_AE, port=peer.dicom_port)
+        found = peer.post(
+            "/modalities/portal/query", {"Level": "Study", "Query": {"StudyInstanceUID": archived.study_uid}}
+        )
+
+        peer.post(f"/queries/{found['ID']}/retrieve", {"TargetAet": ORTHANC_AE, "Synchronous": True})
+
+        assert peer.instance_uids() == set(archived.sop_uids), peer.log_text()
+        for path, uid in zip(archived.files, archived.sop_uids, strict=True):
+            got = dcmread(io.BytesIO(peer.file_of(uid)))
+            assert got.file_meta.TransferSyntaxUID in uncompressed["AcceptedTransferSyntaxes"]
+            assert np.array_equal(got.pixel_array, dcmread(path).pixel_array)
