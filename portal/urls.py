@@ -2,14 +2,24 @@
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from django.http import HttpRequest, HttpResponsePermanentRedirect
+from django.templatetags.static import static
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from billing import views as billing_views
 from portal import health
 from tenants import views as tenant_views
 
+
+
+def favicon(request: HttpRequest) -> HttpResponsePermanentRedirect:
+    # Browsers ask for /favicon.ico whatever the page says; the file itself is a (hashed) static file.
+    return HttpResponsePermanentRedirect(static("portal/favicon.ico"))
+
+
 urlpatterns = [
     path("", tenant_views.home, name="home"),
+    path("favicon.ico", favicon),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("accounts/", include("tenants.urls")),
@@ -23,8 +33,13 @@ urlpatterns = [
     path("", include("studies.sharing.public_urls")),
     path("billing/stripe/webhook/", billing_views.stripe_webhook, name="stripe-webhook"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/v1/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("portal.api_urls")),
     path("dicomweb/<slug:clinic_slug>/", include("studies.dicomweb.urls")),
     path("admin/", admin.site.urls),
 ]
+
+handler400 = "portal.errors.bad_request"
+handler403 = "portal.errors.permission_denied"
+handler404 = "portal.errors.page_not_found"
+handler500 = "portal.errors.server_error"
