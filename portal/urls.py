@@ -1,15 +1,14 @@
 """Top-level routes. Every clinic-scoped route carries <clinic_slug>; see tenants.middleware."""
 
 from django.contrib import admin
-from django.urls import include, path
 from django.http import HttpRequest, HttpResponsePermanentRedirect
 from django.templatetags.static import static
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from billing import views as billing_views
 from portal import health
 from tenants import views as tenant_views
-
 
 
 def favicon(request: HttpRequest) -> HttpResponsePermanentRedirect:

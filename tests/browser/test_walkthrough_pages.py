@@ -12,7 +12,12 @@ pytestmark = pytest.mark.browser
 
 def _csp_violations(page) -> list[str]:
     violations: list[str] = []
-    page.on("console", lambda message: violations.append(f"{page.url}: {message.text[:90]}") if "Content Security Policy" in message.text else None)
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(f"{page.url}: {message.text[:90]}") if "Content Security Policy" in message.text else None
+        ),
+    )
     return violations
 
 
@@ -21,9 +26,17 @@ def test_pages_load_under_the_strict_policy_without_violations(page, sign_in, ow
     violations = _csp_violations(page)
     sign_in(owner)
 
-    for path in ("/", f"/c/{clinic.slug}/studies/", f"/c/{clinic.slug}/studies/{study.uuid}/",
-                 f"/c/{clinic.slug}/upload/", f"/c/{clinic.slug}/shares/", f"/c/{clinic.slug}/billing/",
-                 f"/c/{clinic.slug}/members/", f"/c/{clinic.slug}/tokens/", "/api/v1/docs/"):
+    for path in (
+        "/",
+        f"/c/{clinic.slug}/studies/",
+        f"/c/{clinic.slug}/studies/{study.uuid}/",
+        f"/c/{clinic.slug}/upload/",
+        f"/c/{clinic.slug}/shares/",
+        f"/c/{clinic.slug}/billing/",
+        f"/c/{clinic.slug}/members/",
+        f"/c/{clinic.slug}/tokens/",
+        "/api/v1/docs/",
+    ):
         response = page.goto(path)
         page.wait_for_load_state("networkidle")
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"], path
