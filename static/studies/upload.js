@@ -69,11 +69,11 @@
   // ---- table ------------------------------------------------------------------------------------------
 
   function humanSize(bytes) {
-    var units = ["bytes", "KB", "MB", "GB", "TB"];
+    var units = ["B", "kB", "MB", "GB", "TB"];
     var value = bytes;
     var i = 0;
     while (value >= 1000 && i < units.length - 1) { value /= 1000; i += 1; }
-    return i === 0 ? value + " bytes" : value.toFixed(1) + " " + units[i];
+    return i === 0 ? value + " B" : value.toFixed(1) + " " + units[i];
   }
 
   var LABELS = {
