@@ -7,7 +7,10 @@ import re
 import pytest
 from django.core import mail
 
-from studies.models import Study
+from studies.sharing import services as sharing
+from studies.sharing.models import Share
+from tenants.models import AuditEvent
+from tests.dicom_files import write_ct
 from tests.studies.browse_support import make_study
 
 pytestmark = pytest.mark.browser
@@ -53,3 +56,120 @@ def test_security_page_says_when_changes_apply(page, sign_in, owner, clinic):
 
     assert "from their next sign-in" in page.text_content("#policy-timing")
     assert "at once" in page.text_content("#policy-timing")
+
+
+# --- sharing ------------------------------------------------------------------------------------------
+
+
+def test_share_form_offers_the_patients_other_studies_and_shares_them_in_one_link(page, sign_in, clinician, clinic):
+    first = make_study(clinic=clinic, patient_name="MULTI^MIA", patient_id="MM-1", study_description="Chest CT")
+    second = make_study(clinic=clinic, patient_id="MM-1", study_description="Knee MR")
+    make_study(clinic=clinic, patient_name="OTHER^OLAF", patient_id="OO-1", study_description="Not hers")
+    sign_in(clinician)
+    page.goto(f"/c/{clinic.slug}/studies/{first.uuid}/")
+
+    page.get_by_role("link", name="Share", exact=True).click()
+    boxes = page.locator("#share-studies input[type=checkbox]")
+    assert boxes.count() == 2
+    assert "Not hers" not in page.text_content("#share-studies")
+    page.check(f"#share-studies input[value='{second.uuid}']")
+    page.click("button:has-text('Create link')")
+
+    page.wait_for_selector("[data-testid=share-url]")
+    assert set(Share.objects.get().studies.values_list("pk", flat=True)) == {first.pk, second.pk}
+
+
+def test_copy_link_button_copies_the_share_address(page, sign_in, clinician, clinic, live_server):
+    study = make_study(clinic=clinic, patient_name="COPY^CORA")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    sign_in(clinician)
+    page.goto(f"/c/{clinic.slug}/shares/new/?study={study.uuid}")
+    page.click("button:has-text('Create link')")
+    url = page.text_content("[data-testid=share-url]").strip()
+
+    page.click("#copy-share-url")
+
+    page.wait_for_selector("#copy-share-url:has-text('Copied')")
+    assert page.evaluate("() => navigator.clipboard.readText()") == url
+
+
+def test_revoking_a_link_asks_first_and_cancel_keeps_it(page, sign_in, clinician, clinic):
+    study = make_study(clinic=clinic, patient_name="REV^ROB")
+    share = sharing.share_create(clinic=clinic, studies=[study], created_by=clinician).share
+    sign_in(clinician)
+    page.goto(f"/c/{clinic.slug}/shares/{share.uuid}/")
+    questions: list[str] = []
+
+    def answer(dialog):
+        questions.append(dialog.message)
+        dialog.dismiss() if len(questions) == 1 else dialog.accept()
+
+    page.on("dialog", answer)
+    page.click("button:has-text('Revoke now')")
+    page.wait_for_timeout(300)
+    share.refresh_from_db()
+    assert share.revoked_at is None
+    page.click("button:has-text('Revoke now')")
+    page.wait_for_selector("text=The link is revoked")
+
+    assert "Revoke this link?" in questions[0]
+    share.refresh_from_db()
+    assert share.revoked_at is not None
+
+
+def test_wrong_pin_says_how_many_tries_are_left(page, clinic, clinician):
+    study = make_study(clinic=clinic, patient_name="PIN^PAT")
+    created = sharing.share_create(clinic=clinic, studies=[study], created_by=clinician, pin="4321")
+
+    page.goto(f"/s/{created.token}/")
+    page.fill("#id_pin", "0000")
+    page.click("button:has-text('Open')")
+    first = page.text_content("p.banner.error")
+    page.fill("#id_pin", "1111")
+    page.click("button:has-text('Open')")
+
+    assert "4 tries left" in first
+    assert "3 tries left" in page.text_content("p.banner.error")
+    assert "These images are protected by a PIN" in page.text_content("main")
+
+
+def test_mistyped_patient_access_code_says_the_code_is_not_right(page, clinic, clinician):
+    study = make_study(clinic=clinic, patient_name="CODE^CARL")
+    created = sharing.share_create(clinic=clinic, studies=[study], created_by=clinician, pin="4321", kind="patient")
+    wrong = ("B" if created.access_code[0] != "B" else "C") + created.access_code[1:]
+
+    page.goto("/access/")
+    page.fill("#id_code", wrong)
+    page.click("button:has-text('Continue')")
+
+    assert "This code is not right" in page.text_content("main")
+    assert "incomplete" not in page.text_content("main")
+    page.fill("#id_code", created.access_code)
+    page.click("button:has-text('Continue')")
+    page.wait_for_selector("#id_pin")
+
+
+# --- upload links -----------------------------------------------------------------------------------------
+
+
+def test_upload_link_pages_name_the_clinic_and_mail_once_without_html_escaping(page, clinic, owner, tmp_path):
+    clinic.name = "St. Mary's hospital"
+    clinic.save()
+    created = sharing.upload_link_create(clinic=clinic, created_by=owner, pin="2468", note="Scans from Dr O'Brien")
+    files = [write_ct(tmp_path / f"in{i}.dcm", instance_number=i) for i in range(3)]
+    mail.outbox.clear()
+
+    page.goto(f"/u/{created.token}/")
+    assert "This upload link is protected by a PIN" in page.text_content("main")
+    page.fill("#id_pin", "2468")
+    page.click("button:has-text('Open')")
+    page.set_input_files("#file-input", [str(f) for f in files])
+    page.wait_for_selector("#upload[data-state=done]")
+
+    assert "Send studies to St. Mary's hospital" in page.text_content("h1")
+    assert len(mail.outbox) == 1
+    message = mail.outbox[0]
+    assert "St. Mary's hospital" in message.subject + message.body
+    assert "&#x27;" not in message.subject + message.body
+    labels = set(AuditEvent.objects.for_clinic(clinic).filter(action="study.stored").values_list("actor_label", flat=True))
+    assert labels == {f"upload_link:{created.link.uuid}"}
