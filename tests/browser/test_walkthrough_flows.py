@@ -173,3 +173,26 @@ def test_upload_link_pages_name_the_clinic_and_mail_once_without_html_escaping(p
     assert "&#x27;" not in message.subject + message.body
     labels = set(AuditEvent.objects.for_clinic(clinic).filter(action="study.stored").values_list("actor_label", flat=True))
     assert labels == {f"upload_link:{created.link.uuid}"}
+
+
+# --- anonymization ----------------------------------------------------------------------------------
+
+
+def test_anonymization_job_page_updates_itself_while_the_job_runs(page, sign_in, clinician, clinic):
+    from studies.anonymize import services as anonymize
+    from studies.anonymize.models import AnonymizationJob, JobStatus
+
+    project = anonymize.project_create(clinic=clinic, name="Trial", created_by=clinician)
+    job = AnonymizationJob.objects.create(clinic=clinic, project=project, requested_by=clinician)
+    sign_in(clinician)
+    page.goto(f"/c/{clinic.slug}/anonymize/jobs/{job.uuid}/")
+    assert page.text_content("#job-status") == "Queued"
+
+    AnonymizationJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, total=10, done=4)
+
+    page.wait_for_selector("#job-status:has-text('Running')")
+    page.wait_for_selector("#job-done:has-text('4')")
+    assert page.text_content("#job-total") == "10"
+    AnonymizationJob.objects.filter(pk=job.pk).update(status=JobStatus.DONE, done=10)
+    page.wait_for_selector("#job-status:has-text('Done')")
+    assert page.text_content("#job-done") == "10"
