@@ -418,6 +418,10 @@ REPLICA_OBJECT_LOCK_DAYS = env_int("REPLICA_OBJECT_LOCK_DAYS", 30)
 REPLICA_OBJECT_LOCK_MODE = env_str("REPLICA_OBJECT_LOCK_MODE", "GOVERNANCE")
 CELERY_BEAT_SCHEDULE["backup-replication-sweep"] = {"task": "studies.backup.tasks.replication_sweep", "schedule": 60.0}
 CELERY_BEAT_SCHEDULE["backup-replica-reconcile"] = {"task": "studies.backup.tasks.replica_reconcile", "schedule": 3600.0}
+# Self-service clinic export for owners (studies/exports): parts of at most this many bytes, kept this long.
+CLINIC_EXPORT_PART_BYTES = env_int("CLINIC_EXPORT_PART_BYTES", 4 * 1000**3)
+CLINIC_EXPORT_KEEP_DAYS = env_int("CLINIC_EXPORT_KEEP_DAYS", 7)
+CELERY_BEAT_SCHEDULE["clinic-exports-expire"] = {"task": "studies.exports.tasks.clinic_exports_expire", "schedule": 3600.0}
 CELERY_BEAT_SCHEDULE["backup-verify"] = {"task": "studies.backup.tasks.backup_verify_batch", "schedule": 600.0}
 # Replica deletes run only on the worker holding the replica's delete-capable credentials: the replica
 # purge, and the trash purge (it deletes a study's objects from both stores).

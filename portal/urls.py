@@ -28,6 +28,7 @@ urlpatterns = [
     path("c/<slug:clinic_slug>/anonymize/", include("studies.anonymize.urls")),
     path("c/<slug:clinic_slug>/shares/", include("studies.sharing.urls")),
     path("c/<slug:clinic_slug>/viewer/", include("studies.viewer.urls")),
+    path("c/<slug:clinic_slug>/exports/", include("studies.exports.urls")),
     path("s/<str:share_token>/dicomweb/", include("studies.sharing.dicomweb_urls")),
     path("", include("studies.sharing.public_urls")),
     path("billing/stripe/webhook/", billing_views.stripe_webhook, name="stripe-webhook"),

@@ -287,4 +287,5 @@ from studies.anonymize.models import (  # noqa: E402, F401
     PatientPseudonym,
     UidMapping,
 )
+from studies.exports.models import ClinicExport  # noqa: E402, F401
 from studies.sharing.models import Share, ShareAccess, UploadLink  # noqa: E402, F401

@@ -125,3 +125,6 @@ def anonymization_instance(self, clinic_id: int, job_id: int, instance_id: int) 
         services.job_instance_process(job=job, instance=instance)
     except StorageUnavailable as exc:
         raise self.retry(exc=exc, countdown=min(600, 10 * 2**self.request.retries)) from exc
+
+
+from studies.exports.tasks import clinic_export_build, clinic_exports_expire  # noqa: E402, F401
