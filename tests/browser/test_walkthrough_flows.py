@@ -196,3 +196,36 @@ def test_anonymization_job_page_updates_itself_while_the_job_runs(page, sign_in,
     AnonymizationJob.objects.filter(pk=job.pk).update(status=JobStatus.DONE, done=10)
     page.wait_for_selector("#job-status:has-text('Done')")
     assert page.text_content("#job-done") == "10"
+
+
+# --- clinic export ------------------------------------------------------------------------------------
+
+
+def test_owner_exports_the_whole_clinic_and_downloads_it(page, sign_in, owner, clinic, tmp_path):
+    import zipfile
+
+    from studies.exports import tasks as export_tasks
+    from studies.exports.models import ClinicExport
+    from tests.studies.browse_support import ingest_files
+
+    ingest_files(clinic=clinic, paths=[write_ct(tmp_path / f"e{i}.dcm", instance_number=i) for i in range(2)])
+    sign_in(owner)
+    page.goto(f"/c/{clinic.slug}/backup/")
+    page.click("#export-card >> text=Export all studies")
+    page.click("#export-request")
+    page.wait_for_selector("#export-status")
+    assert "e-mail with the download link" in page.text_content("main")
+
+    job = ClinicExport.objects.get()
+    export_tasks.clinic_export_build(clinic_id=clinic.pk, export_id=job.pk)
+    page.wait_for_selector("#export-parts a")
+    with page.expect_download() as download_info:
+        page.click("#export-parts a")
+    archive_path = tmp_path / "export.zip"
+    download_info.value.save_as(archive_path)
+
+    assert "Ready to download" in page.text_content("#export-status")
+    assert any(f"/exports/{job.uuid}/" in m.body for m in mail.outbox)
+    with zipfile.ZipFile(archive_path) as archive:
+        assert "DICOMDIR" in archive.namelist()
+        assert len(archive.namelist()) == 3
