@@ -105,6 +105,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "corsheaders",
+    "csp",
     "axes",
     "django_otp",
     "django_otp.plugins.otp_totp",
@@ -116,9 +117,11 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "portal.errors.ErrorPagesMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -212,6 +215,7 @@ CSRF_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 INVITATION_VALID_DAYS = env_int("INVITATION_VALID_DAYS", 7)
+SIGNUP_CONFIRM_DAYS = env_int("SIGNUP_CONFIRM_DAYS", 3)
 OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "PACS Portal")
 PASSWORD_RESET_TIMEOUT = 60 * 60
 
@@ -226,20 +230,27 @@ SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-# Content-Security-Policy (django-csp): strict everywhere; the diagnostic viewer's views add only what
-# OHIF needs (studies.viewer.ohif.CSP_UPDATE) with django-csp's per-view decorator.
+# Content-Security-Policy (django-csp): scripts and styles only from our own static files, never inline,
+# and no framing. The diagnostic viewer's views add only what OHIF needs (studies.viewer.ohif.CSP_UPDATE)
+# with django-csp's per-view decorator, never site-wide.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
         "script-src": ["'self'"],
         "style-src": ["'self'"],
-        "img-src": ["'self'", "data:"],
+        "img-src": ["'self'", "data:", "blob:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
         "object-src": ["'none'"],
-        "base-uri": ["'self'"],
-        "form-action": ["'self'"],
+        "base-uri": ["'none'"],
+        # Plan changes post to us and are redirected to Stripe's hosted checkout and billing portal.
+        "form-action": ["'self'", "https://checkout.stripe.com", "https://billing.stripe.com"],
         "frame-ancestors": ["'none'"],
     }
 }
+# The default run shows the product's error pages although DEBUG is on (portal/errors.py); set this to
+# get Django's technical pages while developing.
+TECHNICAL_ERROR_PAGES = env_bool("TECHNICAL_ERROR_PAGES", False)
 # Rendered images (WADO-RS rendered, thumbnails, the light viewer): what one request may cost.
 DICOMWEB_RENDER_MAX_FRAMES = env_int("DICOMWEB_RENDER_MAX_FRAMES", 16)
 DICOMWEB_RENDER_MAX_SOURCE_PIXELS = env_int("DICOMWEB_RENDER_MAX_SOURCE_PIXELS", 40_000_000)
@@ -424,9 +435,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"one_line_client_errors": {"()": "portal.errors.OneLineClientErrors"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"axes": {"level": "WARNING"}},
+    "loggers": {"axes": {"level": "WARNING"}, "django.request": {"filters": ["one_line_client_errors"]}},
 }
 
 # Trash: a deleted study stays restorable this many days, then the periodic purge erases it.
@@ -453,6 +465,10 @@ REPLICA_OBJECT_LOCK_DAYS = env_int("REPLICA_OBJECT_LOCK_DAYS", 30)
 REPLICA_OBJECT_LOCK_MODE = env_str("REPLICA_OBJECT_LOCK_MODE", "GOVERNANCE")
 CELERY_BEAT_SCHEDULE["backup-replication-sweep"] = {"task": "studies.backup.tasks.replication_sweep", "schedule": 60.0}
 CELERY_BEAT_SCHEDULE["backup-replica-reconcile"] = {"task": "studies.backup.tasks.replica_reconcile", "schedule": 3600.0}
+# Self-service clinic export for owners (studies/exports): parts of at most this many bytes, kept this long.
+CLINIC_EXPORT_PART_BYTES = env_int("CLINIC_EXPORT_PART_BYTES", 4 * 1000**3)
+CLINIC_EXPORT_KEEP_DAYS = env_int("CLINIC_EXPORT_KEEP_DAYS", 7)
+CELERY_BEAT_SCHEDULE["clinic-exports-expire"] = {"task": "studies.exports.tasks.clinic_exports_expire", "schedule": 3600.0}
 CELERY_BEAT_SCHEDULE["backup-verify"] = {"task": "studies.backup.tasks.backup_verify_batch", "schedule": 600.0}
 # Replica deletes run only on the worker holding the replica's delete-capable credentials: the replica
 # purge, and the trash purge (it deletes a study's objects from both stores).

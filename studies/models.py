@@ -366,4 +366,5 @@ from studies.outbound.models import (  # noqa: E402, F401
     SendJob,
     SendResult,
 )
+from studies.exports.models import ClinicExport  # noqa: E402, F401
 from studies.sharing.models import Share, ShareAccess, UploadLink  # noqa: E402, F401

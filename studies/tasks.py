@@ -204,3 +204,4 @@ def intake_sweep() -> dict[str, int]:
     for clinic_id, held_id in held:
         quarantined_replicate.delay(clinic_id=clinic_id, held_id=held_id)
     return {"batches": len(stale), "staged": len(staged), "quarantined": len(held)}
+from studies.exports.tasks import clinic_export_build, clinic_exports_expire  # noqa: E402, F401

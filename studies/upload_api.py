@@ -64,7 +64,8 @@ class UploadListApi(APIView):
     """Upload one DICOM file, or a ZIP archive that a worker unpacks (multipart field `file`).
 
     Answers `stored` (201), `already_present` (200, same SOP Instance UID and content), `skipped` (200, a
-    DICOMDIR), `rejected` (400 no file, 422 not DICOM or malformed, 409 same UID with other content, 507 over
+    DICOMDIR or a file that is not DICOM at all, such as a CD's readme), `rejected` (400 no file, 422
+    truncated or malformed DICOM, 409 same UID with other content, 507 over
     quota), `error` (503 storage unavailable: send again) or `queued` (202, a ZIP archive: poll `status_url`).
     Nothing is stored for a rejected file.
     """
@@ -80,11 +81,11 @@ class UploadListApi(APIView):
             status: OpenApiResponse(UploadOutput, description=description)
             for status, description in [
                 (201, "stored"),
-                (200, "already_present or skipped"),
+                (200, "already_present, or skipped (a DICOMDIR or a file that is not DICOM)"),
                 (202, "queued: a ZIP archive is being unpacked"),
                 (400, "rejected: no file was sent"),
                 (409, "rejected: same SOP Instance UID with other content"),
-                (422, "rejected: not DICOM, truncated or malformed"),
+                (422, "rejected: truncated or malformed DICOM"),
                 (503, "error: storage unavailable for a moment, send again"),
                 (507, "rejected: over the clinic's storage quota"),
             ]

@@ -133,10 +133,9 @@ def upload_receive(request: ClinicRequest, *, upload: UploadedFile | None, name:
                 clinic=request.clinic, source_path=path, source="upload", request=request, actor=_user(request),
                 anonymize_project=project,
             )
-    except DicomDirectory as exc:
+    except (DicomDirectory, NotDicom) as exc:
+        # A CD copy's readme or viewer files are not mistakes: skipped, as inside a ZIP archive.
         return UploadAnswer("skipped", exc.message)
-    except NotDicom as exc:
-        return UploadAnswer("rejected", exc.message, HTTPStatus.UNPROCESSABLE_ENTITY)
     except InstanceHeld as exc:
         return UploadAnswer("rejected", exc.message, HTTPStatus.UNPROCESSABLE_ENTITY, held=True)
     except StudyBeingPurged as exc:

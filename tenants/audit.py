@@ -81,8 +81,10 @@ def audit_record(
         # A token request's user is a TokenUser, not a person: only real users become the actor.
         if actor is None and isinstance(request_user, User) and request_user.is_authenticated:
             actor = request_user
+        # Share and upload links stand in for a membership and carry a label naming the link.
+        grant_label = getattr(getattr(request, "membership", None), "label", "")
         if not actor_label:
-            actor_label = token.label if token is not None else (actor.email if actor else "anonymous")
+            actor_label = token.label if token is not None else (actor.email if actor else grant_label or "anonymous")
         ip_address = ip_address or client_address(request)
         user_agent = request.META.get("HTTP_USER_AGENT", "")[:512]
     elif not actor_label:

@@ -111,10 +111,8 @@ class SignupForm(NewPasswordMixin):
         return slug
 
     def clean_email(self) -> str:
-        email = self.cleaned_data["email"].strip().lower()
-        if User.objects.filter(email__iexact=email).exists():
-            raise ValidationError("An account with this e-mail address already exists. Sign in, or reset your password.")
-        return email
+        # Whether the address already has an account is never said here (issue 11): the owner gets a mail.
+        return self.cleaned_data["email"].strip().lower()
 
     def password_user(self) -> User:
         return User(email=self.cleaned_data.get("email", ""), full_name=self.cleaned_data.get("full_name", ""))

@@ -4,7 +4,8 @@
 names a clinic carries a ``clinic_slug`` argument; this middleware resolves it for the browser session
 or for an API token, and sets ``request.clinic`` and ``request.membership`` (a ``Membership`` or an
 ``ApiToken``; both answer ``can(action)``). A clinic the caller does not belong to is a 404, exactly
-like a clinic that does not exist.
+like a clinic that does not exist (answered here, not raised, so that even the default run with ``DEBUG`` on
+shows the product's 404: JSON for API clients).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib.auth import logout
 from django.contrib.auth.views import redirect_to_login
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 
+from portal import errors
 from tenants import selectors
 from tenants.models import ApiToken, Clinic, Membership
 
@@ -87,7 +89,7 @@ class ClinicMiddleware:
         token: ApiToken | None = request.api_token  # type: ignore[attr-defined]
         if token is not None:
             if token.clinic.slug != slug:
-                raise Http404("No such clinic.")
+                return errors.page_not_found(request)
             request.clinic = token.clinic  # type: ignore[attr-defined]
             request.membership = token  # type: ignore[attr-defined]
             from tenants import services
@@ -99,7 +101,7 @@ class ClinicMiddleware:
         clinic = Clinic.objects.filter(slug=slug).first()
         membership = selectors.membership_get(clinic=clinic, user=request.user) if clinic else None
         if membership is None:
-            raise Http404("No such clinic.")
+            return errors.page_not_found(request)
         request.clinic = clinic  # type: ignore[attr-defined]
         request.membership = membership  # type: ignore[attr-defined]
         if clinic.require_two_factor and not request.user.is_verified():  # type: ignore[union-attr]

@@ -12,7 +12,9 @@ from importlib import import_module
 
 from django.conf import settings
 from django.contrib.auth import password_validation
+from django.contrib.auth.hashers import make_password
 from django.contrib.sessions.backends.base import SessionBase
+from django.core import signing
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
@@ -255,23 +257,75 @@ def _validate_new_password(*, password: str, email: str, full_name: str) -> None
     password_validation.validate_password(password, user=User(email=email, full_name=full_name))
 
 
+SIGNUP_CONFIRM_SALT = "tenants.signup-confirm"
+
+
+def signup_token_make(*, user: User) -> str:
+    return signing.dumps(str(user.uuid), salt=SIGNUP_CONFIRM_SALT)
+
+
+def _signup_mail(*, template: str, email: str, context: dict[str, object]) -> None:
+    body = render_to_string(template, context)
+    subject, _, text = body.partition("\n")
+    send_mail(subject.strip(), text.strip() + "\n", settings.DEFAULT_FROM_EMAIL, [email])
+
+
 @transaction.atomic
 def user_signup(
-    *, clinic_name: str, clinic_slug: str, full_name: str, email: str, password: str,
+    *, clinic_name: str, clinic_slug: str, full_name: str, email: str, password: str, base_url: str,
     request: HttpRequest | None = None,
-) -> tuple[User, Clinic]:
-    """Create an account and its clinic, the account being the clinic's owner.
+) -> None:
+    """Start a sign-up; what it answers never tells whether the address already has an account.
 
-    Raises PortalError (nothing stored) when the e-mail or the clinic address is taken;
+    A new address gets an owner account (inactive until confirmed), its clinic, and a confirmation
+    link by mail. An address that already has an account gets a mail saying so (sign in, or reset
+    the password) and nothing is created; a sign-up left unconfirmed gets its link again.
+    Raises PortalError (nothing stored) when the clinic address or AE title is taken;
     django.core.exceptions.ValidationError when the password breaks a rule.
     """
     email = email.strip().lower()
-    if User.objects.filter(email__iexact=email).exists():
-        raise Conflict("An account with this e-mail address already exists. Sign in, or reset your password.")
     _validate_new_password(password=password, email=email, full_name=full_name)
-    user = User.objects.create_user(email, password, full_name=full_name.strip())
-    clinic = clinic_create(name=clinic_name.strip(), slug=clinic_slug, owner=user, request=request)
-    return user, clinic
+    existing = User.objects.filter(email__iexact=email).first()
+    if existing is None:
+        user = User.objects.create_user(email, password, full_name=full_name.strip(), is_active=False)
+        clinic = clinic_create(name=clinic_name.strip(), slug=clinic_slug, owner=user, request=request)
+    elif not existing.is_active and existing.last_login is None:
+        user, clinic = existing, Clinic.objects.filter(memberships__user=existing, memberships__role=Role.OWNER).first()
+    else:
+        # Hash anyway, so that an existing address takes as long to answer as a new one.
+        make_password(password)
+        _signup_mail(template="emails/signup_account_exists.txt", email=existing.email, context={
+            "login_url": base_url + reverse("tenants:login"),
+            "reset_url": base_url + reverse("tenants:password-reset"),
+            "clinic_name": clinic_name.strip(),
+        })
+        return
+    url = base_url + reverse("tenants:signup-confirm", kwargs={"token": signup_token_make(user=user)})
+    # Sent inside the transaction: a mail that cannot go out undoes the sign-up, which can then be retried.
+    _signup_mail(template="emails/signup_confirm.txt", email=user.email, context={
+        "url": url, "clinic_name": clinic.name if clinic else clinic_name.strip(),
+        "valid_days": settings.SIGNUP_CONFIRM_DAYS,
+    })
+
+
+def user_signup_confirm(*, token: str, request: HttpRequest | None = None) -> tuple[User, Clinic] | None:
+    """Activate the account a confirmation link names; None for a bad, expired or already used link."""
+    try:
+        user_uuid = signing.loads(token, salt=SIGNUP_CONFIRM_SALT, max_age=timedelta(days=settings.SIGNUP_CONFIRM_DAYS))
+    except signing.BadSignature:
+        return None
+    with transaction.atomic():
+        # Only a never-used account is activated: a link that already served, or an account an
+        # operator deactivated, signs nobody in.
+        activated = User.objects.filter(uuid=user_uuid, is_active=False, last_login__isnull=True).update(is_active=True)
+        if not activated:
+            return None
+        user = User.objects.get(uuid=user_uuid)
+        clinic = Clinic.objects.filter(memberships__user=user, memberships__role=Role.OWNER).order_by("pk").first()
+        if clinic is not None:
+            audit_record(clinic=clinic, action="auth.signup_confirmed", request=request, actor=user,
+                         object_type="user", object_id=str(user.uuid))
+    return (user, clinic) if clinic is not None else None
 
 
 # --- invitations -----------------------------------------------------------------------------------

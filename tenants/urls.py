@@ -5,6 +5,7 @@ from tenants import views
 app_name = "tenants"
 urlpatterns = [
     path("signup/", views.signup, name="signup"),
+    path("signup/confirm/<str:token>/", views.signup_confirm, name="signup-confirm"),
     path("login/", views.login_view, name="login"),
     path("login/code/", views.login_code, name="login-code"),
     path("logout/", views.logout_view, name="logout"),

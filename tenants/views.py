@@ -129,20 +129,35 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            user, clinic = services.user_signup(
+            services.user_signup(
                 clinic_name=data["clinic_name"], clinic_slug=data["clinic_slug"], full_name=data["full_name"],
-                email=data["email"], password=data["password1"], request=request,
+                email=data["email"], password=data["password1"], base_url=request.build_absolute_uri("/")[:-1],
+                request=request,
             )
         except PortalError as exc:
             form.add_error(None, exc.message)
         except ValidationError as exc:
             form.add_error("password1", exc)
         else:
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-            messages.success(request, f"Welcome! {clinic.name} is ready.")
-            return redirect("clinic:dashboard", clinic_slug=clinic.slug)
+            # The same answer whether or not the address already had an account.
+            return render(request, "tenants/signup_sent.html", {"email": data["email"],
+                                                                "valid_days": settings.SIGNUP_CONFIRM_DAYS})
     status = 400 if request.method == "POST" else 200
     return render(request, "tenants/signup.html", {"form": form}, status=status)
+
+
+def signup_confirm(request: HttpRequest, token: str) -> HttpResponse:
+    """The link of the sign-up mail: activate the account, sign it in, and open its clinic."""
+    if request.method != "POST":
+        # A GET only shows a button: mail scanners that open links must not use up the sign-up.
+        return render(request, "tenants/signup_confirm.html")
+    confirmed = services.user_signup_confirm(token=token, request=request)
+    if confirmed is None:
+        return render(request, "tenants/signup_confirm.html", {"invalid": True}, status=400)
+    user, clinic = confirmed
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    messages.success(request, f"Welcome! {clinic.name} is ready.")
+    return redirect("clinic:dashboard", clinic_slug=clinic.slug)
 
 
 # --- two-factor -----------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from tests.factories import make_clinic, make_member, make_user
 
 # Routes that answer without a signed-in user, on purpose. (regex on the route, reason)
 PUBLIC_ROUTES: list[tuple[str, str]] = [
+    (r"^favicon\.ico$", "the site's icon, which browsers ask for on every site; no data"),
     (r"^healthz$|^readyz$", "probes for load balancers and orchestrators; they reveal no tenant data"),
     (r"^accounts/login/", "the sign-in page itself, and its second (two-factor code) step"),
     (r"^accounts/logout/$", "signing out needs no valid session"),

@@ -42,7 +42,8 @@
   function loadBatch() {
     try {
       var saved = JSON.parse(window.localStorage.getItem(STORAGE_KEY) || "null");
-      if (saved && saved.id && saved.done) return saved;
+      // A batch ends when its summary is shown; only an unfinished one is resumed.
+      if (saved && saved.id && saved.done && !saved.finished) return saved;
     } catch (e) { /* unreadable: start afresh */ }
     return { id: String(Date.now()), done: {} };
   }
@@ -61,18 +62,18 @@
   var rememberedCount = Object.keys(batch.done).length;
   if (rememberedCount) {
     resumeNote.hidden = false;
-    resumeNote.textContent = rememberedCount + " file(s) of your last upload were already sent. " +
-      "Add the same files or folder again to continue where it stopped, or start a new upload.";
+    resumeNote.textContent = "Your last upload did not finish: " + rememberedCount + " file(s) of it were already sent. " +
+      "Add the same files or folder again to send only the rest.";
   }
 
   // ---- table ------------------------------------------------------------------------------------------
 
   function humanSize(bytes) {
-    var units = ["bytes", "KB", "MB", "GB", "TB"];
+    var units = ["B", "kB", "MB", "GB", "TB"];
     var value = bytes;
     var i = 0;
     while (value >= 1000 && i < units.length - 1) { value /= 1000; i += 1; }
-    return i === 0 ? value + " bytes" : value.toFixed(1) + " " + units[i];
+    return i === 0 ? value + " B" : value.toFixed(1) + " " + units[i];
   }
 
   var LABELS = {
@@ -125,11 +126,12 @@
                   reason: "", attempts: 0, row: addRow(path, file.size) };
     var remembered = batch.done[key];
     if (remembered) {
-      entry.state = remembered.outcome;
-      entry.reason = remembered.reason || "";
+      // Sent before the page was left: nothing is sent now, so it is not "stored" by this upload.
+      var sentEarlier = remembered.outcome === "stored";
+      entry.state = sentEarlier ? "already_present" : remembered.outcome;
+      entry.reason = sentEarlier ? (remembered.archive ? "Archive unpacked earlier." : "Sent earlier.") : (remembered.reason || "");
       entry.loaded = entry.size;
       entry.remembered = true;
-      entry.isArchive = !!remembered.archive;
     }
     byKey[key] = entry;
     entries.push(entry);
@@ -301,6 +303,11 @@
     retryButton.hidden = counts.failed === 0;
     summary.hidden = !done;
     root.dataset.state = done ? "done" : "running";
+    if (done && !batch.finished) {
+      batch.finished = true;
+      saveBatch();
+      resumeNote.hidden = true;
+    }
   }
 
   retryButton.addEventListener("click", function () {
@@ -313,10 +320,12 @@
       }
     });
     summary.hidden = true;
+    batch.finished = false;
+    saveBatch();
     pump();
   });
 
-  document.getElementById("new-batch").addEventListener("click", function () {
+  function startNewBatch() {
     batch = { id: String(Date.now()), done: {} };
     saveBatch();
     entries = [];
@@ -326,11 +335,16 @@
     summary.hidden = true;
     progressSection.hidden = true;
     resumeNote.hidden = true;
-  });
+    root.dataset.state = "";
+  }
+
+  document.getElementById("new-batch").addEventListener("click", startNewBatch);
 
   // ---- pickers and drag and drop --------------------------------------------------------------------
 
   function addFiles(list) {
+    // Files added after a summary start a new upload; the server says which are already present.
+    if (root.dataset.state === "done") startNewBatch();
     for (var i = 0; i < list.length; i += 1) enqueue(list[i]);
     pump();
   }
@@ -395,6 +409,7 @@
       return item.kind === "file" && item.webkitGetAsEntry ? item.webkitGetAsEntry() : null;
     }).filter(Boolean);
     if (fsEntries.length) {
+      if (root.dataset.state === "done") startNewBatch();
       var pending = { count: 0 };
       fsEntries.forEach(function (entry) { walkEntry(entry, pending); });
     } else if (transfer && transfer.files) {

@@ -128,6 +128,6 @@ def job_detail(request: ClinicRequest, clinic_slug: str, job_uuid: UUID) -> Http
     job = get_object_or_404(AnonymizationJob.objects.for_clinic(request.clinic).select_related("project"), uuid=job_uuid)
     results = services.job_result_studies(job=job)
     if request.GET.get("format") == "json":
-        return JsonResponse({"status": job.status, "progress": job.progress, "done": job.done, "failed": job.failed,
+        return JsonResponse({"status": job.status, "status_display": job.get_status_display(), "progress": job.progress, "done": job.done, "failed": job.failed,
                              "total": job.total, "needs_review": job.needs_review})
     return render(request, "studies/anonymize_job.html", {"job": job, "results": results})

@@ -43,12 +43,15 @@ class ExportReport:
 
 
 def clinic_export(
-    *, clinic: Clinic, target: Path, include_trash: bool = False, progress: Callable[[str], None] | None = None
+    *, clinic: Clinic, target: Path, include_trash: bool = False, progress: Callable[[str], None] | None = None,
+    study_ids: list[int] | None = None,
 ) -> ExportReport:
-    """Decrypt every instance of the clinic into ``target`` with a DICOMDIR; returns what was written."""
+    """Decrypt every instance of the clinic (or of ``study_ids`` only) into ``target`` with a DICOMDIR."""
     say = progress or (lambda message: None)
     report = ExportReport()
     studies = Study.objects.for_clinic(clinic)
+    if study_ids is not None:
+        studies = studies.filter(pk__in=study_ids)
     if not include_trash:
         studies = studies.filter(deleted_at=None)
     instances = (

@@ -96,6 +96,8 @@ class UploadLink(models.Model):
     failed_pin_count = models.PositiveIntegerField(default=0)
     locked_until = models.DateTimeField(null=True, blank=True)
     received_count = models.PositiveIntegerField(default=0)
+    # When the clinic was last told that files arrived; one e-mail per upload, across all web processes.
+    last_notified_at = models.DateTimeField(null=True, blank=True)
     anonymize_project = models.ForeignKey(
         "studies.AnonymizationProject", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="Anonymize everything arriving through this link under this project.",

@@ -121,7 +121,7 @@ def share_open(request: HttpRequest, share_token: str) -> HttpResponse:
                     request.session.cycle_key()
                     request.session[_grant_key(share)] = True
                     return redirect("share:open", share_token=share_token)
-                error, status = "Wrong PIN. After 5 wrong PINs the link is locked for 15 minutes.", 400
+                error, status = services.wrong_pin_message(link=share), 400
             except services.ShareLocked as exc:
                 error, status = exc.message, 429
         elif share.is_locked:
@@ -173,7 +173,10 @@ def access_code(request: HttpRequest) -> HttpResponse:
     form = AccessCodeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         code = services.access_code_normalize(form.cleaned_data["code"])
-        if len(code) == services.ACCESS_CODE_LENGTH:
-            return redirect("share:open", share_token=services.patient_token(code))
-        form.add_error("code", "This code is not complete: it has 12 letters and digits.")
+        token = services.patient_token(code) if len(code) == services.ACCESS_CODE_LENGTH else ""
+        if token and services.share_resolve(token=token) is not None:
+            return redirect("share:open", share_token=token)
+        # Mistyped, or no longer valid: the same answer, on this page, so the patient can type it again.
+        form.add_error("code", "This code is not right. Check it against your sheet (12 letters and digits), "
+                               "or ask your clinic for a new sheet if it has expired.")
     return render(request, "studies/share_access.html", {"form": form}, status=400 if form.errors else 200)

@@ -224,6 +224,18 @@ def _pin_check(model: type[Share] | type[UploadLink], obj: Share | UploadLink, p
     return False
 
 
+def pin_attempts_left(*, link: Share | UploadLink) -> int:
+    """How many more wrong PINs the share or upload link takes before it locks."""
+    failures = type(link).objects.filter(pk=link.pk).values_list("failed_pin_count", flat=True).first() or 0
+    return max(0, PIN_ATTEMPTS - failures)
+
+
+def wrong_pin_message(*, link: Share | UploadLink) -> str:
+    left = pin_attempts_left(link=link)
+    minutes = int(PIN_LOCK.total_seconds() // 60)
+    return f"Wrong PIN. {left} {'try' if left == 1 else 'tries'} left before the link is locked for {minutes} minutes."
+
+
 def share_pin_check(*, share: Share, pin: str, request: HttpRequest | None = None) -> bool:
     try:
         ok = _pin_check(Share, share, pin)
@@ -301,11 +313,18 @@ UPLOAD_NOTIFY_INTERVAL_SECONDS = 600
 
 
 def upload_link_received(*, link: UploadLink, request: HttpRequest | None = None) -> None:
-    """Count a file that arrived through the link and tell the clinic (owners, admins, the link's creator)."""
-    from django.core.cache import cache
+    """Count a file that arrived through the link and tell the clinic (owners, admins, the link's creator).
 
+    One e-mail per upload: the first file claims the notice with a conditional update, so parallel
+    requests in several web processes (each with its own cache) cannot both send it.
+    """
     UploadLink.objects.filter(pk=link.pk).update(received_count=F("received_count") + 1)
-    if not cache.add(f"upload-link-notify:{link.pk}", 1, UPLOAD_NOTIFY_INTERVAL_SECONDS):
+    now = timezone.now()
+    quiet_since = now - timedelta(seconds=UPLOAD_NOTIFY_INTERVAL_SECONDS)
+    claimed = UploadLink.objects.filter(
+        Q(last_notified_at__isnull=True) | Q(last_notified_at__lt=quiet_since), pk=link.pk
+    ).update(last_notified_at=now)
+    if not claimed:
         return
     audit_record(clinic=link.clinic, action="upload_link.received", request=request,
                  actor_label=f"upload_link:{link.uuid}", object_type="upload_link", object_id=str(link.uuid))

@@ -60,7 +60,7 @@ def upload_link_page(request: HttpRequest, link_token: str) -> HttpResponse:
                     request.session.cycle_key()
                     request.session[_grant_key(link)] = True
                     return redirect("share:upload", link_token=link_token)
-                error = "Wrong PIN. After 5 wrong PINs the link is locked for 15 minutes."
+                error = services.wrong_pin_message(link=link)
             except services.ShareLocked as exc:
                 error = exc.message
         return render(request, "studies/share_pin.html", {"form": form, "error": error, "upload_link": link},

@@ -58,6 +58,13 @@ def share_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     if not studies:
         messages.error(request, "Choose at least one study to share.")
         return redirect("studies:list", clinic_slug=clinic_slug)
+    # A share holds studies of one patient: the page offers that patient's other studies to add.
+    if len({study.patient_id for study in studies}) > 1:
+        messages.error(request, "A link shares the studies of one patient; make one link per patient.")
+        return redirect("studies:list", clinic_slug=clinic_slug)
+    same_patient = list(Study.objects.for_clinic(request.clinic).filter(patient_id=studies[0].patient_id,
+                                                                        deleted_at__isnull=True)
+                        .select_related("patient").order_by("-study_date", "-pk"))
     form = ShareForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -74,8 +81,11 @@ def share_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
                 "qr": qr_svg(url) if created.access_code else "", "pin": form.cleaned_data.get("pin", ""),
                 "studies": studies,
             })
-    return render(request, "studies/share_form.html", {"form": form, "studies": studies},
-                  status=400 if form.errors else 200)
+    chosen = {study.pk for study in studies}
+    return render(request, "studies/share_form.html", {
+        "form": form, "studies": studies, "patient": studies[0].patient,
+        "candidates": [(study, study.pk in chosen) for study in same_patient],
+    }, status=400 if form.errors else 200)
 
 
 def _uuids(values: list[str]) -> list[UUID]:

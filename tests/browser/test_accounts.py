@@ -17,19 +17,38 @@ pytestmark = pytest.mark.browser
 STRONG = "Amber-Falcon-61!"
 
 
-def test_sign_up_creates_a_clinic_and_lands_on_its_dashboard(page, db):
+def _sign_up(page, email: str, slug: str = "seaside") -> None:
     page.goto("/accounts/signup/")
     page.fill("#id_clinic_name", "Seaside Radiology")
-    page.fill("#id_clinic_slug", "seaside")
+    page.fill("#id_clinic_slug", slug)
     page.fill("#id_full_name", "Sam Seaside")
-    page.fill("#id_email", "sam@seaside.example")
+    page.fill("#id_email", email)
     page.fill("#id_password1", STRONG)
     page.fill("#id_password2", STRONG)
     page.click("button[type=submit]")
 
+
+def test_sign_up_creates_a_clinic_and_lands_on_its_dashboard(page, db):
+    _sign_up(page, "sam@seaside.example")
+    assert "Check your e-mail" in page.text_content("h1")
+    link = re.search(r"https?://\S+/accounts/signup/confirm/\S+/", mail.outbox[0].body).group(0)
+
+    page.goto(link)
+    page.click("text=Confirm and open my clinic")
+
     page.wait_for_url(re.compile(r"/c/seaside/$"))
     assert "Seaside Radiology" in page.text_content("h1")
     assert Membership.objects.get(user__email="sam@seaside.example").role == Role.OWNER
+
+
+def test_sign_up_with_a_taken_address_says_the_same_and_mails_its_owner(page, owner):
+    _sign_up(page, owner.email)
+
+    assert "Check your e-mail" in page.text_content("h1")
+    assert "already" not in page.text_content("h1")
+    assert mail.outbox[0].to == [owner.email]
+    assert "already has an account" in mail.outbox[0].body
+    assert not Clinic.objects.filter(slug="seaside").exists()
 
 
 def test_weak_password_is_rejected_showing_each_failed_rule(page, db):

@@ -95,7 +95,8 @@ def test_non_dicom_file_is_rejected(client, clinic, uploader, tmp_path):
 
     response = post_file(client, clinic, path)
 
-    assert response.json() == {"outcome": "rejected", "reason": "Not a DICOM file: it has no DICOM header."}
+    assert response.status_code == HTTPStatus.OK
+    assert response.json() == {"outcome": "skipped", "reason": "Not a DICOM file: it has no DICOM header."}
 
 
 def test_dicomdir_is_skipped(client, clinic, uploader):

@@ -63,15 +63,15 @@ def test_second_upload_of_the_same_file_is_already_present(client, clinic, uploa
     assert Instance.objects.count() == 1
 
 
-def test_non_dicom_file_is_rejected_and_nothing_stored(client, clinic, uploader, tmp_path):
+def test_non_dicom_file_is_skipped_and_nothing_stored(client, clinic, uploader, tmp_path):
     client.force_login(uploader)
     path = tmp_path / "notes.txt"
     path.write_bytes(b"not an image")
 
     response = post_file(client, clinic, path)
 
-    assert response.status_code == HTTPStatus.UNPROCESSABLE_ENTITY
-    assert response.json()["outcome"] == "rejected"
+    assert response.status_code == HTTPStatus.OK
+    assert response.json()["outcome"] == "skipped"
     assert response.json()["reason"]
     assert "study" not in response.json()
     assert not Instance.objects.exists()

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
+
+from django.core import mail
 
 from tenants.models import AuditEvent, Clinic, Membership, User
 from tenants.roles import Role
@@ -17,9 +20,25 @@ def signup_data(**overrides: str) -> dict[str, str]:
     return data
 
 
-def test_signup_creates_owner_and_clinic_and_signs_in(client, db):
-    response = client.post("/accounts/signup/", signup_data())
+def confirm_link(message) -> str:
+    return re.search(r"http://testserver(/accounts/signup/confirm/\S+/)", message.body).group(1)
 
+
+def main_text(response) -> str:
+    return re.search(r"<main.*</main>", response.content.decode(), re.S).group(0)
+
+
+def test_signup_mails_a_confirmation_link_that_opens_the_clinic(client, db):
+    response = client.post("/accounts/signup/", signup_data())
+    assert response.status_code == HTTPStatus.OK
+    assert "Check your e-mail" in response.content.decode()
+    assert not User.objects.get().is_active
+    assert client.get("/c/harbour/").status_code == HTTPStatus.FOUND  # not signed in yet
+    (message,) = mail.outbox
+
+    response = client.post(confirm_link(message))
+
+    assert message.to == ["hanna@harbour.example"]
     assert response.status_code == HTTPStatus.FOUND
     assert response["Location"] == "/c/harbour/"
     membership = Membership.objects.select_related("user", "clinic").get()
@@ -87,12 +106,63 @@ def test_signup_rejects_taken_slug_and_stores_nothing(client, clinic):
     assert Clinic.objects.count() == 1
 
 
-def test_signup_rejects_existing_email(client, owner):
+def test_signup_with_an_existing_email_answers_generically_and_mails_the_owner(client, owner, clinic):
+    new = client.post("/accounts/signup/", signup_data(email="someone-new@harbour.example", clinic_slug="harbour-2"))
+    mail.outbox.clear()
+
     response = client.post("/accounts/signup/", signup_data(email=owner.email.upper()))
 
+    assert response.status_code == HTTPStatus.OK
+    assert main_text(response).replace(owner.email, "X") == main_text(new).replace("someone-new@harbour.example", "X")
+    assert "already exists" not in response.content.decode()
+    assert not Clinic.objects.filter(slug="harbour").exists()
+    (message,) = mail.outbox
+    assert message.to == [owner.email]
+    assert "already has an account" in message.body
+    assert "/accounts/password/reset/" in message.body
+    owner.refresh_from_db()
+    assert owner.is_active and owner.check_password("Correct-Horse-42!")
+
+
+def test_confirmation_link_works_once(client, db):
+    client.post("/accounts/signup/", signup_data())
+    link = confirm_link(mail.outbox[0])
+    client.post(link)
+    client.logout()
+
+    response = client.post(link)
+
     assert response.status_code == HTTPStatus.BAD_REQUEST
-    assert "already exists" in response.content.decode()
-    assert not Clinic.objects.exists()
+    assert "no longer works" in response.content.decode()
+    assert "_auth_user_id" not in client.session
+
+
+def test_opening_the_link_without_confirming_activates_nothing(client, db):
+    client.post("/accounts/signup/", signup_data())
+
+    response = client.get(confirm_link(mail.outbox[0]))
+
+    assert response.status_code == HTTPStatus.OK
+    assert not User.objects.get().is_active
+
+
+def test_tampered_confirmation_link_is_refused(client, db):
+    client.post("/accounts/signup/", signup_data())
+
+    response = client.post(confirm_link(mail.outbox[0])[:-3] + "xx/")
+
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert not User.objects.get().is_active
+
+
+def test_signing_up_again_before_confirming_mails_the_link_again(client, db):
+    client.post("/accounts/signup/", signup_data())
+
+    client.post("/accounts/signup/", signup_data(clinic_slug="harbour-again"))
+
+    assert len(mail.outbox) == 2
+    assert "Finish creating" in mail.outbox[1].subject
+    assert Clinic.objects.count() == 1
 
 
 def test_signup_rejects_bad_slug_and_missing_fields(client, db):
@@ -120,6 +190,7 @@ def test_signup_rejects_clashing_ae_title_and_stores_nothing(client, db):
 
 def test_signup_is_audited_in_the_new_clinic(client, db):
     client.post("/accounts/signup/", signup_data())
+    client.post(confirm_link(mail.outbox[0]))
 
     actions = set(AuditEvent.objects.for_clinic(Clinic.objects.get()).values_list("action", flat=True))
     assert {"clinic.created", "auth.login"} <= actions
