@@ -357,6 +357,7 @@ from studies.anonymize.models import (  # noqa: E402, F401
     PatientPseudonym,
     UidMapping,
 )
+from studies.exports.models import ClinicExport  # noqa: E402, F401
 from studies.outbound.models import (  # noqa: E402, F401
     MigrationInstance,
     MigrationJob,
@@ -366,5 +367,4 @@ from studies.outbound.models import (  # noqa: E402, F401
     SendJob,
     SendResult,
 )
-from studies.exports.models import ClinicExport  # noqa: E402, F401
 from studies.sharing.models import Share, ShareAccess, UploadLink  # noqa: E402, F401
