@@ -81,6 +81,10 @@ if not SECRET_KEY:
 if not MASTER_KEYS:
     MASTER_KEYS = _local_secret("master_keys", _new_master_keys)
 
+# Credentials for a KMS master key (MASTER_KEYS=aws-kms://... or kms://...); empty: boto3's default chain.
+KMS_ACCESS_KEY_ID = env_secret("KMS_ACCESS_KEY_ID")
+KMS_SECRET_ACCESS_KEY = env_secret("KMS_SECRET_ACCESS_KEY")
+
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
