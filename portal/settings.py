@@ -398,6 +398,37 @@ REPLICA_OBJECT_LOCK_MODE = env_str("REPLICA_OBJECT_LOCK_MODE", "GOVERNANCE")
 CELERY_BEAT_SCHEDULE["backup-replication-sweep"] = {"task": "studies.backup.tasks.replication_sweep", "schedule": 60.0}
 CELERY_BEAT_SCHEDULE["backup-replica-reconcile"] = {"task": "studies.backup.tasks.replica_reconcile", "schedule": 3600.0}
 CELERY_BEAT_SCHEDULE["backup-verify"] = {"task": "studies.backup.tasks.backup_verify_batch", "schedule": 600.0}
+# Control-plane backup (issue 15; README "Disaster recovery"). SQLite: an encrypted snapshot to the replica
+# every DATABASE_BACKUP_INTERVAL_SECONDS (RPO); PostgreSQL: pgBackRest (WAL archiving + base backups).
+DATABASE_BACKUP_INTERVAL_SECONDS = env_int("DATABASE_BACKUP_INTERVAL_SECONDS", 60)
+DATABASE_BACKUP_KEEP_HOURS = env_int("DATABASE_BACKUP_KEEP_HOURS", 48)
+DATABASE_BACKUP_KEEP_DAYS = env_int("DATABASE_BACKUP_KEEP_DAYS", 35)
+DATABASE_BACKUP_ACCESS_KEY_ID = env_secret("DATABASE_BACKUP_ACCESS_KEY_ID")
+DATABASE_BACKUP_SECRET_ACCESS_KEY = env_secret("DATABASE_BACKUP_SECRET_ACCESS_KEY")
+PGBACKREST_BIN = env_str("PGBACKREST_BIN", "pgbackrest")
+PGBACKREST_CONFIG = env_str("PGBACKREST_CONFIG")
+PGBACKREST_STANZA = env_str("PGBACKREST_STANZA", "portal")
+PGBACKREST_PG_PATH = env_str("PGBACKREST_PG_PATH")
+PGBACKREST_REPO_PATH = env_str("PGBACKREST_REPO_PATH")
+PGBACKREST_LOCK_PATH = env_str("PGBACKREST_LOCK_PATH")
+PGBACKREST_CIPHER_PASS = env_secret("PGBACKREST_CIPHER_PASS")
+PGBACKREST_RETENTION_FULL = env_int("PGBACKREST_RETENTION_FULL", 4)
+# Base backups by beat only where the worker can reach the data directory (PGBACKREST_PG_PATH set).
+PGBACKREST_BASE_BACKUP_HOURS = env_int("PGBACKREST_BASE_BACKUP_HOURS", 24)
+RESTORE_DRILL_INTERVAL_DAYS = env_int("RESTORE_DRILL_INTERVAL_DAYS", 7)
+RESTORE_DRILL_SAMPLE_STUDIES = env_int("RESTORE_DRILL_SAMPLE_STUDIES", 3)
+QUOTA_RESERVATION_GRACE_SECONDS = env_int("QUOTA_RESERVATION_GRACE_SECONDS", 3600)
+CELERY_BEAT_SCHEDULE["backup-database"] = {
+    "task": "studies.backup.tasks.database_backup", "schedule": float(DATABASE_BACKUP_INTERVAL_SECONDS)
+}
+CELERY_BEAT_SCHEDULE["backup-database-base"] = {
+    "task": "studies.backup.tasks.database_base_backup", "schedule": PGBACKREST_BASE_BACKUP_HOURS * 3600.0
+}
+CELERY_BEAT_SCHEDULE["backup-database-prune"] = {"task": "studies.backup.tasks.database_backups_prune",
+                                                 "schedule": 3600.0}
+CELERY_BEAT_SCHEDULE["backup-restore-drill"] = {"task": "studies.backup.tasks.restore_drill", "schedule": 86400.0}
+CELERY_BEAT_SCHEDULE["backup-study-states"] = {"task": "studies.backup.tasks.study_states_sweep", "schedule": 3600.0}
+CELERY_BEAT_SCHEDULE["billing-usage-reconcile"] = {"task": "billing.tasks.usage_reconcile", "schedule": 3600.0}
 # Replica deletes run only on the worker holding the replica's delete-capable credentials: the replica
 # purge, and the trash purge (it deletes a study's objects from both stores).
 CELERY_TASK_ROUTES = {
@@ -405,4 +436,5 @@ CELERY_TASK_ROUTES = {
     "studies.backup.tasks.replica_purge": {"queue": "replica-admin"},
     "studies.tasks.study_purge": {"queue": "replica-admin"},
     "billing.tasks.clinic_data_destroy": {"queue": "replica-admin"},
+    "studies.backup.tasks.database_backups_prune": {"queue": "replica-admin"},
 }
