@@ -15,7 +15,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from studies.archive.errors import ObjectMissing, StorageUnavailable
-from studies.backup import alerts, database, pgbackrest, recovery, replication, verification
+from studies.backup import alerts, database, pgbackrest, recovery, replication, study_state, verification
 from studies.models import Instance
 from tenants.models import Clinic
 
@@ -138,3 +138,18 @@ def database_base_backup() -> str:
 def database_backups_prune() -> int:
     """Hourly (beat, replica-admin queue): delete snapshots and anchors past their retention."""
     return database.database_backups_prune()
+
+
+@shared_task(**RETRY)
+def study_state_publish(*, clinic_id: int, study_id: int) -> str | None:
+    """Record a study's trash state in the replica after it changed (queued on commit)."""
+    clinic = Clinic.objects.filter(pk=clinic_id).first()
+    if clinic is None:
+        return None
+    return study_state.study_state_publish_current(clinic=clinic, study_id=study_id)
+
+
+@shared_task(**RETRY)
+def study_states_sweep() -> int:
+    """Hourly (beat): publish the state of trashed studies whose record a lost message never wrote."""
+    return study_state.study_states_sweep()
