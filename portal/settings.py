@@ -417,7 +417,8 @@ PGBACKREST_RETENTION_FULL = env_int("PGBACKREST_RETENTION_FULL", 4)
 PGBACKREST_BASE_BACKUP_HOURS = env_int("PGBACKREST_BASE_BACKUP_HOURS", 24)
 RESTORE_DRILL_INTERVAL_DAYS = env_int("RESTORE_DRILL_INTERVAL_DAYS", 7)
 RESTORE_DRILL_SAMPLE_STUDIES = env_int("RESTORE_DRILL_SAMPLE_STUDIES", 3)
-QUOTA_RESERVATION_GRACE_SECONDS = env_int("QUOTA_RESERVATION_GRACE_SECONDS", 3600)
+# A quota reservation still unmatched by an index row after this long was left by a crash: reconciled away.
+QUOTA_RESERVATION_GRACE_SECONDS = env_int("QUOTA_RESERVATION_GRACE_SECONDS", 900)
 CELERY_BEAT_SCHEDULE["backup-database"] = {
     "task": "studies.backup.tasks.database_backup", "schedule": float(DATABASE_BACKUP_INTERVAL_SECONDS)
 }
@@ -428,7 +429,7 @@ CELERY_BEAT_SCHEDULE["backup-database-prune"] = {"task": "studies.backup.tasks.d
                                                  "schedule": 3600.0}
 CELERY_BEAT_SCHEDULE["backup-restore-drill"] = {"task": "studies.backup.tasks.restore_drill", "schedule": 86400.0}
 CELERY_BEAT_SCHEDULE["backup-study-states"] = {"task": "studies.backup.tasks.study_states_sweep", "schedule": 3600.0}
-CELERY_BEAT_SCHEDULE["billing-usage-reconcile"] = {"task": "billing.tasks.usage_reconcile", "schedule": 3600.0}
+CELERY_BEAT_SCHEDULE["billing-usage-reconcile"] = {"task": "billing.tasks.usage_reconcile", "schedule": 600.0}
 # Replica deletes run only on the worker holding the replica's delete-capable credentials: the replica
 # purge, and the trash purge (it deletes a study's objects from both stores).
 CELERY_TASK_ROUTES = {

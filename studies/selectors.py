@@ -13,7 +13,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import CharField, F, Func, IntegerField, Q, QuerySet, Value
+from django.db.models import CharField, F, Func, IntegerField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Replace, Upper
 
 from studies.dicom import is_valid_uid
@@ -307,3 +307,8 @@ def study_list_by_uids(*, clinic: Clinic, uids: list[str]) -> list[Study]:
     if missing:
         raise Http404(f"No such study: {', '.join(missing)}")
     return found
+
+
+def instance_bytes_total(*, clinic: Clinic) -> int:
+    """The bytes of every indexed instance of the clinic, trash included (what its usage should be)."""
+    return Instance.objects.for_clinic(clinic).aggregate(total=Sum("size_bytes"))["total"] or 0
