@@ -15,7 +15,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from studies.archive.errors import ObjectMissing, StorageUnavailable
-from studies.backup import alerts, database, pgbackrest, recovery, replication, study_state, verification
+from studies.backup import alerts, database, drill, pgbackrest, recovery, replication, study_state, verification
 from studies.models import Instance
 from tenants.models import Clinic
 
@@ -153,3 +153,11 @@ def study_state_publish(*, clinic_id: int, study_id: int) -> str | None:
 def study_states_sweep() -> int:
     """Hourly (beat): publish the state of trashed studies whose record a lost message never wrote."""
     return study_state.study_states_sweep()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def restore_drill() -> int:
+    """Daily (beat): every RESTORE_DRILL_INTERVAL_DAYS, restore sample studies and the database; record it."""
+    if not drill.restore_drill_due():
+        return 0
+    return sum(not run.passed for run in drill.restore_drill_run())
