@@ -405,16 +405,17 @@ DATABASE_BACKUP_KEEP_HOURS = env_int("DATABASE_BACKUP_KEEP_HOURS", 48)
 DATABASE_BACKUP_KEEP_DAYS = env_int("DATABASE_BACKUP_KEEP_DAYS", 35)
 DATABASE_BACKUP_ACCESS_KEY_ID = env_secret("DATABASE_BACKUP_ACCESS_KEY_ID")
 DATABASE_BACKUP_SECRET_ACCESS_KEY = env_secret("DATABASE_BACKUP_SECRET_ACCESS_KEY")
-PGBACKREST_BIN = env_str("PGBACKREST_BIN", "pgbackrest")
-PGBACKREST_CONFIG = env_str("PGBACKREST_CONFIG")
-PGBACKREST_STANZA = env_str("PGBACKREST_STANZA", "portal")
-PGBACKREST_PG_PATH = env_str("PGBACKREST_PG_PATH")
-PGBACKREST_REPO_PATH = env_str("PGBACKREST_REPO_PATH")
-PGBACKREST_LOCK_PATH = env_str("PGBACKREST_LOCK_PATH")
-PGBACKREST_CIPHER_PASS = env_secret("PGBACKREST_CIPHER_PASS")
-PGBACKREST_RETENTION_FULL = env_int("PGBACKREST_RETENTION_FULL", 4)
-# Base backups by beat only where the worker can reach the data directory (PGBACKREST_PG_PATH set).
-PGBACKREST_BASE_BACKUP_HOURS = env_int("PGBACKREST_BASE_BACKUP_HOURS", 24)
+DATABASE_BACKUP_COMMAND = env_str("DATABASE_BACKUP_COMMAND", "pgbackrest")
+DATABASE_BACKUP_CONFIG = env_str("DATABASE_BACKUP_CONFIG")
+DATABASE_BACKUP_STANZA = env_str("DATABASE_BACKUP_STANZA", "portal")
+DATABASE_BACKUP_PG_PATH = env_str("DATABASE_BACKUP_PG_PATH")
+DATABASE_BACKUP_PG_SOCKET = env_str("DATABASE_BACKUP_PG_SOCKET")
+DATABASE_BACKUP_REPO_PATH = env_str("DATABASE_BACKUP_REPO_PATH")
+DATABASE_BACKUP_LOCK_PATH = env_str("DATABASE_BACKUP_LOCK_PATH")
+DATABASE_BACKUP_CIPHER_PASS = env_secret("DATABASE_BACKUP_CIPHER_PASS")
+DATABASE_BACKUP_RETENTION_FULL = env_int("DATABASE_BACKUP_RETENTION_FULL", 4)
+# Base backups by beat only where the worker can reach the data directory (DATABASE_BACKUP_PG_PATH set).
+DATABASE_BACKUP_BASE_HOURS = env_int("DATABASE_BACKUP_BASE_HOURS", 24)
 RESTORE_DRILL_INTERVAL_DAYS = env_int("RESTORE_DRILL_INTERVAL_DAYS", 7)
 RESTORE_DRILL_SAMPLE_STUDIES = env_int("RESTORE_DRILL_SAMPLE_STUDIES", 3)
 # A quota reservation still unmatched by an index row after this long was left by a crash: reconciled away.
@@ -423,7 +424,7 @@ CELERY_BEAT_SCHEDULE["backup-database"] = {
     "task": "studies.backup.tasks.database_backup", "schedule": float(DATABASE_BACKUP_INTERVAL_SECONDS)
 }
 CELERY_BEAT_SCHEDULE["backup-database-base"] = {
-    "task": "studies.backup.tasks.database_base_backup", "schedule": PGBACKREST_BASE_BACKUP_HOURS * 3600.0
+    "task": "studies.backup.tasks.database_base_backup", "schedule": DATABASE_BACKUP_BASE_HOURS * 3600.0
 }
 CELERY_BEAT_SCHEDULE["backup-database-prune"] = {"task": "studies.backup.tasks.database_backups_prune",
                                                  "schedule": 3600.0}

@@ -3,8 +3,8 @@
 The repository is the replica store: with an ``s3://`` replica, pgBackRest writes to the same bucket
 under its own prefix (``<replica prefix>/database/pgbackrest``) with its own credentials
 (``DATABASE_BACKUP_ACCESS_KEY_ID``/``..._SECRET_ACCESS_KEY``); with a ``file://`` replica (or
-``PGBACKREST_REPO_PATH``), a posix repository in that folder. pgBackRest encrypts the repository itself
-(``PGBACKREST_CIPHER_PASS``, aes-256-cbc) and keeps ``PGBACKREST_RETENTION_FULL`` full backups with the
+``DATABASE_BACKUP_REPO_PATH``), a posix repository in that folder. pgBackRest encrypts the repository itself
+(``DATABASE_BACKUP_CIPHER_PASS``, aes-256-cbc) and keeps ``DATABASE_BACKUP_RETENTION_FULL`` full backups with the
 WAL needed to restore to any moment since the oldest.
 
 ``pgbackrest_config`` renders pgbackrest.conf from the settings; PostgreSQL's ``archive_command`` runs
@@ -13,6 +13,7 @@ WAL needed to restore to any moment since the oldest.
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from datetime import datetime
@@ -31,8 +32,8 @@ def _repo_options() -> dict[str, str]:
     url = settings.REPLICA_STORE_URL
     parsed = urlparse(url)
     options: dict[str, str] = {}
-    if settings.PGBACKREST_REPO_PATH or parsed.scheme == "file":
-        root = settings.PGBACKREST_REPO_PATH or str(Path(url2pathname(unquote(parsed.path))) / REPO_SUBPATH)
+    if settings.DATABASE_BACKUP_REPO_PATH or parsed.scheme == "file":
+        root = settings.DATABASE_BACKUP_REPO_PATH or str(Path(url2pathname(unquote(parsed.path))) / REPO_SUBPATH)
         options.update({"repo1-type": "posix", "repo1-path": root})
     elif parsed.scheme == "s3":
         query = {name: values[-1] for name, values in parse_qs(parsed.query).items()}
@@ -58,25 +59,27 @@ def _repo_options() -> dict[str, str]:
         options["repo1-s3-key-secret"] = settings.DATABASE_BACKUP_SECRET_ACCESS_KEY
     else:
         raise DatabaseBackupError("REPLICA_STORE_URL must be file:// or s3:// for pgBackRest.")
-    options["repo1-retention-full"] = str(settings.PGBACKREST_RETENTION_FULL)
-    if settings.PGBACKREST_CIPHER_PASS:
+    options["repo1-retention-full"] = str(settings.DATABASE_BACKUP_RETENTION_FULL)
+    if settings.DATABASE_BACKUP_CIPHER_PASS:
         options["repo1-cipher-type"] = "aes-256-cbc"
-        options["repo1-cipher-pass"] = settings.PGBACKREST_CIPHER_PASS
+        options["repo1-cipher-pass"] = settings.DATABASE_BACKUP_CIPHER_PASS
     return options
 
 
 def _stanza_options() -> dict[str, str]:
     database = settings.DATABASES["default"]
-    if not settings.PGBACKREST_PG_PATH:
-        raise DatabaseBackupError("Set PGBACKREST_PG_PATH to the PostgreSQL data directory (on the database host).")
-    options = {"pg1-path": settings.PGBACKREST_PG_PATH}
+    if not settings.DATABASE_BACKUP_PG_PATH:
+        raise DatabaseBackupError("Set DATABASE_BACKUP_PG_PATH to the PostgreSQL data directory (on the database host).")
+    options = {"pg1-path": settings.DATABASE_BACKUP_PG_PATH}
     if database.get("PORT"):
         options["pg1-port"] = str(database["PORT"])
     if database.get("USER"):
         options["pg1-user"] = str(database["USER"])
+    # pgBackRest reaches a local PostgreSQL through its Unix socket only.
     host = str(database.get("HOST") or "")
-    if host.startswith("/"):
-        options["pg1-socket-path"] = host
+    socket_path = settings.DATABASE_BACKUP_PG_SOCKET or (host if host.startswith("/") else "")
+    if socket_path:
+        options["pg1-socket-path"] = socket_path
     return options
 
 
@@ -85,41 +88,48 @@ def pgbackrest_config() -> str:
     lines = ["[global]"]
     lines += [f"{name}={value}" for name, value in _repo_options().items()]
     lines += ["start-fast=y", "archive-async=n", "compress-type=zst", "log-level-console=warn"]
-    if settings.PGBACKREST_LOCK_PATH:
-        lines.append(f"lock-path={settings.PGBACKREST_LOCK_PATH}")
-        lines.append(f"log-path={settings.PGBACKREST_LOCK_PATH}")
-    lines += ["", f"[{settings.PGBACKREST_STANZA}]"]
+    if settings.DATABASE_BACKUP_LOCK_PATH:
+        lines.append(f"lock-path={settings.DATABASE_BACKUP_LOCK_PATH}")
+        lines.append(f"log-path={settings.DATABASE_BACKUP_LOCK_PATH}")
+    lines += ["", f"[{settings.DATABASE_BACKUP_STANZA}]"]
     lines += [f"{name}={value}" for name, value in _stanza_options().items()]
     return "\n".join(lines) + "\n"
 
 
 def config_path() -> Path:
-    return Path(settings.PGBACKREST_CONFIG or settings.VAR_DIR / "pgbackrest.conf")
+    return Path(settings.DATABASE_BACKUP_CONFIG or settings.VAR_DIR / "pgbackrest.conf")
 
 
 def config_write() -> Path:
-    """Write pgbackrest.conf (mode 0640) where PGBACKREST_CONFIG says; return its path."""
+    """Write pgbackrest.conf (mode 0640) where DATABASE_BACKUP_CONFIG says; return its path."""
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(pgbackrest_config())
     path.chmod(0o640)
+    data = Path(settings.DATABASE_BACKUP_PG_PATH)
+    if os.geteuid() == 0 and data.exists():
+        # pgBackRest runs as the data directory's owner (archive_command too): it must read its config.
+        os.chown(path, data.stat().st_uid, data.stat().st_gid)
     return path
 
 
 def archive_command() -> str:
     """The archive_command line for postgresql.conf."""
-    return f"pgbackrest --config={config_path()} --stanza={settings.PGBACKREST_STANZA} archive-push %p"
+    return f"pgbackrest --config={config_path()} --stanza={settings.DATABASE_BACKUP_STANZA} archive-push %p"
 
 
 def command_line(*arguments: str) -> list[str]:
-    return [*shlex.split(settings.PGBACKREST_BIN), f"--config={config_path()}",
-            f"--stanza={settings.PGBACKREST_STANZA}", *arguments]
+    return [*shlex.split(settings.DATABASE_BACKUP_COMMAND), f"--config={config_path()}",
+            f"--stanza={settings.DATABASE_BACKUP_STANZA}", *arguments]
 
 
 def run(*arguments: str, timeout: int = 3600) -> str:
     """Run one pgBackRest command; raise DatabaseBackupError with its message when it fails."""
     try:
-        result = subprocess.run(command_line(*arguments), capture_output=True, text=True, timeout=timeout)
+        # pgBackRest reads PGBACKREST_* variables as options: pass none but the ones we mean.
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("PGBACKREST_")}
+        result = subprocess.run(command_line(*arguments), capture_output=True, text=True, timeout=timeout,
+                                env=environment)
     except FileNotFoundError:
         raise DatabaseBackupError("pgbackrest is not installed (Debian package pgbackrest).") from None
     except subprocess.TimeoutExpired:
@@ -156,13 +166,13 @@ def restore_steps(*, at: datetime | None) -> list[str]:
     """The operator's steps for a point-in-time restore, as shell commands for the database host."""
     return [
         "# on the database host, as the postgres user:",
-        f"pg_ctl -D {settings.PGBACKREST_PG_PATH} stop -m fast   # or: systemctl stop postgresql",
+        f"pg_ctl -D {settings.DATABASE_BACKUP_PG_PATH} stop -m fast   # or: systemctl stop postgresql",
         shlex.join(command_line(*restore_arguments(at=at))),
-        f"pg_ctl -D {settings.PGBACKREST_PG_PATH} start          # or: systemctl start postgresql",
+        f"pg_ctl -D {settings.DATABASE_BACKUP_PG_PATH} start          # or: systemctl start postgresql",
     ]
 
 
 def restore(*, at: datetime | None) -> str:
-    """Run pgBackRest's restore into PGBACKREST_PG_PATH (PostgreSQL must be stopped)."""
+    """Run pgBackRest's restore into DATABASE_BACKUP_PG_PATH (PostgreSQL must be stopped)."""
     config_write()
     return run(*restore_arguments(at=at))

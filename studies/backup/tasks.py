@@ -127,7 +127,7 @@ def database_backup() -> str:
 @shared_task(acks_late=True, ignore_result=True)
 def database_base_backup() -> str:
     """Daily (beat): a pgBackRest base backup, where this worker runs beside PostgreSQL."""
-    if database.database_engine() != "postgresql" or not settings.PGBACKREST_PG_PATH:
+    if database.database_engine() != "postgresql" or not settings.DATABASE_BACKUP_PG_PATH:
         return "skipped"
     pgbackrest.base_backup(kind="incr")
     cache.set("backup:database:last-success", timezone.now().isoformat(), timeout=None)

@@ -149,7 +149,7 @@ def test_prune_keeps_recent_snapshots_and_one_a_day(tmp_path, settings):
 
 
 def test_backup_database_on_postgresql_without_a_data_directory_says_what_to_set(settings):
-    settings.PGBACKREST_PG_PATH = ""
+    settings.DATABASE_BACKUP_PG_PATH = ""
 
-    with pytest.raises(CommandError, match="PGBACKREST_PG_PATH"):
+    with pytest.raises(CommandError, match="DATABASE_BACKUP_PG_PATH"):
         call_command("backup_database")
