@@ -31,6 +31,7 @@ from django.utils import timezone
 from studies.archive import crypto, keys, stores
 from studies.archive.errors import ArchiveError, ObjectMissing, StorageUnavailable
 from studies.models import Instance, Patient, Series, Study
+from tenants.audit import audit_record
 from tenants.models import Clinic
 
 logger = logging.getLogger(__name__)
@@ -180,10 +181,18 @@ def study_states_apply(*, clinic: Clinic) -> StatesApplied:
         if state.state == TRASHED and study.deleted_at is None:
             Study.objects.for_clinic(clinic).filter(pk=study.pk).update(deleted_at=state.deleted_at or state.recorded_at)
             applied.trashed += 1
+            _audit(clinic, study, "study.trash_reapplied", state)
         elif state.state == LIVE and study.deleted_at is not None and study.deleted_at <= state.recorded_at:
             Study.objects.for_clinic(clinic).filter(pk=study.pk).update(deleted_at=None, deleted_by=None)
             applied.restored += 1
+            _audit(clinic, study, "study.restore_reapplied", state)
     return applied
+
+
+def _audit(clinic: Clinic, study: Study, action: str, state: StudyState) -> None:
+    # The original entry may be among those lost with the database: the trail says what recovery did.
+    audit_record(clinic=clinic, action=action, actor_label="system (recovery)", object_type="study",
+                 object_id=str(study.uuid), details={"recorded_at": state.recorded_at.isoformat()})
 
 
 def study_states_sweep() -> int:
