@@ -16,6 +16,9 @@ own); without it, SQLite in a temporary folder. Stores are local folders in a te
 4. Verification throughput: ``verify_backups --all``.
 5. RPO: a real Celery worker runs while uploads arrive at a steady rate; lag = replicated_at - stored_at.
 6. Ingest latency with REPLICATION_MODE=async vs sync.
+7. Control plane (SQLite default run): users, share links and audit entries are added next to the index,
+   then ``backup_database`` (encrypted snapshot; bounds the RPO with the beat interval) and
+   ``restore_database`` (the control plane's RTO) are timed, and both RTOs are extrapolated to 2 TB.
 """
 
 from __future__ import annotations
@@ -146,6 +149,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="uploads per second in the RPO part")
     parser.add_argument("--seconds", type=float, default=30.0, help="duration of the RPO load")
     parser.add_argument("--mode-samples", type=int, default=200, help="uploads per mode, sync vs async")
+    parser.add_argument("--users", type=int, default=1000, help="control plane: users (and share links) added")
+    parser.add_argument("--instance-mb", type=float, default=0.5,
+                        help="average instance size assumed when extrapolating to 2 TB (CT/MR: ~0.5 MB)")
     args = parser.parse_args()
     if args.database_url:
         recreate_database(args.database_url)
@@ -215,10 +221,66 @@ def run(args: argparse.Namespace, temp: Path, env: dict[str, str]) -> None:
         ("verify_backups --all", f"{verify_seconds:.1f} s ({total / verify_seconds:.0f} instances/s)"),
     ])
 
+    control_plane(args, total=total, size=size, restore_seconds=restore_seconds, rebuild_seconds=rebuild_seconds)
     # RPO: steady uploads with a running worker.
     rpo(args, temp, env, replication)
     # Sync vs async ingest.
     modes(args, temp)
+
+
+def control_plane(args: argparse.Namespace, *, total: int, size: int, restore_seconds: float,
+                  rebuild_seconds: float) -> None:
+    from django.core.management import call_command
+    from django.db import transaction
+
+    from studies.backup import database
+    from studies.models import Study
+    from studies.sharing import services as sharing
+    from tenants.audit import audit_record
+    from tenants.models import Clinic, Membership, User
+    from tenants.roles import Role
+
+    if database.database_engine() != "sqlite":
+        print("\nControl plane: PostgreSQL is backed up by pgBackRest (WAL archiving); run without --database-url "
+              "for the SQLite snapshot figures.")
+        return
+    clinic = Clinic.objects.get(slug="drill")
+    studies = list(Study.objects.for_clinic(clinic)[:50])
+    with transaction.atomic():
+        for number in range(args.users):
+            user = User.objects.create_user(f"user{number}@drill.example")
+            Membership.objects.create(clinic=clinic, user=user, role=Role.CLINICIAN)
+            sharing.share_create(clinic=clinic, studies=[studies[number % len(studies)]], created_by=user)
+            audit_record(clinic=clinic, action="member.invited", actor=user)
+    devnull = open(os.devnull, "w")  # noqa: SIM115
+    started = time.perf_counter()
+    call_command("backup_database", stdout=devnull)
+    backup_seconds = time.perf_counter() - started
+    db_bytes = database.sqlite_path().stat().st_size
+    started = time.perf_counter()
+    call_command("restore_database", stdout=devnull)
+    restore_db_seconds = time.perf_counter() - started
+    # 2 TB of instances of the assumed size; the database grows with the index (bytes per instance measured).
+    instances_2tb = 2e12 / (args.instance_mb * 1e6)
+    db_2tb = db_bytes / max(total, 1) * instances_2tb
+    snapshot_rate = db_bytes / backup_seconds
+    restore_rate = db_bytes / restore_db_seconds
+    report(f"Control plane (SQLite, {args.users} users, {args.users} share links, {total} instances indexed)", [
+        ("database size", f"{db_bytes / 1e6:.1f} MB ({db_bytes / max(total, 1):.0f} bytes per instance)"),
+        ("backup_database (snapshot, encrypt, write)", f"{backup_seconds:.2f} s ({snapshot_rate / 1e6:.0f} MB/s)"),
+        ("RPO control plane", f"<= {60 + backup_seconds:.0f} s (beat every 60 s + one snapshot)"),
+        ("restore_database (RTO control plane)", f"{restore_db_seconds:.2f} s"),
+    ])
+    restore_rate_bytes = size / restore_seconds
+    rebuild_rate = total / rebuild_seconds
+    report(f"Extrapolated to 2 TB ({instances_2tb / 1e6:.1f} M instances of {args.instance_mb:g} MB)", [
+        ("database size", f"{db_2tb / 1e9:.1f} GB"),
+        ("backup_database", f"{db_2tb / snapshot_rate / 60:.1f} min (PostgreSQL + pgBackRest advised at this size)"),
+        ("restore_database", f"{db_2tb / restore_rate / 60:.1f} min"),
+        ("restore --all (bytes-bound, measured rate)",
+         f"{2e12 / restore_rate_bytes / 3600:.1f} h at {restore_rate_bytes / 1e6:.0f} MB/s"),
+        ("rebuild_index only for the last minute's images", f"{rebuild_rate * 60:.0f} instances/min capacity"),
+    ])
 
 
 def rpo(args: argparse.Namespace, temp: Path, env: dict[str, str], replication) -> None:  # type: ignore[no-untyped-def]

@@ -13,6 +13,12 @@ def billing_enforce() -> None:
     services.billing_enforce()
 
 
+@shared_task(acks_late=True, ignore_result=True)
+def usage_reconcile() -> int:
+    """Periodic (beat): correct drift between each clinic's used_bytes and its index."""
+    return services.usage_reconcile_all()
+
+
 @shared_task
 def usage_warnings_check(*, clinic_id: int) -> None:
     clinic = Clinic.objects.filter(pk=clinic_id).first()

@@ -83,6 +83,10 @@ if not SECRET_KEY:
 if not MASTER_KEYS:
     MASTER_KEYS = _local_secret("master_keys", _new_master_keys)
 
+# Credentials for a KMS master key (MASTER_KEYS=aws-kms://... or kms://...); empty: boto3's default chain.
+KMS_ACCESS_KEY_ID = env_secret("KMS_ACCESS_KEY_ID")
+KMS_SECRET_ACCESS_KEY = env_secret("KMS_SECRET_ACCESS_KEY")
+
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 # Absolute URLs in answers (DICOMweb RetrieveURL and BulkDataURI, share and invitation links) start
 # with this, never with the request's Host header; only the default run falls back to the request.
@@ -470,6 +474,39 @@ CLINIC_EXPORT_PART_BYTES = env_int("CLINIC_EXPORT_PART_BYTES", 4 * 1000**3)
 CLINIC_EXPORT_KEEP_DAYS = env_int("CLINIC_EXPORT_KEEP_DAYS", 7)
 CELERY_BEAT_SCHEDULE["clinic-exports-expire"] = {"task": "studies.exports.tasks.clinic_exports_expire", "schedule": 3600.0}
 CELERY_BEAT_SCHEDULE["backup-verify"] = {"task": "studies.backup.tasks.backup_verify_batch", "schedule": 600.0}
+# Control-plane backup (issue 15; README "Disaster recovery"). SQLite: an encrypted snapshot to the replica
+# every DATABASE_BACKUP_INTERVAL_SECONDS (RPO); PostgreSQL: pgBackRest (WAL archiving + base backups).
+DATABASE_BACKUP_INTERVAL_SECONDS = env_int("DATABASE_BACKUP_INTERVAL_SECONDS", 60)
+DATABASE_BACKUP_KEEP_HOURS = env_int("DATABASE_BACKUP_KEEP_HOURS", 48)
+DATABASE_BACKUP_KEEP_DAYS = env_int("DATABASE_BACKUP_KEEP_DAYS", 35)
+DATABASE_BACKUP_ACCESS_KEY_ID = env_secret("DATABASE_BACKUP_ACCESS_KEY_ID")
+DATABASE_BACKUP_SECRET_ACCESS_KEY = env_secret("DATABASE_BACKUP_SECRET_ACCESS_KEY")
+DATABASE_BACKUP_COMMAND = env_str("DATABASE_BACKUP_COMMAND", "pgbackrest")
+DATABASE_BACKUP_CONFIG = env_str("DATABASE_BACKUP_CONFIG")
+DATABASE_BACKUP_STANZA = env_str("DATABASE_BACKUP_STANZA", "portal")
+DATABASE_BACKUP_PG_PATH = env_str("DATABASE_BACKUP_PG_PATH")
+DATABASE_BACKUP_PG_SOCKET = env_str("DATABASE_BACKUP_PG_SOCKET")
+DATABASE_BACKUP_REPO_PATH = env_str("DATABASE_BACKUP_REPO_PATH")
+DATABASE_BACKUP_LOCK_PATH = env_str("DATABASE_BACKUP_LOCK_PATH")
+DATABASE_BACKUP_CIPHER_PASS = env_secret("DATABASE_BACKUP_CIPHER_PASS")
+DATABASE_BACKUP_RETENTION_FULL = env_int("DATABASE_BACKUP_RETENTION_FULL", 4)
+# Base backups by beat only where the worker can reach the data directory (DATABASE_BACKUP_PG_PATH set).
+DATABASE_BACKUP_BASE_HOURS = env_int("DATABASE_BACKUP_BASE_HOURS", 24)
+RESTORE_DRILL_INTERVAL_DAYS = env_int("RESTORE_DRILL_INTERVAL_DAYS", 7)
+RESTORE_DRILL_SAMPLE_STUDIES = env_int("RESTORE_DRILL_SAMPLE_STUDIES", 3)
+# A quota reservation still unmatched by an index row after this long was left by a crash: reconciled away.
+QUOTA_RESERVATION_GRACE_SECONDS = env_int("QUOTA_RESERVATION_GRACE_SECONDS", 900)
+CELERY_BEAT_SCHEDULE["backup-database"] = {
+    "task": "studies.backup.tasks.database_backup", "schedule": float(DATABASE_BACKUP_INTERVAL_SECONDS)
+}
+CELERY_BEAT_SCHEDULE["backup-database-base"] = {
+    "task": "studies.backup.tasks.database_base_backup", "schedule": DATABASE_BACKUP_BASE_HOURS * 3600.0
+}
+CELERY_BEAT_SCHEDULE["backup-database-prune"] = {"task": "studies.backup.tasks.database_backups_prune",
+                                                 "schedule": 3600.0}
+CELERY_BEAT_SCHEDULE["backup-restore-drill"] = {"task": "studies.backup.tasks.restore_drill", "schedule": 86400.0}
+CELERY_BEAT_SCHEDULE["backup-study-states"] = {"task": "studies.backup.tasks.study_states_sweep", "schedule": 3600.0}
+CELERY_BEAT_SCHEDULE["billing-usage-reconcile"] = {"task": "billing.tasks.usage_reconcile", "schedule": 600.0}
 # Replica deletes run only on the worker holding the replica's delete-capable credentials: the replica
 # purge, and the trash purge (it deletes a study's objects from both stores).
 CELERY_TASK_ROUTES = {
@@ -477,6 +514,7 @@ CELERY_TASK_ROUTES = {
     "studies.backup.tasks.replica_purge": {"queue": "replica-admin"},
     "studies.tasks.study_purge": {"queue": "replica-admin"},
     "billing.tasks.clinic_data_destroy": {"queue": "replica-admin"},
+    "studies.backup.tasks.database_backups_prune": {"queue": "replica-admin"},
 }
 
 # Outbound DICOM (sends, migrations, routing rules): its tasks, and the sweep that resumes what a dead

@@ -368,3 +368,23 @@ from studies.outbound.models import (  # noqa: E402, F401
     SendResult,
 )
 from studies.sharing.models import Share, ShareAccess, UploadLink  # noqa: E402, F401
+
+
+class RestoreDrill(models.Model):
+    """One scheduled restore test of a clinic: sample studies and the latest database backup, restored
+    into a scratch area and checked (issue 15). The backup page shows the latest one."""
+
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="+")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    passed = models.BooleanField(default=False)
+    studies_checked = models.PositiveIntegerField(default=0)
+    instances_checked = models.PositiveIntegerField(default=0)
+    database_snapshot = models.CharField(max_length=128, blank=True, help_text="What the database part restored.")
+    problems = models.JSONField(default=list, blank=True)
+    source = models.CharField(max_length=16, default="schedule", help_text="schedule or command.")
+
+    objects = ClinicQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["clinic", "-started_at"], name="restore_drill_recent")]

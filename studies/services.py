@@ -18,6 +18,8 @@ from django.utils import timezone
 from portal.exceptions import PortalError
 from studies.archive import objects
 from studies.archive.errors import ObjectMissing
+from studies.backup import study_state
+from studies.backup import tasks as backup_tasks
 from studies.models import Instance, Patient, Series, Study
 from studies.selectors import StudySearch
 from tenants.audit import audit_record
@@ -48,6 +50,7 @@ def study_delete(*, clinic: Clinic, study: Study, actor: User | None = None,
     study.refresh_from_db(fields=["deleted_at", "deleted_by"])
     audit_record(clinic=clinic, action="study.deleted", request=request, actor=actor, object_type="study",
                  object_id=str(study.uuid), details={"purge_at": study_purge_at(study).isoformat()})
+    _state_publish_soon(clinic=clinic, study=study)
     return study
 
 
@@ -70,7 +73,16 @@ def study_restore(*, clinic: Clinic, study: Study, actor: User | None = None,
     study.refresh_from_db(fields=["deleted_at", "deleted_by"])
     audit_record(clinic=clinic, action="study.restored", request=request, actor=actor, object_type="study",
                  object_id=str(study.uuid), details={"reason": reason} if reason else None)
+    _state_publish_soon(clinic=clinic, study=study)
     return study
+
+
+def _state_publish_soon(*, clinic: Clinic, study: Study) -> None:
+    # The replica records the trash state so that rebuild_index never brings a trashed study back live;
+    # a lost message is caught by the hourly study_states_sweep.
+    transaction.on_commit(
+        lambda: backup_tasks.study_state_publish.delay(clinic_id=clinic.pk, study_id=study.pk), robust=True
+    )
 
 
 def _delete_object(*, clinic: Clinic, key: str, store: str) -> None:
@@ -103,6 +115,8 @@ def study_purge(*, clinic: Clinic, study_id: int, deleted_before: datetime | Non
         Series.objects.for_clinic(clinic).filter(study=study).exclude(thumbnail_key="")
         .values_list("thumbnail_key", flat=True)
     )
+    # Recorded before any object goes, so a rebuild from the replica never indexes this study again.
+    study_state.study_state_publish(clinic=clinic, study=study, state=study_state.PURGED, object_keys=keys)
     for key in keys:
         if not _purge_still_owns(clinic=clinic, study_id=study_id, key=key):
             logger.error("purge of study %s of clinic %s stopped: object %s is no longer the purge's",

@@ -185,6 +185,55 @@ def audit_chains_verify(*, clinic: Clinic | None = None) -> AuditVerifyReport:
     return AuditVerifyReport(chains=len(targets), entries=sum(counter), problems=problems)
 
 
+def audit_chain_heads() -> dict[str, dict[str, Any]]:
+    """Return every chain's head (last sequence and hash), to anchor outside the database."""
+    # Cross-clinic on purpose: the anchor covers every tenant's chain and the global one.
+    return {
+        head.key: {"sequence": head.last_sequence, "hash": head.last_hash}
+        for head in AuditChain.objects.order_by("key")
+    }
+
+
+@dataclass(frozen=True)
+class AnchorProblem:
+    chain: str
+    sequence: int
+    problem: str
+    kind: str  # "lost": written before the disaster, not in the restored log; "changed": differs
+
+
+def audit_anchor_check(*, chains: dict[str, dict[str, Any]]) -> list[AnchorProblem]:
+    """Check the (restored) log against chain heads anchored earlier in the backup store.
+
+    Every anchored head must be in the log with the same hash. An anchored entry beyond the end of the
+    log was written before the disaster and lost with it ("lost"); one that is there with another hash,
+    or missing inside the chain, means the log was changed ("changed").
+    """
+    problems: list[AnchorProblem] = []
+    for key, head in sorted(chains.items()):
+        sequence, expected = int(head["sequence"]), str(head["hash"])
+        if sequence <= 0:
+            continue
+        events = AuditEvent.objects.filter(clinic=None) if key == "global" else AuditEvent.objects.filter(
+            clinic__uuid=key
+        )
+        event = events.filter(sequence=sequence).only("hash").first()
+        if event is not None:
+            if event.hash != expected:
+                problems.append(AnchorProblem(key, sequence, "differs from the entry anchored in the backup store",
+                                              "changed"))
+            continue
+        last = events.order_by("-sequence").values_list("sequence", flat=True).first() or 0
+        if last < sequence:
+            problems.append(AnchorProblem(
+                key, last + 1, f"entries {last + 1}..{sequence} were written before the disaster and are not in "
+                "the restored log (they came after the last database backup)", "lost",
+            ))
+        else:
+            problems.append(AnchorProblem(key, sequence, "is missing although later entries exist", "changed"))
+    return problems
+
+
 @dataclass(frozen=True)
 class AuditFilter:
     """What the audit page, its exports and the API filter by; empty values filter nothing.

@@ -1,9 +1,12 @@
 """Envelope keys: one data key per clinic, wrapped by a master key that lives outside the database.
 
 ``settings.MASTER_KEYS`` is ``id:base64(32 bytes)[,id:base64...]``; the first is current and wraps new
-and rotated clinic keys, the others stay usable for unwrapping until they are removed. A clinic key is
-wrapped with AES-256-GCM; its associated data binds it to its clinic and key id, so a wrapped key
-moved to another clinic's row does not unwrap. Each wrapped key is also published as a small JSON
+and rotated clinic keys, the others stay usable for unwrapping until they are removed. An entry may
+instead name an AWS KMS key: ``[id:]aws-kms://arn:aws:kms:<region>:<account>:key/<key id>`` or
+``[id:]kms://<key id or alias>?endpoint_url=...&region_name=...``; KMS then wraps and unwraps (the
+key never leaves KMS). A local clinic key is wrapped with AES-256-GCM, whose associated data binds it
+to its clinic and key id; a KMS-wrapped key carries the same binding as its encryption context. So a
+wrapped key moved to another clinic's row does not unwrap. Each wrapped key is also published as a small JSON
 document at ``clinics/<clinic uuid>/keys/<key id>`` in both stores, so that the replica plus a master
 key is enough to decrypt every object (docs/encryption.md).
 """
@@ -23,6 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -47,45 +51,125 @@ _MASTER_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 # --- master keyring ---------------------------------------------------------------------------
 
+_KMS_SCHEMES = ("aws-kms://", "kms://")
+_KMS_OPTIONS = {"endpoint_url", "region_name"}
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """One entry of MASTER_KEYS: a local AES-256 key, or a key held by AWS KMS."""
+
+    key_id: str
+    secret: bytes = field(default=b"", repr=False)
+    kms_key: str = ""  # KMS key id, ARN or alias; empty for a local key
+    kms_endpoint_url: str = ""
+    kms_region_name: str = ""
+
+    @property
+    def is_kms(self) -> bool:
+        return bool(self.kms_key)
+
+    def wrap(self, *, clinic_uuid: uuid.UUID, key_id: str, clinic_key: bytes) -> bytes:
+        if self.is_kms:
+            return _kms_wrap(self, clinic_uuid=clinic_uuid, key_id=key_id, plain=clinic_key)
+        nonce = os.urandom(WRAP_NONCE_SIZE)
+        return nonce + AESGCM(self.secret).encrypt(nonce, clinic_key, _wrap_aad(clinic_uuid, key_id))
+
+    def unwrap(self, *, clinic_uuid: uuid.UUID, key_id: str, wrapped: bytes) -> bytes:
+        if self.is_kms:
+            return _kms_unwrap(self, clinic_uuid=clinic_uuid, key_id=key_id, wrapped=wrapped)
+        try:
+            return AESGCM(self.secret).decrypt(
+                wrapped[:WRAP_NONCE_SIZE], wrapped[WRAP_NONCE_SIZE:], _wrap_aad(clinic_uuid, key_id)
+            )
+        except (InvalidTag, ValueError):
+            raise _altered(key_id) from None
+
+
+def _altered(key_id: str) -> KeyUnavailable:
+    return KeyUnavailable(
+        f"Clinic key {key_id} does not unwrap with its master key: the wrapped key was altered, "
+        "moved from another clinic, or the master key with that id is not the one that wrapped it."
+    )
+
+
+def _kms_entry(key_id: str, uri: str) -> MasterKey:
+    parsed = urlparse(uri)
+    options = {name: values[-1] for name, values in parse_qs(parsed.query).items()}
+    unknown = set(options) - _KMS_OPTIONS
+    if unknown:
+        raise ImproperlyConfigured(f"Unknown option(s) in the KMS master key URI: {', '.join(sorted(unknown))}.")
+    if uri.startswith("aws-kms://"):
+        kms_key = uri[len("aws-kms://") :].split("?", 1)[0]
+        arn = kms_key.split(":")
+        if len(arn) < 6 or arn[0] != "arn" or arn[2] != "kms":
+            raise ImproperlyConfigured("An aws-kms:// master key must name a key ARN: aws-kms://arn:aws:kms:...")
+        options.setdefault("region_name", arn[3])
+    else:
+        kms_key = (parsed.netloc + parsed.path).strip("/")
+    if not kms_key:
+        raise ImproperlyConfigured("A KMS master key URI must name the KMS key.")
+    if not key_id:
+        # No id given: derive a stable one from the KMS key (ARNs hold ':' and '/', ids may not).
+        key_id = ("kms-" + re.sub(r"[^A-Za-z0-9._-]", "-", kms_key.rsplit("/", 1)[-1].rsplit(":", 1)[-1]))[:64]
+    return MasterKey(
+        key_id=key_id,
+        kms_key=kms_key,
+        kms_endpoint_url=options.get("endpoint_url", ""),
+        kms_region_name=options.get("region_name", ""),
+    )
+
+
+def _parse_entry(item: str) -> MasterKey:
+    if item.lower().startswith(_KMS_SCHEMES):
+        return _kms_entry("", item)
+    key_id, sep, encoded = item.partition(":")
+    key_id = key_id.strip()
+    if not sep or not _MASTER_ID_RE.match(key_id):
+        raise ImproperlyConfigured(
+            "MASTER_KEYS must be 'id:base64key[,id:base64key...]' (or KMS key URIs) with ids of letters, "
+            "digits, '.', '_' or '-'."
+        )
+    encoded = encoded.strip()
+    if encoded.lower().startswith(_KMS_SCHEMES):
+        return _kms_entry(key_id, encoded)
+    if encoded.lower().startswith("gcp-kms:"):
+        raise ImproperlyConfigured("Only AWS KMS master keys are supported (aws-kms:// or kms://).")
+    try:
+        secret = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImproperlyConfigured(f"Master key {key_id!r} in MASTER_KEYS is not valid base64.") from None
+    if len(secret) != 32:
+        raise ImproperlyConfigured(f"Master key {key_id!r} in MASTER_KEYS must be 32 bytes (AES-256).")
+    return MasterKey(key_id=key_id, secret=secret)
+
 
 @lru_cache(maxsize=8)
-def _parse_keyring(value: str) -> tuple[tuple[str, bytes], ...]:
-    entries: list[tuple[str, bytes]] = []
+def _parse_keyring(value: str) -> tuple[MasterKey, ...]:
+    entries: list[MasterKey] = []
     # Commas, or newlines in a mounted secret file (MASTER_KEYS_FILE), separate the entries.
     for item in re.split(r"[,\s]+", value):
         item = item.strip()
         if not item:
             continue
-        key_id, sep, encoded = item.partition(":")
-        key_id = key_id.strip()
-        if not sep or not _MASTER_ID_RE.match(key_id):
-            raise ImproperlyConfigured(
-                "MASTER_KEYS must be 'id:base64key[,id:base64key...]' with ids of letters, digits, '.', '_' or '-'."
-            )
-        if encoded.strip().lower().startswith(("aws-kms:", "gcp-kms:", "kms:")):
-            raise ImproperlyConfigured("KMS master keys are not supported yet; use id:base64key.")
-        try:
-            secret = base64.b64decode(encoded.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            raise ImproperlyConfigured(f"Master key {key_id!r} in MASTER_KEYS is not valid base64.") from None
-        if len(secret) != 32:
-            raise ImproperlyConfigured(f"Master key {key_id!r} in MASTER_KEYS must be 32 bytes (AES-256).")
-        if any(existing == key_id for existing, _ in entries):
-            raise ImproperlyConfigured(f"Master key id {key_id!r} appears twice in MASTER_KEYS.")
-        entries.append((key_id, secret))
+        entry = _parse_entry(item)
+        if any(existing.key_id == entry.key_id for existing in entries):
+            raise ImproperlyConfigured(f"Master key id {entry.key_id!r} appears twice in MASTER_KEYS.")
+        entries.append(entry)
     if not entries:
         raise ImproperlyConfigured("MASTER_KEYS holds no key.")
     return tuple(entries)
 
 
-def master_keyring() -> dict[str, bytes]:
+def master_keyring() -> dict[str, MasterKey]:
     """Return the configured master keys by id, the current one first."""
-    return dict(_parse_keyring(settings.MASTER_KEYS))
+    return {entry.key_id: entry for entry in _parse_keyring(settings.MASTER_KEYS)}
 
 
-def master_key_current() -> tuple[str, bytes]:
+def master_key_current() -> tuple[str, MasterKey]:
     """Return (id, key) of the master key that wraps new and rotated clinic keys."""
-    return _parse_keyring(settings.MASTER_KEYS)[0]
+    entry = _parse_keyring(settings.MASTER_KEYS)[0]
+    return entry.key_id, entry
 
 
 def master_key_generate(key_id: str) -> str:
@@ -95,6 +179,71 @@ def master_key_generate(key_id: str) -> str:
     return f"{key_id}:{base64.b64encode(os.urandom(32)).decode()}"
 
 
+# --- AWS KMS ----------------------------------------------------------------------------------
+
+_kms_clients: dict[tuple[str, str, str], Any] = {}
+_kms_lock = threading.Lock()
+
+
+def _kms_client(entry: MasterKey) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    access_key = settings.KMS_ACCESS_KEY_ID or None
+    cache_key = (entry.kms_endpoint_url, entry.kms_region_name, access_key or "")
+    with _kms_lock:
+        client = _kms_clients.get(cache_key)
+        if client is None:
+            client = boto3.client(
+                "kms",
+                endpoint_url=entry.kms_endpoint_url or None,
+                region_name=entry.kms_region_name or None,
+                # Own credentials when given; otherwise boto3's chain (an instance or task role).
+                aws_access_key_id=access_key,
+                aws_secret_access_key=settings.KMS_SECRET_ACCESS_KEY or None,
+                # Fail fast: an upload waits on this, and a KMS outage must surface as a clear error.
+                config=Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"}),
+            )
+            _kms_clients[cache_key] = client
+        return client
+
+
+def _kms_context(clinic_uuid: uuid.UUID, key_id: str) -> dict[str, str]:
+    return {"purpose": WRAP_AAD_LABEL.rstrip(b"\x00").decode(), "clinic": str(clinic_uuid), "key_id": key_id}
+
+
+def _kms_call(entry: MasterKey, key_id: str, operation: str, **arguments: Any) -> dict[str, Any]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return getattr(_kms_client(entry), operation)(KeyId=entry.kms_key, **arguments)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in {"InvalidCiphertextException", "IncorrectKeyException"}:
+            raise _altered(key_id) from None
+        raise KeyUnavailable(
+            f"KMS refused to {operation} clinic key {key_id} with master key {entry.key_id!r} ({code or 'error'}): "
+            "nothing was stored or changed; fix the KMS key or its permissions and retry."
+        ) from exc
+    except (BotoCoreError, OSError) as exc:
+        raise KeyUnavailable(
+            f"KMS cannot be reached to {operation} clinic key {key_id} ({type(exc).__name__}): nothing was "
+            "stored or changed; retry once KMS answers again."
+        ) from exc
+
+
+def _kms_wrap(entry: MasterKey, *, clinic_uuid: uuid.UUID, key_id: str, plain: bytes) -> bytes:
+    answer = _kms_call(entry, key_id, "encrypt", Plaintext=plain, EncryptionContext=_kms_context(clinic_uuid, key_id))
+    return bytes(answer["CiphertextBlob"])
+
+
+def _kms_unwrap(entry: MasterKey, *, clinic_uuid: uuid.UUID, key_id: str, wrapped: bytes) -> bytes:
+    answer = _kms_call(
+        entry, key_id, "decrypt", CiphertextBlob=wrapped, EncryptionContext=_kms_context(clinic_uuid, key_id)
+    )
+    return bytes(answer["Plaintext"])
+
+
 # --- wrapping ---------------------------------------------------------------------------------
 
 
@@ -102,30 +251,20 @@ def _wrap_aad(clinic_uuid: uuid.UUID, key_id: str) -> bytes:
     return WRAP_AAD_LABEL + clinic_uuid.bytes + key_id.encode("ascii")
 
 
-def key_wrap(*, master_key: bytes, clinic_uuid: uuid.UUID, key_id: str, clinic_key: bytes) -> bytes:
-    """Wrap a clinic key: 12-byte random nonce || AES-256-GCM ciphertext and tag."""
-    nonce = os.urandom(WRAP_NONCE_SIZE)
-    return nonce + AESGCM(master_key).encrypt(nonce, clinic_key, _wrap_aad(clinic_uuid, key_id))
+def key_wrap(*, master_key: MasterKey, clinic_uuid: uuid.UUID, key_id: str, clinic_key: bytes) -> bytes:
+    """Wrap a clinic key: locally 12-byte random nonce || AES-256-GCM ciphertext and tag; else by KMS."""
+    return master_key.wrap(clinic_uuid=clinic_uuid, key_id=key_id, clinic_key=clinic_key)
 
 
-def key_unwrap(*, master_key: bytes, clinic_uuid: uuid.UUID, key_id: str, wrapped: bytes) -> bytes:
-    """Unwrap a clinic key; raises KeyUnavailable if it was not wrapped for this clinic and id."""
-    wrapped = bytes(wrapped)
-    try:
-        plain = AESGCM(master_key).decrypt(
-            wrapped[:WRAP_NONCE_SIZE], wrapped[WRAP_NONCE_SIZE:], _wrap_aad(clinic_uuid, key_id)
-        )
-    except (InvalidTag, ValueError):
-        raise KeyUnavailable(
-            f"Clinic key {key_id} does not unwrap with its master key: the wrapped key was altered, "
-            "moved from another clinic, or the master key with that id is not the one that wrapped it."
-        ) from None
+def key_unwrap(*, master_key: MasterKey, clinic_uuid: uuid.UUID, key_id: str, wrapped: bytes) -> bytes:
+    """Unwrap a clinic key; raises KeyUnavailable if it was not wrapped for this clinic and id, or KMS fails."""
+    plain = master_key.unwrap(clinic_uuid=clinic_uuid, key_id=key_id, wrapped=bytes(wrapped))
     if len(plain) != 32:
         raise KeyUnavailable(f"Clinic key {key_id} does not hold a 32-byte key.")
     return plain
 
 
-def _master_key(master_key_id: str, key_id: str) -> bytes:
+def _master_key(master_key_id: str, key_id: str) -> MasterKey:
     keyring = master_keyring()
     if master_key_id not in keyring:
         raise KeyUnavailable(
@@ -197,10 +336,23 @@ def clinic_key_document(row: ClinicKey) -> dict[str, Any]:
         "clinic_uuid": str(row.clinic.uuid),
         "key_id": row.key_id,
         "master_key_id": row.master_key_id,
-        "algorithm": "AES-256-GCM",
+        "algorithm": "AWS-KMS" if _master_key_is_kms(row.master_key_id) else "AES-256-GCM",
         "wrapped_key": base64.b64encode(bytes(row.wrapped_key)).decode(),
-        "wrapped_key_layout": "nonce(12) || ciphertext(32) || tag(16)",
-        "associated_data": "'pacs-portal clinic key v1' || 0x00 || clinic uuid (16 bytes) || key id (ASCII)",
+        **(
+            {
+                "wrapped_key_layout": "AWS KMS CiphertextBlob",
+                "encryption_context": {
+                    "purpose": "pacs-portal clinic key v1",
+                    "clinic": "<clinic uuid>",
+                    "key_id": "<key id>",
+                },
+            }
+            if _master_key_is_kms(row.master_key_id)
+            else {
+                "wrapped_key_layout": "nonce(12) || ciphertext(32) || tag(16)",
+                "associated_data": "'pacs-portal clinic key v1' || 0x00 || clinic uuid (16 bytes) || key id (ASCII)",
+            }
+        ),
         "created_at": row.created_at.isoformat(),
     }
 
@@ -211,6 +363,11 @@ def clinic_key_publish(row: ClinicKey, *, store_names: tuple[str, ...] = stores.
     key = key_document_key(clinic_uuid=row.clinic.uuid, key_id=row.key_id)
     for name in store_names:
         stores.get_store(name).put(key, io.BytesIO(body))
+
+
+def _master_key_is_kms(master_key_id: str) -> bool:
+    entry = master_keyring().get(master_key_id)
+    return entry is not None and entry.is_kms
 
 
 def clinic_keys_publish(*, clinic: Clinic | None = None) -> list[str]:

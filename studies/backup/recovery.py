@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from studies.archive import crypto, stores
 from studies.archive.errors import ArchiveError, ObjectMissing, StorageUnavailable
-from studies.backup import replication
+from studies.backup import replication, study_state
 from studies.backup.verification import ObjectCheck, object_check, object_open_from
 from studies.errors import InvalidDicom
 from studies.models import ClinicKey, Instance, QuarantinedInstance, Series
@@ -162,6 +162,7 @@ class RebuildReport:
     already_indexed: int = 0
     indexed: int = 0
     skipped_not_dicom: int = 0
+    trashed_again: int = 0
     failed: list[str] = field(default_factory=list)
 
 
@@ -351,6 +352,11 @@ def index_rebuild(
                     report.failed.append(decoded.key)
                 if position % 100 == 0 or position == len(todo):
                     say(f"{clinic.slug}: {position}/{len(todo)} objects, {report.indexed} indexed so far")
+            # Trash and purge state recorded in the replica: never bring a trashed or purged study back live.
+            states = study_state.study_states_apply(clinic=clinic)
+            report.trashed_again += states.trashed
+            say(f"{clinic.slug}: {states.trashed} studies back in the trash, {states.purged_instances} purged "
+                "instances left out")
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -7,9 +7,10 @@ from datetime import datetime
 
 from django.db.models import Count, F, Min, Q
 from django.utils import timezone
+from django.utils.timesince import timesince
 
 from studies.backup.verification import last_full_verification
-from studies.models import Instance, VerificationRun
+from studies.models import Instance, RestoreDrill, VerificationRun
 from tenants.models import Clinic
 
 LAG_SAMPLE = 1000
@@ -72,4 +73,33 @@ def backup_status(*, clinic: Clinic) -> BackupStatus:
         lag_p95_seconds=_percentile(lags, 0.95),
         last_run=VerificationRun.objects.for_clinic(clinic).order_by("-started_at").first()
         or VerificationRun.objects.filter(clinic=None).order_by("-started_at").first(),
+    )
+
+
+@dataclass(frozen=True)
+class RestoreTestStatus:
+    passed: bool | None  # None: never run
+    finished_at: datetime | None
+    label: str  # "passed, 3 days ago"
+    studies_checked: int = 0
+    instances_checked: int = 0
+    database_snapshot: str = ""
+    problems: tuple[str, ...] = ()
+
+
+def restore_test_status(*, clinic: Clinic) -> RestoreTestStatus:
+    """The clinic's latest restore test, as the backup page words it."""
+    drill = RestoreDrill.objects.for_clinic(clinic).filter(finished_at__isnull=False).order_by("-started_at").first()
+    if drill is None:
+        return RestoreTestStatus(None, None, "none yet")
+    # timesince joins number and unit with a no-break space; the page and the API text use a plain one.
+    ago = timesince(drill.finished_at, timezone.now(), depth=1).replace("\xa0", " ")
+    return RestoreTestStatus(
+        passed=drill.passed,
+        finished_at=drill.finished_at,
+        label=f"{'passed' if drill.passed else 'failed'}, {ago} ago",
+        studies_checked=drill.studies_checked,
+        instances_checked=drill.instances_checked,
+        database_snapshot=drill.database_snapshot,
+        problems=tuple(drill.problems),
     )

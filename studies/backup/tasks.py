@@ -11,9 +11,11 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
 
 from studies.archive.errors import ObjectMissing, StorageUnavailable
-from studies.backup import alerts, recovery, replication, verification
+from studies.backup import alerts, database, drill, pgbackrest, recovery, replication, study_state, verification
 from studies.models import Instance
 from tenants.models import Clinic
 
@@ -101,3 +103,61 @@ def replica_purge(*, clinic_id: int, key: str) -> bool:
     except ObjectMissing:
         return False
     return True
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def database_backup() -> str:
+    """Every minute (beat): anchor the audit chain heads and, on SQLite, write an encrypted snapshot.
+
+    PostgreSQL needs no snapshot here: pgBackRest archives every WAL segment as PostgreSQL writes it.
+    """
+    if not cache.add("backup:database:running", 1, timeout=600):
+        return "busy"  # the previous run is still writing; the next minute's run catches up
+    try:
+        database.audit_anchor_write()
+        if database.database_engine() != "sqlite":
+            return "anchored"
+        snapshot = database.database_snapshot_create()
+        cache.set("backup:database:last-success", timezone.now().isoformat(), timeout=None)
+        return snapshot.snapshot_id if snapshot is not None else "unchanged"
+    finally:
+        cache.delete("backup:database:running")
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def database_base_backup() -> str:
+    """Daily (beat): a pgBackRest base backup, where this worker runs beside PostgreSQL."""
+    if database.database_engine() != "postgresql" or not settings.DATABASE_BACKUP_PG_PATH:
+        return "skipped"
+    pgbackrest.base_backup(kind="incr")
+    cache.set("backup:database:last-success", timezone.now().isoformat(), timeout=None)
+    return "done"
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def database_backups_prune() -> int:
+    """Hourly (beat, replica-admin queue): delete snapshots and anchors past their retention."""
+    return database.database_backups_prune()
+
+
+@shared_task(**RETRY)
+def study_state_publish(*, clinic_id: int, study_id: int) -> str | None:
+    """Record a study's trash state in the replica after it changed (queued on commit)."""
+    clinic = Clinic.objects.filter(pk=clinic_id).first()
+    if clinic is None:
+        return None
+    return study_state.study_state_publish_current(clinic=clinic, study_id=study_id)
+
+
+@shared_task(**RETRY)
+def study_states_sweep() -> int:
+    """Hourly (beat): publish the state of trashed studies whose record a lost message never wrote."""
+    return study_state.study_states_sweep()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def restore_drill() -> int:
+    """Daily (beat): every RESTORE_DRILL_INTERVAL_DAYS, restore sample studies and the database; record it."""
+    if not drill.restore_drill_due():
+        return 0
+    return sum(not run.passed for run in drill.restore_drill_run())

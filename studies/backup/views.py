@@ -25,6 +25,7 @@ def backup_page(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
         "status": status,
         "mode": replication.replication_mode(),
         "protection": replication.replica_protection_status(),
+        "restore_test": selectors.restore_test_status(clinic=request.clinic),
     })
 
 
@@ -44,14 +45,19 @@ class BackupApi(APIView):
         lag_p50_seconds = serializers.FloatField(allow_null=True)
         lag_p95_seconds = serializers.FloatField(allow_null=True)
         replication_mode = serializers.CharField()
+        last_restore_test_at = serializers.DateTimeField(allow_null=True)
+        last_restore_test_passed = serializers.BooleanField(allow_null=True)
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request, clinic_slug: str) -> Response:
         status = selectors.backup_status(clinic=request.clinic)
+        restore_test = selectors.restore_test_status(clinic=request.clinic)
         return Response(self.OutputSerializer({
             **{name: getattr(status, name) for name in (
                 "instances", "replicated", "pending", "oldest_pending_seconds", "last_verified_at", "failures",
                 "verified", "lag_p50_seconds", "lag_p95_seconds",
             )},
             "replication_mode": replication.replication_mode(),
+            "last_restore_test_at": restore_test.finished_at,
+            "last_restore_test_passed": restore_test.passed,
         }).data)
