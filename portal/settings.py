@@ -253,6 +253,15 @@ REPLICA_STORE_URL = env_str("REPLICA_STORE_URL", (VAR_DIR / "replica").as_uri())
 REPLICA_STORE_ACCESS_KEY_ID = env_secret("REPLICA_STORE_ACCESS_KEY_ID")
 REPLICA_STORE_SECRET_ACCESS_KEY = env_secret("REPLICA_STORE_SECRET_ACCESS_KEY")
 DEFAULT_CLINIC_QUOTA_BYTES = env_int("DEFAULT_CLINIC_QUOTA_BYTES", 100 * 1000**3)
+# Ingest (README "Ingest"): a local primary store refuses new objects (503 / C-STORE 0xA700, retryable)
+# once less than this is free, so the index and the temporary files beside it never hit a full disk.
+PRIMARY_STORE_MIN_FREE_BYTES = env_int("PRIMARY_STORE_MIN_FREE_BYTES", 256 * 1024**2)
+# STOW-RS: one request holds at most this many parts and bytes (413 beyond, nothing stored when the size
+# is declared; a chunked body's extra parts are listed as failed with 0xA700).
+STOW_MAX_PARTS = env_int("STOW_MAX_PARTS", 5000)
+STOW_MAX_BYTES = env_int("STOW_MAX_BYTES", 8 * 1024**3)
+# Instances ingested together (one index transaction, one replication message) by STOW-RS and jobs.
+INGEST_BATCH_SIZE = env_int("INGEST_BATCH_SIZE", 32)
 
 # Cache: shared by every process through Redis when configured (throttles, debounces, "replica down"
 # flags); otherwise each process keeps its own, which only makes those throttles per process.

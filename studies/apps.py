@@ -1,6 +1,21 @@
+from __future__ import annotations
+
 from django.apps import AppConfig
 
 
 class StudiesConfig(AppConfig):
     name = "studies"
     verbose_name = "Studies and archive"
+
+    def ready(self) -> None:
+        # The layers point down (ingest and the archive never import backup or the thumbnails); what
+        # they must trigger is registered here, once, in every process (web, worker, DIMSE listener).
+        from studies import thumbnails
+        from studies.archive import objects
+        from studies.backup import recovery, replication
+        from studies.ingest import hooks
+
+        hooks.object_writer_register(replication.object_write_for_ingest)
+        hooks.after_commit_register(replication.instances_replication_start)
+        hooks.after_commit_register(thumbnails.series_thumbnails_schedule)
+        objects.read_failure_hook_register(recovery.object_repair_schedule)

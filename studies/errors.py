@@ -38,3 +38,10 @@ class DicomDirectory(InvalidDicom):
     """The file is a DICOMDIR, the index of a CD or DVD: nothing to store, skipped."""
 
     code = "dicomdir"
+
+
+class StudyMismatch(PortalError):
+    """The instance belongs to another study than the one it was sent to (STOW-RS to one study)."""
+
+    status = HTTPStatus.CONFLICT
+    code = "study_mismatch"

@@ -259,8 +259,8 @@ def _member_ingest(
         member.flush()
         try:
             result = ingest.instance_ingest(
-                clinic=clinic, source_path=member.name, source="upload-zip", actor=batch.created_by,
-                anonymize_project=batch.anonymize_project,
+                clinic=clinic, source_path=member.name, anonymize_project=batch.anonymize_project,
+                origin=ingest.Origin.system(source="upload-zip", user=batch.created_by),
             )
         except (DicomDirectory, NotDicom) as exc:
             return Outcome.SKIPPED, exc.message, None, inflated

@@ -307,7 +307,7 @@ def job_instance_process(*, job: AnonymizationJob, instance: Instance) -> None:
     re-run after a crash finds them already present.
     """
     from studies.archive import objects
-    from studies.ingest import instance_ingest
+    from studies.ingest import Origin, instance_ingest
 
     if AnonymizationJobItem.objects.filter(job=job, instance_id=instance.pk).exists():
         job_finish_if_complete(job_id=job.pk)
@@ -320,7 +320,7 @@ def job_instance_process(*, job: AnonymizationJob, instance: Instance) -> None:
             shutil.copyfileobj(stream, out, 1024 * 1024)
         anonymized = file_anonymize(project=job.project, source_path=source_path, dest_path=dest_path,
                                     options=job.options)
-        result = instance_ingest(clinic=job.clinic, source_path=dest_path, source="anonymize")
+        result = instance_ingest(clinic=job.clinic, source_path=dest_path, origin=Origin.anonymization(job=job))
         study = result.instance.series.study
         with transaction.atomic():
             link, _ = AnonymizedStudy.objects.get_or_create(
