@@ -55,12 +55,22 @@ def quota_reserve(*, clinic: Clinic, size_bytes: int) -> None:
     )
     if updated:
         return
+    left, quota = quota_left(clinic=clinic)
+    raise quota_exceeded(size_bytes=size_bytes, bytes_left=left, quota_bytes=quota)
+
+
+def quota_left(*, clinic: Clinic) -> tuple[int, int]:
+    """Return (bytes left, quota bytes) of the clinic as committed now."""
     row = Clinic.objects.filter(pk=clinic.pk).values("quota_bytes", "used_bytes").get()
-    left = max(row["quota_bytes"] - row["used_bytes"], 0)
-    raise QuotaExceeded(
-        f"Not enough storage left: this file needs {format_bytes(size_bytes)} but only {format_bytes(left)} "
-        f"of the clinic's {format_bytes(row['quota_bytes'])} is free. Free space or choose a larger plan.",
-        bytes_left=left,
+    return max(row["quota_bytes"] - row["used_bytes"], 0), row["quota_bytes"]
+
+
+def quota_exceeded(*, size_bytes: int, bytes_left: int, quota_bytes: int) -> QuotaExceeded:
+    """The error for a file of ``size_bytes`` that does not fit, saying what is left."""
+    return QuotaExceeded(
+        f"Not enough storage left: this file needs {format_bytes(size_bytes)} but only {format_bytes(bytes_left)} "
+        f"of the clinic's {format_bytes(quota_bytes)} is free. Free space or choose a larger plan.",
+        bytes_left=bytes_left,
         bytes_needed=size_bytes,
     )
 

@@ -8,15 +8,17 @@ of files (often a batch of one) and an :class:`~studies.ingest.origin.Origin`. F
 2. SOP Instance UIDs already stored are looked up in one query. The same data set (File Meta aside: two
    senders write different ones) is *already present*; other content is a conflict: audited, refused,
    the stored instance untouched.
-3. Room is checked once: uploads not paused, the primary store not full, and the clinic's quota reserved
-   for the whole batch in one conditional UPDATE (per file if the whole does not fit).
+3. Room is checked once: uploads not paused, the primary store not full, the clinic's quota not passed
+   (files that do not fit are refused before anything is written).
 4. Each file is streamed through encryption into the primary store (durable on return; in sync
    replication mode into both stores, by the writer backup registers in ``hooks``).
-5. The index rows of the whole batch are written in one transaction (``index.instances_index_write``).
+5. In one transaction: the quota is reserved for the batch (a conditional UPDATE, so parallel uploads
+   can't pass it together) and the index rows are written (``index.instances_index_write``).
 6. After commit, the registered hooks queue replication and thumbnails with one message per batch.
 
-If anything after the reservation fails, the objects are deleted, the reservation released and no index
-row remains; an instance is acknowledged only when this returns it as stored or already present.
+If anything fails before the commit, the objects are deleted and neither index row nor quota remains (a
+crash leaves at most an orphan object, never indexed nor counted); an instance is acknowledged only when
+this returns it as stored or already present.
 """
 
 from __future__ import annotations
@@ -44,7 +46,14 @@ from studies.archive import objects, stores
 from studies.archive.errors import StorageFull, StorageUnavailable
 from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded, StudyMismatch
 from studies.ingest import hooks
-from studies.ingest.index import IndexItem, instances_index_write, quota_release, quota_reserve, series_conflicts
+from studies.ingest.index import (
+    IndexItem,
+    instances_index_write,
+    quota_exceeded,
+    quota_left,
+    quota_reserve,
+    series_conflicts,
+)
 from studies.ingest.origin import Origin, OriginKind
 from studies.models import Instance
 from tenants.audit import audit_record
@@ -84,7 +93,6 @@ class _Pending:
     item: ItemResult
     parsed: dicom.ParsedInstance
     size: int
-    reserved: bool = False
     written: hooks.WrittenObject | None = None
     object_uuid: uuid.UUID = field(default_factory=uuid.uuid4)
 
@@ -256,16 +264,16 @@ def _store(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> None:
         for entry in pending:
             entry.item.error = exc
         return
-    _reserve(clinic=clinic, pending=pending)
-    writable = [e for e in pending if e.reserved]
+    writable = _quota_precheck(clinic=clinic, pending=pending)
     _write_objects(clinic=clinic, pending=writable)
     written = [e for e in writable if e.written is not None]
     if not written:
         return
     try:
         committed = _index(clinic=clinic, pending=written, origin=origin)
-    except IntegrityError:
-        # Another upload indexed one of these SOP Instance UIDs meanwhile: go through them one by one.
+    except (IntegrityError, QuotaExceeded):
+        # Another upload indexed one of these SOP Instance UIDs, or took the space left, meanwhile: go
+        # through them one by one so each gets its own answer.
         committed = []
         for entry in written:
             committed.extend(_index_alone(clinic=clinic, entry=entry, origin=origin))
@@ -300,20 +308,21 @@ def _room_check(*, clinic: Clinic, size: int) -> None:
         )
 
 
-def _reserve(*, clinic: Clinic, pending: list[_Pending]) -> None:
-    """Reserve quota for the whole batch in one UPDATE; if it does not fit, file by file in order."""
-    try:
-        quota_reserve(clinic=clinic, size_bytes=sum(e.size for e in pending))
-    except QuotaExceeded:
-        for entry in pending:
-            try:
-                quota_reserve(clinic=clinic, size_bytes=entry.size)
-                entry.reserved = True
-            except QuotaExceeded as exc:
-                entry.item.error = exc
-        return
+def _quota_precheck(*, clinic: Clinic, pending: list[_Pending]) -> list[_Pending]:
+    """Refuse, before anything is written, the files the quota has no room for; return the others.
+
+    Only a check: the reservation is made in the index transaction (``_index``), so a crash or a failed
+    write between here and the commit leaves no quota counted for anything unacknowledged.
+    """
+    left, quota = quota_left(clinic=clinic)
+    fitting = []
     for entry in pending:
-        entry.reserved = True
+        if entry.size <= left:
+            left -= entry.size
+            fitting.append(entry)
+        else:
+            entry.item.error = quota_exceeded(size_bytes=entry.size, bytes_left=left, quota_bytes=quota)
+    return fitting
 
 
 def _write_one(clinic: Clinic, entry: _Pending) -> None:
@@ -321,8 +330,6 @@ def _write_one(clinic: Clinic, entry: _Pending) -> None:
         with open(entry.item.path, "rb") as fileobj:
             entry.written = hooks.object_write(clinic=clinic, source=fileobj, object_uuid=entry.object_uuid)
     except BaseException as exc:
-        quota_release(clinic=clinic, size_bytes=entry.size)
-        entry.reserved = False
         if not isinstance(exc, Exception):
             raise
         entry.item.error = _as_portal_error(exc)
@@ -337,6 +344,9 @@ def _write_objects(*, clinic: Clinic, pending: list[_Pending]) -> None:
 
 def _index(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> list[_Pending]:
     with transaction.atomic():
+        # The reservation commits with the rows or not at all; it also locks the clinic's row, so the
+        # clinic's batches take their locks (clinic, then studies by key) in one order.
+        quota_reserve(clinic=clinic, size_bytes=sum(e.size for e in pending))
         written = instances_index_write(clinic=clinic, items=[_index_item(e) for e in pending])
         for study in written.created_studies:
             first = next(i for i in written.instances if i.series.study_id == study.pk)
@@ -410,9 +420,6 @@ def _undo(*, clinic: Clinic, entry: _Pending) -> None:
         except Exception:  # noqa: BLE001 - the original error matters more; an orphan object holds no index row
             logger.exception("Could not delete orphan object %s after a failed ingest", entry.written.stored.key)
         entry.written = None
-    if entry.reserved:
-        quota_release(clinic=clinic, size_bytes=entry.size)
-        entry.reserved = False
 
 
 def _duplicate(*, clinic: Clinic, existing: Instance, source_path: str, origin: Origin) -> IngestResult:
