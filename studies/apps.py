@@ -10,7 +10,11 @@ class StudiesConfig(AppConfig):
     def ready(self) -> None:
         # The layers point down (ingest and the archive never import backup or the thumbnails); what
         # they must trigger is registered here, once, in every process (web, worker, DIMSE listener).
-        from studies import thumbnails
+        # The hooks send tasks by name: their modules must be loaded in every process, not only in workers.
+        from studies import (
+            tasks,  # noqa: F401
+            thumbnails,
+        )
         from studies.archive import objects
         from studies.backup import recovery, replication
         from studies.ingest import hooks

@@ -24,25 +24,27 @@ this returns it as stored or already present.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError, IntegrityError, OperationalError, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
 
 from billing import selectors as billing_selectors
 from billing import tasks as billing_tasks
 from portal.exceptions import PortalError
 from studies import dicom
 from studies.anonymize import services as anonymize
-from studies.archive import objects, stores
+from studies.archive import keys, objects, stores
 from studies.archive.errors import StorageFull, StorageUnavailable
 from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded, StudyMismatch
 from studies.ingest import hooks
@@ -63,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 # Usage warnings (80% and 95% of the quota) are checked at most this often per clinic, not per file.
 USAGE_CHECK_SECONDS = 60
+# Objects of one batch written at once.
+WRITE_THREADS = 2
 
 
 class IngestOutcome(StrEnum):
@@ -336,10 +340,23 @@ def _write_one(clinic: Clinic, entry: _Pending) -> None:
 
 
 def _write_objects(*, clinic: Clinic, pending: list[_Pending]) -> None:
-    # One after the other, in this thread: the writer reads the clinic key through the ORM, and a
-    # connection per helper thread would outlive the request.
-    for entry in pending:
+    """Write the batch's objects, two at a time: encryption and fsync release the GIL, so they overlap."""
+    if len(pending) == 1 or connection.in_atomic_block:
+        # Inside a caller's transaction a helper thread could not see a clinic key created in it.
+        for entry in pending:
+            _write_one(clinic, entry)
+        return
+    keys.clinic_key_get(clinic)  # loaded (or created) here, so the helper threads find it cached
+    with ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="ingest-write") as pool:
+        list(pool.map(functools.partial(_write_in_thread, clinic), pending))
+
+
+def _write_in_thread(clinic: Clinic, entry: _Pending) -> None:
+    try:
         _write_one(clinic, entry)
+    finally:
+        # Should the key cache have expired, the thread used its own connection: never leave it open.
+        connection.close()
 
 
 def _index(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> list[_Pending]:
