@@ -7,8 +7,10 @@ turned into real URLs by plain string replacement.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -16,6 +18,7 @@ from django.db.models import Q, TextField
 from django.db.models.functions import Cast
 
 from portal.exceptions import PortalError
+from studies.archive import readahead
 from studies.dicomweb import multipart, rendering
 from studies.models import Instance, Series, Study
 from tenants.models import Clinic
@@ -174,18 +177,17 @@ def instance_parts(*, clinic: Clinic, instances: list[Instance]) -> Iterator[tup
 def _parts(
     clinic: Clinic, instances: list[Instance], first: BinaryIO, objects: Any
 ) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
-    for index, instance in enumerate(instances):
-        headers = {
-            "Content-Type": f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}",
-            "Content-Length": str(instance.size_bytes),
-        }
-        source = first if index == 0 else None
-        yield headers, _lazy_chunks(clinic, instance.object_key, objects, source)
-
-
-def _lazy_chunks(clinic: Clinic, key: str, objects: Any, source: BinaryIO | None) -> Iterator[bytes]:
-    # 1 MiB reads match the archive's segment size, so each read decrypts whole segments.
-    yield from multipart.file_chunks(source or objects.object_open(clinic=clinic, key=key), size=1024 * 1024)
+    # A helper thread decrypts the next objects while this one's bytes go out (1 MiB reads match the
+    # archive's segment size, so each read decrypts whole segments).
+    openers = [functools.partial(objects.object_open, clinic=clinic, key=i.object_key) for i in instances]
+    bodies = readahead.objects_read_ahead(openers, first=first)
+    with closing(bodies):
+        for instance, body in zip(instances, bodies, strict=True):
+            headers = {
+                "Content-Type": f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}",
+                "Content-Length": str(instance.size_bytes),
+            }
+            yield headers, body
 
 
 def metadata_body(
