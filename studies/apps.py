@@ -15,6 +15,7 @@ class StudiesConfig(AppConfig):
             tasks,  # noqa: F401
             thumbnails,
         )
+        from studies.anonymize import services as anonymize
         from studies.archive import objects
         from studies.backup import recovery, replication
         from studies.ingest import hooks
@@ -22,4 +23,11 @@ class StudiesConfig(AppConfig):
         hooks.object_writer_register(replication.object_write_for_ingest)
         hooks.after_commit_register(replication.instances_replication_start)
         hooks.after_commit_register(thumbnails.series_thumbnails_schedule)
+        hooks.anonymizer_register(
+            hooks.Anonymizer(
+                rule=anonymize.project_for_ingest,
+                anonymize=anonymize.anonymize_for_ingest,
+                link=anonymize.ingest_result_link,
+            )
+        )
         objects.read_failure_hook_register(recovery.object_repair_schedule)

@@ -40,7 +40,9 @@ from studies.anonymize.models import (
     UidMapping,
 )
 from studies.anonymize.profile import Option
+from studies.archive import objects
 from studies.archive.errors import StorageUnavailable
+from studies.ingest import Origin, instance_ingest, instances_ingest
 from studies.models import Instance, Series, Study
 from tenants.audit import audit_record
 from tenants.models import Clinic, User
@@ -315,8 +317,6 @@ def job_instances_process(*, job: AnonymizationJob, instances: list[Instance]) -
     Safe to run twice like ``job_instance_process``: finished items are skipped, and the output bytes are
     the same each time, so a re-run after a crash finds them already present.
     """
-    from studies.archive import objects
-    from studies.ingest import Origin, instances_ingest
 
     done = set(AnonymizationJobItem.objects.filter(job=job, instance_id__in=[i.pk for i in instances])
                .values_list("instance_id", flat=True))
@@ -376,8 +376,6 @@ def job_instance_process(*, job: AnonymizationJob, instance: Instance) -> None:
     Safe to run twice: a finished item is skipped, and the output bytes are the same each time, so a
     re-run after a crash finds them already present.
     """
-    from studies.archive import objects
-    from studies.ingest import Origin, instance_ingest
 
     if AnonymizationJobItem.objects.filter(job=job, instance_id=instance.pk).exists():
         job_finish_if_complete(job_id=job.pk)

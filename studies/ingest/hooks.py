@@ -3,7 +3,7 @@
 Ingest sits below backup and the thumbnails in the layers, so it cannot import them; instead
 ``StudiesConfig.ready`` registers (1) the object writer, which in ``REPLICATION_MODE=sync`` writes both
 stores before the instance is acknowledged, and (2) the after-commit step, which queues replication and
-thumbnails with one message per batch. With nothing registered, objects go to the primary only and nothing
+thumbnails with one message per batch, and (3) anonymize-on-ingest. With nothing registered, objects go to the primary only and nothing
 is queued (the replication sweep still finds every pending instance).
 """
 
@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from studies.archive import objects
 from studies.models import Instance
@@ -28,6 +28,20 @@ class WrittenObject:
     replicated_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Anonymizer:
+    """Anonymize-on-ingest, provided by the anonymize capability (which sits above ingest).
+
+    ``rule(clinic=, api_token=, dicom_node=, upload_link=)`` names the project whose rule applies, or None;
+    ``anonymize(project=, source_path=)`` writes an anonymized copy and returns (path, result with
+    ``report.needs_review``); ``link(project=, study=, needs_review=)`` marks a study that arrived anonymized.
+    """
+
+    rule: Callable[..., Any]
+    anonymize: Callable[..., tuple[str, Any]]
+    link: Callable[..., None]
+
+
 ObjectWriter = Callable[[Clinic, BinaryIO, uuid.UUID], WrittenObject]
 AfterCommit = Callable[[Clinic, Sequence[Instance]], None]
 
@@ -38,6 +52,20 @@ def _primary_only(clinic: Clinic, source: BinaryIO, object_uuid: uuid.UUID) -> W
 
 _object_writer: ObjectWriter = _primary_only
 _after_commit: list[AfterCommit] = []
+_anonymizer: Anonymizer | None = None
+
+
+def anonymizer_register(anonymizer: Anonymizer) -> None:
+    """Install anonymize-on-ingest (done once at start-up)."""
+    global _anonymizer
+    _anonymizer = anonymizer
+
+
+def anonymizer() -> Anonymizer:
+    """The registered anonymizer; fails closed, so an original is never stored for want of one."""
+    if _anonymizer is None:
+        raise RuntimeError("No anonymizer registered: StudiesConfig.ready registers it at start-up.")
+    return _anonymizer
 
 
 def object_writer_register(writer: ObjectWriter) -> None:

@@ -43,7 +43,6 @@ from billing import selectors as billing_selectors
 from billing import tasks as billing_tasks
 from portal.exceptions import PortalError
 from studies import dicom
-from studies.anonymize import services as anonymize
 from studies.archive import keys, objects, stores
 from studies.archive.errors import StorageFull, StorageUnavailable
 from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded, StudyMismatch
@@ -152,7 +151,7 @@ def instances_ingest(
     """
     project = None
     if origin.kind not in (OriginKind.ANONYMIZATION, OriginKind.REBUILD):
-        project = anonymize_project or anonymize.project_for_ingest(
+        project = anonymize_project or hooks.anonymizer().rule(
             clinic=clinic, api_token=origin.api_token, dicom_node=origin.dicom_node, upload_link=origin.upload_link
         )
     if project is None:
@@ -172,11 +171,11 @@ def _ingest_anonymized(
             item.parsed = dicom.parse_instance(path)
             if study_uid is not None and item.parsed.study_instance_uid != study_uid:
                 raise StudyMismatch("The instance belongs to another study than the one named in the request.")
-            anonymized_path, anonymized = anonymize.anonymize_for_ingest(project=project, source_path=path)
+            anonymized_path, anonymized = hooks.anonymizer().anonymize(project=project, source_path=path)
             [done] = _ingest_batch(clinic=clinic, paths=[anonymized_path], origin=origin, study_uid=None)
             item.result, item.error = done.result, done.error
             if done.result is not None:
-                anonymize.ingest_result_link(
+                hooks.anonymizer().link(
                     project=project,
                     study=done.result.instance.series.study,
                     needs_review=anonymized.report.needs_review,
