@@ -7,6 +7,7 @@ content across protocols, XML answers) and issue 11 items 6 to 8 (bounded STOW, 
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import signal
@@ -447,3 +448,45 @@ def test_the_sweep_does_not_queue_again_what_is_already_queued(clinic, tmp_path,
         assert replication.replication_sweep() == 3  # lost, it seems: queued again, in one message
 
     assert delay.call_count == 1
+
+
+# --- Layers -----------------------------------------------------------------------------------------
+
+
+def _imports(path: Path) -> tuple[set[str], list[str]]:
+    """Modules a file imports, and the ones it imports inside functions."""
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    nested: list[str] = []
+    for node in ast.walk(tree):
+        found = (
+            [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else ([alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+        )
+        names.update(found)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            nested += [
+                (inner.module or "") if isinstance(inner, ast.ImportFrom) else inner.names[0].name
+                for inner in ast.walk(node)
+                if isinstance(inner, (ast.Import, ast.ImportFrom))
+            ]
+    return names, nested
+
+
+def test_the_archive_and_ingest_import_nothing_above_them_and_nothing_inside_functions():
+    studies = Path(__file__).resolve().parents[2] / "studies"
+    above = (
+        "studies.backup",
+        "studies.anonymize",
+        "studies.tasks",
+        "studies.thumbnails",
+        "studies.dicomweb",
+        "studies.dimse",
+    )
+    for path in [*sorted((studies / "archive").glob("*.py")), *sorted((studies / "ingest").glob("*.py"))]:
+        names, nested = _imports(path)
+
+        assert not [name for name in names if name.startswith(above)], path.name
+        if path.parent.name == "ingest":
+            assert nested == [], path.name
