@@ -94,8 +94,10 @@ def instance_replicate(*, instance: Instance) -> bool:
     object_copy(key=instance.object_key)
     clinic_manifest_replicate(clinic=instance.clinic)
     now = timezone.now()
-    updated = Instance.objects.for_clinic(instance.clinic_id).filter(pk=instance.pk, replicated_at=None).update(
-        replicated_at=now
+    updated = (
+        Instance.objects.for_clinic(instance.clinic_id)
+        .filter(pk=instance.pk, replicated_at=None)
+        .update(replicated_at=now)
     )
     if updated:
         instance.replicated_at = now
@@ -152,8 +154,10 @@ def replication_queue(*, clinic_id: int, instance_ids: Sequence[int]) -> None:
 def instances_replicate(*, clinic: Clinic, instance_ids: Sequence[int]) -> int:
     """Copy a batch of instances to the replica; returns how many were copied now (others were already)."""
     copied = 0
-    rows = Instance.objects.for_clinic(clinic).filter(pk__in=list(instance_ids), replicated_at=None).only(
-        "pk", "clinic_id", "object_key", "replicated_at"
+    rows = (
+        Instance.objects.for_clinic(clinic)
+        .filter(pk__in=list(instance_ids), replicated_at=None)
+        .only("pk", "clinic_id", "object_key", "replicated_at")
     )
     for instance in rows:
         instance.clinic = clinic
@@ -165,23 +169,26 @@ def instances_replicate(*, clinic: Clinic, instance_ids: Sequence[int]) -> int:
     return copied
 
 
-def pending_instances(*, older_than: timedelta) -> Iterator[Instance]:
-    """Instances still not on the replica after ``older_than`` and not queued in the last REQUEUE window."""
+def pending_instances(*, older_than: timedelta, requeue_after: timedelta = REQUEUE_AFTER) -> Iterator[Instance]:
+    """Instances still not on the replica after ``older_than`` whose message is older than ``requeue_after``."""
     # Cross-clinic maintenance query (the sweep covers every clinic), served by instance_pending_replica.
     now = timezone.now()
     return (
         Instance.objects.filter(replicated_at=None, stored_at__lte=now - older_than)
-        .filter(Q(replication_queued_at=None) | Q(replication_queued_at__lte=now - REQUEUE_AFTER))
+        .filter(Q(replication_queued_at=None) | Q(replication_queued_at__lte=now - requeue_after))
         .order_by("stored_at")
         .only("pk", "clinic_id")
         .iterator()
     )
 
 
-def replication_sweep(*, older_than: timedelta | None = None, limit: int | None = None) -> int:
+def replication_sweep(
+    *, older_than: timedelta | None = None, limit: int | None = None, requeue_after: timedelta | None = None
+) -> int:
     """Queue replication of every instance still pending after a minute; returns how many were queued.
 
-    An instance whose message was queued less than REQUEUE_AFTER ago is left alone (its message is on its
+    An instance whose message was queued less than ``requeue_after`` ago (REPLICATION_REQUEUE_SECONDS,
+    default 10 minutes: a message that long unprocessed is taken as lost) is left alone (its message is on its
     way), so the sweep never duplicates queued work; messages carry up to REPLICATION_BATCH instances of
     one clinic and alternate between clinics, so one clinic's backlog does not delay the others. Nothing
     is queued while the replica is unreachable (the queue would only fill up); the lag alert
@@ -189,6 +196,8 @@ def replication_sweep(*, older_than: timedelta | None = None, limit: int | None 
     """
     older_than = older_than if older_than is not None else timedelta(seconds=settings.REPLICATION_SWEEP_AGE_SECONDS)
     limit = limit if limit is not None else settings.REPLICATION_SWEEP_LIMIT
+    if requeue_after is None:
+        requeue_after = timedelta(seconds=getattr(settings, "REPLICATION_REQUEUE_SECONDS", 600))
     try:
         stores.get_store("replica").check()
     except Exception as exc:  # noqa: BLE001 - any failure means "replica down", retried next minute
@@ -196,14 +205,16 @@ def replication_sweep(*, older_than: timedelta | None = None, limit: int | None 
         return 0
     by_clinic: dict[int, list[int]] = defaultdict(list)
     queued = 0
-    for instance in pending_instances(older_than=older_than):
+    for instance in pending_instances(older_than=older_than, requeue_after=requeue_after):
         by_clinic[instance.clinic_id].append(instance.pk)
         queued += 1
         if queued >= limit:
             break
     # Round robin: the first batch of every clinic goes on the queue before any clinic's second one.
-    chunks = {clinic_id: [ids[i : i + REPLICATION_BATCH] for i in range(0, len(ids), REPLICATION_BATCH)]
-              for clinic_id, ids in by_clinic.items()}
+    chunks = {
+        clinic_id: [ids[i : i + REPLICATION_BATCH] for i in range(0, len(ids), REPLICATION_BATCH)]
+        for clinic_id, ids in by_clinic.items()
+    }
     for round_chunks in itertools.zip_longest(*chunks.values()):
         for clinic_id, chunk in zip(chunks, round_chunks, strict=True):
             if chunk:
@@ -275,7 +286,9 @@ def replica_reconcile(*, clinic: Clinic) -> dict[str, int]:
     prefix = clinic_prefix(clinic)
     on_replica = set(replica.list(prefix))
     tracked = dict(Instance.objects.for_clinic(clinic).values_list("object_key", "replicated_at"))
-    thumbnails = set(Series.objects.for_clinic(clinic).exclude(thumbnail_key="").values_list("thumbnail_key", flat=True))
+    thumbnails = set(
+        Series.objects.for_clinic(clinic).exclude(thumbnail_key="").values_list("thumbnail_key", flat=True)
+    )
     copied = lost = 0
     for key in primary.list(prefix):
         if key in on_replica:
@@ -360,8 +373,12 @@ def replica_protection_status() -> dict[str, Any]:
     try:
         versioning = client.get_bucket_versioning(Bucket=bucket).get("Status", "Disabled")
     except Exception as exc:  # noqa: BLE001 - shown as-is on the page
-        return {"kind": "s3", "versioning": f"unknown ({type(exc).__name__})", "object_lock": "unknown",
-                "retention_days": 0}
+        return {
+            "kind": "s3",
+            "versioning": f"unknown ({type(exc).__name__})",
+            "object_lock": "unknown",
+            "retention_days": 0,
+        }
     lock = "Disabled"
     days = 0
     lock_mode = ""

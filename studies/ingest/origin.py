@@ -50,7 +50,7 @@ class Origin:
         if self.api_token is not None:
             return str(self.api_token.label)
         if self.upload_link is not None:
-            return str(getattr(self.upload_link, "label", "") or "upload link")
+            return f"upload_link:{self.upload_link.uuid}"
         if self.dicom_node is not None:
             return f"dicom:{self.dicom_node.ae_title}"
         if self.kind == OriginKind.ANONYMIZATION:

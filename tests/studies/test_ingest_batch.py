@@ -29,6 +29,8 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from studies import ingest
+from studies import tasks as study_tasks
+from studies.anonymize import services as anonymize
 from studies.archive import objects, stores
 from studies.archive.errors import StorageUnavailable
 from studies.backup import replication
@@ -490,3 +492,29 @@ def test_the_archive_and_ingest_import_nothing_above_them_and_nothing_inside_fun
         assert not [name for name in names if name.startswith(above)], path.name
         if path.parent.name == "ingest":
             assert nested == [], path.name
+
+
+# --- Anonymization jobs: one ingest batch per task -----------------------------------------------------
+
+
+def test_an_anonymization_job_is_stored_in_batches_with_one_replication_message_each(
+    clinic, tmp_path, django_capture_on_commit_callbacks
+):
+    files = _study_files(tmp_path, 5, series=2)
+    items = ingest.instances_ingest(clinic=clinic, paths=[str(p) for p in files], origin=SYSTEM)
+    source = items[0].result.instance.series.study
+    project = anonymize.project_create(clinic=clinic, name="Teaching")
+    job = anonymize.job_create(clinic=clinic, project=project, studies=[source])
+    study_tasks.anonymization_job_start(clinic_id=clinic.pk, job_id=job.pk)
+    ids = anonymize.job_instances(job)
+    task = current_app.tasks[replication.INSTANCES_REPLICATE_TASK]
+
+    with mock.patch.object(task, "delay") as delay, django_capture_on_commit_callbacks(execute=True):
+        study_tasks.anonymization_instances(clinic_id=clinic.pk, job_id=job.pk, instance_ids=ids)
+        study_tasks.anonymization_instances(clinic_id=clinic.pk, job_id=job.pk, instance_ids=ids)  # redelivered
+
+    job.refresh_from_db()
+    assert (job.status, job.done, job.failed) == ("done", 5, 0)
+    result = Study.objects.for_clinic(clinic).exclude(pk=source.pk).get()
+    assert result.number_of_instances == 5 and result.number_of_series == 2
+    assert delay.call_count == 1
