@@ -210,6 +210,8 @@ def _ingest_batch(*, clinic: Clinic, paths: Sequence[str], origin: Origin, study
         else:
             first[entry.parsed.sop_instance_uid] = entry
     pending = list(first.values())
+    # The checks on what may be filed where, in order; each answers the files it refuses and returns the
+    # others (add new ones here: nothing has been written yet).
     pending = _drop_existing(clinic=clinic, pending=pending, origin=origin)
     pending = _drop_series_conflicts(clinic=clinic, pending=pending)
     if pending:
@@ -229,6 +231,7 @@ def _drop_existing(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -
         instance.sop_instance_uid: instance
         for instance in Instance.objects.for_clinic(clinic)
         .select_related("series__study")
+        .defer("metadata")
         .filter(sop_instance_uid__in=[e.parsed.sop_instance_uid for e in pending])
     }
     new = []
