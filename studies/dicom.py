@@ -14,8 +14,8 @@ real URIs when it answers. The transfer syntax is kept as ``00020010``.
 
 from __future__ import annotations
 
-import io
 import hashlib
+import io
 import logging
 import os
 import re
