@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install install-test ohif run test lint check bench clean
+.PHONY: install install-test ohif run test lint check bench bench-orthanc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ lint: install-test
 
 bench: install-test ohif
 	PATH=$(CURDIR)/$(BIN):$$PATH bin/with-test-services $(BIN)/python bench/run_all.py
+
+# Side by side with a private Orthanc (Debian's orthanc + orthanc-dicomweb); prints the ratios.
+bench-orthanc: install-test
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/bench_orthanc.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

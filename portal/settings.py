@@ -302,6 +302,15 @@ REPLICA_STORE_URL = env_str("REPLICA_STORE_URL", (VAR_DIR / "replica").as_uri())
 REPLICA_STORE_ACCESS_KEY_ID = env_secret("REPLICA_STORE_ACCESS_KEY_ID")
 REPLICA_STORE_SECRET_ACCESS_KEY = env_secret("REPLICA_STORE_SECRET_ACCESS_KEY")
 DEFAULT_CLINIC_QUOTA_BYTES = env_int("DEFAULT_CLINIC_QUOTA_BYTES", 100 * 1000**3)
+# Ingest (README "Ingest"): a local primary store refuses new objects (503 / C-STORE 0xA700, retryable)
+# once less than this is free, so the index and the temporary files beside it never hit a full disk.
+PRIMARY_STORE_MIN_FREE_BYTES = env_int("PRIMARY_STORE_MIN_FREE_BYTES", 256 * 1024**2)
+# STOW-RS: one request holds at most this many parts and bytes (413 beyond, nothing stored when the size
+# is declared; a chunked body's extra parts are listed as failed with 0xA700).
+STOW_MAX_PARTS = env_int("STOW_MAX_PARTS", 5000)
+STOW_MAX_BYTES = env_int("STOW_MAX_BYTES", 8 * 1024**3)
+# Instances ingested together (one index transaction, one replication message) by STOW-RS and jobs.
+INGEST_BATCH_SIZE = env_int("INGEST_BATCH_SIZE", 32)
 
 # Cache: shared by every process through Redis when configured (throttles, debounces, "replica down"
 # flags); otherwise each process keeps its own, which only makes those throttles per process.
@@ -460,6 +469,8 @@ if REPLICATION_MODE not in {"sync", "async"}:
     raise ImproperlyConfigured("REPLICATION_MODE must be 'sync' or 'async'.")
 REPLICATION_SWEEP_AGE_SECONDS = env_int("REPLICATION_SWEEP_AGE_SECONDS", 60)
 REPLICATION_SWEEP_LIMIT = env_int("REPLICATION_SWEEP_LIMIT", 10000)
+# The sweep queues an instance again only once its last message is this old (taken as lost by then).
+REPLICATION_REQUEUE_SECONDS = env_int("REPLICATION_REQUEUE_SECONDS", 600)
 BACKUP_VERIFY_INTERVAL_DAYS = env_int("BACKUP_VERIFY_INTERVAL_DAYS", 7)
 BACKUP_VERIFY_BATCH_SIZE = env_int("BACKUP_VERIFY_BATCH_SIZE", 2000)
 BACKUP_LAG_ALERT_SECONDS = env_int("BACKUP_LAG_ALERT_SECONDS", 600)

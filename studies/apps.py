@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from django.apps import AppConfig
 
 
@@ -6,6 +8,32 @@ class StudiesConfig(AppConfig):
     verbose_name = "Studies and archive"
 
     def ready(self) -> None:
-        # Registers the outbound tasks in every process, so services can queue them by name and eager
-        # runs (tests, CELERY_TASK_ALWAYS_EAGER) find them.
-        from studies.outbound import tasks  # noqa: F401
+        # The layers point down (ingest and the archive never import backup or the thumbnails); what
+        # they must trigger is registered here, once, in every process (web, worker, DIMSE listener).
+        # The hooks send tasks by name: their modules must be loaded in every process, not only in workers.
+        from studies import (
+            tasks,  # noqa: F401
+            thumbnails,
+        )
+        from studies.anonymize import services as anonymize
+        from studies.archive import objects
+        from studies.backup import recovery, replication
+        from studies.ingest import hooks
+
+        hooks.object_writer_register(replication.object_write_for_ingest)
+        hooks.after_commit_register(replication.instances_replication_start)
+        hooks.after_commit_register(thumbnails.series_thumbnails_schedule)
+        hooks.anonymizer_register(
+            hooks.Anonymizer(
+                rule=anonymize.project_for_ingest,
+                anonymize=anonymize.anonymize_for_ingest,
+                link=anonymize.ingest_result_link,
+            )
+        )
+        objects.read_failure_hook_register(recovery.object_repair_schedule)
+        # Routing deliveries are written in the index transaction, so one exists exactly when its instance
+        # does; the outbound tasks are loaded so that services queue them by name in every process.
+        from studies.outbound import routing
+        from studies.outbound import tasks as outbound_tasks  # noqa: F401
+
+        hooks.indexed_register(routing.instances_route_indexed)

@@ -14,6 +14,7 @@ real URIs when it answers. The transfer syntax is kept as ``00020010``.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -274,6 +275,26 @@ def _parse_path(path: str) -> ParsedInstance:
         columns=columns,
         metadata=_metadata(ds, layout, meta),
     )
+
+
+def data_set_digest(fileobj: IO[bytes]) -> str:
+    """Return the SHA-256 of a Part 10 file's data set, leaving out its preamble and File Meta group.
+
+    Two senders of the same image write different File Meta (Implementation Class UID and Version,
+    Source AE Title), so "the same content" is judged on the data set alone. Reads ``fileobj`` from its
+    start to its end; raises InvalidDicom if the File Meta group is malformed.
+    """
+    fileobj.seek(0, os.SEEK_END)
+    size = fileobj.tell()
+    fileobj.seek(0)
+    head = fileobj.read(132)
+    if not (len(head) == 132 and head[128:132] == b"DICM"):
+        fileobj.seek(0)
+    _skip_file_meta(fileobj, size)  # type: ignore[arg-type]
+    digest = hashlib.sha256()
+    while chunk := fileobj.read(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _looks_like_bare_dataset(head: bytes) -> bool:

@@ -62,3 +62,8 @@ class StudyBeingPurged(StorageUnavailable):
     """
 
     code = "study_being_purged"
+class StudyMismatch(PortalError):
+    """The instance belongs to another study than the one it was sent to (STOW-RS to one study)."""
+
+    status = HTTPStatus.CONFLICT
+    code = "study_mismatch"

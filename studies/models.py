@@ -109,6 +109,8 @@ class Series(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["clinic", "series_instance_uid"], name="series_unique_uid")
         ]
+        # QIDO series of one study and the study page list them in this order (study, number).
+        indexes = [models.Index(fields=["study", "series_number", "id"], name="series_of_study")]
 
 
 class Instance(models.Model):
@@ -129,6 +131,8 @@ class Instance(models.Model):
     metadata = models.JSONField(default=dict, help_text="DICOM JSON of the header, bulk data left out.")
     stored_at = models.DateTimeField(default=timezone.now, db_index=True)
     replicated_at = models.DateTimeField(null=True, blank=True)
+    # When a replication message was last queued for it: the sweep leaves it alone while that is recent.
+    replication_queued_at = models.DateTimeField(null=True, blank=True)
     replica_verified_at = models.DateTimeField(null=True, blank=True)
     replica_verify_failed_at = models.DateTimeField(null=True, blank=True)
 

@@ -116,6 +116,27 @@ def anonymization_job_start(clinic_id: int, job_id: int) -> None:
         services.job_start(job=job)
 
 
+@shared_task(name="studies.tasks.anonymization_instances", acks_late=True, bind=True, max_retries=5)
+def anonymization_instances(self, clinic_id: int, job_id: int, instance_ids: list[int]) -> None:
+    """Anonymize a batch of a job's instances, stored as one ingest batch (finished ones are skipped)."""
+    from studies.anonymize import services
+    from studies.anonymize.models import AnonymizationJob
+    from studies.archive.errors import StorageUnavailable
+    from studies.models import Instance
+
+    job = AnonymizationJob.objects.for_clinic(clinic_id).select_related("project", "clinic").filter(pk=job_id).first()
+    if job is None:
+        return
+    instances = list(
+        Instance.objects.for_clinic(clinic_id).select_related("series__study").filter(pk__in=instance_ids)
+    )
+    try:
+        services.job_instances_process(job=job, instances=instances)
+    except StorageUnavailable as exc:
+        raise self.retry(exc=exc, countdown=min(600, 10 * 2**self.request.retries)) from exc
+
+
+# Kept for messages queued before batching (one instance each).
 @shared_task(acks_late=True, bind=True, max_retries=5)
 def anonymization_instance(self, clinic_id: int, job_id: int, instance_id: int) -> None:
     """Anonymize one instance of a job; a retry after a crash re-creates the same bytes (already present)."""

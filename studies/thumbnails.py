@@ -10,17 +10,20 @@ from __future__ import annotations
 import io
 import logging
 import uuid
+from collections.abc import Sequence
 from contextlib import closing
 from typing import BinaryIO
 
 import pydicom
+from celery import current_app
+from django.core.cache import cache
 from pydicom.pixels import pixel_array
 
 from studies import selectors
 from studies.archive import objects
 from studies.archive.errors import ObjectMissing
 from studies.dicomweb import rendering
-from studies.models import Series
+from studies.models import Instance, Series
 from tenants.models import Clinic
 
 logger = logging.getLogger(__name__)
@@ -96,3 +99,21 @@ def _delete_quietly(*, clinic: Clinic, key: str) -> None:
         objects.object_delete(clinic=clinic, key=key)
     except ObjectMissing:
         pass
+
+
+# A series' thumbnail is rendered once the series has stopped growing for this long, not once per file.
+THUMBNAIL_DEBOUNCE_SECONDS = 15
+SERIES_THUMBNAIL_TASK = "studies.tasks.series_thumbnail_render"
+
+
+def series_thumbnails_schedule(clinic: Clinic, instances: Sequence[Instance]) -> None:
+    """Queue one render per series of a committed ingest batch, after a quiet period (an ingest hook).
+
+    Debounced across batches and processes (the cache is shared): the render is scheduled after the
+    period, so it sees the files that arrived meanwhile.
+    """
+    for series_id in sorted({i.series_id for i in instances}):
+        if cache.add(f"thumbnail-pending:{series_id}", 1, timeout=THUMBNAIL_DEBOUNCE_SECONDS):
+            current_app.tasks[SERIES_THUMBNAIL_TASK].apply_async(
+                kwargs={"clinic_id": clinic.pk, "series_id": series_id}, countdown=THUMBNAIL_DEBOUNCE_SECONDS
+            )

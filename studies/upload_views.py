@@ -27,7 +27,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from portal.exceptions import PortalError
 from studies import ingest, tasks, uploads
-from studies.archive.errors import StorageUnavailable
+from studies.archive.errors import StorageFull, StorageUnavailable
 from studies.errors import (
     DicomDirectory,
     InstanceConflict,
@@ -130,8 +130,8 @@ def upload_receive(request: ClinicRequest, *, upload: UploadedFile | None, name:
                 batch = _stage_zip(request, path=path, name=name, size=upload.size or 0, anonymize_project=project)
                 return UploadAnswer("queued", "The archive is being unpacked.", HTTPStatus.ACCEPTED, batch=batch)
             result = ingest.instance_ingest(
-                clinic=request.clinic, source_path=path, source="upload", request=request, actor=_user(request),
-                anonymize_project=project,
+                clinic=request.clinic, source_path=path, anonymize_project=project,
+                origin=ingest.Origin.from_request(request, source="upload", user=_user(request)),
             )
     except (DicomDirectory, NotDicom) as exc:
         # A CD copy's readme or viewer files are not mistakes: skipped, as inside a ZIP archive.
@@ -146,6 +146,9 @@ def upload_receive(request: ClinicRequest, *, upload: UploadedFile | None, name:
             exc.message,
             exc.status if exc.status != HTTPStatus.BAD_REQUEST else HTTPStatus.UNPROCESSABLE_ENTITY,
         )
+    except StorageFull:
+        return UploadAnswer("error", "The archive's storage is full for the moment; nothing was stored. Keep the "
+                            "file and send it again later.", HTTPStatus.SERVICE_UNAVAILABLE)
     except StorageUnavailable:
         return UploadAnswer(
             "error", "Storage is unavailable for a moment; the file will be sent again.", HTTPStatus.SERVICE_UNAVAILABLE
@@ -164,7 +167,13 @@ def upload_receive(request: ClinicRequest, *, upload: UploadedFile | None, name:
 def upload_file(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     """Ingest one uploaded file (field ``file``), or stage a ZIP archive for unpacking."""
     _require_upload(request)
-    answer = upload_receive(request, upload=request.FILES.get("file"), name=request.POST.get("path") or "")
+    try:
+        upload = request.FILES.get("file")
+    except OSError:
+        # Django spools the upload to a temporary file before this runs: a full disk shows up here.
+        return JsonResponse({"outcome": "error", "reason": "The server has no room for the upload right now; "
+                             "nothing was stored. Send it again later."}, status=HTTPStatus.SERVICE_UNAVAILABLE)
+    answer = upload_receive(request, upload=upload, name=request.POST.get("path") or "")
     extra: dict[str, object] = {}
     if answer.held:
         extra["held"] = True

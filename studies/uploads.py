@@ -347,8 +347,8 @@ def _member_ingest(
         member.flush()
         try:
             result = ingest.instance_ingest(
-                clinic=clinic, source_path=member.name, source="upload-zip", actor=batch.created_by,
-                anonymize_project=batch.anonymize_project, upload_link=batch.upload_link,
+                clinic=clinic, source_path=member.name, anonymize_project=batch.anonymize_project,
+                origin=ingest.Origin.upload_batch(user=batch.created_by, upload_link=batch.upload_link),
             )
         except (DicomDirectory, NotDicom) as exc:
             return Outcome.SKIPPED, exc.message, None, inflated

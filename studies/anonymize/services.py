@@ -6,6 +6,7 @@ alone does not re-identify anyone; owners and admins can, through ``reidentify``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -39,6 +40,9 @@ from studies.anonymize.models import (
     UidMapping,
 )
 from studies.anonymize.profile import Option
+from studies.archive import objects
+from studies.archive.errors import StorageUnavailable
+from studies.ingest import Origin, instance_ingest, instances_ingest
 from studies.models import Instance, Series, Study
 from tenants.audit import audit_record
 from tenants.models import Clinic, User
@@ -295,9 +299,75 @@ def job_start(*, job: AnonymizationJob) -> list[int]:
         return []  # a previous delivery started it already
     if not instance_ids:
         job_finish_if_complete(job_id=job.pk)
-    for instance_id in instance_ids:
-        tasks.anonymization_instance.delay(clinic_id=job.clinic_id, job_id=job.pk, instance_id=instance_id)
+    # One message per batch: each batch is stored with one index transaction and one replication message.
+    for start in range(0, len(instance_ids), JOB_BATCH):
+        tasks.anonymization_instances.delay(
+            clinic_id=job.clinic_id, job_id=job.pk, instance_ids=instance_ids[start : start + JOB_BATCH]
+        )
     return instance_ids
+
+
+# Instances of a job anonymized and ingested together.
+JOB_BATCH = 32
+
+
+def job_instances_process(*, job: AnonymizationJob, instances: list[Instance]) -> None:
+    """Anonymize a batch of stored instances and ingest the results as one batch.
+
+    Safe to run twice like ``job_instance_process``: finished items are skipped, and the output bytes are
+    the same each time, so a re-run after a crash finds them already present.
+    """
+
+    done = set(AnonymizationJobItem.objects.filter(job=job, instance_id__in=[i.pk for i in instances])
+               .values_list("instance_id", flat=True))
+    todo = [i for i in instances if i.pk not in done]
+    workdir = tempfile.mkdtemp(prefix="anon-")
+    try:
+        ready: list[tuple[Instance, str, FileAnonymized]] = []
+        for instance in todo:
+            source_path = os.path.join(workdir, f"{instance.pk}.src")
+            dest_path = os.path.join(workdir, f"{instance.pk}.dcm")
+            try:
+                with objects.object_open(clinic=job.clinic, key=instance.object_key) as stream, \
+                        open(source_path, "wb") as out:
+                    shutil.copyfileobj(stream, out, 1024 * 1024)
+                anonymized = file_anonymize(project=job.project, source_path=source_path, dest_path=dest_path,
+                                            options=job.options)
+            except PortalError as exc:
+                _item_record(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.FAILED,
+                             reason=exc.message)
+                continue
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(source_path)
+            ready.append((instance, dest_path, anonymized))
+        results = instances_ingest(clinic=job.clinic, paths=[path for _, path, _ in ready],
+                                   origin=Origin.anonymization(job=job)) if ready else []
+        retry: StorageUnavailable | None = None
+        for (instance, _, anonymized), item in zip(ready, results, strict=True):
+            if isinstance(item.error, StorageUnavailable):
+                retry = item.error  # not a failure of the instance: the task retries it
+                continue
+            if item.error is not None:
+                _item_record(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.FAILED,
+                             reason=item.error.message)
+                continue
+            assert item.result is not None
+            with transaction.atomic():
+                link, _ = AnonymizedStudy.objects.get_or_create(
+                    study=item.result.instance.series.study,
+                    defaults={"clinic": job.clinic, "source_study": instance.series.study, "project": job.project,
+                              "job": job},
+                )
+                if anonymized.report.needs_review and not link.needs_review:
+                    AnonymizedStudy.objects.filter(pk=link.pk).update(needs_review=True)
+            _item_record(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.DONE,
+                         needs_review=anonymized.report.needs_review)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    job_finish_if_complete(job_id=job.pk)
+    if retry is not None:
+        raise retry
 
 
 def job_instance_process(*, job: AnonymizationJob, instance: Instance) -> None:
@@ -306,8 +376,6 @@ def job_instance_process(*, job: AnonymizationJob, instance: Instance) -> None:
     Safe to run twice: a finished item is skipped, and the output bytes are the same each time, so a
     re-run after a crash finds them already present.
     """
-    from studies.archive import objects
-    from studies.ingest import instance_ingest
 
     if AnonymizationJobItem.objects.filter(job=job, instance_id=instance.pk).exists():
         job_finish_if_complete(job_id=job.pk)
@@ -320,7 +388,7 @@ def job_instance_process(*, job: AnonymizationJob, instance: Instance) -> None:
             shutil.copyfileobj(stream, out, 1024 * 1024)
         anonymized = file_anonymize(project=job.project, source_path=source_path, dest_path=dest_path,
                                     options=job.options)
-        result = instance_ingest(clinic=job.clinic, source_path=dest_path, source="anonymize")
+        result = instance_ingest(clinic=job.clinic, source_path=dest_path, origin=Origin.anonymization(job=job))
         study = result.instance.series.study
         with transaction.atomic():
             link, _ = AnonymizedStudy.objects.get_or_create(

@@ -25,6 +25,15 @@ class StorageUnavailable(ArchiveError):
     code = "storage_unavailable"
 
 
+class StorageFull(StorageUnavailable):
+    """The store has no room left (a full disk, or less free space than PRIMARY_STORE_MIN_FREE_BYTES).
+
+    Retryable like any StorageUnavailable: senders keep their copy and send it again later.
+    """
+
+    code = "storage_full"
+
+
 class ObjectMissing(ArchiveError):
     """The store answered, but holds no object under that key."""
 

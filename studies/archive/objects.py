@@ -15,6 +15,7 @@ import logging
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -39,12 +40,21 @@ class StoredObject:
     sha256: str  # plaintext SHA-256 hex
 
 
-def on_primary_read_failure(clinic: Clinic, key: str) -> None:
-    """Called when a read had to fall back to the replica: queue a repair of the primary copy (issue 4)."""
-    logger.warning("primary store failed to serve object %s of clinic %s; read from the replica", key, clinic.uuid)
-    from studies.backup import recovery
+ReadFailureHook = Callable[..., object]  # called as hook(clinic=..., key=...)
+_read_failure_hooks: list[ReadFailureHook] = []
 
-    recovery.object_repair_schedule(clinic=clinic, key=key)
+
+def read_failure_hook_register(hook: ReadFailureHook) -> None:
+    """Add a function called when a read had to fall back to the replica (backup queues a repair)."""
+    if hook not in _read_failure_hooks:
+        _read_failure_hooks.append(hook)
+
+
+def on_primary_read_failure(clinic: Clinic, key: str) -> None:
+    """Called when a read had to fall back to the replica: run the registered hooks (a repair, issue 4)."""
+    logger.warning("primary store failed to serve object %s of clinic %s; read from the replica", key, clinic.uuid)
+    for hook in list(_read_failure_hooks):
+        hook(clinic=clinic, key=key)
 
 
 def object_key_for(*, clinic: Clinic, object_uuid: uuid.UUID) -> str:

@@ -11,9 +11,11 @@ The stores move opaque bytes; encryption happens before (studies.archive.objects
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -26,9 +28,13 @@ from urllib.request import url2pathname
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from studies.archive.errors import ObjectMissing, StorageUnavailable
+from studies.archive.errors import ObjectMissing, StorageFull, StorageUnavailable
 
 STORE_NAMES = ("primary", "replica")
+# errno values that mean "no room left" rather than "unreachable".
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# S3-compatible servers that run on disks of their own say "full" with these codes (MinIO, Ceph).
+S3_FULL_CODES = frozenset({"XMinioStorageFull", "InsufficientStorage", "QuotaExceeded"})
 COPY_CHUNK = 1024 * 1024
 # Our keys are "clinics/<uuid>/objects/<uuid>" and the like: plain segments, no "..", no leading "/".
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
@@ -78,6 +84,10 @@ class ObjectStore:
         """Raise StorageUnavailable unless the store is reachable and writable."""
         raise NotImplementedError
 
+    def free_bytes(self) -> int | None:
+        """Free space left in the store, or None when it has no fixed size (S3)."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
@@ -100,6 +110,8 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             raise
         except OSError as exc:
+            if exc.errno in NO_SPACE_ERRNOS:
+                raise StorageFull(f"The {self.name} store is full; nothing was stored. Retry later.") from exc
             raise StorageUnavailable(
                 f"The {self.name} store could not {action}: {exc.strerror or type(exc).__name__}."
             ) from exc
@@ -176,6 +188,11 @@ class LocalStore(ObjectStore):
                     key = Path(directory, filename).relative_to(self.root).as_posix()
                     if key.startswith(prefix):
                         yield key
+
+    def free_bytes(self) -> int | None:
+        with self._errors("be reached"):
+            self.root.mkdir(parents=True, exist_ok=True)
+            return shutil.disk_usage(self.root).free
 
     def check(self) -> None:
         with self._errors("be reached"):
@@ -302,6 +319,8 @@ class S3Store(ObjectStore):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if key is not None and code in {"NoSuchKey", "404", "NotFound"}:
                 raise ObjectMissing(f"The {self.name} store has no object {key}.", key=key) from None
+            if code in S3_FULL_CODES:
+                raise StorageFull(f"The {self.name} store is full; nothing was stored. Retry later.") from exc
             raise StorageUnavailable(f"The {self.name} store refused the request ({code or 'error'}).") from exc
         except (BotoCoreError, OSError) as exc:
             raise StorageUnavailable(f"The {self.name} store cannot be reached ({type(exc).__name__}).") from exc

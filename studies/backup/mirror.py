@@ -1,6 +1,6 @@
 """Synchronous replication: encrypt once, write the same ciphertext to both stores in parallel.
 
-Used by ``instance_ingest`` (through ``replication.object_put_for_ingest``) when
+Used by ingest (through ``replication.object_write_for_ingest``, its registered object writer) when
 ``REPLICATION_MODE=sync``. One encrypting reader feeds two store writers running in two threads
 through a bounded tee, so memory stays at a few segments whatever the file size, and the upload takes
 about as long as the slower of the two writes instead of their sum. If the replica write fails the

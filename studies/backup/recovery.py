@@ -27,9 +27,11 @@ from django.utils import timezone
 
 from studies.archive import crypto, stores
 from studies.archive.errors import ArchiveError, ObjectMissing, StorageUnavailable
+from studies.archive.objects import StoredObject
 from studies.backup import replication, study_state
 from studies.backup.verification import ObjectCheck, object_check, object_open_from
 from studies.errors import InvalidDicom
+from studies.ingest.index import IndexItem, instance_index_write, instances_index_write
 from studies.models import ClinicKey, Instance, QuarantinedInstance, Series
 from tenants.models import Clinic
 
@@ -332,24 +334,19 @@ def index_rebuild(
             say(f"{clinic.slug}: {len(keys)} objects on the replica, {len(keys) - len(todo)} already indexed")
             arguments = ([clinic.uuid] * len(todo), todo, [clinic_keys] * len(todo), [workdir] * len(todo))
             results = pool.map(_decode_object, *arguments, chunksize=16) if pool else map(_decode_object, *arguments)
+            batch: list[Any] = []
             for position, decoded in enumerate(results, start=1):
                 if decoded.outcome == "ok":
-                    try:
-                        instance_index_create(
-                            clinic=clinic, parsed=decoded.parsed, object_key=decoded.key, key_id=decoded.key_id,
-                            sha256=decoded.sha256, size_bytes=decoded.size,
-                        )
-                    except InvalidDicom as exc:
-                        # Its series already belongs to another study: report it, rebuild the rest.
-                        logger.error("Cannot index replica object %s: %s", decoded.key, exc.message)
-                        report.failed.append(decoded.key)
-                        continue
-                    report.indexed += 1
+                    batch.append(decoded)
+                    if len(batch) >= REBUILD_BATCH or position == len(todo):
+                        _index_batch(clinic=clinic, batch=batch, report=report)
                 elif decoded.outcome == "not_dicom":
                     report.skipped_not_dicom += 1
                 else:
                     logger.error("Cannot decrypt replica object %s: %s", decoded.key, decoded.error)
                     report.failed.append(decoded.key)
+                if position == len(todo) and batch:
+                    _index_batch(clinic=clinic, batch=batch, report=report)
                 if position % 100 == 0 or position == len(todo):
                     say(f"{clinic.slug}: {position}/{len(todo)} objects, {report.indexed} indexed so far")
             # Trash and purge state recorded in the replica: never bring a trashed or purged study back live.
@@ -364,6 +361,54 @@ def index_rebuild(
     return report
 
 
+# Recovered instances indexed per transaction (one bulk insert, one counter update per study and series).
+REBUILD_BATCH = 200
+
+
+def _index_batch(*, clinic: Clinic, batch: list[Any], report: RebuildReport) -> None:
+    """Index decoded replica objects in one transaction; one by one if the batch as a whole is refused."""
+    if not batch:
+        return
+    try:
+        instances_index_create(clinic=clinic, decoded=batch)
+        report.indexed += len(batch)
+    except (IntegrityError, InvalidDicom):
+        for decoded in batch:
+            try:
+                instance_index_create(
+                    clinic=clinic, parsed=decoded.parsed, object_key=decoded.key, key_id=decoded.key_id,
+                    sha256=decoded.sha256, size_bytes=decoded.size,
+                )
+            except InvalidDicom as exc:
+                # Its series already belongs to another study: report it, rebuild the rest.
+                logger.error("Cannot index replica object %s: %s", decoded.key, exc.message)
+                report.failed.append(decoded.key)
+                continue
+            report.indexed += 1
+    batch.clear()
+
+
+@transaction.atomic
+def instances_index_create(*, clinic: Clinic, decoded: list[Any]) -> None:
+    """Index recovered instances with ingest's batch index writer, and count them in the usage.
+
+    Raises IntegrityError or InvalidDicom (nothing written) when one of them cannot go in with the others.
+    """
+    now = timezone.now()
+    items = []
+    for entry in decoded:
+        match = _OBJECT_KEY.match(entry.key)
+        items.append(IndexItem(
+            parsed=entry.parsed,
+            stored=StoredObject(key=entry.key, key_id=entry.key_id, size_bytes=entry.size, sha256=entry.sha256),
+            instance_uuid=uuid.UUID(match["object"]) if match is not None else None,
+            replicated_at=now, verified_at=now,
+        ))
+    with transaction.atomic():
+        instances_index_write(clinic=clinic, items=items)
+    Clinic.objects.filter(pk=clinic.pk).update(used_bytes=F("used_bytes") + sum(e.size for e in decoded))
+
+
 @transaction.atomic
 def instance_index_create(
     *, clinic: Clinic, parsed: Any, object_key: str, key_id: str, sha256: str, size_bytes: int
@@ -374,9 +419,6 @@ def instance_index_create(
     Replication and verification state: the object came from the replica, so it is replicated; it was
     verified by decrypting it here.
     """
-    from studies.archive.objects import StoredObject
-    from studies.ingest import instance_index_write
-
     now = timezone.now()
     match = _OBJECT_KEY.match(object_key)
     stored = StoredObject(key=object_key, key_id=key_id, size_bytes=size_bytes, sha256=sha256)

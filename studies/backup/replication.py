@@ -4,31 +4,40 @@ Objects are copied still encrypted, so the replica never sees a plaintext byte a
 with the master key, can rebuild everything (objects are self-describing; clinic keys are stored as
 objects under ``clinics/<uuid>/keys/`` and a small ``clinic.json`` manifest names each clinic).
 
-Flow: ``instance_replication_start`` runs when an ingest commits. In ``async`` mode (default) it queues
-``studies.tasks.instance_replicate``; in ``sync`` mode it copies at once, before the upload is
-acknowledged, and on failure leaves the instance pending and alerts. The per-minute sweep re-queues any
-instance still pending after a minute, so a lost queue message never loses a backup.
+Flow: ingest writes each object through ``object_write_for_ingest`` (in ``sync`` mode into both stores
+before the upload is acknowledged; a replica failure leaves the instance pending and alerts), then, once
+the batch's index rows are committed, ``instances_replication_start`` queues one ``instances_replicate``
+message per batch. The per-minute sweep queues any instance still pending after a minute whose message is
+not already on its way, so a lost queue message never loses a backup. Both functions are registered with
+``studies.ingest.hooks`` at start-up: ingest never imports backup.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import itertools
 import json
 import logging
-import threading
 import uuid
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlparse
 
+from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
+from django.db.models import Q
 from django.utils import timezone
 
+from studies.archive import keys as archive_keys
 from studies.archive import objects, stores
 from studies.archive.errors import ObjectMissing, StorageUnavailable
+from studies.backup import alerts, mirror
+from studies.ingest import hooks
 from studies.models import ClinicKey, Instance, Series
 from tenants.models import Clinic
 
@@ -39,6 +48,10 @@ ASYNC = "async"
 # After a failed synchronous replica write, uploads skip the replica for this long (the sweep copies them).
 REPLICA_DOWN_CACHE_KEY = "backup:replica-down"
 REPLICA_DOWN_SECONDS = 30
+# Instances per replication message; a message not done after REQUEUE_AFTER is assumed lost.
+REPLICATION_BATCH = 50
+REQUEUE_AFTER = timedelta(minutes=10)
+INSTANCES_REPLICATE_TASK = "studies.backup.tasks.instances_replicate"
 
 
 def replication_mode() -> str:
@@ -81,129 +94,131 @@ def instance_replicate(*, instance: Instance) -> bool:
     object_copy(key=instance.object_key)
     clinic_manifest_replicate(clinic=instance.clinic)
     now = timezone.now()
-    updated = Instance.objects.for_clinic(instance.clinic_id).filter(pk=instance.pk, replicated_at=None).update(
-        replicated_at=now
+    updated = (
+        Instance.objects.for_clinic(instance.clinic_id)
+        .filter(pk=instance.pk, replicated_at=None)
+        .update(replicated_at=now)
     )
     if updated:
         instance.replicated_at = now
     return bool(updated)
 
 
-# Keys that object_put_for_ingest wrote to both stores (or failed to mirror) in this thread, waiting for
-# instance_replication_start to mark (or queue) them once the index rows are committed.
-_mirror_state = threading.local()
-
-
-def _mirror_sets() -> tuple[set[str], set[str]]:
-    if not hasattr(_mirror_state, "done"):
-        _mirror_state.done, _mirror_state.failed = set(), set()
-    return _mirror_state.done, _mirror_state.failed
-
-
-def object_put_for_ingest(*, clinic: Clinic, source: BinaryIO, object_uuid: uuid.UUID) -> objects.StoredObject:
+def object_write_for_ingest(clinic: Clinic, source: BinaryIO, object_uuid: uuid.UUID) -> hooks.WrittenObject:
     """Store an ingested file: primary only (``async``), or both stores in parallel (``sync``).
 
-    In ``sync`` mode a replica failure does not fail the upload: it is logged, admins are alerted, and
-    the instance stays pending for the worker and the sweep. A primary failure raises, as always.
+    Registered as ingest's object writer at start-up. In ``sync`` mode a replica failure does not fail the
+    upload: it is logged, admins are alerted, and the instance stays pending for the worker and the sweep
+    (``replicated_at`` is None). A primary failure raises, as always.
     """
-    if replication_mode() != SYNC:
-        return objects.object_put(clinic=clinic, source=source, object_uuid=object_uuid)
-    from studies.backup import alerts, mirror
-
-    done, failed = _mirror_sets()
-    if cache.get(REPLICA_DOWN_CACHE_KEY):
-        # The replica failed moments ago: do not make every upload wait for its timeout meanwhile.
-        stored = objects.object_put(clinic=clinic, source=source, object_uuid=object_uuid)
-        failed.add(stored.key)
-        return stored
+    if replication_mode() != SYNC or cache.get(REPLICA_DOWN_CACHE_KEY):
+        # Async, or the replica failed moments ago: do not make every upload wait for its timeout meanwhile.
+        return hooks.WrittenObject(objects.object_put(clinic=clinic, source=source, object_uuid=object_uuid))
     stored, replica_error = mirror.object_put_mirrored(clinic=clinic, source=source, object_uuid=object_uuid)
-    if len(done) + len(failed) > 10000:
-        # Keys of ingests that failed after the write are never claimed; do not let them pile up.
-        done.clear()
-        failed.clear()
     if replica_error is None:
-        done.add(stored.key)
-    else:
-        failed.add(stored.key)
-        cache.set(REPLICA_DOWN_CACHE_KEY, 1, timeout=REPLICA_DOWN_SECONDS)
-        logger.warning("Synchronous replica write of %s failed; left for the sweep: %s", stored.key, replica_error)
-        alerts.replica_unreachable_alert(clinic=clinic, error=str(replica_error))
-    return stored
+        return hooks.WrittenObject(stored, replicated_at=timezone.now())
+    cache.set(REPLICA_DOWN_CACHE_KEY, 1, timeout=REPLICA_DOWN_SECONDS)
+    logger.warning("Synchronous replica write of %s failed; left for the sweep: %s", stored.key, replica_error)
+    alerts.replica_unreachable_alert(clinic=clinic, error=str(replica_error))
+    return hooks.WrittenObject(stored)
 
 
-def _mark_replicated(instance: Instance) -> None:
-    now = timezone.now()
-    Instance.objects.for_clinic(instance.clinic_id).filter(pk=instance.pk, replicated_at=None).update(
-        replicated_at=now
-    )
-    instance.replicated_at = instance.replicated_at or now
+def instances_replication_start(clinic: Clinic, instances: Sequence[Instance]) -> None:
+    """Start replication of a freshly committed batch; registered as an ingest after-commit hook.
 
-
-def instance_replication_start(*, instance: Instance) -> None:
-    """Start replication of a freshly committed instance; call it from ``transaction.on_commit``.
-
-    ``sync`` mode: if ``object_put_for_ingest`` already wrote both stores, only the mark is left;
-    otherwise the object is copied now, before the caller acknowledges the upload. If the replica cannot
-    be reached the upload still succeeds, the instance stays pending for the sweep and admins are alerted.
-    ``async`` mode (and the sync fallback) queues ``instance_replicate`` for a worker.
+    Instances the sync writer already copied only need the clinic manifest on the replica; in async mode
+    the others go to a worker in one message for the whole batch (``instances_replicate``), marked as queued so the sweep
+    does not queue them again while that message is on its way.
     """
-    from studies import tasks
-
-    done, failed = _mirror_sets()
-    if instance.object_key in done:
-        done.discard(instance.object_key)
-        _mark_replicated(instance)
+    pending = [i.pk for i in instances if i.replicated_at is None]
+    if len(pending) < len(instances):
         try:
-            clinic_manifest_replicate(clinic=instance.clinic)
+            clinic_manifest_replicate(clinic=clinic)
         except StorageUnavailable as exc:
             logger.warning("Clinic manifest not replicated yet: %s", exc)
-        return
-    if instance.object_key in failed:
-        failed.discard(instance.object_key)
-    elif replication_mode() == SYNC:
+    # In sync mode a pending instance means the replica just failed: the sweep copies it once the replica
+    # answers again, rather than a message retrying against a store known to be down.
+    if pending and replication_mode() != SYNC:
+        replication_queue(clinic_id=clinic.pk, instance_ids=pending)
+
+
+def replication_queue(*, clinic_id: int, instance_ids: Sequence[int]) -> None:
+    """Queue the copy of these instances, one message per batch, and remember when they were queued."""
+    for start in range(0, len(instance_ids), REPLICATION_BATCH):
+        chunk = list(instance_ids[start : start + REPLICATION_BATCH])
+        Instance.objects.for_clinic(clinic_id).filter(pk__in=chunk).update(replication_queued_at=timezone.now())
+        # Looked up by its explicit name: the task module imports this one, not the other way round.
+        current_app.tasks[INSTANCES_REPLICATE_TASK].delay(clinic_id=clinic_id, instance_ids=chunk)
+
+
+def instances_replicate(*, clinic: Clinic, instance_ids: Sequence[int]) -> int:
+    """Copy a batch of instances to the replica; returns how many were copied now (others were already)."""
+    copied = 0
+    rows = (
+        Instance.objects.for_clinic(clinic)
+        .filter(pk__in=list(instance_ids), replicated_at=None)
+        .only("pk", "clinic_id", "object_key", "replicated_at")
+    )
+    for instance in rows:
+        instance.clinic = clinic
         try:
-            instance_replicate(instance=instance)
-            return
-        except (StorageUnavailable, ObjectMissing, OSError) as exc:
-            logger.warning("Synchronous replication of %s failed; left for the sweep: %s", instance.object_key, exc)
-            from studies.backup import alerts
-
-            alerts.replica_unreachable_alert(clinic=instance.clinic, error=str(exc))
-    tasks.instance_replicate.delay(clinic_id=instance.clinic_id, instance_id=instance.pk)
+            copied += int(instance_replicate(instance=instance))
+        except ObjectMissing:
+            # Not retried: primary lost the object. Verification/restore deal with it; say so loudly.
+            logger.error("Cannot replicate %s: the primary store has no such object.", instance.object_key)
+    return copied
 
 
-def pending_instances(*, older_than: timedelta) -> Iterator[Instance]:
+def pending_instances(*, older_than: timedelta, requeue_after: timedelta = REQUEUE_AFTER) -> Iterator[Instance]:
+    """Instances still not on the replica after ``older_than`` whose message is older than ``requeue_after``."""
     # Cross-clinic maintenance query (the sweep covers every clinic), served by instance_pending_replica.
-    cutoff = timezone.now() - older_than
+    now = timezone.now()
     return (
-        Instance.objects.filter(replicated_at=None, stored_at__lte=cutoff)
+        Instance.objects.filter(replicated_at=None, stored_at__lte=now - older_than)
+        .filter(Q(replication_queued_at=None) | Q(replication_queued_at__lte=now - requeue_after))
         .order_by("stored_at")
         .only("pk", "clinic_id")
         .iterator()
     )
 
 
-def replication_sweep(*, older_than: timedelta | None = None, limit: int | None = None) -> int:
+def replication_sweep(
+    *, older_than: timedelta | None = None, limit: int | None = None, requeue_after: timedelta | None = None
+) -> int:
     """Queue replication of every instance still pending after a minute; returns how many were queued.
 
-    Nothing is queued while the replica is unreachable (the queue would only fill up); the lag alert
+    An instance whose message was queued less than ``requeue_after`` ago (REPLICATION_REQUEUE_SECONDS,
+    default 10 minutes: a message that long unprocessed is taken as lost) is left alone (its message is on its
+    way), so the sweep never duplicates queued work; messages carry up to REPLICATION_BATCH instances of
+    one clinic and alternate between clinics, so one clinic's backlog does not delay the others. Nothing
+    is queued while the replica is unreachable (the queue would only fill up); the lag alert
     (``alerts.backup_health_check``) tells people instead.
     """
-    from studies import tasks
-
     older_than = older_than if older_than is not None else timedelta(seconds=settings.REPLICATION_SWEEP_AGE_SECONDS)
     limit = limit if limit is not None else settings.REPLICATION_SWEEP_LIMIT
+    if requeue_after is None:
+        requeue_after = timedelta(seconds=getattr(settings, "REPLICATION_REQUEUE_SECONDS", 600))
     try:
         stores.get_store("replica").check()
     except Exception as exc:  # noqa: BLE001 - any failure means "replica down", retried next minute
         logger.warning("Replication sweep skipped: the replica store is unreachable: %s", exc)
         return 0
+    by_clinic: dict[int, list[int]] = defaultdict(list)
     queued = 0
-    for instance in pending_instances(older_than=older_than):
-        tasks.instance_replicate.delay(clinic_id=instance.clinic_id, instance_id=instance.pk)
+    for instance in pending_instances(older_than=older_than, requeue_after=requeue_after):
+        by_clinic[instance.clinic_id].append(instance.pk)
         queued += 1
         if queued >= limit:
             break
+    # Round robin: the first batch of every clinic goes on the queue before any clinic's second one.
+    chunks = {
+        clinic_id: [ids[i : i + REPLICATION_BATCH] for i in range(0, len(ids), REPLICATION_BATCH)]
+        for clinic_id, ids in by_clinic.items()
+    }
+    for round_chunks in itertools.zip_longest(*chunks.values()):
+        for clinic_id, chunk in zip(chunks, round_chunks, strict=True):
+            if chunk:
+                replication_queue(clinic_id=clinic_id, instance_ids=chunk)
     if queued:
         logger.info("Replication sweep queued %d pending instances.", queued)
     clinic_keys_replicate(created_since=timezone.now() - timedelta(hours=2))
@@ -216,8 +231,6 @@ def clinic_keys_replicate(*, clinic: Clinic | None = None, created_since: Any = 
     The archive publishes key documents to both stores when a key is created or rotated; this catches
     a replica write that failed then. ``force`` rewrites them all (after a rotation, say).
     """
-    from studies.archive import keys as archive_keys
-
     replica = stores.get_store("replica")
     # Unscoped when clinic is None: the sweep covers every clinic's keys.
     rows = ClinicKey.objects.for_clinic(clinic) if clinic is not None else ClinicKey.objects.all()
@@ -252,8 +265,6 @@ def clinic_manifest(clinic: Clinic) -> dict[str, Any]:
 
 def clinic_manifest_replicate(*, clinic: Clinic, force: bool = False) -> bool:
     """Write the clinic's manifest to the replica when it changed; True if written."""
-    import io
-
     body = json.dumps(clinic_manifest(clinic), sort_keys=True).encode()
     digest = hashlib.sha256(body).hexdigest()
     cache_key = f"backup:manifest:{clinic.pk}"
@@ -275,7 +286,9 @@ def replica_reconcile(*, clinic: Clinic) -> dict[str, int]:
     prefix = clinic_prefix(clinic)
     on_replica = set(replica.list(prefix))
     tracked = dict(Instance.objects.for_clinic(clinic).values_list("object_key", "replicated_at"))
-    thumbnails = set(Series.objects.for_clinic(clinic).exclude(thumbnail_key="").values_list("thumbnail_key", flat=True))
+    thumbnails = set(
+        Series.objects.for_clinic(clinic).exclude(thumbnail_key="").values_list("thumbnail_key", flat=True)
+    )
     copied = lost = 0
     for key in primary.list(prefix):
         if key in on_replica:
@@ -360,8 +373,12 @@ def replica_protection_status() -> dict[str, Any]:
     try:
         versioning = client.get_bucket_versioning(Bucket=bucket).get("Status", "Disabled")
     except Exception as exc:  # noqa: BLE001 - shown as-is on the page
-        return {"kind": "s3", "versioning": f"unknown ({type(exc).__name__})", "object_lock": "unknown",
-                "retention_days": 0}
+        return {
+            "kind": "s3",
+            "versioning": f"unknown ({type(exc).__name__})",
+            "object_lock": "unknown",
+            "retention_days": 0,
+        }
     lock = "Disabled"
     days = 0
     lock_mode = ""

@@ -45,6 +45,15 @@ def instance_replicate(*, clinic_id: int, instance_id: int) -> bool:
         return False
 
 
+@shared_task(name=replication.INSTANCES_REPLICATE_TASK, **RETRY)
+def instances_replicate(*, clinic_id: int, instance_ids: list[int]) -> int:
+    """Copy a batch of instances to the replica (one message per ingest batch); returns how many were copied."""
+    clinic = Clinic.objects.filter(pk=clinic_id).first()
+    if clinic is None:
+        return 0
+    return replication.instances_replicate(clinic=clinic, instance_ids=instance_ids)
+
+
 @shared_task(acks_late=True, ignore_result=True)
 def replication_sweep() -> int:
     """Every minute (beat): re-queue instances pending for over a minute; alert on growing lag."""

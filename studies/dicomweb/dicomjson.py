@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from typing import Any
+from xml.etree import ElementTree
 
 
 def element(vr: str, value: Any) -> dict[str, Any]:
@@ -38,3 +39,31 @@ def multi(vr: str, backslashed: str) -> dict[str, Any]:
     """Return a multi-valued element from a backslash-separated index value."""
     values = [item for item in backslashed.split("\\") if item]
     return {"vr": vr, "Value": values} if values else {"vr": vr}
+
+
+def to_native_xml(dataset: dict[str, Any]) -> bytes:
+    """Write a DICOM JSON data set as the PS3.19 Native DICOM Model (``application/dicom+xml``).
+
+    Covers what our answers hold (strings, numbers, URLs, sequences); PN values keep their Alphabetic
+    group only.
+    """
+    root = ElementTree.Element("NativeDicomModel", {"xmlns": "http://dicom.nema.org/PS3.19/models/NativeDICOM"})
+    _xml_attributes(root, dataset)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(root, encoding="utf-8")
+
+
+def _xml_attributes(parent: ElementTree.Element, dataset: dict[str, Any]) -> None:
+    for tag, item in sorted(dataset.items()):
+        vr = item.get("vr", "UN")
+        attribute = ElementTree.SubElement(parent, "DicomAttribute", {"tag": tag, "vr": vr})
+        for number, value in enumerate(item.get("Value", []), start=1):
+            if vr == "SQ":
+                child = ElementTree.SubElement(attribute, "Item", {"number": str(number)})
+                _xml_attributes(child, value)
+            elif vr == "PN":
+                name = ElementTree.SubElement(attribute, "PersonName", {"number": str(number)})
+                ElementTree.SubElement(ElementTree.SubElement(name, "Alphabetic"), "FamilyName").text = str(
+                    value.get("Alphabetic", "") if isinstance(value, dict) else value
+                )
+            else:
+                ElementTree.SubElement(attribute, "Value", {"number": str(number)}).text = str(value)

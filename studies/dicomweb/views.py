@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from portal.exceptions import PortalError
 from portal.public_url import absolute_url
 from studies import matching, transcoding
-from studies.dicomweb import multipart, qido, rendering, stow, wado
+from studies.dicomweb import dicomjson, multipart, qido, rendering, stow, wado
 from studies.models import Instance, Study
 from tenants.audit import audit_record
 from tenants.middleware import ClinicRequest
@@ -160,15 +160,36 @@ def _qido_studies(request: ClinicRequest) -> HttpResponse:
     return _search(request, qido.STUDY)
 
 
+def _xml_preferred(request: ClinicRequest) -> bool:
+    """Whether the client asks for the XML Store Instances Response (PS3.18 allows JSON and XML)."""
+    ranges = [r for r in wado.accept_parse(request.headers.get("Accept", "")) if r.quality > 0]
+    for media in ranges:
+        if media.media_type in ("application/dicom+xml", "application/xml"):
+            return True
+        if media.media_type in (DICOM_JSON, "application/json", "*/*", "application/*"):
+            return False
+    return False
+
+
 @dicomweb_view(Action.UPLOAD)
 def _store(request: ClinicRequest, study_uid: str | None) -> HttpResponse:
     result = stow.stow(request=request, clinic=request.clinic, base_url=_base_url(request), study_uid=study_uid)
     audit_record(
         clinic=request.clinic, action="dicomweb.store", request=request,
-        result="success" if not result.failed else ("partial" if result.stored else "failure"),
+        result="success" if not result.failed and not result.warning else ("partial" if result.stored else "failure"),
         details={"stored": len(result.stored), "failed": len(result.failed)},
     )
-    return _json(result.body(base_url=_base_url(request), study_uid=study_uid), status=result.status)
+    body = result.body(base_url=_base_url(request), study_uid=study_uid)
+    if _xml_preferred(request):
+        response = HttpResponse(dicomjson.to_native_xml(body), content_type="application/dicom+xml",
+                                status=result.status)
+    else:
+        response = _json(body, status=result.status)
+    if result.warning:
+        response.headers["Warning"] = result.warning
+    if result.status == HTTPStatus.SERVICE_UNAVAILABLE:
+        response.headers["Retry-After"] = "30"  # storage down or full: the sender keeps its copy and retries
+    return response
 
 
 @require_GET

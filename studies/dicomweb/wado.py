@@ -7,8 +7,10 @@ turned into real URLs by plain string replacement.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -17,6 +19,7 @@ from django.db.models.functions import Cast
 
 from portal.exceptions import PortalError
 from studies import transcoding
+from studies.archive import readahead
 from studies.dicomweb import multipart, rendering
 from studies.models import Instance, Series, Study
 from tenants.models import Clinic
@@ -221,6 +224,9 @@ def _parts(
     target: str | None,
     first_part: tuple[dict[str, str], Iterator[bytes]] | None,
 ) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
+    if first_part is None and not any(_converts(instance, target) for instance in instances):
+        yield from _stored_parts(clinic, instances, first, objects)
+        return
     for index, instance in enumerate(instances):
         if index == 0 and first_part is not None:
             yield first_part
@@ -239,6 +245,22 @@ def _parts(
 def _lazy_chunks(clinic: Clinic, key: str, objects: Any, source: BinaryIO | None) -> Iterator[bytes]:
     # 1 MiB reads match the archive's segment size, so each read decrypts whole segments.
     yield from multipart.file_chunks(source or objects.object_open(clinic=clinic, key=key), size=1024 * 1024)
+
+
+def _stored_parts(
+    clinic: Clinic, instances: list[Instance], first: BinaryIO | None, objects: Any
+) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
+    # A helper thread decrypts the next objects while this one's bytes go out (1 MiB reads match the
+    # archive's segment size, so each read decrypts whole segments).
+    openers = [functools.partial(objects.object_open, clinic=clinic, key=i.object_key) for i in instances]
+    bodies = readahead.objects_read_ahead(openers, first=first)
+    with closing(bodies):
+        for instance, body in zip(instances, bodies, strict=True):
+            headers = {
+                "Content-Type": f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}",
+                "Content-Length": str(instance.size_bytes),
+            }
+            yield headers, body
 
 
 def metadata_body(

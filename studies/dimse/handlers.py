@@ -33,6 +33,8 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
+from studies import ingest
+from studies.archive.errors import ArchiveError, StorageUnavailable
 from studies.dimse import nodes
 from studies.dimse.find import QueryError, find_matches
 from studies.dimse.move import (
@@ -42,6 +44,7 @@ from studies.dimse.move import (
     send_syntax,
     storage_contexts,
 )
+from studies.errors import InstanceConflict, InstanceHeld, InvalidDicom, QuotaExceeded, StudyBeingPurged
 from studies.models import DicomNode, Instance
 from studies.transcoding import TranscodeError, dataset_transcode
 from tenants.audit import audit_record
@@ -274,13 +277,9 @@ def handle_echo(event: Event) -> int:
     return SUCCESS if association_info(event.assoc) is not None else NOT_AUTHORIZED
 
 
-def _ingest(*, clinic: Clinic, path: str, node: DicomNode | None = None) -> Dataset | int:
-    from studies.archive.errors import ArchiveError
-    from studies.errors import InstanceConflict, InstanceHeld, InvalidDicom, QuotaExceeded, StudyBeingPurged
-    from studies.ingest import instance_ingest
-
+def _ingest(*, clinic: Clinic, path: str, node: DicomNode | None = None, address: str = "") -> Dataset | int:
     try:
-        instance_ingest(clinic=clinic, source_path=path, source="dimse", dicom_node=node)
+        ingest.instance_ingest(clinic=clinic, source_path=path, origin=ingest.Origin.dicom(node=node, address=address))
     except QuotaExceeded as exc:
         return _status(OUT_OF_RESOURCES, exc.message)
     except StudyBeingPurged:
@@ -291,9 +290,17 @@ def _ingest(*, clinic: Clinic, path: str, node: DicomNode | None = None) -> Data
         return _status(CANNOT_UNDERSTAND, exc.message)
     except InstanceConflict:
         return _status(DUPLICATE_SOP_INSTANCE, "SOP Instance UID already stored with different content")
+    except StorageUnavailable as exc:
+        # Full or unreachable storage: a retryable refusal, so the modality keeps the image and sends again.
+        logger.warning("C-STORE: storage refused for clinic %s (%s)", clinic.pk, exc.code)
+        return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
     except ArchiveError:
         logger.exception("C-STORE: archive unavailable for clinic %s", clinic.pk)
         return _status(OUT_OF_RESOURCES, "Storage is unavailable; retry later")
+    except OSError as exc:
+        # The temporary file beside the listener could not be written (a full disk): retryable too.
+        logger.warning("C-STORE: could not spool the data set for clinic %s: %s", clinic.pk, exc.strerror)
+        return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
     return SUCCESS
 
 
@@ -310,12 +317,19 @@ def handle_store(event: Event) -> Dataset | int:
         except AttributeError:
             path = ""
         if path:
-            return _ingest(clinic=info.clinic, path=path, node=info.node)
-        fd, tmp_path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
+            return _ingest(clinic=info.clinic, path=path, node=info.node, address=info.address)
         try:
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(event.encoded_dataset(include_meta=True))
-            return _ingest(clinic=info.clinic, path=tmp_path, node=info.node)
+            fd, tmp_path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
+        except OSError:
+            logger.warning("C-STORE: no room for a temporary file for clinic %s", info.clinic.pk)
+            return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
+        try:
+            try:
+                with os.fdopen(fd, "wb") as tmp:
+                    tmp.write(event.encoded_dataset(include_meta=True))
+            except OSError:
+                return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
+            return _ingest(clinic=info.clinic, path=tmp_path, node=info.node, address=info.address)
         finally:
             os.unlink(tmp_path)
     finally:
@@ -372,8 +386,6 @@ def _send_each(
     event: Event, info: AssociationInfo, instances: list[Instance], store_assoc: Callable[[], Association | None]
 ) -> Iterator[tuple[int, Any]]:
     """Yield each instance for a C-STORE sub-operation, converted when the peer did not accept its syntax."""
-    from studies.archive.errors import ArchiveError
-
     accepted: dict[str, set[str]] | None = None
     for instance in instances:
         if event.is_cancelled:

@@ -6,6 +6,9 @@ when its instance does; the deliveries themselves are sent by ``outbound.route_d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from django.db import transaction
 
 from portal.celery import app
@@ -50,3 +53,9 @@ def instances_route(*, clinic: Clinic, instances: list[Instance], source: str, c
             robust=True,
         )
     return len(deliveries)
+
+
+def instances_route_indexed(clinic: Clinic, instances: Sequence[Instance], origin: Any) -> None:
+    """The ingest hook (``studies.ingest.hooks.indexed_register``): route a committed batch's new instances."""
+    instances_route(clinic=clinic, instances=list(instances), source=origin.source,
+                    calling_ae_title=getattr(origin.dicom_node, "ae_title", "") or "")

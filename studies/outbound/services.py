@@ -25,7 +25,7 @@ from billing import selectors as billing_selectors
 from portal.celery import app
 from portal.exceptions import PortalError
 from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
-from studies.ingest import instance_ingest
+from studies.ingest import Origin, instance_ingest
 from studies.models import DicomNode, Instance, Series, Study
 from studies.outbound import scu
 from studies.outbound.models import (
@@ -331,7 +331,7 @@ def migration_study_retrieve(*, job: MigrationJob, study: MigrationStudy) -> Non
             if quota_message:
                 return 0xA700
             try:
-                instance_ingest(clinic=clinic, source_path=path, source="migration", dicom_node=node)
+                instance_ingest(clinic=clinic, source_path=path, origin=Origin.migration(node=node))
             except QuotaExceeded as exc:
                 quota_message.append(exc.message)
                 return 0xA700

@@ -215,8 +215,9 @@ def test_worker_killed_mid_replication_loses_nothing(clinic, tmp_path, worker_fa
     done_at_kill = _replicated(clinic)
     assert done_at_kill < count, "the worker finished everything before it could be killed"
 
-    # Messages reserved by the dead worker stay unacknowledged; the sweep re-queues what is pending.
-    replication.replication_sweep(older_than=timedelta(0))
+    # Messages reserved by the dead worker stay unacknowledged; once their messages are taken as lost
+    # (REPLICATION_REQUEUE_SECONDS, not waited for here) the sweep re-queues what is pending.
+    replication.replication_sweep(older_than=timedelta(0), requeue_after=timedelta(0))
     worker = worker_factory()
     worker.start()
     _wait_for(lambda: _replicated(clinic) == count, 90, "replication to finish after the restart")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -22,8 +23,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--clinic-uuid", action="append", help="Only this clinic (repeatable).")
-        parser.add_argument("--jobs", type=int, default=1,
-                            help="Worker processes decrypting and parsing objects (default 1).")
+        parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                            help="Worker processes decrypting and parsing objects (default: one per CPU).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         uuids = None

@@ -1,0 +1,305 @@
+"""Benchmark: this portal side by side with a private Orthanc, same data, same machine; prints ratios.
+
+Starts Orthanc from Debian's packages (`orthanc`, `orthanc-dicomweb`; `/usr/sbin/Orthanc` with its
+DICOMweb plugin) on free ports with a scratch folder, and the portal as an operator runs it (gunicorn
+2 workers x 4 threads, `manage.py dicom_scp`, encryption on, asynchronous replication), on the SQLite
+default or on PostgreSQL with `--database-url`. Then, against both:
+
+- STOW-RS, 4 clients, 10 instances per request (instances/s);
+- C-STORE over one association, TCP_NODELAY on the client (instances/s);
+- WADO-RS of the whole study, one client (MB/s);
+- QIDO-RS series of one study, p95 (ms).
+
+Run: `make bench-orthanc` or `.venv/bin/python bench/bench_orthanc.py [--instances 200]
+[--database-url postgres://...]`. Data: 512 x 512 x 16-bit CT instances (0.53 MB), written once in a
+temporary folder removed at the end. Ratios above 1 mean the portal is faster (for QIDO: Orthanc's p95
+divided by ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_dicomweb import ORTHANC_BINARY, ORTHANC_PLUGINS, percentile, stow, wait_for  # noqa: E402
+
+SCU_AE = "BENCHSCU"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_files(folder: Path, count: int, study_uid: str) -> list[Path]:
+    from tests.dicom_files import write_ct
+
+    series = study_uid + ".1"
+    return [
+        write_ct(
+            folder / f"{i:05d}.dcm",
+            study_uid=study_uid,
+            series_uid=series,
+            rows=512,
+            columns=512,
+            instance_number=i + 1,
+            pixel_seed=i,
+        )
+        for i in range(count)
+    ]
+
+
+def c_store(host: str, port: int, called: str, paths: list[Path]) -> dict[str, float]:
+    """Send every file over one association, one C-STORE after the other; instances/s."""
+    from pydicom import dcmread
+    from pynetdicom import AE, _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True  # stream the files from disk, as a modality would
+    ae = AE(ae_title=SCU_AE)
+    meta = dcmread(paths[0], stop_before_pixels=True).file_meta
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])
+    ae.maximum_pdu_size = 0
+    assoc = ae.associate(host, port, ae_title=called)
+    if not assoc.is_established:
+        raise RuntimeError(f"association to {called} refused")
+    sock = assoc.dul.socket.socket
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    started = time.perf_counter()
+    try:
+        for path in paths:
+            status = assoc.send_c_store(path)
+            if getattr(status, "Status", None) != 0:
+                raise RuntimeError(f"C-STORE answered {status}")
+    finally:
+        elapsed = time.perf_counter() - started
+        assoc.release()
+    return {"instances_per_s": len(paths) / elapsed}
+
+
+def wado_study(base: str, headers: dict[str, str], study_uid: str, rounds: int = 3) -> float:
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*', **headers}
+    size, seconds = 0, 0.0
+    with requests.Session() as session:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            with session.get(f"{base}/studies/{study_uid}", headers=accept, timeout=600, stream=True) as response:
+                if response.status_code != 200:
+                    raise RuntimeError(f"WADO-RS answered {response.status_code}")
+                for chunk in response.iter_content(1024 * 1024):
+                    size += len(chunk)
+            seconds += time.perf_counter() - started
+    return size / seconds / 1e6
+
+
+def qido_series_p95(base: str, headers: dict[str, str], study_uid: str, rounds: int = 200) -> float:
+    times = []
+    with requests.Session() as session:
+        session.headers.update({"Accept": "application/dicom+json", **headers})
+        session.get(f"{base}/studies/{study_uid}/series", timeout=60)
+        for _ in range(rounds):
+            started = time.perf_counter()
+            response = session.get(f"{base}/studies/{study_uid}/series", timeout=60)
+            times.append((time.perf_counter() - started) * 1000)
+            if response.status_code != 200:
+                raise RuntimeError(f"QIDO answered {response.status_code}")
+    return percentile(times, 0.95)
+
+
+def workload(
+    *,
+    base: str,
+    headers: dict[str, str],
+    dimse: tuple[str, int, str],
+    stow_files: list[Path],
+    store_files: list[Path],
+    study_uid: str,
+) -> dict[str, float]:
+    result = {"stow": stow(base, headers, stow_files, 10, 4)["instances_per_s"]}
+    result["c_store"] = c_store(*dimse, store_files)["instances_per_s"]
+    result["wado_mb_per_s"] = wado_study(base, headers, study_uid)
+    result["qido_series_p95_ms"] = qido_series_p95(base, headers, study_uid)
+    return result
+
+
+def run_portal(
+    work: Path, database_url: str | None, stow_files: list[Path], store_files: list[Path], study_uid: str
+) -> dict[str, float]:
+    var = work / "portal"
+    var.mkdir()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "PORTAL_VAR_DIR": str(var),
+        "PRIMARY_STORE_URL": (var / "primary").as_uri(),
+        "REPLICA_STORE_URL": (var / "replica").as_uri(),
+        "CELERY_BROKER_URL": "memory://",
+        "LOG_LEVEL": "WARNING",
+        "REPLICATION_MODE": "async",
+    }
+    env["DATABASE_URL"] = database_url or f"sqlite:///{var / 'portal.sqlite3'}"
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+    slug = f"bench-{uuid.uuid4().hex[:6]}"
+    ae_title = slug.upper()[:16]
+    setup = (
+        "from tenants import services; from tenants.models import Clinic, User; "
+        "from studies.dimse import nodes; "
+        f"owner = User.objects.create_user('{slug}@example.org', '{uuid.uuid4().hex}'); "
+        f"clinic = services.clinic_create(name='Bench', slug='{slug}', owner=owner); "
+        f"Clinic.objects.filter(pk=clinic.pk).update(quota_bytes=10**15, ae_title='{ae_title}'); "
+        f"nodes.dicom_node_create(clinic=clinic, ae_title='{SCU_AE}', host='127.0.0.1', port=104); "
+        "print(services.api_token_create(clinic=clinic, name='bench', role='owner').secret)"
+    )
+    token = (
+        subprocess.run([*manage, "shell", "-c", setup], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    http_port, dicom_port = free_port(), free_port()
+    web = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "portal.wsgi",
+            "--bind",
+            f"127.0.0.1:{http_port}",
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--timeout",
+            "600",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    scp = subprocess.Popen(
+        [*manage, "dicom_scp", "--host", "127.0.0.1", "--port", str(dicom_port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{http_port}/healthz")
+        time.sleep(2)  # the listener's start-up
+        return workload(
+            base=f"http://127.0.0.1:{http_port}/dicomweb/{slug}",
+            headers={"Authorization": f"Bearer {token}"},
+            dimse=("127.0.0.1", dicom_port, ae_title),
+            stow_files=stow_files,
+            store_files=store_files,
+            study_uid=study_uid,
+        )
+    finally:
+        for process in (web, scp):
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def run_orthanc(work: Path, stow_files: list[Path], store_files: list[Path], study_uid: str) -> dict[str, float]:
+    plugins = [p for p in ORTHANC_PLUGINS if Path(p).is_dir()]
+    if not Path(ORTHANC_BINARY).exists() or not plugins:
+        raise SystemExit("Orthanc is not installed: apt-get install orthanc orthanc-dicomweb")
+    storage = work / "orthanc"
+    storage.mkdir()
+    http_port, dicom_port = free_port(), free_port()
+    config = {
+        "Name": "bench",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": plugins,
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "DicomAlwaysAllowStore": True,
+        "TcpNoDelay": True,
+    }
+    (work / "orthanc.json").write_text(json.dumps(config))
+    server = subprocess.Popen(
+        [ORTHANC_BINARY, str(work / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{http_port}/system")
+        return workload(
+            base=f"http://127.0.0.1:{http_port}/dicom-web",
+            headers={},
+            dimse=("127.0.0.1", dicom_port, "ORTHANC"),
+            stow_files=stow_files,
+            store_files=store_files,
+            study_uid=study_uid,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, default=200, help="instances per workload (default 200)")
+    parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: the SQLite default run)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))
+    try:
+        study_uid = "1.2.826.0.1.3680043.8.498." + str(uuid.uuid4().int)[:20]
+        stow_files = write_files(work / "stow", args.instances, study_uid)
+        store_files = write_files(work / "store", args.instances, study_uid + ".2")
+        with ThreadPoolExecutor(max_workers=1) as pool:  # one after the other: they share 2 cores
+            portal = pool.submit(run_portal, work, args.database_url, stow_files, store_files, study_uid).result()
+            orthanc = pool.submit(run_orthanc, work, stow_files, store_files, study_uid).result()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()[0]
+    print(
+        f"\n{args.instances} instances of 0.53 MB per workload; database "
+        f"{'PostgreSQL' if args.database_url else 'SQLite'}; load average at the end {load:.1f}"
+    )
+    print(f"{'figure':<36}{'portal':>12}{'Orthanc':>12}{'ratio':>8}")
+    rows = [
+        ("STOW-RS, 4 clients (inst/s)", portal["stow"], orthanc["stow"], portal["stow"] / orthanc["stow"]),
+        (
+            "C-STORE, one association (inst/s)",
+            portal["c_store"],
+            orthanc["c_store"],
+            portal["c_store"] / orthanc["c_store"],
+        ),
+        (
+            "WADO-RS whole study (MB/s)",
+            portal["wado_mb_per_s"],
+            orthanc["wado_mb_per_s"],
+            portal["wado_mb_per_s"] / orthanc["wado_mb_per_s"],
+        ),
+        (
+            "QIDO series of a study, p95 (ms)",
+            portal["qido_series_p95_ms"],
+            orthanc["qido_series_p95_ms"],
+            orthanc["qido_series_p95_ms"] / portal["qido_series_p95_ms"],
+        ),
+    ]
+    for name, ours, theirs, ratio in rows:
+        print(f"{name:<36}{ours:>12.1f}{theirs:>12.1f}{ratio:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Ingest: the one store path every way in takes (uploads, ZIP members, STOW-RS, C-STORE, upload links,
+anonymization jobs), and the index writer ``rebuild_index`` shares.
+
+Read ``pipeline`` top to bottom for how an instance is stored; ``index`` writes the rows and keeps the
+quota; ``origin`` says who sent it; ``hooks`` is where backup and the thumbnails plug in at start-up.
+"""
+
+from __future__ import annotations
+
+from studies.ingest.index import (
+    IndexItem,
+    format_bytes,
+    instance_index_write,
+    instances_index_write,
+    quota_release,
+    quota_reserve,
+)
+from studies.ingest.origin import Origin, OriginKind
+from studies.ingest.pipeline import IngestOutcome, IngestResult, ItemResult, instance_ingest, instances_ingest
+
+__all__ = [
+    "IndexItem",
+    "IngestOutcome",
+    "IngestResult",
+    "ItemResult",
+    "Origin",
+    "OriginKind",
+    "format_bytes",
+    "instance_index_write",
+    "instance_ingest",
+    "instances_index_write",
+    "instances_ingest",
+    "quota_release",
+    "quota_reserve",
+]

@@ -1,0 +1,279 @@
+"""The index writer and the quota: the two database steps of storing an instance.
+
+Used by ingest (every way in) and by ``rebuild_index`` (backup), so both write the same rows the same
+way. Rows for a whole batch go in with a handful of statements: one lookup per distinct patient, study
+and series, one bulk insert of the instances, one counter update per series and per study, all in the
+caller's transaction. The study rows are locked (in primary-key order, so concurrent batches cannot
+deadlock) before the counters are read, so concurrent batches into one study keep them exact.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from studies import dicom
+from studies.archive.objects import StoredObject
+from studies.errors import InvalidDicom, QuotaExceeded
+from studies.models import Instance, Patient, Series, Study
+from tenants.models import Clinic
+
+
+@dataclass(frozen=True)
+class IndexItem:
+    """One stored object to index: what its file says, and where its encrypted bytes are."""
+
+    parsed: dicom.ParsedInstance
+    stored: StoredObject
+    instance_uuid: uuid.UUID | None = None
+    replicated_at: datetime | None = None
+    verified_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IndexWrite:
+    """What a batch write did: the instances (in the items' order) and the studies it created."""
+
+    instances: list[Instance]
+    created_studies: list[Study]
+
+
+def quota_reserve(*, clinic: Clinic, size_bytes: int) -> None:
+    """Reserve ``size_bytes`` of the clinic's quota, or raise QuotaExceeded saying what is left.
+
+    One conditional UPDATE does the check and the reservation, so concurrent uploads can't both pass.
+    """
+    updated = Clinic.objects.filter(pk=clinic.pk, used_bytes__lte=F("quota_bytes") - size_bytes).update(
+        used_bytes=F("used_bytes") + size_bytes
+    )
+    if updated:
+        return
+    left, quota = quota_left(clinic=clinic)
+    raise quota_exceeded(size_bytes=size_bytes, bytes_left=left, quota_bytes=quota)
+
+
+def quota_left(*, clinic: Clinic) -> tuple[int, int]:
+    """Return (bytes left, quota bytes) of the clinic as committed now."""
+    row = Clinic.objects.filter(pk=clinic.pk).values("quota_bytes", "used_bytes").get()
+    return max(row["quota_bytes"] - row["used_bytes"], 0), row["quota_bytes"]
+
+
+def quota_exceeded(*, size_bytes: int, bytes_left: int, quota_bytes: int) -> QuotaExceeded:
+    """The error for a file of ``size_bytes`` that does not fit, saying what is left."""
+    return QuotaExceeded(
+        f"Not enough storage left: this file needs {format_bytes(size_bytes)} but only {format_bytes(bytes_left)} "
+        f"of the clinic's {format_bytes(quota_bytes)} is free. Free space or choose a larger plan.",
+        bytes_left=bytes_left,
+        bytes_needed=size_bytes,
+    )
+
+
+def quota_release(*, clinic: Clinic, size_bytes: int) -> None:
+    """Give back a reservation made by :func:`quota_reserve` (never below zero)."""
+    if size_bytes:
+        Clinic.objects.filter(pk=clinic.pk).update(used_bytes=Greatest(F("used_bytes") - size_bytes, Value(0)))
+
+
+def format_bytes(size: int) -> str:
+    """Return a size for people: ``512 bytes``, ``3.4 MB``, ``1.2 GB``."""
+    value = float(size)
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} bytes"  # unreachable; keeps type checkers content
+
+
+def series_conflicts(*, clinic: Clinic, parsed: Sequence[dicom.ParsedInstance]) -> dict[str, str]:
+    """For each series of ``parsed`` named with more than one study, the study it belongs to.
+
+    That is the study the clinic already files it under, or else the first file's study in the batch;
+    files naming the series with any other study must be refused.
+    """
+    named: dict[str, set[str]] = defaultdict(set)
+    first: dict[str, str] = {}
+    for p in parsed:
+        named[p.series_instance_uid].add(p.study_instance_uid)
+        first.setdefault(p.series_instance_uid, p.study_instance_uid)
+    if not named:
+        return {}
+    stored = dict(
+        Series.objects.for_clinic(clinic)
+        .filter(series_instance_uid__in=list(named))
+        .values_list("series_instance_uid", "study__study_instance_uid")
+    )
+    accepted: dict[str, str] = {}
+    for series, studies in named.items():
+        owner = stored.get(series, first[series])
+        if studies != {owner}:
+            accepted[series] = owner
+    return accepted
+
+
+def instances_index_write(*, clinic: Clinic, items: Sequence[IndexItem]) -> IndexWrite:
+    """Write the index rows for stored objects; runs in the caller's transaction.
+
+    Each instance takes its object's uuid when given, so an index rebuilt from the replica gives every
+    instance its uuid back. Quota accounting is the caller's. Raises IntegrityError when a SOP Instance UID
+    is already indexed, InvalidDicom when a series belongs to another study (check ``series_conflicts``
+    first to refuse those items alone).
+    """
+    now = timezone.now()
+    patients: dict[tuple[str, str], Patient] = {}
+    studies: dict[str, Study] = {}
+    created: list[Study] = []
+    for item in items:
+        p = item.parsed
+        patient_key = (p.patient_id, p.issuer_of_patient_id)
+        if patient_key not in patients:
+            patients[patient_key], _ = Patient.objects.get_or_create(
+                clinic=clinic,
+                patient_id=p.patient_id,
+                issuer_of_patient_id=p.issuer_of_patient_id,
+                defaults={
+                    "patient_name": p.patient_name,
+                    "patient_birth_date": p.patient_birth_date,
+                    "patient_sex": p.patient_sex,
+                },
+            )
+        if p.study_instance_uid not in studies:
+            study, study_created = Study.objects.get_or_create(
+                clinic=clinic,
+                study_instance_uid=p.study_instance_uid,
+                defaults={
+                    "patient": patients[patient_key],
+                    "study_id": p.study_id,
+                    "study_date": p.study_date,
+                    "study_time": p.study_time,
+                    "accession_number": p.accession_number,
+                    "study_description": p.study_description,
+                    "referring_physician_name": p.referring_physician_name,
+                },
+            )
+            studies[p.study_instance_uid] = study
+            if study_created:
+                created.append(study)
+    # The study row locks serialise concurrent batches into one study, so counters and the modality
+    # list are never computed from stale values; primary-key order keeps two batches from deadlocking.
+    locked = {
+        s.study_instance_uid: s
+        for s in Study.objects.for_clinic(clinic)
+        .select_for_update()
+        .filter(pk__in=[s.pk for s in studies.values()])
+        .order_by("pk")
+    }
+    series_rows: dict[str, tuple[Series, bool]] = {}
+    for item in items:
+        p = item.parsed
+        if p.series_instance_uid in series_rows:
+            continue
+        study = locked[p.study_instance_uid]
+        series, series_created = Series.objects.get_or_create(
+            clinic=clinic,
+            series_instance_uid=p.series_instance_uid,
+            defaults={
+                "study": study,
+                "modality": p.modality,
+                "series_number": p.series_number,
+                "series_description": p.series_description,
+                "body_part_examined": p.body_part_examined,
+                "series_date": p.study_date,
+                "series_time": p.study_time,
+            },
+        )
+        if series.study_id != study.pk:
+            raise InvalidDicom("The file's Series Instance UID already belongs to another study in this clinic.")
+        # Callers read instance.series.study: hand them the locked row rather than a query each.
+        series.study = study
+        series_rows[p.series_instance_uid] = (series, series_created)
+    instances = Instance.objects.bulk_create(
+        [
+            Instance(
+                clinic=clinic,
+                series=series_rows[i.parsed.series_instance_uid][0],
+                sop_instance_uid=i.parsed.sop_instance_uid,
+                sop_class_uid=i.parsed.sop_class_uid,
+                instance_number=i.parsed.instance_number,
+                transfer_syntax_uid=i.parsed.transfer_syntax_uid,
+                number_of_frames=i.parsed.number_of_frames,
+                rows=i.parsed.rows,
+                columns=i.parsed.columns,
+                size_bytes=i.stored.size_bytes,
+                sha256=i.stored.sha256,
+                object_key=i.stored.key,
+                key_id=i.stored.key_id,
+                metadata=i.parsed.metadata,
+                stored_at=now,
+                replicated_at=i.replicated_at,
+                replica_verified_at=i.verified_at,
+                **({"uuid": i.instance_uuid} if i.instance_uuid is not None else {}),
+            )
+            for i in items
+        ]
+    )
+    per_series: dict[str, int] = defaultdict(int)
+    per_study: dict[str, list[IndexItem]] = defaultdict(list)
+    for item in items:
+        per_series[item.parsed.series_instance_uid] += 1
+        per_study[item.parsed.study_instance_uid].append(item)
+    for series_uid, count in per_series.items():
+        series = series_rows[series_uid][0]
+        Series.objects.filter(pk=series.pk).update(number_of_instances=F("number_of_instances") + count)
+    for study_uid, study_items in per_study.items():
+        study = locked[study_uid]
+        new_series = {i.parsed.series_instance_uid for i in study_items if series_rows[i.parsed.series_instance_uid][1]}
+        modalities, body_parts = study.modalities_in_study, study.body_part_examined
+        for item in study_items:
+            modalities = _add_value(modalities, item.parsed.modality, 128)
+            body_parts = _add_value(body_parts, item.parsed.body_part_examined, 128)
+        Study.objects.filter(pk=study.pk).update(
+            number_of_instances=F("number_of_instances") + len(study_items),
+            number_of_series=F("number_of_series") + len(new_series),
+            size_bytes=F("size_bytes") + sum(i.stored.size_bytes for i in study_items),
+            modalities_in_study=modalities,
+            body_part_examined=body_parts,
+            updated_at=now,
+        )
+    return IndexWrite(instances=instances, created_studies=created)
+
+
+def instance_index_write(
+    *,
+    clinic: Clinic,
+    parsed: dicom.ParsedInstance,
+    stored: StoredObject,
+    instance_uuid: uuid.UUID | None = None,
+    replicated_at: datetime | None = None,
+    verified_at: datetime | None = None,
+) -> tuple[Instance, bool]:
+    """Write the index rows for one stored object; return the instance and whether its study is new."""
+    written = instances_index_write(
+        clinic=clinic,
+        items=[
+            IndexItem(
+                parsed=parsed,
+                stored=stored,
+                instance_uuid=instance_uuid,
+                replicated_at=replicated_at,
+                verified_at=verified_at,
+            )
+        ],
+    )
+    return written.instances[0], bool(written.created_studies)
+
+
+def _add_value(joined: str, value: str, max_length: int) -> str:
+    """Add ``value`` to a backslash-separated set, keeping it sorted and within ``max_length``."""
+    values = {v for v in joined.split("\\") if v}
+    if value and value not in values and "\\" not in value:
+        candidate = "\\".join(sorted(values | {value}))
+        if len(candidate) <= max_length:
+            return candidate
+    return joined
