@@ -214,7 +214,9 @@ def _ingest_batch(*, clinic: Clinic, paths: Sequence[str], origin: Origin, study
     # The checks on what may be filed where, in order; each answers the files it refuses and returns the
     # others (add new ones here: nothing has been written yet).
     pending = _drop_existing(clinic=clinic, pending=pending, origin=origin)
-    pending = _drop_series_conflicts(clinic=clinic, pending=pending)
+    if origin.upload_link is None:
+        # An outside sender's file naming a stored series is held by admission instead, answered as new.
+        pending = _drop_series_conflicts(clinic=clinic, pending=pending)
     if pending:
         _store(clinic=clinic, pending=pending, origin=origin)
     if later:
