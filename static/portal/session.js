@@ -5,8 +5,8 @@
   const body = document.body;
   const idle = parseInt(body.dataset.idleSeconds || "0", 10);
   if (!idle) return;
-  // The warning comes a minute before the end, or sooner for short limits.
-  const warnBefore = Math.min(60, idle / 5);
+  // The warning comes a minute before the end, or a third of the limit before it for short limits.
+  const warnBefore = Math.min(60, idle / 3);
   // How often input is reported; the server writes activity down at a similar resolution.
   const reportEvery = Math.min(30, idle / 10) * 1000;
   const banner = document.getElementById("session-warning") || makeBanner();
@@ -78,7 +78,7 @@
       warned = true;
       banner.hidden = false;
     }
-  }, 1000);
+  }, 250);
   // Other scripts on the page (uploads, the viewer) report activity that reached the server.
   window.portalSessionActivity = seen;
 })();

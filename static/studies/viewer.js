@@ -1,5 +1,5 @@
 // Study viewer on top of DICOMweb: QIDO-RS lists series and instances, WADO-RS "rendered" draws each
-// slice (the server applies window/level, at the size the slice is shown), and slices around the
+// slice (the server applies window/level, and when zoomed draws it at the size it is shown), and slices around the
 // current one are prefetched. Multi-frame series play as a loop (cine).
 (function () {
   "use strict";
@@ -66,7 +66,9 @@
   function sliceUrl(slice) {
     let url = base + "studies/" + study + "/series/" + state.current.uid + "/instances/" + slice.sop;
     url += slice.multiframe ? "/frames/" + slice.frame + "/rendered" : "/rendered";
-    const params = ["accept=" + encodeURIComponent("image/jpeg"), "quality=92", "viewport=" + displayedSize()];
+    const params = ["accept=" + encodeURIComponent("image/jpeg"), "quality=92"];
+    // Zoomed in, the slice is drawn at the size it is shown, not enlarged from its stored size in the browser.
+    if (state.scale > 1) params.push("viewport=" + displayedSize());
     if (state.window) params.push("window=" + Math.round(state.window.center) + "," + Math.max(1, Math.round(state.window.width)) + ",linear");
     return url + "?" + params.join("&");
   }

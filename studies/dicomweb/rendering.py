@@ -313,18 +313,57 @@ def display_image(
     return image
 
 
+# Codecs that can decode at a fraction of the size: JPEG baseline (DCT scaling, 1/2 to 1/8) and
+# JPEG 2000 (resolution levels), both through Pillow.
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
+JPEG_2000_MAX_REDUCE = 5
+
+
+def _decode_reduced(ds: Dataset, frame: int, fit: tuple[int, int] | None) -> np.ndarray | None:
+    """Decode one frame at reduced resolution when it is shown much smaller and its codec allows it.
+
+    Returns None when it does not apply or fails; the caller then decodes the whole frame.
+    """
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if fit is None or (syntax != JPEG_BASELINE and syntax not in JPEG_2000):
+        return None
+    factor = min(int(ds.Rows) / max(fit[1], 1), int(ds.Columns) / max(fit[0], 1))
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    # Pillow reads signed JPEG 2000 samples as unsigned, and palettes need the stored indexes whole.
+    if factor < 2 or photometric == "PALETTE COLOR" or (syntax in JPEG_2000 and int(ds.PixelRepresentation)):
+        return None
+    codestream = frames_stored(ds, [frame])[0]
+    try:
+        with Image.open(io.BytesIO(codestream)) as image:
+            if syntax == JPEG_BASELINE:
+                image.draft(image.mode, (max(1, fit[0]), max(1, fit[1])))
+            else:
+                image.reduce = min(int(math.log2(factor)), JPEG_2000_MAX_REDUCE)  # type: ignore[attr-defined]
+            image.load()
+            return np.asarray(image)
+    except Exception:  # noqa: BLE001 - any decoder trouble: fall back to the full decode
+        return None
+
+
 def render(ds: Dataset, *, frame: int, options: RenderOptions, limits: RenderLimits | None = None) -> bytes:
-    """Render one frame (1-based) as JPEG or PNG with the requested window and viewport."""
+    """Render one frame (1-based) as JPEG or PNG with the requested window and viewport.
+
+    A frame much larger than the viewport is decoded at reduced resolution where its codec allows it;
+    otherwise a frame past the memory bound is refused (RenderTooLarge, 413).
+    """
     if "PixelData" not in ds or "Rows" not in ds:
         raise RenderError("This instance has no image to render.")
     total = frame_count(ds)
     if not 1 <= frame <= total:
         raise FrameMissing(f"Frame {frame} does not exist; this instance has {total} frame(s).")
-    decode_check(ds, limits=limits or RenderLimits.from_settings())
-    try:
-        pixels = pixel_array(ds, index=frame - 1)
-    except Exception as exc:  # noqa: BLE001 - decoder plugins fail in their own ways
-        raise RenderError(f"The image can't be decoded ({type(exc).__name__}).") from None
+    pixels = _decode_reduced(ds, frame, options.viewport)
+    if pixels is None:
+        decode_check(ds, limits=limits or RenderLimits.from_settings())
+        try:
+            pixels = pixel_array(ds, index=frame - 1)
+        except Exception as exc:  # noqa: BLE001 - decoder plugins fail in their own ways
+            raise RenderError(f"The image can't be decoded ({type(exc).__name__}).") from None
     # The viewport bounds the image; the aspect ratio is kept (PS3.18 8.3.5.1.3).
     image = display_image(pixels, ds, window=options.window, fit=options.viewport)
     output = io.BytesIO()

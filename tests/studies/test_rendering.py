@@ -154,3 +154,35 @@ def test_share_link_rendering_is_bounded_too(client, clinic, stored, settings):
 
     assert too_many.status_code == HTTPStatus.BAD_REQUEST
     assert one.status_code == HTTPStatus.OK
+
+
+def jpeg_baseline_dataset(size: int) -> Dataset:
+    """A grey JPEG baseline image of ``size`` x ``size``, dark on the left half and bright on the right."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    values = np.zeros((size, size), dtype=np.uint8)
+    values[:, size // 2 :] = 200
+    stream = io.BytesIO()
+    Image.fromarray(values, mode="L").save(stream, format="JPEG", quality=95)
+    ds = ramp_dataset(RescaleIntercept=0, WindowCenter=100, WindowWidth=200)
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([stream.getvalue()])
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_resolution_within_the_memory_bound(settings):
+    settings.DICOMWEB_RENDER_MAX_SOURCE_PIXELS = 512 * 512
+    ds = jpeg_baseline_dataset(1024)
+
+    small = grey(
+        rendering.render(ds, frame=1, options=rendering.RenderOptions(media_type="image/png", viewport=(128, 128)))
+    )
+
+    assert small.shape == (128, 128)
+    assert small[:, :50].mean() < 10 and small[:, -50:].mean() > 245
+    with pytest.raises(rendering.RenderTooLarge):
+        rendering.render(ds, frame=1, options=rendering.RenderOptions(viewport=(1024, 1024)))

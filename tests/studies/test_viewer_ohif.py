@@ -144,3 +144,16 @@ def test_revoked_link_viewer_is_gone(client, clinic, study):
     sharing_services.share_revoke(share=created.share, user=None)
 
     assert client.get(f"/s/{created.token}/viewer/ohif/viewer").status_code == HTTPStatus.NOT_FOUND
+
+
+def test_share_pages_show_nothing_of_the_clinic(client, clinic, study):
+    created = sharing_services.share_create(clinic=clinic, studies=[study], created_by=None)
+
+    pages = [client.get(f"/s/{created.token}/"), client.get(f"/s/{created.token}/studies/{study.uuid}/")]
+
+    for page in pages:
+        html = page.content.decode()
+        assert page.status_code == HTTPStatus.OK
+        assert 'class="sidenav"' not in html
+        assert f"/c/{clinic.slug}" not in html
+        assert f"dicomweb/{clinic.slug}" not in html
