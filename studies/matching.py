@@ -138,8 +138,8 @@ def text_q(path: str, pattern: str, *, ignore_case: bool = False) -> Q:
     if not has_wildcard(pattern):
         return Q(**{path: pattern})
     q = Q(**{f"{path}__dicom_like": like_pattern(pattern)})
-    prefix = pattern[:-1]
-    if pattern.endswith("*") and prefix and not has_wildcard(prefix):
+    prefix = re.split(r"[*?]", pattern, maxsplit=1)[0]  # the literal start, before the first wildcard
+    if prefix:
         q &= _prefix_range_q(path, prefix)
     return q
 
