@@ -33,7 +33,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
-from django.db.models import CharField, F, Func, IntegerField, Lookup, Q, QuerySet, TextField, Value
+from django.db.models import CharField, F, Func, Lookup, Q, QuerySet, TextField, Value
 from django.db.models.functions import Upper
 
 from portal.exceptions import PortalError
@@ -137,7 +137,22 @@ def text_q(path: str, pattern: str, *, ignore_case: bool = False) -> Q:
         path, pattern = f"{path}__upper", pattern.upper()
     if not has_wildcard(pattern):
         return Q(**{path: pattern})
-    return Q(**{f"{path}__dicom_like": like_pattern(pattern)})
+    q = Q(**{f"{path}__dicom_like": like_pattern(pattern)})
+    prefix = re.split(r"[*?]", pattern, maxsplit=1)[0]  # the literal start, before the first wildcard
+    if prefix:
+        q &= _prefix_range_q(path, prefix)
+    return q
+
+
+def _prefix_range_q(path: str, prefix: str) -> Q:
+    """On SQLite, the range of strings starting with ``prefix``, to AND with the LIKE that decides.
+
+    SQLite's LIKE uses no index on an expression (UPPER(name)); the same prefix as a range does. On
+    PostgreSQL the pattern operator indexes serve LIKE itself, and a range would follow the collation.
+    """
+    if connection.vendor != "sqlite":
+        return Q()
+    return Q(**{f"{path}__gte": prefix, f"{path}__lt": prefix[:-1] + chr(ord(prefix[-1]) + 1)})
 
 
 def contains_q(path: str, text: str) -> Q:
@@ -180,9 +195,11 @@ def given_name_upper(path: str) -> Func:
     name = F(path)
     if connection.vendor == "postgresql":
         return Upper(Func(name, Value("^"), Value(2), function="SPLIT_PART", output_field=CharField()))
-    # SQLite has no SPLIT_PART: what follows the first ^ starts with the given name all the same.
-    after_caret = Func(name, Value("^"), function="INSTR", output_field=IntegerField()) + Value(1)
-    return Upper(Func(name, after_caret, function="SUBSTR", output_field=CharField()))
+    # SQLite has no SPLIT_PART: what follows the first ^ starts with the given name all the same. The
+    # literals are part of the SQL (not parameters) so that SQLite matches it to its expression index.
+    return Func(
+        name, template="UPPER(SUBSTR(%(expressions)s, INSTR(%(expressions)s, '^') + 1))", output_field=CharField()
+    )
 
 
 def name_words_q(path: str, text: str, *, given_name: str) -> Q:
@@ -204,7 +221,8 @@ def name_words_q(path: str, text: str, *, given_name: str) -> Q:
         return person_name_q(path, f"{family}^{given}*" if given else f"{family}*")
     words = text.split(" ")
     if len(words) == 1:
-        q = Q(**{f"{path}__upper__startswith": text}) | Q(**{f"{given_name}__startswith": text})
+        given = Q(**{f"{given_name}__startswith": text}) & _prefix_range_q(given_name, text)
+        q = text_q(path, text + "*", ignore_case=True) | given
         if _non_latin(text):
             q |= person_name_q(path, text + "*") | person_name_q(path, "*^" + text + "*")
         return q
@@ -396,9 +414,7 @@ def patients_narrow(queryset: QuerySet[Any], *, clinic: Clinic | int, patient_q:
     """
     # name_words_q compares the given name under this annotation's name (only computed where used).
     patients = (
-        Patient.objects.for_clinic(clinic)
-        .annotate(given_name_upper=given_name_upper("patient_name"))
-        .filter(patient_q)
+        Patient.objects.for_clinic(clinic).annotate(given_name_upper=given_name_upper("patient_name")).filter(patient_q)
     )
     ids = list(patients.values_list("id", flat=True)[: PATIENT_IDS_MAX + 1])
     if len(ids) <= PATIENT_IDS_MAX:
