@@ -29,9 +29,10 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from studies.dimse.move import MAX_CONTEXTS, instance_dataset, storage_contexts
+from studies.dimse.move import MAX_CONTEXTS, accepted_syntaxes, instance_dataset, send_syntax, storage_contexts
 from studies.dimse.scp import STORAGE_TRANSFER_SYNTAXES
 from studies.models import DicomNode, Instance
+from studies.transcoding import TranscodeError, dataset_transcode
 from tenants.models import Clinic
 
 SUCCESS = 0x0000
@@ -101,8 +102,8 @@ def instances_store(
 ) -> None:
     """C-STORE each instance over one association, calling ``on_result`` after each.
 
-    Instances are sent in their stored syntax when the node accepts it, else converted to an
-    uncompressed syntax the node accepted. Raises NodeUnreachable when no association can be made;
+    Instances are sent in their stored syntax when the node accepts it, else converted (losslessly) to
+    a syntax the node accepted, as C-MOVE does. Raises NodeUnreachable when no association can be made;
     an association lost midway raises it too, after the results reported so far.
     """
     if not instances:
@@ -110,12 +111,20 @@ def instances_store(
     ae = _ae(clinic=clinic, node=node)
     ae.requested_contexts = storage_contexts(instances)
     assoc = _associate(ae, node)
+    accepted = accepted_syntaxes(assoc.accepted_contexts)
     try:
         for instance in instances:
             if not assoc.is_established:
                 raise NodeUnreachable(f"{node.ae_title} closed the association.")
+            target = send_syntax(stored=instance.transfer_syntax_uid,
+                                 accepted=accepted.get(instance.sop_class_uid, set()))
             try:
                 dataset = instance_dataset(clinic=clinic, instance=instance)
+                if target is not None:
+                    dataset_transcode(dataset, target)
+            except TranscodeError as exc:
+                on_result(StoreResult(instance, None, f"Could not convert for the node: {exc}"[:200]))
+                continue
             except Exception as exc:  # noqa: BLE001 - the archive's read errors are per instance here
                 on_result(StoreResult(instance, None, f"Could not read the stored instance: {type(exc).__name__}"))
                 continue

@@ -464,3 +464,23 @@ def test_a_migration_resumes_after_kill_9_of_its_worker_with_nothing_missing_or_
     assert sorted(uids) == sorted(uid for study in studies for uid in study.sop_uids)
     job.refresh_from_db()
     assert (job.instances_done, job.instances_failed) == (24, 0)
+
+
+def test_a_compressed_study_sent_to_a_node_taking_only_uncompressed_data_arrives_decoded(clinic, tmp_path):
+    import numpy as np
+
+    study_files = write_study(tmp_path / "study", samples=["MR_small_jp2klossless.dcm", "MR_small_RLE.dcm"])
+    for path in study_files.files:
+        instance_ingest(clinic=clinic, source_path=str(path), source="test")
+    uncompressed = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]
+    with running_orthanc(tmp_path / "strict", portal_ae=clinic.ae_title,
+                         extra_config={"AcceptedTransferSyntaxes": uncompressed}) as strict:
+        node = register_node(clinic, ae_title=strict.ae_title, port=strict.dicom_port)
+        job = services.send_create(clinic=clinic, study=Instance.objects.first().series.study, node=node)
+        job.refresh_from_db()
+
+        assert (job.status, job.instances_done, job.instances_failed) == (JobStatus.DONE, 2, 0)
+        for path, uid in zip(study_files.files, study_files.sop_uids, strict=True):
+            got = dcmread(io.BytesIO(strict.file_of(uid)))
+            assert got.file_meta.TransferSyntaxUID in uncompressed
+            assert np.array_equal(got.pixel_array, dcmread(path).pixel_array)
