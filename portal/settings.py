@@ -133,7 +133,6 @@ MIDDLEWARE = [
     "tenants.middleware.SessionTimeoutMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "csp.middleware.CSPMiddleware",
     "tenants.middleware.ClinicMiddleware",
     # Last, so that it sees the final request state; django-axes asks for that.
     "axes.middleware.AxesMiddleware",
