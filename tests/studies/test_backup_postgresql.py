@@ -10,6 +10,7 @@ replica bucket, pgBackRest with its own credentials). The machine's shared Postg
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import socket
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.studies.test_disaster_drill import readme_commands
 
 pytestmark = pytest.mark.slow
 
@@ -208,3 +211,53 @@ def test_repository_is_encrypted_and_verifies(cluster):
     assert not any(b"Secret Clinic" in p.read_bytes() for p in files)
     drill = manage(cluster, "restore_drill")
     assert "passed" in drill and "pgBackRest repository" in drill
+
+
+def _archiving_on(cluster) -> None:
+    setup = manage(cluster, "backup_database", "--setup")
+    archive_command = next(line for line in setup.splitlines() if line.startswith("archive_command"))
+    with (cluster["data"] / "postgresql.conf").open("a") as conf:
+        conf.write(f"archive_mode = on\nwal_level = replica\n{archive_command}\n")
+    as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(cluster["data"]), "-m", "fast", "stop")
+    as_postgres(*cluster["start"])
+
+
+@pytest.mark.timeout(1200)
+def test_postgresql_clinic_comes_back_whole_after_losing_primary_and_database(cluster):
+    env = {**cluster["env"], "CELERY_TASK_ALWAYS_EAGER": "1"}
+    cluster["env"] = env
+    state_file = cluster["folder"] / "state.json"
+    manage(cluster, "migrate", "--noinput")
+    _archiving_on(cluster)
+    subprocess.run([sys.executable, "-m", "tests.studies.dr_drill_support", "prepare", str(state_file)], cwd=ROOT,
+                   env=env, check=True, capture_output=True, timeout=600)
+    before = json.loads(state_file.read_text())
+    sql(cluster, "SELECT pg_switch_wal()")  # what archive_timeout does every few seconds in production
+    time.sleep(2)
+
+    # The disaster: the data directory and the primary store are gone.
+    as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(cluster["data"]), "-m", "immediate", "stop")
+    for child in cluster["data"].iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    shutil.rmtree(cluster["folder"] / "primary", ignore_errors=True)
+    for command in readme_commands():
+        if command[2] == "restore_database" and len(command) == 3:
+            # README: "PostgreSQL: --run, then start it".
+            manage(cluster, "restore_database", "--run")
+            as_postgres(*cluster["start"])
+            for _ in range(120):
+                if sql(cluster, "SELECT NOT pg_is_in_recovery()")[0][0]:
+                    break
+                time.sleep(0.5)
+            continue
+        manage(cluster, *command[2:])
+    after = json.loads(subprocess.run(
+        [sys.executable, "-m", "tests.studies.dr_drill_support", "check", str(state_file)], cwd=ROOT, env=env,
+        check=True, capture_output=True, text=True, timeout=600,
+    ).stdout)
+
+    assert after["instances"] == before["instances"]
+    assert (after["owner_signs_in"], after["token_status"], after["share_status"]) == (True, 200, 200)
+    assert (after["trashed"], after["live"]) == (before["trashed"], before["live"])
+    assert after["audit_problems"] == []
+    assert set(map(tuple, before["audit_at_snapshot"])) <= set(map(tuple, after["audit"]))
