@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import wraps
 from typing import Any
 
@@ -31,13 +31,25 @@ def require_action(action: str) -> Callable[[Callable[..., HttpResponse]], Calla
     return decorator
 
 
-def has_action(action: str) -> type[BasePermission]:
-    """A DRF permission class: the clinic member or API token may perform ``action``."""
+def has_action(
+    action: str, *, methods: Collection[str] | None = None, message: str | None = None
+) -> type[BasePermission]:
+    """A DRF permission class: the clinic member or API token may perform ``action``.
+
+    ``methods`` limits the check to those HTTP methods (GET implies HEAD), for a view that answers readers
+    on GET and needs another right on DELETE; ``message`` is the 403's detail.
+    """
+    checked = {method.upper() for method in methods} if methods is not None else None
+    if checked is not None and "GET" in checked:
+        checked.add("HEAD")
+    detail = message or f"Your role does not allow this ({action})."
 
     class HasAction(BasePermission):
-        message = f"Your role does not allow this ({action})."
+        message = detail
 
         def has_permission(self, request: Request, view: Any) -> bool:
+            if checked is not None and request.method not in checked:
+                return True
             membership = getattr(request._request, "membership", None)
             return membership is not None and membership.can(action)
 
