@@ -17,7 +17,6 @@ from django.views.decorators.http import require_safe
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import PermissionDenied as ApiPermissionDenied
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,6 +26,7 @@ from portal.pagination import PortalPagination
 from tenants import audit, audit_export
 from tenants.middleware import ClinicRequest
 from tenants.models import Clinic
+from tenants.permissions import has_action
 from tenants.roles import Action
 
 PAGE_SIZE = 50
@@ -125,6 +125,12 @@ def audit_export_fhir(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 class AuditEventListApi(APIView):
     """List the clinic's audit entries, newest first; same filters as the audit log page."""
 
+    permission_classes = [
+        has_action(
+            Action.MANAGE, message="Only owners, admins and tokens with the admin or owner role may read the audit log."
+        )
+    ]
+
     class OutputSerializer(serializers.Serializer):
         sequence = serializers.IntegerField()
         recorded_at = serializers.DateTimeField(source="created_at")
@@ -162,9 +168,6 @@ class AuditEventListApi(APIView):
     )
     def get(self, request: Request, clinic_slug: str) -> Response:
         clinic_request: ClinicRequest = request._request  # type: ignore[assignment]
-        if not clinic_request.membership.can(Action.MANAGE):
-            raise ApiPermissionDenied("Only owners, admins and tokens with the admin or owner role may read the "
-                                      "audit log.")
         form = AuditFilterForm(request.query_params or None, clinic=clinic_request.clinic)
         if request.query_params and not form.is_valid():
             raise ValidationError({name: [str(e) for e in errors] for name, errors in form.errors.items()})
