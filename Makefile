@@ -49,6 +49,8 @@ test-fast: install-test ohif
 
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 bench: install-test

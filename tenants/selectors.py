@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import import_module
+from uuid import UUID
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -36,7 +37,7 @@ def member_list(*, clinic: Clinic) -> QuerySet[Membership]:
     return Membership.objects.for_clinic(clinic).select_related("user").order_by("user__email")
 
 
-def member_get(*, clinic: Clinic, user_uuid: object) -> Membership | None:
+def member_get(*, clinic: Clinic, user_uuid: UUID | str) -> Membership | None:
     return Membership.objects.for_clinic(clinic).select_related("user", "clinic").filter(user__uuid=user_uuid).first()
 
 

@@ -132,9 +132,11 @@ def api_token_mark_used(*, token: ApiToken, request: HttpRequest) -> None:
 def session_expire(*, request: HttpRequest) -> None:
     """Write down that a browser session ran out (idle or absolute limit)."""
     user = request.user
+    if not isinstance(user, User):
+        return  # an anonymous session has no member to write it down for
     for membership in Membership.objects.filter(user=user).select_related("clinic"):
         audit_record(clinic=membership.clinic, action="auth.session_expired", request=request,
-                     object_type="user", object_id=str(user.uuid))  # type: ignore[union-attr]
+                     object_type="user", object_id=str(user.uuid))
 
 
 # --- roles ---------------------------------------------------------------------------------------
@@ -397,7 +399,8 @@ def session_idle_seconds(*, user: User) -> int:
         .values_list("session_idle_minutes", flat=True)
     )
     for value in minutes:
-        idle = min(idle, value * 60)
+        if value is not None:
+            idle = min(idle, value * 60)
     return int(idle)
 
 
