@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
@@ -26,7 +25,7 @@ from portal.pagination import PortalPagination
 from tenants import audit, audit_export
 from tenants.middleware import ClinicRequest
 from tenants.models import Clinic
-from tenants.permissions import has_action
+from tenants.permissions import has_action, require_action
 from tenants.roles import Action
 
 PAGE_SIZE = 50
@@ -61,9 +60,7 @@ class AuditFilterForm(forms.Form):
         )
 
 
-def _require_manage(request: ClinicRequest) -> None:
-    if not request.membership.can(Action.MANAGE):
-        raise PermissionDenied("Only owners and admins may read the audit log.")
+require_manage = require_action(Action.MANAGE, message="Only owners and admins may read the audit log.")
 
 
 def _record(request: ClinicRequest, action: str, filters: audit.AuditFilter, **details: Any) -> None:
@@ -72,8 +69,8 @@ def _record(request: ClinicRequest, action: str, filters: audit.AuditFilter, **d
 
 
 @require_safe
+@require_manage
 def audit_log(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require_manage(request)
     form = AuditFilterForm(request.GET or None, clinic=request.clinic)
     if request.GET and not form.is_valid():
         return render(request, "tenants/audit_list.html", {"form": form, "page": None}, status=400)
@@ -90,7 +87,6 @@ def audit_log(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 
 
 def _export(request: ClinicRequest, fmt: str) -> HttpResponse:
-    _require_manage(request)
     form = AuditFilterForm(request.GET or None, clinic=request.clinic)
     if request.GET and not form.is_valid():
         return render(request, "tenants/audit_list.html", {"form": form, "page": None}, status=400)
@@ -113,11 +109,13 @@ def _export(request: ClinicRequest, fmt: str) -> HttpResponse:
 
 
 @require_safe
+@require_manage
 def audit_export_csv(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     return _export(request, "csv")
 
 
 @require_safe
+@require_manage
 def audit_export_fhir(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     return _export(request, "fhir")
 

@@ -12,8 +12,10 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 
-def require_action(action: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
-    """Answer 403 unless the request's member (or API token) may perform ``action`` in its clinic.
+def require_action(
+    action: str, *, message: str = "Your role does not allow this."
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Answer 403 (with ``message``) unless the request's member (or API token) may perform ``action`` in its clinic.
 
     ClinicMiddleware has already answered 404 for a clinic the caller does not belong to.
     """
@@ -23,7 +25,7 @@ def require_action(action: str) -> Callable[[Callable[..., HttpResponse]], Calla
         def wrapper(request: Any, *args: Any, **kwargs: Any) -> HttpResponse:
             membership = getattr(request, "membership", None)
             if membership is None or not membership.can(action):
-                raise PermissionDenied("Your role does not allow this.")
+                raise PermissionDenied(message)
             return view(request, *args, **kwargs)
 
         return wrapper
