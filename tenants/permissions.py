@@ -38,8 +38,9 @@ def has_action(
 ) -> type[BasePermission]:
     """A DRF permission class: the clinic member or API token may perform ``action``.
 
-    ``methods`` limits the check to those HTTP methods (GET implies HEAD), for a view that answers readers
-    on GET and needs another right on DELETE; ``message`` is the 403's detail.
+    ``methods`` limits the role check to those HTTP methods (GET implies HEAD), for a view that answers
+    readers on GET and needs another right on DELETE; any other method still needs a member of the clinic.
+    ``message`` is the 403's detail.
     """
     checked = {method.upper() for method in methods} if methods is not None else None
     if checked is not None and "GET" in checked:
@@ -50,10 +51,12 @@ def has_action(
         message = detail
 
         def has_permission(self, request: Request, view: Any) -> bool:
+            membership = getattr(request._request, "membership", None)
+            if membership is None:
+                return False  # not signed in, or no member of this clinic: never let through
             if checked is not None and request.method not in checked:
                 return True
-            membership = getattr(request._request, "membership", None)
-            return membership is not None and membership.can(action)
+            return bool(membership.can(action))
 
     HasAction.__name__ = f"Has{action.title()}Action"
     return HasAction

@@ -100,6 +100,7 @@ def test_restore_while_the_purge_erases_objects_is_refused_and_no_live_study_los
     assert not AuditEvent.objects.filter(action="study.restored").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_a_file_arriving_while_the_purge_erases_its_study_is_refused_then_stored_as_a_new_study(
