@@ -1,12 +1,13 @@
 # make run   - start the whole portal on its embedded defaults (SQLite, local folders, file broker)
 # make test  - install test dependencies, start the services the tests use, run the test suite
+# make test-fast - the same without the browser tests and the slow ones (the lane to run while working)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install install-test ohif run test lint check bench bench-orthanc clean
+.PHONY: install install-test ohif run test test-fast lint check bench bench-orthanc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +44,13 @@ run: install ohif
 test: install-test ohif
 	PATH=$(CURDIR)/$(BIN):$$PATH bin/with-test-services $(BIN)/pytest $(PYTEST_ARGS)
 
+test-fast: install-test ohif
+	PATH=$(CURDIR)/$(BIN):$$PATH bin/with-test-services $(BIN)/pytest -m "not browser and not slow" $(PYTEST_ARGS)
+
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 bench: install-test ohif

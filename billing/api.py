@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import selectors
+from tenants.permissions import has_action
 from tenants.roles import Action
 
 
 class UsageApi(APIView):
     """Stored DICOM bytes against the clinic's quota, and its plan."""
+
+    permission_classes = [has_action(Action.BILLING, message="Your role does not allow seeing the plan and usage.")]
 
     class OutputSerializer(serializers.Serializer):
         used_bytes = serializers.IntegerField()
@@ -25,8 +27,6 @@ class UsageApi(APIView):
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request, clinic_slug: str) -> Response:
-        if not request.membership.can(Action.BILLING):
-            raise PermissionDenied("Your role does not allow seeing the plan and usage.")
         usage = selectors.usage_get(clinic=request.clinic)
         subscription = selectors.subscription_get(clinic=request.clinic)
         return Response(self.OutputSerializer({

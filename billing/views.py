@@ -6,7 +6,6 @@ import logging
 from http import HTTPStatus
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -18,18 +17,14 @@ from billing.forms import PlanChangeForm
 from portal.exceptions import PortalError
 from portal.public_url import absolute_url
 from tenants.middleware import ClinicRequest
+from tenants.permissions import require_action
 from tenants.roles import Action
 
 logger = logging.getLogger(__name__)
 
 
-def _require_billing(request: ClinicRequest) -> None:
-    if not request.membership.can(Action.BILLING):
-        raise PermissionDenied
-
-
+@require_action(Action.BILLING)
 def overview(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require_billing(request)
     usage = selectors.usage_get(clinic=request.clinic)
     context = {
         "subscription": selectors.subscription_get(clinic=request.clinic),
@@ -45,8 +40,8 @@ def overview(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 
 
 @require_POST
+@require_action(Action.BILLING)
 def plan_change(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require_billing(request)
     form = PlanChangeForm(request.POST)
     if not form.is_valid():
         messages.error(request, " ".join(form.errors.get("plan", ["Choose a plan."])))
@@ -72,8 +67,8 @@ def plan_change(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 
 
 @require_POST
+@require_action(Action.BILLING)
 def cancel(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require_billing(request)
     if request.POST.get("confirm") != request.clinic.slug:
         messages.error(request, "Type the clinic's address to confirm the cancellation.")
         return redirect("billing:overview", clinic_slug=clinic_slug)
@@ -86,8 +81,8 @@ def cancel(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     return redirect("billing:overview", clinic_slug=clinic_slug)
 
 
+@require_action(Action.BILLING)
 def customer_portal(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require_billing(request)
     page = absolute_url(request, reverse("billing:overview", kwargs={"clinic_slug": clinic_slug}))
     try:
         return redirect(services.billing_portal_url(clinic=request.clinic, return_url=page))

@@ -10,7 +10,6 @@ from typing import Any
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -19,14 +18,11 @@ from portal.pagination import PortalPagination
 from studies import matching, selectors, services
 from studies.models import Series, Study
 from tenants.audit import audit_record
+from tenants.permissions import has_action
 from tenants.roles import Action
 
 SORT_KEYS = list(selectors.SORTS)
-
-
-def _require(request: Request, action: str) -> None:
-    if not request.membership.can(action):
-        raise PermissionDenied("Your role does not allow this.")
+NOT_ALLOWED = "Your role does not allow this."
 
 
 def _multi(value: str) -> list[str]:
@@ -89,6 +85,8 @@ class StudyDetailOutput(StudyOutput):
 class StudyListApi(APIView):
     """Search the clinic's studies with the keys of the studies page."""
 
+    permission_classes = [has_action(Action.VIEW, message=NOT_ALLOWED)]
+
     class InputSerializer(serializers.Serializer):
         patient_name = serializers.CharField(required=False, allow_blank=True, max_length=324)
         patient_id = serializers.CharField(required=False, allow_blank=True, max_length=64)
@@ -109,7 +107,6 @@ class StudyListApi(APIView):
         responses=StudyOutput(many=True),
     )
     def get(self, request: Request, clinic_slug: str) -> Response:
-        _require(request, Action.VIEW)
         params = self.InputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
         search = selectors.StudySearch(**{k: v for k, v in params.validated_data.items() if v is not None})
@@ -126,6 +123,11 @@ class StudyListApi(APIView):
 class StudyDetailApi(APIView):
     """One study with its series (GET), or move it to the trash (DELETE)."""
 
+    permission_classes = [
+        has_action(Action.VIEW, methods={"GET"}, message=NOT_ALLOWED),
+        has_action(Action.DELETE, methods={"DELETE"}, message=NOT_ALLOWED),
+    ]
+
     def _study(self, request: Request, study_uid: str) -> Study:
         study = selectors.study_get_by_uid(clinic=request.clinic, study_instance_uid=study_uid)
         if study is None:
@@ -134,7 +136,6 @@ class StudyDetailApi(APIView):
 
     @extend_schema(responses=StudyDetailOutput)
     def get(self, request: Request, clinic_slug: str, study_uid: str) -> Response:
-        _require(request, Action.VIEW)
         study = self._study(request, study_uid)
         series = selectors.series_list(clinic=request.clinic, study=study)
         audit_record(clinic=request.clinic, action="study.viewed", request=request._request, object_type="study",
@@ -150,7 +151,6 @@ class StudyDetailApi(APIView):
     @extend_schema(responses=DeleteOutput)
     def delete(self, request: Request, clinic_slug: str, study_uid: str) -> Response:
         study = self._study(request, study_uid)
-        _require(request, Action.DELETE)
         actor = request.user if getattr(request.user, "pk", None) else None
         services.study_delete(clinic=request.clinic, study=study, actor=actor, request=request._request)
         return Response(self.DeleteOutput({

@@ -72,7 +72,9 @@ def study_list(*, clinic: Clinic | int, search: StudySearch | None = None) -> Qu
     """
     search = search or StudySearch()
     matching.date_bounds(search.date_from, search.date_to)
-    studies = Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).select_related("patient")
+    studies: QuerySet[Study] = Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).select_related(
+        "patient"
+    )
     if search.patient_name.strip() or search.patient_id.strip() or search.sort in ("patient", "-patient"):
         # Naming the patient's clinic too lets PostgreSQL use the (clinic_id, name) patient indexes.
         studies = studies.filter(patient__clinic=clinic)

@@ -21,7 +21,7 @@ def series_thumbnail_render(self, clinic_id: int, series_id: int) -> None:
 
     clinic = Clinic.objects.filter(pk=clinic_id).first()
     series = Series.objects.for_clinic(clinic_id).filter(pk=series_id).first() if clinic else None
-    if series is None:
+    if clinic is None or series is None:
         return  # purged meanwhile
     try:
         render(clinic=clinic, series=series)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
@@ -17,7 +16,6 @@ from django.views.decorators.http import require_safe
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import PermissionDenied as ApiPermissionDenied
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,6 +25,7 @@ from portal.pagination import PortalPagination
 from tenants import audit, audit_export
 from tenants.middleware import ClinicRequest
 from tenants.models import Clinic
+from tenants.permissions import has_action, require_action
 from tenants.roles import Action
 
 PAGE_SIZE = 50
@@ -61,9 +60,7 @@ class AuditFilterForm(forms.Form):
         )
 
 
-def _require_manage(request: ClinicRequest) -> None:
-    if not request.membership.can(Action.MANAGE):
-        raise PermissionDenied("Only owners and admins may read the audit log.")
+require_manage = require_action(Action.MANAGE, message="Only owners and admins may read the audit log.")
 
 
 def _record(request: ClinicRequest, action: str, filters: audit.AuditFilter, **details: Any) -> None:
@@ -72,8 +69,8 @@ def _record(request: ClinicRequest, action: str, filters: audit.AuditFilter, **d
 
 
 @require_safe
+@require_manage
 def audit_log(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require_manage(request)
     form = AuditFilterForm(request.GET or None, clinic=request.clinic)
     if request.GET and not form.is_valid():
         return render(request, "tenants/audit_list.html", {"form": form, "page": None}, status=400)
@@ -90,7 +87,6 @@ def audit_log(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 
 
 def _export(request: ClinicRequest, fmt: str) -> HttpResponse:
-    _require_manage(request)
     form = AuditFilterForm(request.GET or None, clinic=request.clinic)
     if request.GET and not form.is_valid():
         return render(request, "tenants/audit_list.html", {"form": form, "page": None}, status=400)
@@ -113,17 +109,25 @@ def _export(request: ClinicRequest, fmt: str) -> HttpResponse:
 
 
 @require_safe
+@require_manage
 def audit_export_csv(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     return _export(request, "csv")
 
 
 @require_safe
+@require_manage
 def audit_export_fhir(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     return _export(request, "fhir")
 
 
 class AuditEventListApi(APIView):
     """List the clinic's audit entries, newest first; same filters as the audit log page."""
+
+    permission_classes = [
+        has_action(
+            Action.MANAGE, message="Only owners, admins and tokens with the admin or owner role may read the audit log."
+        )
+    ]
 
     class OutputSerializer(serializers.Serializer):
         sequence = serializers.IntegerField()
@@ -162,9 +166,6 @@ class AuditEventListApi(APIView):
     )
     def get(self, request: Request, clinic_slug: str) -> Response:
         clinic_request: ClinicRequest = request._request  # type: ignore[assignment]
-        if not clinic_request.membership.can(Action.MANAGE):
-            raise ApiPermissionDenied("Only owners, admins and tokens with the admin or owner role may read the "
-                                      "audit log.")
         form = AuditFilterForm(request.query_params or None, clinic=clinic_request.clinic)
         if request.query_params and not form.is_valid():
             raise ValidationError({name: [str(e) for e in errors] for name, errors in form.errors.items()})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import wraps
 from typing import Any
 
@@ -12,8 +12,10 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 
-def require_action(action: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
-    """Answer 403 unless the request's member (or API token) may perform ``action`` in its clinic.
+def require_action(
+    action: str, *, message: str = "Your role does not allow this."
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Answer 403 (with ``message``) unless the request's member (or API token) may perform ``action`` in its clinic.
 
     ClinicMiddleware has already answered 404 for a clinic the caller does not belong to.
     """
@@ -23,7 +25,7 @@ def require_action(action: str) -> Callable[[Callable[..., HttpResponse]], Calla
         def wrapper(request: Any, *args: Any, **kwargs: Any) -> HttpResponse:
             membership = getattr(request, "membership", None)
             if membership is None or not membership.can(action):
-                raise PermissionDenied("Your role does not allow this.")
+                raise PermissionDenied(message)
             return view(request, *args, **kwargs)
 
         return wrapper
@@ -31,15 +33,30 @@ def require_action(action: str) -> Callable[[Callable[..., HttpResponse]], Calla
     return decorator
 
 
-def has_action(action: str) -> type[BasePermission]:
-    """A DRF permission class: the clinic member or API token may perform ``action``."""
+def has_action(
+    action: str, *, methods: Collection[str] | None = None, message: str | None = None
+) -> type[BasePermission]:
+    """A DRF permission class: the clinic member or API token may perform ``action``.
+
+    ``methods`` limits the role check to those HTTP methods (GET implies HEAD), for a view that answers
+    readers on GET and needs another right on DELETE; any other method still needs a member of the clinic.
+    ``message`` is the 403's detail.
+    """
+    checked = {method.upper() for method in methods} if methods is not None else None
+    if checked is not None and "GET" in checked:
+        checked.add("HEAD")
+    detail = message or f"Your role does not allow this ({action})."
 
     class HasAction(BasePermission):
-        message = f"Your role does not allow this ({action})."
+        message = detail
 
         def has_permission(self, request: Request, view: Any) -> bool:
             membership = getattr(request._request, "membership", None)
-            return membership is not None and membership.can(action)
+            if membership is None:
+                return False  # not signed in, or no member of this clinic: never let through
+            if checked is not None and request.method not in checked:
+                return True
+            return bool(membership.can(action))
 
     HasAction.__name__ = f"Has{action.title()}Action"
     return HasAction

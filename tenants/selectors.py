@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import import_module
+from uuid import UUID
 
 from django.conf import settings
 from django.db.models import Count, OuterRef, QuerySet, Subquery
@@ -57,7 +58,7 @@ def api_token_list_created_by(*, clinic: Clinic, user: User) -> QuerySet[ApiToke
     return ApiToken.objects.for_clinic(clinic).filter(created_by=user, revoked_at__isnull=True)
 
 
-def member_get(*, clinic: Clinic, user_uuid: object) -> Membership | None:
+def member_get(*, clinic: Clinic, user_uuid: UUID | str) -> Membership | None:
     return Membership.objects.for_clinic(clinic).select_related("user", "clinic").filter(user__uuid=user_uuid).first()
 
 

@@ -137,9 +137,11 @@ def api_token_mark_used(*, token: ApiToken, request: HttpRequest) -> None:
 def session_expire(*, request: HttpRequest) -> None:
     """Write down that a browser session ran out (idle or absolute limit)."""
     user = request.user
+    if not isinstance(user, User):
+        return  # an anonymous session has no member to write it down for
     for membership in Membership.objects.filter(user=user).select_related("clinic"):
         audit_record(clinic=membership.clinic, action="auth.session_expired", request=request,
-                     object_type="user", object_id=str(user.uuid))  # type: ignore[union-attr]
+                     object_type="user", object_id=str(user.uuid))
 
 
 # --- roles ---------------------------------------------------------------------------------------
@@ -286,6 +288,7 @@ def user_signup(
     email = email.strip().lower()
     _validate_new_password(password=password, email=email, full_name=full_name)
     existing = User.objects.filter(email__iexact=email).first()
+    clinic: Clinic | None
     if existing is None:
         user = User.objects.create_user(email, password, full_name=full_name.strip(), is_active=False)
         clinic = clinic_create(name=clinic_name.strip(), slug=clinic_slug, owner=user, request=request)
@@ -466,7 +469,8 @@ def session_idle_seconds(*, user: User) -> int:
         .values_list("session_idle_minutes", flat=True)
     )
     for value in minutes:
-        idle = min(idle, value * 60)
+        if value is not None:
+            idle = min(idle, value * 60)
     return int(idle)
 
 

@@ -7,10 +7,16 @@ belong to ``clinic``; ``outsider`` belongs to ``other_clinic`` only.
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 
 from tenants.models import Clinic, User
 from tenants.roles import Role
 from tests.factories import make_clinic, make_member, make_user
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("postgresql") and connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (row locks, concurrent transactions or triggers)")
 
 
 @pytest.fixture(autouse=True)

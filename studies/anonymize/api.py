@@ -7,7 +7,6 @@ from uuid import UUID
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,12 +15,10 @@ from studies import selectors
 from studies.anonymize import services
 from studies.anonymize.models import AnonymizationJob
 from studies.anonymize.profile import Option
+from tenants.permissions import has_action
 from tenants.roles import Action
 
-
-def _require_share(request: Request) -> None:
-    if not request.membership.can(Action.SHARE):
-        raise PermissionDenied("Your role does not allow anonymizing studies.")
+CanAnonymize = has_action(Action.SHARE, message="Your role does not allow anonymizing studies.")
 
 
 class JobOutput(serializers.Serializer):
@@ -44,6 +41,8 @@ class JobOutput(serializers.Serializer):
 
 
 class AnonymizationListApi(APIView):
+    permission_classes = [CanAnonymize]
+
     class InputSerializer(serializers.Serializer):
         studies = serializers.ListField(child=serializers.CharField(max_length=64), min_length=1)
         project = serializers.CharField(max_length=100)
@@ -52,13 +51,11 @@ class AnonymizationListApi(APIView):
 
     @extend_schema(responses=JobOutput(many=True))
     def get(self, request: Request, clinic_slug: str) -> Response:
-        _require_share(request)
         jobs = AnonymizationJob.objects.for_clinic(request.clinic).select_related("project").order_by("-created_at")[:100]
         return Response({"results": JobOutput(jobs, many=True).data})
 
     @extend_schema(request=InputSerializer, responses={202: JobOutput})
     def post(self, request: Request, clinic_slug: str) -> Response:
-        _require_share(request)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         uids = data.validated_data["studies"]
@@ -72,9 +69,10 @@ class AnonymizationListApi(APIView):
 
 
 class AnonymizationDetailApi(APIView):
+    permission_classes = [CanAnonymize]
+
     @extend_schema(responses=JobOutput)
     def get(self, request: Request, clinic_slug: str, job_id: UUID) -> Response:
-        _require_share(request)
         job = AnonymizationJob.objects.for_clinic(request.clinic).select_related("project").filter(uuid=job_id).first()
         if job is None:
             raise Http404("No such anonymization.")

@@ -124,13 +124,6 @@ def load_profile() -> Profile:
     return Profile(exact=exact, masks=tuple(masks), private=private)
 
 
-@dataclass(frozen=True)
-class SafePrivate:
-    creator: str
-    group: int
-    element_offset: int
-
-
 @cache
 def load_safe_private() -> frozenset[tuple[str, int, int]]:
     """Private attributes known to carry no identity (kept under Retain Safe Private), from data."""

@@ -9,7 +9,6 @@ it reads from the replica instead, even half-way through a stream, and reports t
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import shutil
@@ -211,21 +210,6 @@ def object_open_seekable(*, clinic: Clinic, key: str, max_memory: int = 8 * 1024
         spool.close()
         raise
     return spool  # type: ignore[return-value]
-
-
-def object_verify(*, clinic: Clinic, key: str, store: str) -> StoredObject:
-    """Decrypt one store's copy to its end and return what it holds (size and SHA-256).
-
-    Raises ObjectCorrupt, ObjectMissing or StorageUnavailable for that store's copy; no failover.
-    """
-    digest = hashlib.sha256()
-    size = 0
-    with object_open(clinic=clinic, key=key, store=store) as source:
-        key_id = source.raw.header.key_id  # type: ignore[attr-defined]
-        while chunk := source.read(READ_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return StoredObject(key=key, key_id=key_id, size_bytes=size, sha256=digest.hexdigest())
 
 
 def object_delete(*, clinic: Clinic, key: str, store: str = "primary") -> None:

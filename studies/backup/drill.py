@@ -23,9 +23,9 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
+from studies.archive import objects
 from studies.archive.errors import ArchiveError
 from studies.backup import database, pgbackrest
-from studies.backup.verification import object_open_from
 from studies.errors import InvalidDicom
 from studies.models import Instance, RestoreDrill, Study
 from tenants.models import Clinic
@@ -61,7 +61,7 @@ def _restore_instance(*, clinic: Clinic, instance: Instance, folder: Path) -> st
     target = folder / f"{instance.uuid}.dcm"
     digest = hashlib.sha256()
     try:
-        with contextlib.closing(object_open_from(clinic=clinic, key=instance.object_key, store="replica")) as stream, \
+        with contextlib.closing(objects.object_open(clinic=clinic, key=instance.object_key, store="replica")) as stream, \
                 target.open("wb") as out:
             while chunk := stream.read(1024 * 1024):
                 digest.update(chunk)

@@ -25,11 +25,11 @@ from django.db import IntegrityError, close_old_connections, connections, transa
 from django.db.models import F
 from django.utils import timezone
 
-from studies.archive import crypto, stores
+from studies.archive import crypto, objects, stores
 from studies.archive.errors import ArchiveError, ObjectMissing, StorageUnavailable
 from studies.archive.objects import StoredObject
 from studies.backup import replication, study_state
-from studies.backup.verification import ObjectCheck, object_check, object_open_from
+from studies.backup.verification import ObjectCheck, object_check
 from studies.errors import InvalidDicom
 from studies.ingest.index import IndexItem, instance_index_write, instances_index_write
 from studies.models import ClinicKey, Instance, QuarantinedInstance, Series
@@ -72,7 +72,7 @@ def _store_good(*, clinic: Clinic, key: str, store: str, expected: tuple[str, in
     if expected is not None:
         return object_check(clinic=clinic, key=key, sha256=expected[0], size_bytes=expected[1], store=store)
     try:
-        with contextlib.closing(object_open_from(clinic=clinic, key=key, store=store)) as stream:
+        with contextlib.closing(objects.object_open(clinic=clinic, key=key, store=store)) as stream:
             while stream.read(1024 * 1024):
                 pass
     except ObjectMissing as exc:

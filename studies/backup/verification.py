@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import BinaryIO
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -37,19 +36,11 @@ class ObjectCheck:
     detail: str = ""
 
 
-def object_open_from(*, clinic: Clinic, key: str, store: str) -> BinaryIO:
-    """Open an object of one given store, decrypting and authenticating it (no failover).
-
-    Raises ObjectMissing, ObjectCorrupt, StorageUnavailable (and KeyUnavailable for an unknown key).
-    """
-    return objects.object_open(clinic=clinic, key=key, store=store)
-
-
 def object_digest(*, clinic: Clinic, key: str, store: str) -> tuple[str, int]:
     """Decrypt a stored object fully and return (sha256 hex, plaintext size); streamed, constant memory."""
     digest = hashlib.sha256()
     size = 0
-    with contextlib.closing(object_open_from(clinic=clinic, key=key, store=store)) as stream:
+    with contextlib.closing(objects.object_open(clinic=clinic, key=key, store=store)) as stream:
         while chunk := stream.read(READ_CHUNK):
             digest.update(chunk)
             size += len(chunk)

@@ -21,7 +21,7 @@ from portal.exceptions import PortalError
 from studies import transcoding
 from studies.archive import readahead
 from studies.dicomweb import multipart, rendering
-from studies.models import Instance, Series, Study
+from studies.models import Instance, Study
 from tenants.models import Clinic
 
 DICOM = "application/dicom"
@@ -307,13 +307,6 @@ def metadata_body(
 def study_get(*, clinic: Clinic, study_uid: str) -> Study | None:
     """The clinic's study with this UID, unless it is in the trash."""
     return Study.objects.for_clinic(clinic).filter(study_instance_uid=study_uid, deleted_at=None).first()
-
-
-def series_thumbnail_key(*, clinic: Clinic, study: Study, series_uid: str | None) -> str:
-    queryset = Series.objects.for_clinic(clinic).filter(study=study).exclude(thumbnail_key="")
-    if series_uid is not None:
-        queryset = queryset.filter(series_instance_uid=series_uid)
-    return queryset.order_by("series_number", "id").values_list("thumbnail_key", flat=True).first() or ""
 
 
 def representative_instance(

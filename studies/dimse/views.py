@@ -7,7 +7,6 @@ from uuid import UUID
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
@@ -16,6 +15,7 @@ from portal.exceptions import PortalError
 from studies.dimse import nodes
 from studies.models import DicomNode
 from tenants.middleware import ClinicRequest
+from tenants.permissions import require_action
 from tenants.roles import Action
 
 
@@ -42,14 +42,9 @@ class DicomNodeForm(forms.Form):
     is_move_destination = forms.BooleanField(label="C-MOVE destination", required=False, initial=True)
 
 
-def _require_manage(request: ClinicRequest) -> None:
-    if not request.membership.can(Action.MANAGE):
-        raise PermissionDenied
-
-
 @require_http_methods(["GET", "POST"])
+@require_action(Action.MANAGE)
 def dicom_node_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require_manage(request)
     form = DicomNodeForm(request.POST or None)
     status = 200
     if request.method == "POST":
@@ -84,8 +79,8 @@ def _abilities(node: DicomNode) -> str:
 
 
 @require_POST
+@require_action(Action.MANAGE)
 def dicom_node_delete(request: ClinicRequest, clinic_slug: str, node_uuid: UUID) -> HttpResponse:
-    _require_manage(request)
     node = get_object_or_404(DicomNode.objects.for_clinic(request.clinic), uuid=node_uuid)
     nodes.dicom_node_delete(clinic=request.clinic, node=node, actor=request.user, request=request)
     messages.success(request, f"{node.ae_title} was removed; it can no longer connect or receive studies.")

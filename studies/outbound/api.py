@@ -204,6 +204,7 @@ class RoutingRuleListApi(APIView):
 class RoutingRuleDetailApi(APIView):
     permission_classes = [has_action(Action.MANAGE)]
 
+    @extend_schema(responses={204: None})
     def delete(self, request: Request, clinic_slug: str, rule_id: UUID) -> Response:
         rule = RoutingRule.objects.for_clinic(request.clinic).filter(uuid=rule_id).first()
         if rule is None:

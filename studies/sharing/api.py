@@ -8,7 +8,6 @@ from django.http import Http404
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,12 +16,10 @@ from portal.public_url import absolute_url
 from studies import selectors
 from studies.sharing import services
 from studies.sharing.models import Share, ShareKind
+from tenants.permissions import has_action
 from tenants.roles import Action
 
-
-def _require_share(request: Request) -> None:
-    if not request.membership.can(Action.SHARE):
-        raise PermissionDenied("Your role does not allow sharing studies.")
+CanShare = has_action(Action.SHARE, message="Your role does not allow sharing studies.")
 
 
 def _user(request: Request):  # type: ignore[no-untyped-def]
@@ -47,6 +44,8 @@ class ShareOutput(serializers.Serializer):
 
 
 class ShareListApi(APIView):
+    permission_classes = [CanShare]
+
     class InputSerializer(serializers.Serializer):
         studies = serializers.ListField(child=serializers.CharField(max_length=64), min_length=1)
         expires_in_days = serializers.IntegerField(min_value=1, max_value=services.MAX_EXPIRY_DAYS,
@@ -61,13 +60,11 @@ class ShareListApi(APIView):
 
     @extend_schema(responses=ShareOutput(many=True))
     def get(self, request: Request, clinic_slug: str) -> Response:
-        _require_share(request)
         shares = Share.objects.for_clinic(request.clinic).prefetch_related("studies").order_by("-created_at")[:500]
         return Response({"results": ShareOutput(shares, many=True).data})
 
     @extend_schema(request=InputSerializer, responses={201: ShareOutput})
     def post(self, request: Request, clinic_slug: str) -> Response:
-        _require_share(request)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
@@ -84,8 +81,9 @@ class ShareListApi(APIView):
 
 
 class ShareDetailApi(APIView):
+    permission_classes = [CanShare]
+
     def _share(self, request: Request, share_id: UUID) -> Share:
-        _require_share(request)
         share = Share.objects.for_clinic(request.clinic).filter(uuid=share_id).first()
         if share is None:
             raise Http404("No such share.")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.db.models import Max
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,12 +18,8 @@ from studies.sharing import services
 from studies.sharing.forms import ExtendForm, ShareForm, UploadLinkForm
 from studies.sharing.models import Share, ShareKind, UploadLink
 from tenants.middleware import ClinicRequest
+from tenants.permissions import require_action
 from tenants.roles import Action
-
-
-def _require_share(request: ClinicRequest) -> None:
-    if not request.membership.can(Action.SHARE):
-        raise PermissionDenied
 
 
 def qr_svg(url: str) -> str:
@@ -36,8 +31,8 @@ def qr_svg(url: str) -> str:
     return image.to_string(encoding="unicode")
 
 
+@require_action(Action.SHARE)
 def share_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require_share(request)
     shares = (
         Share.objects.for_clinic(request.clinic)
         .prefetch_related("studies")
@@ -49,9 +44,9 @@ def share_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
                                                        "upload_link_form": UploadLinkForm(clinic=request.clinic)})
 
 
+@require_action(Action.SHARE)
 def share_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     """Share one or several studies (``?study=<uuid>`` repeated, or the form's hidden fields)."""
-    _require_share(request)
     uuids = request.POST.getlist("study") or request.GET.getlist("study")
     studies = list(Study.objects.for_clinic(request.clinic).filter(uuid__in=_uuids(uuids), deleted_at__isnull=True)
                    .select_related("patient"))
@@ -98,8 +93,8 @@ def _uuids(values: list[str]) -> list[UUID]:
     return parsed
 
 
+@require_action(Action.SHARE)
 def share_detail(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> HttpResponse:
-    _require_share(request)
     share = get_object_or_404(Share.objects.for_clinic(request.clinic), uuid=share_uuid)
     accesses = share.accesses.select_related("study").order_by("-at")[:500]
     return render(request, "studies/share_detail.html", {
@@ -109,8 +104,8 @@ def share_detail(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> 
 
 
 @require_POST
+@require_action(Action.SHARE)
 def share_revoke(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> HttpResponse:
-    _require_share(request)
     share = get_object_or_404(Share.objects.for_clinic(request.clinic), uuid=share_uuid)
     services.share_revoke(share=share, user=request.user, request=request)
     messages.success(request, "The link is revoked; it stops working at once.")
@@ -118,8 +113,8 @@ def share_revoke(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> 
 
 
 @require_POST
+@require_action(Action.SHARE)
 def share_extend(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> HttpResponse:
-    _require_share(request)
     share = get_object_or_404(Share.objects.for_clinic(request.clinic), uuid=share_uuid)
     form = ExtendForm(request.POST)
     if not form.is_valid():
@@ -134,9 +129,9 @@ def share_extend(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> 
 
 
 @require_POST
+@require_action(Action.UPLOAD)
+@require_action(Action.SHARE)
 def upload_link_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    if not request.membership.can(Action.UPLOAD) or not request.membership.can(Action.SHARE):
-        raise PermissionDenied
     form = UploadLinkForm(request.POST, clinic=request.clinic)
     if not form.is_valid():
         messages.error(request, " ".join(str(e) for errors in form.errors.values() for e in errors))
@@ -152,8 +147,8 @@ def upload_link_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse
 
 
 @require_POST
+@require_action(Action.SHARE)
 def upload_link_revoke(request: ClinicRequest, clinic_slug: str, link_uuid: UUID) -> HttpResponse:
-    _require_share(request)
     link = get_object_or_404(UploadLink.objects.for_clinic(request.clinic), uuid=link_uuid)
     services.upload_link_revoke(link=link, user=request.user, request=request)
     messages.success(request, "The upload link is revoked.")

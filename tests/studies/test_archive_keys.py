@@ -239,6 +239,7 @@ def test_master_keys_may_be_one_per_line(settings):
     assert list(keys.master_keyring()) == ["one", "two"]
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_first_uploads_agree_on_one_clinic_key(old_master):
     import threading

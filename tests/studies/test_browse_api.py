@@ -164,3 +164,20 @@ def test_anonymous_caller_gets_401(client, clinic):
     response = client.get(api(clinic, "studies/"))
 
     assert response.status_code == HTTPStatus.UNAUTHORIZED
+
+
+def test_anonymous_caller_gets_401_for_every_method_of_a_study(client, clinic, study):
+    # The study endpoint checks a different right per method; the methods it does not check still need a member.
+    url = api(clinic, f"studies/{study.study_instance_uid}/")
+
+    statuses = [client.generic(method, url).status_code for method in ("GET", "HEAD", "DELETE", "OPTIONS")]
+
+    assert statuses == [HTTPStatus.UNAUTHORIZED] * 4
+    assert Study.objects.get(pk=study.pk).deleted_at is None
+
+
+def test_clinician_token_reads_a_study_it_may_not_delete(client, clinic, study):
+    response = client.get(api(clinic, f"studies/{study.study_instance_uid}/"), **bearer(clinic, Role.CLINICIAN))
+
+    assert response.status_code == HTTPStatus.OK
+    assert response.json()["study_instance_uid"] == study.study_instance_uid

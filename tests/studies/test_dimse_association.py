@@ -161,6 +161,7 @@ def test_associations_leave_no_database_connection_behind(clinic, scp_port):
     assert open_connections() <= before
 
 
+@pytest.mark.slow
 def test_manage_py_dicom_scp_serves_the_clinics_nodes(clinic, tmp_path):
     import os
     import socket

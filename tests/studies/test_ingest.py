@@ -205,6 +205,7 @@ def _run_in_threads(jobs: list, workers: int = 8) -> list:
     return results
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_uploads_of_one_study_keep_every_count(clinic, tmp_path):
     study_uid = generate_uid()
@@ -231,6 +232,7 @@ def test_concurrent_uploads_of_one_study_keep_every_count(clinic, tmp_path):
     assert _used_bytes(clinic) == study.size_bytes
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_parallel_uploads_cannot_pass_the_quota_together(clinic, tmp_path):
     files = [write_ct(tmp_path / f"{i}.dcm") for i in range(12)]
@@ -246,6 +248,7 @@ def test_parallel_uploads_cannot_pass_the_quota_together(clinic, tmp_path):
     assert _used_bytes(clinic) == stored_bytes
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_the_same_new_file_uploaded_in_parallel_is_stored_once(clinic, tmp_path, settings):
     path = write_ct(tmp_path / "ct.dcm")

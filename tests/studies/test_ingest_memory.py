@@ -18,6 +18,7 @@ UPLOAD_BYTES = 200 * 1024 * 1024
 MEMORY_LIMIT = 160 * 1024 * 1024  # well under the 256 MB budget, and under the file's own size
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_200_mb_upload_keeps_the_web_process_small(clinic, tmp_path, settings):
     database = django_settings.DATABASES["default"]

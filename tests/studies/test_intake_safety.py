@@ -27,10 +27,6 @@ from tests.studies.backup_support import celery_eager
 from tests.studies.browse_support import ingest_files, write_series
 from tests.studies.dicomweb_support import multipart_body, token_for
 
-postgresql_only = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="row locks and concurrent transactions need PostgreSQL"
-)
-
 
 def upload(client, clinic, path):
     with path.open("rb") as fileobj:
@@ -62,7 +58,7 @@ def objects_of_live_studies_exist(clinic) -> bool:
 # --- 1. restore racing the purge ----------------------------------------------------------------------
 
 
-@postgresql_only
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_restore_while_the_purge_erases_objects_is_refused_and_no_live_study_loses_its_objects(
     client, clinic, owner, tmp_path, monkeypatch
@@ -104,7 +100,8 @@ def test_restore_while_the_purge_erases_objects_is_refused_and_no_live_study_los
     assert not AuditEvent.objects.filter(action="study.restored").exists()
 
 
-@postgresql_only
+@pytest.mark.slow
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_a_file_arriving_while_the_purge_erases_its_study_is_refused_then_stored_as_a_new_study(
     client, clinic, owner, uploader, tmp_path, monkeypatch

@@ -11,7 +11,6 @@ from datetime import timedelta
 from http import HTTPStatus
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from studies import tasks, uploads
@@ -25,11 +24,6 @@ from tests.studies.backup_support import celery_eager
 broker_url = faults.broker_url
 worker_factory = faults.worker_factory
 _wait_for = faults._wait_for
-
-postgresql_only = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="the worker subprocess shares the test's PostgreSQL database"
-)
-
 
 def make_zip(tmp_path, count):
     archive = tmp_path / "cd.zip"
@@ -76,7 +70,7 @@ def test_unpacking_from_the_replica_when_the_primary_lost_the_staged_archive(cli
     assert Instance.objects.for_clinic(clinic).count() == 2
 
 
-@postgresql_only
+@pytest.mark.postgresql
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_an_archive_whose_queue_message_was_lost_is_swept_and_unpacked(clinic, tmp_path, worker_factory, settings):
@@ -94,7 +88,7 @@ def test_an_archive_whose_queue_message_was_lost_is_swept_and_unpacked(clinic, t
     assert not stores.get_store("primary").exists(batch.staging_key)
 
 
-@postgresql_only
+@pytest.mark.postgresql
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_unpacking_killed_with_sigkill_is_resumed_by_the_sweep_and_loses_nothing(

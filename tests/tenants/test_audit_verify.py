@@ -12,7 +12,8 @@ from tenants.models import AuditChain, AuditEvent
 from tenants.tasks import audit_chains_check
 from tests.factories import make_user
 
-pytestmark = pytest.mark.skipif(connection.vendor != "postgresql", reason="the triggers exist in PostgreSQL only")
+# The triggers exist in PostgreSQL only.
+pytestmark = pytest.mark.postgresql
 
 
 @pytest.fixture
