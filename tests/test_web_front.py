@@ -1,0 +1,130 @@
+"""Slow clients cannot starve the web stack that ``make run`` (and production) starts.
+
+The Procfile's web processes are started as honcho would (each line through the shell, the same
+environment), on a free port with a private data folder. More connections than gunicorn has threads
+then send their request a line (or a body byte) per second, like slowloris; a normal request must
+still be answered at once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# The processes that serve HTTP: the front and, when there is one, the application server behind it.
+WEB_PROCESSES = ("web", "app")
+THREADS = 4  # gunicorn's --threads in the Procfile; WEB_CONCURRENCY=1 below
+SLOW_CLIENTS = 2 * THREADS
+
+
+def procfile_commands() -> dict[str, str]:
+    commands = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and not line.startswith("#"):
+            commands[name.strip()] = command.strip()
+    return commands
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def healthz(port: int, timeout: float) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def web_stack(tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "PORTAL_VAR_DIR": str(tmp_path / "var"),
+        "WEB_CONCURRENCY": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    commands = procfile_commands()
+    processes = [
+        subprocess.Popen(
+            ["sh", "-c", commands[name]],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"{name}.log").open("wb"),
+            start_new_session=True,
+        )
+        for name in WEB_PROCESSES
+        if name in commands
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if healthz(port, timeout=5) == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                logs = {p.name: p.read_text()[-2000:] for p in tmp_path.glob("*.log")}
+                raise RuntimeError(f"the web stack did not start: {logs}")
+            time.sleep(0.3)
+        yield port
+    finally:
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def open_slow_client(port: int, index: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if index % 2:
+        # Slow headers: the request line now, one header line per second after it.
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    else:
+        # Slow body: complete headers, then the promised body a byte per second.
+        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n")
+    return sock
+
+
+@pytest.mark.slow
+def test_slow_clients_do_not_starve_the_portal(web_stack: int) -> None:
+    port = web_stack
+    clients = [open_slow_client(port, index) for index in range(SLOW_CLIENTS)]
+    try:
+        answered = []
+        for second in range(6):
+            for index, sock in enumerate(clients):
+                sock.sendall(f"X-Slow-{second}: 1\r\n".encode() if index % 2 else b"x")
+            time.sleep(1)
+            started = time.monotonic()
+            try:
+                status = healthz(port, timeout=3)
+            except OSError as error:  # a timeout: every thread is held by a slow client
+                status = repr(error)
+            answered.append((status, round(time.monotonic() - started, 2)))
+        assert all(status == 200 and seconds < 2 for status, seconds in answered), answered
+    finally:
+        for sock in clients:
+            sock.close()
