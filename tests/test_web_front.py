@@ -19,6 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.http import HttpResponse
+
+from portal.front import FrontProxyMiddleware
 
 ROOT = Path(__file__).resolve().parents[1]
 # The processes that serve HTTP: the front and, when there is one, the application server behind it.
@@ -128,3 +131,19 @@ def test_slow_clients_do_not_starve_the_portal(web_stack: int) -> None:
     finally:
         for sock in clients:
             sock.close()
+
+
+def test_the_client_address_comes_from_the_front_only_over_its_socket(rf) -> None:
+    seen = {}
+
+    def view(request):
+        seen["address"] = request.META["REMOTE_ADDR"]
+        return HttpResponse()
+
+    middleware = FrontProxyMiddleware(view)
+    # Through nginx: gunicorn's Unix socket has no peer address, nginx names the client.
+    middleware(rf.get("/", REMOTE_ADDR="", HTTP_X_REAL_IP="203.0.113.7"))
+    assert seen["address"] == "203.0.113.7"
+    # Straight over TCP (tests, a bench): the header is the client's own word and is ignored.
+    middleware(rf.get("/", REMOTE_ADDR="198.51.100.2", HTTP_X_REAL_IP="203.0.113.7"))
+    assert seen["address"] == "198.51.100.2"
