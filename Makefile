@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install install-test ohif run test test-fast lint check bench bench-orthanc clean
+.PHONY: install install-test ohif nginx run test test-fast lint check bench bench-orthanc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ $(OHIF_DIST): ohif/package.json ohif/package-lock.json
 
 ohif: $(OHIF_DIST)
 
-run: install ohif
+# nginx, the web front of `make run` (Debian's nginx-light; bin/install-system-packages installs it).
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || bin/install-system-packages --run
+
+run: install ohif nginx
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo --port $(PORT)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile -p $(PORT)
