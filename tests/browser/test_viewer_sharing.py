@@ -94,6 +94,7 @@ def test_share_link_with_pin_from_creation_to_revocation(page, browser, live_ser
 
     share = Share.objects.get()
     page.goto(f"/c/{clinic.slug}/shares/{share.uuid}/")
+    page.once("dialog", lambda dialog: dialog.accept())  # "Revoke this link?"
     page.click("text=Revoke now")
     recipient.reload()
     assert "This link is not available" in recipient.content()
