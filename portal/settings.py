@@ -238,6 +238,7 @@ CONTENT_SECURITY_POLICY = {
 # The default run shows the product's error pages although DEBUG is on (portal/errors.py); set this to
 # get Django's technical pages while developing.
 TECHNICAL_ERROR_PAGES = env_bool("TECHNICAL_ERROR_PAGES", False)
+CSRF_FAILURE_VIEW = "portal.errors.csrf_failure"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
