@@ -63,6 +63,15 @@ def permission_denied(request: HttpRequest, exception: Exception | None = None) 
     return error_response(request, HTTPStatus.FORBIDDEN)
 
 
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form sent without its (or with an expired) CSRF token: usually a page left open too long."""
+    if is_machine_path(request.path):
+        return JsonResponse(
+            {"error": "csrf_failed", "message": "Send an API token, or the CSRF token of your session."}, status=403
+        )
+    return render(request, "errors/403_csrf.html", {"status": HTTPStatus.FORBIDDEN}, status=HTTPStatus.FORBIDDEN)
+
+
 def page_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     return error_response(request, HTTPStatus.NOT_FOUND)
 

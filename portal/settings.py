@@ -262,6 +262,7 @@ DICOMWEB_RENDER_MAX_SOURCE_PIXELS = env_int("DICOMWEB_RENDER_MAX_SOURCE_PIXELS",
 DICOMWEB_RENDER_MAX_OUTPUT_PIXELS = env_int("DICOMWEB_RENDER_MAX_OUTPUT_PIXELS", 32 * 1024 * 1024)
 # The diagnostic viewer: OHIF's prebuilt files, installed by `make ohif` from ohif/package-lock.json.
 OHIF_DIST_DIR = BASE_DIR / "ohif" / "node_modules" / "@ohif" / "app" / "dist"
+CSRF_FAILURE_VIEW = "portal.errors.csrf_failure"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -100,3 +100,15 @@ def test_server_error_is_the_product_answer_and_is_logged(client, owner, debug, 
     else:
         assert b"Something went wrong on our side" in response.content
     assert any(r.exc_info for r in caplog.records if r.name == "django.request")
+
+
+def test_a_form_without_its_csrf_token_gets_the_product_page(owner, clinic):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+
+    response = client.post(f"/c/{clinic.slug}/shares/new/")
+
+    assert response.status_code == HTTPStatus.FORBIDDEN
+    assert b"This form has expired" in response.content

@@ -58,6 +58,7 @@ def test_viewer_scrolls_and_window_level_changes_the_image(page, sign_in, clinic
     page.mouse.down()
     page.mouse.move(box["x"] + 250, box["y"] + 150, steps=8)
     page.mouse.up()
+    # A selector, not wait_for_function: the Content-Security-Policy forbids the eval that needs.
     page.wait_for_selector("#image[data-src*='window=']")
     page.wait_for_timeout(300)
     after = page.locator("#image").screenshot()
