@@ -9,16 +9,20 @@ the URL or the credentials are wrong: retrying changes nothing, so the job stops
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import requests
 from dicomweb_client import DICOMwebClient
 from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
 
 from studies.archive import sealing
 from studies.outbound.scu import ListedInstance, ListedStudy, NodeUnreachable
 from tenants.models import Clinic
+
+logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = (10, 120)
 PAGE_SIZE = 1000
@@ -175,18 +179,31 @@ class DicomwebSource:
             "the study retrieve (WADO-RS)", lambda: self.client.iter_study(study_instance_uid, media_types=AS_STORED)
         )
         while True:
-            item = self._call("the study retrieve (WADO-RS)", lambda: next(iterator, None))
+            try:
+                item = self._call("the study retrieve (WADO-RS)", lambda: next(iterator, None))
+            except InvalidDicomError as exc:
+                # The stream cannot go on past a part that is not DICOM: what is left stays missing, and
+                # the study's next attempt asks for those instances one by one.
+                logger.warning("DICOMweb source %s sent a part that is not DICOM: %s", self.url, exc)
+                return
             if item is None:
                 return
             yield item
 
-    def instance_get(self, *, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> Dataset:
-        return self._call(
-            "an instance retrieve (WADO-RS)",
-            lambda: self.client.retrieve_instance(
-                study_instance_uid, series_instance_uid, sop_instance_uid, media_types=AS_STORED
-            ),
-        )
+    def instances_iter(self, *, study_instance_uid: str, uids: list[tuple[str, str]]) -> Iterator[Dataset]:
+        """The instances named by (series UID, SOP Instance UID), one request each; undecodable ones skipped."""
+        for series_instance_uid, sop_instance_uid in uids:
+            try:
+                yield self._call(
+                    "an instance retrieve (WADO-RS)",
+                    lambda series=series_instance_uid, sop=sop_instance_uid: self.client.retrieve_instance(
+                        study_instance_uid, series, sop, media_types=AS_STORED
+                    ),
+                )
+            except InvalidDicomError as exc:
+                logger.warning(
+                    "DICOMweb source %s sent instance %s as something not DICOM: %s", self.url, sop_instance_uid, exc
+                )
 
 
 def _value(item: dict, tag: str) -> str:

@@ -417,16 +417,20 @@ def _retrieve_dicomweb(*, job: MigrationJob, study: MigrationStudy, listed: list
         datasets: Iterable[Dataset] = source.study_iter(study_instance_uid=study.study_instance_uid)
     else:
         series_of = {item.sop_instance_uid: item.series_instance_uid for item in listed}
-        datasets = (source.instance_get(study_instance_uid=study.study_instance_uid,
-                                        series_instance_uid=series_of[uid], sop_instance_uid=uid)
-                    for uid in missing)
+        datasets = source.instances_iter(study_instance_uid=study.study_instance_uid,
+                                         uids=[(series_of[uid], uid) for uid in missing])
     for dataset in datasets:
         if quota_message:
             break
         fd, path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
         try:
             with os.fdopen(fd, "wb") as handle:
-                dataset.save_as(handle, enforce_file_format=True)
+                try:
+                    dataset.save_as(handle, enforce_file_format=True)
+                except (ValueError, AttributeError, TypeError) as exc:
+                    # E.g. no transfer syntax in the part: the instance stays missing and is reported.
+                    logger.warning("Migration %s: an instance of the source cannot be written: %s", job.uuid, exc)
+                    continue
             _ingest_status(job=job, path=path, origin=origin, quota_message=quota_message)
         finally:
             os.unlink(path)
