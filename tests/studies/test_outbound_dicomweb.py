@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from http import HTTPStatus
+from pathlib import Path
 
 import pytest
 import requests
+from django.utils import timezone
 
 from studies.ingest import instance_ingest
 from studies.models import Instance
 from studies.outbound import dicomweb_source, services
 from studies.outbound.models import JobStatus, MigrationJob
 from tenants.audit import AuditEvent
+from tenants.models import Clinic
 from tests.peers import running_orthanc
-from tests.studies.dimse_support import tasks_inline, write_study
+from tests.studies.dimse_support import register_node, tasks_inline, write_study
 from tests.studies.test_outbound import _files_data_sets, _migrate, _old_archive, _stored_data_sets
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -165,8 +169,6 @@ def test_a_bad_dicomweb_source_is_refused_and_creates_nothing(client, clinic, ad
 
 
 def test_a_node_and_a_dicomweb_url_together_are_refused(client, clinic, admin):
-    from tests.studies.dimse_support import register_node
-
     register_node(clinic, ae_title="OLDPACS")
     client.force_login(admin)
 
@@ -243,3 +245,42 @@ def test_basic_credentials_are_sent_to_a_source_that_requires_them_and_wrong_one
     assert (accepted["status"], accepted["instances_done"], accepted["missing"]) == ("done", 2, [])
     assert set(Instance.objects.for_clinic(clinic).values_list("sop_instance_uid", flat=True)) == set(study.sop_uids)
     assert PASSWORD not in _everything_said(clinic, refused, accepted)
+
+
+def test_a_dicomweb_migration_that_would_pass_the_quota_stops_and_keeps_what_it_has(
+    client, clinic, admin, orthanc, tmp_path
+):
+    _old_archive(orthanc, tmp_path)
+    one_file = Path(write_study(tmp_path / "size").files[0]).stat().st_size
+    Clinic.objects.filter(pk=clinic.pk).update(quota_bytes=int(one_file * 4.5))
+    client.force_login(admin)
+
+    report = _migrate(client, clinic, dicomweb_url=_dicomweb_url(orthanc))
+
+    assert report["status"] == "stopped"
+    assert "quota" in report["error"].lower() or "space" in report["error"].lower()
+    kept = Instance.objects.for_clinic(clinic).count()
+    assert 1 <= kept < 9
+    assert report["instances_done"] == kept
+
+
+def test_a_dicomweb_migration_whose_worker_died_is_resumed_by_the_sweep_without_duplicates(clinic, orthanc, tmp_path):
+    _old_archive(orthanc, tmp_path)
+    job = MigrationJob.objects.create(
+        clinic=clinic, dicomweb_url=_dicomweb_url(orthanc), method=MigrationJob.Method.WADO
+    )
+    services.migration_run(job=job, slice_seconds=0.001)
+    first_pass = Instance.objects.for_clinic(clinic).count()
+    MigrationJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.RUNNING,
+        heartbeat_at=timezone.now() - timedelta(minutes=10),
+        queued_at=timezone.now() - timedelta(minutes=10),
+    )
+
+    assert services.outbound_sweep()["migrations"] == 1
+
+    job.refresh_from_db()
+    assert 0 < first_pass < 9
+    assert (job.status, job.instances_done, job.instances_failed) == (JobStatus.DONE, 9, 0)
+    uids = list(Instance.objects.for_clinic(clinic).values_list("sop_instance_uid", flat=True))
+    assert len(uids) == len(set(uids)) == 9
