@@ -1,6 +1,7 @@
-"""Benchmark: migrating an archive in from a local Orthanc (Debian's package) by C-GET and by C-MOVE.
+"""Benchmark: migrating an archive in from a local Orthanc (Debian's package) by C-GET, C-MOVE or WADO-RS.
 
-Runs standalone: `.venv/bin/python bench/bench_migration.py [--instances 1000] [--studies 10]`.
+Runs standalone: `.venv/bin/python bench/bench_migration.py [--instances 1000] [--studies 10] [--method WADO-RS]`
+(WADO-RS: Orthanc's DICOMweb plugin as a DICOMweb source, QIDO-RS to list).
 Orthanc is filled over its REST API with 0.5 MB CT slices, then the portal's migration job (the same
 service the Celery task runs, with encryption and the local stores) pulls them in against PostgreSQL
 (BENCH_DATABASE_URL, default .../portal_bench_migration). Prints instances per second and the count of
@@ -24,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--studies", type=int, default=10)
-    parser.add_argument("--method", choices=["C-GET", "C-MOVE"], default="C-GET")
+    parser.add_argument("--method", choices=["C-GET", "C-MOVE", "WADO-RS"], default="C-GET")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-migration-"))
     sys.path.insert(0, str(ROOT))
@@ -60,9 +61,13 @@ def main() -> None:
                 ds.save_as(path, enforce_file_format=True)
                 orthanc.upload([path])
         print(f"filled Orthanc with {args.studies * per_study} instances in {time.perf_counter() - started:.1f} s")
-        node = nodes.dicom_node_create(clinic=clinic, ae_title=orthanc.ae_title, host="127.0.0.1",
-                                       port=orthanc.dicom_port)
-        job = MigrationJob.objects.create(clinic=clinic, node=node, method=args.method)
+        if args.method == "WADO-RS":
+            job = MigrationJob.objects.create(clinic=clinic, dicomweb_url=f"{orthanc.url}/dicom-web",
+                                              method=args.method)
+        else:
+            node = nodes.dicom_node_create(clinic=clinic, ae_title=orthanc.ae_title, host="127.0.0.1",
+                                           port=orthanc.dicom_port)
+            job = MigrationJob.objects.create(clinic=clinic, node=node, method=args.method)
         started = time.perf_counter()
         while services.migration_run(job=job, slice_seconds=3600):
             job.refresh_from_db()

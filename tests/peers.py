@@ -176,7 +176,8 @@ def _wait_until_up(peer: Orthanc, process: subprocess.Popen[bytes]) -> None:
         if process.poll() is not None:
             raise RuntimeError(f"Orthanc stopped at start-up:\n{peer.log_text()}")
         with contextlib.suppress(requests.RequestException):
-            if requests.get(peer.url + "/system", timeout=2).ok:
+            # 401: up, with authentication enabled (a source that wants credentials).
+            if requests.get(peer.url + "/system", timeout=2).status_code in (200, 401):
                 return
         time.sleep(0.2)
     raise RuntimeError(f"Orthanc did not start in {START_TIMEOUT} s:\n{peer.log_text()}")

@@ -25,6 +25,7 @@ class OriginKind(StrEnum):
     ANONYMIZATION = "anonymization"  # an anonymization job writing its results
     REBUILD = "rebuild"  # rebuild_index from the replica
     SYSTEM = "system"  # benchmarks, the shell, maintenance commands
+    MIGRATION = "migration"  # a migration job pulling from a DICOMweb source (no registered node)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class Origin:
     anonymization_job: Any = None
     ip_address: str | None = None
     user_agent: str = ""
+    # What the audit names a job-driven origin that has no node, e.g. "migration:<uuid>".
+    label: str = ""
 
     @property
     def actor_label(self) -> str:
@@ -53,6 +56,8 @@ class Origin:
             return f"upload_link:{self.upload_link.uuid}"
         if self.dicom_node is not None:
             return f"dicom:{self.dicom_node.ae_title}"
+        if self.label:
+            return self.label
         if self.kind == OriginKind.ANONYMIZATION:
             return "anonymization job"
         return str(self.kind)
@@ -88,6 +93,11 @@ class Origin:
     def migration(cls, *, node: Any) -> Origin:
         """An instance pulled from an old archive by a migration job (studies.outbound)."""
         return cls(kind=OriginKind.DICOM_NODE, source="migration", dicom_node=node)
+
+    @classmethod
+    def migration_dicomweb(cls, *, job: Any) -> Origin:
+        """An instance pulled from a DICOMweb source by a migration job (its URL is in the job, not here)."""
+        return cls(kind=OriginKind.MIGRATION, source="migration", label=f"migration:{job.uuid}")
 
     @classmethod
     def anonymization(cls, *, job: Any) -> Origin:

@@ -89,8 +89,11 @@ class SendDetailApi(APIView):
 
 
 class MigrationOutput(serializers.Serializer):
+    # The source: a node's AE title, or a DICOMweb URL (its credentials are never returned).
     id = serializers.UUIDField(source="uuid")
-    node = serializers.CharField(source="node.ae_title")
+    node = serializers.CharField(source="node.ae_title", allow_null=True, default=None)
+    dicomweb_url = serializers.CharField()
+    dicomweb_auth = serializers.CharField()
     method = serializers.CharField()
     study_date_from = serializers.CharField()
     study_date_to = serializers.CharField()
@@ -120,15 +123,23 @@ class MigrationListApi(APIView):
     permission_classes = [has_action(Action.MANAGE)]
 
     class InputSerializer(serializers.Serializer):
-        node = serializers.CharField(**AE_TITLE_FIELD)
+        # Either a registered node or a DICOMweb source (with a bearer token, or a user name and password).
+        node = serializers.CharField(required=False, allow_blank=True, default="", **AE_TITLE_FIELD)
+        dicomweb_url = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+        dicomweb_token = serializers.CharField(max_length=4000, required=False, allow_blank=True, default="",
+                                               write_only=True, trim_whitespace=True)
+        dicomweb_username = serializers.CharField(max_length=200, required=False, allow_blank=True, default="",
+                                                  write_only=True)
+        dicomweb_password = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="",
+                                                  write_only=True, trim_whitespace=False)
         study_date_from = serializers.CharField(max_length=10, required=False, allow_blank=True, default="")
         study_date_to = serializers.CharField(max_length=10, required=False, allow_blank=True, default="")
         modalities = serializers.ListField(child=serializers.CharField(max_length=16), required=False,
                                            default=list, max_length=50)
         patient_ids = serializers.ListField(child=serializers.CharField(max_length=64), required=False,
                                             default=list, max_length=1000)
-        method = serializers.ChoiceField(choices=MigrationJob.Method.values, required=False,
-                                         default=MigrationJob.Method.GET)
+        method = serializers.ChoiceField(choices=MigrationJob.Method.values, required=False, allow_blank=True,
+                                         default="")
         max_instances_per_second = serializers.IntegerField(min_value=0, max_value=100000, required=False,
                                                             default=0)
         window_start_hour = serializers.IntegerField(min_value=0, max_value=23, required=False, default=0)
@@ -144,7 +155,8 @@ class MigrationListApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
-        node = services.node_get(clinic=request.clinic, ae_title=values.pop("node"))
+        ae_title = values.pop("node")
+        node = services.node_get(clinic=request.clinic, ae_title=ae_title) if ae_title else None
         job = services.migration_create(clinic=request.clinic, node=node, actor=_user(request),
                                         request=request._request, **values)
         return Response(_migration_data(job, with_missing=False), status=status.HTTP_202_ACCEPTED)

@@ -20,9 +20,18 @@ class SendForm(forms.Form):
 
 class MigrationForm(forms.Form):
     node = forms.ModelChoiceField(queryset=DicomNode.objects.none(), label="Old archive (DICOM node)",
-                                  to_field_name="uuid", empty_label=None)
-    method = forms.ChoiceField(choices=MigrationJob.Method.choices, initial=MigrationJob.Method.GET,
-                               label="Retrieve by")
+                                  to_field_name="uuid", required=False,
+                                  empty_label="None: a DICOMweb source (below)")
+    method = forms.ChoiceField(choices=[(m.value, m.label) for m in (MigrationJob.Method.GET, MigrationJob.Method.MOVE)],
+                               initial=MigrationJob.Method.GET, label="Retrieve by (DICOM node)")
+    dicomweb_url = forms.CharField(max_length=500, required=False, label="Or a DICOMweb source: base URL",
+                                   help_text="e.g. https://pacs.example.org/dicom-web (QIDO-RS and WADO-RS).")
+    # Secrets are never sent back to the browser (render_value=False), and are stored sealed.
+    dicomweb_token = forms.CharField(max_length=4000, required=False, label="Bearer token",
+                                     widget=forms.PasswordInput(render_value=False))
+    dicomweb_username = forms.CharField(max_length=200, required=False, label="Or user name")
+    dicomweb_password = forms.CharField(max_length=1000, required=False, label="and password", strip=False,
+                                        widget=forms.PasswordInput(render_value=False))
     study_date_from = forms.CharField(max_length=8, required=False, label="Studies from (YYYYMMDD)")
     study_date_to = forms.CharField(max_length=8, required=False, label="Studies to (YYYYMMDD)")
     modalities = forms.CharField(max_length=200, required=False, label="Modalities",
@@ -40,10 +49,17 @@ class MigrationForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["node"].queryset = nodes
 
+    def source(self) -> dict[str, object]:
+        """The source the form names: a node, or a DICOMweb URL with its credentials."""
+        data = self.cleaned_data
+        if data["node"] is not None:
+            return {"node": data["node"], "method": data["method"]}
+        return {"node": None, "dicomweb_url": data["dicomweb_url"], "dicomweb_token": data["dicomweb_token"],
+                "dicomweb_username": data["dicomweb_username"], "dicomweb_password": data["dicomweb_password"]}
+
     def scope(self) -> dict[str, object]:
         data = self.cleaned_data
         return {
-            "method": data["method"],
             "study_date_from": data["study_date_from"], "study_date_to": data["study_date_to"],
             "modalities": [m for m in data["modalities"].replace(";", ",").split(",") if m.strip()],
             "patient_ids": [p for p in data["patient_ids"].splitlines() if p.strip()],

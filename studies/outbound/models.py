@@ -72,15 +72,29 @@ class SendResult(models.Model):
 
 
 class MigrationJob(models.Model):
-    """Pull a registered node's archive (or part of it) into the clinic: list, retrieve, verify."""
+    """Pull an old archive (or part of it) into the clinic: list, retrieve, verify.
+
+    The source is a registered DICOM node (C-FIND, then C-GET or C-MOVE) or a DICOMweb service (QIDO-RS,
+    then WADO-RS): exactly one of ``node`` and ``dicomweb_url`` is set. A DICOMweb source's credentials are
+    sealed with the clinic's key (studies.archive.sealing) and never shown.
+    """
 
     class Method(models.TextChoices):
         MOVE = "C-MOVE", "C-MOVE (the node sends to our listener)"
         GET = "C-GET", "C-GET (we pull over our own association)"
+        WADO = "WADO-RS", "WADO-RS (a DICOMweb source)"
+
+    class Auth(models.TextChoices):
+        NONE = "", "None"
+        BEARER = "bearer", "Bearer token"
+        BASIC = "basic", "User name and password"
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="+")
-    node = models.ForeignKey(DicomNode, on_delete=models.PROTECT, related_name="+")
+    node = models.ForeignKey(DicomNode, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    dicomweb_url = models.URLField(max_length=500, blank=True)
+    dicomweb_auth = models.CharField(max_length=8, choices=Auth.choices, blank=True, default=Auth.NONE)
+    dicomweb_credentials = models.BinaryField(blank=True, default=b"", editable=False)
     method = models.CharField(max_length=8, choices=Method.choices, default=Method.GET)
     study_date_from = models.CharField(max_length=8, blank=True)
     study_date_to = models.CharField(max_length=8, blank=True)
@@ -108,6 +122,24 @@ class MigrationJob(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     objects = ClinicQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(node__isnull=False) & models.Q(dicomweb_url=""))
+                | (models.Q(node__isnull=True) & ~models.Q(dicomweb_url="")),
+                name="migration_job_one_source",
+            )
+        ]
+
+    @property
+    def is_dicomweb(self) -> bool:
+        return not self.node_id and bool(self.dicomweb_url)
+
+    @property
+    def source_label(self) -> str:
+        """What the pages and the audit call the source (never its credentials)."""
+        return self.dicomweb_url if self.is_dicomweb else (self.node.ae_title if self.node else "")
 
     @property
     def progress(self) -> float:

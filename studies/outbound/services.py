@@ -10,6 +10,8 @@ present" for an instance it holds, and migrations skip instances our index alrea
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.http import HttpRequest
 from django.utils import timezone
+from pydicom import Dataset
 
 from billing import selectors as billing_selectors
 from portal.celery import app
@@ -27,7 +30,7 @@ from portal.exceptions import PortalError
 from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
 from studies.ingest import Origin, instance_ingest
 from studies.models import DicomNode, Instance, Series, Study
-from studies.outbound import scu
+from studies.outbound import dicomweb_source, scu
 from studies.outbound.models import (
     JobStatus,
     MigrationInstance,
@@ -211,41 +214,77 @@ def _date_clean(value: str, label: str) -> str:
     return value
 
 
+def _dicomweb_credentials(*, token: str, username: str, password: str) -> tuple[str, dict[str, str]]:
+    if token and (username or password):
+        raise OutboundError("Give either a bearer token or a user name and password, not both.")
+    if token:
+        return MigrationJob.Auth.BEARER, {"token": token}
+    if username or password:
+        if not (username and password):
+            raise OutboundError("Basic authentication needs both a user name and a password.")
+        return MigrationJob.Auth.BASIC, {"username": username, "password": password}
+    return MigrationJob.Auth.NONE, {}
+
+
 def migration_create(
-    *, clinic: Clinic, node: DicomNode, study_date_from: str = "", study_date_to: str = "",
-    modalities: Iterable[str] = (), patient_ids: Iterable[str] = (), method: str = MigrationJob.Method.GET,
-    max_instances_per_second: int = 0, window_start_hour: int = 0, window_end_hour: int = 0,
+    *, clinic: Clinic, node: DicomNode | None = None, dicomweb_url: str = "", dicomweb_token: str = "",
+    dicomweb_username: str = "", dicomweb_password: str = "", study_date_from: str = "",
+    study_date_to: str = "", modalities: Iterable[str] = (), patient_ids: Iterable[str] = (),
+    method: str = "", max_instances_per_second: int = 0, window_start_hour: int = 0, window_end_hour: int = 0,
     actor: User | None = None, request: HttpRequest | None = None,
 ) -> MigrationJob:
-    """Queue a migration of the node's studies in scope into the clinic; audited.
+    """Queue a migration of the source's studies in scope into the clinic; audited.
 
-    Raises OutboundError for a scope that cannot be asked of a node (bad dates, inverted range, hours).
+    The source is a registered node, or a DICOMweb service (``dicomweb_url``, with a bearer token or a user
+    name and password, sealed with the clinic's key). Raises OutboundError for a source or scope that cannot
+    be asked (two sources or none, a bad URL, bad dates, inverted range, hours).
     """
-    if node.clinic_id != clinic.pk:
+    if (node is None) == (not dicomweb_url):
+        raise OutboundError("Choose the source: a registered DICOM node or a DICOMweb URL (one of them).")
+    if node is not None and node.clinic_id != clinic.pk:
         raise OutboundError("No such DICOM node.")
+    auth, credentials, url = MigrationJob.Auth.NONE, {}, ""
+    if node is None:
+        try:
+            url = dicomweb_source.url_clean(dicomweb_url)
+        except ValueError as exc:
+            raise OutboundError(str(exc)) from exc
+        auth, credentials = _dicomweb_credentials(token=dicomweb_token.strip(), username=dicomweb_username.strip(),
+                                                  password=dicomweb_password)
+        if method and method != MigrationJob.Method.WADO:
+            raise OutboundError("A DICOMweb source is retrieved by WADO-RS.")
+        method = MigrationJob.Method.WADO
+    else:
+        if dicomweb_token or dicomweb_username or dicomweb_password:
+            raise OutboundError("Credentials are for a DICOMweb source; a DICOM node has none.")
+        method = method or MigrationJob.Method.GET
+        if method not in (MigrationJob.Method.GET, MigrationJob.Method.MOVE):
+            raise OutboundError("The retrieve method is C-MOVE or C-GET.")
     date_from = _date_clean(study_date_from, "The first study date")
     date_to = _date_clean(study_date_to, "The last study date")
     if date_from and date_to and date_from > date_to:
         raise OutboundError("The first study date is after the last one.")
-    if method not in MigrationJob.Method.values:
-        raise OutboundError("The retrieve method is C-MOVE or C-GET.")
     if not (0 <= window_start_hour <= 23 and 0 <= window_end_hour <= 23):
         raise OutboundError("Time window hours go from 0 to 23.")
     cleaned_modalities = sorted({m.strip().upper() for m in modalities if m and m.strip()})
     cleaned_patients = sorted({p.strip() for p in patient_ids if p and p.strip()})
     if any(len(m) > 16 for m in cleaned_modalities) or any(len(p) > 64 for p in cleaned_patients):
         raise OutboundError("A modality is at most 16 characters and a patient ID at most 64.")
+    sealed = dicomweb_source.credentials_seal(clinic=clinic, url=url, credentials=credentials) if url else b""
     with transaction.atomic():
         job = MigrationJob.objects.create(
-            clinic=clinic, node=node, method=method, study_date_from=date_from, study_date_to=date_to,
+            clinic=clinic, node=node, dicomweb_url=url, dicomweb_auth=auth, dicomweb_credentials=sealed,
+            method=method, study_date_from=date_from, study_date_to=date_to,
             modalities=cleaned_modalities, patient_ids=cleaned_patients,
             max_instances_per_second=max(0, int(max_instances_per_second)),
             window_start_hour=window_start_hour, window_end_hour=window_end_hour, created_by=actor,
         )
         # The scope's patient IDs are patient data: the audit entry counts them instead of naming them.
+        # A DICOMweb source is named by its URL and how it authenticates, never by its credentials.
+        source = {"node": node.ae_title} if node is not None else {"dicomweb_url": url, "auth": auth or "none"}
         audit_record(clinic=clinic, action="migration.created", request=request, actor=actor,
                      object_type="migration", object_id=str(job.uuid),
-                     details={"node": node.ae_title, "method": method, "study_date_from": date_from,
+                     details={**source, "method": method, "study_date_from": date_from,
                               "study_date_to": date_to, "modalities": cleaned_modalities,
                               "patient_ids": len(cleaned_patients)})
         transaction.on_commit(lambda: job_enqueue(job=job))
@@ -262,14 +301,29 @@ def migration_in_window(*, job: MigrationJob, now: datetime | None = None) -> bo
     return hour >= job.window_start_hour or hour < job.window_end_hour
 
 
+def _dicomweb(job: MigrationJob) -> dicomweb_source.DicomwebSource:
+    return dicomweb_source.DicomwebSource(clinic=job.clinic, url=job.dicomweb_url, auth=job.dicomweb_auth,
+                                          sealed=bytes(job.dicomweb_credentials or b""))
+
+
+def _source_studies(job: MigrationJob, patient_id: str) -> list[scu.ListedStudy]:
+    if not job.is_dicomweb:
+        return scu.studies_find(clinic=job.clinic, node=job.node, study_date_from=job.study_date_from,
+                                study_date_to=job.study_date_to, modalities=job.modalities, patient_id=patient_id)
+    source = _dicomweb(job)
+    # One QIDO-RS query per modality, as the C-FIND side does: not every server takes a list of values.
+    return [study for modality in job.modalities or [""]
+            for study in source.studies_search(study_date_from=job.study_date_from,
+                                               study_date_to=job.study_date_to, modality=modality,
+                                               patient_id=patient_id)]
+
+
 def migration_list_studies(*, job: MigrationJob) -> None:
-    """Ask the node for the studies in scope and record each one (once)."""
-    clinic, node = job.clinic, job.node
+    """Ask the source for the studies in scope and record each one (once)."""
+    clinic = job.clinic
     listed: dict[str, scu.ListedStudy] = {}
     for patient_id in job.patient_ids or [""]:
-        for study in scu.studies_find(clinic=clinic, node=node, study_date_from=job.study_date_from,
-                                      study_date_to=job.study_date_to, modalities=job.modalities,
-                                      patient_id=patient_id):
+        for study in _source_studies(job, patient_id):
             listed[study.study_instance_uid] = study
     MigrationStudy.objects.bulk_create(
         [MigrationStudy(clinic=clinic, job=job, study_instance_uid=uid[:64], instances_listed=study.instances or 0)
@@ -309,49 +363,96 @@ class _QuotaStop(Exception):
         self.message = message
 
 
+def _ingest_status(*, job: MigrationJob, path: str, origin: Origin, quota_message: list[str]) -> int:
+    """Ingest one retrieved file; answer the DICOM status (a full quota is remembered to stop the job)."""
+    if quota_message:
+        return 0xA700
+    try:
+        instance_ingest(clinic=job.clinic, source_path=path, origin=origin)
+    except QuotaExceeded as exc:
+        quota_message.append(exc.message)
+        return 0xA700
+    except (InvalidDicom, InstanceConflict) as exc:
+        logger.warning("Migration %s: an instance of the source was refused: %s", job.uuid, exc)
+        return 0xC000 if isinstance(exc, InvalidDicom) else 0x0111
+    if job.max_instances_per_second:
+        time.sleep(1 / job.max_instances_per_second)
+    return 0x0000
+
+
+def _chunks(missing: list[str], whole_study: bool) -> list[list[str] | None]:
+    if whole_study:
+        return [None]
+    return [missing[i:i + RETRIEVE_UIDS_PER_REQUEST] for i in range(0, len(missing), RETRIEVE_UIDS_PER_REQUEST)]
+
+
+def _retrieve_dimse(*, job: MigrationJob, study: MigrationStudy, listed: list[scu.ListedInstance],
+                    missing: list[str], quota_message: list[str]) -> None:
+    clinic, node = job.clinic, job.node
+    sop_classes = {item.sop_class_uid for item in listed if item.sop_class_uid}
+    origin = Origin.migration(node=node)
+
+    def on_file(path: str) -> int:
+        # Runs inside pynetdicom's C-STORE handler, which turns exceptions into a failure status.
+        return _ingest_status(job=job, path=path, origin=origin, quota_message=quota_message)
+
+    for chunk in _chunks(missing, len(missing) == len(listed)):
+        if quota_message:
+            break
+        if job.method == MigrationJob.Method.GET:
+            scu.study_get(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
+                          sop_class_uids=sop_classes or {"1.2.840.10008.5.1.4.1.1.7"}, on_file=on_file,
+                          sop_instance_uids=chunk)
+        else:
+            scu.study_move(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
+                           sop_instance_uids=chunk)
+
+
+def _retrieve_dicomweb(*, job: MigrationJob, study: MigrationStudy, listed: list[scu.ListedInstance],
+                       missing: list[str], quota_message: list[str]) -> None:
+    """WADO-RS: the whole study in one streamed request, or only the missing instances one by one."""
+    source = _dicomweb(job)
+    origin = Origin.migration_dicomweb(job=job)
+    if len(missing) == len(listed):
+        datasets: Iterable[Dataset] = source.study_iter(study_instance_uid=study.study_instance_uid)
+    else:
+        series_of = {item.sop_instance_uid: item.series_instance_uid for item in listed}
+        datasets = source.instances_iter(study_instance_uid=study.study_instance_uid,
+                                         uids=[(series_of[uid], uid) for uid in missing])
+    for dataset in datasets:
+        if quota_message:
+            break
+        fd, path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                try:
+                    dataset.save_as(handle, enforce_file_format=True)
+                except (ValueError, AttributeError, TypeError) as exc:
+                    # E.g. no transfer syntax in the part: the instance stays missing and is reported.
+                    logger.warning("Migration %s: an instance of the source cannot be written: %s", job.uuid, exc)
+                    continue
+            _ingest_status(job=job, path=path, origin=origin, quota_message=quota_message)
+        finally:
+            os.unlink(path)
+
+
 def migration_study_retrieve(*, job: MigrationJob, study: MigrationStudy) -> None:
     """List, retrieve and verify one study of a migration (a step that can be repeated safely)."""
-    clinic, node = job.clinic, job.node
-    listed = scu.study_instances_find(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid)
+    clinic = job.clinic
+    if job.is_dicomweb:
+        listed = _dicomweb(job).study_instances(study_instance_uid=study.study_instance_uid)
+    else:
+        listed = scu.study_instances_find(clinic=clinic, node=job.node, study_instance_uid=study.study_instance_uid)
     MigrationInstance.objects.bulk_create(
         [MigrationInstance(clinic=clinic, study=study, series_instance_uid=item.series_instance_uid[:64],
                            sop_instance_uid=item.sop_instance_uid[:64]) for item in listed],
         ignore_conflicts=True,
     )
-    sop_classes = {item.sop_class_uid for item in listed if item.sop_class_uid}
     missing = _mark_present(study=study)
-    whole_study = len(missing) == len(listed)
     quota_message: list[str] = []
     if missing:
-        chunks = [None] if whole_study else [missing[i:i + RETRIEVE_UIDS_PER_REQUEST]
-                                             for i in range(0, len(missing), RETRIEVE_UIDS_PER_REQUEST)]
-        def on_file(path: str) -> int:
-            # Runs inside pynetdicom's C-STORE handler, which turns exceptions into a failure status:
-            # the answer is the status, and a full quota is remembered to stop the job afterwards.
-            if quota_message:
-                return 0xA700
-            try:
-                instance_ingest(clinic=clinic, source_path=path, origin=Origin.migration(node=node))
-            except QuotaExceeded as exc:
-                quota_message.append(exc.message)
-                return 0xA700
-            except (InvalidDicom, InstanceConflict) as exc:
-                logger.warning("Migration %s: an instance of the node was refused: %s", job.uuid, exc)
-                return 0xC000 if isinstance(exc, InvalidDicom) else 0x0111
-            if job.max_instances_per_second:
-                time.sleep(1 / job.max_instances_per_second)
-            return 0x0000
-
-        for chunk in chunks:
-            if quota_message:
-                break
-            if job.method == MigrationJob.Method.GET:
-                scu.study_get(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
-                              sop_class_uids=sop_classes or {"1.2.840.10008.5.1.4.1.1.7"}, on_file=on_file,
-                              sop_instance_uids=chunk)
-            else:
-                scu.study_move(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
-                               sop_instance_uids=chunk)
+        retrieve = _retrieve_dicomweb if job.is_dicomweb else _retrieve_dimse
+        retrieve(job=job, study=study, listed=listed, missing=missing, quota_message=quota_message)
         missing = _mark_present(study=study)
     present = MigrationInstance.objects.filter(study=study, is_present=True).count()
     state = MigrationStudy.State.VERIFIED if not missing else MigrationStudy.State.INCOMPLETE
@@ -395,6 +496,16 @@ def migration_run(*, job: MigrationJob, slice_seconds: float = MIGRATION_SLICE_S
 def _migration_slice(*, job: MigrationJob, slice_seconds: float, clock: Callable[[], float]) -> bool:
     if not migration_in_window(job=job):
         return True
+    try:
+        return _migration_work(job=job, slice_seconds=slice_seconds, clock=clock)
+    except dicomweb_source.SourceRefused as exc:
+        # A wrong URL or wrong credentials stay wrong: stop with the source's answer instead of waiting.
+        _migration_counters_save(job)
+        _migration_stop(job, exc.message)
+        return False
+
+
+def _migration_work(*, job: MigrationJob, slice_seconds: float, clock: Callable[[], float]) -> bool:
     if not job.is_listed:
         migration_list_studies(job=job)
         job.refresh_from_db()

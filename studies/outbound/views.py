@@ -63,12 +63,12 @@ def migration_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     if request.method == "POST":
         if form.is_valid():
             try:
-                job = services.migration_create(clinic=request.clinic, node=form.cleaned_data["node"],
-                                                actor=request.user, request=request, **form.scope())
+                job = services.migration_create(clinic=request.clinic, actor=request.user, request=request,
+                                                **form.source(), **form.scope())
             except PortalError as exc:
                 form.add_error(None, exc.message)
             else:
-                messages.success(request, f"The migration from {job.node.ae_title} has started.")
+                messages.success(request, f"The migration from {job.source_label} has started.")
                 return redirect("outbound:migration", clinic_slug=request.clinic.slug, migration_uuid=job.uuid)
         status = 400
     jobs = MigrationJob.objects.for_clinic(request.clinic).select_related("node").order_by("-created_at")[:50]

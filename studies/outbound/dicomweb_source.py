@@ -1,0 +1,211 @@
+"""A DICOMweb service as a migration source: QIDO-RS to list, WADO-RS to retrieve (dicomweb-client).
+
+The source's credentials are sealed with the clinic's key in the job row; they are opened here, only to
+build the HTTP session. Faults come out as two kinds: ``SourceUnreachable`` (cannot connect, time-out, a
+5xx: worth waiting for, like a DICOM node that is down) and ``SourceRefused`` (the service answered that
+the URL or the credentials are wrong: retrying changes nothing, so the job stops with the answer).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+import requests
+from dicomweb_client import DICOMwebClient
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+
+from studies.archive import sealing
+from studies.outbound.scu import ListedInstance, ListedStudy, NodeUnreachable
+from tenants.models import Clinic
+
+logger = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = (10, 120)
+PAGE_SIZE = 1000
+# Ask for each instance as the source stores it: a transcoded copy would not be the source's data set.
+AS_STORED = (("application/dicom", "*"),)
+STUDY_INSTANCE_UID = "0020000D"
+SERIES_INSTANCE_UID = "0020000E"
+SOP_INSTANCE_UID = "00080018"
+SOP_CLASS_UID = "00080016"
+NUMBER_OF_STUDY_INSTANCES = "00201208"
+
+
+class SourceUnreachable(NodeUnreachable):
+    """The DICOMweb source cannot be reached now; the migration waits for it and resumes."""
+
+
+class SourceRefused(Exception):
+    """The DICOMweb source answered that the request cannot succeed (wrong URL, credentials, permissions)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def url_clean(url: str) -> str:
+    """Return the base URL without a trailing slash; raise ValueError unless it is http(s) with a host.
+
+    Credentials in the URL are refused: they would be stored and shown in the clear.
+    """
+    url = (url or "").strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("The DICOMweb URL must start with http:// or https:// and name a host.")
+    if parts.username or parts.password:
+        raise ValueError("Give the DICOMweb credentials in their own fields, not in the URL.")
+    if parts.query or parts.fragment:
+        raise ValueError("The DICOMweb URL is the service's base URL, without a query.")
+    return url
+
+
+def _purpose(url: str) -> str:
+    # Bound to the URL too: credentials sealed for one source do not open for another.
+    return f"migration-dicomweb:{url}"
+
+
+def credentials_seal(*, clinic: Clinic, url: str, credentials: dict[str, str]) -> bytes:
+    if not credentials:
+        return b""
+    plaintext = json.dumps(credentials, sort_keys=True).encode()
+    return sealing.payload_seal(clinic=clinic, plaintext=plaintext, purpose=_purpose(url))
+
+
+def _session(*, clinic: Clinic, url: str, auth: str, sealed: bytes) -> requests.Session:
+    session = requests.Session()
+    if not auth or not sealed:
+        return session
+    credentials = json.loads(sealing.payload_open(clinic=clinic, sealed=bytes(sealed), purpose=_purpose(url)))
+    if auth == "bearer":
+        session.headers["Authorization"] = f"Bearer {credentials['token']}"
+    elif auth == "basic":
+        session.auth = (credentials["username"], credentials["password"])
+    return session
+
+
+class DicomwebSource:
+    """One migration's DICOMweb source, with its session (credentials opened once per task)."""
+
+    def __init__(self, *, clinic: Clinic, url: str, auth: str = "", sealed: bytes = b"") -> None:
+        self.url = url
+        self.client = DICOMwebClient(
+            url, session=_session(clinic=clinic, url=url, auth=auth, sealed=sealed), timeout=REQUEST_TIMEOUT
+        )
+
+    def _call(self, what: str, call: Callable[[], object]) -> object:
+        try:
+            return call()
+        except requests.HTTPError as exc:
+            code = exc.response.status_code if exc.response is not None else 0
+            if code in (400, 401, 403, 404, 405, 406, 410):
+                raise SourceRefused(self._refusal(what, code)) from exc
+            raise SourceUnreachable(f"The DICOMweb source {self.url} answered {code} to {what}.") from exc
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise SourceUnreachable(f"The DICOMweb source {self.url} cannot be reached ({what}).") from exc
+        except ValueError as exc:  # not DICOM JSON or not multipart: it is not a DICOMweb service
+            raise SourceRefused(f"{self.url} did not answer {what} as a DICOMweb service does.") from exc
+
+    def _refusal(self, what: str, code: int) -> str:
+        if code in (401, 403):
+            return f"The DICOMweb source {self.url} refused the credentials ({code}) for {what}."
+        if code == 404:
+            return (
+                f"The DICOMweb source {self.url} answered 404 (not found) to {what}: "
+                "check the service's base URL (e.g. https://host/dicom-web)."
+            )
+        return f"The DICOMweb source {self.url} answered {code} to {what}."
+
+    def studies_search(
+        self, *, study_date_from: str, study_date_to: str, modality: str = "", patient_id: str = ""
+    ) -> list[ListedStudy]:
+        filters: dict[str, str] = {}
+        if study_date_from or study_date_to:
+            filters["StudyDate"] = f"{study_date_from}-{study_date_to}"
+        if modality:
+            filters["ModalitiesInStudy"] = modality
+        if patient_id:
+            filters["PatientID"] = patient_id
+        found = self._pages(
+            "the study search (QIDO-RS)",
+            STUDY_INSTANCE_UID,
+            lambda offset: self.client.search_for_studies(
+                search_filters=filters, fields=["NumberOfStudyRelatedInstances"], limit=PAGE_SIZE, offset=offset
+            ),
+        )
+        studies = []
+        for uid, item in found.items():
+            count = _value(item, NUMBER_OF_STUDY_INSTANCES)
+            studies.append(ListedStudy(study_instance_uid=uid, instances=int(count) if count else None))
+        return studies
+
+    def _pages(self, what: str, key: str, search: Callable[[int], list[dict]]) -> dict[str, dict]:
+        """Every result of a paged QIDO-RS search, by the UID in ``key``.
+
+        Pages are asked until one brings nothing new: a server may cap a page below PAGE_SIZE, and some
+        (Orthanc 1.10's plugin with a filter) ignore ``offset`` and answer the first page again.
+        """
+        found: dict[str, dict] = {}
+        while True:
+            page = self._call(what, lambda: search(len(found))) or []
+            new = {uid: item for item in page if (uid := _value(item, key)) and uid not in found}
+            if not new:
+                return found
+            found.update(new)
+
+    def study_instances(self, *, study_instance_uid: str) -> list[ListedInstance]:
+        found = self._pages(
+            "the instance search (QIDO-RS)",
+            SOP_INSTANCE_UID,
+            lambda offset: self.client.search_for_instances(
+                study_instance_uid=study_instance_uid, limit=PAGE_SIZE, offset=offset
+            ),
+        )
+        return [
+            ListedInstance(
+                series_instance_uid=_value(item, SERIES_INSTANCE_UID),
+                sop_instance_uid=uid,
+                sop_class_uid=_value(item, SOP_CLASS_UID),
+            )
+            for uid, item in found.items()
+        ]
+
+    def study_iter(self, *, study_instance_uid: str) -> Iterator[Dataset]:
+        """Every instance of the study, streamed one part at a time (WADO-RS)."""
+        iterator = self._call(
+            "the study retrieve (WADO-RS)", lambda: self.client.iter_study(study_instance_uid, media_types=AS_STORED)
+        )
+        while True:
+            try:
+                item = self._call("the study retrieve (WADO-RS)", lambda: next(iterator, None))
+            except InvalidDicomError as exc:
+                # The stream cannot go on past a part that is not DICOM: what is left stays missing, and
+                # the study's next attempt asks for those instances one by one.
+                logger.warning("DICOMweb source %s sent a part that is not DICOM: %s", self.url, exc)
+                return
+            if item is None:
+                return
+            yield item
+
+    def instances_iter(self, *, study_instance_uid: str, uids: list[tuple[str, str]]) -> Iterator[Dataset]:
+        """The instances named by (series UID, SOP Instance UID), one request each; undecodable ones skipped."""
+        for series_instance_uid, sop_instance_uid in uids:
+            try:
+                yield self._call(
+                    "an instance retrieve (WADO-RS)",
+                    lambda series=series_instance_uid, sop=sop_instance_uid: self.client.retrieve_instance(
+                        study_instance_uid, series, sop, media_types=AS_STORED
+                    ),
+                )
+            except InvalidDicomError as exc:
+                logger.warning(
+                    "DICOMweb source %s sent instance %s as something not DICOM: %s", self.url, sop_instance_uid, exc
+                )
+
+
+def _value(item: dict, tag: str) -> str:
+    values = (item.get(tag) or {}).get("Value") or []
+    return str(values[0]) if values else ""
