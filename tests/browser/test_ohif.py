@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
+from studies.ingest import instance_ingest
 from tests.browser.test_viewer_sharing import store_series
+from tests.dicom_files import PYDICOM_SAMPLES
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -107,3 +111,24 @@ def test_shared_study_opens_in_ohif_and_reads_only_the_link(page, browser, sign_
     assert not [r for r in requests if not r.startswith((origin, "blob:", "data:"))]
     assert clinic.name not in content and clinic.slug not in content
     assert "/dicomweb/" + clinic.slug not in content
+
+
+def test_ohif_study_list_shows_every_study_when_one_has_no_modality(page, sign_in, clinic, clinician, tmp_path):
+    """Issue 13 item 8: a study whose files carry no Modality once made OHIF's whole list fail."""
+    store_series(clinic, tmp_path, slices=1)
+    bare = pydicom.dcmread(PYDICOM_SAMPLES / "CT_small.dcm")
+    del bare.Modality
+    bare.PatientName, bare.PatientID = "NOMODALITY^PAT", "NOMOD-1"
+    bare.StudyInstanceUID, bare.SeriesInstanceUID = generate_uid(), generate_uid()
+    bare.SOPInstanceUID = bare.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    bare.save_as(tmp_path / "bare.dcm")
+    instance_ingest(clinic=clinic, source_path=str(tmp_path / "bare.dcm"))
+    sign_in(clinician)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    page.goto(f"/c/{clinic.slug}/viewer/ohif/")
+    page.wait_for_selector("text=NOMODALITY", timeout=60_000)
+
+    assert page.locator("text=CompressedSamples").count() >= 1
+    assert not [e for e in errors if "length" in e], errors
