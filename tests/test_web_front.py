@@ -21,7 +21,6 @@ from http import HTTPStatus
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.http import HttpResponse
 from django.urls import reverse
 
@@ -29,7 +28,7 @@ from portal.front import FrontProxyMiddleware
 from studies.models import Instance
 from tenants import services
 from tenants.roles import Role
-from tests.studies.upload_memory_support import peak_rss_bytes, stream_upload, write_large_multiframe
+from tests.studies.upload_memory_support import peak_rss_bytes, server_env, stream_upload, write_large_multiframe
 
 ROOT = Path(__file__).resolve().parents[1]
 # The processes that serve HTTP: the front and, when there is one, the application server behind it.
@@ -173,19 +172,10 @@ MEMORY_LIMIT = 160 * 1024 * 1024  # as tests/studies/test_ingest_memory.py: the 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_big_upload_through_the_front_is_stored_and_gunicorn_stays_small(clinic, tmp_path, settings) -> None:
-    database = django_settings.DATABASES["default"]
-    if database["ENGINE"] != "django.db.backends.postgresql":
-        pytest.skip("needs PostgreSQL so that the server process sees the test database")
+    env = server_env(settings, CELERY_BROKER_URL=os.environ.get("TEST_REDIS_URL", "memory://"),
+                     FILE_UPLOAD_TEMP_DIR=str(tmp_path))
     token = services.api_token_create(clinic=clinic, name="front-test", role=Role.UPLOADER).secret
     big = write_large_multiframe(tmp_path / "big.dcm", UPLOAD_BYTES)
-    env = {
-        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
-        "PRIMARY_STORE_URL": settings.PRIMARY_STORE_URL,
-        "REPLICA_STORE_URL": settings.REPLICA_STORE_URL,
-        "MASTER_KEYS": settings.MASTER_KEYS,
-        "CELERY_BROKER_URL": os.environ.get("TEST_REDIS_URL", "memory://"),
-        "FILE_UPLOAD_TEMP_DIR": str(tmp_path),
-    }
     url = reverse("studies:upload-file", kwargs={"clinic_slug": clinic.slug})
 
     with running_web_stack(tmp_path, env) as (port, master):

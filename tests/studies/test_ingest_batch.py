@@ -38,7 +38,7 @@ from studies.models import Instance, Series, Study
 from tenants.models import Clinic
 from tests.studies.dicomweb_support import multipart_body, token_for, write_instance
 from tests.studies.dimse_support import register_node, running_scp, store_with_pynetdicom, tasks_inline
-from tests.studies.upload_memory_support import gunicorn_server
+from tests.studies.upload_memory_support import gunicorn_server, server_env
 
 BASE = "/dicomweb/clinic-a/"
 FAILED, REFERENCED = "00081198", "00081199"
@@ -377,17 +377,7 @@ def test_concurrent_batches_into_one_study_keep_counters_exact(clinic, tmp_path)
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_chunked_stow_and_a_worker_killed_mid_batch_lose_nothing_acknowledged(clinic, tmp_path, settings):
-    if not _postgresql():
-        pytest.skip("needs PostgreSQL so that the server process sees the test database")
-    database = django_settings.DATABASES["default"]
-    env = {
-        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
-        "PRIMARY_STORE_URL": settings.PRIMARY_STORE_URL,
-        "REPLICA_STORE_URL": settings.REPLICA_STORE_URL,
-        "MASTER_KEYS": settings.MASTER_KEYS,
-        "CELERY_BROKER_URL": "memory://",
-        "INGEST_BATCH_SIZE": "4",
-    }
+    env = server_env(settings, INGEST_BATCH_SIZE="4")
     token = token_for(clinic, role="uploader")
     first = _study_files(tmp_path / "first", 3)
     many = _study_files(tmp_path / "many", 60)

@@ -6,13 +6,18 @@ import os
 from http import HTTPStatus
 
 import pytest
-from django.conf import settings as django_settings
 from django.urls import reverse
 
 from studies.models import Instance
 from tenants import services
 from tenants.roles import Role
-from tests.studies.upload_memory_support import gunicorn_server, peak_rss_bytes, stream_upload, write_large_multiframe
+from tests.studies.upload_memory_support import (
+    gunicorn_server,
+    peak_rss_bytes,
+    server_env,
+    stream_upload,
+    write_large_multiframe,
+)
 
 UPLOAD_BYTES = 200 * 1024 * 1024
 MEMORY_LIMIT = 160 * 1024 * 1024  # well under the 256 MB budget, and under the file's own size
@@ -21,19 +26,10 @@ MEMORY_LIMIT = 160 * 1024 * 1024  # well under the 256 MB budget, and under the 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_200_mb_upload_keeps_the_web_process_small(clinic, tmp_path, settings):
-    database = django_settings.DATABASES["default"]
-    if database["ENGINE"] != "django.db.backends.postgresql":
-        pytest.skip("needs PostgreSQL so that the server process sees the test database")
+    env = server_env(settings, CELERY_BROKER_URL=os.environ.get("TEST_REDIS_URL", "memory://"),
+                     FILE_UPLOAD_TEMP_DIR=str(tmp_path))
     token = services.api_token_create(clinic=clinic, name="memory-test", role=Role.UPLOADER).secret
     big = write_large_multiframe(tmp_path / "big.dcm", UPLOAD_BYTES)
-    env = {
-        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
-        "PRIMARY_STORE_URL": settings.PRIMARY_STORE_URL,
-        "REPLICA_STORE_URL": settings.REPLICA_STORE_URL,
-        "MASTER_KEYS": settings.MASTER_KEYS,
-        "CELERY_BROKER_URL": os.environ.get("TEST_REDIS_URL", "memory://"),
-        "FILE_UPLOAD_TEMP_DIR": str(tmp_path),
-    }
     url = reverse("studies:upload-file", kwargs={"clinic_slug": clinic.slug})
 
     with gunicorn_server(env) as (port, worker_pid):

@@ -20,7 +20,7 @@ from tests.studies.dimse_support import (
     tasks_inline,
     write_study,
 )
-from tests.studies.upload_memory_support import gunicorn_server
+from tests.studies.upload_memory_support import gunicorn_server, server_env
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, requires_orthanc]
 
@@ -79,16 +79,7 @@ def test_orthanc_sends_a_study_by_c_store(clinic, orthanc, files):
 def test_orthanc_sends_a_study_by_stow_with_its_defaults(clinic, files, settings, tmp_path):
     # Orthanc's STOW-RS body is chunked; the web server of the production set-up (gunicorn) decodes that,
     # Django's test server does not, so the portal runs under gunicorn here, on the test database.
-    database = settings.DATABASES["default"]
-    if database["ENGINE"] != "django.db.backends.postgresql":
-        pytest.skip("needs PostgreSQL so that the gunicorn process sees the test database")
-    env = {
-        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
-        "PRIMARY_STORE_URL": settings.PRIMARY_STORE_URL,
-        "REPLICA_STORE_URL": settings.REPLICA_STORE_URL,
-        "MASTER_KEYS": settings.MASTER_KEYS,
-        "CELERY_BROKER_URL": "memory://",
-    }
+    env = server_env(settings)
     token = token_for(clinic, role="clinician")
     with gunicorn_server(env) as (port, _pid):
         url = f"http://127.0.0.1:{port}/dicomweb/{clinic.slug}/"

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -69,6 +70,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def server_env(settings: object, **extra: str) -> dict[str, str]:
+    """The environment of a portal process (gunicorn, the web stack) serving the test's database and stores.
+
+    Skips the test unless the database is PostgreSQL: another process cannot see SQLite's test database.
+    """
+    from django.conf import settings as django_settings
+
+    database = django_settings.DATABASES["default"]
+    if database["ENGINE"] != "django.db.backends.postgresql":
+        pytest.skip("needs PostgreSQL so that the server process sees the test database")
+    return {
+        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+        "PRIMARY_STORE_URL": settings.PRIMARY_STORE_URL,  # type: ignore[attr-defined]
+        "REPLICA_STORE_URL": settings.REPLICA_STORE_URL,  # type: ignore[attr-defined]
+        "MASTER_KEYS": settings.MASTER_KEYS,  # type: ignore[attr-defined]
+        "CELERY_BROKER_URL": "memory://",
+        **extra,
+    }
 
 
 @contextmanager
