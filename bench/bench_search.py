@@ -5,7 +5,7 @@ It uses DATABASE_URL (default postgres://postgres@127.0.0.1:5432/portal_bench_se
 missing; ``sqlite:///path`` measures SQLite), applies migrations, fills a fresh clinic with N studies
 of about N/2 patients, one series each (and a second clinic with N/5, so that tenant scoping is part
 of the measurement), then times, for each search, what the studies page does (the capped count and
-the first page of 25 rows with patients, through ``studies.selectors``) and what QIDO-RS does (parse
+the first page of 25 rows with patients, through ``studies.browse.selectors``) and what QIDO-RS does (parse
 the query, search, answer DICOM JSON of up to 100 studies, through ``studies.dicomweb.qido``), each
 inside the search time budget. On PostgreSQL the index is filled by SQL straight from
 ``generate_series`` (1,000,000 studies in a few minutes); elsewhere through bulk_create. The tables
@@ -165,7 +165,7 @@ def populate(*, clinic, studies: int, seed: int) -> None:
 
 
 def searches(seed: int) -> dict[str, dict]:
-    from studies.selectors import StudySearch
+    from studies.browse.selectors import StudySearch
 
     return {
         "all, newest first": StudySearch(),
@@ -225,7 +225,8 @@ def time_qido(*, clinic, query_string: str) -> float:
 
 def time_page(*, clinic, search) -> float:
     """What the studies page does: count the matches and fetch the first page with patients."""
-    from studies import matching, selectors
+    from studies import matching
+    from studies.browse import selectors
 
     started = time.perf_counter()
     with matching.search_budget():
@@ -253,7 +254,7 @@ def main() -> None:
     setup_django(database_url)
     from django.db import connection
 
-    from studies import selectors
+    from studies.browse import selectors
     from studies.models import Patient, Study
     from tenants.models import Clinic
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 from billing import selectors, stripe_api
 from billing.models import Plan, StripeEvent, Subscription, SubscriptionStatus
 from portal.exceptions import PortalError
-from studies import selectors as study_selectors
+from studies.browse import selectors as study_selectors
 from tenants.audit import audit_record
 from tenants.models import Clinic, Membership, User
 from tenants.roles import Role
@@ -394,9 +394,9 @@ def clinic_data_destroy(*, clinic: Clinic) -> None:
     Runs on the replica-admin worker, the one holding the replica's delete rights. Safe to run twice.
     """
     from studies import quarantine
-    from studies import services as study_services
     from studies.archive import keys as archive_keys
     from studies.archive import stores
+    from studies.browse import services as study_services
     from studies.models import ClinicKey, Study
 
     Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).update(deleted_at=timezone.now())

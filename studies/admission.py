@@ -85,7 +85,7 @@ def instance_admit(
     """Decide whether the instance may join the index; return a quarantine reason to hold it instead.
 
     Run inside the ingest transaction: the stored study's row is locked here, so the trash purge's claim
-    (``studies.services.study_purge``) and this decision can't interleave. A trashed study is restored
+    (``studies.browse.services.study_purge``) and this decision can't interleave. A trashed study is restored
     (audited) before the instance joins it. Raises StudyBeingPurged while the purge erases the study.
     """
     study = (

@@ -2,8 +2,9 @@
 
 from django.urls import path
 
-from studies import api, upload_api
+from studies import upload_api
 from studies.backup import views as backup_views
+from studies.browse import api
 from studies.dimse import api as dimse_api
 
 app_name = "studies-api"

@@ -11,13 +11,11 @@ class StudiesConfig(AppConfig):
         # The layers point down (ingest and the archive never import backup or the thumbnails); what
         # they must trigger is registered here, once, in every process (web, worker, DIMSE listener).
         # The hooks send tasks by name: their modules must be loaded in every process, not only in workers.
-        from studies import (
-            tasks,  # noqa: F401
-            thumbnails,
-        )
+        from studies import tasks  # noqa: F401
         from studies.anonymize import services as anonymize
         from studies.archive import objects
         from studies.backup import recovery, replication
+        from studies.browse import thumbnails
         from studies.ingest import hooks
 
         hooks.object_writer_register(replication.object_write_for_ingest)

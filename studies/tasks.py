@@ -15,8 +15,8 @@ from celery import shared_task
 def series_thumbnail_render(self, clinic_id: int, series_id: int) -> None:
     """Render the series' thumbnail from its middle image (again only when that instance changed)."""
     from studies.archive.errors import StorageUnavailable
+    from studies.browse.thumbnails import series_thumbnail_render as render
     from studies.models import Series
-    from studies.thumbnails import series_thumbnail_render as render
     from tenants.models import Clinic
 
     clinic = Clinic.objects.filter(pk=clinic_id).first()
@@ -37,8 +37,8 @@ def study_purge(self, clinic_id: int, study_id: int) -> None:
     from django.conf import settings
     from django.utils import timezone
 
-    from studies import services
     from studies.archive.errors import StorageUnavailable
+    from studies.browse import services
     from tenants.models import Clinic
 
     clinic = Clinic.objects.filter(pk=clinic_id).first()
@@ -57,7 +57,7 @@ def studies_trash_purge() -> int:
     """Periodic: queue a purge for every study whose time in the trash is over; returns how many."""
     from django.utils import timezone
 
-    from studies import selectors
+    from studies.browse import selectors
 
     due = list(selectors.trash_purge_due(now=timezone.now()).values_list("clinic_id", "id"))
     for clinic_id, study_id in due:

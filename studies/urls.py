@@ -2,8 +2,9 @@
 
 from django.urls import path
 
-from studies import upload_views, views
+from studies import upload_views
 from studies.backup import views as backup_views
+from studies.browse import views
 from studies.dimse import views as dimse_views
 
 app_name = "studies"

@@ -11,10 +11,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from studies import selectors
 from studies.anonymize import services
 from studies.anonymize.models import AnonymizationJob
 from studies.anonymize.profile import Option
+from studies.browse import selectors
 from tenants.permissions import has_action
 from tenants.roles import Action
 

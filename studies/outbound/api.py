@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from studies import selectors
+from studies.browse import selectors
 from studies.models import Series
 from studies.outbound import services
 from studies.outbound.models import MigrationJob, RoutingRule, SendJob

@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portal.exceptions import PortalError
-from studies import selectors
+from studies.browse import selectors
 from studies.models import DicomNode, Study
 from studies.outbound import services
 from studies.outbound.forms import MigrationForm, RoutingRuleForm, SendForm

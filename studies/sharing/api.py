@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal.public_url import absolute_url
-from studies import selectors
+from studies.browse import selectors
 from studies.sharing import services
 from studies.sharing.models import Share, ShareKind
 from tenants.permissions import has_action

@@ -154,13 +154,13 @@ def share_viewer(request: HttpRequest, share_token: str, study_uuid: UUID) -> Ht
 @never_cache
 @share_required
 def share_download(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
-    from studies import download
+    from studies.browse import download
 
     if not request.share.allow_download:  # type: ignore[attr-defined]
         return render(request, "studies/share_invalid.html", {"message": "This link allows viewing only."}, status=403)
     study = _shared_study(request, study_uuid)
     services.share_log(share=request.share, action="downloaded", request=request, study=study)  # type: ignore[attr-defined]
-    from studies import selectors
+    from studies.browse import selectors
 
     instances = selectors.instance_list(clinic=request.clinic, study=study)  # type: ignore[attr-defined]
     return download.zip_response(clinic=request.clinic, instances=instances,  # type: ignore[attr-defined]

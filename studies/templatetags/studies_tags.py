@@ -6,7 +6,8 @@ from typing import Any
 
 from django import template
 
-from studies import names, quarantine, selectors, services
+from studies import names, quarantine
+from studies.browse import selectors, services
 from tenants.roles import Action
 
 register = template.Library()

@@ -47,7 +47,7 @@ def prepare(state_path: Path) -> None:
     _setup()
     from django.core.management import call_command
 
-    from studies import services as study_services
+    from studies.browse import services as study_services
     from studies.ingest import instance_ingest
     from studies.models import Instance, Study
     from studies.sharing import services as sharing

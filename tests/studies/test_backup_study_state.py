@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from studies import services
 from studies.backup import recovery, replication, study_state
+from studies.browse import services
 from studies.models import Instance, Patient, Series, Study
 from tests.studies.backup_support import (
     backup_cache_clear,  # noqa: F401 - autouse

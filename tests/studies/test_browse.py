@@ -8,9 +8,10 @@ from http import HTTPStatus
 import pytest
 from django.utils import timezone
 
-from studies import matching, selectors
+from studies import matching
+from studies.browse import selectors
+from studies.browse.selectors import StudySearch
 from studies.models import Series
-from studies.selectors import StudySearch
 from tenants.models import AuditEvent
 from tests.studies.browse_support import make_study
 
@@ -220,7 +221,7 @@ def test_dashboard_shows_backup_health_to_admins_only(client, clinic, admin, cli
 
 
 def test_broad_search_says_more_than_the_cap_instead_of_counting(client, clinician, clinic, people, monkeypatch):
-    from studies import views
+    from studies.browse import views
 
     monkeypatch.setattr(views, "COUNT_CAP", 2)
     client.force_login(clinician)

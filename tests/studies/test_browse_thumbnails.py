@@ -10,8 +10,8 @@ from PIL import Image
 
 from studies import tasks
 from studies.archive import stores
+from studies.browse.thumbnails import thumbnail_object_uuid
 from studies.models import Series
-from studies.thumbnails import thumbnail_object_uuid
 from tests.studies.browse_support import ingest_files, write_series
 
 

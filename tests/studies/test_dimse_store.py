@@ -211,7 +211,7 @@ def test_c_store_of_a_study_uid_held_by_another_patient_fails_with_c410_and_is_h
 
 
 def test_c_store_into_a_trashed_study_brings_it_back(clinic, owner, scp_port, tmp_path):
-    from studies import services
+    from studies.browse import services
     from tests.dicom_files import write_ct
 
     first = write_ct(tmp_path / "a.dcm")

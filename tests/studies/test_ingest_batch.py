@@ -472,7 +472,7 @@ def test_the_archive_and_ingest_import_nothing_above_them_and_nothing_inside_fun
         "studies.backup",
         "studies.anonymize",
         "studies.tasks",
-        "studies.thumbnails",
+        "studies.browse.thumbnails",
         "studies.dicomweb",
         "studies.dimse",
     )

@@ -17,8 +17,9 @@ from django.db import connection
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
-from studies import services, tasks
+from studies import tasks
 from studies.archive import stores
+from studies.browse import services
 from studies.models import Instance, QuarantinedInstance, Study, UploadBatch
 from studies.sharing import services as sharing_services
 from tenants.models import AuditEvent, Clinic

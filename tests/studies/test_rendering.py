@@ -12,7 +12,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from studies import thumbnails
+from studies.browse import thumbnails
 from studies.dicomweb import rendering
 from studies.sharing import services as sharing_services
 from tests.dicom_files import PYDICOM_SAMPLES as SAMPLES

@@ -8,8 +8,9 @@ from http import HTTPStatus
 import pytest
 from django.utils import timezone
 
-from studies import services, tasks
+from studies import tasks
 from studies.archive import stores
+from studies.browse import services
 from studies.models import Instance, Patient, Series, Study
 from tenants.models import AuditEvent, Clinic
 from tests.studies.browse_support import ingest_files, make_study, write_series

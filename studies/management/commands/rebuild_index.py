@@ -8,8 +8,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from studies import selectors
 from studies.backup import recovery
+from studies.browse import selectors
 
 
 class Command(BaseCommand):

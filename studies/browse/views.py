@@ -17,9 +17,10 @@ from django.utils.functional import cached_property
 from django.views.decorators.http import require_GET, require_POST
 
 from portal.exceptions import PortalError
-from studies import download, matching, quarantine, selectors, services
+from studies import matching, quarantine
 from studies.archive import objects
 from studies.archive.errors import ArchiveError
+from studies.browse import download, selectors, services
 from studies.models import Study
 from tenants.audit import audit_record
 from tenants.middleware import ClinicRequest

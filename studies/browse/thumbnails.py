@@ -19,9 +19,9 @@ from celery import current_app
 from django.core.cache import cache
 from pydicom.pixels import pixel_array
 
-from studies import selectors
 from studies.archive import objects
 from studies.archive.errors import ObjectMissing
+from studies.browse import selectors
 from studies.dicomweb import rendering
 from studies.models import Instance, Series
 from tenants.models import Clinic

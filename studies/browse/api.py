@@ -15,7 +15,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal.pagination import PortalPagination
-from studies import matching, selectors, services
+from studies import matching
+from studies.browse import selectors, services
 from studies.models import Series, Study
 from tenants.audit import audit_record
 from tenants.permissions import has_action

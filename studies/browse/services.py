@@ -1,6 +1,6 @@
 """State changes of studies after ingest: trash, restore and purge.
 
-Ingest itself lives in ``studies.ingest``; thumbnails in ``studies.thumbnails``.
+Ingest itself lives in ``studies.ingest``; thumbnails in ``studies.browse.thumbnails``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from studies.archive import objects
 from studies.archive.errors import ObjectMissing
 from studies.backup import study_state
 from studies.backup import tasks as backup_tasks
+from studies.browse.selectors import StudySearch
 from studies.models import Instance, Patient, Series, Study
-from studies.selectors import StudySearch
 from tenants.audit import audit_record
 from tenants.models import Clinic, User
 
