@@ -20,6 +20,7 @@ from django.utils import timezone
 from billing import selectors, stripe_api
 from billing.models import Plan, StripeEvent, Subscription, SubscriptionStatus
 from portal.exceptions import PortalError
+from studies import erasure as study_erasure
 from studies.browse import selectors as study_selectors
 from tenants.audit import audit_record
 from tenants.models import Clinic, Membership, User
@@ -54,7 +55,10 @@ def _apply_plan(subscription: Subscription, plan: Plan) -> None:
 
 @transaction.atomic
 def subscription_start_trial(*, clinic: Clinic) -> Subscription:
-    """Start a new clinic on the trial plan (Starter by default) for BILLING_TRIAL_DAYS."""
+    """Start a new clinic on the trial plan (Starter by default) for BILLING_TRIAL_DAYS.
+
+    Run by ``tenants.services.clinic_create`` for every new clinic (registered in ``BillingConfig.ready``).
+    """
     existing = Subscription.objects.for_clinic(clinic).first()
     if existing is not None:
         return existing
@@ -388,28 +392,10 @@ def pending_plan_apply(*, subscription: Subscription) -> bool:
 def clinic_data_destroy(*, clinic: Clinic) -> None:
     """Destroy a canceled clinic's data once its retention period has ended.
 
-    Every study is purged from both stores (objects, index rows, quota), then the clinic's keys go:
-    the wrapped key documents in both stores and the key rows. Without its key no copy that might
-    survive anywhere (a replica version kept by Object Lock, a backup of the database) can be read.
-    Runs on the replica-admin worker, the one holding the replica's delete rights. Safe to run twice.
+    The images, held instances and the clinic's keys are erased by ``studies.erasure`` (beside the data);
+    then the subscription is marked destroyed. Runs on the replica-admin worker. Safe to run twice.
     """
-    from studies import quarantine
-    from studies.archive import keys as archive_keys
-    from studies.archive import stores
-    from studies.browse import services as study_services
-    from studies.models import ClinicKey, Study
-
-    Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).update(deleted_at=timezone.now())
-    for study_id in Study.objects.for_clinic(clinic).values_list("pk", flat=True):
-        study_services.study_purge(clinic=clinic, study_id=study_id)
-    # Instances held for review are stored too (studies.quarantine).
-    quarantine.quarantine_destroy_all(clinic=clinic)
-    for row in ClinicKey.objects.for_clinic(clinic):
-        document = archive_keys.key_document_key(clinic_uuid=clinic.uuid, key_id=row.key_id)
-        for store_name in stores.STORE_NAMES:
-            stores.get_store(store_name).delete(document)
-    ClinicKey.objects.for_clinic(clinic).delete()
-    archive_keys.key_cache_clear()
+    study_erasure.clinic_images_erase(clinic=clinic)
     Subscription.objects.for_clinic(clinic).update(status=SubscriptionStatus.DESTROYED, updated_at=timezone.now())
     audit_record(clinic=clinic, action="billing.data_destroyed", actor_label="system", object_type="clinic",
                  object_id=str(clinic.uuid))

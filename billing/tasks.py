@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from billing import services
+from portal.exceptions import Transient
 from tenants.models import Clinic
 
 
@@ -29,12 +30,10 @@ def usage_warnings_check(*, clinic_id: int) -> None:
 @shared_task(acks_late=True, bind=True, max_retries=8)
 def clinic_data_destroy(self, *, clinic_id: int) -> None:
     """Destroy a canceled clinic's data (routed to the replica-admin worker)."""
-    from studies.archive.errors import StorageUnavailable
-
     clinic = Clinic.objects.filter(pk=clinic_id).first()
     if clinic is None:
         return
     try:
         services.clinic_data_destroy(clinic=clinic)
-    except StorageUnavailable as exc:
+    except Transient as exc:  # a store unreachable (studies.archive.errors.StorageUnavailable)
         raise self.retry(exc=exc, countdown=min(3600, 60 * 2**self.request.retries)) from exc

@@ -31,6 +31,17 @@ class Conflict(PortalError):
     code = "conflict"
 
 
+class Transient(PortalError):
+    """A failure that goes away by itself (a store or peer unreachable): the same call is safe to retry.
+
+    Apps subclass it (``studies.archive.errors.StorageUnavailable``), so a caller in another app retries
+    without importing their errors.
+    """
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "unavailable"
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Answer every API error as JSON with a message a person can act on."""
     if isinstance(exc, PortalError):

@@ -1,8 +1,11 @@
 """Liveness and readiness probes.
 
 ``/healthz`` says the process answers; it touches nothing else, so a slow database never gets a healthy
-web process restarted. ``/readyz`` checks what a request needs: the database, the Celery broker and both
-object stores, and answers 503 naming each one that is down. Both are public (load balancers and
+web process restarted. ``/readyz`` checks what a request needs: the database, the Celery broker and what
+the apps register at start-up (the studies app: both object stores), and answers 503 naming each one
+that is down; degradation checks (the studies app: backup lag and failed verifications) turn it to
+"degraded" without failing it. The portal sits below the apps, so it asks them through
+``readiness_check_register`` / ``degradation_check_register`` instead of importing them. Both are public (load balancers and
 orchestrators call them without credentials), so they say *what* is down and a short reason from our
 own error messages, never connection strings or credentials; the full error goes to the log.
 """
@@ -53,18 +56,22 @@ def _check_broker() -> None:
         conn.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2, timeout=BROKER_TIMEOUT_SECONDS)
 
 
-def _check_store(name: str) -> None:
-    from studies.archive import stores
-
-    stores.get_store(name).check()
-
-
 CHECKS: dict[str, Callable[[], None]] = {
     "database": _check_database,
     "broker": _check_broker,
-    "primary_store": lambda: _check_store("primary"),
-    "replica_store": lambda: _check_store("replica"),
 }
+# name -> a function returning {component: short reason} for what is degraded (empty when all is well).
+DEGRADATION_CHECKS: dict[str, Callable[[], dict[str, str]]] = {}
+
+
+def readiness_check_register(name: str, check: Callable[[], None]) -> None:
+    """Add a component readiness depends on (an app's ``ready()``); ``check`` raises when it is down."""
+    CHECKS[name] = check
+
+
+def degradation_check_register(name: str, check: Callable[[], dict[str, str]]) -> None:
+    """Add a check whose problems degrade readiness without failing it (an app's ``ready()``)."""
+    DEGRADATION_CHECKS[name] = check
 
 
 def _reason(exc: Exception) -> str:
@@ -86,19 +93,18 @@ def readiness_problems() -> dict[str, str]:
     return problems
 
 
-def backup_degradation() -> dict[str, str]:
-    """Backup health (owned by studies.backup): replication lag or failed verifications.
-
-    These degrade readiness without failing it: the portal keeps serving (200, status "degraded")
-    while monitoring sees the problem; the backup page and the alert e-mails give the details.
+def degradation_problems() -> dict[str, str]:
+    """What is degraded (replication lag, failed verifications): the portal keeps serving (200, status
+    "degraded") while monitoring sees the problem; the backup page and the alert e-mails give the details.
     """
-    try:
-        from studies.backup import alerts
-
-        return alerts.backup_problems()
-    except Exception as exc:  # noqa: BLE001 - reported, never fatal to the probe
-        logger.warning("backup health check failed: %s: %s", type(exc).__name__, exc)
-        return {"backup": _reason(exc)}
+    problems: dict[str, str] = {}
+    for name, check in DEGRADATION_CHECKS.items():
+        try:
+            problems.update(check())
+        except Exception as exc:  # noqa: BLE001 - reported, never fatal to the probe
+            logger.warning("%s health check failed: %s: %s", name, type(exc).__name__, exc)
+            problems[name] = _reason(exc)
+    return problems
 
 
 @never_cache
@@ -106,7 +112,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
     problems = readiness_problems()
     if problems:
         return JsonResponse({"status": "unavailable", "down": problems}, status=503)
-    degraded = backup_degradation()
+    degraded = degradation_problems()
     if degraded:
         return JsonResponse({"status": "degraded", "degraded": degraded, "checked": list(CHECKS)})
     return JsonResponse({"status": "ok", "checked": list(CHECKS)})

@@ -15,6 +15,7 @@ class StudiesConfig(AppConfig):
         from studies.anonymize import services as anonymize
         from studies.archive import objects
         from studies.backup import recovery, replication
+        from studies.browse import tasks as browse_tasks  # noqa: F401
         from studies.browse import thumbnails
         from studies.ingest import hooks
 
@@ -35,3 +36,12 @@ class StudiesConfig(AppConfig):
         from studies.outbound import tasks as outbound_tasks  # noqa: F401
 
         hooks.indexed_register(routing.instances_route_indexed)
+
+        # Readiness (/readyz, in portal below this app) asks the stores and the backup health from here.
+        from portal import health
+        from studies.archive import stores
+        from studies.backup import alerts
+
+        for store_name in stores.STORE_NAMES:
+            health.readiness_check_register(f"{store_name}_store", lambda name=store_name: stores.get_store(name).check())
+        health.degradation_check_register("backup", alerts.backup_problems)

@@ -1,69 +1,13 @@
 """Celery entry points of the studies app: load by id, call one service.
 
 Tasks take ids and plain JSON values only (never models or patient data) and are safe to run twice.
-Engineers add their tasks here (append) or in their own module imported at the bottom of this file.
+Capabilities with a package keep their tasks there (``browse/tasks.py``, ``outbound/tasks.py``, loaded by
+``StudiesConfig.ready``); the rest are here.
 """
 
 from __future__ import annotations
 
 from celery import shared_task
-
-# --- Finding and using studies (browse): thumbnails and the trash purge ---------------------------
-
-
-@shared_task(acks_late=True, bind=True, max_retries=5)
-def series_thumbnail_render(self, clinic_id: int, series_id: int) -> None:
-    """Render the series' thumbnail from its middle image (again only when that instance changed)."""
-    from studies.archive.errors import StorageUnavailable
-    from studies.browse.thumbnails import series_thumbnail_render as render
-    from studies.models import Series
-    from tenants.models import Clinic
-
-    clinic = Clinic.objects.filter(pk=clinic_id).first()
-    series = Series.objects.for_clinic(clinic_id).filter(pk=series_id).first() if clinic else None
-    if clinic is None or series is None:
-        return  # purged meanwhile
-    try:
-        render(clinic=clinic, series=series)
-    except StorageUnavailable as exc:
-        raise self.retry(exc=exc, countdown=min(600, 10 * 2**self.request.retries)) from exc
-
-
-@shared_task(acks_late=True, bind=True, max_retries=8)
-def study_purge(self, clinic_id: int, study_id: int) -> None:
-    """Erase one trashed study whose time in the trash is over (objects, replica, rows, quota)."""
-    from datetime import timedelta
-
-    from django.conf import settings
-    from django.utils import timezone
-
-    from studies.archive.errors import StorageUnavailable
-    from studies.browse import services
-    from tenants.models import Clinic
-
-    clinic = Clinic.objects.filter(pk=clinic_id).first()
-    if clinic is None:
-        return
-    # Re-checked at run time: a study restored and trashed again since this message was queued stays.
-    cutoff = timezone.now() - timedelta(days=settings.TRASH_DAYS)
-    try:
-        services.study_purge(clinic=clinic, study_id=study_id, deleted_before=cutoff)
-    except StorageUnavailable as exc:
-        raise self.retry(exc=exc, countdown=min(3600, 30 * 2**self.request.retries)) from exc
-
-
-@shared_task(acks_late=True)
-def studies_trash_purge() -> int:
-    """Periodic: queue a purge for every study whose time in the trash is over; returns how many."""
-    from django.utils import timezone
-
-    from studies.browse import selectors
-
-    due = list(selectors.trash_purge_due(now=timezone.now()).values_list("clinic_id", "id"))
-    for clinic_id, study_id in due:
-        study_purge.delay(clinic_id=clinic_id, study_id=study_id)
-    return len(due)
-
 
 # Backup and recovery tasks live in their own module; re-exported so `studies.tasks.instance_replicate` works.
 from studies.backup.tasks import (  # noqa: E402, F401

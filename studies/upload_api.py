@@ -1,6 +1,6 @@
 """REST: /api/v1/clinics/<clinic_slug>/uploads/ (POST one DICOM file or a ZIP archive) and uploads/<id>/.
 
-The same ingest as the upload page (``studies.upload_views.upload_receive``), answered with the same
+The same ingest as the upload page (``studies.uploads.upload_receive``), answered with the same
 outcomes and statuses; the study is named by its Study Instance UID, as everywhere in the REST API.
 """
 
@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal.public_url import absolute_url
-from studies import upload_views
+from studies import ingest, uploads
 from studies.models import UploadBatch
 from tenants.permissions import has_action
 from tenants.roles import Action
@@ -102,7 +102,12 @@ class UploadListApi(APIView):
     def post(self, request: Request, clinic_slug: str) -> Response:
         django_request: Any = request._request
         upload = request.FILES.get("file")
-        answer = upload_views.upload_receive(django_request, upload=upload, name=request.data.get("path") or "")
+        answer = uploads.upload_receive(
+            clinic=request.clinic, upload=upload, name=request.data.get("path") or "",
+            # The plain HttpRequest: it carries the API token and the address the audit trail records.
+            origin=ingest.Origin.from_request(django_request, source="upload"),
+            anonymize_project=request.data.get("anonymize_project") or "",
+        )
         body: dict[str, Any] = {"outcome": answer.outcome, "reason": answer.reason}
         if answer.study is not None:
             body["study"] = answer.study.study_instance_uid
@@ -133,4 +138,4 @@ class UploadDetailApi(APIView):
         batch = UploadBatch.objects.for_clinic(request.clinic).filter(uuid=batch_id).first()
         if batch is None:
             raise Http404("No such upload.")
-        return Response(upload_views.upload_batch_report(clinic=request.clinic, batch=batch))
+        return Response(uploads.upload_batch_report(clinic=request.clinic, batch=batch))

@@ -1,4 +1,9 @@
-"""Browser uploads of ZIP archives: stage the archive encrypted, then unpack it safely in a worker.
+"""Uploads: one file or a ZIP archive from the upload page, the REST upload API or an upload link.
+
+``upload_receive`` takes one uploaded file, with its ``Origin``: a DICOM file is ingested at once, a ZIP
+archive is staged and unpacked by a worker; the answer (``UploadAnswer``) is the same for every door.
+
+ZIP archives: stage the archive encrypted, then unpack it safely in a worker.
 
 The web process only streams the archive into the primary store (encrypted like everything else, so
 any worker can read it) and records an ``UploadBatch``. ``studies.tasks.upload_zip_extract`` then
@@ -19,23 +24,36 @@ import stat
 import tempfile
 import uuid
 import zipfile
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from http import HTTPStatus
 from typing import Any, BinaryIO
+from uuid import UUID
 
 from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from portal.exceptions import PortalError
 from studies import ingest
+from studies.anonymize.models import AnonymizationProject
 from studies.archive import objects
-from studies.archive.errors import ArchiveError, StorageUnavailable
-from studies.errors import DicomDirectory, InstanceConflict, InvalidDicom, NotDicom, QuotaExceeded
-from studies.models import UploadBatch, UploadItem
+from studies.archive.errors import ArchiveError, StorageFull, StorageUnavailable
+from studies.errors import (
+    DicomDirectory,
+    InstanceConflict,
+    InstanceHeld,
+    InvalidDicom,
+    NotDicom,
+    QuotaExceeded,
+    StudyBeingPurged,
+)
+from studies.models import Study, UploadBatch, UploadItem
 from tenants.audit import audit_record
 from tenants.models import Clinic, User
 
@@ -356,3 +374,135 @@ def _member_ingest(
             return Outcome.REJECTED, exc.message, None, inflated
     outcome = Outcome.STORED if result.outcome == ingest.IngestOutcome.STORED else Outcome.ALREADY_PRESENT
     return outcome, "", result.instance, inflated
+
+
+# --- One uploaded file (the upload page, the REST upload API, upload links) ------------------------
+
+# The most results one status answer lists; the counts always cover the whole batch.
+BATCH_ITEMS_SHOWN = 5000
+
+
+@contextmanager
+def _on_disk(upload: UploadedFile) -> Iterator[str]:
+    """Yield a path to the uploaded bytes: Django already spooled big files to disk; small ones we write."""
+    path = getattr(upload, "temporary_file_path", None)
+    if path is not None:
+        yield path()
+        return
+    with tempfile.NamedTemporaryFile(prefix="upload-", suffix=".dcm") as tmp:
+        upload.seek(0)
+        shutil.copyfileobj(upload, tmp, 1024 * 1024)
+        tmp.flush()
+        yield tmp.name
+
+
+@dataclass(frozen=True)
+class UploadAnswer:
+    """What became of one uploaded file, shared by the upload page's endpoint and the REST API."""
+
+    outcome: str
+    reason: str = ""
+    status: int = HTTPStatus.OK
+    # The study the instance is in, when it was stored or already present.
+    study: Study | None = None
+    # The archive's batch, when a ZIP archive was queued for unpacking.
+    batch: UploadBatch | None = None
+    # Kept in quarantine for review rather than filed (studies.admission); outcome "rejected" for the clinic.
+    held: bool = False
+
+
+def upload_receive(
+    *, clinic: Clinic, upload: UploadedFile | None, origin: ingest.Origin, name: str = "", anonymize_project: str = ""
+) -> UploadAnswer:
+    """Ingest one uploaded file, or stage a ZIP archive for unpacking; never raises a domain error.
+
+    Shared by the upload page, the REST upload API and upload links; the caller has checked the upload
+    right. ``origin`` says who sent it (user, API token or upload link, and the address, for the audit);
+    ``anonymize_project`` is the uuid of the clinic's anonymization project the sender chose, if any.
+    """
+    if upload is None:
+        return UploadAnswer(
+            "rejected", "No file was sent (expected a multipart field named 'file').", HTTPStatus.BAD_REQUEST
+        )
+    name = name or upload.name or ""
+    project = None
+    chosen = anonymize_project.strip()
+    if chosen:
+        project = _anonymize_project(clinic=clinic, value=chosen)
+        if project is None:
+            return UploadAnswer("rejected", "The anonymization project chosen does not exist in this clinic.",
+                                HTTPStatus.UNPROCESSABLE_ENTITY)
+    try:
+        with _on_disk(upload) as path:
+            if is_zip_file(path):
+                batch = _stage_zip(clinic=clinic, origin=origin, path=path, name=name, size=upload.size or 0,
+                                   anonymize_project=project)
+                return UploadAnswer("queued", "The archive is being unpacked.", HTTPStatus.ACCEPTED, batch=batch)
+            result = ingest.instance_ingest(clinic=clinic, source_path=path, anonymize_project=project, origin=origin)
+    except (DicomDirectory, NotDicom) as exc:
+        # A CD copy's readme or viewer files are not mistakes: skipped, as inside a ZIP archive.
+        return UploadAnswer("skipped", exc.message)
+    except InstanceHeld as exc:
+        return UploadAnswer("rejected", exc.message, HTTPStatus.UNPROCESSABLE_ENTITY, held=True)
+    except StudyBeingPurged as exc:
+        return UploadAnswer("error", exc.message, HTTPStatus.SERVICE_UNAVAILABLE)
+    except (InvalidDicom, InstanceConflict, QuotaExceeded) as exc:
+        return UploadAnswer(
+            "rejected",
+            exc.message,
+            exc.status if exc.status != HTTPStatus.BAD_REQUEST else HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+    except StorageFull:
+        return UploadAnswer("error", "The archive's storage is full for the moment; nothing was stored. Keep the "
+                            "file and send it again later.", HTTPStatus.SERVICE_UNAVAILABLE)
+    except StorageUnavailable:
+        return UploadAnswer(
+            "error", "Storage is unavailable for a moment; the file will be sent again.", HTTPStatus.SERVICE_UNAVAILABLE
+        )
+    except PortalError as exc:
+        return UploadAnswer("error", exc.message, exc.status)
+    study = result.instance.series.study
+    reason = ""
+    if result.outcome == ingest.IngestOutcome.ALREADY_PRESENT and study.deleted_at is not None:
+        reason = "Its study is in the trash: restore the study to see it again."
+    status = HTTPStatus.CREATED if result.outcome == ingest.IngestOutcome.STORED else HTTPStatus.OK
+    return UploadAnswer(result.outcome.value, reason, status, study=study)
+
+
+def _anonymize_project(*, clinic: Clinic, value: str) -> AnonymizationProject | None:
+    """The clinic's anonymization project named by its uuid in the upload, or None."""
+    try:
+        return AnonymizationProject.objects.for_clinic(clinic).filter(uuid=UUID(value)).first()
+    except ValueError:
+        return None
+
+
+def _stage_zip(
+    *, clinic: Clinic, origin: ingest.Origin, path: str, name: str, size: int,
+    anonymize_project: AnonymizationProject | None,
+) -> UploadBatch:
+    # No transaction around the staging write: a long upload to the store must not hold one open.
+    with open(path, "rb") as source:
+        batch = upload_zip_stage(
+            clinic=clinic, source=source, name=name, size=size, created_by=origin.user,
+            anonymize_project=anonymize_project, upload_link=origin.upload_link,
+        )
+    from studies import tasks
+
+    transaction.on_commit(partial(tasks.upload_zip_extract.delay, clinic_id=clinic.pk, batch_id=batch.pk))
+    return batch
+
+
+def upload_batch_report(*, clinic: Clinic, batch: UploadBatch) -> dict[str, object]:
+    """Describe an archive's progress and, member by member, what happened (the first BATCH_ITEMS_SHOWN)."""
+    items = UploadItem.objects.for_clinic(clinic).filter(batch=batch).order_by("pk")
+    return {
+        "batch": str(batch.uuid),
+        "status": batch.status,
+        "archive_name": batch.archive_name,
+        "message": batch.message,
+        "counts": upload_batch_counts(batch=batch),
+        "items": [
+            {"name": item.name, "outcome": item.outcome, "reason": item.reason} for item in items[:BATCH_ITEMS_SHOWN]
+        ],
+    }

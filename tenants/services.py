@@ -6,6 +6,7 @@ import base64
 import logging
 import smtplib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import import_module
@@ -48,6 +49,19 @@ def default_ae_title(slug: str) -> str:
     return slug.upper()[:16]
 
 
+# What the apps above tenants do when a clinic is created, in its transaction (billing: start the trial).
+# Registered once at start-up by their AppConfig.ready, so tenants never imports them.
+# Called as hook(clinic=clinic).
+ClinicCreated = Callable[..., object]
+_clinic_created: list[ClinicCreated] = []
+
+
+def clinic_created_register(hook: ClinicCreated) -> None:
+    """Add a step run in clinic_create's transaction, after the owner's membership (idempotent)."""
+    if hook not in _clinic_created:
+        _clinic_created.append(hook)
+
+
 @transaction.atomic
 def clinic_create(
     *, name: str, slug: str = "", owner: User, ae_title: str = "", request: HttpRequest | None = None
@@ -68,10 +82,8 @@ def clinic_create(
         name=name, slug=slug, ae_title=ae_title, quota_bytes=settings.DEFAULT_CLINIC_QUOTA_BYTES
     )
     Membership.objects.create(clinic=clinic, user=owner, role=Role.OWNER)
-    # Imported here: billing builds on tenants, and a new clinic starts on the trial plan.
-    from billing import services as billing_services
-
-    billing_services.subscription_start_trial(clinic=clinic)
+    for hook in _clinic_created:
+        hook(clinic=clinic)
     audit_record(clinic=clinic, action="clinic.created", request=request, actor=owner, object_type="clinic",
                  object_id=str(clinic.uuid))
     return clinic

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from portal.exceptions import PortalError
+from portal.exceptions import PortalError, Transient
 
 
 class ArchiveError(PortalError):
@@ -18,7 +18,7 @@ class ArchiveError(PortalError):
     code = "archive_error"
 
 
-class StorageUnavailable(ArchiveError):
+class StorageUnavailable(ArchiveError, Transient):
     """A store could not be reached or refused the request; transient, safe to retry."""
 
     status = HTTPStatus.SERVICE_UNAVAILABLE

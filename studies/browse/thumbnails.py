@@ -103,6 +103,7 @@ def _delete_quietly(*, clinic: Clinic, key: str) -> None:
 
 # A series' thumbnail is rendered once the series has stopped growing for this long, not once per file.
 THUMBNAIL_DEBOUNCE_SECONDS = 15
+# Sent by name (browse.tasks imports this module); the name predates the browse package.
 SERIES_THUMBNAIL_TASK = "studies.tasks.series_thumbnail_render"
 
 

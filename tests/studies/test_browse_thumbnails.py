@@ -8,8 +8,8 @@ from http import HTTPStatus
 import pytest
 from PIL import Image
 
-from studies import tasks
 from studies.archive import stores
+from studies.browse import tasks
 from studies.browse.thumbnails import thumbnail_object_uuid
 from studies.models import Series
 from tests.studies.browse_support import ingest_files, write_series

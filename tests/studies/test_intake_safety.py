@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 from studies import tasks
 from studies.archive import stores
 from studies.browse import services
+from studies.browse import tasks as browse_tasks
 from studies.models import Instance, QuarantinedInstance, Study, UploadBatch
 from studies.sharing import services as sharing_services
 from tenants.models import AuditEvent, Clinic
@@ -150,7 +151,7 @@ def test_a_purge_message_for_a_study_trashed_again_since_is_ignored(clinic, owne
     services.study_restore(clinic=clinic, study=study, actor=owner)
     services.study_delete(clinic=clinic, study=study, actor=owner)  # trashed again today
 
-    tasks.study_purge.apply(kwargs={"clinic_id": clinic.pk, "study_id": study.pk})
+    browse_tasks.study_purge.apply(kwargs={"clinic_id": clinic.pk, "study_id": study.pk})
 
     assert Study.objects.filter(pk=study.pk, deleted_at__isnull=False).exists()
     assert Instance.objects.for_clinic(clinic).count() == 3
