@@ -13,7 +13,6 @@ from django.core.cache import cache
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F
-from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -22,7 +21,7 @@ from billing.models import Plan, StripeEvent, Subscription, SubscriptionStatus
 from portal.exceptions import PortalError
 from studies import erasure as study_erasure
 from studies.browse import selectors as study_selectors
-from tenants.audit import audit_record
+from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, Membership, User
 from tenants.roles import Role
 
@@ -104,7 +103,7 @@ def plan_change(
     success_url: str = "",
     cancel_url: str = "",
     when_usage_fits: bool = False,
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
 ) -> PlanChange:
     """Move the clinic to another plan.
 
@@ -124,7 +123,7 @@ def plan_change(
             raise
         subscription.pending_plan = plan
         subscription.save(update_fields=["pending_plan", "updated_at"])
-        audit_record(clinic=clinic, action="billing.plan_change_scheduled", request=request, actor=user,
+        audit_record(clinic=clinic, action="billing.plan_change_scheduled", by=by, actor=user,
                      object_type="plan", object_id=plan.code)
         return PlanChange(applied=False, message=f"The switch to {plan.name} will happen once usage fits.")
 
@@ -137,7 +136,7 @@ def plan_change(
         subscription.canceled_at = None
         subscription.updated_at = timezone.now()
         subscription.save()
-        audit_record(clinic=clinic, action="billing.plan_changed", request=request, actor=user, object_type="plan",
+        audit_record(clinic=clinic, action="billing.plan_changed", by=by, actor=user, object_type="plan",
                      object_id=plan.code, details={"from": previous, "test_mode": True})
         return PlanChange(applied=True, message=f"Test mode: the clinic is now on the {plan.name} plan.")
 
@@ -152,7 +151,7 @@ def plan_change(
         stripe_api.subscription_change_price(
             subscription_id=subscription.stripe_subscription_id, price_id=plan.stripe_price_id, plan_code=plan.code
         )
-        audit_record(clinic=clinic, action="billing.plan_change_requested", request=request, actor=user,
+        audit_record(clinic=clinic, action="billing.plan_change_requested", by=by, actor=user,
                      object_type="plan", object_id=plan.code)
         return PlanChange(applied=False, message=f"Stripe is moving the clinic to the {plan.name} plan.")
     url = stripe_api.checkout_session_create(
@@ -163,13 +162,13 @@ def plan_change(
         success_url=success_url,
         cancel_url=cancel_url,
     )
-    audit_record(clinic=clinic, action="billing.checkout_started", request=request, actor=user, object_type="plan",
+    audit_record(clinic=clinic, action="billing.checkout_started", by=by, actor=user, object_type="plan",
                  object_id=plan.code)
     return PlanChange(applied=False, redirect_url=url)
 
 
 @transaction.atomic
-def subscription_cancel(*, clinic: Clinic, user: User, request: HttpRequest | None = None) -> Subscription:
+def subscription_cancel(*, clinic: Clinic, user: User, by: Actor | None = None) -> Subscription:
     """Cancel the subscription: read and export only for the retention period, then the data is destroyed."""
     subscription = Subscription.objects.select_for_update().get(clinic=clinic)
     if subscription.status in {SubscriptionStatus.CANCELED, SubscriptionStatus.DESTROYED}:
@@ -177,7 +176,7 @@ def subscription_cancel(*, clinic: Clinic, user: User, request: HttpRequest | No
     if not stripe_api.is_test_mode() and subscription.stripe_subscription_id:
         stripe_api.subscription_cancel(subscription_id=subscription.stripe_subscription_id)
     _mark_canceled(subscription)
-    audit_record(clinic=clinic, action="billing.canceled", request=request, actor=user, object_type="subscription",
+    audit_record(clinic=clinic, action="billing.canceled", by=by, actor=user, object_type="subscription",
                  object_id=str(clinic.uuid), details={"test_mode": stripe_api.is_test_mode()})
     return subscription
 

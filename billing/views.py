@@ -16,6 +16,7 @@ from billing import selectors, services, stripe_api
 from billing.forms import PlanChangeForm
 from portal.exceptions import PortalError
 from portal.public_url import absolute_url
+from tenants.audit import Actor
 from tenants.middleware import ClinicRequest
 from tenants.permissions import require_action
 from tenants.roles import Action
@@ -55,7 +56,7 @@ def plan_change(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
             success_url=page + "?checkout=success",
             cancel_url=page + "?checkout=canceled",
             when_usage_fits=form.cleaned_data["when_usage_fits"],
-            request=request,
+            by=Actor.from_request(request),
         )
     except PortalError as exc:
         messages.error(request, exc.message)
@@ -72,7 +73,7 @@ def cancel(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     if request.POST.get("confirm") != request.clinic.slug:
         messages.error(request, "Type the clinic's address to confirm the cancellation.")
         return redirect("billing:overview", clinic_slug=clinic_slug)
-    subscription = services.subscription_cancel(clinic=request.clinic, user=request.user, request=request)
+    subscription = services.subscription_cancel(clinic=request.clinic, user=request.user, by=Actor.from_request(request))
     messages.warning(
         request,
         f"The subscription is canceled. Reading and export keep working until "

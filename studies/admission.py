@@ -24,22 +24,16 @@ from functools import partial
 from typing import Any
 
 from django.db import transaction
-from django.http import HttpRequest
 
 from studies import dicom
 from studies.errors import InstanceHeld, PatientMismatch, StudyBeingPurged
 from studies.models import Instance, QuarantinedInstance, Series, Study
-from tenants.audit import audit_record
+from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, User
 
 logger = logging.getLogger(__name__)
 
 Reason = QuarantinedInstance.Reason
-
-
-def upload_link_of(request: HttpRequest | None) -> Any:
-    """The upload link an outside sender's request came through, or None for the clinic's own senders."""
-    return getattr(request, "upload_link", None)
 
 
 def instance_admit_or_hold(
@@ -48,7 +42,7 @@ def instance_admit_or_hold(
     parsed: dicom.ParsedInstance,
     stored: Any,
     source: str,
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
     actor: User | None = None,
     upload_link: Any = None,
 ) -> QuarantinedInstance | None:
@@ -57,8 +51,7 @@ def instance_admit_or_hold(
     None means: write its index rows now (in the same transaction). A held entry whose ``object_key``
     is not ``stored.key`` is the same file held earlier; the caller deletes the new copy.
     """
-    upload_link = upload_link or upload_link_of(request)
-    reason = instance_admit(clinic=clinic, parsed=parsed, request=request, actor=actor, upload_link=upload_link)
+    reason = instance_admit(clinic=clinic, parsed=parsed, by=by, actor=actor, upload_link=upload_link)
     if reason is None:
         return None
     held, _ = instance_hold(
@@ -67,7 +60,7 @@ def instance_admit_or_hold(
         stored=stored,
         reason=reason,
         source=source,
-        request=request,
+        by=by,
         actor=actor,
         upload_link=upload_link,
     )
@@ -78,7 +71,7 @@ def instance_admit(
     *,
     clinic: Clinic,
     parsed: dicom.ParsedInstance,
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
     actor: User | None = None,
     upload_link: Any = None,
 ) -> str | None:
@@ -95,7 +88,7 @@ def instance_admit(
         .filter(study_instance_uid=parsed.study_instance_uid)
         .first()
     )
-    if (upload_link or upload_link_of(request)) is not None and _already_known(
+    if upload_link is not None and _already_known(
         clinic=clinic, parsed=parsed, study=study
     ):
         return Reason.OUTSIDE_SENDER
@@ -104,7 +97,7 @@ def instance_admit(
     if not patient_matches(study=study, parsed=parsed):
         return Reason.PATIENT_MISMATCH
     if study.deleted_at is not None:
-        _study_bring_back(clinic=clinic, study=study, request=request, actor=actor)
+        _study_bring_back(clinic=clinic, study=study, by=by, actor=actor)
     return None
 
 
@@ -140,7 +133,7 @@ def patient_matches(*, study: Study, parsed: dicom.ParsedInstance) -> bool:
     return not (mine and theirs and mine != theirs)
 
 
-def _study_bring_back(*, clinic: Clinic, study: Study, request: HttpRequest | None, actor: User | None) -> None:
+def _study_bring_back(*, clinic: Clinic, study: Study, by: Actor | None, actor: User | None) -> None:
     if study.purge_started_at is not None:
         raise StudyBeingPurged(
             "This file's study is being erased from the trash right now; send the file again in a few minutes."
@@ -151,7 +144,7 @@ def _study_bring_back(*, clinic: Clinic, study: Study, request: HttpRequest | No
     audit_record(
         clinic=clinic,
         action="study.restored",
-        request=request,
+        by=by,
         actor=actor,
         object_type="study",
         object_id=str(study.uuid),
@@ -167,7 +160,7 @@ def instance_hold(
     stored: Any,
     reason: str,
     source: str,
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
     actor: User | None = None,
     upload_link: Any = None,
 ) -> tuple[QuarantinedInstance, bool]:
@@ -176,7 +169,6 @@ def instance_hold(
     The same file sent again (same SOP Instance UID and content, still held) is not held twice: the
     caller deletes the new copy and gives back its quota. Runs in the caller's transaction.
     """
-    upload_link = upload_link or upload_link_of(request)
     again = (
         QuarantinedInstance.objects.for_clinic(clinic)
         .filter(sop_instance_uid=parsed.sop_instance_uid, sha256=stored.sha256, resolved_at__isnull=True)
@@ -205,7 +197,7 @@ def instance_hold(
     audit_record(
         clinic=clinic,
         action="instance.quarantined",
-        request=request,
+        by=by,
         actor=actor,
         actor_label="" if upload_link is None else f"upload_link:{upload_link.uuid}",
         object_type="quarantined_instance",

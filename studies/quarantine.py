@@ -24,7 +24,6 @@ from django.core.cache import cache
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -35,7 +34,7 @@ from studies.archive import objects
 from studies.archive.errors import ObjectMissing
 from studies.errors import InvalidDicom
 from studies.models import Instance, QuarantinedInstance, Study
-from tenants.audit import audit_record
+from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, Membership, User
 from tenants.roles import Role
 
@@ -65,7 +64,7 @@ class _Stored:
 
 
 def quarantined_file(
-    *, clinic: Clinic, held: QuarantinedInstance, actor: User | None, request: HttpRequest | None = None
+    *, clinic: Clinic, held: QuarantinedInstance, actor: User | None, by: Actor | None = None
 ) -> Instance:
     """File a held instance into the study its Study Instance UID names (created if it is gone).
 
@@ -94,7 +93,7 @@ def quarantined_file(
                 audit_record(
                     clinic=clinic,
                     action="study.restored",
-                    request=request,
+                    by=by,
                     actor=actor,
                     object_type="study",
                     object_id=str(study.uuid),
@@ -110,7 +109,7 @@ def quarantined_file(
             audit_record(
                 clinic=clinic,
                 action="quarantine.filed",
-                request=request,
+                by=by,
                 actor=actor,
                 object_type="quarantined_instance",
                 object_id=str(held.uuid),
@@ -124,7 +123,7 @@ def quarantined_file(
 
 
 def quarantined_discard(
-    *, clinic: Clinic, held: QuarantinedInstance, actor: User | None, request: HttpRequest | None = None
+    *, clinic: Clinic, held: QuarantinedInstance, actor: User | None, by: Actor | None = None
 ) -> None:
     """Erase a held instance: its object in both stores, its quota use. Raises PortalError if decided already."""
     with transaction.atomic():
@@ -137,7 +136,7 @@ def quarantined_discard(
         audit_record(
             clinic=clinic,
             action="quarantine.discarded",
-            request=request,
+            by=by,
             actor=actor,
             object_type="quarantined_instance",
             object_id=str(held.uuid),

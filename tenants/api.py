@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from portal.public_url import absolute_url
 from tenants import selectors, services
+from tenants.audit import Actor
 from tenants.models import User
 from tenants.permissions import has_action
 from tenants.roles import Action, Role
@@ -79,7 +80,7 @@ class MemberDetailApi(APIView):
         data.is_valid(raise_exception=True)
         membership = services.membership_role_change(
             membership=membership, role=data.validated_data["role"], granted_by=request.membership,
-            request=_django_request(request),
+            by=Actor.from_request(_django_request(request)),
         )
         return Response(MemberOutput(membership).data)
 
@@ -92,7 +93,7 @@ class MemberDetailApi(APIView):
         membership = self._get(request, user_uuid)
         keep = request.query_params.get("keep_api_tokens", "").lower() in ("1", "true", "yes")
         services.membership_remove(membership=membership, granted_by=request.membership, keep_api_tokens=keep,
-                                   request=_django_request(request))
+                                   by=Actor.from_request(_django_request(request)))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -127,7 +128,7 @@ class InvitationListApi(APIView):
         created = services.invitation_create(
             clinic=request.clinic, email=data.validated_data["email"], role=data.validated_data["role"],
             invited_by=_actor(request), granted_by=request.membership,
-            base_url=absolute_url(request, "/"), request=_django_request(request),
+            base_url=absolute_url(request, "/"), by=Actor.from_request(_django_request(request)),
         )
         return Response(InvitationOutput(created.invitation).data, status=status.HTTP_201_CREATED)
 
@@ -142,7 +143,7 @@ class InvitationDetailApi(APIView):
         invitation = selectors.invitation_list_pending(clinic=request.clinic).filter(uuid=invitation_uuid).first()
         if invitation is None:
             raise Http404("No such invitation.")
-        services.invitation_revoke(invitation=invitation, request=_django_request(request))
+        services.invitation_revoke(invitation=invitation, by=Actor.from_request(_django_request(request)))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -180,7 +181,7 @@ class TokenListApi(APIView):
         data.is_valid(raise_exception=True)
         created = services.api_token_create(
             clinic=request.clinic, name=data.validated_data["name"], role=data.validated_data["role"],
-            created_by=_actor(request), granted_by=request.membership, request=_django_request(request),
+            created_by=_actor(request), granted_by=request.membership, by=Actor.from_request(_django_request(request)),
         )
         return Response({**TokenOutput(created.token).data, "token": created.secret}, status=status.HTTP_201_CREATED)
 
@@ -195,5 +196,5 @@ class TokenDetailApi(APIView):
         token = selectors.api_token_list(clinic=request.clinic).filter(uuid=token_uuid).first()
         if token is None:
             raise Http404("No such token.")
-        services.api_token_revoke(token=token, request=_django_request(request))
+        services.api_token_revoke(token=token, by=Actor.from_request(_django_request(request)))
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -56,10 +56,52 @@ def client_address(request: HttpRequest) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
+@dataclass(frozen=True)
+class Actor:
+    """Who acts, as the audit trail records it: built by a view from its request (``from_request``), so
+    services never take an ``HttpRequest`` only to be audited.
+
+    ``user`` is the signed-in person, if any; ``token_label`` the API token's label (a token is named
+    even when a person is given); ``label`` names who acted when there is no person (a share or upload
+    link's grant, "system"); ``ip_address`` and ``user_agent`` are the client's.
+    """
+
+    user: User | None = None
+    token_label: str = ""
+    label: str = "anonymous"
+    ip_address: str | None = None
+    user_agent: str = ""
+
+    @classmethod
+    def from_request(cls, request: HttpRequest) -> Actor:
+        token = getattr(request, "api_token", None)
+        request_user = getattr(request, "user", None)
+        # Share and upload links stand in for a membership and carry a label naming the link.
+        grant_label = getattr(getattr(request, "membership", None), "label", "")
+        return cls(
+            # A token request's user is a TokenUser, not a person: only real users become the actor.
+            user=request_user if isinstance(request_user, User) and request_user.is_authenticated else None,
+            token_label=str(token.label) if token is not None else "",
+            label=grant_label or "anonymous",
+            ip_address=client_address(request),
+            user_agent=request.META.get("HTTP_USER_AGENT", "")[:512],
+        )
+
+    @classmethod
+    def system(cls, label: str = "system") -> Actor:
+        return cls(label=label)
+
+    def audit_label(self, person: User | None = None) -> str:
+        """The label the trail records: the token's, else the person's e-mail, else ``label``."""
+        person = person or self.user
+        return self.token_label or (person.email if person else self.label)
+
+
 def audit_record(
     *,
     clinic: Clinic | None,
     action: str,
+    by: Actor | None = None,
     request: HttpRequest | None = None,
     actor: User | None = None,
     actor_label: str = "",
@@ -71,22 +113,21 @@ def audit_record(
 ) -> AuditEvent:
     """Append an entry to the clinic's audit chain and return it.
 
-    The actor defaults to the request's user or API token. Never put patient names, IDs or birth
-    dates in ``details``: the trail names objects by their opaque ids.
+    ``by`` says who acts (services take an ``Actor``; views may pass their ``request`` instead, which is
+    the same as ``by=Actor.from_request(request)``); ``actor``, when given, is the person responsible
+    and wins over ``by.user``. Never put patient names, IDs or birth dates in ``details``: the trail
+    names objects by their opaque ids.
     """
     user_agent = ""
-    if request is not None:
-        token = getattr(request, "api_token", None)
-        request_user = getattr(request, "user", None)
-        # A token request's user is a TokenUser, not a person: only real users become the actor.
-        if actor is None and isinstance(request_user, User) and request_user.is_authenticated:
-            actor = request_user
-        # Share and upload links stand in for a membership and carry a label naming the link.
-        grant_label = getattr(getattr(request, "membership", None), "label", "")
+    if by is None and request is not None:
+        by = Actor.from_request(request)
+    if by is not None:
+        if actor is None:
+            actor = by.user
         if not actor_label:
-            actor_label = token.label if token is not None else (actor.email if actor else grant_label or "anonymous")
-        ip_address = ip_address or client_address(request)
-        user_agent = request.META.get("HTTP_USER_AGENT", "")[:512]
+            actor_label = by.audit_label(actor)
+        ip_address = ip_address or by.ip_address
+        user_agent = by.user_agent
     elif not actor_label:
         actor_label = actor.email if actor else "system"
     with transaction.atomic():

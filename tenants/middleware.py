@@ -24,6 +24,7 @@ from django.urls import reverse
 
 from portal import errors
 from tenants import selectors
+from tenants.audit import Actor
 from tenants.models import ApiToken, Clinic, Membership
 
 API_PREFIXES = ("/api/", "/dicomweb/")
@@ -94,7 +95,7 @@ class ClinicMiddleware:
             request.membership = token  # type: ignore[attr-defined]
             from tenants import services
 
-            services.api_token_mark_used(token=token, request=request)
+            services.api_token_mark_used(token=token, by=Actor.from_request(request))
             return None
         if not request.user.is_authenticated:
             return unauthenticated_response(request)

@@ -29,7 +29,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.exceptions import Conflict, NotAllowed, PortalError
 from tenants import selectors
-from tenants.audit import audit_record, client_address
+from tenants.audit import Actor, audit_record, client_address
 from tenants.models import ApiToken, Clinic, Invitation, Membership, User, UserSession
 from tenants.roles import ROLE_ACTIONS, Role
 from tenants.secrets import new_secret, secret_hash
@@ -64,7 +64,7 @@ def clinic_created_register(hook: ClinicCreated) -> None:
 
 @transaction.atomic
 def clinic_create(
-    *, name: str, slug: str = "", owner: User, ae_title: str = "", request: HttpRequest | None = None
+    *, name: str, slug: str = "", owner: User, ae_title: str = "", by: Actor | None = None
 ) -> Clinic:
     """Create a clinic with its owner.
 
@@ -84,7 +84,7 @@ def clinic_create(
     Membership.objects.create(clinic=clinic, user=owner, role=Role.OWNER)
     for hook in _clinic_created:
         hook(clinic=clinic)
-    audit_record(clinic=clinic, action="clinic.created", request=request, actor=owner, object_type="clinic",
+    audit_record(clinic=clinic, action="clinic.created", by=by, actor=owner, object_type="clinic",
                  object_id=str(clinic.uuid))
     return clinic
 
@@ -102,7 +102,7 @@ def api_token_create(
     name: str,
     role: str,
     created_by: User | None = None,
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
     granted_by: Membership | ApiToken | None = None,
 ) -> NewApiToken:
     """Create an API token; its secret is returned here once and only its hash is kept.
@@ -119,21 +119,21 @@ def api_token_create(
     token = ApiToken.objects.create(
         clinic=clinic, name=name, role=role, token_hash=secret_hash(secret), prefix=secret[:9], created_by=created_by
     )
-    audit_record(clinic=clinic, action="api_token.created", request=request, actor=created_by,
+    audit_record(clinic=clinic, action="api_token.created", by=by, actor=created_by,
                  object_type="api_token", object_id=str(token.uuid), details={"name": name, "role": role})
     return NewApiToken(token=token, secret=secret)
 
 
-def api_token_revoke(*, token: ApiToken, request: HttpRequest | None = None) -> ApiToken:
+def api_token_revoke(*, token: ApiToken, by: Actor | None = None) -> ApiToken:
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
-        audit_record(clinic=token.clinic, action="api_token.revoked", request=request, object_type="api_token",
+        audit_record(clinic=token.clinic, action="api_token.revoked", by=by, object_type="api_token",
                      object_id=str(token.uuid))
     return token
 
 
-def api_token_mark_used(*, token: ApiToken, request: HttpRequest) -> None:
+def api_token_mark_used(*, token: ApiToken, by: Actor) -> None:
     """Record that a token was used: last-used time, and an audit entry at most every few minutes."""
     now = timezone.now()
     if token.last_used_at is not None and now - token.last_used_at < TOKEN_USE_RECORD_INTERVAL:
@@ -142,7 +142,7 @@ def api_token_mark_used(*, token: ApiToken, request: HttpRequest) -> None:
     updated = ApiToken.objects.filter(pk=token.pk, last_used_at=token.last_used_at).update(last_used_at=now)
     token.last_used_at = now
     if updated:
-        audit_record(clinic=token.clinic, action="api_token.used", request=request, object_type="api_token",
+        audit_record(clinic=token.clinic, action="api_token.used", by=by, object_type="api_token",
                      object_id=str(token.uuid))
 
 
@@ -152,7 +152,7 @@ def session_expire(*, request: HttpRequest) -> None:
     if not isinstance(user, User):
         return  # an anonymous session has no member to write it down for
     for membership in Membership.objects.filter(user=user).select_related("clinic"):
-        audit_record(clinic=membership.clinic, action="auth.session_expired", request=request,
+        audit_record(clinic=membership.clinic, action="auth.session_expired", by=Actor.from_request(request),
                      object_type="user", object_id=str(user.uuid))
 
 
@@ -188,7 +188,7 @@ LAST_OWNER_MESSAGE = "A clinic needs at least one owner. Make another member an 
 
 @transaction.atomic
 def membership_role_change(
-    *, membership: Membership, role: str, granted_by: Membership | ApiToken | None, request: HttpRequest | None = None
+    *, membership: Membership, role: str, granted_by: Membership | ApiToken | None, by: Actor | None = None
 ) -> Membership:
     """Give a member another role.
 
@@ -207,7 +207,7 @@ def membership_role_change(
     old_role = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
-    audit_record(clinic=clinic, action="member.role_changed", request=request, object_type="user",
+    audit_record(clinic=clinic, action="member.role_changed", by=by, object_type="user",
                  object_id=str(membership.user.uuid), details={"from": old_role, "to": role})
     return membership
 
@@ -218,7 +218,7 @@ def membership_remove(
     membership: Membership,
     granted_by: Membership | ApiToken | None,
     keep_api_tokens: bool = False,
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
 ) -> None:
     """Remove a member from a clinic; their access ends with their next request.
 
@@ -238,7 +238,7 @@ def membership_remove(
         details = {"api_tokens_kept": tokens.count()}
     else:
         details = {"api_tokens_revoked": tokens.update(revoked_at=timezone.now())}
-    audit_record(clinic=clinic, action="member.removed", request=request, object_type="user", object_id=user_uuid,
+    audit_record(clinic=clinic, action="member.removed", by=by, object_type="user", object_id=user_uuid,
                  details=details)
 
 
@@ -246,7 +246,7 @@ def membership_remove(
 
 
 def clinic_security_update(
-    *, clinic: Clinic, require_two_factor: bool, session_idle_minutes: int | None, request: HttpRequest | None = None
+    *, clinic: Clinic, require_two_factor: bool, session_idle_minutes: int | None, by: Actor | None = None
 ) -> Clinic:
     """Change the clinic's security policy (2FA requirement, shorter idle timeout)."""
     site_minutes = settings.SESSION_IDLE_TIMEOUT.total_seconds() / 60
@@ -258,7 +258,7 @@ def clinic_security_update(
     clinic.save(update_fields=["require_two_factor", "session_idle_minutes"])
     after = {"require_two_factor": require_two_factor, "session_idle_minutes": session_idle_minutes}
     if before != after:
-        audit_record(clinic=clinic, action="clinic.security_changed", request=request, object_type="clinic",
+        audit_record(clinic=clinic, action="clinic.security_changed", by=by, object_type="clinic",
                      object_id=str(clinic.uuid), details={"before": before, "after": after})
     return clinic
 
@@ -287,7 +287,7 @@ def _signup_mail(*, template: str, email: str, context: dict[str, object]) -> No
 @transaction.atomic
 def user_signup(
     *, clinic_name: str, clinic_slug: str, full_name: str, email: str, password: str, base_url: str,
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
 ) -> None:
     """Start a sign-up; what it answers never tells whether the address already has an account.
 
@@ -303,7 +303,7 @@ def user_signup(
     clinic: Clinic | None
     if existing is None:
         user = User.objects.create_user(email, password, full_name=full_name.strip(), is_active=False)
-        clinic = clinic_create(name=clinic_name.strip(), slug=clinic_slug, owner=user, request=request)
+        clinic = clinic_create(name=clinic_name.strip(), slug=clinic_slug, owner=user, by=by)
     elif not existing.is_active and existing.last_login is None:
         user, clinic = existing, Clinic.objects.filter(memberships__user=existing, memberships__role=Role.OWNER).first()
     else:
@@ -323,7 +323,7 @@ def user_signup(
     })
 
 
-def user_signup_confirm(*, token: str, request: HttpRequest | None = None) -> tuple[User, Clinic] | None:
+def user_signup_confirm(*, token: str, by: Actor | None = None) -> tuple[User, Clinic] | None:
     """Activate the account a confirmation link names; None for a bad, expired or already used link."""
     try:
         user_uuid = signing.loads(token, salt=SIGNUP_CONFIRM_SALT, max_age=timedelta(days=settings.SIGNUP_CONFIRM_DAYS))
@@ -338,7 +338,7 @@ def user_signup_confirm(*, token: str, request: HttpRequest | None = None) -> tu
         user = User.objects.get(uuid=user_uuid)
         clinic = Clinic.objects.filter(memberships__user=user, memberships__role=Role.OWNER).order_by("pk").first()
         if clinic is not None:
-            audit_record(clinic=clinic, action="auth.signup_confirmed", request=request, actor=user,
+            audit_record(clinic=clinic, action="auth.signup_confirmed", by=by, actor=user,
                          object_type="user", object_id=str(user.uuid))
     return (user, clinic) if clinic is not None else None
 
@@ -360,7 +360,7 @@ def invitation_create(
     invited_by: User | None,
     base_url: str,
     granted_by: Membership | ApiToken | None = None,
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
 ) -> NewInvitation:
     """Invite someone by e-mail; the mail carries a single-use link valid INVITATION_VALID_DAYS days.
 
@@ -384,7 +384,7 @@ def invitation_create(
             clinic=clinic, email=email, role=role, token_hash=secret_hash(secret), invited_by=invited_by,
             expires_at=now + timedelta(days=settings.INVITATION_VALID_DAYS),
         )
-        audit_record(clinic=clinic, action="invitation.sent", request=request, actor=invited_by,
+        audit_record(clinic=clinic, action="invitation.sent", by=by, actor=invited_by,
                      object_type="invitation", object_id=str(invitation.uuid), details={"role": role})
     url = base_url.rstrip("/") + reverse("tenants:invitation-accept", kwargs={"token": secret})
     context = {"clinic": clinic, "invitation": invitation, "url": url, "invited_by": invited_by,
@@ -398,16 +398,16 @@ def invitation_create(
         )
     except (smtplib.SMTPException, OSError) as exc:
         logger.warning("invitation mail for clinic %s failed: %s", clinic.uuid, exc)
-        invitation_revoke(invitation=invitation, request=request)
+        invitation_revoke(invitation=invitation, by=by)
         raise PortalError("The invitation e-mail could not be sent; try again in a few minutes.") from exc
     return NewInvitation(invitation=invitation, url=url)
 
 
-def invitation_revoke(*, invitation: Invitation, request: HttpRequest | None = None) -> Invitation:
+def invitation_revoke(*, invitation: Invitation, by: Actor | None = None) -> Invitation:
     if invitation.accepted_at is None and invitation.revoked_at is None:
         invitation.revoked_at = timezone.now()
         invitation.save(update_fields=["revoked_at"])
-        audit_record(clinic=invitation.clinic, action="invitation.revoked", request=request,
+        audit_record(clinic=invitation.clinic, action="invitation.revoked", by=by,
                      object_type="invitation", object_id=str(invitation.uuid))
     return invitation
 
@@ -418,7 +418,7 @@ INVITATION_UNUSABLE = "This invitation link has already been used, was withdrawn
 @transaction.atomic
 def invitation_accept(
     *, token: str, user: User | None = None, full_name: str = "", password: str = "",
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
 ) -> Membership:
     """Accept an invitation: as the signed-in ``user``, or by creating the invited account.
 
@@ -446,7 +446,7 @@ def invitation_accept(
     invitation.accepted_at = timezone.now()
     invitation.accepted_by = user
     invitation.save(update_fields=["accepted_at", "accepted_by"])
-    audit_record(clinic=invitation.clinic, action="invitation.accepted", request=request, actor=user,
+    audit_record(clinic=invitation.clinic, action="invitation.accepted", by=by, actor=user,
                  object_type="invitation", object_id=str(invitation.uuid), details={"role": invitation.role})
     return membership
 
@@ -463,12 +463,12 @@ def _user_clinics(user: User | None) -> list[Clinic | None]:
 
 
 def auth_event_record(
-    *, action: str, user: User | None, request: HttpRequest | None, result: str = "success",
+    *, action: str, user: User | None, by: Actor | None, result: str = "success",
     details: dict | None = None,
 ) -> None:
     """Write a sign-in related event into every clinic the user belongs to (global chain otherwise)."""
     for clinic in _user_clinics(user):
-        audit_record(clinic=clinic, action=action, request=request, actor=user,
+        audit_record(clinic=clinic, action=action, by=by, actor=user,
                      actor_label=user.email if user else "anonymous", object_type="user",
                      object_id=str(user.uuid) if user else "", result=result, details=details)
 
@@ -515,7 +515,7 @@ def _session_store() -> type[SessionBase]:
     return import_module(settings.SESSION_ENGINE).SessionStore
 
 
-def user_sessions_end_all(*, user: User, request: HttpRequest | None = None) -> int:
+def user_sessions_end_all(*, user: User, by: Actor | None = None) -> int:
     """End every session of the user, on every device, and say how many were still open."""
     store = _session_store()
     ended = 0
@@ -525,7 +525,7 @@ def user_sessions_end_all(*, user: User, request: HttpRequest | None = None) -> 
             ended += 1
         session.delete(key)
     UserSession.objects.filter(user=user).delete()
-    auth_event_record(action="auth.logout_everywhere", user=user, request=request, details={"sessions": ended})
+    auth_event_record(action="auth.logout_everywhere", user=user, by=by, details={"sessions": ended})
     return ended
 
 
@@ -539,7 +539,8 @@ def password_changed_record(*, user: User, request: HttpRequest | None, how: str
         from axes.utils import reset as axes_reset
 
         axes_reset(username=user.email.lower())
-    auth_event_record(action=f"auth.password_{how}", user=user, request=request)
+    auth_event_record(action=f"auth.password_{how}", user=user,
+                      by=Actor.from_request(request) if request is not None else None)
 
 
 # --- two-factor authentication --------------------------------------------------------------------
@@ -585,7 +586,7 @@ class CodeCheck:
 
 
 @transaction.atomic
-def two_factor_confirm(*, user: User, code: str, request: HttpRequest | None = None) -> TwoFactorEnabled:
+def two_factor_confirm(*, user: User, code: str, by: Actor | None = None) -> TwoFactorEnabled:
     """Confirm the pending device with a code from the app; replaces any earlier confirmed device.
 
     Also issues a fresh set of recovery codes (returned here, to be shown once).
@@ -599,12 +600,12 @@ def two_factor_confirm(*, user: User, code: str, request: HttpRequest | None = N
     TOTPDevice.objects.filter(user=user, confirmed=True).delete()
     device.confirmed = True
     device.save(update_fields=["confirmed"])
-    auth_event_record(action="auth.two_factor_enabled", user=user, request=request)
-    return TwoFactorEnabled(device=device, recovery_codes=recovery_codes_generate(user=user, request=request))
+    auth_event_record(action="auth.two_factor_enabled", user=user, by=by)
+    return TwoFactorEnabled(device=device, recovery_codes=recovery_codes_generate(user=user, by=by))
 
 
 @transaction.atomic
-def recovery_codes_generate(*, user: User, request: HttpRequest | None = None) -> list[str]:
+def recovery_codes_generate(*, user: User, by: Actor | None = None) -> list[str]:
     """Replace the user's recovery codes with new single-use ones and return them (shown once).
 
     They are django-otp static tokens: each one signs in once in place of an authenticator code.
@@ -613,7 +614,7 @@ def recovery_codes_generate(*, user: User, request: HttpRequest | None = None) -
     device.token_set.all().delete()
     codes = [StaticToken.random_token() for _ in range(RECOVERY_CODE_COUNT)]
     StaticToken.objects.bulk_create(StaticToken(device=device, token=code) for code in codes)
-    auth_event_record(action="auth.recovery_codes_generated", user=user, request=request,
+    auth_event_record(action="auth.recovery_codes_generated", user=user, by=by,
                       details={"count": RECOVERY_CODE_COUNT})
     return [f"{code[:4]}-{code[4:]}" for code in codes]
 
@@ -640,7 +641,7 @@ def _throttled_message(info: dict | None) -> str:
     return f"Too many wrong codes: wait {seconds} second{'s' if seconds != 1 else ''}, then enter the current code."
 
 
-def two_factor_check(*, user: User, code: str, request: HttpRequest | None = None) -> CodeCheck:
+def two_factor_check(*, user: User, code: str, by: Actor | None = None) -> CodeCheck:
     """Check a second-factor code: the authenticator's current code, or one of the user's recovery codes.
 
     A code that was right but already used (the one that just turned two-factor on, or just signed in)
@@ -670,17 +671,17 @@ def two_factor_check(*, user: User, code: str, request: HttpRequest | None = Non
         return CodeCheck(None, _throttled_message(info))
     if not recovery.verify_token(code):
         return CodeCheck(None, WRONG_CODE_MESSAGE)
-    auth_event_record(action="auth.recovery_code_used", user=user, request=request,
+    auth_event_record(action="auth.recovery_code_used", user=user, by=by,
                       details={"remaining": recovery.token_set.count()})
     return CodeCheck(recovery)
 
 
-def two_factor_verify(*, user: User, code: str, request: HttpRequest | None = None) -> TOTPDevice | StaticDevice | None:
+def two_factor_verify(*, user: User, code: str, by: Actor | None = None) -> TOTPDevice | StaticDevice | None:
     """Return the device that accepts the code (authenticator or recovery codes), or None."""
-    return two_factor_check(user=user, code=code, request=request).device
+    return two_factor_check(user=user, code=code, by=by).device
 
 
-def two_factor_disable(*, user: User, code: str, request: HttpRequest | None = None) -> None:
+def two_factor_disable(*, user: User, code: str, by: Actor | None = None) -> None:
     """Remove the user's authenticator, after a valid code.
 
     Raises NotAllowed when one of the user's clinics requires two-factor sign-in.
@@ -688,9 +689,9 @@ def two_factor_disable(*, user: User, code: str, request: HttpRequest | None = N
     required = Clinic.objects.filter(memberships__user=user, require_two_factor=True).first()
     if required is not None:
         raise NotAllowed(f"{required.name} requires two-factor sign-in, so it cannot be turned off.")
-    check = two_factor_check(user=user, code=code, request=request)
+    check = two_factor_check(user=user, code=code, by=by)
     if check.device is None:
         raise PortalError(f"{check.message} Two-factor sign-in stays on.")
     TOTPDevice.objects.filter(user=user).delete()
     StaticDevice.objects.filter(user=user).delete()
-    auth_event_record(action="auth.two_factor_disabled", user=user, request=request)
+    auth_event_record(action="auth.two_factor_disabled", user=user, by=by)

@@ -14,6 +14,7 @@ from django.dispatch import receiver
 from django.http import HttpRequest
 
 from tenants import services
+from tenants.audit import Actor
 from tenants.models import User
 
 
@@ -29,6 +30,11 @@ def axes_username(request: HttpRequest, credentials: dict[str, Any] | None = Non
     return normalize_username(raw) or None
 
 
+def _actor(request: HttpRequest | None) -> Actor | None:
+    # Django sends its sign-in signals without a request when authenticate() was called without one.
+    return Actor.from_request(request) if request is not None else None
+
+
 def _user_for(username: object) -> User | None:
     email = normalize_username(username)
     return User.objects.filter(email__iexact=email).first() if email else None
@@ -39,21 +45,21 @@ def on_logged_in(sender: Any, request: HttpRequest | None, user: User, **kwargs:
     if request is None or not hasattr(request, "session"):
         return
     services.session_start(request=request, user=user)
-    services.auth_event_record(action="auth.login", user=user, request=request)
+    services.auth_event_record(action="auth.login", user=user, by=Actor.from_request(request))
 
 
 @receiver(user_login_failed, dispatch_uid="tenants.login_failed")
 def on_login_failed(sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any) -> None:
     locked = bool(getattr(request, "axes_locked_out", False))
     services.auth_event_record(
-        action="auth.login_failed", user=_user_for(credentials.get("username")), request=request, result="failure",
+        action="auth.login_failed", user=_user_for(credentials.get("username")), by=_actor(request), result="failure",
         details={"reason": "account locked" if locked else "wrong e-mail or password"},
     )
 
 
 @receiver(user_locked_out, dispatch_uid="tenants.locked_out")
 def on_locked_out(sender: Any, request: HttpRequest | None, username: str | None, **kwargs: Any) -> None:
-    services.auth_event_record(action="auth.locked_out", user=_user_for(username), request=request, result="denied")
+    services.auth_event_record(action="auth.locked_out", user=_user_for(username), by=_actor(request), result="denied")
 
 
 @receiver(user_logged_out, dispatch_uid="tenants.logged_out")

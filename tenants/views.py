@@ -24,6 +24,7 @@ from django.views.decorators.http import require_POST
 from portal.exceptions import PortalError
 from portal.public_url import absolute_url
 from tenants import forms, selectors, services
+from tenants.audit import Actor
 from tenants.middleware import ClinicRequest
 from tenants.permissions import require_action
 from tenants.roles import Action
@@ -90,7 +91,7 @@ def login_code(request: HttpRequest) -> HttpResponse:
         return redirect("tenants:login")
     form = forms.SecondFactorForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        check = services.two_factor_check(user=user, code=form.cleaned_data["code"], request=request)
+        check = services.two_factor_check(user=user, code=form.cleaned_data["code"], by=Actor.from_request(request))
         if check.device is not None:
             del request.session[PENDING_LOGIN]
             user.otp_device = check.device  # django-otp marks the new session as verified at login
@@ -98,7 +99,7 @@ def login_code(request: HttpRequest) -> HttpResponse:
             _recovery_code_notice(request, check)
             return redirect(pending["next"] or "home")
         reason = "two-factor code already used" if check.message == services.REPLAYED_CODE_MESSAGE else "wrong two-factor code"
-        services.auth_event_record(action="auth.login_failed", user=user, request=request, result="failure",
+        services.auth_event_record(action="auth.login_failed", user=user, by=Actor.from_request(request), result="failure",
                                    details={"reason": reason})
         form.add_error("code", check.message)
     status = 400 if request.method == "POST" else 200
@@ -108,7 +109,7 @@ def login_code(request: HttpRequest) -> HttpResponse:
 @require_POST
 def logout_view(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
-        services.auth_event_record(action="auth.logout", user=request.user, request=request)
+        services.auth_event_record(action="auth.logout", user=request.user, by=Actor.from_request(request))
     # logout() flushes the session, deleting it from the session store, not just the cookie.
     logout(request)
     messages.info(request, "You are signed out.")
@@ -118,7 +119,7 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def logout_everywhere(request: HttpRequest) -> HttpResponse:
-    services.user_sessions_end_all(user=request.user, request=request)
+    services.user_sessions_end_all(user=request.user, by=Actor.from_request(request))
     logout(request)
     messages.info(request, "You are signed out on every device.")
     return redirect("tenants:login")
@@ -132,7 +133,7 @@ def signup(request: HttpRequest) -> HttpResponse:
             services.user_signup(
                 clinic_name=data["clinic_name"], clinic_slug=data["clinic_slug"], full_name=data["full_name"],
                 email=data["email"], password=data["password1"], base_url=request.build_absolute_uri("/")[:-1],
-                request=request,
+                by=Actor.from_request(request),
             )
         except PortalError as exc:
             form.add_error(None, exc.message)
@@ -151,7 +152,7 @@ def signup_confirm(request: HttpRequest, token: str) -> HttpResponse:
     if request.method != "POST":
         # A GET only shows a button: mail scanners that open links must not use up the sign-up.
         return render(request, "tenants/signup_confirm.html")
-    confirmed = services.user_signup_confirm(token=token, request=request)
+    confirmed = services.user_signup_confirm(token=token, by=Actor.from_request(request))
     if confirmed is None:
         return render(request, "tenants/signup_confirm.html", {"invalid": True}, status=400)
     user, clinic = confirmed
@@ -178,7 +179,7 @@ def two_factor(request: HttpRequest) -> HttpResponse:
         return redirect(f"{reverse('tenants:two-factor-setup')}?{urlencode({'next': next_url})}")
     form = forms.SecondFactorForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        check = services.two_factor_check(user=request.user, code=form.cleaned_data["code"], request=request)
+        check = services.two_factor_check(user=request.user, code=form.cleaned_data["code"], by=Actor.from_request(request))
         if check.device is not None:
             from django_otp import login as otp_login
 
@@ -199,7 +200,7 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
     form = forms.CodeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            enabled = services.two_factor_confirm(user=request.user, code=form.cleaned_data["code"], request=request)
+            enabled = services.two_factor_confirm(user=request.user, code=form.cleaned_data["code"], by=Actor.from_request(request))
         except PortalError as exc:
             form.add_error("code", exc.message)
         else:
@@ -236,7 +237,7 @@ def two_factor_recovery_codes(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         if not request.user.is_verified():
             raise PermissionDenied("Sign in with your second factor before making new recovery codes.")
-        codes = services.recovery_codes_generate(user=request.user, request=request)
+        codes = services.recovery_codes_generate(user=request.user, by=Actor.from_request(request))
     context = {"codes": codes or [], "next": next_url, "remaining": selectors.recovery_code_count(user=request.user),
                "has_two_factor": selectors.user_has_two_factor(user=request.user)}
     return render(request, "tenants/recovery_codes.html", context)
@@ -250,7 +251,7 @@ def two_factor_disable(request: HttpRequest) -> HttpResponse:
         messages.error(request, " ".join(form.errors.get("code", ["Enter your code."])))
         return redirect("tenants:account")
     try:
-        services.two_factor_disable(user=request.user, code=form.cleaned_data["code"], request=request)
+        services.two_factor_disable(user=request.user, code=form.cleaned_data["code"], by=Actor.from_request(request))
     except PortalError as exc:
         messages.error(request, exc.message)
     else:
@@ -334,7 +335,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
     if request.method == "POST" and not account_exists and (form is None or form.is_valid()):
         try:
             membership = services.invitation_accept(
-                token=token, user=user, request=request,
+                token=token, user=user, by=Actor.from_request(request),
                 full_name=form.cleaned_data["full_name"] if form else "",
                 password=form.cleaned_data["password1"] if form else "",
             )
@@ -410,7 +411,7 @@ def invitation_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
             services.invitation_create(
                 clinic=request.clinic, email=form.cleaned_data["email"], role=form.cleaned_data["role"],
                 invited_by=request.user, granted_by=request.membership, base_url=absolute_url(request, "/"),
-                request=request,
+                by=Actor.from_request(request),
             )
         except PortalError as exc:
             form.add_error(None, exc.message)
@@ -426,7 +427,7 @@ def invitation_revoke(request: ClinicRequest, clinic_slug: str, invitation_uuid:
     invitation = selectors.invitation_list_pending(clinic=request.clinic).filter(uuid=invitation_uuid).first()
     if invitation is None:
         raise Http404("No such invitation.")
-    services.invitation_revoke(invitation=invitation, request=request)
+    services.invitation_revoke(invitation=invitation, by=Actor.from_request(request))
     messages.success(request, f"The invitation for {invitation.email} is withdrawn.")
     return redirect("clinic:members", clinic_slug=request.clinic.slug)
 
@@ -448,7 +449,7 @@ def member_role(request: ClinicRequest, clinic_slug: str, user_uuid: UUID) -> Ht
         return redirect("clinic:members", clinic_slug=request.clinic.slug)
     try:
         services.membership_role_change(membership=membership, role=form.cleaned_data["role"],
-                                        granted_by=request.membership, request=request)
+                                        granted_by=request.membership, by=Actor.from_request(request))
     except PortalError as exc:
         messages.error(request, exc.message)
     else:
@@ -461,7 +462,7 @@ def member_role(request: ClinicRequest, clinic_slug: str, user_uuid: UUID) -> Ht
 def member_remove(request: ClinicRequest, clinic_slug: str, user_uuid: UUID) -> HttpResponse:
     membership = _member_or_404(request, user_uuid)
     try:
-        services.membership_remove(membership=membership, granted_by=request.membership, request=request,
+        services.membership_remove(membership=membership, granted_by=request.membership, by=Actor.from_request(request),
                                    keep_api_tokens=request.POST.get("keep_api_tokens") == "on")
     except PortalError as exc:
         messages.error(request, exc.message)
@@ -479,7 +480,7 @@ def security(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     )
     if request.method == "POST" and form.is_valid():
         try:
-            services.clinic_security_update(clinic=clinic, request=request, **form.cleaned_data)
+            services.clinic_security_update(clinic=clinic, by=Actor.from_request(request), **form.cleaned_data)
         except PortalError as exc:
             form.add_error(None, exc.message)
         else:
@@ -500,7 +501,7 @@ def tokens(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
             try:
                 created = services.api_token_create(
                     clinic=request.clinic, name=form.cleaned_data["name"], role=form.cleaned_data["role"],
-                    created_by=request.user, granted_by=request.membership, request=request,
+                    created_by=request.user, granted_by=request.membership, by=Actor.from_request(request),
                 )
             except PortalError as exc:
                 form.add_error(None, exc.message)
@@ -517,6 +518,6 @@ def token_revoke(request: ClinicRequest, clinic_slug: str, token_uuid: UUID) -> 
     token = selectors.api_token_list(clinic=request.clinic).filter(uuid=token_uuid).first()
     if token is None:
         raise Http404("No such token.")
-    services.api_token_revoke(token=token, request=request)
+    services.api_token_revoke(token=token, by=Actor.from_request(request))
     messages.success(request, f"The token '{token.name}' is revoked.")
     return redirect("clinic:tokens", clinic_slug=request.clinic.slug)

@@ -15,6 +15,7 @@ from studies.anonymize import services
 from studies.anonymize.models import AnonymizationJob
 from studies.anonymize.profile import Option
 from studies.browse import selectors
+from tenants.audit import Actor
 from tenants.permissions import has_action
 from tenants.roles import Action
 
@@ -62,9 +63,9 @@ class AnonymizationListApi(APIView):
         found = selectors.study_list_by_uids(clinic=request.clinic, uids=uids)
         user = request.user if getattr(request.user, "pk", None) else None
         project = services.project_get_or_create(clinic=request.clinic, name=data.validated_data["project"],
-                                                  created_by=user, request=request._request)
+                                                  created_by=user, by=Actor.from_request(request._request))
         job = services.job_create(clinic=request.clinic, project=project, studies=found,
-                                  options=data.validated_data["options"], requested_by=user, request=request._request)
+                                  options=data.validated_data["options"], requested_by=user, by=Actor.from_request(request._request))
         return Response(JobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
 

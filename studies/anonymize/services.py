@@ -24,7 +24,6 @@ import pydicom
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.db import transaction
 from django.db.models import Count, F, Q
-from django.http import HttpRequest
 from django.utils import timezone
 
 from portal.exceptions import PortalError
@@ -44,7 +43,7 @@ from studies.archive import objects
 from studies.archive.errors import StorageUnavailable
 from studies.ingest import Origin, instance_ingest, instances_ingest
 from studies.models import Instance, Series, Study
-from tenants.audit import audit_record
+from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, User
 
 logger = logging.getLogger(__name__)
@@ -99,7 +98,7 @@ def project_create(
     pseudonym_prefix: str = "ANON",
     options: list[str] | None = None,
     created_by: User | None = None,
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
 ) -> AnonymizationProject:
     name = name.strip()
     prefix = pseudonym_prefix.strip().upper() or "ANON"
@@ -113,19 +112,19 @@ def project_create(
                                    options=options_validate(options or []), created_by=created_by)
     project.sealed_secret = _seal(clinic=clinic, plaintext=secrets.token_bytes(32), purpose=f"project:{project.uuid}")
     project.save()
-    audit_record(clinic=clinic, action="anonymization.project_created", request=request, actor=created_by,
+    audit_record(clinic=clinic, action="anonymization.project_created", by=by, actor=created_by,
                  object_type="anonymization_project", object_id=str(project.uuid))
     return project
 
 
 def project_get_or_create(*, clinic: Clinic, name: str, created_by: User | None = None,
-                          request: HttpRequest | None = None) -> AnonymizationProject:
+                          by: Actor | None = None) -> AnonymizationProject:
     existing = AnonymizationProject.objects.for_clinic(clinic).filter(name=name.strip()).first()
     if existing is not None:
         return existing
     prefix = "".join(ch for ch in name.upper() if ch.isalnum())[:12] or "ANON"
     try:
-        return project_create(clinic=clinic, name=name, pseudonym_prefix=prefix, created_by=created_by, request=request)
+        return project_create(clinic=clinic, name=name, pseudonym_prefix=prefix, created_by=created_by, by=by)
     except PortalError:
         # Created meanwhile by a concurrent request.
         return AnonymizationProject.objects.for_clinic(clinic).get(name=name.strip())
@@ -255,7 +254,7 @@ def job_create(
     series: list[Series] | None = None,
     options: list[str] | None = None,
     requested_by: User | None = None,
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
 ) -> AnonymizationJob:
     """Queue the anonymization of studies (or some of their series) as a Celery job with progress."""
     from studies import tasks
@@ -270,7 +269,7 @@ def job_create(
         requested_by=requested_by,
     )
     job.source_studies.set(studies)
-    audit_record(clinic=clinic, action="anonymization.requested", request=request, actor=requested_by,
+    audit_record(clinic=clinic, action="anonymization.requested", by=by, actor=requested_by,
                  object_type="anonymization_job", object_id=str(job.uuid),
                  details={"studies": [str(s.uuid) for s in studies], "project": str(project.uuid),
                           "options": job.options})
@@ -478,7 +477,7 @@ def project_for_ingest(
 @transaction.atomic
 def ingest_rules_set(
     *, project: AnonymizationProject, clinic_wide: bool, api_tokens: list[Any], dicom_nodes: list[Any],
-    user: User | None = None, request: HttpRequest | None = None,
+    user: User | None = None, by: Actor | None = None,
 ) -> None:
     """Make this project the anonymize-on-ingest rule for the clinic and/or the given tokens and nodes.
 
@@ -499,7 +498,7 @@ def ingest_rules_set(
         rules.filter(dicom_node=node).delete()
         IngestAnonymization.objects.create(clinic=clinic, project=project, dicom_node=node,
                                            applies_to=IngestAnonymization.AppliesTo.DICOM_NODE)
-    audit_record(clinic=clinic, action="anonymization.ingest_rules_set", request=request, actor=user,
+    audit_record(clinic=clinic, action="anonymization.ingest_rules_set", by=by, actor=user,
                  object_type="anonymization_project", object_id=str(project.uuid),
                  details={"clinic_wide": clinic_wide, "api_tokens": [str(t.uuid) for t in api_tokens],
                           "dicom_nodes": [str(n.uuid) for n in dicom_nodes]})
@@ -525,7 +524,7 @@ def ingest_result_link(*, project: AnonymizationProject, study: Study, needs_rev
 
 
 def reidentify(
-    *, project: AnonymizationProject, pseudonym: str = "", uid: str = "", user: User, request: HttpRequest | None = None
+    *, project: AnonymizationProject, pseudonym: str = "", uid: str = "", user: User, by: Actor | None = None
 ) -> dict[str, Any]:
     """Reveal who a pseudonym is, or which original UID a replacement UID stands for (owners/admins)."""
     result: dict[str, Any] = {}
@@ -543,7 +542,7 @@ def reidentify(
                                          purpose=f"uid:{project.uuid}").decode()
     if not result:
         raise PortalError("Give a pseudonym or a UID to look up.")
-    audit_record(clinic=project.clinic, action="anonymization.reidentified", request=request, actor=user,
+    audit_record(clinic=project.clinic, action="anonymization.reidentified", by=by, actor=user,
                  object_type="anonymization_project", object_id=str(project.uuid),
                  details={"pseudonym": pseudonym, "uid_lookup": bool(uid)})
     return result

@@ -15,6 +15,7 @@ from studies.anonymize import services
 from studies.anonymize.forms import AnonymizeForm, DeviceRectanglesForm, IngestRulesForm, ProjectForm, ReidentifyForm
 from studies.anonymize.models import AnonymizationJob, AnonymizationProject, IngestAnonymization
 from studies.models import Series, Study
+from tenants.audit import Actor
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
 
@@ -38,7 +39,7 @@ def project_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     form = ProjectForm(request.POST)
     if form.is_valid():
         try:
-            services.project_create(clinic=request.clinic, created_by=request.user, request=request, **form.cleaned_data)
+            services.project_create(clinic=request.clinic, created_by=request.user, by=Actor.from_request(request), **form.cleaned_data)
             messages.success(request, f"Project '{form.cleaned_data['name']}' created.")
         except PortalError as exc:
             messages.error(request, exc.message)
@@ -64,7 +65,7 @@ def project_detail(request: ClinicRequest, clinic_slug: str, project_uuid: UUID)
             _require(request, Action.MANAGE)
             rules_form = IngestRulesForm(request.POST, clinic=request.clinic)
             if rules_form.is_valid():
-                services.ingest_rules_set(project=project, user=request.user, request=request,
+                services.ingest_rules_set(project=project, user=request.user, by=Actor.from_request(request),
                                           clinic_wide=rules_form.cleaned_data["clinic_wide"],
                                           api_tokens=list(rules_form.cleaned_data["api_tokens"]),
                                           dicom_nodes=list(rules_form.cleaned_data["dicom_nodes"]))
@@ -83,7 +84,7 @@ def project_detail(request: ClinicRequest, clinic_slug: str, project_uuid: UUID)
             reidentify_form = ReidentifyForm(request.POST)
             if reidentify_form.is_valid():
                 try:
-                    revealed = services.reidentify(project=project, user=request.user, request=request,
+                    revealed = services.reidentify(project=project, user=request.user, by=Actor.from_request(request),
                                                    **reidentify_form.cleaned_data)
                 except PortalError as exc:
                     messages.error(request, exc.message)
@@ -109,11 +110,11 @@ def study_anonymize(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) 
     if request.method == "POST" and form.is_valid():
         try:
             project = services.project_get_or_create(clinic=request.clinic, name=form.cleaned_data["project"],
-                                                      created_by=request.user, request=request)
+                                                      created_by=request.user, by=Actor.from_request(request))
             chosen = [s for s in series if str(s.uuid) in set(form.cleaned_data["series"])]
             job = services.job_create(clinic=request.clinic, project=project, studies=[study], series=chosen,
                                       options=form.cleaned_data["options"], requested_by=request.user,
-                                      request=request)
+                                      by=Actor.from_request(request))
         except PortalError as exc:
             messages.error(request, exc.message)
         else:

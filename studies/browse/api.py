@@ -18,7 +18,7 @@ from portal.pagination import PortalPagination
 from studies import matching
 from studies.browse import selectors, services
 from studies.models import Series, Study
-from tenants.audit import audit_record
+from tenants.audit import Actor, audit_record
 from tenants.permissions import has_action
 from tenants.roles import Action
 
@@ -117,7 +117,7 @@ class StudyListApi(APIView):
             page = paginator.paginate_queryset(studies, request, view=self)
             data = StudyOutput(page, many=True).data
         services.study_search_record(clinic=request.clinic, search=search, count=len(page), source="api",
-                                     request=request._request)
+                                     by=Actor.from_request(request._request))
         return paginator.get_paginated_response(data)
 
 
@@ -153,7 +153,7 @@ class StudyDetailApi(APIView):
     def delete(self, request: Request, clinic_slug: str, study_uid: str) -> Response:
         study = self._study(request, study_uid)
         actor = request.user if getattr(request.user, "pk", None) else None
-        services.study_delete(clinic=request.clinic, study=study, actor=actor, request=request._request)
+        services.study_delete(clinic=request.clinic, study=study, actor=actor, by=Actor.from_request(request._request))
         return Response(self.DeleteOutput({
             "study_instance_uid": study.study_instance_uid,
             "status": "trashed",

@@ -12,7 +12,6 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q, Sum, Value
 from django.db.models.functions import Greatest
-from django.http import HttpRequest
 from django.utils import timezone
 
 from portal.exceptions import PortalError
@@ -22,7 +21,7 @@ from studies.backup import study_state
 from studies.backup import tasks as backup_tasks
 from studies.browse.selectors import StudySearch
 from studies.models import Instance, Patient, Series, Study
-from tenants.audit import audit_record
+from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, User
 
 logger = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ def study_purge_at(study: Study) -> datetime | None:
 
 @transaction.atomic
 def study_delete(*, clinic: Clinic, study: Study, actor: User | None = None,
-                 request: HttpRequest | None = None) -> Study:
+                 by: Actor | None = None) -> Study:
     """Move a study to the trash; it stays restorable for ``TRASH_DAYS`` days, then is purged.
 
     Raises PortalError when the study is already in the trash.
@@ -48,7 +47,7 @@ def study_delete(*, clinic: Clinic, study: Study, actor: User | None = None,
     if not updated:
         raise PortalError("This study is already in the trash.")
     study.refresh_from_db(fields=["deleted_at", "deleted_by"])
-    audit_record(clinic=clinic, action="study.deleted", request=request, actor=actor, object_type="study",
+    audit_record(clinic=clinic, action="study.deleted", by=by, actor=actor, object_type="study",
                  object_id=str(study.uuid), details={"purge_at": study_purge_at(study).isoformat()})
     _state_publish_soon(clinic=clinic, study=study)
     return study
@@ -56,7 +55,7 @@ def study_delete(*, clinic: Clinic, study: Study, actor: User | None = None,
 
 @transaction.atomic
 def study_restore(*, clinic: Clinic, study: Study, actor: User | None = None,
-                  request: HttpRequest | None = None, reason: str = "") -> Study:
+                  by: Actor | None = None, reason: str = "") -> Study:
     """Take a study out of the trash; ``reason`` says why when it was not a person's choice.
 
     Raises PortalError when it is not in the trash (restored already, or purged meanwhile) or when the
@@ -71,7 +70,7 @@ def study_restore(*, clinic: Clinic, study: Study, actor: User | None = None,
             raise PortalError("This study is being erased from the trash; it can no longer be restored.")
         raise PortalError("This study is not in the trash any more.")
     study.refresh_from_db(fields=["deleted_at", "deleted_by"])
-    audit_record(clinic=clinic, action="study.restored", request=request, actor=actor, object_type="study",
+    audit_record(clinic=clinic, action="study.restored", by=by, actor=actor, object_type="study",
                  object_id=str(study.uuid), details={"reason": reason} if reason else None)
     _state_publish_soon(clinic=clinic, study=study)
     return study
@@ -164,7 +163,7 @@ _PATIENT_SEARCH_KEYS = ("patient_name", "patient_id", "accession_number", "descr
 
 
 def study_search_record(
-    *, clinic: Clinic, search: StudySearch, count: int, source: str, request: HttpRequest | None = None
+    *, clinic: Clinic, search: StudySearch, count: int, source: str, by: Actor | None = None
 ) -> None:
     """Audit a list of studies shown to someone: which keys were searched and how many studies were shown.
 
@@ -182,4 +181,4 @@ def study_search_record(
             keys.append(key)
             details[key] = value.isoformat()
     details["keys"] = keys
-    audit_record(clinic=clinic, action="study.searched", request=request, object_type="study_list", details=details)
+    audit_record(clinic=clinic, action="study.searched", by=by, object_type="study_list", details=details)

@@ -22,7 +22,7 @@ from studies.archive import objects
 from studies.archive.errors import ArchiveError
 from studies.browse import download, selectors, services
 from studies.models import Study
-from tenants.audit import audit_record
+from tenants.audit import Actor, audit_record
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
 
@@ -135,7 +135,7 @@ def study_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     search = form.search() if form.is_bound and form.is_valid() else selectors.StudySearch()
     page = _study_page(request, form, search)
     services.study_search_record(clinic=request.clinic, search=search, count=len(page.object_list),
-                                 source="studies_page", request=request)
+                                 source="studies_page", by=Actor.from_request(request))
     query = request.GET.copy()
     query.pop("page", None)
     return render(request, "studies/study_list.html", {
@@ -206,7 +206,7 @@ def study_delete(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> 
     study = _study_or_404(request, study_uuid)
     _require(request, Action.DELETE)
     try:
-        services.study_delete(clinic=request.clinic, study=study, actor=request.user, request=request)
+        services.study_delete(clinic=request.clinic, study=study, actor=request.user, by=Actor.from_request(request))
     except PortalError as exc:
         messages.error(request, exc.message)
     else:
@@ -231,7 +231,7 @@ def study_restore(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) ->
         raise Http404("No such study in the trash.")
     _require(request, Action.DELETE)
     try:
-        services.study_restore(clinic=request.clinic, study=study, actor=request.user, request=request)
+        services.study_restore(clinic=request.clinic, study=study, actor=request.user, by=Actor.from_request(request))
     except PortalError as exc:
         messages.error(request, exc.message)
         return redirect("studies:trash", clinic_slug=request.clinic.slug)
@@ -258,10 +258,10 @@ def quarantine_resolve(request: ClinicRequest, clinic_slug: str, held_uuid: UUID
     action = request.POST.get("action")
     try:
         if action == "file":
-            quarantine.quarantined_file(clinic=request.clinic, held=held, actor=request.user, request=request)
+            quarantine.quarantined_file(clinic=request.clinic, held=held, actor=request.user, by=Actor.from_request(request))
             messages.success(request, "The instance is filed into its study.")
         elif action == "discard":
-            quarantine.quarantined_discard(clinic=request.clinic, held=held, actor=request.user, request=request)
+            quarantine.quarantined_discard(clinic=request.clinic, held=held, actor=request.user, by=Actor.from_request(request))
             messages.success(request, "The instance is discarded.")
         else:
             messages.error(request, "Choose to file or to discard the instance.")

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 
 from studies.dimse import nodes
 from studies.models import DicomNode
+from tenants.audit import Actor
 from tenants.roles import Action
 
 
@@ -67,7 +68,7 @@ class DicomNodeListApi(APIView):
         _require_manage(request)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        node = nodes.dicom_node_create(clinic=request.clinic, actor=_user(request), request=request._request,
+        node = nodes.dicom_node_create(clinic=request.clinic, actor=_user(request), by=Actor.from_request(request._request),
                                        **data.validated_data)
         return Response(DicomNodeOutput(node).data, status=status.HTTP_201_CREATED)
 
@@ -79,5 +80,5 @@ class DicomNodeDetailApi(APIView):
         node = DicomNode.objects.for_clinic(request.clinic).filter(uuid=node_uuid).first()
         if node is None:
             raise Http404("No such DICOM node.")
-        nodes.dicom_node_delete(clinic=request.clinic, node=node, actor=_user(request), request=request._request)
+        nodes.dicom_node_delete(clinic=request.clinic, node=node, actor=_user(request), by=Actor.from_request(request._request))
         return Response(status=status.HTTP_204_NO_CONTENT)

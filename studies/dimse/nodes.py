@@ -11,11 +11,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
 
 from portal.exceptions import PortalError
 from studies.models import DicomNode
-from tenants.audit import audit_record
+from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, User
 
 # PS3.5 AE: up to 16 characters of the default repertoire, no backslash or control characters.
@@ -129,7 +128,7 @@ def dicom_node_create(
     allow_any_address: bool = False,
     tls_certificate_pem: str = "",
     actor: User | None = None,
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
 ) -> DicomNode:
     """Register a remote node for the clinic.
 
@@ -164,7 +163,7 @@ def dicom_node_create(
     except IntegrityError as exc:
         raise PortalError(f"The AE title '{ae_title}' is already registered for this clinic.") from exc
     audit_record(
-        clinic=clinic, action="dicom_node.created", request=request, actor=actor, object_type="dicom_node",
+        clinic=clinic, action="dicom_node.created", by=by, actor=actor, object_type="dicom_node",
         object_id=str(node.uuid),
         details={"ae_title": ae_title, "host": host, "port": node.port, "allow_inbound": allow_inbound,
                  "is_move_destination": is_move_destination, "allowed_address": allowed_address,
@@ -174,7 +173,7 @@ def dicom_node_create(
 
 
 def dicom_node_delete(
-    *, clinic: Clinic, node: DicomNode, actor: User | None = None, request: HttpRequest | None = None
+    *, clinic: Clinic, node: DicomNode, actor: User | None = None, by: Actor | None = None
 ) -> None:
     """Remove a registered node; it can no longer call in or receive C-MOVE."""
     if node.clinic_id != clinic.pk:
@@ -182,5 +181,5 @@ def dicom_node_delete(
     details = {"ae_title": node.ae_title, "host": node.host, "port": node.port}
     node_uuid = str(node.uuid)
     node.delete()
-    audit_record(clinic=clinic, action="dicom_node.deleted", request=request, actor=actor,
+    audit_record(clinic=clinic, action="dicom_node.deleted", by=by, actor=actor,
                  object_type="dicom_node", object_id=node_uuid, details=details)

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from portal.exceptions import PortalError
 from studies.dimse import nodes
 from studies.models import DicomNode
+from tenants.audit import Actor
 from tenants.middleware import ClinicRequest
 from tenants.permissions import require_action
 from tenants.roles import Action
@@ -50,7 +51,7 @@ def dicom_node_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     if request.method == "POST":
         if form.is_valid():
             try:
-                node = nodes.dicom_node_create(clinic=request.clinic, actor=request.user, request=request,
+                node = nodes.dicom_node_create(clinic=request.clinic, actor=request.user, by=Actor.from_request(request),
                                                **form.cleaned_data)
             except PortalError as exc:
                 form.add_error(None, exc.message)
@@ -82,6 +83,6 @@ def _abilities(node: DicomNode) -> str:
 @require_action(Action.MANAGE)
 def dicom_node_delete(request: ClinicRequest, clinic_slug: str, node_uuid: UUID) -> HttpResponse:
     node = get_object_or_404(DicomNode.objects.for_clinic(request.clinic), uuid=node_uuid)
-    nodes.dicom_node_delete(clinic=request.clinic, node=node, actor=request.user, request=request)
+    nodes.dicom_node_delete(clinic=request.clinic, node=node, actor=request.user, by=Actor.from_request(request))
     messages.success(request, f"{node.ae_title} was removed; it can no longer connect or receive studies.")
     return redirect("studies:dicom-nodes", clinic_slug=request.clinic.slug)

@@ -21,7 +21,6 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Sum
-from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -31,14 +30,14 @@ from studies.backup import export
 from studies.exports import tasks
 from studies.exports.models import ClinicExport, ExportStatus
 from studies.models import Study
-from tenants.audit import audit_record
+from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, User
 
 logger = logging.getLogger(__name__)
 
 
 def clinic_export_request(
-    *, clinic: Clinic, requested_by: User, base_url: str = "", request: HttpRequest | None = None
+    *, clinic: Clinic, requested_by: User, base_url: str = "", by: Actor | None = None
 ) -> ClinicExport:
     """Queue a full export of the clinic; the worker mails ``requested_by`` when it is ready.
 
@@ -56,7 +55,7 @@ def clinic_export_request(
         audit_record(
             clinic=clinic,
             action="export.requested",
-            request=request,
+            by=by,
             actor=requested_by,
             object_type="clinic_export",
             object_id=str(job.uuid),
@@ -175,11 +174,11 @@ def _mail_ready(*, job: ClinicExport) -> None:
     send_mail(subject.strip(), text.strip() + "\n", settings.DEFAULT_FROM_EMAIL, [job.requested_by.email])
 
 
-def clinic_export_part_downloaded(*, job: ClinicExport, number: int, request: HttpRequest) -> None:
+def clinic_export_part_downloaded(*, job: ClinicExport, number: int, by: Actor) -> None:
     audit_record(
         clinic=job.clinic,
         action="export.downloaded",
-        request=request,
+        by=by,
         object_type="clinic_export",
         object_id=str(job.uuid),
         details={"part": number},

@@ -14,6 +14,7 @@ from portal.exceptions import PortalError
 from studies.archive import objects
 from studies.exports import services
 from studies.exports.models import ClinicExport, ExportStatus
+from tenants.audit import Actor
 from tenants.middleware import ClinicRequest
 from tenants.roles import Role
 
@@ -42,7 +43,7 @@ def export_request(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     _require_owner(request)
     try:
         job = services.clinic_export_request(
-            clinic=request.clinic, requested_by=request.user, base_url=request.build_absolute_uri("/"), request=request
+            clinic=request.clinic, requested_by=request.user, base_url=request.build_absolute_uri("/"), by=Actor.from_request(request)
         )
     except PortalError as exc:
         messages.error(request, exc.message)
@@ -78,7 +79,7 @@ def export_part_download(request: ClinicRequest, clinic_slug: str, export_uuid: 
     if not 1 <= number <= len(job.parts):
         raise Http404("No such part.")
     part = job.parts[number - 1]
-    services.clinic_export_part_downloaded(job=job, number=number, request=request)
+    services.clinic_export_part_downloaded(job=job, number=number, by=Actor.from_request(request))
     source = objects.object_open(clinic=request.clinic, key=part["key"])
     response = FileResponse(source, as_attachment=True, filename=part["name"], content_type="application/zip")
     response["Content-Length"] = str(part["size_bytes"])

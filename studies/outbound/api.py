@@ -17,6 +17,7 @@ from studies.browse import selectors
 from studies.models import Series
 from studies.outbound import services
 from studies.outbound.models import MigrationJob, RoutingRule, SendJob
+from tenants.audit import Actor
 from tenants.permissions import has_action
 from tenants.roles import Action
 
@@ -71,7 +72,7 @@ class StudySendApi(APIView):
             if series is None:
                 raise Http404("No such series in this study.")
         job = services.send_create(clinic=request.clinic, study=study, node=node, series=series,
-                                   actor=_user(request), request=request._request)
+                                   actor=_user(request), by=Actor.from_request(request._request))
         return Response(SendOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -158,7 +159,7 @@ class MigrationListApi(APIView):
         ae_title = values.pop("node")
         node = services.node_get(clinic=request.clinic, ae_title=ae_title) if ae_title else None
         job = services.migration_create(clinic=request.clinic, node=node, actor=_user(request),
-                                        request=request._request, **values)
+                                        by=Actor.from_request(request._request), **values)
         return Response(_migration_data(job, with_missing=False), status=status.HTTP_202_ACCEPTED)
 
 
@@ -209,7 +210,7 @@ class RoutingRuleListApi(APIView):
         values = dict(data.validated_data)
         nodes = [services.node_get(clinic=request.clinic, ae_title=ae) for ae in values.pop("destinations")]
         rule = services.routing_rule_create(clinic=request.clinic, destinations=nodes, actor=_user(request),
-                                            request=request._request, **values)
+                                            by=Actor.from_request(request._request), **values)
         return Response(RoutingRuleOutput(rule).data, status=status.HTTP_201_CREATED)
 
 
@@ -222,7 +223,7 @@ class RoutingRuleDetailApi(APIView):
         if rule is None:
             raise Http404("No such routing rule.")
         services.routing_rule_delete(clinic=request.clinic, rule=rule, actor=_user(request),
-                                     request=request._request)
+                                     by=Actor.from_request(request._request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q, Sum
-from django.http import HttpRequest
 from django.utils import timezone
 from pydicom import Dataset
 
@@ -41,7 +40,7 @@ from studies.outbound.models import (
     SendJob,
     SendResult,
 )
-from tenants.audit import audit_record
+from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, User
 
 logger = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ def node_get(*, clinic: Clinic, ae_title: str) -> DicomNode:
 
 def send_create(
     *, clinic: Clinic, study: Study, node: DicomNode, series: Series | None = None,
-    actor: User | None = None, request: HttpRequest | None = None,
+    actor: User | None = None, by: Actor | None = None,
 ) -> SendJob:
     """Queue a send of a live study (or one of its series) to a registered node; audited."""
     if study.clinic_id != clinic.pk or node.clinic_id != clinic.pk:
@@ -98,7 +97,7 @@ def send_create(
     with transaction.atomic():
         job = SendJob.objects.create(clinic=clinic, node=node, study=study, series=series,
                                      instances_total=instances.count(), created_by=actor)
-        audit_record(clinic=clinic, action="study.sent", request=request, actor=actor, object_type="study",
+        audit_record(clinic=clinic, action="study.sent", by=by, actor=actor, object_type="study",
                      object_id=str(study.uuid),
                      details={"send": str(job.uuid), "node": node.ae_title, "instances": job.instances_total,
                               "series": str(series.uuid) if series else ""})
@@ -231,7 +230,7 @@ def migration_create(
     dicomweb_username: str = "", dicomweb_password: str = "", study_date_from: str = "",
     study_date_to: str = "", modalities: Iterable[str] = (), patient_ids: Iterable[str] = (),
     method: str = "", max_instances_per_second: int = 0, window_start_hour: int = 0, window_end_hour: int = 0,
-    actor: User | None = None, request: HttpRequest | None = None,
+    actor: User | None = None, by: Actor | None = None,
 ) -> MigrationJob:
     """Queue a migration of the source's studies in scope into the clinic; audited.
 
@@ -282,7 +281,7 @@ def migration_create(
         # The scope's patient IDs are patient data: the audit entry counts them instead of naming them.
         # A DICOMweb source is named by its URL and how it authenticates, never by its credentials.
         source = {"node": node.ae_title} if node is not None else {"dicomweb_url": url, "auth": auth or "none"}
-        audit_record(clinic=clinic, action="migration.created", request=request, actor=actor,
+        audit_record(clinic=clinic, action="migration.created", by=by, actor=actor,
                      object_type="migration", object_id=str(job.uuid),
                      details={**source, "method": method, "study_date_from": date_from,
                               "study_date_to": date_to, "modalities": cleaned_modalities,
@@ -581,7 +580,7 @@ def migration_speed(*, job: MigrationJob) -> tuple[float | None, float | None]:
 
 def routing_rule_create(
     *, clinic: Clinic, name: str, destinations: Iterable[DicomNode], calling_ae_title: str = "",
-    modality: str = "", source: str = "", actor: User | None = None, request: HttpRequest | None = None,
+    modality: str = "", source: str = "", actor: User | None = None, by: Actor | None = None,
 ) -> RoutingRule:
     """Create a rule forwarding matching incoming instances to the destination nodes; audited."""
     nodes = [node for node in destinations if node.clinic_id == clinic.pk]
@@ -594,7 +593,7 @@ def routing_rule_create(
         rule = RoutingRule.objects.create(clinic=clinic, name=name, calling_ae_title=calling_ae_title.strip()[:16],
                                           modality=modality.strip().upper()[:16], source=source.strip()[:16])
         rule.destinations.set(nodes)
-        audit_record(clinic=clinic, action="routing_rule.created", request=request, actor=actor,
+        audit_record(clinic=clinic, action="routing_rule.created", by=by, actor=actor,
                      object_type="routing_rule", object_id=str(rule.uuid),
                      details={"destinations": [n.ae_title for n in nodes], "calling_ae_title": rule.calling_ae_title,
                               "modality": rule.modality, "source": rule.source})
@@ -602,12 +601,12 @@ def routing_rule_create(
 
 
 def routing_rule_delete(*, clinic: Clinic, rule: RoutingRule, actor: User | None = None,
-                        request: HttpRequest | None = None) -> None:
+                        by: Actor | None = None) -> None:
     if rule.clinic_id != clinic.pk:
         raise OutboundError("No such routing rule.")
     rule_uuid = str(rule.uuid)
     rule.delete()
-    audit_record(clinic=clinic, action="routing_rule.deleted", request=request, actor=actor,
+    audit_record(clinic=clinic, action="routing_rule.deleted", by=by, actor=actor,
                  object_type="routing_rule", object_id=rule_uuid)
 
 

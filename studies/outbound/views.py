@@ -15,6 +15,7 @@ from studies.models import DicomNode, Study
 from studies.outbound import services
 from studies.outbound.forms import MigrationForm, RoutingRuleForm, SendForm
 from studies.outbound.models import MigrationJob, RouteDelivery, RoutingRule, SendJob
+from tenants.audit import Actor
 from tenants.middleware import ClinicRequest
 from tenants.permissions import require_action
 from tenants.roles import Action
@@ -35,7 +36,7 @@ def study_send(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> Ht
         if form.is_valid():
             try:
                 job = services.send_create(clinic=request.clinic, study=study, node=form.cleaned_data["node"],
-                                           series=form.cleaned_data["series"], actor=request.user, request=request)
+                                           series=form.cleaned_data["series"], actor=request.user, by=Actor.from_request(request))
             except PortalError as exc:
                 form.add_error(None, exc.message)
             else:
@@ -63,7 +64,7 @@ def migration_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     if request.method == "POST":
         if form.is_valid():
             try:
-                job = services.migration_create(clinic=request.clinic, actor=request.user, request=request,
+                job = services.migration_create(clinic=request.clinic, actor=request.user, by=Actor.from_request(request),
                                                 **form.source(), **form.scope())
             except PortalError as exc:
                 form.add_error(None, exc.message)
@@ -97,7 +98,7 @@ def routing_rules(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     if request.method == "POST":
         if form.is_valid():
             try:
-                rule = services.routing_rule_create(clinic=request.clinic, actor=request.user, request=request,
+                rule = services.routing_rule_create(clinic=request.clinic, actor=request.user, by=Actor.from_request(request),
                                                     **form.cleaned_data)
             except PortalError as exc:
                 form.add_error(None, exc.message)
@@ -117,6 +118,6 @@ def routing_rules(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 @require_action(Action.MANAGE)
 def routing_rule_delete(request: ClinicRequest, clinic_slug: str, rule_uuid: UUID) -> HttpResponse:
     rule = get_object_or_404(RoutingRule.objects.for_clinic(request.clinic), uuid=rule_uuid)
-    services.routing_rule_delete(clinic=request.clinic, rule=rule, actor=request.user, request=request)
+    services.routing_rule_delete(clinic=request.clinic, rule=rule, actor=request.user, by=Actor.from_request(request))
     messages.success(request, f"Rule '{rule.name}' was removed.")
     return redirect("outbound:routing", clinic_slug=request.clinic.slug)

@@ -16,6 +16,7 @@ from portal.public_url import absolute_url
 from studies.browse import selectors
 from studies.sharing import services
 from studies.sharing.models import Share, ShareKind
+from tenants.audit import Actor
 from tenants.permissions import has_action
 from tenants.roles import Action
 
@@ -71,7 +72,7 @@ class ShareListApi(APIView):
         uids = values.pop("studies")
         found = selectors.study_list_by_uids(clinic=request.clinic, uids=uids)
         created = services.share_create(clinic=request.clinic, studies=found, created_by=_user(request),
-                                        request=request._request, **values)
+                                        by=Actor.from_request(request._request), **values)
         url = absolute_url(request, reverse("share:open", kwargs={"share_token": created.token}))
         services.share_email_recipient(share=created.share, url=url)
         body = {**ShareOutput(created.share).data, "url": url, "token": created.token}
@@ -95,5 +96,5 @@ class ShareDetailApi(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, clinic_slug: str, share_id: UUID) -> Response:
-        services.share_revoke(share=self._share(request, share_id), user=_user(request), request=request._request)
+        services.share_revoke(share=self._share(request, share_id), user=_user(request), by=Actor.from_request(request._request))
         return Response(status=status.HTTP_204_NO_CONTENT)

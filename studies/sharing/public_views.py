@@ -23,6 +23,7 @@ from studies.models import Study
 from studies.sharing import services
 from studies.sharing.forms import AccessCodeForm, PinForm
 from studies.sharing.models import Share
+from tenants.audit import Actor
 from tenants.roles import Action
 
 INVALID_STATUS = 404
@@ -66,7 +67,7 @@ def _has_opened(request: HttpRequest, share: Share) -> bool:
     opened_key = f"share-opened:{share.uuid}"
     if request.session.get(opened_key):
         return True
-    if not services.share_open(share=share, request=request):
+    if not services.share_open(share=share, by=Actor.from_request(request)):
         return False
     request.session[opened_key] = True
     return True
@@ -117,7 +118,7 @@ def share_open(request: HttpRequest, share_token: str) -> HttpResponse:
         error, status = "", 200
         if request.method == "POST" and form.is_valid():
             try:
-                if services.share_pin_check(share=share, pin=form.cleaned_data["pin"], request=request):
+                if services.share_pin_check(share=share, pin=form.cleaned_data["pin"], by=Actor.from_request(request)):
                     request.session.cycle_key()
                     request.session[_grant_key(share)] = True
                     return redirect("share:open", share_token=share_token)
@@ -142,7 +143,7 @@ def share_viewer(request: HttpRequest, share_token: str, study_uuid: UUID) -> Ht
     from studies.viewer.views import viewer_context
 
     study = _shared_study(request, study_uuid)
-    services.share_log(share=request.share, action="viewed", request=request, study=study)  # type: ignore[attr-defined]
+    services.share_log(share=request.share, action="viewed", by=Actor.from_request(request), study=study)  # type: ignore[attr-defined]
     base = reverse("share-dicomweb:studies", kwargs={"share_token": share_token})[: -len("studies")]
     download = (reverse("share:download", kwargs={"share_token": share_token, "study_uuid": study.uuid})
                 if request.share.allow_download else "")  # type: ignore[attr-defined]
@@ -159,7 +160,7 @@ def share_download(request: HttpRequest, share_token: str, study_uuid: UUID) -> 
     if not request.share.allow_download:  # type: ignore[attr-defined]
         return render(request, "studies/share_invalid.html", {"message": "This link allows viewing only."}, status=403)
     study = _shared_study(request, study_uuid)
-    services.share_log(share=request.share, action="downloaded", request=request, study=study)  # type: ignore[attr-defined]
+    services.share_log(share=request.share, action="downloaded", by=Actor.from_request(request), study=study)  # type: ignore[attr-defined]
     from studies.browse import selectors
 
     instances = selectors.instance_list(clinic=request.clinic, study=study)  # type: ignore[attr-defined]

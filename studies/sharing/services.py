@@ -15,14 +15,13 @@ from django.contrib.auth.hashers import check_password, make_password
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F, Q
-from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from portal.exceptions import PortalError
 from studies.models import Study
 from studies.sharing.models import Share, ShareAccess, ShareKind, UploadLink
-from tenants.audit import audit_record, client_address
+from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, Membership, User
 from tenants.roles import Role
 from tenants.secrets import new_secret, secret_hash
@@ -87,7 +86,7 @@ def share_create(
     max_opens: int | None = None,
     kind: str = ShareKind.LINK,
     share_url_builder: object = None,
-    request: HttpRequest | None = None,
+    by: Actor | None = None,
 ) -> NewShare:
     """Create a share link; its token (and a patient's access code) is returned here once.
 
@@ -118,7 +117,7 @@ def share_create(
         max_opens=max_opens,
     )
     share.studies.set(studies)
-    audit_record(clinic=clinic, action="share.created", request=request, actor=created_by, object_type="share",
+    audit_record(clinic=clinic, action="share.created", by=by, actor=created_by, object_type="share",
                  object_id=str(share.uuid),
                  details={"studies": [str(s.uuid) for s in studies], "expires_in_days": expires_in_days,
                           "pin": bool(pin), "allow_download": share.allow_download, "kind": kind})
@@ -134,23 +133,23 @@ def share_email_recipient(*, share: Share, url: str) -> None:
     send_mail(subject.strip(), text.strip(), settings.DEFAULT_FROM_EMAIL, [share.recipient_email])
 
 
-def share_revoke(*, share: Share, user: User | None, request: HttpRequest | None = None) -> Share:
+def share_revoke(*, share: Share, user: User | None, by: Actor | None = None) -> Share:
     if share.revoked_at is None:
         Share.objects.filter(pk=share.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         share.refresh_from_db()
-        audit_record(clinic=share.clinic, action="share.revoked", request=request, actor=user, object_type="share",
+        audit_record(clinic=share.clinic, action="share.revoked", by=by, actor=user, object_type="share",
                      object_id=str(share.uuid))
     return share
 
 
-def share_extend(*, share: Share, days: int, user: User | None, request: HttpRequest | None = None) -> Share:
+def share_extend(*, share: Share, days: int, user: User | None, by: Actor | None = None) -> Share:
     """Set the link to expire ``days`` from now (at most 90); a revoked link stays revoked."""
     if share.revoked_at is not None:
         raise PortalError("A revoked link cannot be extended; create a new one.")
     _check_expiry(days)
     share.expires_at = timezone.now() + timedelta(days=days)
     share.save(update_fields=["expires_at"])
-    audit_record(clinic=share.clinic, action="share.extended", request=request, actor=user, object_type="share",
+    audit_record(clinic=share.clinic, action="share.extended", by=by, actor=user, object_type="share",
                  object_id=str(share.uuid), details={"days": days})
     return share
 
@@ -178,15 +177,15 @@ def patient_token(access_code: str) -> str:
 
 
 def share_log(
-    *, share: Share, action: str, request: HttpRequest | None = None, study: Study | None = None,
+    *, share: Share, action: str, by: Actor | None = None, study: Study | None = None,
     result: str = "success",
 ) -> None:
     """Write one access (time, address, user agent, what) to the share's log and the clinic's audit trail."""
-    ip = client_address(request) if request is not None else None
-    agent = request.META.get("HTTP_USER_AGENT", "")[:512] if request is not None else ""
+    ip = by.ip_address if by is not None else None
+    agent = by.user_agent if by is not None else ""
     ShareAccess.objects.create(clinic=share.clinic, share=share, action=action, study=study, ip_address=ip,
                                user_agent=agent)
-    audit_record(clinic=share.clinic, action=f"share.{action}", request=request, actor_label=f"share:{share.uuid}",
+    audit_record(clinic=share.clinic, action=f"share.{action}", by=by, actor_label=f"share:{share.uuid}",
                  object_type="study" if study else "share", object_id=str(study.uuid if study else share.uuid),
                  result=result)
 
@@ -236,25 +235,25 @@ def wrong_pin_message(*, link: Share | UploadLink) -> str:
     return f"Wrong PIN. {left} {'try' if left == 1 else 'tries'} left before the link is locked for {minutes} minutes."
 
 
-def share_pin_check(*, share: Share, pin: str, request: HttpRequest | None = None) -> bool:
+def share_pin_check(*, share: Share, pin: str, by: Actor | None = None) -> bool:
     try:
         ok = _pin_check(Share, share, pin)
     except ShareLocked:
-        share_log(share=share, action="pin_locked", request=request, result="denied")
+        share_log(share=share, action="pin_locked", by=by, result="denied")
         raise
-    share_log(share=share, action="pin_ok" if ok else "pin_failed", request=request,
+    share_log(share=share, action="pin_ok" if ok else "pin_failed", by=by,
               result="success" if ok else "failure")
     return ok
 
 
-def share_open(*, share: Share, request: HttpRequest | None = None) -> bool:
+def share_open(*, share: Share, by: Actor | None = None) -> bool:
     """Count an open of the link; False when the link's maximum number of opens is used up."""
     opens = Share.objects.filter(pk=share.pk)
     if share.max_opens is not None:
         opens = opens.filter(open_count__lt=F("max_opens"))
     if not opens.update(open_count=F("open_count") + 1):
         return False
-    share_log(share=share, action="opened", request=request)
+    share_log(share=share, action="opened", by=by)
     return True
 
 
@@ -276,7 +275,7 @@ class NewUploadLink:
 
 def upload_link_create(
     *, clinic: Clinic, created_by: User | None, expires_in_days: int = DEFAULT_EXPIRY_DAYS, pin: str = "",
-    note: str = "", anonymize_project: object = None, request: HttpRequest | None = None,
+    note: str = "", anonymize_project: object = None, by: Actor | None = None,
 ) -> NewUploadLink:
     _check_expiry(expires_in_days)
     pin = _check_pin(pin)
@@ -286,7 +285,7 @@ def upload_link_create(
         expires_at=timezone.now() + timedelta(days=expires_in_days), pin_hash=make_password(pin) if pin else "",
         note=note.strip()[:500], anonymize_project=anonymize_project,
     )
-    audit_record(clinic=clinic, action="upload_link.created", request=request, actor=created_by,
+    audit_record(clinic=clinic, action="upload_link.created", by=by, actor=created_by,
                  object_type="upload_link", object_id=str(link.uuid), details={"pin": bool(pin)})
     return NewUploadLink(link=link, token=token)
 
@@ -302,9 +301,9 @@ def upload_link_pin_check(*, link: UploadLink, pin: str) -> bool:
     return _pin_check(UploadLink, link, pin)
 
 
-def upload_link_revoke(*, link: UploadLink, user: User | None, request: HttpRequest | None = None) -> None:
+def upload_link_revoke(*, link: UploadLink, user: User | None, by: Actor | None = None) -> None:
     if UploadLink.objects.filter(pk=link.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
-        audit_record(clinic=link.clinic, action="upload_link.revoked", request=request, actor=user,
+        audit_record(clinic=link.clinic, action="upload_link.revoked", by=by, actor=user,
                      object_type="upload_link", object_id=str(link.uuid))
 
 
@@ -312,7 +311,7 @@ def upload_link_revoke(*, link: UploadLink, user: User | None, request: HttpRequ
 UPLOAD_NOTIFY_INTERVAL_SECONDS = 600
 
 
-def upload_link_received(*, link: UploadLink, request: HttpRequest | None = None) -> None:
+def upload_link_received(*, link: UploadLink, by: Actor | None = None) -> None:
     """Count a file that arrived through the link and tell the clinic (owners, admins, the link's creator).
 
     One e-mail per upload: the first file claims the notice with a conditional update, so parallel
@@ -326,7 +325,7 @@ def upload_link_received(*, link: UploadLink, request: HttpRequest | None = None
     ).update(last_notified_at=now)
     if not claimed:
         return
-    audit_record(clinic=link.clinic, action="upload_link.received", request=request,
+    audit_record(clinic=link.clinic, action="upload_link.received", by=by,
                  actor_label=f"upload_link:{link.uuid}", object_type="upload_link", object_id=str(link.uuid))
     recipients = set(
         Membership.objects.for_clinic(link.clinic).filter(Q(role__in=[Role.OWNER, Role.ADMIN]))

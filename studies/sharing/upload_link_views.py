@@ -20,6 +20,7 @@ from studies import upload_views
 from studies.sharing import services
 from studies.sharing.forms import PinForm
 from studies.sharing.models import UploadLink
+from tenants.audit import Actor
 from tenants.roles import Action
 
 
@@ -88,11 +89,11 @@ def upload_link_file(request: HttpRequest, link_token: str) -> HttpResponse:
     # stored): one answer, so the link reveals nothing about what the clinic holds.
     if answer.get("outcome") in ("stored", "already_present") or answer.get("held"):
         if answer["outcome"] != "already_present":
-            services.upload_link_received(link=link, request=request)
+            services.upload_link_received(link=link, by=Actor.from_request(request))
         return JsonResponse({"outcome": "stored", "reason": ""}, status=201)
     if answer.get("outcome") == "queued":
         # The archive is unpacked by a worker; its progress page belongs to the clinic.
-        services.upload_link_received(link=link, request=request)
+        services.upload_link_received(link=link, by=Actor.from_request(request))
         return JsonResponse({"outcome": "stored", "reason": "Received; the clinic unpacks the archive."}, status=202)
     answer.pop("study", None)
     answer.pop("study_url", None)

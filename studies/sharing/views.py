@@ -17,6 +17,7 @@ from studies.models import Study
 from studies.sharing import services
 from studies.sharing.forms import ExtendForm, ShareForm, UploadLinkForm
 from studies.sharing.models import Share, ShareKind, UploadLink
+from tenants.audit import Actor
 from tenants.middleware import ClinicRequest
 from tenants.permissions import require_action
 from tenants.roles import Action
@@ -64,7 +65,7 @@ def share_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             created = services.share_create(clinic=request.clinic, studies=studies, created_by=request.user,
-                                             request=request, **form.cleaned_data)
+                                             by=Actor.from_request(request), **form.cleaned_data)
         except PortalError as exc:
             form.add_error(None, exc.message)
         else:
@@ -107,7 +108,7 @@ def share_detail(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> 
 @require_action(Action.SHARE)
 def share_revoke(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> HttpResponse:
     share = get_object_or_404(Share.objects.for_clinic(request.clinic), uuid=share_uuid)
-    services.share_revoke(share=share, user=request.user, request=request)
+    services.share_revoke(share=share, user=request.user, by=Actor.from_request(request))
     messages.success(request, "The link is revoked; it stops working at once.")
     return redirect("sharing:detail", clinic_slug=clinic_slug, share_uuid=share.uuid)
 
@@ -121,7 +122,7 @@ def share_extend(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> 
         messages.error(request, "A link can be extended by 1 to 90 days.")
     else:
         try:
-            services.share_extend(share=share, days=form.cleaned_data["days"], user=request.user, request=request)
+            services.share_extend(share=share, days=form.cleaned_data["days"], user=request.user, by=Actor.from_request(request))
             messages.success(request, "The link's expiry is extended.")
         except PortalError as exc:
             messages.error(request, exc.message)
@@ -137,7 +138,7 @@ def upload_link_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse
         messages.error(request, " ".join(str(e) for errors in form.errors.values() for e in errors))
         return redirect("sharing:list", clinic_slug=clinic_slug)
     try:
-        created = services.upload_link_create(clinic=request.clinic, created_by=request.user, request=request,
+        created = services.upload_link_create(clinic=request.clinic, created_by=request.user, by=Actor.from_request(request),
                                               **form.cleaned_data)
     except PortalError as exc:
         messages.error(request, exc.message)
@@ -150,6 +151,6 @@ def upload_link_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse
 @require_action(Action.SHARE)
 def upload_link_revoke(request: ClinicRequest, clinic_slug: str, link_uuid: UUID) -> HttpResponse:
     link = get_object_or_404(UploadLink.objects.for_clinic(request.clinic), uuid=link_uuid)
-    services.upload_link_revoke(link=link, user=request.user, request=request)
+    services.upload_link_revoke(link=link, user=request.user, by=Actor.from_request(request))
     messages.success(request, "The upload link is revoked.")
     return redirect("sharing:list", clinic_slug=clinic_slug)

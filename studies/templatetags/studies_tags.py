@@ -8,6 +8,7 @@ from django import template
 
 from studies import names, quarantine
 from studies.browse import selectors, services
+from tenants.audit import Actor
 from tenants.roles import Action
 
 register = template.Library()
@@ -37,7 +38,7 @@ def studies_dashboard_cards(context: template.Context) -> dict[str, Any]:
     if membership.can(Action.VIEW):
         cards["recent_studies"] = selectors.study_recent(clinic=clinic)
         services.study_search_record(clinic=clinic, search=selectors.StudySearch(sort="-created"),
-                                     count=len(cards["recent_studies"]), source="dashboard", request=request)
+                                     count=len(cards["recent_studies"]), source="dashboard", by=Actor.from_request(request))
     if membership.can(Action.BILLING):
         from billing import selectors as billing_selectors
 

@@ -24,7 +24,7 @@ from studies.models import Instance, Series, Study
 from studies.sharing import services as sharing_services
 from studies.sharing.public_views import share_required
 from studies.viewer import ohif
-from tenants.audit import audit_record
+from tenants.audit import Actor, audit_record
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
 
@@ -250,6 +250,6 @@ def share_study_ohif(request: HttpRequest, share_token: str, study_uuid: UUID) -
     )
     if study is None:
         raise Http404("No such study in this link.")
-    sharing_services.share_log(share=request.share, action="viewed", request=request, study=study)  # type: ignore[attr-defined]
+    sharing_services.share_log(share=request.share, action="viewed", by=Actor.from_request(request), study=study)  # type: ignore[attr-defined]
     public_url = reverse("share-viewer:ohif", kwargs={"share_token": share_token})
     return redirect(ohif_study_url(public_url=public_url, study=study))
