@@ -11,6 +11,7 @@ stays lossless; Lossy Image Compression (0028,2110) stays as the source had it.
 from __future__ import annotations
 
 import io
+from http import HTTPStatus
 from typing import BinaryIO
 
 import pydicom
@@ -43,7 +44,7 @@ DEFAULT = ExplicitVRLittleEndian
 
 
 class TranscodeError(PortalError):
-    status = 500
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
     code = "transcode_failed"
 
 

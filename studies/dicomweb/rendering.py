@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import BinaryIO
 
 import numpy as np
@@ -58,7 +59,7 @@ class RenderError(PortalError):
 
 
 class FrameMissing(PortalError):
-    status = 404
+    status = HTTPStatus.NOT_FOUND
     code = "not_found"
 
 
@@ -177,7 +178,7 @@ class RenderOptions:
 
 
 class RenderTooLarge(PortalError):
-    status = 413
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     code = "too_large"
 
 

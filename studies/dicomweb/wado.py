@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, BinaryIO
 
 from django.db.models import Q, TextField
@@ -29,7 +30,7 @@ OCTET = "application/octet-stream"
 
 
 class NotAcceptable(PortalError):
-    status = 406
+    status = HTTPStatus.NOT_ACCEPTABLE
     code = "not_acceptable"
 
 

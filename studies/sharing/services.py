@@ -9,6 +9,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from http import HTTPStatus
 
 from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
@@ -41,7 +42,7 @@ ACCESS_CODE_LENGTH = 12
 
 
 class ShareLocked(PortalError):
-    status = 429
+    status = HTTPStatus.TOO_MANY_REQUESTS
     code = "locked"
 
 
