@@ -27,6 +27,7 @@ from django.db import transaction
 from django.http import HttpRequest
 
 from studies import dicom
+from studies.archive.objects import StoredObject
 from studies.errors import InstanceHeld, PatientMismatch, StudyBeingPurged
 from studies.models import Instance, QuarantinedInstance, Series, Study
 from tenants.audit import audit_record
@@ -46,7 +47,7 @@ def instance_admit_or_hold(
     *,
     clinic: Clinic,
     parsed: dicom.ParsedInstance,
-    stored: Any,
+    stored: StoredObject,
     source: str,
     request: HttpRequest | None = None,
     actor: User | None = None,
@@ -164,7 +165,7 @@ def instance_hold(
     *,
     clinic: Clinic,
     parsed: dicom.ParsedInstance,
-    stored: Any,
+    stored: StoredObject,
     reason: str,
     source: str,
     request: HttpRequest | None = None,
