@@ -35,7 +35,7 @@ from studies import ingest
 from studies.archive import objects
 from studies.archive.errors import ArchiveError, StorageUnavailable
 from studies.errors import DicomDirectory, InstanceConflict, InvalidDicom, NotDicom, QuotaExceeded
-from studies.models import UploadBatch, UploadItem
+from studies.models import Instance, UploadBatch, UploadItem
 from tenants.audit import audit_record
 from tenants.models import Clinic, User
 
@@ -304,7 +304,7 @@ def _member_ingest(
     batch: UploadBatch,
     limits: ZipLimits,
     budget: int,
-) -> tuple[str, str, object, int]:
+) -> tuple[str, str, Instance | None, int]:
     """Ingest one member; return (outcome, reason, instance or None, bytes inflated)."""
     if _safe_member_name(info.filename) is None:
         return (
