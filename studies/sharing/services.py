@@ -10,6 +10,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
@@ -27,6 +28,9 @@ from tenants.audit import audit_record, client_address
 from tenants.models import Clinic, Membership, User
 from tenants.roles import Role
 from tenants.secrets import new_secret, secret_hash
+
+if TYPE_CHECKING:
+    from studies.anonymize.models import AnonymizationProject
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +281,7 @@ class NewUploadLink:
 
 def upload_link_create(
     *, clinic: Clinic, created_by: User | None, expires_in_days: int = DEFAULT_EXPIRY_DAYS, pin: str = "",
-    note: str = "", anonymize_project: object = None, request: HttpRequest | None = None,
+    note: str = "", anonymize_project: AnonymizationProject | None = None, request: HttpRequest | None = None,
 ) -> NewUploadLink:
     _check_expiry(expires_in_days)
     pin = _check_pin(pin)
