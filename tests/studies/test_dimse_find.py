@@ -21,26 +21,10 @@ from tests.studies.dimse_support import (
     HOST,
     MODALITY_AE,
     dcmtk,
-    register_node,
-    running_scp,
-    tasks_inline,
     write_study,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _tasks_run_inline():
-    with tasks_inline():
-        yield
-
-
-@pytest.fixture
-def scp_port(clinic):
-    register_node(clinic)
-    with running_scp() as port:
-        yield port
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 
 
 def ingest(clinic, study) -> None:

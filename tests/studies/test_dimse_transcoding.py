@@ -23,12 +23,10 @@ from tests.studies.dimse_support import (
     free_port,
     move,
     register_node,
-    running_scp,
-    tasks_inline,
     write_study,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.2"}
 
 # Compressed samples, and a big endian one (whose pixel bytes must be swapped for little endian).
@@ -39,19 +37,6 @@ SAMPLES = [
     "MR_small_jpeg_ls_lossless.dcm",
     "MR_small_bigendian.dcm",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _tasks_run_inline():
-    with tasks_inline():
-        yield
-
-
-@pytest.fixture
-def scp_port(clinic):
-    register_node(clinic)
-    with running_scp() as port:
-        yield port
 
 
 @pytest.fixture

@@ -23,18 +23,11 @@ from tests.studies.dimse_support import (
     BYTE_EXACT_SAMPLES,
     register_node,
     running_scp,
-    tasks_inline,
     write_study,
 )
 from tests.studies.test_backup_faults import Worker, _wait_for, _worker_env
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def _tasks_run_inline():
-    with tasks_inline():
-        yield
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.usefixtures("tasks_run_inline")]
 
 
 @pytest.fixture
