@@ -12,7 +12,7 @@ from studies import matching, selectors
 from studies.models import Series
 from studies.selectors import StudySearch
 from tenants.models import AuditEvent
-from tests.studies.browse_support import make_study
+from tests.factories import make_study
 
 
 def search(clinic, **keys):

@@ -12,7 +12,8 @@ from studies import tasks
 from studies.archive import stores
 from studies.models import Series
 from studies.thumbnails import thumbnail_object_uuid
-from tests.studies.browse_support import ingest_files, write_series
+from tests.dicom_files import write_series
+from tests.factories import ingest_files
 
 
 def thumbnail_url(series):

@@ -17,12 +17,8 @@ from pynetdicom.sop_class import (
 from studies.ingest import instance_ingest
 from studies.models import Study
 from tenants.models import AuditEvent
-from tests.studies.dimse_support import (
-    HOST,
-    MODALITY_AE,
-    dcmtk,
-    write_study,
-)
+from tests.dicom_files import write_study
+from tests.studies.dimse_support import HOST, MODALITY_AE, dcmtk
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 

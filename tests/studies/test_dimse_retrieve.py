@@ -16,6 +16,7 @@ from pynetdicom.sop_class import (
 from studies.ingest import instance_ingest
 from studies.models import Study
 from tenants.models import AuditEvent
+from tests.dicom_files import write_study
 from tests.studies.dimse_support import (
     BYTE_EXACT_SAMPLES,
     HOST,
@@ -28,7 +29,6 @@ from tests.studies.dimse_support import (
     move,
     register_node,
     storage_received,
-    write_study,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]

@@ -10,15 +10,8 @@ from pynetdicom import AE
 
 from studies.archive.objects import object_open
 from studies.models import Instance, Study
-from tests.studies.dimse_support import (
-    HOST,
-    MODALITY_AE,
-    SAMPLES,
-    dataset_bytes,
-    dcmtk,
-    store_with_pynetdicom,
-    write_study,
-)
+from tests.dicom_files import write_study
+from tests.studies.dimse_support import HOST, MODALITY_AE, SAMPLES, dataset_bytes, dcmtk, store_with_pynetdicom
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 

@@ -15,16 +15,8 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from studies.dimse.move import send_syntax
 from studies.ingest import instance_ingest
-from tests.studies.dimse_support import (
-    DCMTK_BIN,
-    HOST,
-    MODALITY_AE,
-    dcmtk,
-    free_port,
-    move,
-    register_node,
-    write_study,
-)
+from tests.dicom_files import write_study
+from tests.studies.dimse_support import DCMTK_BIN, HOST, MODALITY_AE, dcmtk, free_port, move, register_node
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.2"}

@@ -17,8 +17,9 @@ from studies.outbound import dicomweb_source, services
 from studies.outbound.models import JobStatus, MigrationJob
 from tenants.audit import AuditEvent
 from tenants.models import Clinic
+from tests.dicom_files import write_study
 from tests.peers import running_orthanc
-from tests.studies.dimse_support import register_node, write_study
+from tests.studies.dimse_support import register_node
 from tests.studies.test_outbound import _files_data_sets, _migrate, _old_archive, _stored_data_sets
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.usefixtures("tasks_run_inline")]
