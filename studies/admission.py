@@ -26,6 +26,7 @@ from typing import Any
 from django.db import transaction
 
 from studies import dicom
+from studies.archive.objects import StoredObject
 from studies.errors import InstanceHeld, PatientMismatch, StudyBeingPurged
 from studies.models import Instance, QuarantinedInstance, Series, Study
 from tenants.audit import Actor, audit_record
@@ -40,7 +41,7 @@ def instance_admit_or_hold(
     *,
     clinic: Clinic,
     parsed: dicom.ParsedInstance,
-    stored: Any,
+    stored: StoredObject,
     source: str,
     by: Actor | None = None,
     actor: User | None = None,
@@ -157,7 +158,7 @@ def instance_hold(
     *,
     clinic: Clinic,
     parsed: dicom.ParsedInstance,
-    stored: Any,
+    stored: StoredObject,
     reason: str,
     source: str,
     by: Actor | None = None,

@@ -33,8 +33,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import CharField, F, Func, Lookup, Q, QuerySet, TextField, Value
 from django.db.models.functions import Upper
+from django.db.models.sql.compiler import SQLCompiler
 
 from portal.exceptions import PortalError
 from studies.models import Patient
@@ -65,12 +67,12 @@ class DicomLike(Lookup):
 
     lookup_name = "dicom_like"
 
-    def as_sql(self, compiler: Any, conn: Any) -> tuple[str, list[Any]]:
+    def as_sql(self, compiler: SQLCompiler, conn: BaseDatabaseWrapper) -> tuple[str, tuple[str | int, ...]]:
         lhs, lhs_params = self.process_lhs(compiler, conn)
         rhs, rhs_params = self.process_rhs(compiler, conn)
         # PostgreSQL's LIKE escapes with a backslash by default; SQLite needs to be told.
         escape = " ESCAPE '\\'" if conn.vendor == "sqlite" else ""
-        return f"{lhs} LIKE {rhs}{escape}", [*lhs_params, *rhs_params]
+        return f"{lhs} LIKE {rhs}{escape}", (*lhs_params, *rhs_params)
 
 
 for _field in (CharField, TextField):
@@ -221,8 +223,8 @@ def name_words_q(path: str, text: str, *, given_name: str) -> Q:
         return person_name_q(path, f"{family}^{given}*" if given else f"{family}*")
     words = text.split(" ")
     if len(words) == 1:
-        given = Q(**{f"{given_name}__startswith": text}) & _prefix_range_q(given_name, text)
-        q = text_q(path, text + "*", ignore_case=True) | given
+        given_q = Q(**{f"{given_name}__startswith": text}) & _prefix_range_q(given_name, text)
+        q = text_q(path, text + "*", ignore_case=True) | given_q
         if _non_latin(text):
             q |= person_name_q(path, text + "*") | person_name_q(path, "*^" + text + "*")
         return q

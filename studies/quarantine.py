@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
@@ -55,14 +54,6 @@ def quarantine_get(*, clinic: Clinic, held_uuid: uuid.UUID) -> QuarantinedInstan
     return quarantine_list(clinic=clinic).filter(uuid=held_uuid).first()
 
 
-@dataclass(frozen=True)
-class _Stored:
-    key: str
-    key_id: str
-    size_bytes: int
-    sha256: str
-
-
 def quarantined_file(
     *, clinic: Clinic, held: QuarantinedInstance, actor: User | None, by: Actor | None = None
 ) -> Instance:
@@ -72,7 +63,7 @@ def quarantined_file(
     when it can't be filed (its SOP Instance UID is stored meanwhile, or its series is another study's).
     """
     parsed = _parse_object(clinic=clinic, key=held.object_key)
-    stored = _Stored(held.object_key, held.key_id, held.size_bytes, held.sha256)
+    stored = objects.StoredObject(held.object_key, held.key_id, held.size_bytes, held.sha256)
     try:
         with transaction.atomic():
             claimed = QuarantinedInstance.objects.for_clinic(clinic).filter(pk=held.pk, resolved_at__isnull=True)

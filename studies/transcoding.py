@@ -11,7 +11,8 @@ stays lossless; Lossy Image Compression (0028,2110) stays as the source had it.
 from __future__ import annotations
 
 import io
-from typing import BinaryIO
+from http import HTTPStatus
+from typing import IO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -43,7 +44,7 @@ DEFAULT = ExplicitVRLittleEndian
 
 
 class TranscodeError(PortalError):
-    status = 500
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
     code = "transcode_failed"
 
 
@@ -101,7 +102,7 @@ def _to_little_endian(ds: Dataset) -> None:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
 
 
-def instance_transcode(source: BinaryIO, target: str) -> tuple[bytes, str]:
+def instance_transcode(source: IO[bytes], target: str) -> tuple[bytes, str]:
     """Return the instance read from ``source`` as a Part 10 file in ``target``, and the syntax it is in.
 
     The syntax differs from ``target`` only for an instance without pixel data asked for a compressed one.

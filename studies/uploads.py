@@ -53,7 +53,7 @@ from studies.errors import (
     QuotaExceeded,
     StudyBeingPurged,
 )
-from studies.models import Study, UploadBatch, UploadItem
+from studies.models import Instance, Study, UploadBatch, UploadItem
 from tenants.audit import audit_record
 from tenants.models import Clinic, User
 
@@ -322,7 +322,7 @@ def _member_ingest(
     batch: UploadBatch,
     limits: ZipLimits,
     budget: int,
-) -> tuple[str, str, object, int]:
+) -> tuple[str, str, Instance | None, int]:
     """Ingest one member; return (outcome, reason, instance or None, bytes inflated)."""
     if _safe_member_name(info.filename) is None:
         return (

@@ -16,7 +16,7 @@ from studies.sharing.models import Share
 from tenants import services as tenant_services
 from tenants.models import Clinic, Invitation
 from tenants.roles import Role
-from tests.studies.browse_support import make_study
+from tests.factories import make_study
 
 HUGE = "99999999999999999999"
 

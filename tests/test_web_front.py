@@ -28,7 +28,8 @@ from portal.front import FrontProxyMiddleware
 from studies.models import Instance
 from tenants import services
 from tenants.roles import Role
-from tests.studies.upload_memory_support import peak_rss_bytes, server_env, stream_upload, write_large_multiframe
+from tests.dicom_files import write_large_multiframe
+from tests.studies.upload_memory_support import peak_rss_bytes, server_env, stream_upload
 
 ROOT = Path(__file__).resolve().parents[1]
 # The processes that serve HTTP: the front and, when there is one, the application server behind it.

@@ -63,7 +63,7 @@ def _seal(*, clinic: Clinic, plaintext: bytes, purpose: str) -> bytes:
     return json.dumps({"k": key_id, "n": nonce.hex(), "c": AESGCM(key).encrypt(nonce, plaintext, aad).hex()}).encode()
 
 
-def _unseal(*, clinic: Clinic, sealed: bytes, purpose: str) -> bytes:
+def _unseal(*, clinic: Clinic, sealed: bytes | memoryview, purpose: str) -> bytes:
     from studies.archive import keys
 
     envelope = json.loads(bytes(sealed))

@@ -18,7 +18,7 @@ import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -26,6 +26,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from studies.archive.errors import ObjectCorrupt
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 MAGIC = b"PXAE"
 FORMAT_VERSION = 1
@@ -196,11 +199,12 @@ class _ChunkReader(io.RawIOBase):
             return b""
         return self._take(size)
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
-        if not len(buffer) or not self._fill():
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if not len(view) or not self._fill():
             return 0
-        taken = self._take(len(buffer))
-        buffer[: len(taken)] = taken
+        taken = self._take(len(view))
+        view[: len(taken)] = taken
         return len(taken)
 
     def readall(self) -> bytes:

@@ -391,9 +391,13 @@ def key_document_unwrap(document: bytes | str | dict[str, Any]) -> tuple[uuid.UU
     """
     if not isinstance(document, dict):
         try:
-            document = json.loads(document)
+            parsed = json.loads(document)
         except ValueError:
             raise KeyUnavailable("The key document is not JSON.") from None
+        # A JSON list or string would otherwise fail below with AttributeError, not KeyUnavailable.
+        if not isinstance(parsed, dict):
+            raise KeyUnavailable("The key document is not a JSON object.")
+        document = parsed
     if document.get("format") != KEY_DOCUMENT_FORMAT or document.get("version") != KEY_DOCUMENT_VERSION:
         raise KeyUnavailable("The key document has an unknown format or version.")
     try:

@@ -16,13 +16,16 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from django.conf import settings
 
 from studies.archive import crypto, keys, stores
 from studies.archive.errors import ObjectCorrupt, ObjectMissing, StorageUnavailable
 from tenants.models import Clinic
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +137,7 @@ class _FailoverReader(io.RawIOBase):
     def tell(self) -> int:
         return self._position
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         try:
             count = self._current.readinto(buffer)
         except FAILOVER_ERRORS as error:
@@ -181,7 +184,7 @@ def object_open(*, clinic: Clinic, key: str, store: str | None = None) -> Binary
     """
     _key_check(clinic, key)
     if store is not None:
-        return io.BufferedReader(_open_from(clinic, key, store))  # type: ignore[return-value]
+        return io.BufferedReader(_open_from(clinic, key, store))
     try:
         first = _open_from(clinic, key, "primary")
         on_replica = False
@@ -193,7 +196,7 @@ def object_open(*, clinic: Clinic, key: str, store: str | None = None) -> Binary
             logger.warning("object %s: replica read failed too (%s)", key, type(replica_error).__name__)
             raise error from replica_error
         on_replica = True
-    return io.BufferedReader(_FailoverReader(clinic, key, first, on_replica=on_replica))  # type: ignore[return-value]
+    return io.BufferedReader(_FailoverReader(clinic, key, first, on_replica=on_replica))
 
 
 def object_open_seekable(*, clinic: Clinic, key: str, max_memory: int = 8 * 1024 * 1024) -> BinaryIO:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
 from typing import BinaryIO
 
@@ -24,7 +24,7 @@ _END = object()
 
 def objects_read_ahead(
     openers: Sequence[Callable[[], BinaryIO]], *, first: BinaryIO | None = None, chunk: int = CHUNK
-) -> Iterator[Iterator[bytes]]:
+) -> Generator[Iterator[bytes], None, None]:
     """Yield, for each opener in order, an iterator of that object's decrypted chunks.
 
     ``first`` is the first object already opened by the caller (so that a store that is down is a clean
@@ -65,11 +65,11 @@ def objects_read_ahead(
     def one_object() -> Iterator[bytes]:
         while True:
             item = buffer.get()
-            if item is _END:
-                return
             if isinstance(item, BaseException):
                 raise item
-            yield item  # type: ignore[misc]
+            if not isinstance(item, bytes):
+                return  # _END: this object is complete
+            yield item
 
     try:
         for _ in openers:

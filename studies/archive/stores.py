@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from urllib.parse import parse_qs, unquote, urlparse
 from urllib.request import url2pathname
 
@@ -29,6 +29,10 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from studies.archive.errors import ObjectMissing, StorageFull, StorageUnavailable
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+    from botocore.response import StreamingBody
 
 STORE_NAMES = ("primary", "replica")
 # errno values that mean "no room left" rather than "unreachable".
@@ -213,7 +217,7 @@ def _fsync_dir(path: Path) -> None:
 class _LocalReader(io.RawIOBase):
     """A local file whose read errors surface as StorageUnavailable, like S3's."""
 
-    def __init__(self, handle: BinaryIO, store_name: str) -> None:
+    def __init__(self, handle: io.BufferedReader, store_name: str) -> None:
         super().__init__()
         self._handle = handle
         self._store_name = store_name
@@ -230,7 +234,7 @@ class _LocalReader(io.RawIOBase):
     def tell(self) -> int:
         return self._handle.tell()
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         try:
             return self._handle.readinto(buffer)
         except OSError as exc:
@@ -299,7 +303,7 @@ class S3Store(ObjectStore):
         self.storage = S3Storage(**storage_options)
 
     @property
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> Any:  # a botocore client: its methods are made at run time from the service model
         return self.storage.connection.meta.client
 
     def _key(self, key: str) -> str:
@@ -350,7 +354,7 @@ class S3Store(ObjectStore):
     def open(self, key: str) -> BinaryIO:
         with self._errors(key):
             response = self.client.get_object(Bucket=self.bucket_name, Key=self._key(key))
-        return io.BufferedReader(_S3Body(response["Body"], self), COPY_CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(_S3Body(response["Body"], self), COPY_CHUNK)
 
     def exists(self, key: str) -> bool:
         try:
@@ -410,7 +414,7 @@ class _CountingReader:
 class _S3Body(io.RawIOBase):
     """An S3 response body read as it arrives; network failures become StorageUnavailable."""
 
-    def __init__(self, body, store: S3Store) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, body: StreamingBody, store: S3Store) -> None:
         super().__init__()
         self._body = body
         self._store = store
@@ -418,14 +422,15 @@ class _S3Body(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
         try:
-            chunk = self._body.read(len(buffer))
+            chunk = self._body.read(len(view))
         except Exception as exc:  # noqa: BLE001 - urllib3 and botocore raise many types for one failure
             raise StorageUnavailable(
                 f"The {self._store.name} store broke off a download ({type(exc).__name__})."
             ) from exc
-        buffer[: len(chunk)] = chunk
+        view[: len(chunk)] = chunk
         return len(chunk)
 
     def close(self) -> None:

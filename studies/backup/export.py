@@ -17,7 +17,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.fileset import FileSet
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from studies.archive import objects
 from studies.models import Instance, Study
@@ -74,12 +74,12 @@ def clinic_export(
             dataset = dcmread(path, force=True)
             if not getattr(dataset, "file_meta", None) or "TransferSyntaxUID" not in dataset.file_meta:
                 meta = FileMetaDataset()
-                meta.MediaStorageSOPClassUID = sop_class
-                meta.MediaStorageSOPInstanceUID = sop_instance
-                meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
+                meta.MediaStorageSOPClassUID = UID(sop_class)
+                meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+                meta.TransferSyntaxUID = UID(syntax) if syntax else ExplicitVRLittleEndian
                 dataset.file_meta = meta
             for keyword, value in _RECORD_DEFAULTS.items():
-                if keyword not in dataset or dataset.data_element(keyword).value in (None, ""):
+                if keyword not in dataset or dataset[keyword].value in (None, ""):
                     setattr(dataset, keyword, value)
             fileset.add(dataset)
             del dataset

@@ -13,12 +13,16 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from studies.archive import crypto, keys, objects, stores
 from studies.archive.objects import StoredObject
 from tenants.models import Clinic
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +101,7 @@ class _Branch(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         while not self._current:
             if self._done:
                 return 0
@@ -106,13 +110,14 @@ class _Branch(io.RawIOBase):
                 self._done = True
                 return 0
             self._current = memoryview(chunk)
-        count = min(len(buffer), len(self._current))
-        buffer[:count] = self._current[:count]
+        view = memoryview(buffer).cast("B")
+        count = min(len(view), len(self._current))
+        view[:count] = self._current[:count]
         self._current = self._current[count:]
         return count
 
 
-def object_put_mirrored(*, clinic: Clinic, source: BinaryIO, object_uuid) -> tuple[StoredObject, Exception | None]:  # type: ignore[no-untyped-def]
+def object_put_mirrored(*, clinic: Clinic, source: BinaryIO, object_uuid: uuid.UUID) -> tuple[StoredObject, Exception | None]:
     """Encrypt ``source`` once into both stores in parallel; durable in both when it returns cleanly.
 
     Returns the stored object and the replica's error (None when the replica holds the same bytes).
@@ -146,4 +151,4 @@ def object_put_mirrored(*, clinic: Clinic, source: BinaryIO, object_uuid) -> tup
     stored = StoredObject(key=key, key_id=key_id, size_bytes=encrypting.plaintext_size, sha256=encrypting.sha256)
     if replica_error is not None and not isinstance(replica_error, Exception):
         raise replica_error  # KeyboardInterrupt and the like
-    return stored, replica_error  # type: ignore[return-value]
+    return stored, replica_error

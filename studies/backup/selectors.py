@@ -90,7 +90,7 @@ class RestoreTestStatus:
 def restore_test_status(*, clinic: Clinic) -> RestoreTestStatus:
     """The clinic's latest restore test, as the backup page words it."""
     drill = RestoreDrill.objects.for_clinic(clinic).filter(finished_at__isnull=False).order_by("-started_at").first()
-    if drill is None:
+    if drill is None or drill.finished_at is None:
         return RestoreTestStatus(None, None, "none yet")
     # timesince joins number and unit with a no-break space; the page and the API text use a plain one.
     ago = timesince(drill.finished_at, timezone.now(), depth=1).replace("\xa0", " ")

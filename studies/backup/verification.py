@@ -13,7 +13,8 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from types import ModuleType
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -149,7 +150,7 @@ def verification_run(
     return run
 
 
-def _replica_heal(*, instance: Instance, replication) -> None:  # type: ignore[no-untyped-def]
+def _replica_heal(*, instance: Instance, replication: ModuleType) -> None:
     try:
         primary = object_check(
             clinic=instance.clinic, key=instance.object_key, sha256=instance.sha256,
@@ -162,7 +163,7 @@ def _replica_heal(*, instance: Instance, replication) -> None:  # type: ignore[n
         logger.warning("Could not heal replica copy of %s: %s", instance.object_key, exc)
 
 
-def last_full_verification(*, clinic: Clinic) -> object:
+def last_full_verification(*, clinic: Clinic) -> datetime | None:
     """The time since which every replicated instance of the clinic has been verified; None if never."""
     from django.db.models import Min
 

@@ -37,6 +37,9 @@ class _StreamBuffer:
     def flush(self) -> None:
         return None
 
+    def close(self) -> None:
+        return None  # nothing is held: the response generator has taken every chunk
+
     def drain(self) -> Iterator[bytes]:
         chunks, self._chunks = self._chunks, []
         yield from chunks

@@ -47,8 +47,10 @@ def study_delete(*, clinic: Clinic, study: Study, actor: User | None = None,
     if not updated:
         raise PortalError("This study is already in the trash.")
     study.refresh_from_db(fields=["deleted_at", "deleted_by"])
+    purge_at = study_purge_at(study)
+    assert purge_at is not None, "the update above set deleted_at"
     audit_record(clinic=clinic, action="study.deleted", by=by, actor=actor, object_type="study",
-                 object_id=str(study.uuid), details={"purge_at": study_purge_at(study).isoformat()})
+                 object_id=str(study.uuid), details={"purge_at": purge_at.isoformat()})
     _state_publish_soon(clinic=clinic, study=study)
     return study
 

@@ -12,7 +12,7 @@ import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from django.http import HttpRequest
 from django.utils.http import parse_header_parameters
@@ -20,6 +20,9 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
 from portal.exceptions import PortalError
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 CHUNK = 256 * 1024
 MAX_HEADER_BYTES = 16 * 1024
@@ -44,13 +47,19 @@ class Part:
         return self.headers.get("content-type", "")
 
 
+class Readable(Protocol):
+    """What the reader needs of a body: the request itself, or the WSGI input stream of a chunked one."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 def media_type_params(value: str) -> tuple[str, dict[str, str]]:
     """Split 'type/sub; a=1; b="2"' into the media type and its parameters (names lower-cased)."""
     main, params = parse_header_parameters(value or "")
     return main.strip().lower(), {name.lower(): raw.strip() for name, raw in params.items()}
 
 
-def request_body(request: HttpRequest) -> BinaryIO:
+def request_body(request: HttpRequest) -> Readable:
     """The request's body as a stream, read to its end whatever the framing.
 
     Django reads ``Content-Length`` bytes and nothing when there is none; a chunked body (Orthanc's
@@ -59,15 +68,16 @@ def request_body(request: HttpRequest) -> BinaryIO:
     """
     chunked = "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
     if chunked and not request.META.get("CONTENT_LENGTH"):
-        return request.META["wsgi.input"]  # type: ignore[no-any-return]
-    return request  # type: ignore[return-value]
+        wsgi_input: Readable = request.META["wsgi.input"]
+        return wsgi_input
+    return request
 
 
-def _read(stream: BinaryIO, size: int) -> bytes:
+def _read(stream: Readable, size: int) -> bytes:
     return stream.read(size) or b""
 
 
-def _skip_preamble(stream: BinaryIO, opening: bytes) -> bytes:
+def _skip_preamble(stream: Readable, opening: bytes) -> bytes:
     """Read past any preamble and the first boundary line's padding; return the bytes after that line.
 
     python-multipart expects the body to open with the boundary; RFC 2046 allows text before it and
@@ -110,7 +120,7 @@ class _Collector:
         self._value: list[bytes] = []
         self._headers: dict[str, str] = {}
 
-    def callbacks(self) -> dict[str, object]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self.part_begin,
             "on_header_field": lambda data, start, end: self._field.append(data[start:end]),
@@ -166,7 +176,7 @@ class _Collector:
         self.current, self.out = None, None
 
 
-def parts_read(stream: BinaryIO, *, boundary: str, directory: str | None = None) -> Iterator[Part]:
+def parts_read(stream: Readable, *, boundary: str, directory: str | None = None) -> Iterator[Part]:
     """Yield each part of a multipart body read from ``stream``, its body saved in a temporary file.
 
     Parts are yielded as soon as they are complete, while the rest of the body is still being read. The

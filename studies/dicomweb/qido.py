@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import F, Q, QuerySet
+from django.db.models.expressions import OrderBy
 
 from studies import matching
 from studies.dicomweb import rendering
@@ -201,6 +202,7 @@ def search(
     """
     parents: list[str] = []
     queryset: QuerySet
+    order: tuple[OrderBy | str, ...]
     if query.level == STUDY:
         queryset = Study.objects.for_clinic(clinic).filter(deleted_at=None)
         # Newest first, spelled as the live-study date indexes are (so a page stops after its rows).

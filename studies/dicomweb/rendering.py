@@ -13,12 +13,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import BinaryIO
 
 import numpy as np
 import pydicom
 from django.conf import settings
-from PIL import Image
+from PIL import Image, Jpeg2KImagePlugin
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
@@ -58,7 +59,7 @@ class RenderError(PortalError):
 
 
 class FrameMissing(PortalError):
-    status = 404
+    status = HTTPStatus.NOT_FOUND
     code = "not_found"
 
 
@@ -74,12 +75,15 @@ def identity(path: str) -> tuple[str, str, str]:
         ds = pydicom.dcmread(
             path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"]
         )
-        return tuple(str(ds.get(k, "") or "") for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"))
+        sop_class, sop_instance, study = (
+            str(ds.get(k, "") or "") for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
+        )
+        return sop_class, sop_instance, study
     except Exception:  # noqa: BLE001 - an unreadable file simply has no UIDs to report
         return "", "", ""
 
 
-def spool(source: BinaryIO) -> tempfile.SpooledTemporaryFile:
+def spool(source: BinaryIO) -> tempfile.SpooledTemporaryFile[bytes]:
     """Copy a (decrypting, forward-only) stream into a seekable spool and close the source."""
     target = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
     with closing(source):
@@ -177,7 +181,7 @@ class RenderOptions:
 
 
 class RenderTooLarge(PortalError):
-    status = 413
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     code = "too_large"
 
 
@@ -338,8 +342,9 @@ def _decode_reduced(ds: Dataset, frame: int, fit: tuple[int, int] | None) -> np.
         with Image.open(io.BytesIO(codestream)) as image:
             if syntax == JPEG_BASELINE:
                 image.draft(image.mode, (max(1, fit[0]), max(1, fit[1])))
-            else:
-                image.reduce = min(int(math.log2(factor)), JPEG_2000_MAX_REDUCE)  # type: ignore[attr-defined]
+            elif isinstance(image, Jpeg2KImagePlugin.Jpeg2KImageFile):
+                # The JPEG 2000 plugin's reduce is a settable property: decode at 1/2**n of the size.
+                image.reduce = min(int(math.log2(factor)), JPEG_2000_MAX_REDUCE)
             image.load()
             return np.asarray(image)
     except Exception:  # noqa: BLE001 - any decoder trouble: fall back to the full decode

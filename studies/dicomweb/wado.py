@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, BinaryIO
 
 from django.db.models import Q, TextField
@@ -29,7 +30,7 @@ OCTET = "application/octet-stream"
 
 
 class NotAcceptable(PortalError):
-    status = 406
+    status = HTTPStatus.NOT_ACCEPTABLE
     code = "not_acceptable"
 
 
@@ -195,7 +196,7 @@ def instance_parts(
     from studies.archive import objects
 
     first = objects.object_open(clinic=clinic, key=instances[0].object_key)
-    if _converts(instances[0], target):
+    if target is not None and _converts(instances[0], target):
         with first:
             first_part = _transcoded_part(first, target)
         return _parts(clinic, instances, None, objects, target, first_part)
@@ -231,7 +232,7 @@ def _parts(
         if index == 0 and first_part is not None:
             yield first_part
             continue
-        if _converts(instance, target):
+        if target is not None and _converts(instance, target):
             yield _transcoded_part(objects.object_open(clinic=clinic, key=instance.object_key), target)
             continue
         headers = {

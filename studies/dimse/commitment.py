@@ -21,7 +21,8 @@ from django.db import close_old_connections, connection
 from pydicom import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.events import Event
+from pynetdicom.dimse_primitives import N_ACTION
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from studies.archive import stores
@@ -146,6 +147,8 @@ def handle_action(event: Event) -> tuple[int, Dataset | None]:
     if info is None:
         return NOT_AUTHORIZED, None
     request = event.request
+    if not isinstance(request, N_ACTION):
+        return NO_SUCH_ACTION, None
     if str(request.RequestedSOPInstanceUID) != COMMITMENT_INSTANCE:
         return NO_SUCH_SOP_INSTANCE, None
     if request.ActionTypeID != REQUEST_COMMITMENT:
@@ -221,4 +224,4 @@ def _send(assoc: Association, info: AssociationInfo, event_type: int, event_info
     return "new association" if "Status" in status else "no answer"
 
 
-COMMITMENT_HANDLERS: list[tuple[object, object]] = [(evt.EVT_N_ACTION, handle_action)]
+COMMITMENT_HANDLERS: list[EventHandlerType] = [(evt.EVT_N_ACTION, handle_action)]

@@ -121,7 +121,7 @@ def element_values(identifier: Dataset, keyword: str) -> list[str]:
 
 def key_q(keyword: str, values: list[str], path: str) -> Q:
     """Return the filter matching one key (its DICOM VR picks the matching rule) on a model path."""
-    vr = dictionary_VR(tag_for_keyword(keyword))
+    vr = dictionary_VR(keyword)
     try:
         return matching.attribute_q(path, vr, values, name=keyword, multi_valued=keyword in MULTI_VALUED)
     except matching.MatchInvalid as exc:
@@ -184,7 +184,7 @@ def _metadata_values(instance: Instance, keyword: str) -> list[str]:
 def _python_match(keyword: str, query_values: list[str], stored: list[str]) -> bool:
     """Match a non-indexed IMAGE-level key against the stored header values."""
     try:
-        return matching.header_match(dictionary_VR(tag_for_keyword(keyword)), query_values, stored)
+        return matching.header_match(dictionary_VR(keyword), query_values, stored)
     except matching.MatchInvalid as exc:
         raise QueryError(exc.message) from exc
 

@@ -29,9 +29,10 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections, connection
 from pydicom import Dataset
+from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 
 from studies import ingest
 from studies.archive.errors import ArchiveError, StorageUnavailable
@@ -184,15 +185,22 @@ def _prefer_requested_syntaxes(assoc: Association) -> None:
     """
     supported = {cx.abstract_syntax: cx for cx in assoc.acceptor.supported_contexts}
     done: set[str] = set()
-    for requested in assoc.requestor.primitive.presentation_context_definition_list:
-        ours = supported.get(requested.abstract_syntax)
-        if ours is None or requested.abstract_syntax in done:
+    primitive = assoc.requestor.primitive
+    if primitive is None:
+        return
+    for requested in primitive.presentation_context_definition_list:
+        syntax = requested.abstract_syntax
+        if syntax is None or syntax in done:
             continue
-        done.add(requested.abstract_syntax)
+        ours = supported.get(syntax)
+        if ours is None:
+            continue
+        done.add(syntax)
         offered = list(ours.transfer_syntax)
         preferred = [ts for ts in requested.transfer_syntax if ts in offered]
         # The association's own deep copy of the AE's contexts: this changes nothing for others.
-        ours.transfer_syntax = preferred + [ts for ts in offered if ts not in preferred]
+        reordered: list[str | bytes | UID] = [*preferred, *(ts for ts in offered if ts not in preferred)]
+        ours.transfer_syntax = reordered
 
 
 def _accept_or_reject(assoc: Association, *, called_ae: str, calling_ae: str, address: str) -> tuple[int, int, int] | None:
@@ -217,6 +225,8 @@ def handle_requested(event: Event) -> None:
     """Accept or reject an A-ASSOCIATE-RQ: the called AE picks the clinic, the calling AE must be registered."""
     assoc = event.assoc
     primitive = assoc.requestor.primitive
+    if primitive is None:
+        return  # no A-ASSOCIATE-RQ to decide on: nothing is recorded, so every request is refused
     called_ae = str(primitive.called_ae_title or "").strip()
     calling_ae = str(primitive.calling_ae_title or "").strip()
     address = str(assoc.requestor.address or "")
@@ -454,7 +464,7 @@ def handle_get(event: Event) -> Iterator[Any]:
     close_old_connections()
 
 
-HANDLERS: list[tuple[Any, Any]] = [
+HANDLERS: list[EventHandlerType] = [
     (evt.EVT_REQUESTED, handle_requested),
     (evt.EVT_ACCEPTED, handle_accepted),
     (evt.EVT_REJECTED, handle_rejected),

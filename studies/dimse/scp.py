@@ -8,6 +8,7 @@ and Query/Retrieve (Patient Root and Study Root: FIND, MOVE, GET), and Storage C
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 from pydicom.uid import (
@@ -92,6 +93,8 @@ def ae_build(*, ae_title: str, max_associations: int = 32) -> AE:
     ae.network_timeout = NETWORK_TIMEOUT
     ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
     for context in AllStoragePresentationContexts:
+        if context.abstract_syntax is None:
+            continue  # pynetdicom's list names a SOP class in each; the type allows none
         # scp_role=True accepts a C-GET requester acting as Storage SCP on this context.
         ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     ae.add_supported_context(Verification, QUERY_TRANSFER_SYNTAXES)
@@ -109,9 +112,19 @@ class _DeferredHandshakeContext(ssl.SSLContext):
     that connects and stays silent hold up every other TLS connection.
     """
 
-    def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[no-untyped-def, override]
-        kwargs["do_handshake_on_connect"] = False
-        return super().wrap_socket(sock, *args, **kwargs)
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock, server_side=server_side, do_handshake_on_connect=False, suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=server_hostname, session=session,
+        )
 
 
 def tls_context(*, certificate: str, private_key: str, ca_file: str) -> ssl.SSLContext:

@@ -16,6 +16,7 @@ import zipfile
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+from typing import TypedDict
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -64,6 +65,17 @@ def clinic_export_request(
     return job
 
 
+
+class ExportPart(TypedDict):
+    """One ZIP of a clinic export, as ClinicExport.parts keeps it."""
+
+    key: str
+    size_bytes: int
+    studies: int
+    instances: int
+    name: str
+
+
 def export_parts_plan(*, clinic: Clinic, part_bytes: int) -> list[list[int]]:
     """Study ids grouped into parts of at most ``part_bytes`` each (a larger study is a part of its own)."""
     parts: list[list[int]] = []
@@ -94,7 +106,7 @@ def clinic_export_build(*, job: ClinicExport) -> ClinicExport:
     clinic = job.clinic
     plan = export_parts_plan(clinic=clinic, part_bytes=settings.CLINIC_EXPORT_PART_BYTES)
     ClinicExport.objects.filter(pk=job.pk).update(studies_total=sum(len(p) for p in plan))
-    parts: list[dict[str, object]] = []
+    parts: list[ExportPart] = []
     workdir = Path(tempfile.mkdtemp(prefix="clinic-export-"))
     try:
         for number, study_ids in enumerate(plan, start=1):
@@ -116,7 +128,7 @@ def clinic_export_build(*, job: ClinicExport) -> ClinicExport:
                 }
             )
             ClinicExport.objects.filter(pk=job.pk).update(
-                studies_done=sum(int(p["studies"]) for p in parts), parts=parts
+                studies_done=sum(p["studies"] for p in parts), parts=parts
             )
     except Exception:
         for part in parts:

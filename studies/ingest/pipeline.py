@@ -57,7 +57,7 @@ from studies.ingest.index import (
     series_conflicts,
 )
 from studies.ingest.origin import Origin, OriginKind
-from studies.models import Instance
+from studies.models import Instance, QuarantinedInstance
 from tenants.audit import audit_record
 from tenants.models import Clinic, User
 
@@ -99,6 +99,12 @@ class _Pending:
     size: int
     written: hooks.WrittenObject | None = None
     object_uuid: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    @property
+    def stored(self) -> objects.StoredObject:
+        """The object this file was written as (only asked for once the write stage has run)."""
+        assert self.written is not None, "the file has not been written yet"
+        return self.written.stored
 
 
 def instance_ingest(
@@ -307,7 +313,7 @@ def _store(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> None:
         for hook in hooks.after_commit_hooks():
             # Registered after our transaction closed: a failing enqueue must never undo a committed ingest
             # (robust callbacks only log), and the replication sweep catches anything lost here.
-            transaction.on_commit(lambda hook=hook: hook(clinic, instances), robust=True)
+            transaction.on_commit(functools.partial(hook, clinic, instances), robust=True)
         _usage_check_soon(clinic=clinic)
         logger.info("Stored %d instances of clinic %s (%s)", len(instances), clinic.pk, origin.source)
 
@@ -372,7 +378,7 @@ def _write_in_thread(clinic: Clinic, entry: _Pending) -> None:
 
 
 def _index(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> list[_Pending]:
-    held: list[tuple[_Pending, Any]] = []
+    held: list[tuple[_Pending, QuarantinedInstance]] = []
     refused: list[_Pending] = []
     with transaction.atomic():
         # The reservation commits with the rows or not at all; it also locks the clinic's row, so the
@@ -384,7 +390,7 @@ def _index(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> list[_
             # object, in quarantine and in the quota, but gets no index row.
             try:
                 quarantined = admission.instance_admit_or_hold(
-                    clinic=clinic, parsed=entry.parsed, stored=entry.written.stored, source=origin.source,
+                    clinic=clinic, parsed=entry.parsed, stored=entry.stored, source=origin.source,
                     actor=origin.user, upload_link=origin.upload_link,
                 )
             except StudyBeingPurged as exc:
@@ -397,7 +403,7 @@ def _index(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> list[_
                 held.append((entry, quarantined))
         # Refused here, or held again with the copy of an earlier send: their room goes back.
         released = sum(e.size for e in refused) + sum(
-            e.size for e, q in held if q.object_key != e.written.stored.key
+            e.size for e, q in held if q.object_key != e.stored.key
         )
         quota_release(clinic=clinic, size_bytes=released)
         pending = admitted
@@ -420,7 +426,7 @@ def _index(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> list[_
     for entry in refused:
         _undo(clinic=clinic, entry=entry)
     for entry, quarantined in held:
-        if quarantined.object_key != entry.written.stored.key:
+        if quarantined.object_key != entry.stored.key:
             _undo(clinic=clinic, entry=entry)  # the same file was already held
         entry.item.error = admission.held_error(held=quarantined)
     return pending
@@ -455,7 +461,7 @@ def _index_item(entry: _Pending) -> IndexItem:
     assert entry.written is not None
     return IndexItem(
         parsed=entry.parsed,
-        stored=entry.written.stored,
+        stored=entry.stored,
         instance_uuid=entry.object_uuid,
         replicated_at=entry.written.replicated_at,
     )

@@ -8,9 +8,11 @@ the URL or the credentials are wrong: retrying changes nothing, so the job stops
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -33,6 +35,8 @@ SERIES_INSTANCE_UID = "0020000E"
 SOP_INSTANCE_UID = "00080018"
 SOP_CLASS_UID = "00080016"
 NUMBER_OF_STUDY_INSTANCES = "00201208"
+
+T = TypeVar("T")
 
 
 class SourceUnreachable(NodeUnreachable):
@@ -96,7 +100,7 @@ class DicomwebSource:
             url, session=_session(clinic=clinic, url=url, auth=auth, sealed=sealed), timeout=REQUEST_TIMEOUT
         )
 
-    def _call(self, what: str, call: Callable[[], object]) -> object:
+    def _call(self, what: str, call: Callable[[], T]) -> T:
         try:
             return call()
         except requests.HTTPError as exc:
@@ -196,8 +200,9 @@ class DicomwebSource:
             try:
                 yield self._call(
                     "an instance retrieve (WADO-RS)",
-                    lambda series=series_instance_uid, sop=sop_instance_uid: self.client.retrieve_instance(
-                        study_instance_uid, series, sop, media_types=AS_STORED
+                    functools.partial(
+                        self.client.retrieve_instance, study_instance_uid, series_instance_uid, sop_instance_uid,
+                        media_types=AS_STORED,
                     ),
                 )
             except InvalidDicomError as exc:

@@ -36,7 +36,7 @@ def instances_route(*, clinic: Clinic, instances: list[Instance], source: str, c
     rules = list(RoutingRule.objects.for_clinic(clinic).filter(is_active=True).prefetch_related("destinations"))
     if not rules or not instances:
         return 0
-    deliveries = []
+    deliveries: list[RouteDelivery] = []
     for instance in instances:
         modality = instance.series.modality if instance.series_id else ""
         for rule in rules:
@@ -46,12 +46,8 @@ def instances_route(*, clinic: Clinic, instances: list[Instance], source: str, c
     RouteDelivery.objects.bulk_create(deliveries, ignore_conflicts=True)
     nodes = {d.node_id for d in deliveries}
     for node_id in nodes:
-        transaction.on_commit(
-            lambda node_id=node_id: app.signature(
-                "outbound.route_deliveries_send", kwargs={"clinic_id": clinic.pk, "node_id": node_id}
-            ).apply_async(),
-            robust=True,
-        )
+        send = app.signature("outbound.route_deliveries_send", kwargs={"clinic_id": clinic.pk, "node_id": node_id})
+        transaction.on_commit(send.apply_async, robust=True)
     return len(deliveries)
 
 

@@ -22,7 +22,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -89,8 +90,12 @@ def _ae(*, clinic: Clinic, node: DicomNode) -> AE:
     return ae
 
 
-def _associate(ae: AE, node: DicomNode, **kwargs: object) -> Association:
-    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, **kwargs)
+def _associate(
+    ae: AE, node: DicomNode, *, roles: Iterable[SCP_SCU_RoleSelectionNegotiation] = (),
+    evt_handlers: list[EventHandlerType] | None = None,
+) -> Association:
+    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, ext_neg=list(roles) or None,
+                         evt_handlers=evt_handlers)
     if not assoc.is_established:
         reason = "rejected the association" if assoc.is_rejected else "did not answer"
         raise NodeUnreachable(f"{node.ae_title} at {node.host}:{node.port} {reason}.")
@@ -287,7 +292,7 @@ def study_get(
         finally:
             os.unlink(path)
 
-    assoc = _associate(ae, node, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+    assoc = _associate(ae, node, roles=roles, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
     try:
         query = _retrieve_query(study_instance_uid, sop_instance_uids)
         _retrieve_outcome(node, assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))

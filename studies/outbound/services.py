@@ -213,7 +213,7 @@ def _date_clean(value: str, label: str) -> str:
     return value
 
 
-def _dicomweb_credentials(*, token: str, username: str, password: str) -> tuple[str, dict[str, str]]:
+def _dicomweb_credentials(*, token: str, username: str, password: str) -> tuple[MigrationJob.Auth, dict[str, str]]:
     if token and (username or password):
         raise OutboundError("Give either a bearer token or a user name and password, not both.")
     if token:
@@ -242,7 +242,8 @@ def migration_create(
         raise OutboundError("Choose the source: a registered DICOM node or a DICOMweb URL (one of them).")
     if node is not None and node.clinic_id != clinic.pk:
         raise OutboundError("No such DICOM node.")
-    auth, credentials, url = MigrationJob.Auth.NONE, {}, ""
+    auth, url = MigrationJob.Auth.NONE, ""
+    credentials: dict[str, str] = {}
     if node is None:
         try:
             url = dicomweb_source.url_clean(dicomweb_url)
@@ -300,6 +301,13 @@ def migration_in_window(*, job: MigrationJob, now: datetime | None = None) -> bo
     return hour >= job.window_start_hour or hour < job.window_end_hour
 
 
+def _source_node(job: MigrationJob) -> DicomNode:
+    """The DICOM node a DIMSE migration reads from (a job has either a node or a DICOMweb URL)."""
+    if job.node is None:
+        raise OutboundError("This migration has no DICOM node to read from.")
+    return job.node
+
+
 def _dicomweb(job: MigrationJob) -> dicomweb_source.DicomwebSource:
     return dicomweb_source.DicomwebSource(clinic=job.clinic, url=job.dicomweb_url, auth=job.dicomweb_auth,
                                           sealed=bytes(job.dicomweb_credentials or b""))
@@ -307,7 +315,7 @@ def _dicomweb(job: MigrationJob) -> dicomweb_source.DicomwebSource:
 
 def _source_studies(job: MigrationJob, patient_id: str) -> list[scu.ListedStudy]:
     if not job.is_dicomweb:
-        return scu.studies_find(clinic=job.clinic, node=job.node, study_date_from=job.study_date_from,
+        return scu.studies_find(clinic=job.clinic, node=_source_node(job), study_date_from=job.study_date_from,
                                 study_date_to=job.study_date_to, modalities=job.modalities, patient_id=patient_id)
     source = _dicomweb(job)
     # One QIDO-RS query per modality, as the C-FIND side does: not every server takes a list of values.
@@ -387,7 +395,7 @@ def _chunks(missing: list[str], whole_study: bool) -> list[list[str] | None]:
 
 def _retrieve_dimse(*, job: MigrationJob, study: MigrationStudy, listed: list[scu.ListedInstance],
                     missing: list[str], quota_message: list[str]) -> None:
-    clinic, node = job.clinic, job.node
+    clinic, node = job.clinic, _source_node(job)
     sop_classes = {item.sop_class_uid for item in listed if item.sop_class_uid}
     origin = Origin.migration(node=node)
 
@@ -441,7 +449,7 @@ def migration_study_retrieve(*, job: MigrationJob, study: MigrationStudy) -> Non
     if job.is_dicomweb:
         listed = _dicomweb(job).study_instances(study_instance_uid=study.study_instance_uid)
     else:
-        listed = scu.study_instances_find(clinic=clinic, node=job.node, study_instance_uid=study.study_instance_uid)
+        listed = scu.study_instances_find(clinic=clinic, node=_source_node(job), study_instance_uid=study.study_instance_uid)
     MigrationInstance.objects.bulk_create(
         [MigrationInstance(clinic=clinic, study=study, series_instance_uid=item.series_instance_uid[:64],
                            sop_instance_uid=item.sop_instance_uid[:64]) for item in listed],

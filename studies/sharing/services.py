@@ -9,6 +9,8 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
@@ -26,6 +28,9 @@ from tenants.models import Clinic, Membership, User
 from tenants.roles import Role
 from tenants.secrets import new_secret, secret_hash
 
+if TYPE_CHECKING:
+    from studies.anonymize.models import AnonymizationProject
+
 logger = logging.getLogger(__name__)
 
 MAX_EXPIRY_DAYS = 90
@@ -40,7 +45,7 @@ ACCESS_CODE_LENGTH = 12
 
 
 class ShareLocked(PortalError):
-    status = 429
+    status = HTTPStatus.TOO_MANY_REQUESTS
     code = "locked"
 
 
@@ -275,7 +280,7 @@ class NewUploadLink:
 
 def upload_link_create(
     *, clinic: Clinic, created_by: User | None, expires_in_days: int = DEFAULT_EXPIRY_DAYS, pin: str = "",
-    note: str = "", anonymize_project: object = None, by: Actor | None = None,
+    note: str = "", anonymize_project: AnonymizationProject | None = None, by: Actor | None = None,
 ) -> NewUploadLink:
     _check_expiry(expires_in_days)
     pin = _check_pin(pin)

@@ -10,7 +10,8 @@ from django.utils import timezone
 from billing import services
 from studies.ingest import quota_reserve
 from tenants.models import AuditEvent, Clinic
-from tests.studies.browse_support import ingest_files, write_series
+from tests.dicom_files import write_series
+from tests.factories import ingest_files
 
 
 @pytest.fixture

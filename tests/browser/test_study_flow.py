@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from tests.studies.browse_support import write_series
+from tests.dicom_files import write_series
 
 pytestmark = pytest.mark.browser
 

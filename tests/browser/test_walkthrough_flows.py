@@ -11,7 +11,7 @@ from studies.sharing import services as sharing
 from studies.sharing.models import Share
 from tenants.models import AuditEvent
 from tests.dicom_files import write_ct
-from tests.studies.browse_support import make_study
+from tests.factories import make_study
 
 pytestmark = pytest.mark.browser
 
@@ -206,7 +206,7 @@ def test_owner_exports_the_whole_clinic_and_downloads_it(page, sign_in, owner, c
 
     from studies.exports import tasks as export_tasks
     from studies.exports.models import ClinicExport
-    from tests.studies.browse_support import ingest_files
+    from tests.factories import ingest_files
 
     ingest_files(clinic=clinic, paths=[write_ct(tmp_path / f"e{i}.dcm", instance_number=i) for i in range(2)])
     sign_in(owner)

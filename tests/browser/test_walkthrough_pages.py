@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.studies.browse_support import make_study
+from tests.factories import make_study
 
 pytestmark = pytest.mark.browser
 

@@ -8,41 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 
 from portal.celery import app
 from studies.archive import stores
-from studies.ingest import instance_ingest
-from studies.models import Instance
-from tenants.models import Clinic
-
-
-def write_dicom_files(folder: Path, *, count: int = 3, source: str = "CT_small.dcm", studies: int = 1,
-                      patient_id: str = "BK-1") -> list[Path]:
-    """Write ``count`` real DICOM files (pydicom sample copies with fresh UIDs) spread over ``studies`` studies."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study_uids = [generate_uid() for _ in range(studies)]
-    series_uids = [generate_uid() for _ in range(studies)]
-    paths = []
-    for number in range(count):
-        ds = dcmread(get_testdata_file(source))
-        which = number % studies
-        ds.StudyInstanceUID = study_uids[which]
-        ds.SeriesInstanceUID = series_uids[which]
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = number + 1
-        ds.PatientID = f"{patient_id}-{which}"
-        path = folder / f"{number:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def ingest(*, clinic: Clinic, paths: list[Path]) -> list[Instance]:
-    return [instance_ingest(clinic=clinic, source_path=str(path)).instance for path in paths]
 
 
 def stored_bytes(store: str, key: str) -> bytes:

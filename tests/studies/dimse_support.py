@@ -11,13 +11,9 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
@@ -119,57 +115,6 @@ SAMPLES = {
 
 # Deflated data is re-compressed on the way out, so its bytes may differ; every other syntax is sent as stored.
 BYTE_EXACT_SAMPLES = [name for name, syntax in SAMPLES.items() if syntax != "1.2.840.10008.1.2.1.99"]
-
-
-@dataclass
-class StudyFiles:
-    study_uid: str
-    patient_id: str
-    files: list[Path] = field(default_factory=list)
-    sop_uids: list[str] = field(default_factory=list)
-    series_uids: list[str] = field(default_factory=list)
-
-
-def write_study(
-    folder: Path,
-    *,
-    samples: list[str] | None = None,
-    patient_id: str = "PID-1",
-    patient_name: str = "DOE^JANE",
-    accession: str = "ACC-1",
-    study_date: date = date(2024, 1, 15),
-    copies: int = 1,
-) -> StudyFiles:
-    """Write one study made of real sample files, one series per sample, ``copies`` instances each."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study = StudyFiles(study_uid=generate_uid(), patient_id=patient_id)
-    for series_number, sample in enumerate(samples or ["CT_small.dcm"], start=1):
-        series_uid = generate_uid()
-        study.series_uids.append(series_uid)
-        for number in range(1, copies + 1):
-            ds = dcmread(get_testdata_file(sample))
-            # DCMTK's senders drop trailing padding (PS3.10 allows it), so byte comparisons would differ.
-            if "DataSetTrailingPadding" in ds:
-                del ds.DataSetTrailingPadding
-            ds.PatientID = patient_id
-            ds.PatientName = patient_name
-            ds.PatientBirthDate = "19700101"
-            ds.AccessionNumber = accession
-            ds.StudyDate = study_date.strftime("%Y%m%d")
-            ds.StudyTime = "101500"
-            ds.StudyDescription = "DIMSE TEST"
-            ds.StudyInstanceUID = study.study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.SeriesNumber = series_number
-            ds.InstanceNumber = number
-            ds.SOPInstanceUID = generate_uid()
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-            path = folder / f"{len(study.files) + 1:04d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            study.files.append(path)
-            study.sop_uids.append(str(ds.SOPInstanceUID))
-    return study
 
 
 class Receiver:

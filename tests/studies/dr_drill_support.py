@@ -24,23 +24,9 @@ def _setup() -> None:
 
 
 def _dicom_files(folder: Path, *, count: int, study_uid: str | None = None) -> list[Path]:
-    from pydicom import dcmread
-    from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
+    from tests.dicom_files import write_series
 
-    folder.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
-    paths = []
-    for number in range(count):
-        ds = dcmread(get_testdata_file("CT_small.dcm"))
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, series_uid, generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.PatientID = "DR-1"
-        path = folder / f"{study_uid[-12:]}-{number}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    return write_series(folder, count=count, study_uid=study_uid, patient_id="DR-1")
 
 
 def prepare(state_path: Path) -> None:

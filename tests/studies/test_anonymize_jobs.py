@@ -150,7 +150,10 @@ def test_study_page_form_starts_a_job(client, clinic, clinician, ct_study, djang
     job = AnonymizationJob.objects.get()
     assert response.status_code == HTTPStatus.FOUND
     assert response["Location"].endswith(f"/anonymize/jobs/{job.uuid}/")
-    assert job.options == ["clean_descriptors"] and len(callbacks) >= 1
+    assert job.options == ["clean_descriptors"]
+    # The job's own task is queued once the request's transaction commits (not merely "a callback").
+    queued = [c.keywords for c in callbacks if getattr(c, "func", None) == tasks.anonymization_job_start.delay]
+    assert queued == [{"clinic_id": clinic.pk, "job_id": job.pk}]
 
 
 def test_unknown_option_is_refused_and_nothing_is_queued(client, clinic, clinician, ct_study):

@@ -188,6 +188,13 @@ def test_clinic_key_import_refuses_another_clinics_document(clinic, other_clinic
         keys.clinic_key_import(clinic=clinic, document=document)
 
 
+@pytest.mark.parametrize("document", [b"[]", b'"a string"', b"42", "null"])
+def test_a_key_document_that_is_json_but_not_an_object_is_refused_as_unavailable(document):
+    # Before: AttributeError from document.get, which a restore does not catch as a missing key.
+    with pytest.raises(KeyUnavailable, match="not a JSON object"):
+        keys.key_document_unwrap(document)
+
+
 @pytest.mark.parametrize(
     "value",
     ["", "nokey", "id:not-base64!", f"id:{base64.b64encode(b'short').decode()}", "a b:" + "A" * 44],

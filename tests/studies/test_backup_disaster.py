@@ -19,11 +19,11 @@ from django.db import connection
 
 from studies.backup import replication
 from studies.models import Instance, Study
+from tests.dicom_files import write_dicom_files
+from tests.factories import ingest_files
 from tests.studies.backup_support import (
     backup_cache_clear,  # noqa: F401 - autouse
-    ingest,
     local_path,
-    write_dicom_files,
 )
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def _manage(env: dict[str, str], *args: str) -> str:
 def test_database_and_primary_lost_rebuilt_from_replica_alone(clinic, other_clinic, tmp_path, settings,
                                                               empty_database):
     paths = write_dicom_files(tmp_path / "a", count=4, studies=2) + write_dicom_files(tmp_path / "b", count=2)
-    instances = ingest(clinic=clinic, paths=paths[:4]) + ingest(clinic=other_clinic, paths=paths[4:])
+    instances = ingest_files(clinic=clinic, paths=paths[:4]) + ingest_files(clinic=other_clinic, paths=paths[4:])
     for instance in instances:
         replication.instance_replicate(instance=instance)
     expected = {

@@ -11,17 +11,17 @@ from django.utils import timezone
 
 from studies.backup import database, drill, replication
 from studies.models import RestoreDrill
+from tests.dicom_files import write_dicom_files
+from tests.factories import ingest_files
 from tests.studies.backup_support import (
     backup_cache_clear,  # noqa: F401 - autouse
-    ingest,
     local_path,
-    write_dicom_files,
 )
 
 
 @pytest.fixture
 def replicated(clinic, tmp_path):
-    instances = ingest(clinic=clinic, paths=write_dicom_files(tmp_path / "in", count=4, studies=2))
+    instances = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path / "in", count=4, studies=2))
     for instance in instances:
         replication.instance_replicate(instance=instance)
     return instances

@@ -26,12 +26,12 @@ from django.db import connection
 from studies.archive import stores
 from studies.backup import replication
 from studies.models import Instance
+from tests.dicom_files import write_dicom_files
+from tests.factories import ingest_files
 from tests.studies.backup_support import (
     backup_cache_clear,  # noqa: F401 - autouse
-    ingest,
     stored_bytes,
     use_redis_broker,
-    write_dicom_files,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -175,11 +175,11 @@ def test_replica_endpoint_down_during_uploads(clinic, tmp_path, settings, worker
         worker = worker_factory()
         worker.start()
 
-        before = ingest(clinic=clinic, paths=write_dicom_files(tmp_path / "a", count=3))
+        before = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path / "a", count=3))
         _wait_for(lambda: _replicated(clinic) == 3, 30, "the first uploads to replicate")
 
         moto.stop()
-        during = ingest(clinic=clinic, paths=write_dicom_files(tmp_path / "b", count=3))
+        during = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path / "b", count=3))
         # The uploads succeeded (they are indexed and on primary) but cannot be replicated yet.
         assert all(stores.get_store("primary").exists(i.object_key) for i in during)
         time.sleep(2)
@@ -205,7 +205,7 @@ def test_replica_endpoint_down_during_uploads(clinic, tmp_path, settings, worker
 def test_worker_killed_mid_replication_loses_nothing(clinic, tmp_path, worker_factory):
     count = 120
     # The worker is down while the uploads commit: their replication messages wait in Redis.
-    instances = ingest(clinic=clinic, paths=write_dicom_files(tmp_path / "in", count=count))
+    instances = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path / "in", count=count))
     assert _replicated(clinic) == 0
 
     worker = worker_factory()

@@ -12,19 +12,19 @@ from pydicom.fileset import FileSet
 from studies.archive import objects, stores
 from studies.backup import recovery, replication
 from studies.models import ClinicKey, Instance, Patient, Series, Study
+from tests.dicom_files import write_dicom_files
+from tests.factories import ingest_files
 from tests.studies.backup_support import (
     backup_cache_clear,  # noqa: F401 - autouse
     celery_eager,
-    ingest,
     local_path,
     stored_bytes,
-    write_dicom_files,
 )
 
 
 def _replicated(clinic, folder, count=3, studies=1):
     paths = write_dicom_files(folder, count=count, studies=studies)
-    instances = ingest(clinic=clinic, paths=paths)
+    instances = ingest_files(clinic=clinic, paths=paths)
     for instance in instances:
         replication.instance_replicate(instance=instance)
     return paths, instances

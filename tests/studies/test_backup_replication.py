@@ -16,17 +16,17 @@ from studies.archive import objects, stores
 from studies.backup import replication
 from studies.models import ClinicKey, Instance, Series
 from studies.tasks import replica_purge, replication_sweep
+from tests.dicom_files import write_dicom_files
+from tests.factories import ingest_files
 from tests.studies.backup_support import (
     backup_cache_clear,  # noqa: F401 - autouse
     celery_eager,
-    ingest,
     stored_bytes,
-    write_dicom_files,
 )
 
 
 def test_replica_gets_the_same_encrypted_bytes_once(clinic, tmp_path):
-    instance = ingest(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
+    instance = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
     assert instance.replicated_at is None
     assert not stores.get_store("replica").exists(instance.object_key)
 
@@ -49,7 +49,7 @@ def test_replica_gets_the_same_encrypted_bytes_once(clinic, tmp_path):
 def test_async_mode_replicates_on_commit(clinic, tmp_path, settings, django_capture_on_commit_callbacks):
     settings.REPLICATION_MODE = "async"
     with celery_eager(), django_capture_on_commit_callbacks(execute=True):
-        instance = ingest(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
+        instance = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
     instance.refresh_from_db()
     assert instance.replicated_at is not None
     assert stored_bytes("replica", instance.object_key) == stored_bytes("primary", instance.object_key)
@@ -58,7 +58,7 @@ def test_async_mode_replicates_on_commit(clinic, tmp_path, settings, django_capt
 def test_sync_mode_acknowledges_with_both_copies(clinic, tmp_path, settings, django_capture_on_commit_callbacks):
     settings.REPLICATION_MODE = "sync"
     with django_capture_on_commit_callbacks(execute=True):
-        instance = ingest(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
+        instance = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
     # No worker and no eager mode: both stores were written before instance_ingest returned.
     assert Instance.objects.get(pk=instance.pk).replicated_at is not None
     assert stored_bytes("replica", instance.object_key) == stored_bytes("primary", instance.object_key)
@@ -100,7 +100,7 @@ def test_sync_mode_with_replica_down_still_stores_and_alerts_once(
     settings.REPLICA_STORE_URL = blocked.as_uri()
     paths = write_dicom_files(tmp_path / "in", count=2)
     with celery_eager(), django_capture_on_commit_callbacks(execute=True):
-        instances = ingest(clinic=clinic, paths=paths)
+        instances = ingest_files(clinic=clinic, paths=paths)
     for instance in instances:
         instance.refresh_from_db()
         assert instance.replicated_at is None  # pending for the sweep
@@ -118,7 +118,7 @@ def test_sync_mode_with_replica_down_still_stores_and_alerts_once(
 
 
 def test_sweep_requeues_only_instances_pending_over_a_minute(clinic, tmp_path):
-    old, fresh = ingest(clinic=clinic, paths=write_dicom_files(tmp_path, count=2))
+    old, fresh = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=2))
     Instance.objects.filter(pk=old.pk).update(stored_at=timezone.now() - timedelta(minutes=2))
     with celery_eager():
         replication_sweep.delay()
@@ -129,7 +129,7 @@ def test_sweep_requeues_only_instances_pending_over_a_minute(clinic, tmp_path):
 
 
 def test_sweep_does_nothing_while_the_replica_is_down(clinic, tmp_path, settings):
-    instance = ingest(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
+    instance = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
     Instance.objects.filter(pk=instance.pk).update(stored_at=timezone.now() - timedelta(minutes=5))
     blocked = tmp_path / "replica-is-a-file"
     blocked.write_text("x")
@@ -139,7 +139,7 @@ def test_sweep_does_nothing_while_the_replica_is_down(clinic, tmp_path, settings
 
 def test_growing_lag_alerts_and_degrades_readyz(clinic, tmp_path, settings, client):
     settings.BACKUP_LAG_ALERT_SECONDS = 300
-    instance = ingest(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
+    instance = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
     assert client.get("/readyz").json()["status"] == "ok"
     Instance.objects.filter(pk=instance.pk).update(stored_at=timezone.now() - timedelta(minutes=10))
     from studies.backup import alerts
@@ -153,7 +153,7 @@ def test_growing_lag_alerts_and_degrades_readyz(clinic, tmp_path, settings, clie
 
 
 def test_key_documents_missing_on_replica_are_replicated(clinic, tmp_path):
-    ingest(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))
+    ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))
     row = ClinicKey.objects.for_clinic(clinic).get()
     document = f"clinics/{clinic.uuid}/keys/{row.key_id}"
     stores.get_store("replica").delete(document)
@@ -162,7 +162,7 @@ def test_key_documents_missing_on_replica_are_replicated(clinic, tmp_path):
 
 
 def test_reconcile_copies_thumbnails_and_lost_replica_objects(clinic, tmp_path):
-    instance = ingest(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
+    instance = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
     replication.instance_replicate(instance=instance)
     thumbnail = objects.object_put(clinic=clinic, source=io.BytesIO(b"\x89PNG fake thumbnail"), object_uuid=uuid.uuid4())
     Series.objects.for_clinic(clinic).update(thumbnail_key=thumbnail.key)
@@ -178,7 +178,7 @@ def test_reconcile_copies_thumbnails_and_lost_replica_objects(clinic, tmp_path):
 
 
 def test_replica_purge_refuses_live_objects_and_foreign_keys(clinic, other_clinic, tmp_path):
-    instance = ingest(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
+    instance = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
     replication.instance_replicate(instance=instance)
     assert replica_purge(clinic_id=clinic.pk, key=instance.object_key) is False  # still indexed
     assert replica_purge(clinic_id=other_clinic.pk, key=instance.object_key) is False  # not theirs
@@ -219,7 +219,7 @@ def test_replica_versioning_and_object_lock_keep_backups(clinic, tmp_path, locke
     status = replication.replica_protection_apply(retention_days=7, mode="COMPLIANCE")
     assert status == {"kind": "s3", "versioning": "Enabled", "object_lock": "Enabled", "retention_days": 7,
                       "mode": "COMPLIANCE"}
-    instance = ingest(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
+    instance = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=1))[0]
     replication.instance_replicate(instance=instance)
     original = stored_bytes("replica", instance.object_key)
     original_version = client.head_object(Bucket=bucket, Key=instance.object_key)["VersionId"]

@@ -9,18 +9,18 @@ import pytest
 from studies.backup import recovery, replication, study_state
 from studies.browse import services
 from studies.models import Instance, Patient, Series, Study
+from tests.dicom_files import write_dicom_files
+from tests.factories import ingest_files
 from tests.studies.backup_support import (
     backup_cache_clear,  # noqa: F401 - autouse
     celery_eager,
-    ingest,
     local_path,
-    write_dicom_files,
 )
 
 
 @pytest.fixture
 def two_studies(clinic, tmp_path) -> tuple[Study, Study]:
-    instances = ingest(clinic=clinic, paths=write_dicom_files(tmp_path / "in", count=4, studies=2))
+    instances = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path / "in", count=4, studies=2))
     for instance in instances:
         replication.instance_replicate(instance=instance)
     first, second = sorted({i.series.study_id for i in instances})

@@ -13,18 +13,18 @@ from studies.backup import replication, verification
 from studies.models import Instance, VerificationRun
 from tenants import services as tenant_services
 from tenants.roles import Role
+from tests.dicom_files import write_dicom_files
+from tests.factories import ingest_files
 from tests.studies.backup_support import (
     backup_cache_clear,  # noqa: F401 - autouse
-    ingest,
     local_path,
     stored_bytes,
-    write_dicom_files,
 )
 
 
 @pytest.fixture
 def replicated(clinic, tmp_path):
-    instances = ingest(clinic=clinic, paths=write_dicom_files(tmp_path, count=3))
+    instances = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=3))
     for instance in instances:
         replication.instance_replicate(instance=instance)
     return instances
@@ -100,7 +100,7 @@ def test_missing_replica_copy_is_a_failure(clinic, replicated, settings):
 
 
 def test_backup_page_shows_the_numbers(client, clinic, admin, replicated, tmp_path):
-    ingest(clinic=clinic, paths=write_dicom_files(tmp_path / "more", count=1))  # one pending
+    ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path / "more", count=1))  # one pending
     verification.verification_run(clinic=clinic)
     client.force_login(admin)
     response = client.get(f"/c/{clinic.slug}/backup/")
@@ -129,7 +129,7 @@ def test_outsider_gets_404(client, clinic, outsider):
 
 def test_backup_api_with_token(client, clinic, replicated, tmp_path, settings):
     verification.verification_run(clinic=clinic)
-    pending = ingest(clinic=clinic, paths=write_dicom_files(tmp_path / "more", count=1))[0]
+    pending = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path / "more", count=1))[0]
     Instance.objects.filter(pk=pending.pk).update(stored_at=timezone.now() - timedelta(seconds=90))
     _flip_a_byte(settings, replicated[0].object_key)
     Instance.objects.filter(pk=replicated[0].pk).update(replica_verified_at=None)

@@ -13,7 +13,7 @@ from studies.browse import selectors
 from studies.browse.selectors import StudySearch
 from studies.models import Series
 from tenants.models import AuditEvent
-from tests.studies.browse_support import make_study
+from tests.factories import make_study
 
 
 def search(clinic, **keys):

@@ -11,7 +11,7 @@ from studies.models import Series, Study
 from tenants import services as tenant_services
 from tenants.models import AuditEvent
 from tenants.roles import Role
-from tests.studies.browse_support import make_study
+from tests.factories import make_study
 
 
 def api(clinic, path=""):

@@ -12,7 +12,9 @@ from studies.archive import stores
 from studies.browse import tasks
 from studies.browse.thumbnails import thumbnail_object_uuid
 from studies.models import Series
-from tests.studies.browse_support import ingest_files, write_series
+from studies.browse.thumbnails import thumbnail_object_uuid
+from tests.dicom_files import write_series
+from tests.factories import ingest_files
 
 
 def thumbnail_url(series):

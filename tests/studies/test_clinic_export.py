@@ -14,7 +14,7 @@ from studies.exports import tasks
 from studies.exports.models import ClinicExport, ExportStatus
 from tenants.models import AuditEvent
 from tests.dicom_files import write_ct
-from tests.studies.browse_support import ingest_files
+from tests.factories import ingest_files
 
 
 @pytest.fixture

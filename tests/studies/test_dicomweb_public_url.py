@@ -7,7 +7,8 @@ from http import HTTPStatus
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.studies.dicomweb_support import ingest, token_for, write_instance
+from tests.dicom_files import write_instance
+from tests.factories import ingest_files, token_for
 
 BASE = "/dicomweb/clinic-a/"
 PUBLIC = "https://pacs.example.org"
@@ -23,7 +24,7 @@ def _fresh_cache():
 @pytest.fixture
 def study_uid(clinic, tmp_path):
     uid = generate_uid()
-    ingest(clinic, [write_instance(tmp_path, study_uid=uid, series_uid=generate_uid())])
+    ingest_files(clinic, [write_instance(tmp_path, study_uid=uid, series_uid=generate_uid())])
     return uid
 
 

@@ -13,8 +13,8 @@ from pydicom.uid import generate_uid
 
 from studies.dicomweb import qido
 from studies.models import Series
-from tests.studies.browse_support import make_study
-from tests.studies.dicomweb_support import ingest, token_for, write_instance
+from tests.dicom_files import write_instance
+from tests.factories import ingest_files, make_study, token_for
 
 BASE = "/dicomweb/clinic-a/"
 
@@ -41,7 +41,7 @@ def archive(clinic, tmp_path):
     trashed_study = generate_uid()
     paths.append(write_instance(tmp_path, study_uid=trashed_study, series_uid=generate_uid(),
                                 patient_name="DOE^TRASHED", patient_id="PID-3", accession="ACC-3"))
-    instances = ingest(clinic, paths)
+    instances = ingest_files(clinic, paths)
     trashed = instances[-1].series.study
     trashed.deleted_at = timezone.now()
     trashed.save()
@@ -276,7 +276,7 @@ def test_person_names_are_split_into_their_groups_and_each_group_matches(api, cl
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
     ds.save_as(path, enforce_file_format=True)
-    ingest(clinic, [path])
+    ingest_files(clinic, [path])
 
     for name in ("山田^太郎", "やまだ^たろう", "Yamada^Tarou", "山田*"):
         [study] = api.get(BASE + "studies", {"PatientName": name}).json()

@@ -10,7 +10,9 @@ from pydicom.uid import generate_uid
 
 from studies.models import Instance
 from tenants.models import AuditEvent, Clinic
-from tests.studies.dicomweb_support import multipart_body, token_for, write_instance
+from tests.dicom_files import write_instance
+from tests.factories import token_for
+from tests.studies.dicomweb_support import multipart_body
 
 BASE = "/dicomweb/clinic-a/"
 FAILED, REFERENCED, RETRIEVE_URL = "00081198", "00081199", "00081190"

@@ -10,7 +10,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from tests.studies.dicomweb_support import ingest, multipart_parts, token_for, write_instance
+from tests.dicom_files import write_instance
+from tests.factories import ingest_files, token_for
+from tests.studies.dicomweb_support import multipart_parts
 
 BASE = "/dicomweb/clinic-a/"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -38,7 +40,7 @@ def study(clinic, tmp_path):
         write_instance(tmp_path, source=source, study_uid=study_uid, series_uid=generate_uid(), series_number=n)
         for n, source in enumerate(sources, start=1)
     ]
-    instances = ingest(clinic, paths)
+    instances = ingest_files(clinic, paths)
     return {"uid": study_uid, "paths": paths, "instances": instances}
 
 

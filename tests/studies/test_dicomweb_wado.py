@@ -12,7 +12,9 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from tenants.models import AuditEvent
-from tests.studies.dicomweb_support import ingest, multipart_parts, token_for, write_instance
+from tests.dicom_files import write_instance
+from tests.factories import ingest_files, token_for
+from tests.studies.dicomweb_support import multipart_parts
 
 BASE = "/dicomweb/clinic-a/"
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -32,7 +34,7 @@ def study(clinic, tmp_path):
     paths = [write_instance(tmp_path, study_uid=study_uid, series_uid=ct, instance_number=n) for n in (1, 2)]
     paths.append(write_instance(tmp_path, source="MR_small_jp2klossless.dcm", study_uid=study_uid, series_uid=mr,
                                 series_number=2, modality="MR"))
-    instances = ingest(clinic, paths)
+    instances = ingest_files(clinic, paths)
     return {"uid": study_uid, "ct": ct, "mr": mr, "paths": paths, "instances": instances}
 
 

@@ -23,24 +23,11 @@ from studies.dimse.commitment import (
 from studies.ingest import instance_ingest
 from studies.models import Instance
 from tenants.models import AuditEvent
-from tests.studies.dimse_support import (
-    HOST,
-    MODALITY_AE,
-    free_port,
-    register_node,
-    running_scp,
-    tasks_inline,
-    write_study,
-)
+from tests.dicom_files import write_study
+from tests.studies.dimse_support import HOST, MODALITY_AE, free_port, register_node, running_scp
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-
-@pytest.fixture(autouse=True)
-def _tasks_run_inline():
-    with tasks_inline():
-        yield
 
 
 @pytest.fixture

@@ -17,30 +17,10 @@ from pynetdicom.sop_class import (
 from studies.ingest import instance_ingest
 from studies.models import Study
 from tenants.models import AuditEvent
-from tests.studies.dimse_support import (
-    HOST,
-    MODALITY_AE,
-    dcmtk,
-    register_node,
-    running_scp,
-    tasks_inline,
-    write_study,
-)
+from tests.dicom_files import write_study
+from tests.studies.dimse_support import HOST, MODALITY_AE, dcmtk
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _tasks_run_inline():
-    with tasks_inline():
-        yield
-
-
-@pytest.fixture
-def scp_port(clinic):
-    register_node(clinic)
-    with running_scp() as port:
-        yield port
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 
 
 def ingest(clinic, study) -> None:

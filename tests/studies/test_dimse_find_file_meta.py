@@ -8,14 +8,15 @@ from pydicom.uid import generate_uid
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from studies.dimse.find import find_matches
-from tests.studies.dicomweb_support import ingest, write_instance
+from tests.dicom_files import write_instance
+from tests.factories import ingest_files
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def instance(clinic, tmp_path):
-    [stored] = ingest(clinic, [write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid())])
+    [stored] = ingest_files(clinic, [write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid())])
     return stored
 
 

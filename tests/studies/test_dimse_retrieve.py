@@ -16,47 +16,22 @@ from pynetdicom.sop_class import (
 from studies.ingest import instance_ingest
 from studies.models import Study
 from tenants.models import AuditEvent
+from tests.dicom_files import write_study
 from tests.studies.dimse_support import (
     BYTE_EXACT_SAMPLES,
     HOST,
     MODALITY_AE,
     SAMPLES,
     VIEWER_AE,
-    Receiver,
     dataset_bytes,
     dcmtk,
     free_port,
     move,
     register_node,
-    running_scp,
     storage_received,
-    tasks_inline,
-    write_study,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _tasks_run_inline():
-    with tasks_inline():
-        yield
-
-
-
-@pytest.fixture
-def scp_port(clinic):
-    register_node(clinic)
-    with running_scp() as port:
-        yield port
-
-
-@pytest.fixture
-def receiver(clinic):
-    receiving = Receiver()
-    register_node(clinic, ae_title=VIEWER_AE, port=receiving.port, allow_inbound=False)
-    yield receiving
-    receiving.close()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 
 
 @pytest.fixture

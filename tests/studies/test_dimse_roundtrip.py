@@ -7,6 +7,7 @@ from pydicom import Dataset, dcmread
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelGet
 
+from tests.dicom_files import write_study
 from tests.studies.dimse_support import (
     BYTE_EXACT_SAMPLES,
     HOST,
@@ -20,17 +21,9 @@ from tests.studies.dimse_support import (
     running_scp,
     storage_received,
     store_with_pynetdicom,
-    tasks_inline,
-    write_study,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-def _tasks_run_inline():
-    with tasks_inline():
-        yield
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 
 
 def test_study_stored_both_ways_is_found_at_every_level_and_retrieved_unchanged(clinic, tmp_path):

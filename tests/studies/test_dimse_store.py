@@ -10,33 +10,10 @@ from pynetdicom import AE
 
 from studies.archive.objects import object_open
 from studies.models import Instance, Study
-from tests.studies.dimse_support import (
-    HOST,
-    MODALITY_AE,
-    SAMPLES,
-    dataset_bytes,
-    dcmtk,
-    register_node,
-    running_scp,
-    store_with_pynetdicom,
-    tasks_inline,
-    write_study,
-)
+from tests.dicom_files import write_study
+from tests.studies.dimse_support import HOST, MODALITY_AE, SAMPLES, dataset_bytes, dcmtk, store_with_pynetdicom
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def scp_port(clinic):
-    register_node(clinic)
-    with running_scp() as port:
-        yield port
-
-
-@pytest.fixture(autouse=True)
-def _tasks_run_inline():
-    with tasks_inline():
-        yield
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 
 
 def archived_bytes(instance: Instance) -> bytes:

@@ -15,20 +15,10 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from studies.dimse.move import send_syntax
 from studies.ingest import instance_ingest
-from tests.studies.dimse_support import (
-    DCMTK_BIN,
-    HOST,
-    MODALITY_AE,
-    dcmtk,
-    free_port,
-    move,
-    register_node,
-    running_scp,
-    tasks_inline,
-    write_study,
-)
+from tests.dicom_files import write_study
+from tests.studies.dimse_support import DCMTK_BIN, HOST, MODALITY_AE, dcmtk, free_port, move, register_node
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.2"}
 
 # Compressed samples, and a big endian one (whose pixel bytes must be swapped for little endian).
@@ -39,19 +29,6 @@ SAMPLES = [
     "MR_small_jpeg_ls_lossless.dcm",
     "MR_small_bigendian.dcm",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _tasks_run_inline():
-    with tasks_inline():
-        yield
-
-
-@pytest.fixture
-def scp_port(clinic):
-    register_node(clinic)
-    with running_scp() as port:
-        yield port
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from studies.archive import stores
 from studies.archive.errors import ArchiveError
 from studies.models import Study
 from tenants.models import AuditEvent
-from tests.studies.browse_support import ingest_files, write_series
+from tests.dicom_files import write_series
+from tests.factories import ingest_files
 
 
 def sha(data: bytes) -> str:

@@ -36,7 +36,9 @@ from studies.archive.errors import StorageUnavailable
 from studies.backup import replication
 from studies.models import Instance, Series, Study
 from tenants.models import Clinic
-from tests.studies.dicomweb_support import multipart_body, token_for, write_instance
+from tests.dicom_files import write_instance
+from tests.factories import token_for
+from tests.studies.dicomweb_support import multipart_body
 from tests.studies.dimse_support import register_node, running_scp, store_with_pynetdicom, tasks_inline
 from tests.studies.upload_memory_support import gunicorn_server, server_env
 

@@ -11,12 +11,12 @@ from django.urls import reverse
 from studies.models import Instance
 from tenants import services
 from tenants.roles import Role
+from tests.dicom_files import write_large_multiframe
 from tests.studies.upload_memory_support import (
     gunicorn_server,
     peak_rss_bytes,
     server_env,
     stream_upload,
-    write_large_multiframe,
 )
 
 UPLOAD_BYTES = 200 * 1024 * 1024

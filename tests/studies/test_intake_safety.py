@@ -24,10 +24,10 @@ from studies.browse import tasks as browse_tasks
 from studies.models import Instance, QuarantinedInstance, Study, UploadBatch
 from studies.sharing import services as sharing_services
 from tenants.models import AuditEvent, Clinic
-from tests.dicom_files import write_ct
+from tests.dicom_files import write_ct, write_series
+from tests.factories import ingest_files, token_for
 from tests.studies.backup_support import celery_eager
-from tests.studies.browse_support import ingest_files, write_series
-from tests.studies.dicomweb_support import multipart_body, token_for
+from tests.studies.dicomweb_support import multipart_body
 
 
 def upload(client, clinic, path):
@@ -506,8 +506,11 @@ def test_zip_upload_with_room_left_is_still_queued(
         response = client.post(f"/c/{clinic.slug}/upload/files/", {"file": io.BytesIO(fileobj.read())})
 
     assert response.status_code == HTTPStatus.ACCEPTED
-    assert UploadBatch.objects.get().status == "queued"
-    assert len(callbacks) >= 1
+    batch = UploadBatch.objects.get()
+    assert batch.status == "queued"
+    # The batch's extraction is queued once the request commits (not merely "a callback").
+    queued = [c.keywords for c in callbacks if getattr(c, "func", None) == tasks.upload_zip_extract.delay]
+    assert queued == [{"clinic_id": clinic.pk, "batch_id": batch.pk}]
 
 
 def test_destroying_a_clinics_data_erases_its_held_instances_too(clinic, first_patient_study, tmp_path):

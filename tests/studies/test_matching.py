@@ -17,7 +17,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from studies import matching
-from tests.studies.dicomweb_support import ingest, token_for, write_instance
+from tests.dicom_files import write_instance
+from tests.factories import ingest_files, token_for
 from tests.studies.dimse_support import HOST, MODALITY_AE, register_node, running_scp, tasks_inline
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,7 +48,7 @@ def _write(tmp_path, *, charset: str | None = None, **identity):
 def archive(clinic, other_clinic, tmp_path):
     """Four studies of clinic A, and one of clinic B that no door may ever list."""
     uids = {name: generate_uid() for name in ("jane", "richard", "yamada", "percent", "elsewhere")}
-    ingest(
+    ingest_files(
         clinic,
         [
             _write(
@@ -109,7 +110,7 @@ def archive(clinic, other_clinic, tmp_path):
             ),
         ],
     )
-    ingest(
+    ingest_files(
         other_clinic,
         [
             _write(

@@ -17,24 +17,13 @@ from studies.models import DicomNode, Instance
 from studies.outbound import services
 from studies.outbound.models import JobStatus, MigrationJob, RouteDelivery, SendJob
 from tenants.audit import AuditEvent
+from tests.dicom_files import write_study
 from tests.peers import running_orthanc
 from tests.studies.backup_support import use_redis_broker
-from tests.studies.dimse_support import (
-    BYTE_EXACT_SAMPLES,
-    register_node,
-    running_scp,
-    tasks_inline,
-    write_study,
-)
+from tests.studies.dimse_support import BYTE_EXACT_SAMPLES, register_node, running_scp
 from tests.studies.test_backup_faults import Worker, _wait_for, _worker_env
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def _tasks_run_inline():
-    with tasks_inline():
-        yield
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.usefixtures("tasks_run_inline")]
 
 
 @pytest.fixture

@@ -17,20 +17,15 @@ from studies.outbound import dicomweb_source, services
 from studies.outbound.models import JobStatus, MigrationJob
 from tenants.audit import AuditEvent
 from tenants.models import Clinic
+from tests.dicom_files import write_study
 from tests.peers import running_orthanc
-from tests.studies.dimse_support import register_node, tasks_inline, write_study
+from tests.studies.dimse_support import register_node
 from tests.studies.test_outbound import _files_data_sets, _migrate, _old_archive, _stored_data_sets
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.usefixtures("tasks_run_inline")]
 
 TOKEN = "tok-3d1f9a7c-never-shown"
 PASSWORD = "pw-8c2e-never-shown"
-
-
-@pytest.fixture(autouse=True)
-def _tasks_run_inline():
-    with tasks_inline():
-        yield
 
 
 @pytest.fixture

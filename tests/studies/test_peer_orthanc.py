@@ -12,25 +12,15 @@ from pydicom import dcmread
 
 from studies.ingest import instance_ingest
 from studies.models import Instance
+from tests.dicom_files import write_study
+from tests.factories import token_for
 from tests.peers import ORTHANC_AE, requires_orthanc, running_orthanc
-from tests.studies.dicomweb_support import token_for
-from tests.studies.dimse_support import (
-    register_node,
-    running_scp,
-    tasks_inline,
-    write_study,
-)
+from tests.studies.dimse_support import register_node, running_scp
 from tests.studies.upload_memory_support import gunicorn_server, server_env
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, requires_orthanc]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, requires_orthanc, pytest.mark.usefixtures("tasks_run_inline")]
 
 SAMPLES = ["CT_small.dcm", "MR_small_jp2klossless.dcm", "MR_small_RLE.dcm"]
-
-
-@pytest.fixture(autouse=True)
-def _tasks_run_inline():
-    with tasks_inline():
-        yield
 
 
 @pytest.fixture

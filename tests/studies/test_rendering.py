@@ -16,7 +16,8 @@ from studies.browse import thumbnails
 from studies.dicomweb import rendering
 from studies.sharing import services as sharing_services
 from tests.dicom_files import PYDICOM_SAMPLES as SAMPLES
-from tests.studies.dicomweb_support import ingest, token_for, write_instance
+from tests.dicom_files import write_instance
+from tests.factories import ingest_files, token_for
 
 BASE = "/dicomweb/clinic-a/"
 
@@ -103,7 +104,7 @@ def test_a_frame_past_the_memory_bound_is_refused_with_413_and_no_thumbnail_is_m
 def stored(clinic, tmp_path):
     study_uid, series_uid = generate_uid(), generate_uid()
     paths = [write_instance(tmp_path, study_uid=study_uid, series_uid=series_uid, instance_number=n) for n in (1, 2)]
-    instances = ingest(clinic, paths)
+    instances = ingest_files(clinic, paths)
     instance = instances[0]
     url = f"studies/{study_uid}/series/{series_uid}/instances/{instance.sop_instance_uid}"
     return {"study": instance.series.study, "url": url}

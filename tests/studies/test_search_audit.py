@@ -12,7 +12,7 @@ from django.test import Client
 from tenants import services as tenant_services
 from tenants.models import AuditEvent
 from tenants.roles import Role
-from tests.studies.browse_support import make_study
+from tests.factories import make_study
 
 PATIENT = {"patient_name": "DOE^JANE", "patient_id": "A100-SECRET", "accession_number": "ACC-77"}
 

@@ -20,7 +20,7 @@ from pydicom import Dataset
 
 from studies.dimse.find import STUDY_ROOT_FIND, find_matches
 from studies.models import Patient, Series, Study
-from tests.studies.dicomweb_support import token_for
+from tests.factories import token_for
 
 pytestmark = [
     pytest.mark.django_db,

@@ -13,7 +13,8 @@ from studies.archive import stores
 from studies.browse import services, tasks
 from studies.models import Instance, Patient, Series, Study
 from tenants.models import AuditEvent, Clinic
-from tests.studies.browse_support import ingest_files, make_study, write_series
+from tests.dicom_files import write_series
+from tests.factories import ingest_files, make_study
 
 
 @pytest.fixture

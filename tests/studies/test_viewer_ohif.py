@@ -12,7 +12,9 @@ from pydicom.uid import generate_uid
 from studies.sharing import services as sharing_services
 from studies.viewer import ohif
 from tenants.models import AuditEvent
-from tests.studies.dicomweb_support import ingest, multipart_body, write_instance
+from tests.dicom_files import write_instance
+from tests.factories import ingest_files
+from tests.studies.dicomweb_support import multipart_body
 
 pytestmark = pytest.mark.django_db
 PREFIX = "/c/clinic-a/viewer/ohif/"
@@ -20,7 +22,7 @@ PREFIX = "/c/clinic-a/viewer/ohif/"
 
 @pytest.fixture
 def study(clinic, tmp_path):
-    return ingest(clinic, [write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid())])[
+    return ingest_files(clinic, [write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid())])[
         0
     ].series.study
 

@@ -20,50 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 1024 * 1024
-
-
-def write_large_multiframe(path: Path, size_bytes: int, *, rows: int = 512, columns: int = 512) -> Path:
-    """Write a valid multi-frame 16-bit DICOM file of about ``size_bytes``, streaming its pixel data."""
-    frame_bytes = rows * columns * 2
-    frames = max(1, size_bytes // frame_bytes)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "BIG-1"
-    ds.PatientName = "Large^Upload"
-    ds.Modality = "OT"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.NumberOfFrames = frames
-    ds.save_as(path, enforce_file_format=True)
-    pattern = os.urandom(CHUNK)
-    remaining = frames * frame_bytes
-    with path.open("ab") as out:
-        # (7FE0,0010) OW, explicit VR little endian: tag, VR, 2 reserved bytes, 4-byte length.
-        out.write(b"\xe0\x7f\x10\x00OW\x00\x00" + remaining.to_bytes(4, "little"))
-        while remaining:
-            chunk = pattern[: min(CHUNK, remaining)]
-            out.write(chunk)
-            remaining -= len(chunk)
-    return path
 
 
 def free_port() -> int:

@@ -1,0 +1,38 @@
+"""Fixtures shared by the studies tests: the portal's DIMSE listener and Celery tasks run in place.
+
+The helpers they use (and the DICOM file builders) are in ``tests/studies/dimse_support.py`` and
+``tests/dicom_files.py``; a module that needs a different listener (no node, TLS) defines its own ``scp_port``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tenants.models import Clinic
+from tests.studies.dimse_support import VIEWER_AE, Receiver, register_node, running_scp, tasks_inline
+
+
+@pytest.fixture
+def tasks_run_inline() -> Iterator[None]:
+    """Run the Celery tasks queued after commit in place (modules ask for it with ``usefixtures``)."""
+    with tasks_inline():
+        yield
+
+
+@pytest.fixture
+def scp_port(clinic: Clinic) -> Iterator[int]:
+    """The portal's DIMSE listener in this process, with the test modality registered for ``clinic``."""
+    register_node(clinic)
+    with running_scp() as port:
+        yield port
+
+
+@pytest.fixture
+def receiver(clinic: Clinic) -> Iterator[Receiver]:
+    """A viewer's Storage SCP, registered as an outbound-only node of ``clinic`` (a C-MOVE destination)."""
+    receiving = Receiver()
+    register_node(clinic, ae_title=VIEWER_AE, port=receiving.port, allow_inbound=False)
+    yield receiving
+    receiving.close()
