@@ -12,7 +12,6 @@ from studies.archive import stores
 from studies.browse import tasks
 from studies.browse.thumbnails import thumbnail_object_uuid
 from studies.models import Series
-from studies.browse.thumbnails import thumbnail_object_uuid
 from tests.dicom_files import write_series
 from tests.factories import ingest_files
 
