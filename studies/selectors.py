@@ -12,8 +12,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import F, QuerySet, Sum, Value
-from django.db.models.functions import Replace, Upper
+from django.db.models import CharField, F, Func, QuerySet, Sum
 
 from studies import matching
 from studies.dicom import is_valid_uid
@@ -21,7 +20,11 @@ from studies.models import Instance, Patient, Series, Study
 from tenants.models import Clinic
 
 # Family name before given names: "DOE^JANE" sorts before "DOERR^ANNA" (a space sorts before letters).
-_NAME_SORT = Upper(Replace("patient__patient_name", Value("^"), Value(" ")))
+# The literals are part of the SQL, not parameters, so that SQLite matches it to its expression index
+# (patient_name_sort_sqlite; PostgreSQL's is patient_name_sort): sorting 100,000 studies took seconds.
+_NAME_SORT = Func(
+    F("patient__patient_name"), template="UPPER(REPLACE(%(expressions)s, '^', ' '))", output_field=CharField()
+)
 
 # The public sort keys (page and API) and the columns behind them; ties broken by id so that pages
 # never repeat or skip a row.
