@@ -249,6 +249,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="timed runs of each search")
     parser.add_argument("--keep", action="store_true", help="keep the generated clinics")
     parser.add_argument("--plans", action="store_true", help="print EXPLAIN ANALYZE of each search")
+    parser.add_argument("--reuse", metavar="SLUG", help="time the clinic a --keep run left (no new data)")
     args = parser.parse_args()
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DB
     setup_django(database_url)
@@ -258,36 +259,54 @@ def main() -> None:
     from studies.models import Patient, Study
     from tenants.models import Clinic
 
-    tag = uuid.uuid4().hex[:8]
-    clinic = Clinic.objects.create(name=f"Bench {tag}", slug=f"bench-{tag}", ae_title=f"B{tag}".upper()[:16])
-    neighbour = Clinic.objects.create(name=f"Bench {tag} b", slug=f"bench-{tag}-b", ae_title=f"C{tag}".upper()[:16])
+    if args.reuse:
+        clinic = Clinic.objects.get(slug=args.reuse)
+        neighbour = Clinic.objects.get(slug=f"{args.reuse}-b")
+        args.studies = Study.objects.for_clinic(clinic).count()
+        args.keep = True
+        print(f"{connection.vendor}: reusing {clinic.slug} ({args.studies:,} studies)")
+    else:
+        tag = uuid.uuid4().hex[:8]
+        clinic = Clinic.objects.create(name=f"Bench {tag}", slug=f"bench-{tag}", ae_title=f"B{tag}".upper()[:16])
+        neighbour = Clinic.objects.create(
+            name=f"Bench {tag} b", slug=f"bench-{tag}-b", ae_title=f"C{tag}".upper()[:16]
+        )
     fill = populate_sql if connection.vendor == "postgresql" else populate
     try:
-        started = time.perf_counter()
-        fill(clinic=clinic, studies=args.studies, seed=1)
-        fill(clinic=neighbour, studies=args.studies // 5, seed=2)
-        selectors.index_statistics_refresh()
-        print(f"{connection.vendor}: generated {args.studies:,} studies (+{args.studies // 5:,} in another clinic) "
-              f"in {time.perf_counter() - started:.1f} s")
+        if not args.reuse:
+            started = time.perf_counter()
+            fill(clinic=clinic, studies=args.studies, seed=1)
+            fill(clinic=neighbour, studies=args.studies // 5, seed=2)
+            selectors.index_statistics_refresh()
+            kept = f"; time it again with --reuse {clinic.slug}" if args.keep else ""
+            print(f"{connection.vendor}: generated {args.studies:,} studies (+{args.studies // 5:,} in another "
+                  f"clinic) in {time.perf_counter() - started:.1f} s{kept}", flush=True)
         study_uid = Study.objects.for_clinic(clinic).order_by("id").values_list("study_instance_uid", flat=True)[777]
 
         cases = [(label, "page", search) for label, search in searches(seed=1).items()]
         cases += [(label, "qido", text) for label, text in qido_searches(seed=1, study_uid=study_uid).items()]
         totals: dict[str, list[float]] = {"page": [], "qido": []}
-        print(f"\n{'search':34} {'p50 ms':>8} {'p95 ms':>8}")
+        # Client CPU per request (this process only, not the database's) is steadier than wall time on a
+        # busy machine; the load average says how busy it was.
+        print(f"load average at start {os.getloadavg()[0]:.1f}")
+        print(f"\n{'search':34} {'p50 ms':>8} {'p95 ms':>8} {'cpu ms':>8}")
         for label, door, search in cases:
             timer = time_page if door == "page" else time_qido
             key = "search" if door == "page" else "query_string"
             timer(clinic=clinic, **{key: search})  # warm the cache, as a busy server would be
+            cpu_started = time.process_time()
             times = [timer(clinic=clinic, **{key: search}) for _ in range(args.rounds)]
+            cpu = (time.process_time() - cpu_started) * 1000 / args.rounds
             totals[door].extend(times)
-            print(f"{label:34} {statistics.median(times):>8.1f} {percentile(times, 0.95):>8.1f}")
+            print(f"{label:34} {statistics.median(times):>8.1f} {percentile(times, 0.95):>8.1f} {cpu:>8.1f}",
+                  flush=True)
             if args.plans and door == "page":
                 queryset = selectors.study_list(clinic=clinic, search=search)[:PAGE_SIZE]
                 print("    " + queryset.explain(analyze=True).replace("\n", "\n    "))
         for door, times in totals.items():
             print(f"all {door} searches: p50 {statistics.median(times):.1f} ms, p95 {percentile(times, 0.95):.1f} ms "
-                  f"({len(times)} requests, {args.studies:,} studies, {connection.vendor})")
+                  f"({len(times)} requests, {args.studies:,} studies, {connection.vendor}, "
+                  f"load average at end {os.getloadavg()[0]:.1f})")
     finally:
         if not args.keep:
             for target in (clinic, neighbour):

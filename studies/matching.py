@@ -441,11 +441,19 @@ def search_budget(seconds: float | None = None) -> Iterator[None]:
             nested = connection.in_atomic_block
             with transaction.atomic():
                 with connection.cursor() as cursor:
-                    cursor.execute(f"SET LOCAL statement_timeout = {int(budget * 1000)}")
+                    # One round trip for both. No parallel workers: a search reads a bounded number of
+                    # index rows, and worker start-up and their doubled reads only slow it (and the other
+                    # requests sharing the cores).
+                    cursor.execute(
+                        f"SET LOCAL statement_timeout = {int(budget * 1000)}; "
+                        "SET LOCAL max_parallel_workers_per_gather = 0"
+                    )
                 yield
                 if nested:  # SET LOCAL lasts to the end of the outer transaction: give the rest its own.
                     with connection.cursor() as cursor:
-                        cursor.execute("SET LOCAL statement_timeout TO DEFAULT")
+                        cursor.execute(
+                            "SET LOCAL statement_timeout TO DEFAULT; SET LOCAL max_parallel_workers_per_gather TO DEFAULT"
+                        )
         except OperationalError as exc:
             if getattr(exc.__cause__, "sqlstate", None) == "57014":  # query_canceled
                 raise SearchTooSlow(message) from exc

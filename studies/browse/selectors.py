@@ -12,8 +12,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import F, QuerySet, Sum, Value
-from django.db.models.functions import Replace, Upper
+from django.db.models import CharField, F, Func, QuerySet, Sum
 
 from studies import matching
 from studies.dicom import is_valid_uid
@@ -21,7 +20,11 @@ from studies.models import Instance, Patient, Series, Study
 from tenants.models import Clinic
 
 # Family name before given names: "DOE^JANE" sorts before "DOERR^ANNA" (a space sorts before letters).
-_NAME_SORT = Upper(Replace("patient__patient_name", Value("^"), Value(" ")))
+# The literals are part of the SQL, not parameters, so that SQLite matches it to its expression index
+# (patient_name_sort_sqlite; PostgreSQL's is patient_name_sort): sorting 100,000 studies took seconds.
+_NAME_SORT = Func(
+    F("patient__patient_name"), template="UPPER(REPLACE(%(expressions)s, '^', ' '))", output_field=CharField()
+)
 
 # The public sort keys (page and API) and the columns behind them; ties broken by id so that pages
 # never repeat or skip a row.
@@ -75,8 +78,9 @@ def study_list(*, clinic: Clinic | int, search: StudySearch | None = None) -> Qu
     studies: QuerySet[Study] = Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).select_related(
         "patient"
     )
-    if search.patient_name.strip() or search.patient_id.strip() or search.sort in ("patient", "-patient"):
-        # Naming the patient's clinic too lets PostgreSQL use the (clinic_id, name) patient indexes.
+    if search.patient_id.strip() or search.sort in ("patient", "-patient"):
+        # Naming the patient's clinic too lets PostgreSQL use the (clinic_id, ...) patient indexes. Not for
+        # a name (patients_narrow matches those first): there it made the planner hash-join every patient.
         studies = studies.filter(patient__clinic=clinic)
     if search.patient_name.strip():
         name_q = matching.name_words_q("patient_name", search.patient_name, given_name="given_name_upper")

@@ -218,9 +218,11 @@ def search(
         if series_uid is None:
             parents = [SERIES] + ([STUDY] if study_uid is None else [])
     paths = PATHS[query.level]
-    # Naming each level's clinic lets PostgreSQL use the (clinic, ...) indexes of every table joined.
+    # Naming each level's clinic lets PostgreSQL use the (clinic, ...) indexes of the tables joined. Not
+    # the patient's: patient keys are matched first (patients_narrow), and a filter on the joined
+    # patients' clinic made the planner hash-join every patient of the clinic (issue 19).
     for entity in paths:
-        if paths[entity]:
+        if paths[entity] and entity != "patient":
             queryset = queryset.filter(**{paths[entity] + "clinic": clinic})
     if query.patient_filters:
         queryset = matching.patients_narrow(
