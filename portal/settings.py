@@ -164,12 +164,12 @@ DATABASES = {
         env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"), conn_max_age=60
     )
 }
-SQLITE_OPTIONS = {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL"}
+SQLITE_OPTIONS = {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web process, the worker and beat share one file; wait for locks instead of failing. In WAL
     # mode readers never wait for a writer (with the default rollback journal every search stalled in
-    # SQLite's busy handler, tens of ms, while replication or thumbnails committed: issue 19). The
-    # default synchronous=FULL stays: a commit is on disk before an instance is acknowledged.
+    # SQLite's busy handler, tens of ms, while replication or thumbnails committed: issue 19). synchronous=FULL
+    # (named, not left to the build's WAL default): a commit is on disk before an instance is acknowledged.
     DATABASES["default"]["OPTIONS"] = SQLITE_OPTIONS
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -46,13 +46,14 @@ def instance_admit_or_hold(
     by: Actor | None = None,
     actor: User | None = None,
     upload_link: Any = None,
+    locked: dict[str, Study | None] | None = None,
 ) -> QuarantinedInstance | None:
     """Apply the admission rules to a stored object; return its quarantine entry when it is held.
 
     None means: write its index rows now (in the same transaction). A held entry whose ``object_key``
     is not ``stored.key`` is the same file held earlier; the caller deletes the new copy.
     """
-    reason = instance_admit(clinic=clinic, parsed=parsed, by=by, actor=actor, upload_link=upload_link)
+    reason = instance_admit(clinic=clinic, parsed=parsed, by=by, actor=actor, upload_link=upload_link, locked=locked)
     if reason is None:
         return None
     held, _ = instance_hold(
@@ -75,20 +76,29 @@ def instance_admit(
     by: Actor | None = None,
     actor: User | None = None,
     upload_link: Any = None,
+    locked: dict[str, Study | None] | None = None,
 ) -> str | None:
     """Decide whether the instance may join the index; return a quarantine reason to hold it instead.
 
     Run inside the ingest transaction: the stored study's row is locked here, so the trash purge's claim
     (``studies.browse.services.study_purge``) and this decision can't interleave. A trashed study is restored
     (audited) before the instance joins it. Raises StudyBeingPurged while the purge erases the study.
+    ``locked`` (study UID to row, filled in here) lets the files of one batch share one lookup per study:
+    the row stays locked until the transaction ends.
     """
-    study = (
-        Study.objects.for_clinic(clinic)
-        .select_for_update()
-        .select_related("patient")
-        .filter(study_instance_uid=parsed.study_instance_uid)
-        .first()
-    )
+    uid = parsed.study_instance_uid
+    if locked is not None and uid in locked:
+        study = locked[uid]
+    else:
+        study = (
+            Study.objects.for_clinic(clinic)
+            .select_for_update()
+            .select_related("patient")
+            .filter(study_instance_uid=uid)
+            .first()
+        )
+        if locked is not None:
+            locked[uid] = study
     if upload_link is not None and _already_known(
         clinic=clinic, parsed=parsed, study=study
     ):

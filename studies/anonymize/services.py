@@ -461,17 +461,22 @@ def project_for_ingest(
     """
     if upload_link is not None and upload_link.anonymize_project_id:
         return upload_link.anonymize_project
-    rules = IngestAnonymization.objects.for_clinic(clinic).select_related("project")
+    # Every rule that could apply, in one query (this runs for each batch of every way in).
+    applies = Q(applies_to=IngestAnonymization.AppliesTo.CLINIC)
     if api_token is not None:
-        rule = rules.filter(api_token=api_token).first()
-        if rule:
-            return rule.project
+        applies |= Q(api_token=api_token)
     if dicom_node is not None:
-        rule = rules.filter(dicom_node=dicom_node).first()
-        if rule:
+        applies |= Q(dicom_node=dicom_node)
+    rules = list(IngestAnonymization.objects.for_clinic(clinic).filter(applies).select_related("project").order_by("pk"))
+    for matches in (
+        lambda r: api_token is not None and r.api_token_id == api_token.pk,
+        lambda r: dicom_node is not None and r.dicom_node_id == dicom_node.pk,
+        lambda r: r.applies_to == IngestAnonymization.AppliesTo.CLINIC,
+    ):
+        rule = next((r for r in rules if matches(r)), None)
+        if rule is not None:
             return rule.project
-    rule = rules.filter(applies_to=IngestAnonymization.AppliesTo.CLINIC).first()
-    return rule.project if rule else None
+    return None
 
 
 @transaction.atomic

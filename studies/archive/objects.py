@@ -14,7 +14,7 @@ import logging
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -75,11 +75,15 @@ def _segment_size() -> int:
     return int(getattr(settings, "ARCHIVE_SEGMENT_SIZE", crypto.DEFAULT_SEGMENT_SIZE))
 
 
-def object_put(*, clinic: Clinic, source: BinaryIO, object_uuid: uuid.UUID, store: str = "primary") -> StoredObject:
+def object_put(
+    *, clinic: Clinic, source: BinaryIO, object_uuid: uuid.UUID, store: str = "primary", folder_sync: bool = True
+) -> StoredObject:
     """Encrypt ``source`` (read to its end) into the store; durable when this returns.
 
     Raises StorageUnavailable if the store fails; nothing is left under the key then (local stores
-    rename a complete file into place, S3 aborts an unfinished multipart upload).
+    rename a complete file into place, S3 aborts an unfinished multipart upload). With
+    ``folder_sync=False`` the object is durable only after :func:`objects_folders_sync` (a batch's
+    objects share one folder fsync).
     """
     key = object_key_for(clinic=clinic, object_uuid=object_uuid)
     key_id, clinic_key = keys.clinic_key_get(clinic)
@@ -91,8 +95,14 @@ def object_put(*, clinic: Clinic, source: BinaryIO, object_uuid: uuid.UUID, stor
         object_key=key,
         segment_size=_segment_size(),
     )
-    stores.get_store(store).put(key, reader)
+    stores.get_store(store).put(key, reader, folder_sync=folder_sync)
     return StoredObject(key=key, key_id=key_id, size_bytes=reader.plaintext_size, sha256=reader.sha256)
+
+
+def objects_folders_sync(*, keys: Sequence[str], store: str = "primary") -> None:
+    """Make durable the objects put with ``folder_sync=False`` (one fsync per folder, not per object)."""
+    if keys:
+        stores.get_store(store).folders_sync(keys)
 
 
 def _open_from(clinic: Clinic, key: str, store: str) -> crypto.DecryptingReader:

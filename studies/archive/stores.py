@@ -18,7 +18,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
@@ -62,9 +62,17 @@ class ObjectStore:
     name: str
     url: str
 
-    def put(self, key: str, fileobj: Readable) -> int:
-        """Store everything read from ``fileobj`` under ``key``; durable on return. Returns the byte count."""
+    def put(self, key: str, fileobj: Readable, *, folder_sync: bool = True) -> int:
+        """Store everything read from ``fileobj`` under ``key``; durable on return. Returns the byte count.
+
+        ``folder_sync=False`` (local folders only; S3 is durable on return either way) leaves the new
+        name's folder entry to :meth:`folders_sync`: a batch then pays one folder fsync, not one per
+        object. The object is durable only once that returns.
+        """
         raise NotImplementedError
+
+    def folders_sync(self, keys: Iterable[str]) -> None:
+        """Make durable the names of objects put with ``folder_sync=False``; nothing to do on S3."""
 
     def open(self, key: str) -> BinaryIO:
         """Open the object for streamed reading. Raises ObjectMissing if there is none."""
@@ -120,7 +128,7 @@ class LocalStore(ObjectStore):
                 f"The {self.name} store could not {action}: {exc.strerror or type(exc).__name__}."
             ) from exc
 
-    def put(self, key: str, fileobj: Readable) -> int:
+    def put(self, key: str, fileobj: Readable, *, folder_sync: bool = True) -> int:
         target = self.path(key)
         with self._errors("create a folder"):
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,8 +148,11 @@ class LocalStore(ObjectStore):
                     out.flush()
                     os.fsync(out.fileno())
             with self._errors("write"):
+                # The file's bytes are on disk before it takes its name: a crash leaves either no object
+                # or a whole one, never a short file under a real key.
                 os.replace(temp_name, target)
-                _fsync_dir(target.parent)
+                if folder_sync:
+                    _fsync_dir(target.parent)
         except BaseException:
             try:
                 os.unlink(temp_name)
@@ -149,6 +160,11 @@ class LocalStore(ObjectStore):
                 pass
             raise
         return written
+
+    def folders_sync(self, keys: Iterable[str]) -> None:
+        with self._errors("write"):
+            for folder in sorted({self.path(key).parent for key in keys}):
+                _fsync_dir(folder)
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -329,7 +345,7 @@ class S3Store(ObjectStore):
         except (BotoCoreError, OSError) as exc:
             raise StorageUnavailable(f"The {self.name} store cannot be reached ({type(exc).__name__}).") from exc
 
-    def put(self, key: str, fileobj: Readable) -> int:
+    def put(self, key: str, fileobj: Readable, *, folder_sync: bool = True) -> int:
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(

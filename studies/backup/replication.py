@@ -111,8 +111,12 @@ def object_write_for_ingest(clinic: Clinic, source: BinaryIO, object_uuid: uuid.
     upload: it is logged, admins are alerted, and the instance stays pending for the worker and the sweep
     (``replicated_at`` is None). A primary failure raises, as always.
     """
-    if replication_mode() != SYNC or cache.get(REPLICA_DOWN_CACHE_KEY):
-        # Async, or the replica failed moments ago: do not make every upload wait for its timeout meanwhile.
+    if replication_mode() != SYNC:
+        # Ingest syncs the batch's folder once, before indexing (folder_pending).
+        stored = objects.object_put(clinic=clinic, source=source, object_uuid=object_uuid, folder_sync=False)
+        return hooks.WrittenObject(stored, folder_pending=True)
+    if cache.get(REPLICA_DOWN_CACHE_KEY):
+        # The replica failed moments ago: do not make every upload wait for its timeout meanwhile.
         return hooks.WrittenObject(objects.object_put(clinic=clinic, source=source, object_uuid=object_uuid))
     stored, replica_error = mirror.object_put_mirrored(clinic=clinic, source=source, object_uuid=object_uuid)
     if replica_error is None:

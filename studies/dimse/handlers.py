@@ -1,8 +1,9 @@
 """pynetdicom event handlers: association control and the C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET services.
 
 Every association runs in its own thread. The handlers there use the Django ORM, so each one starts
-and ends with ``close_old_connections()`` (as a request would) and the association's connection is
-closed when it is released or aborted: a long-running listener must not pile up database connections.
+and ends with ``close_old_connections()`` (as a request would), except C-STORE, which keeps the
+association's connection from one instance to the next; the connection is closed when the association
+is released or aborted: a long-running listener must not pile up database connections.
 
 C-STORE statuses (PS3.4 B.2.3, PS3.7 C): success when the instance is stored or already present with
 the same content; 0xA700 (out of resources) when the clinic's quota is used up or storage is
@@ -314,12 +315,27 @@ def _ingest(*, clinic: Clinic, path: str, node: DicomNode | None = None, address
     return SUCCESS
 
 
+def _connection_keep() -> None:
+    """Between the C-STOREs of one association: keep the thread's database connection unless it broke.
+
+    Each association runs in its own thread with its own connection, closed when the association ends
+    (``handle_closed``). Closing it after every instance, as ``close_old_connections`` does where
+    CONN_MAX_AGE is 0 (the SQLite default), would cost a new connection per image: about a third of an
+    instance's time on one association. A connection that saw an error and no longer answers is dropped.
+    """
+    if connection.connection is not None and connection.errors_occurred:
+        if connection.is_usable():
+            connection.errors_occurred = False
+        else:
+            connection.close()
+
+
 def handle_store(event: Event) -> Dataset | int:
     """Store one instance through the same ingest path as browser uploads."""
     info = association_info(event.assoc)
     if info is None:
         return NOT_AUTHORIZED
-    close_old_connections()
+    _connection_keep()
     try:
         try:
             # Set by scp.ae_build: pynetdicom spooled the incoming data set to a Part 10 file already.
@@ -343,7 +359,7 @@ def handle_store(event: Event) -> Dataset | int:
         finally:
             os.unlink(tmp_path)
     finally:
-        close_old_connections()
+        _connection_keep()
 
 
 def handle_find(event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:

@@ -22,10 +22,15 @@ from tenants.models import Clinic
 
 @dataclass(frozen=True)
 class WrittenObject:
-    """An object the writer stored, and when the replica got the same bytes (sync mode), if it did."""
+    """An object the writer stored, and when the replica got the same bytes (sync mode), if it did.
+
+    ``folder_pending`` says the object's name is not durable yet: ingest syncs the primary store's
+    folders once for the whole batch (``objects.objects_folders_sync``) before indexing anything.
+    """
 
     stored: objects.StoredObject
     replicated_at: datetime | None = None
+    folder_pending: bool = False
 
 
 @dataclass(frozen=True)

@@ -292,6 +292,15 @@ def _store(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> None:
     if not written:
         return
     try:
+        # Durable before anything is indexed: one folder fsync for the batch rather than one per object.
+        objects.objects_folders_sync(keys=[e.written.stored.key for e in written if e.written.folder_pending])
+    except Exception as exc:  # noqa: BLE001 - no object of the batch is durable: none is acknowledged
+        error = _as_portal_error(exc)
+        for entry in written:
+            _undo(clinic=clinic, entry=entry)
+            entry.item.error = error
+        return
+    try:
         committed = _index(clinic=clinic, pending=written, origin=origin)
     except (IntegrityError, QuotaExceeded):
         # Another upload indexed one of these SOP Instance UIDs, or took the space left, meanwhile: go
@@ -385,13 +394,14 @@ def _index(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> list[_
         # clinic's batches take their locks (clinic, then studies by key) in one order.
         quota_reserve(clinic=clinic, size_bytes=sum(e.size for e in pending))
         admitted = []
+        locked: dict[str, Any] = {}  # one study lookup (and lock) per study of the batch
         for entry in pending:
             # Trash, patient identity and outside-sender rules (studies.admission): a held file keeps its
             # object, in quarantine and in the quota, but gets no index row.
             try:
                 quarantined = admission.instance_admit_or_hold(
                     clinic=clinic, parsed=entry.parsed, stored=entry.stored, source=origin.source,
-                    actor=origin.user, upload_link=origin.upload_link,
+                    actor=origin.user, upload_link=origin.upload_link, locked=locked,
                 )
             except StudyBeingPurged as exc:
                 entry.item.error = exc

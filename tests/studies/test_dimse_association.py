@@ -161,6 +161,39 @@ def test_associations_leave_no_database_connection_behind(clinic, scp_port):
     assert open_connections() <= before
 
 
+def test_store_associations_keep_one_connection_each_and_leave_none_behind(clinic, scp_port, tmp_path):
+    # C-STORE keeps its association's connection from one instance to the next (no reconnect per
+    # image) and closes it with the association.
+    from django.db import connection
+    from pydicom.uid import generate_uid
+
+    from studies.models import Instance
+    from tests.studies.dicomweb_support import write_instance
+    from tests.studies.dimse_support import store_with_pynetdicom
+
+    register_node(clinic)
+
+    def open_connections() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+            return cursor.fetchone()[0]
+
+    study, series = generate_uid(), generate_uid()
+    before = open_connections()
+    statuses = []
+    for n in range(3):
+        paths = [write_instance(tmp_path, study_uid=study, series_uid=series, instance_number=3 * n + i + 1) for i in range(3)]
+        statuses += store_with_pynetdicom(scp_port, clinic.ae_title, paths)
+
+    deadline = time.monotonic() + 10
+    while open_connections() > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    assert statuses == [0x0000] * 9
+    assert Instance.objects.for_clinic(clinic).count() == 9
+    assert open_connections() <= before
+
+
 @pytest.mark.slow
 def test_manage_py_dicom_scp_serves_the_clinics_nodes(clinic, tmp_path):
     import os

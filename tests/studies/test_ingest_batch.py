@@ -284,12 +284,12 @@ def test_storage_failing_mid_batch_leaves_no_row_and_no_quota_for_what_was_not_a
     real_put = stores.LocalStore.put
     calls = []
 
-    def flaky_put(self, key, fileobj):  # the storage boundary: the second instance object's write fails
+    def flaky_put(self, key, fileobj, **options):  # the storage boundary: the second instance object's write fails
         if self.name == "primary" and "/objects/" in key:
             calls.append(key)
         if len(calls) == 2 and calls[-1] == key:
             raise StorageUnavailable("The primary store did not answer.")
-        return real_put(self, key, fileobj)
+        return real_put(self, key, fileobj, **options)
 
     monkeypatch.setattr(stores.LocalStore, "put", flaky_put)
 
@@ -310,15 +310,61 @@ def test_storage_failing_mid_batch_leaves_no_row_and_no_quota_for_what_was_not_a
     assert not stores.get_store("primary").exists(calls[1])
 
 
+def test_a_batch_is_indexed_only_once_its_folder_entries_are_durable(clinic, tmp_path, monkeypatch):
+    # The objects of a batch share one folder fsync, done before the index transaction: when it fails,
+    # nothing of the batch is acknowledged, indexed or counted, and its objects are removed.
+    files = _study_files(tmp_path, 3)
+    keys: list[str] = []
+    real_put = stores.LocalStore.put
+
+    def recording_put(self, key, fileobj, **options):
+        if "/objects/" in key:
+            keys.append(key)
+        return real_put(self, key, fileobj, **options)
+
+    def failing_sync(self, keys):
+        raise StorageUnavailable("The primary store could not write: Input/output error.")
+
+    monkeypatch.setattr(stores.LocalStore, "put", recording_put)
+    monkeypatch.setattr(stores.LocalStore, "folders_sync", failing_sync)
+
+    items = ingest.instances_ingest(clinic=clinic, paths=[str(p) for p in files], origin=SYSTEM)
+
+    assert all(isinstance(i.error, StorageUnavailable) for i in items)
+    assert not Instance.objects.for_clinic(clinic).exists()
+    assert _used_bytes(clinic) == 0
+    assert len(keys) == 3 and not any(stores.get_store("primary").exists(k) for k in keys)
+
+
+def test_the_folder_of_a_batch_is_synced_once_before_its_rows_are_written(clinic, tmp_path, monkeypatch):
+    files = _study_files(tmp_path, 4)
+    synced: list[list[str]] = []
+    real_sync = stores.LocalStore.folders_sync
+
+    def recording_sync(self, keys):
+        keys = list(keys)
+        # Nothing of the batch is indexed yet when its names are made durable.
+        assert not Instance.objects.for_clinic(clinic).exists()
+        synced.append(keys)
+        return real_sync(self, keys)
+
+    monkeypatch.setattr(stores.LocalStore, "folders_sync", recording_sync)
+
+    items = ingest.instances_ingest(clinic=clinic, paths=[str(p) for p in files], origin=SYSTEM)
+
+    assert [i.result.outcome for i in items] == ["stored"] * 4
+    assert len(synced) == 1 and sorted(synced[0]) == sorted(i.result.instance.object_key for i in items)
+
+
 def test_an_index_failure_undoes_the_whole_batch(clinic, tmp_path, monkeypatch):
     files = _study_files(tmp_path, 3)
     keys: list[str] = []
     real_put = stores.LocalStore.put
 
-    def recording_put(self, key, fileobj):
+    def recording_put(self, key, fileobj, **options):
         if "/objects/" in key:
             keys.append(key)
-        return real_put(self, key, fileobj)
+        return real_put(self, key, fileobj, **options)
 
     monkeypatch.setattr(stores.LocalStore, "put", recording_put)
     # The database boundary: the audit entry of the new study cannot be written.
