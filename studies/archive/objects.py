@@ -16,7 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from django.conf import settings
 
@@ -145,6 +145,18 @@ class _FailoverReader(io.RawIOBase):
         self._position += count or 0
         return count or 0
 
+    def read_chunk(self) -> bytes:
+        """The next authenticated plaintext, as decrypted (a segment), without a copy; b"" at the end."""
+        try:
+            data = self._current.read_chunk()
+        except FAILOVER_ERRORS as error:
+            if self._on_replica:
+                raise
+            self._switch_to_replica(error)
+            data = self._current.read_chunk()
+        self._position += len(data)
+        return data
+
     def _switch_to_replica(self, error: Exception) -> None:
         _report_primary_failure(self._clinic, self._key, error)
         replica: crypto.DecryptingReader | None = None
@@ -179,9 +191,32 @@ def object_open(*, clinic: Clinic, key: str, store: str | None = None) -> Binary
     naming a store reads only that one (verification). Raises ObjectCorrupt, ObjectMissing,
     StorageUnavailable, or KeyUnavailable when the master key of the clinic key is not configured.
     """
-    _key_check(clinic, key)
     if store is not None:
+        _key_check(clinic, key)
         return io.BufferedReader(_open_from(clinic, key, store))  # type: ignore[return-value]
+    return io.BufferedReader(_failover_open(clinic, key))  # type: ignore[return-value]
+
+
+class ObjectStream(Protocol):
+    """An open object read segment by segment: what ``object_stream_open`` returns."""
+
+    def read_chunk(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def object_stream_open(*, clinic: Clinic, key: str) -> ObjectStream:
+    """Open an object like ``object_open`` (primary, replica on failure), unbuffered.
+
+    ``read_chunk()`` hands over each authenticated segment as decrypted, with no copy: what a streaming
+    sender (WADO-RS, ``readahead``) wants, a buffered reader would copy every segment once more. The
+    first segment is authenticated before this returns.
+    """
+    return _failover_open(clinic, key)
+
+
+def _failover_open(clinic: Clinic, key: str) -> _FailoverReader:
+    _key_check(clinic, key)
     try:
         first = _open_from(clinic, key, "primary")
         on_replica = False
@@ -193,7 +228,7 @@ def object_open(*, clinic: Clinic, key: str, store: str | None = None) -> Binary
             logger.warning("object %s: replica read failed too (%s)", key, type(replica_error).__name__)
             raise error from replica_error
         on_replica = True
-    return io.BufferedReader(_FailoverReader(clinic, key, first, on_replica=on_replica))  # type: ignore[return-value]
+    return _FailoverReader(clinic, key, first, on_replica=on_replica)
 
 
 def object_open_seekable(*, clinic: Clinic, key: str, max_memory: int = 8 * 1024 * 1024) -> BinaryIO:

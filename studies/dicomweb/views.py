@@ -238,7 +238,13 @@ def retrieve(
     boundary = multipart.new_boundary()
     parts = wado.instance_parts(clinic=request.clinic, instances=instances, target=target)
     body = multipart.parts_write(parts, boundary=boundary)
-    return StreamingHttpResponse(body, content_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+    response = StreamingHttpResponse(
+        body, content_type=f'multipart/related; type="application/dicom"; boundary={boundary}'
+    )
+    length = wado.instances_body_length(instances=instances, target=target, boundary=boundary)
+    if length is not None:
+        response["Content-Length"] = str(length)
+    return response
 
 
 @require_GET
