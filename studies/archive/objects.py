@@ -20,7 +20,7 @@ from typing import BinaryIO, Protocol
 
 from django.conf import settings
 
-from studies.archive import crypto, keys, stores
+from studies.archive import crypto, keys, plaincache, stores
 from studies.archive.errors import ObjectCorrupt, ObjectMissing, StorageUnavailable
 from tenants.models import Clinic
 
@@ -247,7 +247,28 @@ def object_open_seekable(*, clinic: Clinic, key: str, max_memory: int = 8 * 1024
     return spool  # type: ignore[return-value]
 
 
+def object_read_cached(*, clinic: Clinic, key: str, size_bytes: int | None = None) -> BinaryIO:
+    """The decrypted object as a readable file, from this process's bounded cache when it holds it.
+
+    For repeated reads of one instance (frames, rendered images, bulk data): decrypted once, then served
+    from memory (see ``plaincache``). The caller must have found the instance through the clinic in the
+    database first: that is what makes a deleted instance unreachable in every process. ``size_bytes``
+    (the index's plaintext size) lets an object too large to cache stream without being held in memory.
+    """
+    data = plaincache.cached(clinic=clinic, key=key)
+    if data is not None:
+        return io.BytesIO(data)
+    source = object_open(clinic=clinic, key=key)
+    if size_bytes is not None and size_bytes > plaincache.budget() // 4:
+        return source
+    with source:
+        data = source.read()
+    plaincache.remember(clinic=clinic, key=key, data=data)
+    return io.BytesIO(data)
+
+
 def object_delete(*, clinic: Clinic, key: str, store: str = "primary") -> None:
     """Delete an object from a store; deleting an absent object is not an error."""
     _key_check(clinic, key)
+    plaincache.forget(clinic=clinic, key=key)
     stores.get_store(store).delete(key)

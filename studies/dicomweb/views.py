@@ -288,7 +288,11 @@ def _json_compressed(request: ClinicRequest, body: str) -> HttpResponse:
 def _open_dataset(request: ClinicRequest, instance: Instance):
     from studies.archive import objects
 
-    return rendering.dataset_open(objects.object_open(clinic=request.clinic, key=instance.object_key))
+    # The instance was found through the clinic in the database just before: only then may the
+    # process's cache of decrypted objects answer (frames of one instance are decrypted once).
+    return rendering.dataset_open(
+        objects.object_read_cached(clinic=request.clinic, key=instance.object_key, size_bytes=instance.size_bytes)
+    )
 
 
 def _frame_numbers(text: str) -> list[int]:
