@@ -10,7 +10,7 @@ default or on PostgreSQL with `--database-url`. Then, against both:
 - WADO-RS of the whole study, one client (MB/s);
 - QIDO-RS series of one study, p95 (ms).
 
-Run: `make bench-orthanc` or `.venv/bin/python bench/bench_orthanc.py [--instances 200]
+Run: `make bench-orthanc` or `.venv/bin/python bench/bench_orthanc.py [--instances 200] [--only wado]
 [--database-url postgres://...]`. Data: 512 x 512 x 16-bit CT instances (0.53 MB), written once in a
 temporary folder removed at the end. Ratios above 1 mean the portal is faster (for QIDO: Orthanc's p95
 divided by ours).
@@ -92,9 +92,30 @@ def c_store(host: str, port: int, called: str, paths: list[Path]) -> dict[str, f
     return {"instances_per_s": len(paths) / elapsed}
 
 
-def wado_study(base: str, headers: dict[str, str], study_uid: str, rounds: int = 3) -> float:
+def server_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a server process and its live children (gunicorn workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def wado_study(
+    base: str, headers: dict[str, str], study_uid: str, rounds: int = 3, server_pid: int | None = None
+) -> dict[str, float]:
+    """Whole-study WADO-RS, one client: MB/s (wall), and CPU seconds per 100 MB of the server and the client."""
     accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*', **headers}
     size, seconds = 0, 0.0
+    server_started = server_cpu_seconds(server_pid) if server_pid else 0.0
+    client_started = time.process_time()
     with requests.Session() as session:
         for _ in range(rounds):
             started = time.perf_counter()
@@ -104,7 +125,10 @@ def wado_study(base: str, headers: dict[str, str], study_uid: str, rounds: int =
                 for chunk in response.iter_content(1024 * 1024):
                     size += len(chunk)
             seconds += time.perf_counter() - started
-    return size / seconds / 1e6
+    result = {"wado_mb_per_s": size / seconds / 1e6, "wado_client_cpu": (time.process_time() - client_started) / size * 1e8}
+    if server_pid:
+        result["wado_server_cpu"] = (server_cpu_seconds(server_pid) - server_started) / size * 1e8
+    return result
 
 
 def qido_series_p95(base: str, headers: dict[str, str], study_uid: str, rounds: int = 200) -> float:
@@ -129,16 +153,27 @@ def workload(
     stow_files: list[Path],
     store_files: list[Path],
     study_uid: str,
+    only: set[str],
+    server_pid: int | None = None,
 ) -> dict[str, float]:
+    # STOW-RS always runs: it stores the study the WADO-RS and QIDO-RS figures read.
     result = {"stow": stow(base, headers, stow_files, 10, 4)["instances_per_s"]}
-    result["c_store"] = c_store(*dimse, store_files)["instances_per_s"]
-    result["wado_mb_per_s"] = wado_study(base, headers, study_uid)
-    result["qido_series_p95_ms"] = qido_series_p95(base, headers, study_uid)
+    if "c_store" in only:
+        result["c_store"] = c_store(*dimse, store_files)["instances_per_s"]
+    if "wado" in only:
+        result.update(wado_study(base, headers, study_uid, server_pid=server_pid))
+    if "qido" in only:
+        result["qido_series_p95_ms"] = qido_series_p95(base, headers, study_uid)
     return result
 
 
 def run_portal(
-    work: Path, database_url: str | None, stow_files: list[Path], store_files: list[Path], study_uid: str
+    work: Path,
+    database_url: str | None,
+    stow_files: list[Path],
+    store_files: list[Path],
+    study_uid: str,
+    only: set[str],
 ) -> dict[str, float]:
     var = work / "portal"
     var.mkdir()
@@ -208,6 +243,8 @@ def run_portal(
             stow_files=stow_files,
             store_files=store_files,
             study_uid=study_uid,
+            only=only,
+            server_pid=web.pid,
         )
     finally:
         for process in (web, scp):
@@ -215,7 +252,9 @@ def run_portal(
             process.wait(timeout=30)
 
 
-def run_orthanc(work: Path, stow_files: list[Path], store_files: list[Path], study_uid: str) -> dict[str, float]:
+def run_orthanc(
+    work: Path, stow_files: list[Path], store_files: list[Path], study_uid: str, only: set[str]
+) -> dict[str, float]:
     plugins = [p for p in ORTHANC_PLUGINS if Path(p).is_dir()]
     if not Path(ORTHANC_BINARY).exists() or not plugins:
         raise SystemExit("Orthanc is not installed: apt-get install orthanc orthanc-dicomweb")
@@ -249,6 +288,8 @@ def run_orthanc(work: Path, stow_files: list[Path], store_files: list[Path], stu
             stow_files=stow_files,
             store_files=store_files,
             study_uid=study_uid,
+            only=only,
+            server_pid=server.pid,
         )
     finally:
         server.terminate()
@@ -259,15 +300,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=200, help="instances per workload (default 200)")
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: the SQLite default run)")
+    parser.add_argument(
+        "--only", default="stow,c_store,wado,qido",
+        help="comma-separated workloads to report (stow always runs: it loads the study); default all",
+    )
     args = parser.parse_args()
+    only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))
     try:
         study_uid = "1.2.826.0.1.3680043.8.498." + str(uuid.uuid4().int)[:20]
         stow_files = write_files(work / "stow", args.instances, study_uid)
         store_files = write_files(work / "store", args.instances, study_uid + ".2")
         with ThreadPoolExecutor(max_workers=1) as pool:  # one after the other: they share 2 cores
-            portal = pool.submit(run_portal, work, args.database_url, stow_files, store_files, study_uid).result()
-            orthanc = pool.submit(run_orthanc, work, stow_files, store_files, study_uid).result()
+            portal = pool.submit(
+                run_portal, work, args.database_url, stow_files, store_files, study_uid, only
+            ).result()
+            orthanc = pool.submit(run_orthanc, work, stow_files, store_files, study_uid, only).result()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()[0]
@@ -276,29 +324,21 @@ def main() -> None:
         f"{'PostgreSQL' if args.database_url else 'SQLite'}; load average at the end {load:.1f}"
     )
     print(f"{'figure':<36}{'portal':>12}{'Orthanc':>12}{'ratio':>8}")
-    rows = [
-        ("STOW-RS, 4 clients (inst/s)", portal["stow"], orthanc["stow"], portal["stow"] / orthanc["stow"]),
-        (
-            "C-STORE, one association (inst/s)",
-            portal["c_store"],
-            orthanc["c_store"],
-            portal["c_store"] / orthanc["c_store"],
-        ),
-        (
-            "WADO-RS whole study (MB/s)",
-            portal["wado_mb_per_s"],
-            orthanc["wado_mb_per_s"],
-            portal["wado_mb_per_s"] / orthanc["wado_mb_per_s"],
-        ),
-        (
-            "QIDO series of a study, p95 (ms)",
-            portal["qido_series_p95_ms"],
-            orthanc["qido_series_p95_ms"],
-            orthanc["qido_series_p95_ms"] / portal["qido_series_p95_ms"],
-        ),
-    ]
-    for name, ours, theirs, ratio in rows:
-        print(f"{name:<36}{ours:>12.1f}{theirs:>12.1f}{ratio:>8.2f}")
+    rows = [("STOW-RS, 4 clients (inst/s)", "stow", False)]
+    if "c_store" in only:
+        rows.append(("C-STORE, one association (inst/s)", "c_store", False))
+    if "wado" in only:
+        rows += [
+            ("WADO-RS whole study (MB/s)", "wado_mb_per_s", False),
+            ("  server CPU s per 100 MB", "wado_server_cpu", True),
+            ("  client CPU s per 100 MB", "wado_client_cpu", True),
+        ]
+    if "qido" in only:
+        rows.append(("QIDO series of a study, p95 (ms)", "qido_series_p95_ms", True))
+    for name, key, lower_is_better in rows:
+        ours, theirs = portal[key], orthanc[key]
+        ratio = theirs / ours if lower_is_better else ours / theirs
+        print(f"{name:<36}{ours:>12.3g}{theirs:>12.3g}{ratio:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -261,6 +261,9 @@ CONTENT_SECURITY_POLICY = {
 # get Django's technical pages while developing.
 TECHNICAL_ERROR_PAGES = env_bool("TECHNICAL_ERROR_PAGES", False)
 # Rendered images (WADO-RS rendered, thumbnails, the light viewer): what one request may cost.
+# Decrypted instances kept in each web process's memory for repeated frame/rendered requests (0: none).
+DECRYPTED_CACHE_BYTES = env_int("DECRYPTED_CACHE_BYTES", 64 * 1024 * 1024)
+DECRYPTED_CACHE_SECONDS = env_int("DECRYPTED_CACHE_SECONDS", 300)
 DICOMWEB_RENDER_MAX_FRAMES = env_int("DICOMWEB_RENDER_MAX_FRAMES", 16)
 DICOMWEB_RENDER_MAX_SOURCE_PIXELS = env_int("DICOMWEB_RENDER_MAX_SOURCE_PIXELS", 40_000_000)
 DICOMWEB_RENDER_MAX_OUTPUT_PIXELS = env_int("DICOMWEB_RENDER_MAX_OUTPUT_PIXELS", 32 * 1024 * 1024)

@@ -135,13 +135,16 @@ def read_full(raw: Readable, size: int) -> bytes:
     first = raw.read(size)
     if not first or len(first) == size:
         return first or b""
-    parts = bytearray(first)
-    while len(parts) < size:
-        chunk = raw.read(size - len(parts))
+    # Short reads: a file's last segment (the only one, for most instances) ends short of ``size``;
+    # keep the pieces and join them only if there are several, so that case copies nothing.
+    pieces, count = [first], len(first)
+    while count < size:
+        chunk = raw.read(size - count)
         if not chunk:
             break
-        parts += chunk
-    return bytes(parts)
+        pieces.append(chunk)
+        count += len(chunk)
+    return first if len(pieces) == 1 else b"".join(pieces)
 
 
 class _ChunkReader(io.RawIOBase):
@@ -191,6 +194,15 @@ class _ChunkReader(io.RawIOBase):
         self._offset += len(taken)
         self._position += len(taken)
         return taken
+
+    def read_chunk(self) -> bytes:
+        """Return the next unread bytes as produced (a whole segment, most often), without copying them.
+
+        b"" at the end. Streaming readers (WADO-RS) use this instead of ``read`` to avoid a copy per segment.
+        """
+        if not self._fill():
+            return b""
+        return self._take(len(self._chunk))
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:

@@ -16,11 +16,11 @@ import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from django.conf import settings
 
-from studies.archive import crypto, keys, stores
+from studies.archive import crypto, keys, plaincache, stores
 from studies.archive.errors import ObjectCorrupt, ObjectMissing, StorageUnavailable
 from tenants.models import Clinic
 
@@ -158,6 +158,18 @@ class _FailoverReader(io.RawIOBase):
         self._position += count or 0
         return count or 0
 
+    def read_chunk(self) -> bytes:
+        """The next authenticated plaintext, as decrypted (a segment), without a copy; b"" at the end."""
+        try:
+            data = self._current.read_chunk()
+        except FAILOVER_ERRORS as error:
+            if self._on_replica:
+                raise
+            self._switch_to_replica(error)
+            data = self._current.read_chunk()
+        self._position += len(data)
+        return data
+
     def _switch_to_replica(self, error: Exception) -> None:
         _report_primary_failure(self._clinic, self._key, error)
         replica: crypto.DecryptingReader | None = None
@@ -192,9 +204,32 @@ def object_open(*, clinic: Clinic, key: str, store: str | None = None) -> Binary
     naming a store reads only that one (verification). Raises ObjectCorrupt, ObjectMissing,
     StorageUnavailable, or KeyUnavailable when the master key of the clinic key is not configured.
     """
-    _key_check(clinic, key)
     if store is not None:
+        _key_check(clinic, key)
         return io.BufferedReader(_open_from(clinic, key, store))
+    return io.BufferedReader(_failover_open(clinic, key))
+
+
+class ObjectStream(Protocol):
+    """An open object read segment by segment: what ``object_stream_open`` returns."""
+
+    def read_chunk(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def object_stream_open(*, clinic: Clinic, key: str) -> ObjectStream:
+    """Open an object like ``object_open`` (primary, replica on failure), unbuffered.
+
+    ``read_chunk()`` hands over each authenticated segment as decrypted, with no copy: what a streaming
+    sender (WADO-RS, ``readahead``) wants, a buffered reader would copy every segment once more. The
+    first segment is authenticated before this returns.
+    """
+    return _failover_open(clinic, key)
+
+
+def _failover_open(clinic: Clinic, key: str) -> _FailoverReader:
+    _key_check(clinic, key)
     try:
         first = _open_from(clinic, key, "primary")
         on_replica = False
@@ -206,7 +241,7 @@ def object_open(*, clinic: Clinic, key: str, store: str | None = None) -> Binary
             logger.warning("object %s: replica read failed too (%s)", key, type(replica_error).__name__)
             raise error from replica_error
         on_replica = True
-    return io.BufferedReader(_FailoverReader(clinic, key, first, on_replica=on_replica))
+    return _FailoverReader(clinic, key, first, on_replica=on_replica)
 
 
 def object_open_seekable(*, clinic: Clinic, key: str, max_memory: int = 8 * 1024 * 1024) -> BinaryIO:
@@ -225,7 +260,28 @@ def object_open_seekable(*, clinic: Clinic, key: str, max_memory: int = 8 * 1024
     return spool  # type: ignore[return-value]
 
 
+def object_read_cached(*, clinic: Clinic, key: str, size_bytes: int | None = None) -> BinaryIO:
+    """The decrypted object as a readable file, from this process's bounded cache when it holds it.
+
+    For repeated reads of one instance (frames, rendered images, bulk data): decrypted once, then served
+    from memory (see ``plaincache``). The caller must have found the instance through the clinic in the
+    database first: that is what makes a deleted instance unreachable in every process. ``size_bytes``
+    (the index's plaintext size) lets an object too large to cache stream without being held in memory.
+    """
+    data = plaincache.cached(clinic=clinic, key=key)
+    if data is not None:
+        return io.BytesIO(data)
+    source = object_open(clinic=clinic, key=key)
+    if size_bytes is not None and size_bytes > plaincache.budget() // 4:
+        return source
+    with source:
+        data = source.read()
+    plaincache.remember(clinic=clinic, key=key, data=data)
+    return io.BytesIO(data)
+
+
 def object_delete(*, clinic: Clinic, key: str, store: str = "primary") -> None:
     """Delete an object from a store; deleting an absent object is not an error."""
     _key_check(clinic, key)
+    plaincache.forget(clinic=clinic, key=key)
     stores.get_store(store).delete(key)

@@ -237,6 +237,9 @@ class _LocalReader(io.RawIOBase):
         super().__init__()
         self._handle = handle
         self._store_name = store_name
+        # Reads are clamped to what the file holds: asking a buffered file for a whole segment (1 MiB)
+        # when 0.5 MB remain makes it allocate (and page in) the full size and then shrink it.
+        self._size = os.fstat(handle.fileno()).st_size
 
     def readable(self) -> bool:
         return True
@@ -258,6 +261,8 @@ class _LocalReader(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         try:
+            if size is not None and size > 0:
+                size = max(min(size, self._size - self._handle.tell()), 1)
             return self._handle.read(size)
         except OSError as exc:
             raise StorageUnavailable(f"The {self._store_name} store could not read: {exc.strerror}.") from exc

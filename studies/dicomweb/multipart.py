@@ -212,25 +212,50 @@ def new_boundary() -> str:
     return "dicomweb-" + secrets.token_hex(16)
 
 
+class PartLengthMismatch(RuntimeError):
+    """A part's body did not have the length its headers (and the response's Content-Length) declared."""
+
+
+def _head(boundary: str, headers: dict[str, str]) -> bytes:
+    return (f"--{boundary}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode("latin-1")
+
+
 def parts_write(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], *, boundary: str) -> Iterator[bytes]:
-    """Yield a multipart/related body from (headers, body chunks) pairs, streaming each body."""
+    """Yield a multipart/related body from (headers, body chunks) pairs, streaming each body.
+
+    Body chunks are passed on as they are (no copy); the small pieces of framing between two bodies go
+    out as one write. A part's headers are sent only once its first bytes are at hand, so an object
+    that cannot be read is never announced. A part declaring a Content-Length must have exactly that
+    many bytes, else PartLengthMismatch ends the stream (a client sees a short, incomplete body).
+    """
+    tail = b""
     for headers, chunks in parts:
-        head = f"--{boundary}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        yield head.encode("latin-1")
-        for chunk in chunks:
+        declared = headers.get("Content-Length")
+        sent = 0
+        iterator = iter(chunks)
+        first = b""
+        for first in iterator:
+            if first:
+                break
+        yield tail + _head(boundary, headers)
+        if first:
+            sent += len(first)
+            yield first
+        for chunk in iterator:
             if chunk:
+                sent += len(chunk)
                 yield chunk
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode("latin-1")
+        if declared is not None and sent != int(declared):
+            raise PartLengthMismatch(f"A part declared {declared} bytes and has {sent}.")
+        tail = b"\r\n"
+    yield tail + f"--{boundary}--\r\n".encode("latin-1")
 
 
-def file_chunks(source: BinaryIO, *, size: int = CHUNK) -> Iterator[bytes]:
-    """Yield a file's bytes in chunks, closing it at the end (or when the consumer stops)."""
-    try:
-        while True:
-            chunk = source.read(size)
-            if not chunk:
-                return
-            yield chunk
-    finally:
-        source.close()
+def parts_length(headers: Iterable[dict[str, str]], *, boundary: str) -> int:
+    """The exact length of ``parts_write``'s body for parts with these headers (each with a Content-Length)."""
+    total = 0
+    for part in headers:
+        total += len(_head(boundary, part)) + int(part["Content-Length"]) + 2
+    return total + len(f"--{boundary}--\r\n")
+
+

@@ -95,6 +95,10 @@ def spool(source: BinaryIO) -> tempfile.SpooledTemporaryFile[bytes]:
 @contextmanager
 def dataset_open(source: BinaryIO) -> Iterator[Dataset]:
     """Yield the dataset of a decrypted object stream (pixel data included)."""
+    if isinstance(source, io.BytesIO):  # already in memory and seekable (the decrypted-object cache)
+        with source:
+            yield pydicom.dcmread(source, force=True)
+        return
     with spool(source) as spooled:
         yield pydicom.dcmread(spooled, force=True)
 

@@ -238,7 +238,13 @@ def retrieve(
     boundary = multipart.new_boundary()
     parts = wado.instance_parts(clinic=request.clinic, instances=instances, target=target)
     body = multipart.parts_write(parts, boundary=boundary)
-    return StreamingHttpResponse(body, content_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+    response = StreamingHttpResponse(
+        body, content_type=f'multipart/related; type="application/dicom"; boundary={boundary}'
+    )
+    length = wado.instances_body_length(instances=instances, target=target, boundary=boundary)
+    if length is not None:
+        response["Content-Length"] = str(length)
+    return response
 
 
 @require_GET
@@ -282,7 +288,11 @@ def _json_compressed(request: ClinicRequest, body: str) -> HttpResponse:
 def _open_dataset(request: ClinicRequest, instance: Instance):
     from studies.archive import objects
 
-    return rendering.dataset_open(objects.object_open(clinic=request.clinic, key=instance.object_key))
+    # The instance was found through the clinic in the database just before: only then may the
+    # process's cache of decrypted objects answer (frames of one instance are decrypted once).
+    return rendering.dataset_open(
+        objects.object_read_cached(clinic=request.clinic, key=instance.object_key, size_bytes=instance.size_bytes)
+    )
 
 
 def _frame_numbers(text: str) -> list[int]:

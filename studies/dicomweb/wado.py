@@ -8,6 +8,7 @@ turned into real URLs by plain string replacement.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import closing
@@ -24,6 +25,8 @@ from studies.archive import readahead
 from studies.dicomweb import multipart, rendering
 from studies.models import Instance, Study
 from tenants.models import Clinic
+
+logger = logging.getLogger(__name__)
 
 DICOM = "application/dicom"
 OCTET = "application/octet-stream"
@@ -195,12 +198,33 @@ def instance_parts(
     """
     from studies.archive import objects
 
-    first = objects.object_open(clinic=clinic, key=instances[0].object_key)
-    if target is not None and _converts(instances[0], target):
-        with first:
-            first_part = _transcoded_part(first, target)
-        return _parts(clinic, instances, None, objects, target, first_part)
-    return _parts(clinic, instances, first, objects, target, None)
+    if _converts(instances[0], target):
+        with objects.object_open(clinic=clinic, key=instances[0].object_key) as first:
+            first_part = _transcoded_part(first, target)  # type: ignore[arg-type]
+        return _parts(clinic, instances, objects, target, first_part)
+    opened = objects.object_stream_open(clinic=clinic, key=instances[0].object_key)
+    if not any(_converts(instance, target) for instance in instances):
+        return _stored_parts(clinic, instances, opened, objects)
+    opened.close()  # a mixed study: read one object at a time
+    return _parts(clinic, instances, objects, target, None)
+
+
+def stored_part_headers(instance: Instance) -> dict[str, str]:
+    return {
+        "Content-Type": f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}",
+        "Content-Length": str(instance.size_bytes),
+    }
+
+
+def instances_body_length(*, instances: list[Instance], target: str | None, boundary: str) -> int | None:
+    """The exact length of the multipart body when every instance goes out as stored, else None.
+
+    With it the answer carries a Content-Length rather than chunked framing: neither gunicorn nor the
+    client (nor nginx) has to frame or unframe every chunk, and a client knows a cut-off answer is short.
+    """
+    if any(_converts(instance, target) for instance in instances):
+        return None
+    return multipart.parts_length((stored_part_headers(i) for i in instances), boundary=boundary)
 
 
 def _converts(instance: Instance, target: str | None) -> bool:
@@ -220,48 +244,48 @@ def _transcoded_part(source: BinaryIO, target: str) -> tuple[dict[str, str], Ite
 def _parts(
     clinic: Clinic,
     instances: list[Instance],
-    first: BinaryIO | None,
     objects: Any,
     target: str | None,
     first_part: tuple[dict[str, str], Iterator[bytes]] | None,
 ) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
-    if first_part is None and not any(_converts(instance, target) for instance in instances):
-        yield from _stored_parts(clinic, instances, first, objects)
-        return
     for index, instance in enumerate(instances):
         if index == 0 and first_part is not None:
             yield first_part
             continue
-        if target is not None and _converts(instance, target):
-            yield _transcoded_part(objects.object_open(clinic=clinic, key=instance.object_key), target)
+        if _converts(instance, target):
+            yield _transcoded_part(objects.object_open(clinic=clinic, key=instance.object_key), target)  # type: ignore[arg-type]
             continue
-        headers = {
-            "Content-Type": f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}",
-            "Content-Length": str(instance.size_bytes),
-        }
-        source = first if index == 0 else None
-        yield headers, _lazy_chunks(clinic, instance.object_key, objects, source)
+        yield stored_part_headers(instance), _lazy_chunks(clinic, instance.object_key, objects)
 
 
-def _lazy_chunks(clinic: Clinic, key: str, objects: Any, source: BinaryIO | None) -> Iterator[bytes]:
-    # 1 MiB reads match the archive's segment size, so each read decrypts whole segments.
-    yield from multipart.file_chunks(source or objects.object_open(clinic=clinic, key=key), size=1024 * 1024)
+def _lazy_chunks(clinic: Clinic, key: str, objects: Any) -> Iterator[bytes]:
+    with closing(objects.object_stream_open(clinic=clinic, key=key)) as source:
+        while data := source.read_chunk():
+            yield data
 
 
 def _stored_parts(
-    clinic: Clinic, instances: list[Instance], first: BinaryIO | None, objects: Any
+    clinic: Clinic, instances: list[Instance], first: Any, objects: Any
 ) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
-    # A helper thread decrypts the next objects while this one's bytes go out (1 MiB reads match the
-    # archive's segment size, so each read decrypts whole segments).
-    openers = [functools.partial(objects.object_open, clinic=clinic, key=i.object_key) for i in instances]
+    # A helper thread reads and decrypts the next objects while this one's bytes go out; each segment
+    # is handed over as decrypted (no copy on the way to the socket).
+    openers = [functools.partial(objects.object_stream_open, clinic=clinic, key=i.object_key) for i in instances]
     bodies = readahead.objects_read_ahead(openers, first=first)
     with closing(bodies):
         for instance, body in zip(instances, bodies, strict=True):
-            headers = {
-                "Content-Type": f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}",
-                "Content-Length": str(instance.size_bytes),
-            }
-            yield headers, body
+            yield stored_part_headers(instance), _logged(body, instance)
+
+
+def _logged(body: Iterator[bytes], instance: Instance) -> Iterator[bytes]:
+    """Pass ``body`` on; if its object fails part-way, say which instance before the answer is cut off."""
+    try:
+        yield from body
+    except Exception as exc:
+        logger.error(
+            "WADO-RS: instance %s (object %s) could not be read (%s: %s); the answer is cut off before its part",
+            instance.sop_instance_uid, instance.object_key, type(exc).__name__, exc,
+        )
+        raise
 
 
 def metadata_body(

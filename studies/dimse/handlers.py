@@ -36,6 +36,7 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 
 from studies import ingest
+from studies.archive import readahead
 from studies.archive.errors import ArchiveError, StorageUnavailable
 from studies.dimse import nodes
 from studies.dimse.find import QueryError, find_matches
@@ -411,29 +412,42 @@ def _retrieve_setup(event: Event, info: AssociationInfo, *, operation: str, dest
 def _send_each(
     event: Event, info: AssociationInfo, instances: list[Instance], store_assoc: Callable[[], Association | None]
 ) -> Iterator[tuple[int, Any]]:
-    """Yield each instance for a C-STORE sub-operation, converted when the peer did not accept its syntax."""
+    """Yield each instance for a C-STORE sub-operation, converted when the peer did not accept its syntax.
+
+    A helper thread reads, decrypts and parses the next instance while pynetdicom sends the current
+    one (``readahead.items_read_ahead``, two ahead at most, so memory stays a few instances).
+    """
     accepted: dict[str, set[str]] | None = None
-    for instance in instances:
-        if event.is_cancelled:
-            yield CANCEL, None
-            return
-        close_old_connections()
-        if accepted is None:
-            assoc = store_assoc()
-            accepted = accepted_syntaxes(assoc.accepted_contexts) if assoc is not None else {}
+    assoc = store_assoc()
+    accepted = accepted_syntaxes(assoc.accepted_contexts) if assoc is not None else {}
+
+    def prepare(instance: Instance) -> Dataset:
         target = send_syntax(
             stored=instance.transfer_syntax_uid, accepted=accepted.get(instance.sop_class_uid, set())
         )
-        try:
-            dataset = instance_dataset(clinic=info.clinic, instance=instance)
-            if target is not None:
-                dataset_transcode(dataset, target)
-        except (ArchiveError, TranscodeError):
-            logger.exception("Retrieve: instance %s could not be read or converted", instance.uuid)
-            # Anything but a dataset makes pynetdicom count a failed sub-operation and go on.
-            yield PENDING, "unreadable"
-            continue
-        yield PENDING, dataset
+        dataset = instance_dataset(clinic=info.clinic, instance=instance)
+        if target is not None:
+            dataset_transcode(dataset, target)
+        return dataset
+
+    prepared = readahead.items_read_ahead(instances, prepare)
+    try:
+        for instance, dataset in zip(instances, prepared, strict=True):
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            if isinstance(dataset, (ArchiveError, TranscodeError)):
+                logger.error(
+                    "Retrieve: instance %s could not be read or converted", instance.uuid, exc_info=dataset
+                )
+                # Anything but a dataset makes pynetdicom count a failed sub-operation and go on.
+                yield PENDING, "unreadable"
+                continue
+            if isinstance(dataset, BaseException):
+                raise dataset
+            yield PENDING, dataset
+    finally:
+        prepared.close()  # type: ignore[attr-defined]
 
 
 def handle_move(event: Event) -> Iterator[Any]:

@@ -2,8 +2,9 @@
 
 Instances are matched with the same rules as C-FIND (``find``), at the request's level and above.
 Each one is decrypted from the archive as a stream into a spooled temporary file (memory for small
-instances, disk for large ones) and parsed by pydicom only when its turn to be sent comes, so a
-large study never sits whole in memory: one instance at a time does.
+instances, disk for large ones) and parsed by pydicom shortly before its turn to be sent comes (a
+helper thread prepares the next two while one is sent, see ``handlers._send_each``), so a large study
+never sits whole in memory: a few instances at a time do.
 """
 
 from __future__ import annotations
@@ -135,5 +136,5 @@ def instance_dataset(*, clinic: Clinic, instance: Instance) -> Dataset:
         finally:
             source.close()
         spool.seek(0)
-        # pynetdicom encodes a dataset whole for sending, so one instance is held at a time.
+        # pynetdicom encodes a dataset whole for sending: an instance is held whole while it is sent.
         return dcmread(spool)

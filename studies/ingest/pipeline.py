@@ -293,7 +293,7 @@ def _store(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> None:
         return
     try:
         # Durable before anything is indexed: one folder fsync for the batch rather than one per object.
-        objects.objects_folders_sync(keys=[e.written.stored.key for e in written if e.written.folder_pending])
+        objects.objects_folders_sync(keys=[e.stored.key for e in written if e.written is not None and e.written.folder_pending])
     except Exception as exc:  # noqa: BLE001 - no object of the batch is durable: none is acknowledged
         error = _as_portal_error(exc)
         for entry in written:

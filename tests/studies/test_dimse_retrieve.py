@@ -168,3 +168,29 @@ def test_getscu_gets_a_study(clinic, scp_port, study, tmp_path):
             assert dcmread(path) == dcmread(original)
         else:
             assert np.array_equal(dcmread(path).pixel_array, dcmread(original).pixel_array)
+
+
+def test_move_with_an_unreadable_instance_sends_the_others_and_counts_one_failure(
+    clinic, scp_port, receiver, study, settings
+):
+    # The instances are read and parsed ahead of the sender; a bad one in the middle fails alone.
+    from urllib.parse import urlparse
+
+    from studies.models import Instance
+
+    bad = Instance.objects.for_clinic(clinic).order_by("series__series_number", "instance_number", "pk")[1]
+    for url in (settings.PRIMARY_STORE_URL, settings.REPLICA_STORE_URL):
+        target = Path(urlparse(url).path) / bad.object_key
+        if target.exists():
+            data = bytearray(target.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            target.write_bytes(bytes(data))
+
+    statuses = move(scp_port, clinic.ae_title, VIEWER_AE, QueryRetrieveLevel="STUDY",
+                    StudyInstanceUID=study.study_uid)
+
+    final = statuses[-1]
+    assert final.NumberOfFailedSuboperations == 1
+    assert final.NumberOfCompletedSuboperations == len(study.files) - 1
+    expected = {uid: data for uid, data in originals(study).items() if uid != bad.sop_instance_uid}
+    assert receiver.received == expected
