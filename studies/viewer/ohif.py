@@ -271,7 +271,8 @@ def app_config(site: ViewerSite) -> dict[str, Any]:
         "routerBasename": site.public_url.rstrip("/"),
         "extensions": [],
         "modes": [],
-        "customizationService": {},
+        # No guided tour over the first image a new browser opens (OHIF's onboarding, on by default).
+        "customizationService": {"ohif.tours": {"$set": []}},
         "showStudyList": site.show_study_list,
         "maxNumberOfWebWorkers": 3,
         "showWarningMessageForCrossOrigin": False,
