@@ -34,7 +34,14 @@ $(OHIF_DIST): ohif/package.json ohif/package-lock.json
 	npm ci --prefix ohif --ignore-scripts --no-audit --no-fund
 	touch $@
 
-ohif: $(OHIF_DIST)
+# Its files as the portal serves them (rewritten for the portal's prefixes, gzipped ahead), for nginx
+# and the portal to serve without per-request work (studies/viewer/ohif.py).
+OHIF_PREPARED := ohif/prepared/.prepared.json
+
+$(OHIF_PREPARED): $(OHIF_DIST) $(VENV)/.installed
+	$(BIN)/python manage.py ohif_prepare
+
+ohif: $(OHIF_PREPARED)
 
 # nginx, the web front of `make run` (Debian's nginx-light; bin/install-system-packages installs it).
 nginx:

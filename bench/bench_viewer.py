@@ -1,13 +1,21 @@
 """Benchmark: time to the first image of a 300-slice CT in both viewers (light and OHIF), and scrolling.
 
-Runs standalone: `.venv/bin/python bench/bench_viewer.py [--slices 300] [--rounds 5]`.
-It fills a PostgreSQL database (DATABASE_URL, default .../portal_bench_viewer) with one study of N
-512x512 CT slices (about 0.5 MB each, encrypted in a temporary local store), serves the portal with
-gunicorn, signs in through the login page in headless Chromium and measures, from the start of the
-navigation to the viewer page, when the first slice is on screen; then how long each step of
-scrolling through the series takes with prefetching. The same for the diagnostic viewer (OHIF), opened
-from the study page's link, with a cold browser cache (every round a new browser context) and warm
-(the same context opening the study again), scrolling with the arrow keys.
+Runs standalone: `.venv/bin/python bench/bench_viewer.py [--slices 300] [--rounds 5] [--waterfall]`.
+It fills a PostgreSQL database (BENCH_DATABASE_URL, default .../portal_bench_viewer) with one study of N
+512x512 CT slices (about 0.5 MB each, encrypted in a temporary local store), serves the portal as
+`make run` does (nginx from bin/web-front in front of gunicorn, 2 workers x 4 threads, on a Unix
+socket; `--front gunicorn` for gunicorn alone on TCP), signs in through the login page in headless
+Chromium and measures, from the start of the navigation to the viewer page, when the first slice is
+on screen; then how long each step of scrolling through the series takes with prefetching.
+
+The same for the diagnostic viewer (OHIF), opened from the study page's link (`/c/<clinic>/viewer/
+<study>/ohif/`), the server warm (the study opened once before any round), in three cases:
+- cold: a new browser context every round (empty cache: every script downloaded and compiled);
+- warm: the same context opening the study again, twice; the figure is the second (Chromium keeps
+  the compiled code of a script only from its second run on), the first is printed too;
+- in OHIF: OHIF already loaded on its study list, from the click on "Basic Viewer" (no page load).
+Scrolling: the arrow key until the overlay's slice number changes. `--waterfall` prints every request
+of one cold and one warm opening (start, time to first byte, end, size) to show where the time goes.
 
 Pages run under the portal's Content-Security-Policy, which forbids eval: waits poll with evaluate().
 """
@@ -123,20 +131,65 @@ def sign_in(page, email: str) -> None:
     page.wait_for_load_state()
 
 
-def ohif_open(page, slug: str, study_uuid: str) -> float:
+def ohif_open(page, slug: str, study_uuid: str, requests: list | None = None) -> float:
     """Open the study in OHIF; return seconds from navigation start to the first image drawn."""
+    listener = None
+    if requests is not None:
+        def listener(request) -> None:
+            requests.append(request)
+        page.on("requestfinished", listener)
     page.goto(f"/c/{slug}/viewer/{study_uuid}/ohif/", wait_until="commit")
-    poll(page, CANVAS_MEAN_JS, lambda mean: mean > 10)
-    return page.evaluate("performance.now()") / 1000
+    poll(page, CANVAS_MEAN_JS, lambda mean: mean > 10, timeout=120)
+    seconds = page.evaluate("performance.now()") / 1000
+    if listener is not None:
+        page.remove_listener("requestfinished", listener)
+        waterfall_print(page, requests)
+    return seconds
 
 
-def measure_ohif(base_url: str, slug: str, study_uuid: str, email: str, rounds: int, slices: int) -> dict[str, object]:
+def waterfall_print(page, requests: list) -> None:
+    """Every request of one opening: start (ms from navigation), time to first byte, end, size, path."""
+    origin = page.evaluate("performance.timeOrigin")
+    total = 0
+    lines = []
+    for request in requests:
+        timing = request.timing
+        try:
+            size = request.sizes()["responseBodySize"]
+        except Exception:  # noqa: BLE001 - a request whose response is gone has no size
+            size = 0
+        total += max(size, 0)
+        path = request.url.split("/", 3)[-1]
+        lines.append((timing["startTime"] - origin, timing["responseStart"], timing["responseEnd"], size, path))
+    print(f"  {len(lines)} requests, {total / 1e6:.1f} MB transferred (from cache: size -1)")
+    for start, first_byte, end, size, path in sorted(lines):
+        print(f"  {start:7.0f} ms  ttfb {first_byte:6.0f}  end {end:6.0f}  {size / 1000:8.0f} kB  /{path[:100]}")
+
+
+def ohif_open_in_app(page, slug: str) -> float:
+    """OHIF already loaded on its study list: seconds from the click on the study's viewer to its first image."""
+    page.goto(f"/c/{slug}/viewer/ohif/")
+    page.wait_for_selector("text=BENCH", timeout=120_000)
+    page.locator("text=BENCH").first.click()
+    button = page.locator("button[title='Basic Viewer']").first
+    button.wait_for()
+    started = page.evaluate("performance.now()")
+    button.click()
+    poll(page, CANVAS_MEAN_JS, lambda mean: mean > 10, timeout=120)
+    return (page.evaluate("performance.now()") - started) / 1000
+
+
+def measure_ohif(
+    base_url: str, slug: str, study_uuid: str, email: str, rounds: int, slices: int, waterfall: bool = False
+) -> dict[str, object]:
     from playwright.sync_api import sync_playwright
 
     args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"]
     cold: list[float] = []
+    warm_first: list[float] = []
     warm: list[float] = []
+    in_app: list[float] = []
     steps: list[float] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
@@ -144,12 +197,16 @@ def measure_ohif(base_url: str, slug: str, study_uuid: str, email: str, rounds: 
             context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
             page = context.new_page()
             sign_in(page, email)
-            cold.append(ohif_open(page, slug, study_uuid))
-            warm.append(ohif_open(page, slug, study_uuid))
+            show = waterfall and round_number == 1  # round 0 also warms the server
+            if show:
+                print("OHIF, cold browser cache:")
+            cold.append(ohif_open(page, slug, study_uuid, [] if show else None))
+            warm_first.append(ohif_open(page, slug, study_uuid))
+            if show:
+                print("OHIF, warm browser cache:")
+            warm.append(ohif_open(page, slug, study_uuid, [] if show else None))
+            in_app.append(ohif_open_in_app(page, slug))
             if round_number == 0:
-                skip = page.locator("text=Skip all")
-                if skip.count():
-                    skip.first.click()
                 page.locator(".cornerstone-canvas").first.click()
                 for index in range(2, min(slices, 100) + 1):
                     started = time.perf_counter()
@@ -158,7 +215,10 @@ def measure_ohif(base_url: str, slug: str, study_uuid: str, email: str, rounds: 
                     steps.append(time.perf_counter() - started)
             context.close()
         browser.close()
-    return {"cold": cold, "warm": warm, "steps": steps}
+    # Round 0 ran on a cold server (its first queries, its first reads of the files): left out.
+    keep = slice(1, None) if rounds > 1 else slice(None)
+    return {"cold": cold[keep], "warm_first": warm_first[keep], "warm": warm[keep], "in_app": in_app[keep],
+            "steps": steps}
 
 
 def measure(base_url: str, slug: str, study_uuid: str, email: str, rounds: int, slices: int) -> dict[str, object]:
@@ -191,51 +251,87 @@ def measure(base_url: str, slug: str, study_uuid: str, email: str, rounds: int, 
     return {"first_image": first_image, "steps": steps}
 
 
+def serve(var_dir: str, front: str) -> tuple[str, list[subprocess.Popen]]:
+    """Start the portal as `make run` does (nginx in front of gunicorn) or gunicorn alone; return its URL."""
+    port = free_port()
+    env = {**os.environ, "DEBUG": "1", "PORT": str(port), "BIND_HOST": "127.0.0.1"}
+    quiet = {"cwd": ROOT, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    gunicorn = [str(ROOT / ".venv/bin/gunicorn"), "portal.wsgi", "--workers", "2", "--threads", "4", "--timeout", "600"]
+    if front == "gunicorn":
+        processes = [subprocess.Popen([*gunicorn, "--bind", f"127.0.0.1:{port}"], env=env, **quiet)]
+    else:
+        socket_path = Path(var_dir) / "run" / "app.sock"
+        socket_path.parent.mkdir(mode=0o700, exist_ok=True)
+        processes = [
+            subprocess.Popen([*gunicorn, "--bind", f"unix:{socket_path}"], env=env, **quiet),
+            subprocess.Popen([sys.executable, str(ROOT / "bin/web-front")], env=env, **quiet),
+        ]
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            if front == "gunicorn" or (Path(var_dir) / "run" / "app.sock").exists():
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return f"http://127.0.0.1:{port}", processes
+
+
+def median_ms(figures: list[float]) -> str:
+    return f"median {statistics.median(figures) * 1000:.0f} ms, worst {max(figures) * 1000:.0f} ms"
+
+
+def p95_ms(steps: list[float]) -> str:
+    ordered = sorted(steps)
+    return (f"median {statistics.median(ordered) * 1000:.0f} ms, "
+            f"p95 {ordered[int(0.95 * (len(ordered) - 1))] * 1000:.0f} ms per slice")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="OHIF: the first round warms the server and is left out")
+    parser.add_argument("--front", choices=["nginx", "gunicorn"], default="nginx")
+    parser.add_argument("--only", choices=["light", "ohif"], help="measure one viewer only")
+    parser.add_argument("--waterfall", action="store_true", help="print OHIF's requests of one cold and warm opening")
     options = parser.parse_args()
     database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB)
     with tempfile.TemporaryDirectory(prefix="bench-viewer-") as var_dir:
         setup(database_url, var_dir)
+        from django.core.management import call_command
+
+        call_command("ohif_prepare")  # what `make ohif` does; nothing when the prepared files are current
         started = time.perf_counter()
         slug, study_uuid, email = make_study(options.slices, Path(var_dir))
         print(f"stored {options.slices} slices in {time.perf_counter() - started:.1f} s")
-        port = free_port()
-        server = subprocess.Popen(
-            [str(ROOT / ".venv/bin/gunicorn"), "portal.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-             "--threads", "4"],
-            cwd=ROOT, env={**os.environ, "DEBUG": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        base_url, processes = serve(var_dir, options.front)
+        print(f"load average before measuring: {os.getloadavg()[0]:.1f} (1 min), portal behind {options.front}")
+        result = ohif = None
         try:
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            result = measure(f"http://127.0.0.1:{port}", slug, study_uuid, email, options.rounds, options.slices)
-            ohif = measure_ohif(f"http://127.0.0.1:{port}", slug, study_uuid, email, options.rounds, options.slices)
+            if options.only != "ohif":
+                result = measure(base_url, slug, study_uuid, email, options.rounds, options.slices)
+            if options.only != "light":
+                ohif = measure_ohif(base_url, slug, study_uuid, email, options.rounds, options.slices,
+                                    options.waterfall)
         finally:
-            server.terminate()
-            server.wait(10)
-    first, steps = result["first_image"], result["steps"]
-    print(f"first image of a {options.slices}-slice CT on screen (from navigation start), {len(first)} cold rounds:")
-    print(f"  median {statistics.median(first) * 1000:.0f} ms, worst {max(first) * 1000:.0f} ms")
-    if steps:
-        steps_sorted = sorted(steps)
-        print(f"scrolling, {len(steps)} steps: median {statistics.median(steps) * 1000:.0f} ms, "
-              f"p95 {steps_sorted[int(0.95 * (len(steps_sorted) - 1))] * 1000:.0f} ms per slice")
-    print(f"OHIF: first image of a {options.slices}-slice CT drawn (from navigation start), {len(ohif['cold'])} rounds:")
-    for label in ("cold", "warm"):
-        figures = ohif[label]
-        print(f"  {label} browser cache: median {statistics.median(figures) * 1000:.0f} ms,"
-              f" worst {max(figures) * 1000:.0f} ms")
-    if ohif["steps"]:
-        steps_sorted = sorted(ohif["steps"])
-        print(f"OHIF scrolling, {len(steps_sorted)} steps: median {statistics.median(steps_sorted) * 1000:.0f} ms, "
-              f"p95 {steps_sorted[int(0.95 * (len(steps_sorted) - 1))] * 1000:.0f} ms per slice")
+            for process in reversed(processes):
+                process.terminate()
+                process.wait(10)
+        print(f"load average after measuring: {os.getloadavg()[0]:.1f} (1 min)")
+    if result is not None:
+        first, steps = result["first_image"], result["steps"]
+        print(f"first image of a {options.slices}-slice CT on screen (from navigation start), {len(first)} cold rounds:")
+        print(f"  {median_ms(first)}")
+        if steps:
+            print(f"scrolling, {len(steps)} steps: {p95_ms(steps)}")
+    if ohif is not None:
+        print(f"OHIF: first image of a {options.slices}-slice CT drawn, {len(ohif['cold'])} rounds, warm server:")
+        print(f"  cold browser cache (new context), from navigation start: {median_ms(ohif['cold'])}")
+        print(f"  warm browser cache, second opening, from navigation start: {median_ms(ohif['warm_first'])}")
+        print(f"  warm browser cache, third opening, from navigation start: {median_ms(ohif['warm'])}")
+        print(f"  OHIF already loaded, from the click in its study list: {median_ms(ohif['in_app'])}")
+        if ohif["steps"]:
+            print(f"OHIF scrolling, {len(ohif['steps'])} steps: {p95_ms(ohif['steps'])}")
 
 
 if __name__ == "__main__":

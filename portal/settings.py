@@ -125,6 +125,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "studies.viewer.assets.ViewerAssetsMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "portal.errors.ErrorPagesMiddleware",
@@ -269,6 +270,8 @@ DICOMWEB_RENDER_MAX_SOURCE_PIXELS = env_int("DICOMWEB_RENDER_MAX_SOURCE_PIXELS",
 DICOMWEB_RENDER_MAX_OUTPUT_PIXELS = env_int("DICOMWEB_RENDER_MAX_OUTPUT_PIXELS", 32 * 1024 * 1024)
 # The diagnostic viewer: OHIF's prebuilt files, installed by `make ohif` from ohif/package-lock.json.
 OHIF_DIST_DIR = BASE_DIR / "ohif" / "node_modules" / "@ohif" / "app" / "dist"
+# The same files as served (rewritten for the portal's prefixes, gzipped ahead): `make ohif` writes them.
+OHIF_PREPARED_DIR = Path(os.environ.get("OHIF_PREPARED_DIR") or BASE_DIR / "ohif" / "prepared")
 CSRF_FAILURE_VIEW = "portal.errors.csrf_failure"
 
 LANGUAGE_CODE = "en-us"

@@ -188,3 +188,38 @@ def test_a_big_upload_through_the_front_is_stored_and_gunicorn_stays_small(clini
     assert answer["outcome"] == "stored"
     assert Instance.objects.for_clinic(clinic).get().size_bytes == big.stat().st_size
     assert peak < MEMORY_LIMIT, f"peak RSS {peak / 2**20:.0f} MiB"
+
+
+def test_the_front_serves_ohif_files_itself_and_the_rest_goes_on_to_the_portal(tmp_path, settings) -> None:
+    """nginx answers OHIF's prepared files (gzipped, cached, with the viewer's policy); never the folder's stamp."""
+    import gzip
+
+    from studies.viewer import ohif
+
+    dist = tmp_path / "app" / "dist"
+    dist.mkdir(parents=True)
+    (dist / "index.html").write_text("<html></html>")
+    bundle = "app.bundle.0123456789abcdef.js"
+    (dist / bundle).write_text("var a = 1;" * 300 + ohif.WEBPACK_PUBLIC_PATH)
+    settings.OHIF_DIST_DIR = dist
+    settings.OHIF_PREPARED_DIR = tmp_path / "prepared"
+    ohif.prepare()
+
+    with running_web_stack(tmp_path, {"OHIF_PREPARED_DIR": str(settings.OHIF_PREPARED_DIR)}) as (port, _):
+        def get(path: str, **headers: str) -> tuple[http.client.HTTPResponse, bytes]:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            return response, response.read()
+
+        packed, body = get(f"/s/any-link/viewer/ohif/{bundle}", **{"Accept-Encoding": "gzip"})
+        stamp, _ = get(f"/c/any-clinic/viewer/ohif/{ohif.PREPARED_STAMP}")
+        page, _ = get("/c/any-clinic/viewer/ohif/viewer")
+
+    assert packed.status == HTTPStatus.OK and packed.getheader("Content-Encoding") == "gzip"
+    assert ohif.PORTAL_PUBLIC_PATH.encode() in gzip.decompress(body)
+    assert packed.getheader("Content-Type") == "text/javascript"
+    assert "immutable" in packed.getheader("Cache-Control")
+    assert "'wasm-unsafe-eval'" in packed.getheader("Content-Security-Policy")
+    assert stamp.status != HTTPStatus.OK
+    assert page.status == HTTPStatus.FOUND  # the portal: sign in first

@@ -10,13 +10,23 @@ share's viewer never makes a request outside its link. Three things make that wo
 - ``app-config.js`` is generated per request: one DICOMweb data source, the clinic's or the share's.
 - The webpack runtime of each bundle has its public path fixed to ``/``; it is rewritten to read the
   prefix (``window.PUBLIC_URL`` in the page, the script's own folder in a worker).
+
+OHIF's own files are the same for every clinic and link and hold no patient data. ``prepare`` (run
+by ``make ohif``, i.e. ``manage.py ohif_prepare``) writes them once, rewritten as above and gzipped
+ahead, into ``OHIF_PREPARED_DIR``; from there nginx (``make run``) or ``ViewerAssetsMiddleware``
+serve them without sessions or database queries, cached by the browser for a year when their names
+carry a content hash. Without a prepared folder matching the installed dist, the views serve dist/
+and rewrite on the fly.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +71,19 @@ CSP_UPDATE: dict[str, list[str]] = {
 }
 
 
+# Never served from dist/: the portal writes the page and config itself, and the service worker would
+# keep patient images in the browser.
+NOT_SERVED = frozenset({"index.html", "app-config.js", "sw.js", "init-service-worker.js"})
+# Worth gzipping ahead; larger files (ONNX runtime's WebAssembly, for AI tools only) are served as they are.
+COMPRESSIBLE = frozenset({".js", ".mjs", ".css", ".wasm", ".json", ".svg", ".txt", ".ttf", ".html"})
+COMPRESS_MAX_BYTES = 32 * 1024 * 1024
+# Written last into a prepared folder: which dist it was made from, and by which version of prepare().
+PREPARED_STAMP = ".prepared.json"
+PREPARE_FORMAT = 2
+# What nginx adds to the files it serves from the folder (bin/web-front includes it).
+NGINX_HEADERS = ".nginx-headers.conf"
+
+
 class ViewerNotInstalled(Exception):
     """OHIF's files are not there: `make ohif` (part of `make run` and `make test`) installs them."""
 
@@ -103,14 +126,20 @@ def is_long_lived(path: Path) -> bool:
 CSS_ROOT_URL = re.compile(rb"url\(\s*([\"']?)/(?!/)")
 
 
-@functools.lru_cache(maxsize=64)
-def _patched_bytes(path: str, mtime_ns: int) -> bytes | None:
-    data = Path(path).read_bytes()
-    if path.endswith(".css"):
+def _patch(path: Path) -> bytes | None:
+    if path.suffix not in (".js", ".css"):
+        return None
+    data = path.read_bytes()
+    if path.suffix == ".css":
         patched = CSS_ROOT_URL.sub(rb"url(\1", data)
     else:
         patched = data.replace(WEBPACK_PUBLIC_PATH.encode(), PORTAL_PUBLIC_PATH.encode())
     return patched if patched != data else None
+
+
+@functools.lru_cache(maxsize=64)
+def _patched_bytes(path: str, mtime_ns: int) -> bytes | None:
+    return _patch(Path(path))
 
 
 def asset_patched(path: Path) -> bytes | None:
@@ -118,6 +147,93 @@ def asset_patched(path: Path) -> bytes | None:
     if path.suffix not in (".js", ".css"):
         return None
     return _patched_bytes(str(path), path.stat().st_mtime_ns)
+
+
+def prepared_dir() -> Path:
+    return Path(settings.OHIF_PREPARED_DIR)
+
+
+def _dist_stamp() -> dict[str, Any]:
+    index = dist_dir() / "index.html"
+    if not index.is_file():
+        raise ViewerNotInstalled(str(index))
+    package = dist_dir().parent / "package.json"
+    version = json.loads(package.read_text())["version"] if package.is_file() else ""
+    return {"format": PREPARE_FORMAT, "version": version, "index_mtime_ns": index.stat().st_mtime_ns}
+
+
+def prepared_current() -> bool:
+    """True when the prepared folder was made from the installed dist by this version of prepare()."""
+    try:
+        written = json.loads((prepared_dir() / PREPARED_STAMP).read_text())
+        return bool(written == _dist_stamp())
+    except (OSError, ValueError, ViewerNotInstalled):
+        return False
+
+
+def prepare() -> int:
+    """Write OHIF's files as served (rewritten, gzipped ahead) into the prepared folder; return how many.
+
+    Files that need no rewriting are symbolic links into dist/. The folder is built beside the old one
+    and swapped in whole, so a server reading it never sees half of it.
+    """
+    stamp = _dist_stamp()
+    source = dist_dir().resolve()
+    target = prepared_dir()
+    building = target.with_name(f"{target.name}.building-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    count = 0
+    for folder, _, names in os.walk(source):
+        for name in names:
+            path = Path(folder) / name
+            relative = path.relative_to(source)
+            if name.endswith(".map") or str(relative) in NOT_SERVED:
+                continue
+            destination = building / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            patched = _patch(path)
+            if patched is None:
+                destination.symlink_to(path)
+            else:
+                destination.write_bytes(patched)
+            size = path.stat().st_size
+            if path.suffix.lower() in COMPRESSIBLE and 1024 <= size <= COMPRESS_MAX_BYTES:
+                data = patched if patched is not None else path.read_bytes()
+                packed = gzip.compress(data, compresslevel=9, mtime=0)
+                if len(packed) < 0.9 * len(data):
+                    destination.with_name(name + ".gz").write_bytes(packed)
+            count += 1
+    (building / NGINX_HEADERS).write_text(nginx_headers())
+    (building / PREPARED_STAMP).write_text(json.dumps(stamp))
+    old = target.with_name(f"{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    building.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return count
+
+
+def nginx_headers() -> str:
+    """nginx's directives for the prepared files: the viewer's CSP (a worker takes its policy from its
+    script's response), the portal's nosniff, and the cache lifetime deploy/nginx.conf maps from the name."""
+    from csp.utils import build_policy
+
+    policy = build_policy(update=CSP_UPDATE)
+    return (
+        f"add_header Content-Security-Policy {json.dumps(policy)};\n"
+        "add_header X-Content-Type-Options nosniff;\n"
+        "add_header Cache-Control $ohif_cache_control;\n"
+        "gzip_vary on;\n"
+    )
+
+
+def prepared_file(relative: str) -> Path | None:
+    """The prepared file at ``relative`` (no ``..``, nothing the portal writes itself), or None."""
+    parts = relative.split("/")
+    if not relative or any(part in ("", ".", "..") for part in parts) or relative in NOT_SERVED:
+        return None
+    candidate = prepared_dir().joinpath(*parts)
+    return candidate if candidate.is_file() and not candidate.name.startswith(".") else None
 
 
 def index_html(site: ViewerSite) -> str:
@@ -155,7 +271,8 @@ def app_config(site: ViewerSite) -> dict[str, Any]:
         "routerBasename": site.public_url.rstrip("/"),
         "extensions": [],
         "modes": [],
-        "customizationService": {},
+        # No guided tour over the first image a new browser opens (OHIF's onboarding, on by default).
+        "customizationService": {"ohif.tours": {"$set": []}},
         "showStudyList": site.show_study_list,
         "maxNumberOfWebWorkers": 3,
         "showWarningMessageForCrossOrigin": False,

@@ -42,14 +42,13 @@ def test_scrolling_in_the_light_viewer_keeps_the_reader_signed_in(page, sign_in,
 
 
 def test_scrolling_in_ohif_keeps_the_reader_signed_in(page, sign_in, settings, clinic, clinician, tmp_path):
-    from tests.browser.test_ohif import skip_tour, wait_for_image
+    from tests.browser.test_ohif import wait_for_image
 
     settings.SESSION_IDLE_TIMEOUT = timedelta(seconds=IDLE_SECONDS)
     study, _ = store_series(clinic, tmp_path, slices=4)
     sign_in(clinician)
     page.goto(f"/c/{clinic.slug}/viewer/{study.uuid}/ohif/")
     wait_for_image(page)
-    skip_tour(page)
     canvas = page.locator(".cornerstone-canvas").first
 
     deadline = time.monotonic() + IDLE_SECONDS * 1.6

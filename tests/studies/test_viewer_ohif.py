@@ -159,3 +159,73 @@ def test_share_pages_show_nothing_of_the_clinic(client, clinic, study):
         assert 'class="sidenav"' not in html
         assert f"/c/{clinic.slug}" not in html
         assert f"dicomweb/{clinic.slug}" not in html
+
+
+# --- OHIF's files served from the prepared folder ---------------------------------------------------
+
+BUNDLE = "app.bundle.0123456789abcdef.js"
+
+
+@pytest.fixture
+def prepared(tmp_path, settings):
+    """A small stand-in for OHIF's dist/, prepared as `make ohif` does."""
+    dist = tmp_path / "app" / "dist"
+    (dist / "assets").mkdir(parents=True)
+    (tmp_path / "app" / "package.json").write_text('{"version": "9.9.9"}')
+    (dist / "index.html").write_text('<html><script src="/app-config.js"></script></html>')
+    (dist / "app-config.js").write_text("window.config = {};")
+    (dist / "sw.js").write_text("self.addEventListener('fetch', () => {});")
+    (dist / BUNDLE).write_text("var a = 1;" * 300 + ohif.WEBPACK_PUBLIC_PATH)
+    (dist / (BUNDLE + ".map")).write_text("{}")
+    (dist / "assets" / "logo.png").write_bytes(b"\x89PNG" + bytes(2000))
+    settings.OHIF_DIST_DIR = dist
+    settings.OHIF_PREPARED_DIR = tmp_path / "prepared"
+    ohif.prepare()
+    return settings.OHIF_PREPARED_DIR
+
+
+def test_prepared_files_are_served_gzipped_and_cached_without_sign_in_or_queries(
+    client, prepared, django_assert_num_queries
+):
+    import gzip
+
+    with django_assert_num_queries(0):
+        packed = client.get(PREFIX + BUNDLE, HTTP_ACCEPT_ENCODING="gzip, deflate, br")
+        plain = client.get(f"/s/any-link/viewer/ohif/{BUNDLE}")
+        image = client.get(PREFIX + "assets/logo.png", HTTP_ACCEPT_ENCODING="gzip")
+
+    body = gzip.decompress(b"".join(packed.streaming_content))
+    assert packed.status_code == HTTPStatus.OK and packed["Content-Encoding"] == "gzip"
+    assert ohif.PORTAL_PUBLIC_PATH.encode() in body and ohif.WEBPACK_PUBLIC_PATH.encode() not in body
+    assert packed["Content-Type"] == "text/javascript"
+    assert "immutable" in packed["Cache-Control"] and "Accept-Encoding" in packed["Vary"]
+    # A worker takes its Content-Security-Policy from its script: the viewer's, with WebAssembly.
+    assert "'wasm-unsafe-eval'" in packed["Content-Security-Policy"]
+    assert b"".join(plain.streaming_content) == body and not plain.has_header("Content-Encoding")
+    assert image.status_code == HTTPStatus.OK and not image.has_header("Content-Encoding")
+    assert "immutable" not in image["Cache-Control"]
+
+
+def test_page_config_and_anything_not_prepared_still_need_the_reader(client, prepared):
+    for path in ["viewer", "app-config.js", "index.html", "sw.js", ohif.PREPARED_STAMP, BUNDLE + ".map",
+                 "assets/../" + BUNDLE]:
+        response = client.get(PREFIX + path)
+        assert response.status_code in (HTTPStatus.FOUND, HTTPStatus.NOT_FOUND), path
+    assert (prepared / "sw.js").exists() is False and (prepared / "index.html").exists() is False
+
+
+def test_a_prepared_folder_of_another_dist_is_not_used(client, prepared, settings):
+    import os
+
+    index = settings.OHIF_DIST_DIR / "index.html"
+    os.utime(index, ns=(index.stat().st_atime_ns, index.stat().st_mtime_ns + 10**9))
+
+    assert client.get(PREFIX + BUNDLE).status_code == HTTPStatus.FOUND  # to sign in: the view answers
+    assert ohif.prepared_current() is False
+
+
+def test_nginx_gets_the_viewer_policy_for_the_prepared_files(prepared):
+    headers = (prepared / ohif.NGINX_HEADERS).read_text()
+
+    assert "add_header Content-Security-Policy" in headers and "'wasm-unsafe-eval'" in headers
+    assert "$ohif_cache_control" in headers
