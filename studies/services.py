@@ -20,6 +20,8 @@ from studies.archive import objects
 from studies.archive.errors import ObjectMissing
 from studies.backup import study_state
 from studies.backup import tasks as backup_tasks
+from studies.ingest import UsageCorrection as UsageCorrection  # billing's way to the quota recount
+from studies.ingest import usage_recount as usage_recount
 from studies.models import Instance, Patient, Series, Study
 from studies.selectors import StudySearch
 from tenants.audit import audit_record
