@@ -9,10 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -20,7 +18,7 @@ from billing import selectors, stripe_api
 from billing.models import Plan, StripeEvent, Subscription, SubscriptionStatus
 from portal.exceptions import PortalError
 from studies import erasure as study_erasure
-from studies.browse import selectors as study_selectors
+from studies import ingest as study_ingest
 from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, Membership, User
 from tenants.roles import Role
@@ -414,61 +412,18 @@ def billing_enforce() -> None:
             tasks.clinic_data_destroy.delay(clinic_id=subscription.clinic_id)
 
 
-@dataclass(frozen=True)
-class UsageCorrection:
-    used_bytes_before: int
-    indexed_bytes: int
-    corrected_by: int  # added to used_bytes (negative: it was too high)
+def usage_reconcile(*, clinic: Clinic) -> study_ingest.UsageCorrection | None:
+    """Recompute the clinic's ``used_bytes`` from the index and correct drift at once; audit each correction.
 
-
-def _drift_key(clinic: Clinic) -> str:
-    return f"billing:usage-drift:{clinic.pk}"
-
-
-def usage_reconcile(*, clinic: Clinic, now: datetime | None = None) -> UsageCorrection | None:
-    """Recompute the clinic's ``used_bytes`` from the index and correct drift; audit each correction.
-
-    Usage below the index is corrected at once. Usage above it is also what an upload in flight has
-    reserved, so only the excess already seen at least QUOTA_RESERVATION_GRACE_SECONDS earlier (a
-    reservation a crash left behind) is removed: min(now, then). Returns None when nothing changed.
+    The periodic side of ``studies.ingest.usage_recount`` (an upload the quota would refuse runs it too);
+    returns None when nothing changed.
     """
-    now = now or timezone.now()
-    grace = timedelta(seconds=settings.QUOTA_RESERVATION_GRACE_SECONDS)
-    with transaction.atomic():
-        # The row lock keeps reservations out while we compare (they are one conditional UPDATE).
-        used = Clinic.objects.select_for_update().values_list("used_bytes", flat=True).get(pk=clinic.pk)
-        indexed = study_selectors.instance_bytes_total(clinic=clinic)
-        drift = used - indexed
-        seen = cache.get(_drift_key(clinic))
-        if drift <= 0:
-            cache.delete(_drift_key(clinic))
-            if drift == 0:
-                return None
-            correction = -drift
-        else:
-            if seen is None:
-                cache.set(_drift_key(clinic), (drift, now.isoformat()), timeout=None)
-                return None
-            seen_drift, seen_at = seen[0], datetime.fromisoformat(seen[1])
-            if now - seen_at < grace:
-                return None
-            correction = -min(drift, seen_drift)
-            left = drift + correction
-            if left > 0:
-                cache.set(_drift_key(clinic), (left, now.isoformat()), timeout=None)
-            else:
-                cache.delete(_drift_key(clinic))
-        Clinic.objects.filter(pk=clinic.pk).update(used_bytes=F("used_bytes") + correction)
-        audit_record(clinic=clinic, action="billing.usage_corrected", actor_label="system", object_type="clinic",
-                     object_id=str(clinic.uuid),
-                     details={"used_bytes_before": used, "indexed_bytes": indexed, "corrected_by": correction})
-    logger.warning("usage of clinic %s corrected by %d bytes (index holds %d)", clinic.pk, correction, indexed)
-    return UsageCorrection(used, indexed, correction)
+    return study_ingest.usage_recount(clinic=clinic, reason="periodic reconcile")
 
 
-def usage_reconcile_all(*, now: datetime | None = None) -> int:
+def usage_reconcile_all() -> int:
     """Reconcile every clinic's usage; return how many were corrected."""
     # Unscoped: the periodic reconcile covers every clinic.
     return sum(
-        usage_reconcile(clinic=clinic, now=now) is not None for clinic in Clinic.objects.order_by("pk").iterator()
+        usage_reconcile(clinic=clinic) is not None for clinic in Clinic.objects.order_by("pk").iterator()
     )

@@ -517,8 +517,6 @@ DATABASE_BACKUP_RETENTION_FULL = env_int("DATABASE_BACKUP_RETENTION_FULL", 4)
 DATABASE_BACKUP_BASE_HOURS = env_int("DATABASE_BACKUP_BASE_HOURS", 24)
 RESTORE_DRILL_INTERVAL_DAYS = env_int("RESTORE_DRILL_INTERVAL_DAYS", 7)
 RESTORE_DRILL_SAMPLE_STUDIES = env_int("RESTORE_DRILL_SAMPLE_STUDIES", 3)
-# A quota reservation still unmatched by an index row after this long was left by a crash: reconciled away.
-QUOTA_RESERVATION_GRACE_SECONDS = env_int("QUOTA_RESERVATION_GRACE_SECONDS", 900)
 CELERY_BEAT_SCHEDULE["backup-database"] = {
     "task": "studies.backup.tasks.database_backup", "schedule": float(DATABASE_BACKUP_INTERVAL_SECONDS)
 }

@@ -138,6 +138,10 @@ def upload_zip_admit(*, clinic: Clinic, size: int) -> None:
         raise QuotaExceeded(paused)
     row = Clinic.objects.filter(pk=clinic.pk).values("quota_bytes", "used_bytes").get()
     left = max(row["quota_bytes"] - row["used_bytes"], 0)
+    if size > left and ingest.usage_recount(clinic=clinic, reason="upload refused"):
+        # Usage no row accounts for never refuses an archive: recounted (audited), then checked again.
+        row = Clinic.objects.filter(pk=clinic.pk).values("quota_bytes", "used_bytes").get()
+        left = max(row["quota_bytes"] - row["used_bytes"], 0)
     if size > left:
         raise QuotaExceeded(
             f"Not enough storage left: this archive needs at least {ingest.format_bytes(size)} but only "

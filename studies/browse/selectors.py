@@ -12,7 +12,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import CharField, F, Func, QuerySet, Sum
+from django.db.models import CharField, F, Func, QuerySet
 
 from studies import matching
 from studies.dicom import is_valid_uid
@@ -234,6 +234,3 @@ def index_statistics_refresh() -> None:
     with connection.cursor() as cursor:
         for model in (Patient, Study, Series, Instance):
             cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
-def instance_bytes_total(*, clinic: Clinic) -> int:
-    """The bytes of every indexed instance of the clinic, trash included (what its usage should be)."""
-    return Instance.objects.for_clinic(clinic).aggregate(total=Sum("size_bytes"))["total"] or 0

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from studies.ingest.index import (
     IndexItem,
+    UsageCorrection,
     format_bytes,
     instance_index_write,
     instances_index_write,
     quota_release,
     quota_reserve,
+    usage_recount,
 )
 from studies.ingest.origin import Origin, OriginKind
 from studies.ingest.pipeline import IngestOutcome, IngestResult, ItemResult, instance_ingest, instances_ingest
@@ -25,6 +27,7 @@ __all__ = [
     "ItemResult",
     "Origin",
     "OriginKind",
+    "UsageCorrection",
     "format_bytes",
     "instance_index_write",
     "instance_ingest",
@@ -32,4 +35,5 @@ __all__ = [
     "instances_ingest",
     "quota_release",
     "quota_reserve",
+    "usage_recount",
 ]

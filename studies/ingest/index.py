@@ -9,21 +9,26 @@ deadlock) before the counters are read, so concurrent batches into one study kee
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import F, Value
+from django.db import transaction
+from django.db.models import F, Sum, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from studies import dicom
 from studies.archive.objects import StoredObject
 from studies.errors import InvalidDicom, QuotaExceeded
-from studies.models import Instance, Patient, Series, Study
+from studies.models import Instance, Patient, QuarantinedInstance, Series, Study
+from tenants.audit import audit_record
 from tenants.models import Clinic
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,54 @@ def quota_release(*, clinic: Clinic, size_bytes: int) -> None:
     """Give back a reservation made by :func:`quota_reserve` (never below zero)."""
     if size_bytes:
         Clinic.objects.filter(pk=clinic.pk).update(used_bytes=Greatest(F("used_bytes") - size_bytes, Value(0)))
+
+
+@dataclass(frozen=True)
+class UsageCorrection:
+    used_bytes_before: int
+    indexed_bytes: int  # instances (trash included) plus held files: what used_bytes must be
+    corrected_by: int  # added to used_bytes (negative: it was too high)
+
+
+def usage_expected(*, clinic: Clinic) -> int:
+    """What the clinic's ``used_bytes`` must be: its indexed instances (trash included) plus the files
+    held for review (studies.admission), which keep their room until they are filed or discarded."""
+    indexed = Instance.objects.for_clinic(clinic).aggregate(total=Sum("size_bytes"))["total"] or 0
+    held = (
+        QuarantinedInstance.objects.for_clinic(clinic).filter(resolved_at__isnull=True)
+        .aggregate(total=Sum("size_bytes"))["total"] or 0
+    )
+    return int(indexed) + int(held)
+
+
+def usage_recount(*, clinic: Clinic, reason: str) -> UsageCorrection | None:
+    """Set the clinic's ``used_bytes`` to :func:`usage_expected` if it drifted; audit the correction.
+
+    No grace period is needed, on any number of processes or machines: a reservation is only ever made
+    inside the transaction that writes its rows (``pipeline._index``), and purge, discard and rebuild
+    change rows and usage in one transaction too, so committed usage always matches committed rows. A
+    process killed before its commit leaves nothing (its transaction is rolled back); what differs here
+    was committed by something else (an older release, a hand edit, a restored snapshot) and is drift.
+    The clinic row is locked first (PostgreSQL: a transaction that reserved holds it until it commits,
+    so the sums below see its rows; SQLite: transactions are IMMEDIATE, one writer at a time).
+    Returns None when nothing changed.
+    """
+    with transaction.atomic():
+        used = Clinic.objects.select_for_update().values_list("used_bytes", flat=True).get(pk=clinic.pk)
+        expected = usage_expected(clinic=clinic)
+        correction = expected - used
+        if not correction:
+            return None
+        Clinic.objects.filter(pk=clinic.pk).update(used_bytes=F("used_bytes") + correction)
+        audit_record(
+            clinic=clinic, action="billing.usage_corrected", actor_label="system", object_type="clinic",
+            object_id=str(clinic.uuid),
+            details={"used_bytes_before": used, "indexed_bytes": expected, "corrected_by": correction,
+                     "reason": reason},
+        )
+    logger.warning("usage of clinic %s corrected by %d bytes (%s; index and held files: %d)",
+                   clinic.pk, correction, reason, expected)
+    return UsageCorrection(used, expected, correction)
 
 
 def format_bytes(size: int) -> str:

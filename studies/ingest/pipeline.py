@@ -55,6 +55,7 @@ from studies.ingest.index import (
     quota_release,
     quota_reserve,
     series_conflicts,
+    usage_recount,
 )
 from studies.ingest.origin import Origin, OriginKind
 from studies.models import Instance, QuarantinedInstance
@@ -346,6 +347,10 @@ def _quota_precheck(*, clinic: Clinic, pending: list[_Pending]) -> list[_Pending
     write between here and the commit leaves no quota counted for anything unacknowledged.
     """
     left, quota = quota_left(clinic=clinic)
+    if sum(entry.size for entry in pending) > left and usage_recount(clinic=clinic, reason="upload refused"):
+        # Never refuse because of usage no row accounts for (left committed by something else; see
+        # usage_recount): recount first, audited, and check again against the corrected usage.
+        left, quota = quota_left(clinic=clinic)
     fitting = []
     for entry in pending:
         if entry.size <= left:

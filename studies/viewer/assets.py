@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from csp.decorators import csp_update
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponseBase
 
 from studies.viewer import ohif
 
@@ -27,16 +27,20 @@ LONG_LIVED = "public, max-age=31536000, immutable"
 SHORT_LIVED = "public, max-age=3600"
 
 
-@csp_update(ohif.CSP_UPDATE)
-def _file_response(request: HttpRequest, path: Path) -> HttpResponse:
-    packed = path.with_name(path.name + ".gz")
-    use_gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower() and packed.is_file()
-    response = FileResponse((packed if use_gzip else path).open("rb"), content_type=ohif.content_type(path))
-    if use_gzip:
-        response["Content-Encoding"] = "gzip"
-    response["Vary"] = "Accept-Encoding"
-    response["Cache-Control"] = LONG_LIVED if ohif.is_long_lived(path) else SHORT_LIVED
-    return response
+def _file_response(request: HttpRequest, path: Path) -> HttpResponseBase:
+    # django-csp's decorator wraps a one-argument view: the file is bound by this closure.
+    @csp_update(ohif.CSP_UPDATE)
+    def respond(request: HttpRequest) -> HttpResponseBase:
+        packed = path.with_name(path.name + ".gz")
+        use_gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower() and packed.is_file()
+        response = FileResponse((packed if use_gzip else path).open("rb"), content_type=ohif.content_type(path))
+        if use_gzip:
+            response["Content-Encoding"] = "gzip"
+        response["Vary"] = "Accept-Encoding"
+        response["Cache-Control"] = LONG_LIVED if ohif.is_long_lived(path) else SHORT_LIVED
+        return response
+
+    return respond(request)
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,10 +58,10 @@ def _prepared_is_current() -> bool:
 
 
 class ViewerAssetsMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
         if request.method in ("GET", "HEAD"):
             match = VIEWER_FILE.match(request.path_info)
             if match and _prepared_is_current():

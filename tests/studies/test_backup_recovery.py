@@ -158,6 +158,37 @@ def test_rebuild_index_in_worker_processes(clinic, tmp_path):
     assert _index_snapshot(clinic) == before
 
 
+def test_an_interrupted_rebuild_keeps_its_committed_batches_and_the_next_run_does_the_rest(clinic, tmp_path, monkeypatch):
+    _, instances = _replicated(clinic, tmp_path, count=6, studies=2)
+    before = _index_snapshot(clinic)
+    used_before = type(clinic).objects.get(pk=clinic.pk).used_bytes
+    Instance.objects.all().delete()
+    Series.objects.all().delete()
+    Study.objects.all().delete()
+    type(clinic).objects.update(used_bytes=0)
+    monkeypatch.setattr(recovery, "REBUILD_BATCH", 2)
+    real_write = recovery.instances_index_create
+    calls = []
+
+    def killed_after_the_first_batch(**kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # the operator's Ctrl-C, or the process dying, mid-run
+        real_write(**kwargs)
+
+    monkeypatch.setattr(recovery, "instances_index_create", killed_after_the_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        recovery.index_rebuild(jobs=1)
+    assert Instance.objects.for_clinic(clinic).count() == 2  # the first batch is committed
+
+    monkeypatch.setattr(recovery, "instances_index_create", real_write)
+    report = recovery.index_rebuild(jobs=1)
+
+    assert (report.indexed, report.already_indexed, report.failed) == (4, 2, [])
+    assert _index_snapshot(clinic) == before
+    assert type(clinic).objects.get(pk=clinic.pk).used_bytes == used_before
+
+
 def test_rebuild_index_recreates_a_lost_clinic_from_its_manifest(db):
     import uuid
 

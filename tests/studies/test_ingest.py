@@ -105,7 +105,7 @@ def test_invalid_file_stores_nothing(clinic, tmp_path, settings):
 
 def test_upload_over_the_quota_is_refused_with_the_space_left(clinic, tmp_path, settings):
     path = write_ct(tmp_path / "ct.dcm", rows=64, columns=64)
-    Clinic.objects.filter(pk=clinic.pk).update(quota_bytes=5000, used_bytes=1000)
+    Clinic.objects.filter(pk=clinic.pk).update(quota_bytes=4000)
 
     with pytest.raises(QuotaExceeded, match="only 4.0 KB") as excinfo:
         instance_ingest(clinic=clinic, source_path=str(path))
@@ -113,7 +113,7 @@ def test_upload_over_the_quota_is_refused_with_the_space_left(clinic, tmp_path, 
     assert excinfo.value.details["bytes_left"] == 4000
     assert not Instance.objects.exists()
     assert _stored_object_files(settings) == []
-    assert _used_bytes(clinic) == 1000
+    assert _used_bytes(clinic) == 0
 
 
 def test_storage_failure_leaves_no_index_row_and_releases_the_quota(clinic, tmp_path, settings):
