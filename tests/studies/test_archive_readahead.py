@@ -14,7 +14,9 @@ from pydicom.uid import generate_uid
 
 from studies.archive import objects, readahead
 from studies.archive.errors import ObjectCorrupt
-from tests.studies.dicomweb_support import ingest, multipart_parts, token_for, write_instance
+from tests.dicom_files import write_instance
+from tests.factories import ingest_files, token_for
+from tests.studies.dicomweb_support import multipart_parts
 
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -23,7 +25,7 @@ ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 def stored(clinic, tmp_path):
     study_uid, series_uid = generate_uid(), generate_uid()
     paths = [write_instance(tmp_path, study_uid=study_uid, series_uid=series_uid, instance_number=n) for n in (1, 2, 3)]
-    return {"uid": study_uid, "paths": paths, "instances": ingest(clinic, paths)}
+    return {"uid": study_uid, "paths": paths, "instances": ingest_files(clinic, paths)}
 
 
 def _corrupt_everywhere(settings, key: str) -> None:
@@ -44,7 +46,7 @@ def test_read_ahead_yields_every_object_exactly_and_in_order(clinic, tmp_path, s
     # Many small segments per object and a queue of one: the helper waits on the consumer at every segment.
     settings.ARCHIVE_SEGMENT_SIZE = 4096
     paths = [write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid()) for _ in range(4)]
-    instances = ingest(clinic, paths)
+    instances = ingest_files(clinic, paths)
     bodies = readahead.objects_read_ahead(_openers(clinic, instances), depth=1)
 
     got = [list(body) for body in bodies]

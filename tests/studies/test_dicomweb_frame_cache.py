@@ -13,7 +13,9 @@ from studies import services
 from studies.archive import objects, plaincache
 from studies.archive.errors import ObjectMissing
 from studies.models import Study
-from tests.studies.dicomweb_support import ingest, multipart_parts, token_for, write_instance
+from tests.dicom_files import write_instance
+from tests.factories import ingest_files, token_for
+from tests.studies.dicomweb_support import multipart_parts
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +49,7 @@ def _study(clinic, tmp_path, *, sop_uid=None, study_uid=None, series_uid=None, c
                        sop_uid=sop_uid if n == 1 else None, instance_number=n)
         for n in range(1, count + 1)
     ]
-    return study_uid, series_uid, paths, ingest(clinic, paths)
+    return study_uid, series_uid, paths, ingest_files(clinic, paths)
 
 
 def _frame_url(slug, study_uid, series_uid, sop_uid):
@@ -82,7 +84,7 @@ def test_another_clinic_is_never_served_a_cached_instance(client, clinic, other_
     ds = dcmread(theirs_path)
     ds.PixelData = (np.frombuffer(ds.PixelData, dtype="<i2") ^ 0x55).astype("<i2").tobytes()
     ds.save_as(theirs_path)
-    [their_instance] = ingest(other_clinic, [theirs_path])
+    [their_instance] = ingest_files(other_clinic, [theirs_path])
     assert _frame(client, clinic, _frame_url("clinic-a", study_uid, series_uid, sop_uid)).status_code == 200
 
     theirs = _frame(client, other_clinic, _frame_url("clinic-b", study_uid, series_uid, sop_uid))
