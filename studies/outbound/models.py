@@ -16,7 +16,7 @@ from studies.models import DicomNode, Instance, Series, Study
 from tenants.models import Clinic, ClinicQuerySet, User
 
 # Associations a migration may keep open to its source at once (each retrieves studies of its own).
-MIGRATION_ASSOCIATIONS_DEFAULT = 2
+MIGRATION_ASSOCIATIONS_DEFAULT = 4
 MIGRATION_ASSOCIATIONS_MAX = 8
 
 

@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -58,6 +58,8 @@ MIGRATION_STUDY_ATTEMPTS = 3
 RETRIEVE_UIDS_PER_REQUEST = 200
 # Instances of one WADO-RS response handed to ingest at once (one lookup, one index transaction).
 INGEST_BATCH = 32
+# How long a C-GET batch waits for the files the job's other associations are receiving (see _GroupIngest).
+GROUP_LINGER_SECONDS = 0.05
 ROUTE_BATCH = 200
 ROUTE_MAX_ATTEMPTS = 20
 MISSING_LISTED = 1000
@@ -399,6 +401,80 @@ class _Run:
     job: MigrationJob
     throttle: _Throttle
     quota_message: list[str]
+    received: _GroupIngest | None = None
+
+    def dimse_ingest(self, origin: Origin) -> _GroupIngest:
+        if self.received is None:
+            self.received = _GroupIngest(run=self, origin=origin)
+        return self.received
+
+
+class _Waiting:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.status: int | None = None
+
+
+class _GroupIngest:
+    """Files received by a slice's C-GET associations, ingested together (a group commit).
+
+    A C-STORE may be answered only once its instance is durable and indexed, and the node sends nothing
+    more on that association until it has the answer: one association can never batch. Across the job's
+    associations it can: a file that arrives while a batch is being ingested waits, with the others that
+    arrive meanwhile, and they go into the next ``instances_ingest`` call together; each handler returns
+    only when its own file's batch is committed.
+    """
+
+    def __init__(self, *, run: _Run, origin: Origin, limit: int = INGEST_BATCH) -> None:
+        self.run, self.origin, self.limit = run, origin, limit
+        self._changed = threading.Condition()
+        self._waiting: list[_Waiting] = []
+        self._busy = False
+        self.receiving = 0  # associations in a retrieve now: how many files a batch may wait for
+
+    @contextlib.contextmanager
+    def receiver(self) -> Iterator[None]:
+        """Count an association as receiving while it retrieves (a batch waits a moment for its file)."""
+        with self._changed:
+            self.receiving += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.receiving -= 1
+                self._changed.notify_all()
+
+    def status(self, path: str) -> int:
+        """Ingest the file with whatever the other associations hand in meanwhile; its DICOM status."""
+        mine = _Waiting(path)
+        with self._changed:
+            self._waiting.append(mine)
+            self._changed.notify_all()
+        while True:
+            with self._changed:
+                while mine.status is None and self._busy:
+                    self._changed.wait()
+                if mine.status is not None:
+                    return mine.status
+                self._busy = True
+                # The other receiving associations' next files are on their way: wait a moment for them,
+                # so that the batch holds one file per association rather than whoever happened to be first.
+                linger_until = time.monotonic() + GROUP_LINGER_SECONDS
+                while len(self._waiting) < min(self.receiving, self.limit):
+                    left = linger_until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._changed.wait(left)
+                batch, self._waiting = self._waiting[: self.limit], self._waiting[self.limit:]
+            statuses = [0xA700] * len(batch)  # if ingest raises: not stored, the instance stays missing
+            try:
+                statuses = _ingest_statuses(run=self.run, paths=[w.path for w in batch], origin=self.origin)
+            finally:
+                with self._changed:
+                    for waiting, status in zip(batch, statuses, strict=True):
+                        waiting.status = status
+                    self._busy = False
+                    self._changed.notify_all()
 
 
 def _ingest_statuses(*, run: _Run, paths: list[str], origin: Origin) -> list[int]:
@@ -441,20 +517,21 @@ def _retrieve_dimse(*, run: _Run, study: MigrationStudy, listed: list[scu.Listed
     sop_classes = {item.sop_class_uid for item in listed if item.sop_class_uid}
     origin = Origin.migration(node=node)
 
+    received = run.dimse_ingest(origin)
+
     def on_file(path: str) -> int:
-        # Runs inside pynetdicom's C-STORE handler, which turns exceptions into a failure status. The
-        # node waits for this answer before it sends the next instance, and the answer may only be given
-        # once the instance is durable: so on one association the batch is of one (see README).
-        [status] = _ingest_statuses(run=run, paths=[path], origin=origin)
-        return status
+        # Runs inside pynetdicom's C-STORE handler, which turns exceptions into a failure status; returns
+        # once the file's batch is committed (files of the job's other associations go in with it).
+        return received.status(path)
 
     for chunk in _chunks(missing, len(missing) == len(listed)):
         if run.quota_message:
             break
         if job.method == MigrationJob.Method.GET:
-            scu.study_get(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
-                          sop_class_uids=sop_classes or {"1.2.840.10008.5.1.4.1.1.7"}, on_file=on_file,
-                          sop_instance_uids=chunk)
+            with received.receiver():
+                scu.study_get(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
+                              sop_class_uids=sop_classes or {"1.2.840.10008.5.1.4.1.1.7"}, on_file=on_file,
+                              sop_instance_uids=chunk)
         else:
             scu.study_move(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
                            sop_instance_uids=chunk)
