@@ -204,18 +204,13 @@ def main() -> None:
     from bench.common import django_setup
 
     database_url = os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB)
-    django_setup(database_url, str(work / "var"))
+    broker = os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER)
     if args.kill_worker:
         import redis
-        from django.conf import settings
 
-        from portal.celery import app
-
-        broker = os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER)
-        redis.Redis.from_url(broker).flushdb()
-        app.conf.broker_url = settings.CELERY_BROKER_URL = broker
-        app.conf.task_always_eager = False
-        settings.OUTBOUND_JOB_STALE_SECONDS = STALE_SECONDS
+        redis.Redis.from_url(broker).flushdb()  # the benchmark's own Redis database: no old messages
+        os.environ["OUTBOUND_JOB_STALE_SECONDS"] = str(STALE_SECONDS)
+    django_setup(database_url, str(work / "var"), broker if args.kill_worker else "memory://")
     import pynetdicom.association
     from django.db.models import Count
 

@@ -252,7 +252,7 @@ def test_a_migration_whose_worker_died_is_resumed_by_the_sweep_and_finishes_with
     clinic, admin, orthanc, orthanc_node, tmp_path
 ):
     _old_archive(orthanc, tmp_path)
-    job = MigrationJob.objects.create(clinic=clinic, node=orthanc_node)
+    job = MigrationJob.objects.create(clinic=clinic, node=orthanc_node, associations=1)
     # A worker took the job, imported one study, and was killed: its lease is left behind.
     services.migration_run(job=job, slice_seconds=0.001)
     first_pass = Instance.objects.for_clinic(clinic).count()
