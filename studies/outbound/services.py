@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -402,11 +402,14 @@ class _Run:
     throttle: _Throttle
     quota_message: list[str]
     received: _GroupIngest | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def dimse_ingest(self, origin: Origin) -> _GroupIngest:
-        if self.received is None:
-            self.received = _GroupIngest(run=self, origin=origin)
-        return self.received
+        """The one group commit of the slice's C-GET associations (made by the first to ask)."""
+        with self._lock:
+            if self.received is None:
+                self.received = _GroupIngest(run=self, origin=origin)
+            return self.received
 
 
 class _Waiting:
