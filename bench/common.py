@@ -17,7 +17,7 @@ def database_recreate(database_url: str) -> None:
         connection.execute(f'CREATE DATABASE "{name}"')
 
 
-def django_setup(database_url: str, var_dir: str) -> None:
+def django_setup(database_url: str, var_dir: str, broker_url: str = "memory://") -> None:
     """Point Django at a fresh scratch database and a temporary var/ folder, and migrate."""
     import os
     import sys
@@ -25,7 +25,7 @@ def django_setup(database_url: str, var_dir: str) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     os.environ.update({"DJANGO_SETTINGS_MODULE": "portal.settings", "DATABASE_URL": database_url,
-                       "PORTAL_VAR_DIR": var_dir, "CELERY_BROKER_URL": "memory://", "LOG_LEVEL": "WARNING"})
+                       "PORTAL_VAR_DIR": var_dir, "CELERY_BROKER_URL": broker_url, "LOG_LEVEL": "WARNING"})
     database_recreate(database_url)
     import django
 

@@ -16,7 +16,13 @@ from rest_framework.views import APIView
 from studies.browse import selectors
 from studies.models import Series
 from studies.outbound import services
-from studies.outbound.models import MigrationJob, RoutingRule, SendJob
+from studies.outbound.models import (
+    MIGRATION_ASSOCIATIONS_DEFAULT,
+    MIGRATION_ASSOCIATIONS_MAX,
+    MigrationJob,
+    RoutingRule,
+    SendJob,
+)
 from tenants.audit import Actor
 from tenants.permissions import has_action
 from tenants.roles import Action
@@ -99,6 +105,7 @@ class MigrationOutput(serializers.Serializer):
     study_date_from = serializers.CharField()
     study_date_to = serializers.CharField()
     modalities = serializers.ListField(child=serializers.CharField())
+    associations = serializers.IntegerField()
     status = serializers.CharField()
     progress = serializers.FloatField()
     studies_total = serializers.IntegerField()
@@ -145,6 +152,8 @@ class MigrationListApi(APIView):
                                                             default=0)
         window_start_hour = serializers.IntegerField(min_value=0, max_value=23, required=False, default=0)
         window_end_hour = serializers.IntegerField(min_value=0, max_value=23, required=False, default=0)
+        associations = serializers.IntegerField(min_value=1, max_value=MIGRATION_ASSOCIATIONS_MAX, required=False,
+                                                default=MIGRATION_ASSOCIATIONS_DEFAULT)
 
     @extend_schema(responses=MigrationOutput(many=True))
     def get(self, request: Request, clinic_slug: str) -> Response:

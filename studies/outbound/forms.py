@@ -3,7 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from studies.models import DicomNode, Series
-from studies.outbound.models import MigrationJob
+from studies.outbound.models import MIGRATION_ASSOCIATIONS_DEFAULT, MIGRATION_ASSOCIATIONS_MAX, MigrationJob
 
 
 class SendForm(forms.Form):
@@ -40,6 +40,11 @@ class MigrationForm(forms.Form):
                                   label="Patient IDs", help_text="One per line. Empty: every patient.")
     max_instances_per_second = forms.IntegerField(min_value=0, max_value=100000, initial=0, required=False,
                                                   label="At most images per second (0: no limit)")
+    associations = forms.IntegerField(min_value=1, max_value=MIGRATION_ASSOCIATIONS_MAX,
+                                      initial=MIGRATION_ASSOCIATIONS_DEFAULT, required=False,
+                                      label="Studies retrieved at once",
+                                      help_text="Each over an association of its own; the images per second "
+                                                "limit holds for all of them together.")
     window_start_hour = forms.IntegerField(min_value=0, max_value=23, initial=0, required=False,
                                            label="Run from hour")
     window_end_hour = forms.IntegerField(min_value=0, max_value=23, initial=0, required=False,
@@ -64,6 +69,7 @@ class MigrationForm(forms.Form):
             "modalities": [m for m in data["modalities"].replace(";", ",").split(",") if m.strip()],
             "patient_ids": [p for p in data["patient_ids"].splitlines() if p.strip()],
             "max_instances_per_second": data["max_instances_per_second"] or 0,
+            "associations": data["associations"] or MIGRATION_ASSOCIATIONS_DEFAULT,
             "window_start_hour": data["window_start_hour"] or 0,
             "window_end_hour": data["window_end_hour"] or 0,
         }

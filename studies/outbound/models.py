@@ -15,6 +15,10 @@ from django.utils import timezone
 from studies.models import DicomNode, Instance, Series, Study
 from tenants.models import Clinic, ClinicQuerySet, User
 
+# Associations a migration may keep open to its source at once (each retrieves studies of its own).
+MIGRATION_ASSOCIATIONS_DEFAULT = 4
+MIGRATION_ASSOCIATIONS_MAX = 8
+
 
 class JobStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
@@ -103,6 +107,9 @@ class MigrationJob(models.Model):
     # Throttles: instances per second (0 = as fast as the node sends) and the hours the job may run in
     # (e.g. 20 -> 6 for nights; equal means any time).
     max_instances_per_second = models.PositiveIntegerField(default=0)
+    # Studies retrieved at once, each over an association (or WADO-RS request) of its own; the instances
+    # per second above hold for all of them together.
+    associations = models.PositiveSmallIntegerField(default=MIGRATION_ASSOCIATIONS_DEFAULT)
     window_start_hour = models.PositiveSmallIntegerField(default=0)
     window_end_hour = models.PositiveSmallIntegerField(default=0)
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)

@@ -9,16 +9,18 @@ present" for an instance it holds, and migrations skip instances our index alrea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 from pydicom import Dataset
@@ -27,10 +29,12 @@ from billing import selectors as billing_selectors
 from portal.celery import app
 from portal.exceptions import PortalError
 from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
-from studies.ingest import Origin, instance_ingest
+from studies.ingest import Origin, instances_ingest
 from studies.models import DicomNode, Instance, Series, Study
 from studies.outbound import dicomweb_source, scu
 from studies.outbound.models import (
+    MIGRATION_ASSOCIATIONS_DEFAULT,
+    MIGRATION_ASSOCIATIONS_MAX,
     JobStatus,
     MigrationInstance,
     MigrationJob,
@@ -51,6 +55,10 @@ MIGRATION_SLICE_SECONDS = 60
 MIGRATION_STUDY_ATTEMPTS = 3
 # Instances named in one image-level retrieve.
 RETRIEVE_UIDS_PER_REQUEST = 200
+# Instances of one WADO-RS response handed to ingest at once (one lookup, one index transaction).
+INGEST_BATCH = 32
+# How long a C-GET batch waits for the files the job's other associations are receiving (see _GroupIngest).
+GROUP_LINGER_SECONDS = 0.05
 ROUTE_BATCH = 200
 ROUTE_MAX_ATTEMPTS = 20
 MISSING_LISTED = 1000
@@ -230,7 +238,7 @@ def migration_create(
     dicomweb_username: str = "", dicomweb_password: str = "", study_date_from: str = "",
     study_date_to: str = "", modalities: Iterable[str] = (), patient_ids: Iterable[str] = (),
     method: str = "", max_instances_per_second: int = 0, window_start_hour: int = 0, window_end_hour: int = 0,
-    actor: User | None = None, by: Actor | None = None,
+    associations: int | None = None, actor: User | None = None, by: Actor | None = None,
 ) -> MigrationJob:
     """Queue a migration of the source's studies in scope into the clinic; audited.
 
@@ -266,6 +274,9 @@ def migration_create(
         raise OutboundError("The first study date is after the last one.")
     if not (0 <= window_start_hour <= 23 and 0 <= window_end_hour <= 23):
         raise OutboundError("Time window hours go from 0 to 23.")
+    associations = MIGRATION_ASSOCIATIONS_DEFAULT if associations is None else int(associations)
+    if not 1 <= associations <= MIGRATION_ASSOCIATIONS_MAX:
+        raise OutboundError(f"A migration uses from 1 to {MIGRATION_ASSOCIATIONS_MAX} associations at once.")
     cleaned_modalities = sorted({m.strip().upper() for m in modalities if m and m.strip()})
     cleaned_patients = sorted({p.strip() for p in patient_ids if p and p.strip()})
     if any(len(m) > 16 for m in cleaned_modalities) or any(len(p) > 64 for p in cleaned_patients):
@@ -276,7 +287,7 @@ def migration_create(
             clinic=clinic, node=node, dicomweb_url=url, dicomweb_auth=auth, dicomweb_credentials=sealed,
             method=method, study_date_from=date_from, study_date_to=date_to,
             modalities=cleaned_modalities, patient_ids=cleaned_patients,
-            max_instances_per_second=max(0, int(max_instances_per_second)),
+            max_instances_per_second=max(0, int(max_instances_per_second)), associations=associations,
             window_start_hour=window_start_hour, window_end_hour=window_end_hour, created_by=actor,
         )
         # The scope's patient IDs are patient data: the audit entry counts them instead of naming them.
@@ -286,7 +297,7 @@ def migration_create(
                      object_type="migration", object_id=str(job.uuid),
                      details={**source, "method": method, "study_date_from": date_from,
                               "study_date_to": date_to, "modalities": cleaned_modalities,
-                              "patient_ids": len(cleaned_patients)})
+                              "patient_ids": len(cleaned_patients), "associations": associations})
         transaction.on_commit(lambda: job_enqueue(job=job))
     return job
 
@@ -370,21 +381,137 @@ class _QuotaStop(Exception):
         self.message = message
 
 
-def _ingest_status(*, job: MigrationJob, path: str, origin: Origin, quota_message: list[str]) -> int:
-    """Ingest one retrieved file; answer the DICOM status (a full quota is remembered to stop the job)."""
-    if quota_message:
-        return 0xA700
-    try:
-        instance_ingest(clinic=job.clinic, source_path=path, origin=origin)
-    except QuotaExceeded as exc:
-        quota_message.append(exc.message)
-        return 0xA700
-    except (InvalidDicom, InstanceConflict) as exc:
-        logger.warning("Migration %s: an instance of the source was refused: %s", job.uuid, exc)
-        return 0xC000 if isinstance(exc, InvalidDicom) else 0x0111
-    if job.max_instances_per_second:
-        time.sleep(1 / job.max_instances_per_second)
-    return 0x0000
+class _Throttle:
+    """At most ``rate`` instances per second over all of a job's associations together (0: no limit)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, count: int = 1) -> None:
+        """Wait until ``count`` more instances may go in (slots are handed out in turn across threads)."""
+        if not self.rate or count <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(self._next, now)
+            self._next = slot + count / self.rate
+        if slot > now:
+            time.sleep(slot - now)
+
+
+@dataclass
+class _Run:
+    """What a migration slice's associations share: the job, the throttle, and why they must stop."""
+
+    job: MigrationJob
+    throttle: _Throttle
+    quota_message: list[str]
+    received: _GroupIngest | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def dimse_ingest(self, origin: Origin) -> _GroupIngest:
+        """The one group commit of the slice's C-GET associations (made by the first to ask)."""
+        with self._lock:
+            if self.received is None:
+                self.received = _GroupIngest(run=self, origin=origin)
+            return self.received
+
+
+class _Waiting:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.status: int | None = None
+
+
+class _GroupIngest:
+    """Files received by a slice's C-GET associations, ingested together (a group commit).
+
+    A C-STORE may be answered only once its instance is durable and indexed, and the node sends nothing
+    more on that association until it has the answer: one association can never batch. Across the job's
+    associations it can: a file that arrives while a batch is being ingested waits, with the others that
+    arrive meanwhile, and they go into the next ``instances_ingest`` call together; each handler returns
+    only when its own file's batch is committed.
+    """
+
+    def __init__(self, *, run: _Run, origin: Origin, limit: int = INGEST_BATCH) -> None:
+        self.run, self.origin, self.limit = run, origin, limit
+        self._changed = threading.Condition()
+        self._waiting: list[_Waiting] = []
+        self._busy = False
+        self.receiving = 0  # associations in a retrieve now: how many files a batch may wait for
+
+    @contextlib.contextmanager
+    def receiver(self) -> Iterator[None]:
+        """Count an association as receiving while it retrieves (a batch waits a moment for its file)."""
+        with self._changed:
+            self.receiving += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.receiving -= 1
+                self._changed.notify_all()
+
+    def status(self, path: str) -> int:
+        """Ingest the file with whatever the other associations hand in meanwhile; its DICOM status."""
+        mine = _Waiting(path)
+        with self._changed:
+            self._waiting.append(mine)
+            self._changed.notify_all()
+        while True:
+            with self._changed:
+                while mine.status is None and self._busy:
+                    self._changed.wait()
+                if mine.status is not None:
+                    return mine.status
+                self._busy = True
+                # The other receiving associations' next files are on their way: wait a moment for them,
+                # so that the batch holds one file per association rather than whoever happened to be first.
+                linger_until = time.monotonic() + GROUP_LINGER_SECONDS
+                while len(self._waiting) < min(self.receiving, self.limit):
+                    left = linger_until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._changed.wait(left)
+                batch, self._waiting = self._waiting[: self.limit], self._waiting[self.limit:]
+            statuses = [0xA700] * len(batch)  # if ingest raises: not stored, the instance stays missing
+            try:
+                statuses = _ingest_statuses(run=self.run, paths=[w.path for w in batch], origin=self.origin)
+            finally:
+                with self._changed:
+                    for waiting, status in zip(batch, statuses, strict=True):
+                        waiting.status = status
+                    self._busy = False
+                    self._changed.notify_all()
+
+
+def _ingest_statuses(*, run: _Run, paths: list[str], origin: Origin) -> list[int]:
+    """Ingest retrieved files as one batch; answer a DICOM status per file.
+
+    A file is answered success only once ingest returned it stored (or already present): its object
+    durable and its index rows committed. A full quota is remembered so that the job stops.
+    """
+    if run.quota_message:
+        return [0xA700] * len(paths)
+    run.throttle.take(len(paths))
+    statuses = []
+    for item in instances_ingest(clinic=run.job.clinic, paths=paths, origin=origin):
+        error = item.error
+        if error is None:
+            statuses.append(0x0000)
+        elif isinstance(error, QuotaExceeded):
+            run.quota_message.append(error.message)
+            statuses.append(0xA700)
+        elif isinstance(error, (InvalidDicom, InstanceConflict)):
+            logger.warning("Migration %s: an instance of the source was refused: %s", run.job.uuid, error)
+            statuses.append(0xC000 if isinstance(error, InvalidDicom) else 0x0111)
+        else:
+            # Retryable (storage unavailable, held by admission): it stays missing and is retried.
+            logger.warning("Migration %s: an instance could not be stored now: %s", run.job.uuid, error)
+            statuses.append(0xA700)
+    return statuses
 
 
 def _chunks(missing: list[str], whole_study: bool) -> list[list[str] | None]:
@@ -393,31 +520,41 @@ def _chunks(missing: list[str], whole_study: bool) -> list[list[str] | None]:
     return [missing[i:i + RETRIEVE_UIDS_PER_REQUEST] for i in range(0, len(missing), RETRIEVE_UIDS_PER_REQUEST)]
 
 
-def _retrieve_dimse(*, job: MigrationJob, study: MigrationStudy, listed: list[scu.ListedInstance],
-                    missing: list[str], quota_message: list[str]) -> None:
+def _retrieve_dimse(*, run: _Run, study: MigrationStudy, listed: list[scu.ListedInstance],
+                    missing: list[str]) -> None:
+    job = run.job
     clinic, node = job.clinic, _source_node(job)
     sop_classes = {item.sop_class_uid for item in listed if item.sop_class_uid}
     origin = Origin.migration(node=node)
 
+    received = run.dimse_ingest(origin)
+
     def on_file(path: str) -> int:
-        # Runs inside pynetdicom's C-STORE handler, which turns exceptions into a failure status.
-        return _ingest_status(job=job, path=path, origin=origin, quota_message=quota_message)
+        # Runs inside pynetdicom's C-STORE handler, which turns exceptions into a failure status; returns
+        # once the file's batch is committed (files of the job's other associations go in with it).
+        return received.status(path)
 
     for chunk in _chunks(missing, len(missing) == len(listed)):
-        if quota_message:
+        if run.quota_message:
             break
         if job.method == MigrationJob.Method.GET:
-            scu.study_get(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
-                          sop_class_uids=sop_classes or {"1.2.840.10008.5.1.4.1.1.7"}, on_file=on_file,
-                          sop_instance_uids=chunk)
+            with received.receiver():
+                scu.study_get(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
+                              sop_class_uids=sop_classes or {"1.2.840.10008.5.1.4.1.1.7"}, on_file=on_file,
+                              sop_instance_uids=chunk)
         else:
             scu.study_move(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
                            sop_instance_uids=chunk)
 
 
-def _retrieve_dicomweb(*, job: MigrationJob, study: MigrationStudy, listed: list[scu.ListedInstance],
-                       missing: list[str], quota_message: list[str]) -> None:
-    """WADO-RS: the whole study in one streamed request, or only the missing instances one by one."""
+def _retrieve_dicomweb(*, run: _Run, study: MigrationStudy, listed: list[scu.ListedInstance],
+                       missing: list[str]) -> None:
+    """WADO-RS: the whole study in one streamed request, or only the missing instances one by one.
+
+    The parts of a response are ingested INGEST_BATCH at a time: nothing is answered to the source, and
+    an instance counts as migrated only once ingest committed it, so a crash mid-batch loses nothing.
+    """
+    job = run.job
     source = _dicomweb(job)
     origin = Origin.migration_dicomweb(job=job)
     if len(missing) == len(listed):
@@ -426,26 +563,41 @@ def _retrieve_dicomweb(*, job: MigrationJob, study: MigrationStudy, listed: list
         series_of = {item.sop_instance_uid: item.series_instance_uid for item in listed}
         datasets = source.instances_iter(study_instance_uid=study.study_instance_uid,
                                          uids=[(series_of[uid], uid) for uid in missing])
-    for dataset in datasets:
-        if quota_message:
-            break
-        fd, path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
-        try:
+    batch: list[str] = []
+    try:
+        for dataset in datasets:
+            if run.quota_message:
+                break
+            fd, path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
             with os.fdopen(fd, "wb") as handle:
                 try:
                     dataset.save_as(handle, enforce_file_format=True)
                 except (ValueError, AttributeError, TypeError) as exc:
                     # E.g. no transfer syntax in the part: the instance stays missing and is reported.
                     logger.warning("Migration %s: an instance of the source cannot be written: %s", job.uuid, exc)
+                    os.unlink(path)
                     continue
-            _ingest_status(job=job, path=path, origin=origin, quota_message=quota_message)
-        finally:
+            batch.append(path)
+            if len(batch) >= INGEST_BATCH:
+                _ingest_statuses(run=run, paths=batch, origin=origin)
+                _unlink_all(batch)
+        if batch and not run.quota_message:
+            _ingest_statuses(run=run, paths=batch, origin=origin)
+    finally:
+        _unlink_all(batch)
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+    paths.clear()
 
 
-def migration_study_retrieve(*, job: MigrationJob, study: MigrationStudy) -> None:
+def migration_study_retrieve(*, job: MigrationJob, study: MigrationStudy, run: _Run | None = None) -> None:
     """List, retrieve and verify one study of a migration (a step that can be repeated safely)."""
     clinic = job.clinic
+    run = run or _Run(job=job, throttle=_Throttle(job.max_instances_per_second), quota_message=[])
     if job.is_dicomweb:
         listed = _dicomweb(job).study_instances(study_instance_uid=study.study_instance_uid)
     else:
@@ -456,10 +608,9 @@ def migration_study_retrieve(*, job: MigrationJob, study: MigrationStudy) -> Non
         ignore_conflicts=True,
     )
     missing = _mark_present(study=study)
-    quota_message: list[str] = []
-    if missing:
+    if missing and not run.quota_message:
         retrieve = _retrieve_dicomweb if job.is_dicomweb else _retrieve_dimse
-        retrieve(job=job, study=study, listed=listed, missing=missing, quota_message=quota_message)
+        retrieve(run=run, study=study, listed=listed, missing=missing)
         missing = _mark_present(study=study)
     present = MigrationInstance.objects.filter(study=study, is_present=True).count()
     state = MigrationStudy.State.VERIFIED if not missing else MigrationStudy.State.INCOMPLETE
@@ -469,8 +620,8 @@ def migration_study_retrieve(*, job: MigrationJob, study: MigrationStudy) -> Non
         # Incomplete studies go back to pending until their attempts are used up.
         state=MigrationStudy.State.PENDING if missing and attempts < MIGRATION_STUDY_ATTEMPTS else state,
     )
-    if quota_message:
-        raise _QuotaStop(quota_message[0])
+    if run.quota_message:
+        raise _QuotaStop(run.quota_message[0])
 
 
 def _migration_counters_save(job: MigrationJob, **extra: object) -> None:
@@ -512,30 +663,97 @@ def _migration_slice(*, job: MigrationJob, slice_seconds: float, clock: Callable
         return False
 
 
+class _StudyQueue:
+    """The slice's pending studies, each handed to exactly one association (so none is fetched twice)."""
+
+    def __init__(self, studies: list[MigrationStudy], *, deadline: float, clock: Callable[[], float]) -> None:
+        self._studies = list(reversed(studies))
+        self._lock = threading.Lock()
+        self.deadline = deadline
+        self.clock = clock
+        self.stop_reason = ""
+        self.failure: BaseException | None = None
+
+    def next(self, *, first: bool) -> MigrationStudy | None:
+        """The next study, or None when the slice ends (an association's first study is always given:
+        every slice makes progress, however short)."""
+        with self._lock:
+            if self.stop_reason or self.failure is not None or not self._studies:
+                return None
+            if not first and self.clock() >= self.deadline:
+                return None
+            return self._studies.pop()
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            self.stop_reason = self.stop_reason or reason
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            self.failure = self.failure or exc
+
+
+def _migration_association(*, run: _Run, queue: _StudyQueue) -> None:
+    """One association's share of a slice: take a pending study, retrieve and verify it, record, repeat."""
+    job = run.job
+    first = True
+    try:
+        while True:
+            paused = billing_selectors.upload_block_reason(clinic=job.clinic)
+            if paused:
+                queue.stop(paused)
+                return
+            study = queue.next(first=first)
+            first = False
+            if study is None:
+                return
+            try:
+                migration_study_retrieve(job=job, study=study, run=run)
+            except _QuotaStop as exc:
+                queue.stop(exc.message)
+                return
+            finally:
+                _migration_counters_save(job)
+    except BaseException as exc:  # noqa: BLE001 - handed to the slice, which raises it after the join
+        queue.fail(exc)
+
+
 def _migration_work(*, job: MigrationJob, slice_seconds: float, clock: Callable[[], float]) -> bool:
     if not job.is_listed:
         migration_list_studies(job=job)
         job.refresh_from_db()
-    deadline = clock() + slice_seconds
-    while clock() < deadline:
-        paused = billing_selectors.upload_block_reason(clinic=job.clinic)
-        if paused:
-            _migration_stop(job, paused)
-            return False
-        study = MigrationStudy.objects.filter(job=job, state=MigrationStudy.State.PENDING).order_by("pk").first()
-        if study is None:
-            break
-        try:
-            migration_study_retrieve(job=job, study=study)
-        except _QuotaStop as exc:
-            _migration_counters_save(job)
-            _migration_stop(job, exc.message)
-            return False
+    pending = list(MigrationStudy.objects.filter(job=job, state=MigrationStudy.State.PENDING).order_by("pk"))
+    queue = _StudyQueue(pending, deadline=clock() + slice_seconds, clock=clock)
+    run = _Run(job=job, throttle=_Throttle(job.max_instances_per_second), quota_message=[])
+    count = max(1, min(job.associations or 1, MIGRATION_ASSOCIATIONS_MAX, len(pending)))
+    if count == 1:
+        _migration_association(run=run, queue=queue)
+    else:
+        threads = [threading.Thread(target=_in_own_connection, args=(_migration_association,),
+                                    kwargs={"run": run, "queue": queue}, name=f"migration-{job.pk}-{n}")
+                   for n in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if queue.failure is not None:
+        raise queue.failure
+    if queue.stop_reason:
         _migration_counters_save(job)
+        _migration_stop(job, queue.stop_reason)
+        return False
     if MigrationStudy.objects.filter(job=job, state=MigrationStudy.State.PENDING).exists():
         return True
     _migration_finish(job)
     return False
+
+
+def _in_own_connection(target: Callable[..., None], **kwargs: object) -> None:
+    # Each association thread has its own database connection (Django's are per thread): close it after.
+    try:
+        target(**kwargs)
+    finally:
+        connection.close()
 
 
 def _migration_stop(job: MigrationJob, message: str) -> None:

@@ -241,7 +241,7 @@ def test_a_migration_whose_worker_died_is_resumed_by_the_sweep_and_finishes_with
     clinic, admin, orthanc, orthanc_node, tmp_path
 ):
     _old_archive(orthanc, tmp_path)
-    job = MigrationJob.objects.create(clinic=clinic, node=orthanc_node)
+    job = MigrationJob.objects.create(clinic=clinic, node=orthanc_node, associations=1)
     # A worker took the job, imported one study, and was killed: its lease is left behind.
     services.migration_run(job=job, slice_seconds=0.001)
     first_pass = Instance.objects.for_clinic(clinic).count()
@@ -257,6 +257,81 @@ def test_a_migration_whose_worker_died_is_resumed_by_the_sweep_and_finishes_with
     assert job.status == JobStatus.DONE
     assert Instance.objects.for_clinic(clinic).count() == 9
     assert job.instances_done == 9 and job.instances_failed == 0
+
+
+class _InFlight:
+    """Wraps a retrieve function and records how many studies were being retrieved at once."""
+
+    def __init__(self, real):
+        import threading
+
+        self.real, self.lock, self.now, self.most, self.studies = real, threading.Lock(), 0, 0, []
+
+    def __call__(self, **kwargs):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.studies.append(kwargs["study_instance_uid"])
+        try:
+            time.sleep(0.2)  # long enough for the other associations to start theirs
+            return self.real(**kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("method", ["C-GET", "C-MOVE"])
+def test_parallel_associations_import_exactly_the_scope_each_study_once_and_nothing_twice(
+    client, clinic, admin, tmp_path, monkeypatch, method
+):
+    from studies.outbound import scu
+
+    retrieve = "study_get" if method == "C-GET" else "study_move"
+    spy = _InFlight(getattr(scu, retrieve))
+    monkeypatch.setattr(scu, retrieve, spy)
+    with running_scp() as scp_port:
+        with running_orthanc(tmp_path / "orthanc", portal_ae=clinic.ae_title, portal_dicom_port=scp_port) as orthanc:
+            register_node(clinic, ae_title=orthanc.ae_title, port=orthanc.dicom_port)
+            in_scope = [write_study(tmp_path / f"in{n}", patient_id=f"P-{n}", study_date=date(2024, 1, 1 + n),
+                                    copies=3) for n in range(6)]
+            out_of_scope = write_study(tmp_path / "out", patient_id="P-OUT", study_date=date(2019, 1, 1), copies=3)
+            for study in (*in_scope, out_of_scope):
+                orthanc.upload(study.files)
+            client.force_login(admin)
+
+            report = _migrate(client, clinic, node=orthanc.ae_title, method=method, associations=3,
+                              study_date_from="20240101")
+
+    assert (report["status"], report["missing"], report["associations"]) == ("done", [], 3)
+    assert spy.most == 3  # three studies were retrieved at once, never more
+    assert sorted(spy.studies) == sorted(study.study_uid for study in in_scope)  # each study once
+    uids = list(Instance.objects.for_clinic(clinic).values_list("sop_instance_uid", flat=True))
+    assert sorted(uids) == sorted(uid for study in in_scope for uid in study.sop_uids)
+    assert report["instances_done"] == report["instances_total"] == 18
+
+
+def test_the_instances_per_second_limit_holds_across_parallel_associations(clinic, orthanc, orthanc_node, tmp_path):
+    studies = [write_study(tmp_path / f"s{n}", patient_id=f"T-{n}", copies=4) for n in range(4)]
+    for study in studies:
+        orthanc.upload(study.files)
+    started = time.monotonic()
+    job = services.migration_create(clinic=clinic, node=orthanc_node, associations=4, max_instances_per_second=8)
+    elapsed = time.monotonic() - started  # the task ran inline, to the end
+
+    job.refresh_from_db()
+    assert (job.status, job.instances_done, job.instances_failed) == (JobStatus.DONE, 16, 0)
+    # 16 instances at 8 per second over four associations: at least 15/8 s (the first goes at once).
+    assert elapsed >= 15 / 8
+
+
+def test_a_migration_asking_for_too_many_associations_is_refused(client, clinic, admin, orthanc, orthanc_node):
+    client.force_login(admin)
+
+    response = client.post(f"/api/v1/clinics/{clinic.slug}/migrations/", {"node": orthanc.ae_title,
+                           "associations": 50}, content_type="application/json")
+
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert not MigrationJob.objects.for_clinic(clinic).exists()
 
 
 def test_migration_api_answers_404_to_an_outsider_and_403_to_a_clinician(client, clinic, clinician, outsider):

@@ -262,7 +262,7 @@ def test_a_dicomweb_migration_that_would_pass_the_quota_stops_and_keeps_what_it_
 def test_a_dicomweb_migration_whose_worker_died_is_resumed_by_the_sweep_without_duplicates(clinic, orthanc, tmp_path):
     _old_archive(orthanc, tmp_path)
     job = MigrationJob.objects.create(
-        clinic=clinic, dicomweb_url=_dicomweb_url(orthanc), method=MigrationJob.Method.WADO
+        clinic=clinic, dicomweb_url=_dicomweb_url(orthanc), method=MigrationJob.Method.WADO, associations=1
     )
     services.migration_run(job=job, slice_seconds=0.001)
     first_pass = Instance.objects.for_clinic(clinic).count()
