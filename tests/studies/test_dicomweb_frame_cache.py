@@ -9,9 +9,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from studies import services
 from studies.archive import objects, plaincache
 from studies.archive.errors import ObjectMissing
+from studies.browse import services
 from studies.models import Study
 from tests.dicom_files import write_instance
 from tests.factories import ingest_files, token_for
