@@ -168,7 +168,7 @@ def test_store_associations_keep_one_connection_each_and_leave_none_behind(clini
     from pydicom.uid import generate_uid
 
     from studies.models import Instance
-    from tests.studies.dicomweb_support import write_instance
+    from tests.dicom_files import write_instance
     from tests.studies.dimse_support import store_with_pynetdicom
 
     register_node(clinic)

@@ -134,7 +134,12 @@ def test_backed_up_instances_are_committed_on_the_same_association(clinic, modal
     assert info.TransactionUID == modality.transaction_uid
     assert _committed(info) == set(study.sop_uids)
     assert "FailedSOPSequence" not in info
-    assert AuditEvent.objects.for_clinic(clinic).filter(action="dimse.commitment", result="success").exists()
+    # The audit entry is written once the report has been sent: wait for it rather than race it.
+    audited = AuditEvent.objects.for_clinic(clinic).filter(action="dimse.commitment", result="success")
+    deadline = time.monotonic() + 10
+    while not audited.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert audited.exists()
 
 
 def test_report_comes_on_a_new_association_when_the_modality_has_released(clinic, modality, scp_port, study):
