@@ -63,8 +63,7 @@ def main() -> None:
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-anonymize-") as var_dir:
         setup(os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB), var_dir)
-        from studies import tasks
-        from studies.anonymize import services
+        from studies.anonymize import services, tasks
         from studies.anonymize.profile import Option
         from studies.ingest import instance_ingest
         from tenants import services as tenant_services

@@ -31,7 +31,7 @@ urlpatterns = [
     path("c/<slug:clinic_slug>/outbound/", include("studies.outbound.urls")),
     path("c/<slug:clinic_slug>/exports/", include("studies.exports.urls")),
     path("s/<str:share_token>/dicomweb/", include("studies.sharing.dicomweb_urls")),
-    path("s/<str:share_token>/viewer/", include("studies.viewer.share_urls")),
+    path("s/<str:share_token>/viewer/", include("studies.sharing.viewer_urls")),
     path("", include("studies.sharing.public_urls")),
     path("billing/stripe/webhook/", billing_views.stripe_webhook, name="stripe-webhook"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),

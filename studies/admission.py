@@ -23,6 +23,7 @@ import re
 from functools import partial
 from typing import Any
 
+from celery import current_app
 from django.db import transaction
 
 from studies import dicom
@@ -216,10 +217,11 @@ def instance_hold(
         details={"reason": reason, "source": source, "study": str(study.uuid) if study else ""},
     )
     logger.warning("Held instance %s of clinic %s in quarantine (%s)", held.uuid, clinic.pk, reason)
-    from studies import tasks
-
-    transaction.on_commit(partial(tasks.quarantined_replicate.delay, clinic_id=clinic.pk, held_id=held.pk), robust=True)
-    transaction.on_commit(partial(tasks.quarantine_notify.delay, clinic_id=clinic.pk), robust=True)
+    # Queued by name: the quarantine tasks (studies.quarantine.tasks) import the ingest path, which imports
+    # this module.
+    tasks = current_app.tasks
+    transaction.on_commit(partial(tasks["studies.tasks.quarantined_replicate"].delay, clinic_id=clinic.pk, held_id=held.pk), robust=True)
+    transaction.on_commit(partial(tasks["studies.tasks.quarantine_notify"].delay, clinic_id=clinic.pk), robust=True)
     return held, True
 
 

@@ -11,13 +11,18 @@ class StudiesConfig(AppConfig):
         # The layers point down (ingest and the archive never import backup or the thumbnails); what
         # they must trigger is registered here, once, in every process (web, worker, DIMSE listener).
         # The hooks send tasks by name: their modules must be loaded in every process, not only in workers.
-        from studies import tasks  # noqa: F401
+        # Every package's tasks are loaded here: services queue their own package's tasks by name.
         from studies.anonymize import services as anonymize
+        from studies.anonymize import tasks as anonymize_tasks  # noqa: F401
         from studies.archive import objects
         from studies.backup import recovery, replication
+        from studies.backup import tasks as backup_tasks  # noqa: F401
         from studies.browse import tasks as browse_tasks  # noqa: F401
         from studies.browse import thumbnails
+        from studies.exports import tasks as exports_tasks  # noqa: F401
         from studies.ingest import hooks
+        from studies.ingest import tasks as ingest_tasks  # noqa: F401
+        from studies.quarantine import tasks as quarantine_tasks  # noqa: F401
 
         hooks.object_writer_register(replication.object_write_for_ingest)
         hooks.after_commit_register(replication.instances_replication_start)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from django.utils import timezone
 
-from studies import quarantine
 from studies.archive import keys as archive_keys
 from studies.archive import stores
 from studies.browse import services as browse_services
 from studies.models import ClinicKey, Study
+from studies.quarantine import services as quarantine
 from tenants.models import Clinic
 
 

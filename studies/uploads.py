@@ -116,10 +116,11 @@ def upload_zip_stage(
         anonymize_project=anonymize_project,
         upload_link=upload_link,
     )
-    from studies import tasks
+    from celery import current_app  # by name: studies.ingest.tasks imports this module
 
     transaction.on_commit(
-        partial(tasks.upload_staging_replicate.delay, clinic_id=clinic.pk, batch_id=batch.pk), robust=True
+        partial(current_app.tasks["studies.tasks.upload_staging_replicate"].delay, clinic_id=clinic.pk, batch_id=batch.pk),
+        robust=True,
     )
     return batch
 
@@ -234,11 +235,12 @@ def _finish(batch: UploadBatch, status: str, message: str) -> None:
             objects.object_delete(clinic=batch.clinic, key=batch.staging_key)
         except ArchiveError:
             logger.warning("Could not delete the staged archive of upload batch %s", batch.uuid)
-        from studies import tasks
+        from celery import current_app  # by name: ingest sits below backup
 
         # Its replica copy goes too, with the replica's own credentials (replica-admin queue).
         transaction.on_commit(
-            partial(tasks.replica_purge.delay, clinic_id=batch.clinic_id, key=batch.staging_key), robust=True
+            partial(current_app.tasks["studies.backup.tasks.replica_purge"].delay, clinic_id=batch.clinic_id, key=batch.staging_key),
+            robust=True,
         )
     batch.status = status
     batch.message = message[:500]
@@ -491,9 +493,9 @@ def _stage_zip(
             clinic=clinic, source=source, name=name, size=size, created_by=origin.user,
             anonymize_project=anonymize_project, upload_link=origin.upload_link,
         )
-    from studies import tasks
+    from celery import current_app  # by name: studies.ingest.tasks imports this module
 
-    transaction.on_commit(partial(tasks.upload_zip_extract.delay, clinic_id=clinic.pk, batch_id=batch.pk))
+    transaction.on_commit(partial(current_app.tasks["studies.tasks.upload_zip_extract"].delay, clinic_id=clinic.pk, batch_id=batch.pk))
     return batch
 
 

@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any
 
 import pydicom
+from celery import current_app
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.db import transaction
 from django.db.models import Count, F, Q
@@ -49,6 +50,11 @@ from tenants.models import Clinic, User
 logger = logging.getLogger(__name__)
 
 MAX_DATE_SHIFT_DAYS = 3650
+
+# The job's tasks (studies.anonymize.tasks, which imports this module), queued by these names. They are
+# the names the tasks had in the old studies.tasks hub, so messages already queued still resolve.
+JOB_START_TASK = "studies.tasks.anonymization_job_start"
+JOB_INSTANCES_TASK = "studies.tasks.anonymization_instances"
 
 
 # --- sealing ------------------------------------------------------------------------------------------
@@ -257,8 +263,6 @@ def job_create(
     by: Actor | None = None,
 ) -> AnonymizationJob:
     """Queue the anonymization of studies (or some of their series) as a Celery job with progress."""
-    from studies import tasks
-
     if not studies:
         raise PortalError("Choose at least one study to anonymize.")
     job = AnonymizationJob.objects.create(
@@ -273,7 +277,7 @@ def job_create(
                  object_type="anonymization_job", object_id=str(job.uuid),
                  details={"studies": [str(s.uuid) for s in studies], "project": str(project.uuid),
                           "options": job.options})
-    transaction.on_commit(partial(tasks.anonymization_job_start.delay, clinic_id=clinic.pk, job_id=job.pk))
+    transaction.on_commit(partial(current_app.tasks[JOB_START_TASK].delay, clinic_id=clinic.pk, job_id=job.pk))
     return job
 
 
@@ -288,8 +292,6 @@ def job_instances(job: AnonymizationJob) -> list[int]:
 
 def job_start(*, job: AnonymizationJob) -> list[int]:
     """Count the job's instances and mark it running; return the instance ids to process."""
-    from studies import tasks
-
     instance_ids = job_instances(job)
     claimed = AnonymizationJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
         status=JobStatus.RUNNING, total=len(instance_ids)
@@ -300,7 +302,7 @@ def job_start(*, job: AnonymizationJob) -> list[int]:
         job_finish_if_complete(job_id=job.pk)
     # One message per batch: each batch is stored with one index transaction and one replication message.
     for start in range(0, len(instance_ids), JOB_BATCH):
-        tasks.anonymization_instances.delay(
+        current_app.tasks[JOB_INSTANCES_TASK].delay(
             clinic_id=job.clinic_id, job_id=job.pk, instance_ids=instance_ids[start : start + JOB_BATCH]
         )
     return instance_ids

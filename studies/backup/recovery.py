@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery import current_app
 from django.db import IntegrityError, close_old_connections, connections, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -38,6 +39,9 @@ from tenants.models import Clinic
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+
+# Queued by name from object_repair_schedule: studies.backup.tasks imports this module.
+OBJECT_REPAIR_TASK = "studies.backup.tasks.object_repair"
 
 _OBJECT_KEY = re.compile(r"^clinics/(?P<clinic>[0-9a-f-]{36})/objects/(?P<object>[0-9a-f-]{36})$")
 _KEY_OBJECT = re.compile(r"^clinics/(?P<clinic>[0-9a-f-]{36})/keys/(?P<key_id>[^/]+)$")
@@ -445,9 +449,7 @@ def object_repair_schedule(*, clinic: Clinic, key: str) -> bool:
     """
     from django.core.cache import cache
 
-    from studies import tasks
-
     if not cache.add(f"backup:repair:{key}", 1, timeout=300):
         return False
-    tasks.object_repair.delay(clinic_id=clinic.pk, key=key)
+    current_app.tasks[OBJECT_REPAIR_TASK].delay(clinic_id=clinic.pk, key=key)
     return True

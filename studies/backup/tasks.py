@@ -1,4 +1,4 @@
-"""Celery entry points of backup and recovery (imported by studies.tasks, so ``studies.tasks.X`` works).
+"""Celery entry points of backup and recovery, registered under this module's names (``studies.backup.tasks.X``).
 
 All take ids and plain values, are idempotent, and retry only transient storage errors.
 ``replica_purge`` runs on the ``replica-admin`` queue, consumed only by the worker that holds the
@@ -84,7 +84,7 @@ def backup_verify_batch(*, clinic_id: int | None = None, limit: int | None = Non
     return {"checked": run.checked, "failed": run.failed}
 
 
-@shared_task(**RETRY)
+@shared_task(name=recovery.OBJECT_REPAIR_TASK, **RETRY)
 def object_repair(*, clinic_id: int, key: str) -> str:
     """Rewrite a primary object from the replica after a failed primary read (queued by the failover)."""
     clinic = Clinic.objects.filter(pk=clinic_id).first()

@@ -17,11 +17,12 @@ from django.utils.functional import cached_property
 from django.views.decorators.http import require_GET, require_POST
 
 from portal.exceptions import PortalError
-from studies import matching, quarantine
+from studies import matching
 from studies.archive import objects
 from studies.archive.errors import ArchiveError
 from studies.browse import download, selectors, services
 from studies.models import Study
+from studies.quarantine import services as quarantine
 from tenants.audit import Actor, audit_record
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action

@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypedDict
 
+from celery import current_app
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
@@ -28,13 +29,15 @@ from django.utils import timezone
 from portal.exceptions import Conflict
 from studies.archive import objects
 from studies.backup import export
-from studies.exports import tasks
 from studies.exports.models import ClinicExport, ExportStatus
 from studies.models import Study
 from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, User
 
 logger = logging.getLogger(__name__)
+
+# Queued by name: studies.exports.tasks imports this module.
+EXPORT_BUILD_TASK = "studies.exports.tasks.clinic_export_build"
 
 
 def clinic_export_request(
@@ -61,7 +64,7 @@ def clinic_export_request(
             object_type="clinic_export",
             object_id=str(job.uuid),
         )
-        transaction.on_commit(partial(tasks.clinic_export_build.delay, clinic_id=clinic.pk, export_id=job.pk))
+        transaction.on_commit(partial(current_app.tasks[EXPORT_BUILD_TASK].delay, clinic_id=clinic.pk, export_id=job.pk))
     return job
 
 

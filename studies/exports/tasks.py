@@ -1,4 +1,4 @@
-"""Celery entry points of clinic exports (imported by studies.tasks)."""
+"""Celery entry points of clinic exports; ``studies.exports.services`` queues them by name."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import logging
 
 from celery import shared_task
 
+from studies.exports import services
+from studies.exports.models import ClinicExport, ExportStatus
+
 logger = logging.getLogger(__name__)
 
 
-@shared_task(acks_late=True)
+@shared_task(name=services.EXPORT_BUILD_TASK, acks_late=True)
 def clinic_export_build(*, clinic_id: int, export_id: int) -> str:
     """Build one export; a redelivered message finds it claimed (or done) and does nothing."""
-    # Imported here: the services module queues this task, so it imports this module first.
-    from studies.exports import services
-    from studies.exports.models import ClinicExport, ExportStatus
-
     claimed = (
         ClinicExport.objects.for_clinic(clinic_id)
         .filter(pk=export_id, status=ExportStatus.QUEUED)
@@ -35,8 +34,6 @@ def clinic_export_build(*, clinic_id: int, export_id: int) -> str:
     return "done"
 
 
-@shared_task
+@shared_task(name="studies.exports.tasks.clinic_exports_expire")
 def clinic_exports_expire() -> int:
-    from studies.exports import services
-
     return services.clinic_exports_expire()

@@ -6,8 +6,9 @@ from typing import Any
 
 from django import template
 
-from studies import names, quarantine
+from studies import names
 from studies.browse import selectors, services
+from studies.quarantine import services as quarantine
 from tenants.audit import Actor
 from tenants.roles import Action
 

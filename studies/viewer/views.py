@@ -1,4 +1,5 @@
-"""The clinic's study viewer page; the share-link viewer reuses ``viewer_context`` with its own DICOMweb base."""
+"""The clinic's study viewer pages (light viewer and OHIF). Share links reuse ``viewer_context`` and
+``ohif_response`` from ``studies.sharing`` (sharing sits above the viewer, never the other way round)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,8 @@ from django.utils.cache import add_never_cache_headers
 
 from studies import names
 from studies.models import Instance, Series, Study
-from studies.sharing import services as sharing_services
-from studies.sharing.public_views import share_required
 from studies.viewer import ohif
-from tenants.audit import Actor, audit_record
+from tenants.audit import audit_record
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
 
@@ -141,7 +140,7 @@ def study_viewer(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> 
 VIEWER_SCRIPT = "studies/viewer-ohif.js"
 
 
-def _ohif_response(request: HttpRequest, path: str, site: ohif.ViewerSite) -> HttpResponse:
+def ohif_response(request: HttpRequest, path: str, site: ohif.ViewerSite) -> HttpResponse:
     """Answer one request under a viewer prefix: a file of OHIF's dist/, its config, or its page."""
     if path == "app-config.js":
         return _no_store(HttpResponse(ohif.app_config_js(site), content_type="text/javascript"))
@@ -191,7 +190,7 @@ def ohif_clinic(request: ClinicRequest, clinic_slug: str, path: str = "") -> Htt
         session_script=static("portal/session.js"),
         body_attributes=session_attributes(request),
     )
-    return _ohif_response(request, path, site)
+    return ohif_response(request, path, site)
 
 
 def session_attributes(request: HttpRequest) -> dict[str, str]:
@@ -203,20 +202,6 @@ def session_attributes(request: HttpRequest) -> dict[str, str]:
         "data-keepalive-url": reverse("tenants:keepalive"),
         "data-login-url": reverse("tenants:login"),
     }
-
-
-@csp_update(ohif.CSP_UPDATE)
-@share_required
-def ohif_share(request: HttpRequest, share_token: str, path: str = "") -> HttpResponse:
-    """OHIF for a share link's recipient: reads only the link's read-only DICOMweb, shows nothing of the clinic."""
-    dicomweb = reverse("share-dicomweb:studies", kwargs={"share_token": share_token})[: -len("/studies")]
-    site = ohif.ViewerSite(
-        public_url=reverse("share-viewer:ohif", kwargs={"share_token": share_token}),
-        dicomweb_root=request.build_absolute_uri(dicomweb),
-        name="Shared studies",
-        show_study_list=False,
-    )
-    return _ohif_response(request, path, site)
 
 
 def ohif_study_url(*, public_url: str, study: Study) -> str:
@@ -237,19 +222,4 @@ def study_ohif(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> Ht
         object_id=str(study.uuid),
     )
     public_url = reverse("viewer:ohif", kwargs={"clinic_slug": request.clinic.slug})
-    return redirect(ohif_study_url(public_url=public_url, study=study))
-
-
-@share_required
-def share_study_ohif(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
-    """Open one shared study in the share's diagnostic viewer (the share page's button)."""
-    study = (
-        Study.objects.for_clinic(request.clinic)  # type: ignore[attr-defined]
-        .filter(uuid=study_uuid, pk__in=request.study_scope, deleted_at__isnull=True)  # type: ignore[attr-defined]
-        .first()
-    )
-    if study is None:
-        raise Http404("No such study in this link.")
-    sharing_services.share_log(share=request.share, action="viewed", by=Actor.from_request(request), study=study)  # type: ignore[attr-defined]
-    public_url = reverse("share-viewer:ohif", kwargs={"share_token": share_token})
     return redirect(ohif_study_url(public_url=public_url, study=study))

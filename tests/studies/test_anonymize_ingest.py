@@ -170,7 +170,7 @@ def test_reading_keeps_working_while_uploads_are_paused(client, clinic, clinicia
 def test_upload_page_option_anonymizes_files_and_archives(client, clinic, uploader, project, tmp_path):
     import zipfile
 
-    from studies import tasks
+    from studies.ingest import tasks
 
     client.force_login(uploader)
     page = client.get(f"/c/{clinic.slug}/upload/")

@@ -10,8 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from studies import tasks
-from studies.anonymize import services
+from studies.anonymize import services, tasks
 from studies.anonymize.models import AnonymizationJob, AnonymizedStudy, JobStatus, PatientPseudonym, UidMapping
 from studies.archive import objects
 from studies.ingest import instance_ingest

@@ -14,8 +14,8 @@ from django.utils import timezone
 
 from studies.archive import objects, stores
 from studies.backup import replication
+from studies.backup.tasks import replica_purge, replication_sweep
 from studies.models import ClinicKey, Instance, Series
-from studies.tasks import replica_purge, replication_sweep
 from tests.dicom_files import write_dicom_files
 from tests.factories import ingest_files
 from tests.studies.backup_support import (

@@ -29,8 +29,8 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from studies import ingest
-from studies import tasks as study_tasks
 from studies.anonymize import services as anonymize
+from studies.anonymize import tasks as study_tasks
 from studies.archive import objects, stores
 from studies.archive.errors import StorageUnavailable
 from studies.backup import replication
@@ -519,7 +519,7 @@ def test_the_archive_and_ingest_import_nothing_above_them_and_nothing_inside_fun
     above = (
         "studies.backup",
         "studies.anonymize",
-        "studies.tasks",
+        "studies.quarantine",
         "studies.browse.thumbnails",
         "studies.dicomweb",
         "studies.dimse",

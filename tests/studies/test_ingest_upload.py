@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
-from studies import tasks
+from studies.ingest import tasks
 from studies.models import Instance, Study, UploadBatch, UploadItem
 from tenants.models import Clinic
 from tests.dicom_files import copy_sample, sample_path, write_ct

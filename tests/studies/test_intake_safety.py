@@ -18,11 +18,13 @@ from django.db.models import F
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
-from studies import tasks
 from studies.archive import stores
+from studies.backup import tasks as backup_tasks
 from studies.browse import services
 from studies.browse import tasks as browse_tasks
+from studies.ingest import tasks
 from studies.models import Instance, QuarantinedInstance, Study, UploadBatch
+from studies.quarantine import tasks as quarantine_tasks
 from studies.sharing import services as sharing_services
 from tenants.models import AuditEvent, Clinic
 from tests.dicom_files import write_ct, write_series
@@ -523,7 +525,7 @@ def test_destroying_a_clinics_data_erases_its_held_instances_too(clinic, first_p
     with pytest.raises(PatientMismatch):
         instance_ingest(clinic=clinic, source_path=str(other_patient_file(tmp_path, first_patient_study)))
     held = QuarantinedInstance.objects.get()
-    tasks.quarantined_replicate(clinic_id=clinic.pk, held_id=held.pk)
+    quarantine_tasks.quarantined_replicate(clinic_id=clinic.pk, held_id=held.pk)
 
     billing_services.clinic_data_destroy(clinic=clinic)
 
@@ -560,10 +562,10 @@ def test_rebuilding_the_index_from_the_replica_leaves_held_instances_held(clinic
     from studies.ingest import instance_ingest
 
     for instance in Instance.objects.for_clinic(clinic):
-        tasks.instance_replicate(clinic_id=clinic.pk, instance_id=instance.pk)
+        backup_tasks.instance_replicate(clinic_id=clinic.pk, instance_id=instance.pk)
     with pytest.raises(PatientMismatch):
         instance_ingest(clinic=clinic, source_path=str(other_patient_file(tmp_path, first_patient_study)))
-    tasks.quarantined_replicate(clinic_id=clinic.pk, held_id=QuarantinedInstance.objects.get().pk)
+    quarantine_tasks.quarantined_replicate(clinic_id=clinic.pk, held_id=QuarantinedInstance.objects.get().pk)
 
     recovery.index_rebuild(clinic_uuids=[clinic.uuid])
 

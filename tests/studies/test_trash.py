@@ -6,7 +6,6 @@ from datetime import timedelta
 from http import HTTPStatus
 
 import pytest
-from django.conf import settings
 from django.utils import timezone
 
 from studies.archive import stores
@@ -206,13 +205,3 @@ def test_purge_on_s3_deletes_both_copies(clinic, owner, s3_stores, tmp_path):
 
     assert not any(primary.exists(i.object_key) or replica.exists(i.object_key) for i in instances)
     assert Clinic.objects.get(pk=clinic.pk).used_bytes == 0
-
-
-def test_browse_tasks_keep_the_names_queued_messages_and_the_beat_schedule_use(db):
-    from celery import current_app
-
-    # A message queued under the old name runs the browse package's task.
-    for name in ("series_thumbnail_render", "study_purge", "studies_trash_purge"):
-        assert current_app.tasks[f"studies.tasks.{name}"].__module__ == "studies.browse.tasks"
-    scheduled = settings.CELERY_BEAT_SCHEDULE["studies-trash-purge"]["task"]
-    assert current_app.tasks[scheduled].apply().get() == 0

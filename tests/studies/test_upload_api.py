@@ -6,7 +6,7 @@ import zipfile
 from http import HTTPStatus
 from pathlib import Path
 
-from studies import tasks
+from studies.ingest import tasks
 from studies.models import Instance, Study, UploadBatch
 from tenants import services as tenant_services
 from tenants.models import Clinic

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from studies.viewer import views
+from studies.sharing import viewer_views as views
 
 app_name = "share-viewer"
 urlpatterns = [

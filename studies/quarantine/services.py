@@ -1,7 +1,7 @@
 """Instances held in quarantine (``studies.admission``): list them, file them into their study, discard them.
 
 A held instance's encrypted object sits in the primary store and is copied to the replica like any
-instance's (``quarantined_replicate``, swept by ``studies.tasks.intake_sweep``), so holding an image
+instance's (``studies.quarantine.tasks.quarantined_replicate``, swept by ``studies.ingest.tasks.intake_sweep``), so holding an image
 never risks losing it. Owners and admins decide: *file* it into the study its Study Instance UID names
 (when they know it is the same patient, say a corrected name), or *discard* it (its object is erased
 and the quota given back). Both are audited.
@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 import uuid
-from datetime import timedelta
 from functools import partial
 
 from django.conf import settings
@@ -135,10 +134,10 @@ def quarantined_discard(
         )
     with contextlib.suppress(ObjectMissing):
         objects.object_delete(clinic=clinic, key=held.object_key)
-    from studies import tasks
+    from studies.backup import tasks as backup_tasks
 
     # The replica copy goes with the replica's own credentials, on the replica-admin queue.
-    transaction.on_commit(partial(tasks.replica_purge.delay, clinic_id=clinic.pk, key=held.object_key), robust=True)
+    transaction.on_commit(partial(backup_tasks.replica_purge.delay, clinic_id=clinic.pk, key=held.object_key), robust=True)
 
 
 # Owners and admins hear about held instances at most this often per clinic, not once per file.
@@ -207,15 +206,6 @@ def quarantined_replicate(*, held: QuarantinedInstance) -> bool:
         replicated_at=now
     )
     return True
-
-
-def quarantine_pending_replication(*, older_than: timedelta) -> QuerySet[QuarantinedInstance]:
-    # Cross-clinic maintenance query: the intake sweep covers every clinic.
-    return (
-        QuarantinedInstance.objects.filter(replicated_at__isnull=True, received_at__lte=timezone.now() - older_than)
-        .exclude(resolution=QuarantinedInstance.Resolution.DISCARDED)
-        .only("pk", "clinic_id")
-    )
 
 
 def _object_uuid(key: str) -> uuid.UUID | None:
