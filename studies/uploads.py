@@ -13,6 +13,9 @@ Safety: member names are never used as file-system paths (each member is copied 
 we name), so path traversal can't happen; names that try it are refused and reported. Zip bombs are
 stopped by limits on member count, total and per-member uncompressed size and compression ratio,
 counted on the bytes actually inflated rather than on what the archive's directory claims.
+
+Uploads belong to ingest, below anonymize and backup: the anonymization project model comes from the
+app's ``studies.models``, and the staged archive reaches the replica through ``ingest.hooks``.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from billing import selectors as billing_selectors
 from portal.exceptions import PortalError
 from studies import ingest
-from studies.anonymize.models import AnonymizationProject
 from studies.archive import objects
 from studies.archive.errors import ArchiveError, StorageFull, StorageUnavailable
 from studies.errors import (
@@ -53,7 +56,8 @@ from studies.errors import (
     QuotaExceeded,
     StudyBeingPurged,
 )
-from studies.models import Instance, Study, UploadBatch, UploadItem
+from studies.ingest import hooks as ingest_hooks
+from studies.models import AnonymizationProject, Instance, Study, UploadBatch, UploadItem
 from tenants.audit import audit_record
 from tenants.models import Clinic, User
 
@@ -131,8 +135,6 @@ def upload_zip_admit(*, clinic: Clinic, size: int) -> None:
     (or paused uploads) refuses it now, instead of staging it to reject every member later. Each member
     is still checked and reserved one by one as it is ingested.
     """
-    from billing import selectors as billing_selectors
-
     paused = billing_selectors.upload_block_reason(clinic=clinic)
     if paused:
         raise QuotaExceeded(paused)
@@ -154,11 +156,9 @@ def upload_zip_admit(*, clinic: Clinic, size: int) -> None:
 
 def upload_staging_replicate(*, batch: UploadBatch) -> bool:
     """Copy a staged archive, still encrypted, to the replica; False when unpacked already or copied."""
-    from studies.backup import replication
-
     if not batch.staging_key or batch.staging_replicated_at is not None:
         return False
-    replication.object_copy(key=batch.staging_key)
+    ingest_hooks.replica_copy(key=batch.staging_key)
     return bool(
         UploadBatch.objects.for_clinic(batch.clinic_id)
         .filter(pk=batch.pk, staging_key=batch.staging_key, staging_replicated_at=None)
