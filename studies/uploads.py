@@ -36,6 +36,7 @@ from http import HTTPStatus
 from typing import Any, BinaryIO
 from uuid import UUID
 
+from celery import current_app
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
@@ -66,6 +67,15 @@ logger = logging.getLogger(__name__)
 Outcome = UploadItem.Outcome
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _COPY_CHUNK = 1024 * 1024
+# The tasks are sent by name: their modules import this one (ingest sits below the tasks hub and backup).
+ZIP_EXTRACT_TASK = "studies.tasks.upload_zip_extract"
+STAGING_REPLICATE_TASK = "studies.tasks.upload_staging_replicate"
+REPLICA_PURGE_TASK = "studies.backup.tasks.replica_purge"
+
+
+def _task(name: str) -> Any:
+    """The registered task of that name (StudiesConfig.ready loads the task modules in every process)."""
+    return current_app.tasks[name]
 
 
 class ArchiveRejected(PortalError):
@@ -120,10 +130,8 @@ def upload_zip_stage(
         anonymize_project=anonymize_project,
         upload_link=upload_link,
     )
-    from studies import tasks
-
     transaction.on_commit(
-        partial(tasks.upload_staging_replicate.delay, clinic_id=clinic.pk, batch_id=batch.pk), robust=True
+        partial(_task(STAGING_REPLICATE_TASK).delay, clinic_id=clinic.pk, batch_id=batch.pk), robust=True
     )
     return batch
 
@@ -234,11 +242,9 @@ def _finish(batch: UploadBatch, status: str, message: str) -> None:
             objects.object_delete(clinic=batch.clinic, key=batch.staging_key)
         except ArchiveError:
             logger.warning("Could not delete the staged archive of upload batch %s", batch.uuid)
-        from studies import tasks
-
         # Its replica copy goes too, with the replica's own credentials (replica-admin queue).
         transaction.on_commit(
-            partial(tasks.replica_purge.delay, clinic_id=batch.clinic_id, key=batch.staging_key), robust=True
+            partial(_task(REPLICA_PURGE_TASK).delay, clinic_id=batch.clinic_id, key=batch.staging_key), robust=True
         )
     batch.status = status
     batch.message = message[:500]
@@ -491,9 +497,7 @@ def _stage_zip(
             clinic=clinic, source=source, name=name, size=size, created_by=origin.user,
             anonymize_project=anonymize_project, upload_link=origin.upload_link,
         )
-    from studies import tasks
-
-    transaction.on_commit(partial(tasks.upload_zip_extract.delay, clinic_id=clinic.pk, batch_id=batch.pk))
+    transaction.on_commit(partial(_task(ZIP_EXTRACT_TASK).delay, clinic_id=clinic.pk, batch_id=batch.pk))
     return batch
 
 
