@@ -27,8 +27,8 @@ def upload_zip_extract(self, clinic_id: int, batch_id: int) -> None:
     """Unpack one uploaded ZIP archive and ingest its members (members already done are skipped)."""
     from django.utils import timezone
 
-    from studies import uploads
     from studies.archive.errors import StorageUnavailable
+    from studies.ingest import uploads
     from studies.models import UploadBatch
 
     batch = UploadBatch.objects.for_clinic(clinic_id).select_related("clinic", "created_by", "upload_link").filter(pk=batch_id).first()
@@ -105,8 +105,8 @@ def anonymization_instance(self, clinic_id: int, job_id: int, instance_id: int) 
 @shared_task(acks_late=True, bind=True, max_retries=10)
 def upload_staging_replicate(self, clinic_id: int, batch_id: int) -> bool:
     """Copy one staged ZIP archive to the replica (the intake sweep re-queues any copy lost here)."""
-    from studies import uploads
     from studies.archive.errors import ObjectMissing, StorageUnavailable
+    from studies.ingest import uploads
     from studies.models import UploadBatch
 
     batch = UploadBatch.objects.for_clinic(clinic_id).filter(pk=batch_id).first()
@@ -156,7 +156,8 @@ def intake_sweep() -> dict[str, int]:
 
     from django.conf import settings
 
-    from studies import quarantine, uploads
+    from studies import quarantine
+    from studies.ingest import uploads
 
     stale = uploads.upload_batches_stale(older_than=timedelta(seconds=settings.UPLOAD_ZIP_STALE_SECONDS))
     for clinic_id, batch_id in stale:

@@ -13,8 +13,9 @@ from http import HTTPStatus
 import pytest
 from django.utils import timezone
 
-from studies import tasks, uploads
+from studies import tasks
 from studies.archive import stores
+from studies.ingest import uploads
 from studies.models import Instance, UploadBatch, UploadItem
 from tests.dicom_files import write_ct
 from tests.studies import test_backup_faults as faults

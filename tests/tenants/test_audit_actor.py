@@ -19,7 +19,7 @@ SERVICE_MODULES = [
     *sorted((ROOT / "studies").glob("**/services.py")),
     ROOT / "studies" / "admission.py",
     ROOT / "studies" / "quarantine.py",
-    ROOT / "studies" / "uploads.py",
+    ROOT / "studies" / "ingest" / "uploads.py",
     ROOT / "studies" / "erasure.py",
     ROOT / "studies" / "dimse" / "nodes.py",
     ROOT / "billing" / "services.py",

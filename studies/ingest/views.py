@@ -17,7 +17,8 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from studies import ingest, uploads
+from studies import ingest
+from studies.ingest import uploads
 from studies.models import AnonymizationProject, UploadBatch
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
