@@ -11,7 +11,7 @@ from studies.browse import services as browse_services
 from tenants.audit import Actor, audit_record
 from tenants.models import AuditEvent
 from tenants.services import api_token_create
-from tests.studies.browse_support import make_study
+from tests.factories import make_study
 
 ROOT = Path(__file__).resolve().parents[2]
 # Modules holding services (state changes): they are called by views, APIs, tasks and commands alike.
