@@ -2,10 +2,10 @@
 
 from django.urls import path
 
-from studies import upload_api
 from studies.backup import views as backup_views
 from studies.browse import api
 from studies.dimse import api as dimse_api
+from studies.ingest import api as upload_api
 
 app_name = "studies-api"
 urlpatterns = [

@@ -26,6 +26,7 @@ class StudiesConfig(AppConfig):
 
         hooks.object_writer_register(replication.object_write_for_ingest)
         hooks.after_commit_register(replication.instances_replication_start)
+        hooks.replica_copy_register(replication.object_copy)
         hooks.after_commit_register(thumbnails.series_thumbnails_schedule)
         hooks.anonymizer_register(
             hooks.Anonymizer(

@@ -2,10 +2,10 @@
 
 from django.urls import path
 
-from studies import upload_views
 from studies.backup import views as backup_views
 from studies.browse import views
 from studies.dimse import views as dimse_views
+from studies.ingest import views as upload_views
 
 app_name = "studies"
 urlpatterns = [

@@ -3,6 +3,8 @@ anonymization jobs), and the index writer ``rebuild_index`` shares.
 
 Read ``pipeline`` top to bottom for how an instance is stored; ``index`` writes the rows and keeps the
 quota; ``origin`` says who sent it; ``hooks`` is where backup and the thumbnails plug in at start-up.
+``uploads`` receives one file or a ZIP archive (staged, unpacked by a worker) for the upload page
+(``views``) and the REST upload API (``api``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Ingest sits below backup and the thumbnails in the layers, so it cannot import them; instead
 ``StudiesConfig.ready`` registers (1) the object writer, which in ``REPLICATION_MODE=sync`` writes both
 stores before the instance is acknowledged, and (2) the after-commit step, which queues replication and
-thumbnails with one message per batch, and (3) anonymize-on-ingest. With nothing registered, objects go to the primary only and nothing
+thumbnails with one message per batch, (3) anonymize-on-ingest, and (4) the copy of one object to the
+replica (a staged ZIP archive). With nothing registered, objects go to the primary only and nothing
 is queued (the replication sweep still finds every pending instance).
 """
 
@@ -62,6 +63,9 @@ _object_writer: ObjectWriter = _primary_only
 _after_commit: list[AfterCommit] = []
 _indexed: list[Indexed] = []
 _anonymizer: Anonymizer | None = None
+# Copies one stored object, unchanged, from the primary to the replica (keyword ``key``).
+ReplicaCopy = Callable[..., None]
+_replica_copy: ReplicaCopy | None = None
 
 
 def anonymizer_register(anonymizer: Anonymizer) -> None:
@@ -75,6 +79,19 @@ def anonymizer() -> Anonymizer:
     if _anonymizer is None:
         raise RuntimeError("No anonymizer registered: StudiesConfig.ready registers it at start-up.")
     return _anonymizer
+
+
+def replica_copy_register(copy: ReplicaCopy) -> None:
+    """Install the copy of one object to the replica (done once at start-up)."""
+    global _replica_copy
+    _replica_copy = copy
+
+
+def replica_copy(*, key: str) -> None:
+    """Copy one stored object to the replica; fails loudly when backup did not register its copy."""
+    if _replica_copy is None:
+        raise RuntimeError("No replica copy registered: StudiesConfig.ready registers it at start-up.")
+    _replica_copy(key=key)
 
 
 def object_writer_register(writer: ObjectWriter) -> None:

@@ -1,19 +1,21 @@
 """Who or what sent an instance: the typed origin every way in passes to ingest instead of a request.
 
-The audit needs an actor (a user, or a label for a token, a link, a node or a job), an address, and the
-kind of door; anonymize-on-ingest needs the API token, the upload link or the DICOM node whose rule
-applies. An ``Origin`` carries exactly that and nothing else, so services never see an ``HttpRequest``.
+The audit needs who acts (a person, a token, a link, a node or a job, with the client's address): that is
+the origin's ``actor``, a ``tenants.audit.Actor`` like every other service takes, so the request is read
+for the audit in one place (``Actor.from_request``). Beside it an ``Origin`` says which door the
+instance came through, and carries what anonymize-on-ingest looks up (the API token, the upload link or
+the DICOM node whose rule applies); so services never see an ``HttpRequest``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from django.http import HttpRequest
 
-from tenants.audit import client_address
+from tenants.audit import Actor
 from tenants.models import User
 
 
@@ -30,90 +32,85 @@ class OriginKind(StrEnum):
 
 @dataclass(frozen=True)
 class Origin:
-    """Who or what sent an instance, with what the audit trail and the ingest rules need."""
+    """Who or what sent an instance (``actor``, as the audit records it), and through which door."""
 
     kind: OriginKind
     # The door: "upload", "zip", "dicomweb", "dimse", "anonymize", "rebuild", ...; recorded in the audit.
     source: str
-    user: User | None = None
+    actor: Actor = field(default_factory=Actor.system)
+    # What the ingest rules (anonymize-on-ingest, outside senders) look up; never read for the audit.
     api_token: Any = None
     upload_link: Any = None
     dicom_node: Any = None
     anonymization_job: Any = None
-    ip_address: str | None = None
-    user_agent: str = ""
-    # What the audit names a job-driven origin that has no node, e.g. "migration:<uuid>".
-    label: str = ""
+
+    @property
+    def user(self) -> User | None:
+        """The person who sent it, if any (a token, a link, a node or a job is no person)."""
+        return self.actor.user
+
+    @property
+    def ip_address(self) -> str | None:
+        return self.actor.ip_address
 
     @property
     def actor_label(self) -> str:
         """The label the audit trail records for this origin (never patient data)."""
-        if self.user is not None:
-            return self.user.email
-        if self.api_token is not None:
-            return str(self.api_token.label)
-        if self.upload_link is not None:
-            return f"upload_link:{self.upload_link.uuid}"
-        if self.dicom_node is not None:
-            return f"dicom:{self.dicom_node.ae_title}"
-        if self.label:
-            return self.label
-        if self.kind == OriginKind.ANONYMIZATION:
-            return "anonymization job"
-        return str(self.kind)
+        return self.actor.audit_label()
 
     @classmethod
-    def from_request(cls, request: HttpRequest, *, source: str, user: User | None = None) -> Origin:
-        """The origin of a web request: its user, API token or upload link, and its address."""
+    def from_request(cls, request: HttpRequest, *, source: str) -> Origin:
+        """The origin of a web request: who acts (``Actor.from_request``), and its token or upload link."""
         token = getattr(request, "api_token", None)
         link = getattr(request, "upload_link", None)
-        request_user = getattr(request, "user", None)
-        if user is None and isinstance(request_user, User) and request_user.is_authenticated:
-            user = request_user
         kind = (
             OriginKind.UPLOAD_LINK
             if link is not None
             else (OriginKind.API_TOKEN if token is not None else OriginKind.USER)
         )
-        return cls(
-            kind=kind,
-            source=source,
-            user=user,
-            api_token=token,
-            upload_link=link,
-            ip_address=client_address(request),
-            user_agent=request.META.get("HTTP_USER_AGENT", "")[:512],
-        )
+        return cls(kind=kind, source=source, actor=Actor.from_request(request), api_token=token, upload_link=link)
 
     @classmethod
     def dicom(cls, *, node: Any, address: str | None = None) -> Origin:
-        return cls(kind=OriginKind.DICOM_NODE, source="dimse", dicom_node=node, ip_address=address or None)
+        return cls(
+            kind=OriginKind.DICOM_NODE, source="dimse", dicom_node=node,
+            actor=Actor(label=f"dicom:{node.ae_title}", ip_address=address or None),
+        )
 
     @classmethod
     def migration(cls, *, node: Any) -> Origin:
         """An instance pulled from an old archive by a migration job (studies.outbound)."""
-        return cls(kind=OriginKind.DICOM_NODE, source="migration", dicom_node=node)
+        return cls(
+            kind=OriginKind.DICOM_NODE, source="migration", dicom_node=node, actor=Actor(label=f"dicom:{node.ae_title}")
+        )
 
     @classmethod
     def migration_dicomweb(cls, *, job: Any) -> Origin:
         """An instance pulled from a DICOMweb source by a migration job (its URL is in the job, not here)."""
-        return cls(kind=OriginKind.MIGRATION, source="migration", label=f"migration:{job.uuid}")
+        return cls(kind=OriginKind.MIGRATION, source="migration", actor=Actor.system(f"migration:{job.uuid}"))
 
     @classmethod
-    def anonymization(cls, *, job: Any) -> Origin:
-        return cls(kind=OriginKind.ANONYMIZATION, source="anonymize", anonymization_job=job)
+    def anonymization(cls, *, job: Any = None, user: User | None = None) -> Origin:
+        """Results of an anonymization job (named by the person responsible, when one is given)."""
+        return cls(
+            kind=OriginKind.ANONYMIZATION, source="anonymize", anonymization_job=job,
+            actor=Actor(user=user, label="anonymization job"),
+        )
 
     @classmethod
     def system(cls, *, source: str = "system", user: User | None = None) -> Origin:
-        return cls(kind=OriginKind.SYSTEM, source=source, user=user)
+        return cls(kind=OriginKind.SYSTEM, source=source, actor=Actor(user=user, label="system"))
 
     @classmethod
     def upload_batch(cls, *, user: User | None, upload_link: Any = None) -> Origin:
         """A member of a staged ZIP archive: sent by the clinic's member, or by an outside sender's link."""
         if upload_link is not None:
-            return cls(kind=OriginKind.UPLOAD_LINK, source="upload-zip", upload_link=upload_link)
-        return cls(kind=OriginKind.SYSTEM, source="upload-zip", user=user)
+            return cls(
+                kind=OriginKind.UPLOAD_LINK, source="upload-zip", upload_link=upload_link,
+                actor=Actor(label=f"upload_link:{upload_link.uuid}"),
+            )
+        return cls.system(source="upload-zip", user=user)
 
     @classmethod
     def rebuild(cls) -> Origin:
-        return cls(kind=OriginKind.REBUILD, source="rebuild")
+        return cls(kind=OriginKind.REBUILD, source="rebuild", actor=Actor.system("rebuild"))

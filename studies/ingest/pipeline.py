@@ -114,18 +114,17 @@ def instance_ingest(
     source_path: str,
     source: str = "upload",
     origin: Origin | None = None,
-    request: Any = None,
     actor: User | None = None,
     dicom_node: Any = None,
     anonymize_project: Any = None,
 ) -> IngestResult:
     """Validate, store and index one DICOM file; return whether it was stored or already present.
 
-    ``origin`` says who sent it; ``request``/``actor``/``dicom_node`` are the older way to say the same
-    and are turned into an origin. Raises InvalidDicom (nothing stored), InstanceConflict (audited; the
+    ``origin`` says who sent it; ``actor``/``dicom_node`` are the older way to say the same and are
+    turned into an origin (a view builds its origin with ``Origin.from_request``). Raises InvalidDicom (nothing stored), InstanceConflict (audited; the
     stored instance untouched), QuotaExceeded, StorageUnavailable / StorageFull (retryable).
     """
-    origin = origin or _origin_from(source=source, request=request, actor=actor, dicom_node=dicom_node)
+    origin = origin or _origin_from(source=source, actor=actor, dicom_node=dicom_node)
     [item] = instances_ingest(clinic=clinic, paths=[source_path], origin=origin, anonymize_project=anonymize_project)
     if item.error is not None:
         raise item.error
@@ -133,13 +132,11 @@ def instance_ingest(
     return item.result
 
 
-def _origin_from(*, source: str, request: Any, actor: User | None, dicom_node: Any) -> Origin:
-    if request is not None:
-        return Origin.from_request(request, source=source, user=actor)
+def _origin_from(*, source: str, actor: User | None, dicom_node: Any) -> Origin:
     if dicom_node is not None:
         return Origin.dicom(node=dicom_node)
     if source == "anonymize":
-        return Origin(kind=OriginKind.ANONYMIZATION, source=source, user=actor)
+        return Origin.anonymization(user=actor)
     return Origin.system(source=source, user=actor)
 
 
@@ -557,16 +554,18 @@ def _audit(
     result: str = "success",
     details: dict[str, Any] | None = None,
 ) -> None:
+    # Who acts is the origin's actor; the store path has always recorded its person, label and address
+    # but not the browser, and keeps its entries as they were.
     audit_record(
         clinic=clinic,
         action=action,
-        actor=origin.user,
-        actor_label=origin.actor_label,
+        actor=origin.actor.user,
+        actor_label=origin.actor.audit_label(),
         object_type=object_type,
         object_id=object_id,
         result=result,
         details=details,
-        ip_address=origin.ip_address,
+        ip_address=origin.actor.ip_address,
     )
 
 

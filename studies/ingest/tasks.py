@@ -3,7 +3,7 @@ the replica) and the intake sweep that re-queues what a crash left behind.
 
 Load by id, call one service; ids and plain values only; safe to run twice. The names are the ones these
 tasks had in the ``studies.tasks`` hub, so messages already queued and the beat schedule still resolve.
-``studies.uploads`` queues them by these names, since this module imports it.
+``studies.ingest.uploads`` queues them by these names, since this module imports it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from celery import current_app, shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from studies import uploads
 from studies.archive.errors import ObjectMissing, StorageUnavailable
+from studies.ingest import uploads
 from studies.models import QuarantinedInstance, UploadBatch
 
 

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 
-from studies import upload_views
+from studies.ingest import views as upload_views
 from studies.sharing import services
 from studies.sharing.forms import PinForm
 from studies.sharing.models import UploadLink

@@ -314,19 +314,19 @@ def test_outsider_gets_404_for_another_clinics_batch(
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "C:/x.dcm", "a/../../b.dcm", "..\\..\\c.dcm"])
 def test_unsafe_member_names_are_recognised(name):
-    from studies.uploads import _safe_member_name
+    from studies.ingest.uploads import _safe_member_name
 
     assert _safe_member_name(name) is None
 
 
 def test_nested_member_names_are_kept():
-    from studies.uploads import _safe_member_name
+    from studies.ingest.uploads import _safe_member_name
 
     assert _safe_member_name("./CD//IMAGES/./IM1") == "CD/IMAGES/IM1"
 
 
 def test_zip_detection_uses_content_not_name(tmp_path):
-    from studies.uploads import is_zip_file
+    from studies.ingest.uploads import is_zip_file
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

@@ -13,9 +13,8 @@ from http import HTTPStatus
 import pytest
 from django.utils import timezone
 
-from studies import uploads
 from studies.archive import stores
-from studies.ingest import tasks
+from studies.ingest import tasks, uploads
 from studies.models import Instance, UploadBatch, UploadItem
 from tests.dicom_files import write_ct
 from tests.studies import test_backup_faults as faults

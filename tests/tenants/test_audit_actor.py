@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICE_MODULES = [
     *sorted((ROOT / "studies").glob("**/services.py")),
     ROOT / "studies" / "admission.py",
-    ROOT / "studies" / "uploads.py",
+    ROOT / "studies" / "ingest" / "uploads.py",
     ROOT / "studies" / "erasure.py",
     ROOT / "studies" / "dimse" / "nodes.py",
     ROOT / "billing" / "services.py",

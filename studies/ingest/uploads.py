@@ -13,6 +13,9 @@ Safety: member names are never used as file-system paths (each member is copied 
 we name), so path traversal can't happen; names that try it are refused and reported. Zip bombs are
 stopped by limits on member count, total and per-member uncompressed size and compression ratio,
 counted on the bytes actually inflated rather than on what the archive's directory claims.
+
+Uploads belong to ingest, below anonymize and backup: the anonymization project model comes from the
+app's ``studies.models``, and the staged archive reaches the replica through ``ingest.hooks``.
 """
 
 from __future__ import annotations
@@ -33,15 +36,16 @@ from http import HTTPStatus
 from typing import Any, BinaryIO
 from uuid import UUID
 
+from celery import current_app
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from billing import selectors as billing_selectors
 from portal.exceptions import PortalError
 from studies import ingest
-from studies.anonymize.models import AnonymizationProject
 from studies.archive import objects
 from studies.archive.errors import ArchiveError, StorageFull, StorageUnavailable
 from studies.errors import (
@@ -53,7 +57,8 @@ from studies.errors import (
     QuotaExceeded,
     StudyBeingPurged,
 )
-from studies.models import Instance, Study, UploadBatch, UploadItem
+from studies.ingest import hooks as ingest_hooks
+from studies.models import AnonymizationProject, Instance, Study, UploadBatch, UploadItem
 from tenants.audit import audit_record
 from tenants.models import Clinic, User
 
@@ -62,6 +67,15 @@ logger = logging.getLogger(__name__)
 Outcome = UploadItem.Outcome
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _COPY_CHUNK = 1024 * 1024
+# The tasks are sent by name: their modules import this one (ingest sits below the tasks hub and backup).
+ZIP_EXTRACT_TASK = "studies.tasks.upload_zip_extract"
+STAGING_REPLICATE_TASK = "studies.tasks.upload_staging_replicate"
+REPLICA_PURGE_TASK = "studies.backup.tasks.replica_purge"
+
+
+def _task(name: str) -> Any:
+    """The registered task of that name (StudiesConfig.ready loads the task modules in every process)."""
+    return current_app.tasks[name]
 
 
 class ArchiveRejected(PortalError):
@@ -116,11 +130,8 @@ def upload_zip_stage(
         anonymize_project=anonymize_project,
         upload_link=upload_link,
     )
-    from celery import current_app  # by name: studies.ingest.tasks imports this module
-
     transaction.on_commit(
-        partial(current_app.tasks["studies.tasks.upload_staging_replicate"].delay, clinic_id=clinic.pk, batch_id=batch.pk),
-        robust=True,
+        partial(_task(STAGING_REPLICATE_TASK).delay, clinic_id=clinic.pk, batch_id=batch.pk), robust=True
     )
     return batch
 
@@ -132,8 +143,6 @@ def upload_zip_admit(*, clinic: Clinic, size: int) -> None:
     (or paused uploads) refuses it now, instead of staging it to reject every member later. Each member
     is still checked and reserved one by one as it is ingested.
     """
-    from billing import selectors as billing_selectors
-
     paused = billing_selectors.upload_block_reason(clinic=clinic)
     if paused:
         raise QuotaExceeded(paused)
@@ -155,11 +164,9 @@ def upload_zip_admit(*, clinic: Clinic, size: int) -> None:
 
 def upload_staging_replicate(*, batch: UploadBatch) -> bool:
     """Copy a staged archive, still encrypted, to the replica; False when unpacked already or copied."""
-    from studies.backup import replication
-
     if not batch.staging_key or batch.staging_replicated_at is not None:
         return False
-    replication.object_copy(key=batch.staging_key)
+    ingest_hooks.replica_copy(key=batch.staging_key)
     return bool(
         UploadBatch.objects.for_clinic(batch.clinic_id)
         .filter(pk=batch.pk, staging_key=batch.staging_key, staging_replicated_at=None)
@@ -235,12 +242,9 @@ def _finish(batch: UploadBatch, status: str, message: str) -> None:
             objects.object_delete(clinic=batch.clinic, key=batch.staging_key)
         except ArchiveError:
             logger.warning("Could not delete the staged archive of upload batch %s", batch.uuid)
-        from celery import current_app  # by name: ingest sits below backup
-
         # Its replica copy goes too, with the replica's own credentials (replica-admin queue).
         transaction.on_commit(
-            partial(current_app.tasks["studies.backup.tasks.replica_purge"].delay, clinic_id=batch.clinic_id, key=batch.staging_key),
-            robust=True,
+            partial(_task(REPLICA_PURGE_TASK).delay, clinic_id=batch.clinic_id, key=batch.staging_key), robust=True
         )
     batch.status = status
     batch.message = message[:500]
@@ -493,9 +497,7 @@ def _stage_zip(
             clinic=clinic, source=source, name=name, size=size, created_by=origin.user,
             anonymize_project=anonymize_project, upload_link=origin.upload_link,
         )
-    from celery import current_app  # by name: studies.ingest.tasks imports this module
-
-    transaction.on_commit(partial(current_app.tasks["studies.tasks.upload_zip_extract"].delay, clinic_id=clinic.pk, batch_id=batch.pk))
+    transaction.on_commit(partial(_task(ZIP_EXTRACT_TASK).delay, clinic_id=clinic.pk, batch_id=batch.pk))
     return batch
 
 

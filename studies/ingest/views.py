@@ -17,8 +17,9 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from studies import ingest, uploads
-from studies.models import UploadBatch
+from studies import ingest
+from studies.ingest import uploads
+from studies.models import AnonymizationProject, UploadBatch
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
 
@@ -44,8 +45,6 @@ def upload_page(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 
 
 def _anonymize_projects(request: ClinicRequest) -> list[object]:
-    from studies.anonymize.models import AnonymizationProject
-
     return list(AnonymizationProject.objects.for_clinic(request.clinic).order_by("name"))
 
 

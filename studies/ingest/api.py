@@ -1,6 +1,6 @@
 """REST: /api/v1/clinics/<clinic_slug>/uploads/ (POST one DICOM file or a ZIP archive) and uploads/<id>/.
 
-The same ingest as the upload page (``studies.uploads.upload_receive``), answered with the same
+The same ingest as the upload page (``studies.ingest.uploads.upload_receive``), answered with the same
 outcomes and statuses; the study is named by its Study Instance UID, as everywhere in the REST API.
 """
 
@@ -19,7 +19,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from portal.public_url import absolute_url
-from studies import ingest, uploads
+from studies import ingest
+from studies.ingest import uploads
 from studies.models import UploadBatch
 from tenants.permissions import has_action
 from tenants.roles import Action
