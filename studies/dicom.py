@@ -14,6 +14,7 @@ real URIs when it answers. The transfer syntax is kept as ``00020010``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import logging
@@ -27,11 +28,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, time
+from functools import lru_cache
 from typing import IO, Any, BinaryIO
 
 import pydicom
 import pydicom.config
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
@@ -579,42 +582,40 @@ def _check_pixel_data(
         )
 
 
-def _raw_length(ds: Dataset, tag: int) -> tuple[str, int]:
-    raw = ds.get_item(tag)
-    vr = str(getattr(raw, "VR", "") or "")
-    length = getattr(raw, "length", None)
-    if length is None:
-        value = getattr(raw, "value", None)
-        length = len(value) if isinstance(value, (bytes, str)) else 0
-    return vr, int(length)
-
-
 def _metadata(ds: Dataset, layout: _Layout, meta: Dataset) -> dict[str, Any]:
-    """Return the header as DICOM JSON, large values replaced by BulkDataURI placeholders."""
-    small = Dataset()
-    placeholders: dict[str, dict[str, str]] = {}
-    for tag in list(ds.keys()):
-        vr, length = _raw_length(ds, tag)
-        key = f"{int(tag):08X}"
-        if length > MAX_INLINE_VALUE or (vr in _BINARY_VRS and length > BULK_DATA_THRESHOLD):
-            placeholders[key] = {"vr": vr if vr and vr != "UN" else "UN", "BulkDataURI": key}
-            continue
-        small.add(ds[tag])
+    """Return the header as DICOM JSON, large values replaced by BulkDataURI placeholders.
 
-    def bulk(element: Any) -> str:
-        return f"{int(element.tag):08X}"
-
-    # Element by element rather than to_json_dict(suppress_invalid_tags=True): that flag switches a
-    # process-wide pydicom setting without a lock, and parallel ingests left it on "raise".
+    Most top-level elements are written straight from their raw bytes (:func:`_fast_json`): pydicom's
+    generic path (convert to a DataElement, store it back in the dataset, then ``to_json_dict``) cost
+    about three quarters of the parse. What the fast path does not handle exactly (sequences, UN, AT,
+    ambiguous VRs, non-ASCII or escaped text, deferred values, odd numbers) goes through pydicom as before.
+    """
     result: dict[str, Any] = {}
-    for tag in small.keys():
-        key = f"{int(tag):08X}"
+    for tag, raw in list(ds._dict.items()):
+        key = _tag_key(tag)
+        # The bulk decision is on the element as read: its declared VR (none when implicit) and length.
+        declared = str(raw.VR or "")
+        if isinstance(raw, RawDataElement):
+            length = int(raw.length)
+        else:
+            length = len(raw.value) if isinstance(raw.value, (bytes, str)) else 0
+        if length > MAX_INLINE_VALUE or (declared in _BINARY_VRS and length > BULK_DATA_THRESHOLD):
+            result[key] = {"vr": declared if declared and declared != "UN" else "UN", "BulkDataURI": key}
+            continue
+        if isinstance(raw, RawDataElement) and raw.value is not None:
+            vr = declared or _implicit_vr(tag)
+            if vr in _FAST_VRS:
+                fast = _fast_json(vr, raw.value, raw.is_little_endian, tag, key)
+                if fast is not None:
+                    result[key] = fast
+                    continue
+        # Element by element rather than to_json_dict(suppress_invalid_tags=True): that flag switches a
+        # process-wide pydicom setting without a lock, and parallel ingests left it on "raise".
         try:
-            result[key] = small[tag].to_json_dict(bulk_data_element_handler=bulk,
-                                                  bulk_data_threshold=BULK_DATA_THRESHOLD)
+            result[key] = ds[tag].to_json_dict(bulk_data_element_handler=_bulk_uri,
+                                               bulk_data_threshold=BULK_DATA_THRESHOLD)
         except Exception:  # noqa: BLE001 - a value DICOM JSON cannot express stays out of the index copy
             logger.warning("Element %s left out of the DICOM JSON header: it cannot be expressed", key)
-    result.update(placeholders)
     if layout.pixel is not None:
         key = f"{layout.pixel.tag:08X}"
         result[key] = {"vr": layout.pixel.vr, "BulkDataURI": key}
@@ -623,6 +624,103 @@ def _metadata(ds: Dataset, layout: _Layout, meta: Dataset) -> dict[str, Any]:
     if ts:
         result["00020010"] = {"vr": "UI", "Value": [str(ts)]}
     return dict(sorted(result.items()))
+
+
+# --- DICOM JSON straight from raw bytes ---------------------------------------------------------------
+# Each branch reproduces what pydicom's convert_value + DataElement.to_json_dict give for the same bytes
+# (PS3.18 F.2), for the cases where that is simple; anything else returns None and takes pydicom's path.
+# tests/studies/test_dicom_json.py pins the result against golden JSON and pydicom's own reading.
+_STRING_VRS = frozenset({"AS", "CS", "DA", "DT", "TM"})  # convert_string: rstrip " \0", split on "\"
+_TEXT_VRS = frozenset({"SH", "LO", "UC"})  # convert_text: split on "\", rstrip "\0 " each
+_SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})  # convert_single_string: no split
+_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+_INLINE_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
+_FAST_VRS = (
+    _STRING_VRS | _TEXT_VRS | _SINGLE_TEXT_VRS | _INLINE_BINARY_VRS | set(_NUMBER_FORMATS)
+    | {"AE", "UI", "UR", "IS", "DS", "PN"}
+)
+# pydicom rewrites the first value of these (US or SS) descriptors: left to it.
+_LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002, 0x00289422, 0x00660010})
+# Bytes after which ASCII text may decode differently under a declared character set (ISO 2022 escapes).
+_CODE_EXTENSION = re.compile(rb"[\x1b\x0e\x0f]")
+_DS_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
+_IS_RE = re.compile(r"[+-]?\d+\Z")
+# pydicom's own limit for inline binary: a base64 text of at most BULK_DATA_THRESHOLD characters.
+_INLINE_BINARY_MAX = (BULK_DATA_THRESHOLD // 4) * 3
+
+
+@lru_cache(maxsize=4096)
+def _tag_key(tag: int) -> str:
+    return f"{int(tag):08X}"
+
+
+@lru_cache(maxsize=4096)
+def _implicit_vr(tag: int) -> str:
+    """The VR pydicom gives an implicit-VR element, when it is plain; "" sends the element down its path."""
+    if (tag >> 16) % 2 == 1 or tag in _LUT_DESCRIPTORS:
+        return ""
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        return ""
+    return vr if vr in _FAST_VRS else ""
+
+
+def _bulk_uri(element: Any) -> str:
+    return f"{int(element.tag):08X}"
+
+
+def _fast_json(vr: str, value: bytes, little: bool, tag: int, key: str) -> dict[str, Any] | None:
+    if not value:
+        return {"vr": vr}
+    if vr in _INLINE_BINARY_VRS:
+        if len(value) > _INLINE_BINARY_MAX:
+            return {"vr": vr, "BulkDataURI": key}
+        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+    number_format = _NUMBER_FORMATS.get(vr)
+    if number_format is not None:
+        if tag in _LUT_DESCRIPTORS:
+            return None
+        size = struct.calcsize("=" + number_format)
+        if len(value) % size:
+            return None
+        numbers = struct.unpack(f"{'<' if little else '>'}{len(value) // size}{number_format}", value)
+        cast = float if vr in ("FL", "FD") else int
+        return {"vr": vr, "Value": [cast(n) for n in numbers]}
+    if not value.isascii() or _CODE_EXTENSION.search(value):
+        return None
+    text = value.decode("ascii")
+    items: list[str]
+    if vr in _TEXT_VRS:
+        items = [item.rstrip("\0 ") for item in text.split("\\")]
+    elif vr in _SINGLE_TEXT_VRS:
+        items = [text.rstrip("\0 ")]
+    elif vr == "UR":
+        items = [text.rstrip()]
+    elif vr == "AE":
+        items = [item.strip() for item in text.split("\\")]
+    elif vr == "UI":
+        items = text.rstrip("\0 ").split("\\")
+    elif vr == "DS":
+        items = text.strip().rstrip(" \x00").split("\\")
+        if not all(_DS_RE.match(item) for item in items):
+            return None
+        return {"vr": vr, "Value": [float(item) for item in items]}
+    elif vr == "IS":
+        items = text.rstrip(" \x00").split("\\")
+        if not all(_IS_RE.match(item) for item in items):
+            return None
+        return {"vr": vr, "Value": [int(item) for item in items]}
+    elif vr == "PN":
+        items = text.rstrip("\0 ").split("\\")
+        if not all(items) or "=" in text:
+            return None
+        return {"vr": vr, "Value": [{"Alphabetic": item} for item in items]}
+    else:  # _STRING_VRS
+        items = text.rstrip(" \x00").split("\\")
+    if len(items) == 1 and not items[0]:
+        return {"vr": vr}
+    return {"vr": vr, "Value": items}
 
 
 def _text(ds: Dataset, keyword: str, max_length: int) -> str:
