@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -334,14 +334,16 @@ def _walk_file(path: str, file_size: int, has_preamble: bool) -> tuple[_Layout, 
             fp.seek(start)
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             data = inflater.decompress(fp.read(), MAX_INFLATED_BYTES)
-            walker = _Walker(io.BytesIO(data), len(data), implicit=False, little=True)
+            walker = _Walker(data, len(data), implicit=False, little=True)
             return walker.walk_top_level(0), declared
         if declared:
             implicit, little = declared == _IMPLICIT_LE, declared != _EXPLICIT_BE
         else:
             implicit, little = _guess_encoding(fp.read(8))
-        walker = _Walker(fp, file_size, implicit=implicit, little=little)
-        layout = walker.walk_top_level(start)
+        # Mapped, not read: the walk touches only element headers, so pixel data never comes into memory.
+        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            walker = _Walker(mapped, file_size, implicit=implicit, little=little)
+            layout = walker.walk_top_level(start)
         layout.encoding = (implicit, little)
         return layout, declared
 
@@ -405,62 +407,56 @@ def _skip_file_meta(fp: BinaryIO, file_size: int) -> str:
 
 
 class _Walker:
-    """Walk DICOM elements by their headers, seeking over values, so any file size costs little memory.
+    """Walk DICOM elements by their headers, stepping over values, so any file size costs little memory.
 
     Sequences are walked down to their items' elements (defined or undefined length), every length is
     checked against the file and its enclosing item, and elements are counted, so a file pydicom would
-    need gigabytes to represent is refused before pydicom sees it.
+    need gigabytes to represent is refused before pydicom sees it. ``buffer`` is the file mapped in memory
+    (or an inflated dataset); positions are plain integers, which keeps the walk cheap per element.
     """
 
-    def __init__(self, fp: BinaryIO, size: int, *, implicit: bool, little: bool) -> None:
-        self.fp = fp
+    def __init__(self, buffer: bytes | mmap.mmap, size: int, *, implicit: bool, little: bool) -> None:
+        self.buffer = buffer
         self.size = size
+        self.pos = 0
         self.implicit = implicit
-        self.endian = "<" if little else ">"
+        endian = "<" if little else ">"
+        self._explicit_header = struct.Struct(endian + "HH2sH")
+        self._tag_and_length = struct.Struct(endian + "HHI")
+        self._long_length = struct.Struct(endian + "I")
         self.elements = 0
-
-    def _read(self, n: int, where: str) -> bytes:
-        data = self.fp.read(n)
-        if len(data) < n:
-            raise InvalidDicom(f"The file is truncated {where}.")
-        return data
-
-    def _tag(self, raw: bytes) -> int:
-        group, element = struct.unpack(self.endian + "HH", raw[:4])
-        return (group << 16) | element
 
     def _element_header(self, where: str) -> tuple[int, str, int]:
         self.elements += 1
         if self.elements > MAX_ELEMENTS:
             raise InvalidDicom(f"The file's header has more than {MAX_ELEMENTS} elements; it is refused.")
-        raw = self._read(8, where)
-        tag = self._tag(raw)
-        if tag >> 16 == 0xFFFE:
-            return tag, "", struct.unpack(self.endian + "I", raw[4:8])[0]
-        if self.implicit:
-            try:
-                vr = dictionary_VR(Tag(tag))
-            except KeyError:
-                vr = "UN"
-            return tag, vr, struct.unpack(self.endian + "I", raw[4:8])[0]
-        vr_bytes = raw[4:6]
+        pos = self.pos
+        if pos + 8 > self.size:
+            raise InvalidDicom(f"The file is truncated {where}.")
+        group, element, vr_bytes, short_length = self._explicit_header.unpack_from(self.buffer, pos)
+        tag = (group << 16) | element
+        self.pos = pos + 8
+        if group == 0xFFFE or self.implicit:
+            length = self._tag_and_length.unpack_from(self.buffer, pos)[2]
+            return tag, "" if group == 0xFFFE else _dictionary_vr_or_un(tag), length
         if vr_bytes in _LONG_VRS:
-            length = struct.unpack(self.endian + "I", self._read(4, where))[0]
-        elif vr_bytes.isalpha() and vr_bytes.isupper():
-            length = struct.unpack(self.endian + "H", raw[6:8])[0]
-        else:
-            raise InvalidDicom("The file is malformed: an element has an invalid value representation.")
-        return tag, vr_bytes.decode("ascii"), length
+            if pos + 12 > self.size:
+                raise InvalidDicom(f"The file is truncated {where}.")
+            self.pos = pos + 12
+            return tag, vr_bytes.decode("ascii"), self._long_length.unpack_from(self.buffer, pos + 8)[0]
+        if vr_bytes.isalpha() and vr_bytes.isupper():
+            return tag, vr_bytes.decode("ascii"), short_length
+        raise InvalidDicom("The file is malformed: an element has an invalid value representation.")
 
     def walk_top_level(self, start: int) -> _Layout:
         layout = _Layout()
-        self.fp.seek(start)
+        self.pos = start
         previous = -1
         where = "in its dataset"
-        while self.fp.tell() < self.size:
-            if self.size - self.fp.tell() < 8:
+        while self.pos < self.size:
+            if self.size - self.pos < 8:
                 raise InvalidDicom("The file is truncated: it ends inside an element header.")
-            element_start = self.fp.tell()
+            element_start = self.pos
             tag, vr, length = self._element_header(where)
             if tag >> 16 == 0xFFFE:
                 if tag == _ITEM_DELIMITER and length == 0 and previous == -1:
@@ -486,9 +482,9 @@ class _Walker:
         return layout
 
     def _skip(self, length: int, end: int, where: str) -> None:
-        if self.fp.tell() + length > min(end, self.size):
+        if self.pos + length > min(end, self.size):
             raise InvalidDicom(f"The file is truncated or malformed {where}.")
-        self.fp.seek(length, os.SEEK_CUR)
+        self.pos += length
 
     def _value(self, vr: str, length: int, *, depth: int, end: int, where: str) -> None:
         if length == _UNDEFINED:
@@ -496,9 +492,9 @@ class _Walker:
                 raise InvalidDicom("The file is malformed: a value of undefined length is not a sequence.")
             self._sequence(depth=depth + 1, end=None)
         elif vr == "SQ":
-            if self.fp.tell() + length > min(end, self.size):
+            if self.pos + length > min(end, self.size):
                 raise InvalidDicom(f"The file is truncated or malformed {where}.")
-            self._sequence(depth=depth + 1, end=self.fp.tell() + length)
+            self._sequence(depth=depth + 1, end=self.pos + length)
         else:
             self._skip(length, end, where)
 
@@ -506,7 +502,7 @@ class _Walker:
         if depth > MAX_SEQUENCE_DEPTH:
             raise InvalidDicom("The file is malformed: its sequences are nested too deeply.")
         where = "inside a sequence"
-        while end is None or self.fp.tell() < end:
+        while end is None or self.pos < end:
             tag, _, length = self._element_header(where)
             if tag == _SEQUENCE_DELIMITER and end is None:
                 return
@@ -515,39 +511,50 @@ class _Walker:
             if length == _UNDEFINED:
                 self._item(depth=depth, end=None, outer=end)
             else:
-                item_end = self.fp.tell() + length
+                item_end = self.pos + length
                 if item_end > min(end if end is not None else self.size, self.size):
                     raise InvalidDicom(f"The file is truncated or malformed {where}.")
                 self._item(depth=depth, end=item_end, outer=end)
-        if self.fp.tell() != end:
+        if self.pos != end:
             raise InvalidDicom("The file is malformed: a sequence overruns its length.")
 
     def _item(self, *, depth: int, end: int | None, outer: int | None) -> None:
         where = "inside a sequence item"
         limit = end if end is not None else (outer if outer is not None else self.size)
-        while end is None or self.fp.tell() < end:
+        while end is None or self.pos < end:
             tag, vr, length = self._element_header(where)
             if tag == _ITEM_DELIMITER and end is None:
                 return
             if tag >> 16 == 0xFFFE:
                 raise InvalidDicom("The file is malformed: a sequence item is not closed properly.")
             self._value(vr, length, depth=depth, end=limit, where=where)
-        if self.fp.tell() != end:
+        if self.pos != end:
             raise InvalidDicom("The file is malformed: a sequence item overruns its length.")
 
     def _walk_fragments(self) -> int:
         where = "inside its pixel data"
         fragments = 0
         while True:
-            raw = self._read(8, where)
-            tag = self._tag(raw)
-            length = struct.unpack(self.endian + "I", raw[4:8])[0]
+            if self.pos + 8 > self.size:
+                raise InvalidDicom(f"The file is truncated {where}.")
+            group, element, length = self._tag_and_length.unpack_from(self.buffer, self.pos)
+            self.pos += 8
+            tag = (group << 16) | element
             if tag == _SEQUENCE_DELIMITER:
                 return fragments
             if tag != _ITEM or length == _UNDEFINED:
                 raise InvalidDicom("The file is malformed: its compressed pixel data is not a list of fragments.")
             self._skip(length, self.size, where)
             fragments += 1
+
+
+@lru_cache(maxsize=4096)
+def _dictionary_vr_or_un(tag: int) -> str:
+    """The VR the walker assumes for an implicit-VR element: the dictionary's, else UN."""
+    try:
+        return str(dictionary_VR(Tag(tag)))
+    except KeyError:
+        return "UN"
 
 
 def _check_pixel_data(
