@@ -225,6 +225,10 @@ def _parse_path(path: str) -> ParsedInstance:
     if layout.encoding is not None and tuple(ds.original_encoding) != layout.encoding:
         raise InvalidDicom("The file is malformed: its encoding can't be worked out reliably.")
 
+    # The header first, while the dataset is still as read: the JSON is then written from raw bytes for
+    # every plain element, including those the checks below convert through pydicom.
+    metadata = _metadata(ds, layout, meta)
+
     uids = {}
     for keyword, label in (
         ("SOPInstanceUID", "SOP Instance UID"),
@@ -276,7 +280,7 @@ def _parse_path(path: str) -> ParsedInstance:
         number_of_frames=frames or 1,
         rows=rows,
         columns=columns,
-        metadata=_metadata(ds, layout, meta),
+        metadata=metadata,
     )
 
 
@@ -609,18 +613,10 @@ def _metadata(ds: Dataset, layout: _Layout, meta: Dataset) -> dict[str, Any]:
         if length > MAX_INLINE_VALUE or (declared in _BINARY_VRS and length > BULK_DATA_THRESHOLD):
             result[key] = {"vr": declared if declared and declared != "UN" else "UN", "BulkDataURI": key}
             continue
-        if isinstance(raw, RawDataElement) and raw.value is not None:
-            vr = declared or _implicit_vr(tag)
-            if vr in _FAST_VRS:
-                fast = _fast_json(vr, raw.value, raw.is_little_endian, tag, key)
-                if fast is not None:
-                    result[key] = fast
-                    continue
         # Element by element rather than to_json_dict(suppress_invalid_tags=True): that flag switches a
         # process-wide pydicom setting without a lock, and parallel ingests left it on "raise".
         try:
-            result[key] = ds[tag].to_json_dict(bulk_data_element_handler=_bulk_uri,
-                                               bulk_data_threshold=BULK_DATA_THRESHOLD)
+            result[key] = _element_json(ds, tag, raw, key)
         except Exception:  # noqa: BLE001 - a value DICOM JSON cannot express stays out of the index copy
             logger.warning("Element %s left out of the DICOM JSON header: it cannot be expressed", key)
     if layout.pixel is not None:
@@ -631,6 +627,32 @@ def _metadata(ds: Dataset, layout: _Layout, meta: Dataset) -> dict[str, Any]:
     if ts:
         result["00020010"] = {"vr": "UI", "Value": [str(ts)]}
     return dict(sorted(result.items()))
+
+
+def _element_json(ds: Dataset, tag: int, raw: Any, key: str) -> dict[str, Any]:
+    """One element of ``ds`` as DICOM JSON: from its raw bytes when plain, else as pydicom writes it.
+
+    Sequences are written item by item here, each item as pydicom's ``Dataset.to_json_dict`` would (its
+    elements in order, no bulk-size placeholders, any error failing the whole sequence), so that the
+    plain elements inside them take the fast path too.
+    """
+    if isinstance(raw, RawDataElement) and raw.value is not None:
+        vr = raw.VR or _implicit_vr(tag)
+        if vr in _FAST_VRS:
+            fast = _fast_json(vr, raw.value, raw.is_little_endian, tag, key)
+            if fast is not None:
+                return fast
+    element = ds[tag]
+    if element.VR == "SQ":
+        return {"vr": "SQ", "Value": [_item_json(item) for item in element.value]}
+    json_element: dict[str, Any] = element.to_json_dict(
+        bulk_data_element_handler=_bulk_uri, bulk_data_threshold=BULK_DATA_THRESHOLD
+    )
+    return json_element
+
+
+def _item_json(item: Dataset) -> dict[str, Any]:
+    return {_tag_key(tag): _element_json(item, tag, raw, _tag_key(tag)) for tag, raw in list(item._dict.items())}
 
 
 # --- DICOM JSON straight from raw bytes ---------------------------------------------------------------
