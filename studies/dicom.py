@@ -596,10 +596,10 @@ def _check_pixel_data(
 def _metadata(ds: Dataset, layout: _Layout, meta: Dataset) -> dict[str, Any]:
     """Return the header as DICOM JSON, large values replaced by BulkDataURI placeholders.
 
-    Most top-level elements are written straight from their raw bytes (:func:`_fast_json`): pydicom's
-    generic path (convert to a DataElement, store it back in the dataset, then ``to_json_dict``) cost
-    about three quarters of the parse. What the fast path does not handle exactly (sequences, UN, AT,
-    ambiguous VRs, non-ASCII or escaped text, deferred values, odd numbers) goes through pydicom as before.
+    Plain elements, in sequence items too, are written straight from their raw bytes (:func:`_fast_json`):
+    pydicom's generic path (convert to a DataElement, store it back in the dataset, then ``to_json_dict``)
+    cost about three quarters of the parse. What the fast path does not handle exactly (UN, AT, ambiguous
+    VRs, non-ASCII or escaped text, deferred values, malformed numbers) goes through pydicom as before.
     """
     result: dict[str, Any] = {}
     for tag, raw in list(ds._dict.items()):
