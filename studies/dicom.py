@@ -14,9 +14,10 @@ real URIs when it answers. The transfer syntax is kept as ``00020010``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import io
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -27,11 +28,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, time
+from functools import lru_cache
 from typing import IO, Any, BinaryIO
 
 import pydicom
 import pydicom.config
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
@@ -222,6 +225,10 @@ def _parse_path(path: str) -> ParsedInstance:
     if layout.encoding is not None and tuple(ds.original_encoding) != layout.encoding:
         raise InvalidDicom("The file is malformed: its encoding can't be worked out reliably.")
 
+    # The header first, while the dataset is still as read: the JSON is then written from raw bytes for
+    # every plain element, including those the checks below convert through pydicom.
+    metadata = _metadata(ds, layout, meta)
+
     uids = {}
     for keyword, label in (
         ("SOPInstanceUID", "SOP Instance UID"),
@@ -273,7 +280,7 @@ def _parse_path(path: str) -> ParsedInstance:
         number_of_frames=frames or 1,
         rows=rows,
         columns=columns,
-        metadata=_metadata(ds, layout, meta),
+        metadata=metadata,
     )
 
 
@@ -331,14 +338,16 @@ def _walk_file(path: str, file_size: int, has_preamble: bool) -> tuple[_Layout, 
             fp.seek(start)
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             data = inflater.decompress(fp.read(), MAX_INFLATED_BYTES)
-            walker = _Walker(io.BytesIO(data), len(data), implicit=False, little=True)
+            walker = _Walker(data, len(data), implicit=False, little=True)
             return walker.walk_top_level(0), declared
         if declared:
             implicit, little = declared == _IMPLICIT_LE, declared != _EXPLICIT_BE
         else:
             implicit, little = _guess_encoding(fp.read(8))
-        walker = _Walker(fp, file_size, implicit=implicit, little=little)
-        layout = walker.walk_top_level(start)
+        # Mapped, not read: the walk touches only element headers, so pixel data never comes into memory.
+        with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            walker = _Walker(mapped, file_size, implicit=implicit, little=little)
+            layout = walker.walk_top_level(start)
         layout.encoding = (implicit, little)
         return layout, declared
 
@@ -402,62 +411,56 @@ def _skip_file_meta(fp: BinaryIO, file_size: int) -> str:
 
 
 class _Walker:
-    """Walk DICOM elements by their headers, seeking over values, so any file size costs little memory.
+    """Walk DICOM elements by their headers, stepping over values, so any file size costs little memory.
 
     Sequences are walked down to their items' elements (defined or undefined length), every length is
     checked against the file and its enclosing item, and elements are counted, so a file pydicom would
-    need gigabytes to represent is refused before pydicom sees it.
+    need gigabytes to represent is refused before pydicom sees it. ``buffer`` is the file mapped in memory
+    (or an inflated dataset); positions are plain integers, which keeps the walk cheap per element.
     """
 
-    def __init__(self, fp: BinaryIO, size: int, *, implicit: bool, little: bool) -> None:
-        self.fp = fp
+    def __init__(self, buffer: bytes | mmap.mmap, size: int, *, implicit: bool, little: bool) -> None:
+        self.buffer = buffer
         self.size = size
+        self.pos = 0
         self.implicit = implicit
-        self.endian = "<" if little else ">"
+        endian = "<" if little else ">"
+        self._explicit_header = struct.Struct(endian + "HH2sH")
+        self._tag_and_length = struct.Struct(endian + "HHI")
+        self._long_length = struct.Struct(endian + "I")
         self.elements = 0
-
-    def _read(self, n: int, where: str) -> bytes:
-        data = self.fp.read(n)
-        if len(data) < n:
-            raise InvalidDicom(f"The file is truncated {where}.")
-        return data
-
-    def _tag(self, raw: bytes) -> int:
-        group, element = struct.unpack(self.endian + "HH", raw[:4])
-        return (group << 16) | element
 
     def _element_header(self, where: str) -> tuple[int, str, int]:
         self.elements += 1
         if self.elements > MAX_ELEMENTS:
             raise InvalidDicom(f"The file's header has more than {MAX_ELEMENTS} elements; it is refused.")
-        raw = self._read(8, where)
-        tag = self._tag(raw)
-        if tag >> 16 == 0xFFFE:
-            return tag, "", struct.unpack(self.endian + "I", raw[4:8])[0]
-        if self.implicit:
-            try:
-                vr = dictionary_VR(Tag(tag))
-            except KeyError:
-                vr = "UN"
-            return tag, vr, struct.unpack(self.endian + "I", raw[4:8])[0]
-        vr_bytes = raw[4:6]
+        pos = self.pos
+        if pos + 8 > self.size:
+            raise InvalidDicom(f"The file is truncated {where}.")
+        group, element, vr_bytes, short_length = self._explicit_header.unpack_from(self.buffer, pos)
+        tag = (group << 16) | element
+        self.pos = pos + 8
+        if group == 0xFFFE or self.implicit:
+            length = self._tag_and_length.unpack_from(self.buffer, pos)[2]
+            return tag, "" if group == 0xFFFE else _dictionary_vr_or_un(tag), length
         if vr_bytes in _LONG_VRS:
-            length = struct.unpack(self.endian + "I", self._read(4, where))[0]
-        elif vr_bytes.isalpha() and vr_bytes.isupper():
-            length = struct.unpack(self.endian + "H", raw[6:8])[0]
-        else:
-            raise InvalidDicom("The file is malformed: an element has an invalid value representation.")
-        return tag, vr_bytes.decode("ascii"), length
+            if pos + 12 > self.size:
+                raise InvalidDicom(f"The file is truncated {where}.")
+            self.pos = pos + 12
+            return tag, vr_bytes.decode("ascii"), self._long_length.unpack_from(self.buffer, pos + 8)[0]
+        if vr_bytes.isalpha() and vr_bytes.isupper():
+            return tag, vr_bytes.decode("ascii"), short_length
+        raise InvalidDicom("The file is malformed: an element has an invalid value representation.")
 
     def walk_top_level(self, start: int) -> _Layout:
         layout = _Layout()
-        self.fp.seek(start)
+        self.pos = start
         previous = -1
         where = "in its dataset"
-        while self.fp.tell() < self.size:
-            if self.size - self.fp.tell() < 8:
+        while self.pos < self.size:
+            if self.size - self.pos < 8:
                 raise InvalidDicom("The file is truncated: it ends inside an element header.")
-            element_start = self.fp.tell()
+            element_start = self.pos
             tag, vr, length = self._element_header(where)
             if tag >> 16 == 0xFFFE:
                 if tag == _ITEM_DELIMITER and length == 0 and previous == -1:
@@ -483,9 +486,9 @@ class _Walker:
         return layout
 
     def _skip(self, length: int, end: int, where: str) -> None:
-        if self.fp.tell() + length > min(end, self.size):
+        if self.pos + length > min(end, self.size):
             raise InvalidDicom(f"The file is truncated or malformed {where}.")
-        self.fp.seek(length, os.SEEK_CUR)
+        self.pos += length
 
     def _value(self, vr: str, length: int, *, depth: int, end: int, where: str) -> None:
         if length == _UNDEFINED:
@@ -493,9 +496,9 @@ class _Walker:
                 raise InvalidDicom("The file is malformed: a value of undefined length is not a sequence.")
             self._sequence(depth=depth + 1, end=None)
         elif vr == "SQ":
-            if self.fp.tell() + length > min(end, self.size):
+            if self.pos + length > min(end, self.size):
                 raise InvalidDicom(f"The file is truncated or malformed {where}.")
-            self._sequence(depth=depth + 1, end=self.fp.tell() + length)
+            self._sequence(depth=depth + 1, end=self.pos + length)
         else:
             self._skip(length, end, where)
 
@@ -503,7 +506,7 @@ class _Walker:
         if depth > MAX_SEQUENCE_DEPTH:
             raise InvalidDicom("The file is malformed: its sequences are nested too deeply.")
         where = "inside a sequence"
-        while end is None or self.fp.tell() < end:
+        while end is None or self.pos < end:
             tag, _, length = self._element_header(where)
             if tag == _SEQUENCE_DELIMITER and end is None:
                 return
@@ -512,39 +515,50 @@ class _Walker:
             if length == _UNDEFINED:
                 self._item(depth=depth, end=None, outer=end)
             else:
-                item_end = self.fp.tell() + length
+                item_end = self.pos + length
                 if item_end > min(end if end is not None else self.size, self.size):
                     raise InvalidDicom(f"The file is truncated or malformed {where}.")
                 self._item(depth=depth, end=item_end, outer=end)
-        if self.fp.tell() != end:
+        if self.pos != end:
             raise InvalidDicom("The file is malformed: a sequence overruns its length.")
 
     def _item(self, *, depth: int, end: int | None, outer: int | None) -> None:
         where = "inside a sequence item"
         limit = end if end is not None else (outer if outer is not None else self.size)
-        while end is None or self.fp.tell() < end:
+        while end is None or self.pos < end:
             tag, vr, length = self._element_header(where)
             if tag == _ITEM_DELIMITER and end is None:
                 return
             if tag >> 16 == 0xFFFE:
                 raise InvalidDicom("The file is malformed: a sequence item is not closed properly.")
             self._value(vr, length, depth=depth, end=limit, where=where)
-        if self.fp.tell() != end:
+        if self.pos != end:
             raise InvalidDicom("The file is malformed: a sequence item overruns its length.")
 
     def _walk_fragments(self) -> int:
         where = "inside its pixel data"
         fragments = 0
         while True:
-            raw = self._read(8, where)
-            tag = self._tag(raw)
-            length = struct.unpack(self.endian + "I", raw[4:8])[0]
+            if self.pos + 8 > self.size:
+                raise InvalidDicom(f"The file is truncated {where}.")
+            group, element, length = self._tag_and_length.unpack_from(self.buffer, self.pos)
+            self.pos += 8
+            tag = (group << 16) | element
             if tag == _SEQUENCE_DELIMITER:
                 return fragments
             if tag != _ITEM or length == _UNDEFINED:
                 raise InvalidDicom("The file is malformed: its compressed pixel data is not a list of fragments.")
             self._skip(length, self.size, where)
             fragments += 1
+
+
+@lru_cache(maxsize=4096)
+def _dictionary_vr_or_un(tag: int) -> str:
+    """The VR the walker assumes for an implicit-VR element: the dictionary's, else UN."""
+    try:
+        return str(dictionary_VR(Tag(tag)))
+    except KeyError:
+        return "UN"
 
 
 def _check_pixel_data(
@@ -579,42 +593,32 @@ def _check_pixel_data(
         )
 
 
-def _raw_length(ds: Dataset, tag: int) -> tuple[str, int]:
-    raw = ds.get_item(tag)
-    vr = str(getattr(raw, "VR", "") or "")
-    length = getattr(raw, "length", None)
-    if length is None:
-        value = getattr(raw, "value", None)
-        length = len(value) if isinstance(value, (bytes, str)) else 0
-    return vr, int(length)
-
-
 def _metadata(ds: Dataset, layout: _Layout, meta: Dataset) -> dict[str, Any]:
-    """Return the header as DICOM JSON, large values replaced by BulkDataURI placeholders."""
-    small = Dataset()
-    placeholders: dict[str, dict[str, str]] = {}
-    for tag in list(ds.keys()):
-        vr, length = _raw_length(ds, tag)
-        key = f"{int(tag):08X}"
-        if length > MAX_INLINE_VALUE or (vr in _BINARY_VRS and length > BULK_DATA_THRESHOLD):
-            placeholders[key] = {"vr": vr if vr and vr != "UN" else "UN", "BulkDataURI": key}
-            continue
-        small.add(ds[tag])
+    """Return the header as DICOM JSON, large values replaced by BulkDataURI placeholders.
 
-    def bulk(element: Any) -> str:
-        return f"{int(element.tag):08X}"
-
-    # Element by element rather than to_json_dict(suppress_invalid_tags=True): that flag switches a
-    # process-wide pydicom setting without a lock, and parallel ingests left it on "raise".
+    Plain elements, in sequence items too, are written straight from their raw bytes (:func:`_fast_json`):
+    pydicom's generic path (convert to a DataElement, store it back in the dataset, then ``to_json_dict``)
+    cost about three quarters of the parse. What the fast path does not handle exactly (UN, AT, ambiguous
+    VRs, non-ASCII or escaped text, deferred values, malformed numbers) goes through pydicom as before.
+    """
     result: dict[str, Any] = {}
-    for tag in small.keys():
-        key = f"{int(tag):08X}"
+    for tag, raw in list(ds._dict.items()):
+        key = _tag_key(tag)
+        # The bulk decision is on the element as read: its declared VR (none when implicit) and length.
+        declared = str(raw.VR or "")
+        if isinstance(raw, RawDataElement):
+            length = int(raw.length)
+        else:
+            length = len(raw.value) if isinstance(raw.value, (bytes, str)) else 0
+        if length > MAX_INLINE_VALUE or (declared in _BINARY_VRS and length > BULK_DATA_THRESHOLD):
+            result[key] = {"vr": declared if declared and declared != "UN" else "UN", "BulkDataURI": key}
+            continue
+        # Element by element rather than to_json_dict(suppress_invalid_tags=True): that flag switches a
+        # process-wide pydicom setting without a lock, and parallel ingests left it on "raise".
         try:
-            result[key] = small[tag].to_json_dict(bulk_data_element_handler=bulk,
-                                                  bulk_data_threshold=BULK_DATA_THRESHOLD)
+            result[key] = _element_json(ds, tag, raw, key)
         except Exception:  # noqa: BLE001 - a value DICOM JSON cannot express stays out of the index copy
             logger.warning("Element %s left out of the DICOM JSON header: it cannot be expressed", key)
-    result.update(placeholders)
     if layout.pixel is not None:
         key = f"{layout.pixel.tag:08X}"
         result[key] = {"vr": layout.pixel.vr, "BulkDataURI": key}
@@ -623,6 +627,129 @@ def _metadata(ds: Dataset, layout: _Layout, meta: Dataset) -> dict[str, Any]:
     if ts:
         result["00020010"] = {"vr": "UI", "Value": [str(ts)]}
     return dict(sorted(result.items()))
+
+
+def _element_json(ds: Dataset, tag: int, raw: Any, key: str) -> dict[str, Any]:
+    """One element of ``ds`` as DICOM JSON: from its raw bytes when plain, else as pydicom writes it.
+
+    Sequences are written item by item here, each item as pydicom's ``Dataset.to_json_dict`` would (its
+    elements in order, no bulk-size placeholders, any error failing the whole sequence), so that the
+    plain elements inside them take the fast path too.
+    """
+    if isinstance(raw, RawDataElement) and raw.value is not None:
+        vr = raw.VR or _implicit_vr(tag)
+        if vr in _FAST_VRS:
+            fast = _fast_json(vr, raw.value, raw.is_little_endian, tag, key)
+            if fast is not None:
+                return fast
+    element = ds[tag]
+    if element.VR == "SQ":
+        return {"vr": "SQ", "Value": [_item_json(item) for item in element.value]}
+    json_element: dict[str, Any] = element.to_json_dict(
+        bulk_data_element_handler=_bulk_uri, bulk_data_threshold=BULK_DATA_THRESHOLD
+    )
+    return json_element
+
+
+def _item_json(item: Dataset) -> dict[str, Any]:
+    return {_tag_key(tag): _element_json(item, tag, raw, _tag_key(tag)) for tag, raw in list(item._dict.items())}
+
+
+# --- DICOM JSON straight from raw bytes ---------------------------------------------------------------
+# Each branch reproduces what pydicom's convert_value + DataElement.to_json_dict give for the same bytes
+# (PS3.18 F.2), for the cases where that is simple; anything else returns None and takes pydicom's path.
+# tests/studies/test_dicom_json.py pins the result against golden JSON and pydicom's own reading.
+_STRING_VRS = frozenset({"AS", "CS", "DA", "DT", "TM"})  # convert_string: rstrip " \0", split on "\"
+_TEXT_VRS = frozenset({"SH", "LO", "UC"})  # convert_text: split on "\", rstrip "\0 " each
+_SINGLE_TEXT_VRS = frozenset({"ST", "LT", "UT"})  # convert_single_string: no split
+_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+_INLINE_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
+_FAST_VRS = (
+    _STRING_VRS | _TEXT_VRS | _SINGLE_TEXT_VRS | _INLINE_BINARY_VRS | set(_NUMBER_FORMATS)
+    | {"AE", "UI", "UR", "IS", "DS", "PN"}
+)
+# pydicom rewrites the first value of these (US or SS) descriptors: left to it.
+_LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002, 0x00289422, 0x00660010})
+# Bytes after which ASCII text may decode differently under a declared character set (ISO 2022 escapes).
+_CODE_EXTENSION = re.compile(rb"[\x1b\x0e\x0f]")
+_DS_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
+_IS_RE = re.compile(r"[+-]?\d+\Z")
+# pydicom's own limit for inline binary: a base64 text of at most BULK_DATA_THRESHOLD characters.
+_INLINE_BINARY_MAX = (BULK_DATA_THRESHOLD // 4) * 3
+
+
+@lru_cache(maxsize=4096)
+def _tag_key(tag: int) -> str:
+    return f"{int(tag):08X}"
+
+
+@lru_cache(maxsize=4096)
+def _implicit_vr(tag: int) -> str:
+    """The VR pydicom gives an implicit-VR element, when it is plain; "" sends the element down its path."""
+    if (tag >> 16) % 2 == 1 or tag in _LUT_DESCRIPTORS:
+        return ""
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        return ""
+    return vr if vr in _FAST_VRS else ""
+
+
+def _bulk_uri(element: Any) -> str:
+    return f"{int(element.tag):08X}"
+
+
+def _fast_json(vr: str, value: bytes, little: bool, tag: int, key: str) -> dict[str, Any] | None:
+    if not value:
+        return {"vr": vr}
+    if vr in _INLINE_BINARY_VRS:
+        if len(value) > _INLINE_BINARY_MAX:
+            return {"vr": vr, "BulkDataURI": key}
+        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+    number_format = _NUMBER_FORMATS.get(vr)
+    if number_format is not None:
+        if tag in _LUT_DESCRIPTORS:
+            return None
+        size = struct.calcsize("=" + number_format)
+        if len(value) % size:
+            return None
+        numbers = struct.unpack(f"{'<' if little else '>'}{len(value) // size}{number_format}", value)
+        cast = float if vr in ("FL", "FD") else int
+        return {"vr": vr, "Value": [cast(n) for n in numbers]}
+    if not value.isascii() or _CODE_EXTENSION.search(value):
+        return None
+    text = value.decode("ascii")
+    items: list[str]
+    if vr in _TEXT_VRS:
+        items = [item.rstrip("\0 ") for item in text.split("\\")]
+    elif vr in _SINGLE_TEXT_VRS:
+        items = [text.rstrip("\0 ")]
+    elif vr == "UR":
+        items = [text.rstrip()]
+    elif vr == "AE":
+        items = [item.strip() for item in text.split("\\")]
+    elif vr == "UI":
+        items = text.rstrip("\0 ").split("\\")
+    elif vr == "DS":
+        items = text.strip().rstrip(" \x00").split("\\")
+        if not all(_DS_RE.match(item) for item in items):
+            return None
+        return {"vr": vr, "Value": [float(item) for item in items]}
+    elif vr == "IS":
+        items = text.rstrip(" \x00").split("\\")
+        if not all(_IS_RE.match(item) for item in items):
+            return None
+        return {"vr": vr, "Value": [int(item) for item in items]}
+    elif vr == "PN":
+        items = text.rstrip("\0 ").split("\\")
+        if not all(items) or "=" in text:
+            return None
+        return {"vr": vr, "Value": [{"Alphabetic": item} for item in items]}
+    else:  # _STRING_VRS
+        items = text.rstrip(" \x00").split("\\")
+    if len(items) == 1 and not items[0]:
+        return {"vr": vr}
+    return {"vr": vr, "Value": items}
 
 
 def _text(ds: Dataset, keyword: str, max_length: int) -> str:
