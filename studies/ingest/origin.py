@@ -7,12 +7,13 @@ applies. An ``Origin`` carries exactly that and nothing else, so services never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from django.http import HttpRequest
 
+from studies.ingest.lookups import Lookups
 from tenants.audit import client_address
 from tenants.models import User
 
@@ -44,6 +45,9 @@ class Origin:
     user_agent: str = ""
     # What the audit names a job-driven origin that has no node, e.g. "migration:<uuid>".
     label: str = ""
+    # The sender's stream (one C-STORE association, one job): lookups its files may share for a few
+    # seconds (studies.ingest.lookups); None looks everything up afresh.
+    lookups: Lookups | None = field(default=None, compare=False, repr=False)
 
     @property
     def actor_label(self) -> str:
@@ -86,8 +90,9 @@ class Origin:
         )
 
     @classmethod
-    def dicom(cls, *, node: Any, address: str | None = None) -> Origin:
-        return cls(kind=OriginKind.DICOM_NODE, source="dimse", dicom_node=node, ip_address=address or None)
+    def dicom(cls, *, node: Any, address: str | None = None, lookups: Lookups | None = None) -> Origin:
+        return cls(kind=OriginKind.DICOM_NODE, source="dimse", dicom_node=node, ip_address=address or None,
+                   lookups=lookups)
 
     @classmethod
     def migration(cls, *, node: Any) -> Origin:
@@ -100,8 +105,8 @@ class Origin:
         return cls(kind=OriginKind.MIGRATION, source="migration", label=f"migration:{job.uuid}")
 
     @classmethod
-    def anonymization(cls, *, job: Any) -> Origin:
-        return cls(kind=OriginKind.ANONYMIZATION, source="anonymize", anonymization_job=job)
+    def anonymization(cls, *, job: Any, lookups: Lookups | None = None) -> Origin:
+        return cls(kind=OriginKind.ANONYMIZATION, source="anonymize", anonymization_job=job, lookups=lookups)
 
     @classmethod
     def system(cls, *, source: str = "system", user: User | None = None) -> Origin:
