@@ -3,17 +3,22 @@
 Runs standalone: `.venv/bin/python bench/bench_anonymize.py [--instances 200]`.
 Two figures: the PS3.15 engine alone (read, de-identify with every option's rules, write) on files in
 a temporary folder, and whole jobs as the worker runs them (decrypt the stored instance, de-identify,
-ingest the result encrypted) against PostgreSQL (BENCH_DATABASE_URL, default .../portal_bench_anonymize).
+ingest the result encrypted, in the worker's batches of JOB_BATCH) against PostgreSQL (BENCH_DATABASE_URL,
+default .../portal_bench_anonymize). CPU time per instance is printed too: compare changes by it on a busy
+machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/portal_bench_anonymize"
@@ -60,6 +65,7 @@ def ct_files(count: int, folder: Path) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=200)
+    parser.add_argument("--profile", action="store_true", help="print where the jobs' CPU time goes (cProfile)")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-anonymize-") as var_dir:
         setup(os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB), var_dir)
@@ -85,16 +91,25 @@ def main() -> None:
         for path in paths:
             study = instance_ingest(clinic=clinic, source_path=str(path)).instance.series.study
         job = services.job_create(clinic=clinic, project=project, studies=[study])
-        started = time.perf_counter()
-        tasks.anonymization_job_start(clinic_id=clinic.pk, job_id=job.pk)
-        for instance_id in services.job_instances(job):
-            tasks.anonymization_instance(clinic_id=clinic.pk, job_id=job.pk, instance_id=instance_id)
-        whole = time.perf_counter() - started
+        started, cpu_started = time.perf_counter(), time.process_time()
+        # As a worker runs the job: job_start queues one message per JOB_BATCH instances; run each here.
+        with mock.patch.object(tasks.anonymization_instances, "delay") as queued:
+            tasks.anonymization_job_start(clinic_id=clinic.pk, job_id=job.pk)
+        profiler = cProfile.Profile() if options.profile else None
+        if profiler is not None:
+            profiler.enable()
+        for call in queued.call_args_list:
+            tasks.anonymization_instances(**call.kwargs)
+        if profiler is not None:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(os.environ.get("PROFILE_FILTER", ""), 30)
+        whole, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         job.refresh_from_db()
     print(f"{options.instances} CT instances, {megabytes / options.instances:.2f} MB each")
     print(f"engine (read, de-identify, write): {options.instances / engine:.0f} instances/s, {megabytes / engine:.0f} MB/s")
     print(f"jobs (decrypt, de-identify, store encrypted, index): {options.instances / whole:.1f} instances/s "
-          f"({job.done} done, {job.failed} failed)")
+          f"({job.done} done, {job.failed} failed, {len(queued.call_args_list)} batches)")
+    print(f"  process CPU per instance: {cpu / options.instances * 1000:.1f} ms (load-independent)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ listener in-process (SQLite default in a scratch folder, encrypted local stores,
 replication, as `bench_orthanc.py` runs the portal) and sends the files over one association with
 pynetdicom; then posts the same number of other files by STOW-RS, 10 per request, through Django's test
 client. Prints, per instance: the CPU time of the handler's own thread (C-STORE) or of the process
-(STOW-RS), the wall time, the number of SQL statements and the slowest statements. CPU time barely
+(STOW-RS), the wall time, the number of SQL statements and the slowest statements (all of them with
+PROFILE_ALL_STATEMENTS=1). CPU time barely
 depends on the machine's load, so use it to compare changes on a busy machine; wall times do.
 """
 
@@ -41,7 +42,8 @@ class Statements:
 
     def report(self, instances: int) -> None:
         print(f"  SQL statements per instance: {sum(self.count.values()) / instances:.1f}")
-        for sql, seconds in self.seconds.most_common(6):
+        shown = None if os.environ.get("PROFILE_ALL_STATEMENTS") else 6
+        for sql, seconds in self.seconds.most_common(shown):
             print(f"    {seconds / instances * 1000:6.2f} ms/inst  x{self.count[sql] / instances:.1f}  {sql}")
 
 

@@ -131,7 +131,8 @@ class Instance(models.Model):
     metadata = models.JSONField(default=dict, help_text="DICOM JSON of the header, bulk data left out.")
     stored_at = models.DateTimeField(default=timezone.now, db_index=True)
     replicated_at = models.DateTimeField(null=True, blank=True)
-    # When a replication message was last queued for it: the sweep leaves it alone while that is recent.
+    # When the sweep last queued a replication message for it: the sweep leaves it alone while that is
+    # recent. None: only ingest's own message, queued with the index commit (taken as lost after a minute).
     replication_queued_at = models.DateTimeField(null=True, blank=True)
     replica_verified_at = models.DateTimeField(null=True, blank=True)
     replica_verify_failed_at = models.DateTimeField(null=True, blank=True)

@@ -15,7 +15,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -208,16 +208,47 @@ class FileAnonymized:
     pseudonym: str
 
 
+@dataclass
+class AnonymizeBatch:
+    """What the files of one batch (a job's batch) share: the project secret, the pseudonyms met so far,
+    and the UID mappings to record, once for the batch (``uid_mappings_record``) before its files are
+    stored, rather than a decryption and three statements per file."""
+
+    project: AnonymizationProject
+    secret: bytes = b""
+    pseudonyms: dict[tuple[str, str, str], PatientPseudonym] = field(default_factory=dict)
+    mapped: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.secret = _project_secret(self.project)
+
+    def pseudonym(self, identity: dict[str, str]) -> PatientPseudonym:
+        key = (identity.get("patient_id", ""), identity.get("issuer", ""), identity.get("patient_name", ""))
+        if key not in self.pseudonyms:
+            self.pseudonyms[key] = pseudonym_for(project=self.project, secret=self.secret, identity=identity)
+        return self.pseudonyms[key]
+
+    def uid_mappings_record(self) -> None:
+        if self.mapped:
+            _record_uid_mappings(self.project, self.mapped)
+            self.mapped = {}
+
+
 def file_anonymize(
-    *, project: AnonymizationProject, source_path: str, dest_path: str, options: list[str] | None = None
+    *, project: AnonymizationProject, source_path: str, dest_path: str, options: list[str] | None = None,
+    batch: AnonymizeBatch | None = None,
 ) -> FileAnonymized:
     """De-identify one DICOM file into ``dest_path`` under the project's mapping.
 
-    Raises InvalidDicom for a file pydicom cannot read; the source is never modified.
+    Raises InvalidDicom for a file pydicom cannot read; the source is never modified. With ``batch``, the
+    UID mappings are left in it for the caller to record (``batch.uid_mappings_record()``) before the
+    output is stored; without, they are recorded here.
     """
     from studies.errors import InvalidDicom
 
-    secret = _project_secret(project)
+    own_batch = batch is None
+    batch = batch or AnonymizeBatch(project)
+    secret = batch.secret
     try:
         ds = pydicom.dcmread(source_path, force=True)
         identity = {
@@ -227,8 +258,8 @@ def file_anonymize(
         }
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
         raise InvalidDicom(f"The file could not be read as DICOM: {type(exc).__name__}.") from exc
-    pseudonym = pseudonym_for(project=project, secret=secret, identity=identity)
-    mapped: dict[str, str] = {}
+    pseudonym = batch.pseudonym(identity)
+    mapped = batch.mapped
 
     def uid_for(uid: str) -> str:
         new = uid_derive(secret, uid)
@@ -244,7 +275,8 @@ def file_anonymize(
     )
     report = deidentify(ds, ctx)
     _save_part10(ds, dest_path)
-    _record_uid_mappings(project, mapped)
+    if own_batch:
+        batch.uid_mappings_record()
     return FileAnonymized(report=report, pseudonym=pseudonym.pseudonym)
 
 
@@ -323,7 +355,9 @@ def job_instances_process(*, job: AnonymizationJob, instances: list[Instance]) -
                .values_list("instance_id", flat=True))
     todo = [i for i in instances if i.pk not in done]
     workdir = tempfile.mkdtemp(prefix="anon-")
+    items: list[AnonymizationJobItem] = []  # recorded together, once the batch is stored
     try:
+        batch = AnonymizeBatch(job.project)
         ready: list[tuple[Instance, str, FileAnonymized]] = []
         for instance in todo:
             source_path = os.path.join(workdir, f"{instance.pk}.src")
@@ -333,37 +367,40 @@ def job_instances_process(*, job: AnonymizationJob, instances: list[Instance]) -
                         open(source_path, "wb") as out:
                     shutil.copyfileobj(stream, out, 1024 * 1024)
                 anonymized = file_anonymize(project=job.project, source_path=source_path, dest_path=dest_path,
-                                            options=job.options)
+                                            options=job.options, batch=batch)
             except PortalError as exc:
-                _item_record(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.FAILED,
-                             reason=exc.message)
+                items.append(_item(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.FAILED,
+                                   reason=exc.message))
                 continue
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(source_path)
             ready.append((instance, dest_path, anonymized))
+        # Before anything is stored, so every stored UID can be traced back (reidentify).
+        batch.uid_mappings_record()
         results = instances_ingest(clinic=job.clinic, paths=[path for _, path, _ in ready],
                                    origin=Origin.anonymization(job=job)) if ready else []
         retry: StorageUnavailable | None = None
+        # Each result study linked once per batch: (its source study, whether any of its files needs review).
+        links: dict[int, tuple[Study, Study, bool]] = {}
         for (instance, _, anonymized), item in zip(ready, results, strict=True):
             if isinstance(item.error, StorageUnavailable):
                 retry = item.error  # not a failure of the instance: the task retries it
                 continue
             if item.error is not None:
-                _item_record(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.FAILED,
-                             reason=item.error.message)
+                items.append(_item(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.FAILED,
+                                   reason=item.error.message))
                 continue
             assert item.result is not None
-            with transaction.atomic():
-                link, _ = AnonymizedStudy.objects.get_or_create(
-                    study=item.result.instance.series.study,
-                    defaults={"clinic": job.clinic, "source_study": instance.series.study, "project": job.project,
-                              "job": job},
-                )
-                if anonymized.report.needs_review and not link.needs_review:
-                    AnonymizedStudy.objects.filter(pk=link.pk).update(needs_review=True)
-            _item_record(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.DONE,
-                         needs_review=anonymized.report.needs_review)
+            study = item.result.instance.series.study
+            _, source, review = links.get(study.pk, (study, instance.series.study, False))
+            links[study.pk] = (study, source, review or anonymized.report.needs_review)
+            items.append(_item(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.DONE,
+                               needs_review=anonymized.report.needs_review))
+        for study, source, needs_review in links.values():
+            _study_link(job=job, study=study, source_study=source, needs_review=needs_review)
+        # After the links, in one statement: a recorded item is never redone, so it must come last.
+        AnonymizationJobItem.objects.bulk_create(items, ignore_conflicts=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     job_finish_if_complete(job_id=job.pk)
@@ -406,6 +443,23 @@ def job_instance_process(*, job: AnonymizationJob, instance: Instance) -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     job_finish_if_complete(job_id=job.pk)
+
+
+def _item(*, job: AnonymizationJob, instance: Instance, outcome: str, needs_review: bool = False,
+          reason: str = "") -> AnonymizationJobItem:
+    return AnonymizationJobItem(job=job, instance_id=instance.pk, outcome=outcome, needs_review=needs_review,
+                                reason=reason[:300])
+
+
+def _study_link(*, job: AnonymizationJob, study: Study, source_study: Study, needs_review: bool) -> None:
+    """Record that ``study`` holds the job's anonymized copy of ``source_study``; flag it for review if asked."""
+    with transaction.atomic():
+        link, _ = AnonymizedStudy.objects.get_or_create(
+            study=study,
+            defaults={"clinic": job.clinic, "source_study": source_study, "project": job.project, "job": job},
+        )
+        if needs_review and not link.needs_review:
+            AnonymizedStudy.objects.filter(pk=link.pk).update(needs_review=True)
 
 
 def _item_record(*, job: AnonymizationJob, instance: Instance, outcome: str, needs_review: bool = False,

@@ -131,8 +131,10 @@ def instances_replication_start(clinic: Clinic, instances: Sequence[Instance]) -
     """Start replication of a freshly committed batch; registered as an ingest after-commit hook.
 
     Instances the sync writer already copied only need the clinic manifest on the replica; in async mode
-    the others go to a worker in one message for the whole batch (``instances_replicate``), marked as queued so the sweep
-    does not queue them again while that message is on its way.
+    the others go to a worker in one message for the whole batch (``instances_replicate``). They are not
+    marked as queued: a fresh row (``replication_queued_at`` None) already means "queued by its ingest at
+    ``stored_at``", committed with the index rows, so no statement is spent per batch here, and the sweep
+    queues it again once it is still pending after REPLICATION_SWEEP_AGE_SECONDS (that message lost).
     """
     pending = [i.pk for i in instances if i.replicated_at is None]
     if len(pending) < len(instances):
@@ -143,14 +145,18 @@ def instances_replication_start(clinic: Clinic, instances: Sequence[Instance]) -
     # In sync mode a pending instance means the replica just failed: the sweep copies it once the replica
     # answers again, rather than a message retrying against a store known to be down.
     if pending and replication_mode() != SYNC:
-        replication_queue(clinic_id=clinic.pk, instance_ids=pending)
+        replication_queue(clinic_id=clinic.pk, instance_ids=pending, mark=False)
 
 
-def replication_queue(*, clinic_id: int, instance_ids: Sequence[int]) -> None:
-    """Queue the copy of these instances, one message per batch, and remember when they were queued."""
+def replication_queue(*, clinic_id: int, instance_ids: Sequence[int], mark: bool = True) -> None:
+    """Queue the copy of these instances, one message per batch, and remember when they were queued.
+
+    ``mark=False`` (ingest's own message) leaves ``replication_queued_at`` None: see ``pending_instances``.
+    """
     for start in range(0, len(instance_ids), REPLICATION_BATCH):
         chunk = list(instance_ids[start : start + REPLICATION_BATCH])
-        Instance.objects.for_clinic(clinic_id).filter(pk__in=chunk).update(replication_queued_at=timezone.now())
+        if mark:
+            Instance.objects.for_clinic(clinic_id).filter(pk__in=chunk).update(replication_queued_at=timezone.now())
         # Looked up by its explicit name: the task module imports this one, not the other way round.
         current_app.tasks[INSTANCES_REPLICATE_TASK].delay(clinic_id=clinic_id, instance_ids=chunk)
 
@@ -174,7 +180,12 @@ def instances_replicate(*, clinic: Clinic, instance_ids: Sequence[int]) -> int:
 
 
 def pending_instances(*, older_than: timedelta, requeue_after: timedelta = REQUEUE_AFTER) -> Iterator[Instance]:
-    """Instances still not on the replica after ``older_than`` whose message is older than ``requeue_after``."""
+    """Instances still not on the replica after ``older_than`` whose message is older than ``requeue_after``.
+
+    ``replication_queued_at`` is when the sweep last queued the instance; None means only its ingest
+    queued it, at ``stored_at`` (with the index commit): that message counts as lost once ``older_than``
+    has passed, not ``requeue_after`` (the sweep's own messages wait behind a backlog it may have made).
+    """
     # Cross-clinic maintenance query (the sweep covers every clinic), served by instance_pending_replica.
     now = timezone.now()
     return (

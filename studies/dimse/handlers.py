@@ -23,7 +23,7 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -85,6 +85,8 @@ class AssociationInfo:
     called_ae: str
     address: str
     tls: bool = False
+    # What its C-STOREs may look up once for a few seconds rather than per image (studies.ingest.lookups).
+    lookups: ingest.Lookups = field(default_factory=ingest.Lookups, compare=False)
 
 
 _associations: weakref.WeakKeyDictionary[Association, AssociationInfo] = weakref.WeakKeyDictionary()
@@ -289,9 +291,13 @@ def handle_echo(event: Event) -> int:
     return SUCCESS if association_info(event.assoc) is not None else NOT_AUTHORIZED
 
 
-def _ingest(*, clinic: Clinic, path: str, node: DicomNode | None = None, address: str = "") -> Dataset | int:
+def _ingest(*, info: AssociationInfo, path: str) -> Dataset | int:
+    clinic = info.clinic
     try:
-        ingest.instance_ingest(clinic=clinic, source_path=path, origin=ingest.Origin.dicom(node=node, address=address))
+        ingest.instance_ingest(
+            clinic=clinic, source_path=path,
+            origin=ingest.Origin.dicom(node=info.node, address=info.address, lookups=info.lookups),
+        )
     except QuotaExceeded as exc:
         return _status(OUT_OF_RESOURCES, exc.message)
     except StudyBeingPurged:
@@ -344,7 +350,7 @@ def handle_store(event: Event) -> Dataset | int:
         except AttributeError:
             path = ""
         if path:
-            return _ingest(clinic=info.clinic, path=path, node=info.node, address=info.address)
+            return _ingest(info=info, path=path)
         try:
             fd, tmp_path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
         except OSError:
@@ -356,7 +362,7 @@ def handle_store(event: Event) -> Dataset | int:
                     tmp.write(event.encoded_dataset(include_meta=True))
             except OSError:
                 return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
-            return _ingest(clinic=info.clinic, path=tmp_path, node=info.node, address=info.address)
+            return _ingest(info=info, path=tmp_path)
         finally:
             os.unlink(tmp_path)
     finally:

@@ -19,6 +19,7 @@ from studies.ingest.index import (
     quota_reserve,
     usage_recount,
 )
+from studies.ingest.lookups import Lookups
 from studies.ingest.origin import Origin, OriginKind
 from studies.ingest.pipeline import IngestOutcome, IngestResult, ItemResult, instance_ingest, instances_ingest
 
@@ -27,6 +28,7 @@ __all__ = [
     "IngestOutcome",
     "IngestResult",
     "ItemResult",
+    "Lookups",
     "Origin",
     "OriginKind",
     "UsageCorrection",

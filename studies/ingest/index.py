@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -170,20 +170,28 @@ def series_conflicts(*, clinic: Clinic, parsed: Sequence[dicom.ParsedInstance]) 
     return accepted
 
 
-def instances_index_write(*, clinic: Clinic, items: Sequence[IndexItem]) -> IndexWrite:
+def instances_index_write(
+    *, clinic: Clinic, items: Sequence[IndexItem], locked_studies: Mapping[str, Study | None] | None = None
+) -> IndexWrite:
     """Write the index rows for stored objects; runs in the caller's transaction.
 
     Each instance takes its object's uuid when given, so an index rebuilt from the replica gives every
     instance its uuid back. Quota accounting is the caller's. Raises IntegrityError when a SOP Instance UID
     is already indexed, InvalidDicom when a series belongs to another study (check ``series_conflicts``
-    first to refuse those items alone).
+    first to refuse those items alone). ``locked_studies`` (study UID to the row the caller already locked
+    with ``select_for_update`` in this transaction, as admission does) spares looking those up again.
     """
     now = timezone.now()
     patients: dict[tuple[str, str], Patient] = {}
     studies: dict[str, Study] = {}
     created: list[Study] = []
+    # Rows locked by the caller in this transaction: read under the lock, so current; no patient is
+    # needed for them (a patient row is only the default of a new study).
+    locked = {uid: study for uid, study in (locked_studies or {}).items() if study is not None}
     for item in items:
         p = item.parsed
+        if p.study_instance_uid in locked:
+            continue
         patient_key = (p.patient_id, p.issuer_of_patient_id)
         if patient_key not in patients:
             patients[patient_key], _ = Patient.objects.get_or_create(
@@ -215,13 +223,14 @@ def instances_index_write(*, clinic: Clinic, items: Sequence[IndexItem]) -> Inde
                 created.append(study)
     # The study row locks serialise concurrent batches into one study, so counters and the modality
     # list are never computed from stale values; primary-key order keeps two batches from deadlocking.
-    locked = {
-        s.study_instance_uid: s
-        for s in Study.objects.for_clinic(clinic)
-        .select_for_update()
-        .filter(pk__in=[s.pk for s in studies.values()])
-        .order_by("pk")
-    }
+    if studies:
+        locked.update({
+            s.study_instance_uid: s
+            for s in Study.objects.for_clinic(clinic)
+            .select_for_update()
+            .filter(pk__in=[s.pk for s in studies.values()])
+            .order_by("pk")
+        })
     series_rows: dict[str, tuple[Series, bool]] = {}
     for item in items:
         p = item.parsed

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from studies.ingest.lookups import Lookups
 from tenants.audit import Actor
 from tenants.models import User
 
@@ -52,6 +53,9 @@ class Origin:
     @property
     def ip_address(self) -> str | None:
         return self.actor.ip_address
+    # The sender's stream (one C-STORE association, one job): lookups its files may share for a few
+    # seconds (studies.ingest.lookups); None looks everything up afresh.
+    lookups: Lookups | None = field(default=None, compare=False, repr=False)
 
     @property
     def actor_label(self) -> str:
@@ -71,10 +75,10 @@ class Origin:
         return cls(kind=kind, source=source, actor=Actor.from_request(request), api_token=token, upload_link=link)
 
     @classmethod
-    def dicom(cls, *, node: Any, address: str | None = None) -> Origin:
+    def dicom(cls, *, node: Any, address: str | None = None, lookups: Lookups | None = None) -> Origin:
         return cls(
             kind=OriginKind.DICOM_NODE, source="dimse", dicom_node=node,
-            actor=Actor(label=f"dicom:{node.ae_title}", ip_address=address or None),
+            actor=Actor(label=f"dicom:{node.ae_title}", ip_address=address or None), lookups=lookups,
         )
 
     @classmethod
@@ -90,11 +94,11 @@ class Origin:
         return cls(kind=OriginKind.MIGRATION, source="migration", actor=Actor.system(f"migration:{job.uuid}"))
 
     @classmethod
-    def anonymization(cls, *, job: Any = None, user: User | None = None) -> Origin:
+    def anonymization(cls, *, job: Any = None, user: User | None = None, lookups: Lookups | None = None) -> Origin:
         """Results of an anonymization job (named by the person responsible, when one is given)."""
         return cls(
             kind=OriginKind.ANONYMIZATION, source="anonymize", anonymization_job=job,
-            actor=Actor(user=user, label="anonymization job"),
+            actor=Actor(user=user, label="anonymization job"), lookups=lookups,
         )
 
     @classmethod

@@ -57,6 +57,7 @@ from studies.ingest.index import (
     series_conflicts,
     usage_recount,
 )
+from studies.ingest.lookups import looked_up
 from studies.ingest.origin import Origin, OriginKind
 from studies.models import Instance, QuarantinedInstance
 from tenants.audit import audit_record
@@ -156,8 +157,13 @@ def instances_ingest(
     """
     project = None
     if origin.kind not in (OriginKind.ANONYMIZATION, OriginKind.REBUILD):
-        project = anonymize_project or hooks.anonymizer().rule(
-            clinic=clinic, api_token=origin.api_token, dicom_node=origin.dicom_node, upload_link=origin.upload_link
+        project = anonymize_project or looked_up(
+            origin.lookups,
+            "anonymize-rule",
+            lambda: hooks.anonymizer().rule(
+                clinic=clinic, api_token=origin.api_token, dicom_node=origin.dicom_node,
+                upload_link=origin.upload_link,
+            ),
         )
     if project is None:
         return _ingest_batch(clinic=clinic, paths=paths, origin=origin, study_uid=study_uid)
@@ -279,7 +285,7 @@ def _drop_series_conflicts(*, clinic: Clinic, pending: list[_Pending]) -> list[_
 def _store(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> None:
     """Reserve room, write the objects and index them in one transaction; fill in each item's answer."""
     try:
-        _room_check(clinic=clinic, size=sum(e.size for e in pending))
+        _room_check(clinic=clinic, size=sum(e.size for e in pending), origin=origin)
     except PortalError as exc:
         for entry in pending:
             entry.item.error = exc
@@ -325,8 +331,8 @@ def _store(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> None:
         logger.info("Stored %d instances of clinic %s (%s)", len(instances), clinic.pk, origin.source)
 
 
-def _room_check(*, clinic: Clinic, size: int) -> None:
-    paused = billing_selectors.upload_block_reason(clinic=clinic)
+def _room_check(*, clinic: Clinic, size: int, origin: Origin) -> None:
+    paused = looked_up(origin.lookups, "upload-block", lambda: billing_selectors.upload_block_reason(clinic=clinic))
     if paused:
         raise QuotaExceeded(paused)
     free = stores.get_store("primary").free_bytes()
@@ -419,7 +425,7 @@ def _index(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> list[_
         )
         quota_release(clinic=clinic, size_bytes=released)
         pending = admitted
-        written = instances_index_write(clinic=clinic, items=[_index_item(e) for e in pending])
+        written = instances_index_write(clinic=clinic, items=[_index_item(e) for e in pending], locked_studies=locked)
         if written.instances:
             for hook in hooks.indexed_hooks():
                 hook(clinic, written.instances, origin)

@@ -12,6 +12,7 @@ from typing import Any
 from django.db import transaction
 
 from portal.celery import app
+from studies.ingest.lookups import Lookups, looked_up
 from studies.models import Instance
 from studies.outbound.models import RouteDelivery, RoutingRule
 from tenants.models import Clinic
@@ -28,12 +29,21 @@ def _rule_matches(rule: RoutingRule, *, calling_ae_title: str, modality: str, so
             and (not rule.source or rule.source == source))
 
 
-def instances_route(*, clinic: Clinic, instances: list[Instance], source: str, calling_ae_title: str = "") -> int:
+def instances_route(
+    *, clinic: Clinic, instances: list[Instance], source: str, calling_ae_title: str = "", lookups: Lookups | None = None
+) -> int:
     """Owe every newly stored instance to the nodes of the rules it matches; return deliveries created.
 
-    Called inside the ingest transaction, so a delivery exists exactly when its instance does.
+    Called inside the ingest transaction, so a delivery exists exactly when its instance does. ``lookups``
+    (the sender's stream) reuses "no rules" for a few seconds rather than asking per image; rules
+    themselves are read afresh, since a delivery naming a rule deleted meanwhile would fail the commit.
     """
-    rules = list(RoutingRule.objects.for_clinic(clinic).filter(is_active=True).prefetch_related("destinations"))
+    rules = looked_up(
+        lookups,
+        "routing-rules",
+        lambda: list(RoutingRule.objects.for_clinic(clinic).filter(is_active=True).prefetch_related("destinations")),
+        keep=lambda found: not found,
+    )
     if not rules or not instances:
         return 0
     deliveries: list[RouteDelivery] = []
@@ -54,4 +64,4 @@ def instances_route(*, clinic: Clinic, instances: list[Instance], source: str, c
 def instances_route_indexed(clinic: Clinic, instances: Sequence[Instance], origin: Any) -> None:
     """The ingest hook (``studies.ingest.hooks.indexed_register``): route a committed batch's new instances."""
     instances_route(clinic=clinic, instances=list(instances), source=origin.source,
-                    calling_ae_title=getattr(origin.dicom_node, "ae_title", "") or "")
+                    calling_ae_title=getattr(origin.dicom_node, "ae_title", "") or "", lookups=origin.lookups)

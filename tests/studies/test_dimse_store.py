@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,78 @@ def test_c_store_into_a_trashed_study_brings_it_back(clinic, owner, scp_port, tm
     assert statuses == [0x0000]
     study.refresh_from_db()
     assert study.deleted_at is None and study.number_of_instances == 2
+
+
+def test_one_association_costs_a_bounded_number_of_statements_per_instance(clinic, tmp_path):
+    """Lookups constant over an association (plan, anonymize rule, routing) and the replication mark are not
+    repeated per image: after the first image of a series, each C-STORE costs at most a dozen statements."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from studies.dimse import handlers
+    from tests.studies.dimse_support import register_node, running_scp
+
+    study = write_study(tmp_path, samples=["CT_small.dcm"], copies=6)
+    counts: list[int] = []
+    statements: list[list[str]] = []
+    real = handlers.handle_store
+
+    def counted(event):  # type: ignore[no-untyped-def]
+        with CaptureQueriesContext(connection) as queries:  # the handler thread's own connection
+            status = real(event)
+        sql = [q["sql"][:60] for q in queries.captured_queries]
+        # Up to the index commit: what follows is the replication task these tests run in place (a worker's).
+        stored = len(sql) - sql[::-1].index("COMMIT") if "COMMIT" in sql else len(sql)
+        counts.append(stored)
+        statements.append(sql[:stored])
+        return status
+
+    index = [event for event, _ in handlers.HANDLERS].index(handlers.evt.EVT_C_STORE)
+    handlers.HANDLERS[index] = (handlers.evt.EVT_C_STORE, counted)
+    try:
+        register_node(clinic)
+        with running_scp() as port:
+            statuses = store_with_pynetdicom(port, clinic.ae_title, study.files)
+    finally:
+        handlers.HANDLERS[index] = (handlers.evt.EVT_C_STORE, real)
+
+    assert statuses == [0x0000] * 6
+    assert Study.objects.for_clinic(clinic).get().number_of_instances == 6
+    # Existing-instance check, series check, quota check; BEGIN, quota reserve, study lock (admission),
+    # series, instance insert, two counters, COMMIT (18 before).
+    assert max(counts[1:]) <= 11, "\n".join([str(counts), *statements[-1]])
+
+
+def test_a_subscription_lapsing_mid_association_refuses_the_next_images_within_seconds(
+    clinic, tmp_path, monkeypatch
+):
+    """The plan is looked up once per few seconds per association, never longer: a lapse applies at once."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.models import Subscription, SubscriptionStatus
+    from studies.ingest import lookups
+    from tests.studies.dimse_support import register_node, running_scp
+
+    monkeypatch.setattr(lookups, "LOOKUP_SECONDS", 0.5)
+    study = write_study(tmp_path, samples=["CT_small.dcm"], copies=3)
+    ae = AE(ae_title=MODALITY_AE)
+    ae.add_requested_context(dcmread(study.files[0], stop_before_pixels=True).SOPClassUID)
+    register_node(clinic)
+    with running_scp() as port:
+        assoc = ae.associate(HOST, port, ae_title=clinic.ae_title)
+        assert assoc.is_established
+        try:
+            first = assoc.send_c_store(study.files[0]).Status
+            Subscription.objects.filter(clinic=clinic).update(
+                status=SubscriptionStatus.CANCELED, read_only_until=timezone.now() + timedelta(days=30)
+            )
+            time.sleep(0.6)
+            later = [assoc.send_c_store(path).Status for path in study.files[1:]]
+        finally:
+            assoc.release()
+
+    assert first == 0x0000
+    assert later == [0xA700, 0xA700]
+    assert Instance.objects.for_clinic(clinic).count() == 1

@@ -24,6 +24,7 @@ import requests
 from celery import current_app
 from django.conf import settings as django_settings
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from pydicom import dcmread
 from pydicom.uid import generate_uid
@@ -478,16 +479,35 @@ def _post_ignoring_errors(port: int, path: str, body, headers: dict[str, str]) -
 def test_the_sweep_does_not_queue_again_what_is_already_queued(clinic, tmp_path, django_capture_on_commit_callbacks):
     files = _study_files(tmp_path, 3)
     task = current_app.tasks[replication.INSTANCES_REPLICATE_TASK]
-    with mock.patch.object(task, "delay"), django_capture_on_commit_callbacks(execute=True):
+    with mock.patch.object(task, "delay") as sent, django_capture_on_commit_callbacks(execute=True):
         ingest.instances_ingest(clinic=clinic, paths=[str(p) for p in files], origin=SYSTEM)
-    Instance.objects.update(stored_at=timezone.now() - timedelta(minutes=5))
-
+    assert sent.call_count == 1  # ingest's own message, one for the batch
     with mock.patch.object(task, "delay") as delay:
-        assert replication.replication_sweep() == 0  # their message is on its way
-        Instance.objects.update(replication_queued_at=timezone.now() - replication.REQUEUE_AFTER - timedelta(1))
-        assert replication.replication_sweep() == 3  # lost, it seems: queued again, in one message
+        assert replication.replication_sweep() == 0  # fresh: ingest's message is on its way
 
-    assert delay.call_count == 1
+        # Still pending a few minutes later: ingest's message (queued with the commit) is taken as lost.
+        Instance.objects.update(stored_at=timezone.now() - timedelta(minutes=5))
+        assert replication.replication_sweep() == 3
+        assert replication.replication_sweep() == 0  # the sweep's own message is on its way
+        Instance.objects.update(replication_queued_at=timezone.now() - replication.REQUEUE_AFTER - timedelta(1))
+        assert replication.replication_sweep() == 3  # lost too, it seems: queued again, in one message
+
+    assert delay.call_count == 2
+
+
+def test_ingest_queues_replication_without_a_statement_of_its_own(clinic, tmp_path, django_capture_on_commit_callbacks):
+    """The batch's rows are committed as "queued by ingest": the after-commit step only sends the message."""
+    files = _study_files(tmp_path, 3)
+    task = current_app.tasks[replication.INSTANCES_REPLICATE_TASK]
+    with mock.patch.object(task, "delay") as sent:
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            ingest.instances_ingest(clinic=clinic, paths=[str(p) for p in files], origin=SYSTEM)
+        with CaptureQueriesContext(connection) as after_commit:
+            for callback in callbacks:
+                callback()
+    assert sent.call_count == 1
+    assert not [q for q in after_commit.captured_queries if "studies_instance" in q["sql"]]
+    assert set(Instance.objects.values_list("replication_queued_at", flat=True)) == {None}
 
 
 # --- Layers -----------------------------------------------------------------------------------------
