@@ -11,6 +11,27 @@ from django.http import HttpResponse
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from tenants.roles import Role
+
+
+def action_check(request: Any, action: str, *, message: str = "Your role does not allow this.") -> None:
+    """Raise PermissionDenied (403) unless the request's member (or API token) may perform ``action``.
+
+    The one role check of pages and APIs: the decorator below, the DRF permission class and the views
+    that check inside their body (one right on GET, another on POST) all come here.
+    """
+    membership = getattr(request, "membership", None)
+    if membership is None or not membership.can(action):
+        raise PermissionDenied(message)
+
+
+def owner_check(request: Any, *, message: str = "Only the clinic's owners may do this.") -> None:
+    """Raise PermissionDenied unless a signed-in owner asks (never an API token, never an admin)."""
+    if getattr(getattr(request, "membership", None), "role", None) != Role.OWNER or getattr(
+        request, "api_token", None
+    ) is not None:
+        raise PermissionDenied(message)
+
 
 def require_action(
     action: str, *, message: str = "Your role does not allow this."
@@ -23,9 +44,7 @@ def require_action(
     def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         @wraps(view)
         def wrapper(request: Any, *args: Any, **kwargs: Any) -> HttpResponse:
-            membership = getattr(request, "membership", None)
-            if membership is None or not membership.can(action):
-                raise PermissionDenied(message)
+            action_check(request, action, message=message)
             return view(request, *args, **kwargs)
 
         return wrapper

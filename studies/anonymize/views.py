@@ -5,7 +5,6 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -15,18 +14,14 @@ from studies.anonymize import services
 from studies.anonymize.forms import AnonymizeForm, DeviceRectanglesForm, IngestRulesForm, ProjectForm, ReidentifyForm
 from studies.anonymize.models import AnonymizationJob, AnonymizationProject, IngestAnonymization
 from studies.models import Series, Study
+from tenants import permissions
 from tenants.audit import Actor
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
 
 
-def _require(request: ClinicRequest, action: str) -> None:
-    if not request.membership.can(action):
-        raise PermissionDenied
-
-
 def overview(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require(request, Action.SHARE)
+    permissions.action_check(request, Action.SHARE)
     projects = AnonymizationProject.objects.for_clinic(request.clinic).order_by("name")
     jobs = AnonymizationJob.objects.for_clinic(request.clinic).select_related("project").order_by("-created_at")[:50]
     return render(request, "studies/anonymize_overview.html",
@@ -35,7 +30,7 @@ def overview(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 
 @require_POST
 def project_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require(request, Action.SHARE)
+    permissions.action_check(request, Action.SHARE)
     form = ProjectForm(request.POST)
     if form.is_valid():
         try:
@@ -49,7 +44,7 @@ def project_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 
 
 def project_detail(request: ClinicRequest, clinic_slug: str, project_uuid: UUID) -> HttpResponse:
-    _require(request, Action.SHARE)
+    permissions.action_check(request, Action.SHARE)
     project = get_object_or_404(AnonymizationProject.objects.for_clinic(request.clinic), uuid=project_uuid)
     rectangles_form = DeviceRectanglesForm(initial={"device_rectangles": _json(project.device_rectangles)})
     reidentify_form = ReidentifyForm()
@@ -62,7 +57,7 @@ def project_detail(request: ClinicRequest, clinic_slug: str, project_uuid: UUID)
     revealed = None
     if request.method == "POST":
         if "ingest_rules" in request.POST:
-            _require(request, Action.MANAGE)
+            permissions.action_check(request, Action.MANAGE)
             rules_form = IngestRulesForm(request.POST, clinic=request.clinic)
             if rules_form.is_valid():
                 services.ingest_rules_set(project=project, user=request.user, by=Actor.from_request(request),
@@ -72,7 +67,7 @@ def project_detail(request: ClinicRequest, clinic_slug: str, project_uuid: UUID)
                 messages.success(request, "Anonymize-on-ingest rules saved.")
                 return redirect("anonymize:project", clinic_slug=clinic_slug, project_uuid=project.uuid)
         elif "device_rectangles" in request.POST:
-            _require(request, Action.MANAGE)
+            permissions.action_check(request, Action.MANAGE)
             rectangles_form = DeviceRectanglesForm(request.POST)
             if rectangles_form.is_valid():
                 project.device_rectangles = rectangles_form.cleaned_data["device_rectangles"]
@@ -80,7 +75,7 @@ def project_detail(request: ClinicRequest, clinic_slug: str, project_uuid: UUID)
                 messages.success(request, "Blanking rectangles saved.")
                 return redirect("anonymize:project", clinic_slug=clinic_slug, project_uuid=project.uuid)
         else:
-            _require(request, Action.MANAGE)
+            permissions.action_check(request, Action.MANAGE)
             reidentify_form = ReidentifyForm(request.POST)
             if reidentify_form.is_valid():
                 try:
@@ -102,7 +97,7 @@ def _json(value: object) -> str:
 
 
 def study_anonymize(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> HttpResponse:
-    _require(request, Action.SHARE)
+    permissions.action_check(request, Action.SHARE)
     study = get_object_or_404(Study.objects.for_clinic(request.clinic).filter(deleted_at__isnull=True), uuid=study_uuid)
     series = list(Series.objects.for_clinic(request.clinic).filter(study=study).order_by("series_number"))
     choices = [(str(s.uuid), f"{s.series_number or ''} {s.modality} {s.series_description}".strip()) for s in series]
@@ -125,7 +120,7 @@ def study_anonymize(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) 
 
 
 def job_detail(request: ClinicRequest, clinic_slug: str, job_uuid: UUID) -> HttpResponse:
-    _require(request, Action.SHARE)
+    permissions.action_check(request, Action.SHARE)
     job = get_object_or_404(AnonymizationJob.objects.for_clinic(request.clinic).select_related("project"), uuid=job_uuid)
     results = services.job_result_studies(job=job)
     if request.GET.get("format") == "json":

@@ -9,7 +9,6 @@ from uuid import UUID
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -23,6 +22,7 @@ from studies.archive.errors import ArchiveError
 from studies.browse import download, selectors, services
 from studies.models import Study
 from studies.quarantine import services as quarantine
+from tenants import permissions
 from tenants.audit import Actor, audit_record
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
@@ -83,11 +83,6 @@ class CappedPaginator(Paginator):
         return self.count > COUNT_CAP
 
 
-def _require(request: ClinicRequest, action: str) -> None:
-    if not request.membership.can(action):
-        raise PermissionDenied
-
-
 def _study_or_404(request: ClinicRequest, study_uuid: UUID) -> Study:
     study = selectors.study_get(clinic=request.clinic, study_uuid=study_uuid)
     if study is None:
@@ -131,7 +126,7 @@ def _study_page(request: ClinicRequest, form: StudySearchForm, search: selectors
 
 @require_GET
 def study_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require(request, Action.VIEW)
+    permissions.action_check(request, Action.VIEW)
     form = StudySearchForm(request.GET or None)
     search = form.search() if form.is_bound and form.is_valid() else selectors.StudySearch()
     page = _study_page(request, form, search)
@@ -151,7 +146,7 @@ def study_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 
 @require_GET
 def study_detail(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> HttpResponse:
-    _require(request, Action.VIEW)
+    permissions.action_check(request, Action.VIEW)
     study = _study_or_404(request, study_uuid)
     series = selectors.series_list(clinic=request.clinic, study=study)
     audit_record(clinic=request.clinic, action="study.viewed", request=request, object_type="study",
@@ -162,7 +157,7 @@ def study_detail(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> 
 
 @require_GET
 def study_download(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> HttpResponse:
-    _require(request, Action.VIEW)
+    permissions.action_check(request, Action.VIEW)
     study = _study_or_404(request, study_uuid)
     instances = selectors.instance_list(clinic=request.clinic, study=study)
     audit_record(clinic=request.clinic, action="study.downloaded", request=request, object_type="study",
@@ -172,7 +167,7 @@ def study_download(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -
 
 @require_GET
 def series_download(request: ClinicRequest, clinic_slug: str, study_uuid: UUID, series_uuid: UUID) -> HttpResponse:
-    _require(request, Action.VIEW)
+    permissions.action_check(request, Action.VIEW)
     study = _study_or_404(request, study_uuid)
     series = selectors.series_get(clinic=request.clinic, study=study, series_uuid=series_uuid)
     if series is None:
@@ -186,7 +181,7 @@ def series_download(request: ClinicRequest, clinic_slug: str, study_uuid: UUID, 
 
 @require_GET
 def series_thumbnail(request: ClinicRequest, clinic_slug: str, study_uuid: UUID, series_uuid: UUID) -> HttpResponse:
-    _require(request, Action.VIEW)
+    permissions.action_check(request, Action.VIEW)
     study = _study_or_404(request, study_uuid)
     series = selectors.series_get(clinic=request.clinic, study=study, series_uuid=series_uuid)
     if series is None or not series.thumbnail_key:
@@ -205,7 +200,7 @@ def series_thumbnail(request: ClinicRequest, clinic_slug: str, study_uuid: UUID,
 @require_POST
 def study_delete(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> HttpResponse:
     study = _study_or_404(request, study_uuid)
-    _require(request, Action.DELETE)
+    permissions.action_check(request, Action.DELETE)
     try:
         services.study_delete(clinic=request.clinic, study=study, actor=request.user, by=Actor.from_request(request))
     except PortalError as exc:
@@ -218,7 +213,7 @@ def study_delete(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> 
 
 @require_GET
 def trash(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require(request, Action.DELETE)
+    permissions.action_check(request, Action.DELETE)
     studies = selectors.trash_list(clinic=request.clinic)
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
     rows = [{"study": study, "purge_at": services.study_purge_at(study)} for study in page]
@@ -230,7 +225,7 @@ def study_restore(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) ->
     study = selectors.trash_get(clinic=request.clinic, study_uuid=study_uuid)
     if study is None:
         raise Http404("No such study in the trash.")
-    _require(request, Action.DELETE)
+    permissions.action_check(request, Action.DELETE)
     try:
         services.study_restore(clinic=request.clinic, study=study, actor=request.user, by=Actor.from_request(request))
     except PortalError as exc:
@@ -243,7 +238,7 @@ def study_restore(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) ->
 @require_GET
 def quarantine_page(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     """Instances held for review (patient differs from the study's, or an outside sender's collision)."""
-    _require(request, Action.DELETE)
+    permissions.action_check(request, Action.DELETE)
     held = quarantine.quarantine_list(clinic=request.clinic)
     page = Paginator(held, PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "studies/quarantine.html", {"page": page, "rows": list(page)})
@@ -255,7 +250,7 @@ def quarantine_resolve(request: ClinicRequest, clinic_slug: str, held_uuid: UUID
     held = quarantine.quarantine_get(clinic=request.clinic, held_uuid=held_uuid)
     if held is None:
         raise Http404("No such instance in quarantine.")
-    _require(request, Action.DELETE)
+    permissions.action_check(request, Action.DELETE)
     action = request.POST.get("action")
     try:
         if action == "file":

@@ -16,6 +16,7 @@ from http import HTTPStatus
 from typing import Any
 
 from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
@@ -25,6 +26,7 @@ from portal.public_url import absolute_url
 from studies import matching, transcoding
 from studies.dicomweb import dicomjson, multipart, qido, rendering, stow, wado
 from studies.models import Instance, Study
+from tenants import permissions
 from tenants.audit import audit_record
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
@@ -45,7 +47,9 @@ def dicomweb_view(action: str) -> Callable[[Callable[..., HttpResponse]], Callab
     def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         @functools.wraps(view)
         def wrapper(request: ClinicRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if not request.membership.can(action):
+            try:
+                permissions.action_check(request, action)
+            except PermissionDenied:  # DICOMweb clients get the JSON error, not the 403 page
                 return _error(HTTPStatus.FORBIDDEN, "not_allowed", f"Your role does not allow '{action}' here.")
             try:
                 return view(request, *args, **kwargs)

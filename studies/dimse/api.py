@@ -7,20 +7,17 @@ from uuid import UUID
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from studies.dimse import nodes
 from studies.models import DicomNode
+from tenants import permissions
 from tenants.audit import Actor
 from tenants.roles import Action
 
-
-def _require_manage(request: Request) -> None:
-    if not request.membership.can(Action.MANAGE):
-        raise PermissionDenied("Only owners and admins manage DICOM nodes.")
+MANAGE_MESSAGE = "Only owners and admins manage DICOM nodes."
 
 
 def _user(request: Request):  # type: ignore[no-untyped-def]
@@ -60,12 +57,12 @@ class DicomNodeListApi(APIView):
 
     @extend_schema(responses=DicomNodeOutput(many=True))
     def get(self, request: Request, clinic_slug: str) -> Response:
-        _require_manage(request)
+        permissions.action_check(request, Action.MANAGE, message=MANAGE_MESSAGE)
         return Response({"results": DicomNodeOutput(nodes.dicom_node_list(clinic=request.clinic), many=True).data})
 
     @extend_schema(request=InputSerializer, responses={201: DicomNodeOutput})
     def post(self, request: Request, clinic_slug: str) -> Response:
-        _require_manage(request)
+        permissions.action_check(request, Action.MANAGE, message=MANAGE_MESSAGE)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         node = nodes.dicom_node_create(clinic=request.clinic, actor=_user(request), by=Actor.from_request(request._request),
@@ -76,7 +73,7 @@ class DicomNodeListApi(APIView):
 class DicomNodeDetailApi(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, clinic_slug: str, node_uuid: UUID) -> Response:
-        _require_manage(request)
+        permissions.action_check(request, Action.MANAGE, message=MANAGE_MESSAGE)
         node = DicomNode.objects.for_clinic(request.clinic).filter(uuid=node_uuid).first()
         if node is None:
             raise Http404("No such DICOM node.")

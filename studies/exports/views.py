@@ -5,7 +5,6 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -14,19 +13,13 @@ from portal.exceptions import PortalError
 from studies.archive import objects
 from studies.exports import services
 from studies.exports.models import ClinicExport, ExportStatus
+from tenants import permissions
 from tenants.audit import Actor
 from tenants.middleware import ClinicRequest
-from tenants.roles import Role
-
-
-def _require_owner(request: ClinicRequest) -> None:
-    # All the clinic's patient data in the clear: the clinic's owners only, not admins or API tokens.
-    if getattr(request.membership, "role", None) != Role.OWNER or getattr(request, "api_token", None) is not None:
-        raise PermissionDenied
 
 
 def export_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require_owner(request)
+    permissions.owner_check(request)
     jobs = ClinicExport.objects.for_clinic(request.clinic).order_by("-created_at")[:20]
     return render(
         request,
@@ -40,7 +33,7 @@ def export_list(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 
 @require_POST
 def export_request(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require_owner(request)
+    permissions.owner_check(request)
     try:
         job = services.clinic_export_request(
             clinic=request.clinic, requested_by=request.user, base_url=request.build_absolute_uri("/"), by=Actor.from_request(request)
@@ -55,7 +48,7 @@ def export_request(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 
 
 def export_detail(request: ClinicRequest, clinic_slug: str, export_uuid: UUID) -> HttpResponse:
-    _require_owner(request)
+    permissions.owner_check(request)
     job = get_object_or_404(ClinicExport.objects.for_clinic(request.clinic), uuid=export_uuid)
     if request.GET.get("format") == "json":
         return JsonResponse(
@@ -74,7 +67,7 @@ def export_detail(request: ClinicRequest, clinic_slug: str, export_uuid: UUID) -
 
 
 def export_part_download(request: ClinicRequest, clinic_slug: str, export_uuid: UUID, number: int) -> HttpResponse:
-    _require_owner(request)
+    permissions.owner_check(request)
     job = get_object_or_404(ClinicExport.objects.for_clinic(request.clinic), uuid=export_uuid, status=ExportStatus.DONE)
     if not 1 <= number <= len(job.parts):
         raise Http404("No such part.")

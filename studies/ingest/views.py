@@ -11,7 +11,6 @@ from __future__ import annotations
 from http import HTTPStatus
 from uuid import UUID
 
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -20,18 +19,14 @@ from django.views.decorators.http import require_GET, require_POST
 from studies import ingest
 from studies.ingest import uploads
 from studies.models import AnonymizationProject, UploadBatch
+from tenants import permissions
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
 
 
-def _require_upload(request: ClinicRequest) -> None:
-    if not request.membership.can(Action.UPLOAD):
-        raise PermissionDenied
-
-
 @require_GET
 def upload_page(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
-    _require_upload(request)
+    permissions.action_check(request, Action.UPLOAD)
     return render(
         request,
         "studies/upload_page.html",
@@ -51,7 +46,7 @@ def _anonymize_projects(request: ClinicRequest) -> list[object]:
 @require_POST
 def upload_file(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     """Ingest one uploaded file (field ``file``), or stage a ZIP archive for unpacking."""
-    _require_upload(request)
+    permissions.action_check(request, Action.UPLOAD)
     try:
         upload = request.FILES.get("file")
     except OSError:
@@ -82,7 +77,7 @@ def upload_file(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 @require_GET
 def upload_batch(request: ClinicRequest, clinic_slug: str, batch_uuid: UUID) -> HttpResponse:
     """Answer an archive's progress and, member by member, what happened."""
-    _require_upload(request)
+    permissions.action_check(request, Action.UPLOAD)
     batch = UploadBatch.objects.for_clinic(request.clinic).filter(uuid=batch_uuid).first()
     if batch is None:
         raise Http404("No such upload.")

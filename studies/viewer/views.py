@@ -11,7 +11,6 @@ from uuid import UUID
 from csp.decorators import csp_update
 from django.conf import settings
 from django.contrib.staticfiles import finders
-from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
@@ -23,6 +22,7 @@ from django.utils.cache import add_never_cache_headers
 from studies import names
 from studies.models import Instance, Series, Study
 from studies.viewer import ohif
+from tenants import permissions
 from tenants.audit import audit_record
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
@@ -109,8 +109,7 @@ LIGHT_VIEWER_CSP = {"img-src": ["'self'", "blob:"]}
 
 @csp_update(LIGHT_VIEWER_CSP)
 def study_viewer(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> HttpResponse:
-    if not request.membership.can(Action.VIEW):
-        raise PermissionDenied
+    permissions.action_check(request, Action.VIEW)
     study = get_object_or_404(
         Study.objects.for_clinic(request.clinic).filter(deleted_at__isnull=True).select_related("patient"),
         uuid=study_uuid,
@@ -178,8 +177,7 @@ def _no_store(response: HttpResponse) -> HttpResponse:
 @csp_update(ohif.CSP_UPDATE)
 def ohif_clinic(request: ClinicRequest, clinic_slug: str, path: str = "") -> HttpResponse:
     """OHIF for a signed-in reader, on the clinic's DICOMweb with the browser session."""
-    if not request.membership.can(Action.VIEW):
-        raise PermissionDenied
+    permissions.action_check(request, Action.VIEW)
     dicomweb = reverse("dicomweb:studies", kwargs={"clinic_slug": request.clinic.slug})[: -len("/studies")]
     site = ohif.ViewerSite(
         public_url=reverse("viewer:ohif", kwargs={"clinic_slug": request.clinic.slug}),
@@ -211,8 +209,7 @@ def ohif_study_url(*, public_url: str, study: Study) -> str:
 
 def study_ohif(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> HttpResponse:
     """Open one study in the diagnostic viewer (the link of the studies list and the study page)."""
-    if not request.membership.can(Action.VIEW):
-        raise PermissionDenied
+    permissions.action_check(request, Action.VIEW)
     study = get_object_or_404(Study.objects.for_clinic(request.clinic).filter(deleted_at__isnull=True), uuid=study_uuid)
     audit_record(
         clinic=request.clinic,
