@@ -94,6 +94,14 @@ class Orthanc:
                                             stdout=out, stderr=out)
         _wait_until_up(self, self.process)
 
+    def kill(self) -> None:
+        """End it at once: its storage is thrown away, and a graceful stop costs Orthanc over 3 s."""
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+
     def stop(self) -> None:
         if self.process is None:
             return
@@ -167,7 +175,7 @@ def running_orthanc(
     try:
         yield peer
     finally:
-        peer.stop()
+        peer.kill()
 
 
 def _wait_until_up(peer: Orthanc, process: subprocess.Popen[bytes]) -> None:

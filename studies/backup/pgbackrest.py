@@ -87,7 +87,7 @@ def pgbackrest_config() -> str:
     """Return pgbackrest.conf for this deployment (it holds the repository's credentials: keep it 0600)."""
     lines = ["[global]"]
     lines += [f"{name}={value}" for name, value in _repo_options().items()]
-    lines += ["start-fast=y", "archive-async=n", "compress-type=zst", "log-level-console=warn"]
+    lines += ["start-fast=y", "archive-async=n", "compress-type=zst", "repo1-bundle=y", "log-level-console=warn"]
     if settings.DATABASE_BACKUP_LOCK_PATH:
         lines.append(f"lock-path={settings.DATABASE_BACKUP_LOCK_PATH}")
         lines.append(f"log-path={settings.DATABASE_BACKUP_LOCK_PATH}")

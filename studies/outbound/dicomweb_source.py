@@ -27,6 +27,10 @@ from tenants.models import Clinic
 logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = (10, 120)
+# dicomweb-client retries every failed call 5 times over 30 s by default, a source that is down included.
+# A brief hiccup is retried here; a source that stays down is the job's to wait for (SourceUnreachable).
+HTTP_ATTEMPTS = 3
+HTTP_BACKOFF_MS = 250
 PAGE_SIZE = 1000
 # Ask for each instance as the source stores it: a transcoded copy would not be the source's data set.
 AS_STORED = (("application/dicom", "*"),)
@@ -98,6 +102,9 @@ class DicomwebSource:
         self.url = url
         self.client = DICOMwebClient(
             url, session=_session(clinic=clinic, url=url, auth=auth, sealed=sealed), timeout=REQUEST_TIMEOUT
+        )
+        self.client.set_http_retry_params(
+            retry=True, max_attempts=HTTP_ATTEMPTS, wait_exponential_multiplier=HTTP_BACKOFF_MS
         )
 
     def _call(self, what: str, call: Callable[[], T]) -> T:

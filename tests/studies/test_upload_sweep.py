@@ -94,7 +94,7 @@ def test_an_archive_whose_queue_message_was_lost_is_swept_and_unpacked(clinic, t
 def test_unpacking_killed_with_sigkill_is_resumed_by_the_sweep_and_loses_nothing(
     client, clinic, uploader, tmp_path, worker_factory, settings
 ):
-    count = 300
+    count = 120
     archive = make_zip(tmp_path, count)
     client.force_login(uploader)
     with archive.open("rb") as fileobj:
