@@ -16,13 +16,14 @@ import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 import pydicom
 from celery import current_app
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
@@ -326,22 +327,57 @@ def job_start(*, job: AnonymizationJob) -> list[int]:
     """Count the job's instances and mark it running; return the instance ids to process."""
     instance_ids = job_instances(job)
     claimed = AnonymizationJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING, total=len(instance_ids)
+        status=JobStatus.RUNNING, total=len(instance_ids), progress_at=timezone.now()
     )
     if not claimed:
         return []  # a previous delivery started it already
     if not instance_ids:
         job_finish_if_complete(job_id=job.pk)
-    # One message per batch: each batch is stored with one index transaction and one replication message.
-    for start in range(0, len(instance_ids), JOB_BATCH):
-        current_app.tasks[JOB_INSTANCES_TASK].delay(
-            clinic_id=job.clinic_id, job_id=job.pk, instance_ids=instance_ids[start : start + JOB_BATCH]
-        )
+    _batches_queue(job=job, instance_ids=instance_ids)
     return instance_ids
 
 
-# Instances of a job anonymized and ingested together.
-JOB_BATCH = 32
+def _batches_queue(*, job: AnonymizationJob, instance_ids: list[int]) -> None:
+    # One message per batch: each batch is stored with one index transaction and one replication message,
+    # and the worker's processes take the batches in parallel. Batches never share an instance, and each
+    # skips what is already done, so a batch queued twice (by the sweep) stores nothing twice.
+    size = settings.ANONYMIZATION_JOB_BATCH
+    for start in range(0, len(instance_ids), size):
+        current_app.tasks[JOB_INSTANCES_TASK].delay(
+            clinic_id=job.clinic_id, job_id=job.pk, instance_ids=instance_ids[start : start + size]
+        )
+
+
+def job_sweep(*, now: datetime | None = None) -> int:
+    """Re-queue what is left of jobs that stopped moving (a killed worker, a lost message); return how many.
+
+    A running job with no batch finished for ANONYMIZATION_JOB_STALE_SECONDS gets its unfinished instances
+    queued again; a job still queued that long gets its start queued again. Runs across clinics (a
+    maintenance task); each message is scoped to its job's clinic.
+    """
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.ANONYMIZATION_JOB_STALE_SECONDS)
+    swept = 0
+    # Cross-clinic on purpose: the sweep looks after every clinic's jobs.
+    for job in AnonymizationJob.objects.filter(status=JobStatus.QUEUED, created_at__lt=stale, progress_at=None):
+        # Claimed, so that two sweeps at once queue it once; job_start ignores a job already running.
+        if AnonymizationJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED, progress_at=None).update(progress_at=now):
+            current_app.tasks[JOB_START_TASK].delay(clinic_id=job.clinic_id, job_id=job.pk)
+            swept += 1
+    for job in AnonymizationJob.objects.filter(Q(progress_at__lt=stale) | Q(progress_at=None), status=JobStatus.RUNNING):
+        if not AnonymizationJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING,
+                                               progress_at=job.progress_at).update(progress_at=now):
+            continue
+        finished = set(job.items.values_list("instance_id", flat=True))
+        left = [pk for pk in job_instances(job) if pk not in finished]
+        if left:
+            logger.warning("Anonymization job %s had not moved since %s: %d instances queued again",
+                           job.uuid, job.progress_at, len(left))
+            _batches_queue(job=job, instance_ids=left)
+        else:
+            job_finish_if_complete(job_id=job.pk)
+        swept += 1
+    return swept
 
 
 def job_instances_process(*, job: AnonymizationJob, instances: list[Instance]) -> None:
@@ -483,7 +519,8 @@ def job_finish_if_complete(*, job_id: int) -> None:
     failures = list(job.items.filter(outcome=AnonymizationJobItem.Outcome.FAILED).values_list("instance_id", "reason")[:100])
     uuids = dict(Instance.objects.filter(pk__in=[pk for pk, _ in failures]).values_list("pk", "uuid"))
     job.errors = [{"instance": str(uuids.get(pk, "")), "reason": reason} for pk, reason in failures]
-    fields = ["done", "failed", "needs_review", "errors"]
+    job.progress_at = timezone.now()
+    fields = ["done", "failed", "needs_review", "errors", "progress_at"]
     finished = job.status == JobStatus.RUNNING and job.done + job.failed >= job.total
     if finished:
         job.status = JobStatus.DONE if job.done or not job.total else JobStatus.FAILED

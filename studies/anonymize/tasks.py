@@ -38,6 +38,12 @@ def anonymization_instances(self, clinic_id: int, job_id: int, instance_ids: lis
         raise self.retry(exc=exc, countdown=min(600, 10 * 2**self.request.retries)) from exc
 
 
+@shared_task(name="studies.anonymize.tasks.anonymization_sweep", acks_late=True)
+def anonymization_sweep() -> int:
+    """Re-queue what is left of anonymization jobs whose worker stopped (killed, or a message lost)."""
+    return services.job_sweep()
+
+
 # Kept for messages queued before batching (one instance each).
 @shared_task(name="studies.tasks.anonymization_instance", acks_late=True, bind=True, max_retries=5)
 def anonymization_instance(self, clinic_id: int, job_id: int, instance_id: int) -> None:
