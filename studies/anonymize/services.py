@@ -6,7 +6,6 @@ alone does not re-identify anyone; owners and admins can, through ``reidentify``
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -18,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from celery import current_app
@@ -219,9 +218,19 @@ class AnonymizeBatch:
     secret: bytes = b""
     pseudonyms: dict[tuple[str, str, str], PatientPseudonym] = field(default_factory=dict)
     mapped: dict[str, str] = field(default_factory=dict)
+    # Every file of a study repeats its study, series and frame of reference UIDs: derived once per batch.
+    derived: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.secret = _project_secret(self.project)
+
+    def uid_for(self, uid: str) -> str:
+        """The project's replacement for ``uid``, to be recorded by ``uid_mappings_record``."""
+        new = self.derived.get(uid)
+        if new is None:
+            new = self.derived[uid] = uid_derive(self.secret, uid)
+        self.mapped[uid] = new
+        return new
 
     def pseudonym(self, identity: dict[str, str]) -> PatientPseudonym:
         key = (identity.get("patient_id", ""), identity.get("issuer", ""), identity.get("patient_name", ""))
@@ -236,10 +245,11 @@ class AnonymizeBatch:
 
 
 def file_anonymize(
-    *, project: AnonymizationProject, source_path: str, dest_path: str, options: list[str] | None = None,
+    *, project: AnonymizationProject, source_path: str | BinaryIO, dest_path: str, options: list[str] | None = None,
     batch: AnonymizeBatch | None = None,
 ) -> FileAnonymized:
-    """De-identify one DICOM file into ``dest_path`` under the project's mapping.
+    """De-identify one DICOM file (a path, or a seekable file object) into ``dest_path`` under the project's
+    mapping.
 
     Raises InvalidDicom for a file pydicom cannot read; the source is never modified. With ``batch``, the
     UID mappings are left in it for the caller to record (``batch.uid_mappings_record()``) before the
@@ -249,7 +259,6 @@ def file_anonymize(
 
     own_batch = batch is None
     batch = batch or AnonymizeBatch(project)
-    secret = batch.secret
     try:
         ds = pydicom.dcmread(source_path, force=True)
         identity = {
@@ -260,16 +269,9 @@ def file_anonymize(
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
         raise InvalidDicom(f"The file could not be read as DICOM: {type(exc).__name__}.") from exc
     pseudonym = batch.pseudonym(identity)
-    mapped = batch.mapped
-
-    def uid_for(uid: str) -> str:
-        new = uid_derive(secret, uid)
-        mapped[uid] = new
-        return new
-
     ctx = DeidentifyContext(
         options=frozenset(options if options is not None else project.options),
-        uid_for=uid_for,
+        uid_for=batch.uid_for,
         pseudonym=pseudonym.pseudonym,
         date_shift=timedelta(days=pseudonym.date_shift_days),
         pixel_rectangles=_rectangles_for(project, ds),
@@ -380,6 +382,10 @@ def job_sweep(*, now: datetime | None = None) -> int:
     return swept
 
 
+# A job's source objects up to this size are decrypted into memory rather than a temporary file.
+SOURCE_IN_MEMORY_BYTES = 64 * 1024 * 1024
+
+
 def job_instances_process(*, job: AnonymizationJob, instances: list[Instance]) -> None:
     """Anonymize a batch of stored instances and ingest the results as one batch.
 
@@ -396,21 +402,17 @@ def job_instances_process(*, job: AnonymizationJob, instances: list[Instance]) -
         batch = AnonymizeBatch(job.project)
         ready: list[tuple[Instance, str, FileAnonymized]] = []
         for instance in todo:
-            source_path = os.path.join(workdir, f"{instance.pk}.src")
             dest_path = os.path.join(workdir, f"{instance.pk}.dcm")
             try:
-                with objects.object_open(clinic=job.clinic, key=instance.object_key) as stream, \
-                        open(source_path, "wb") as out:
-                    shutil.copyfileobj(stream, out, 1024 * 1024)
-                anonymized = file_anonymize(project=job.project, source_path=source_path, dest_path=dest_path,
-                                            options=job.options, batch=batch)
+                # Decrypted into memory (a large object spills to disk), read by pydicom from there.
+                with objects.object_open_seekable(clinic=job.clinic, key=instance.object_key,
+                                                  max_memory=SOURCE_IN_MEMORY_BYTES) as source:
+                    anonymized = file_anonymize(project=job.project, source_path=source, dest_path=dest_path,
+                                                options=job.options, batch=batch)
             except PortalError as exc:
                 items.append(_item(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.FAILED,
                                    reason=exc.message))
                 continue
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(source_path)
             ready.append((instance, dest_path, anonymized))
         # Before anything is stored, so every stored UID can be traced back (reidentify).
         batch.uid_mappings_record()
