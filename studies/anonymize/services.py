@@ -406,8 +406,8 @@ def job_instances_process(*, job: AnonymizationJob, instances: list[Instance]) -
             try:
                 # Decrypted into memory (a large object spills to disk), read by pydicom from there.
                 with objects.object_open_seekable(clinic=job.clinic, key=instance.object_key,
-                                                  max_memory=SOURCE_IN_MEMORY_BYTES) as source:
-                    anonymized = file_anonymize(project=job.project, source_path=source, dest_path=dest_path,
+                                                  max_memory=SOURCE_IN_MEMORY_BYTES) as plain:
+                    anonymized = file_anonymize(project=job.project, source_path=plain, dest_path=dest_path,
                                                 options=job.options, batch=batch)
             except PortalError as exc:
                 items.append(_item(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.FAILED,

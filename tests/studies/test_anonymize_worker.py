@@ -48,6 +48,7 @@ def _assert_every_instance_stored_once(clinic, source: Study, job: Anonymization
     assert (job.status, job.done, job.failed, job.total) == (JobStatus.DONE, count, 0, count)
     assert AnonymizationJobItem.objects.filter(job=job).count() == count
     result = Study.objects.for_clinic(clinic).exclude(pk=source.pk).get()
+    assert services.job_result_studies(job=job) == [result]
     instances = Instance.objects.for_clinic(clinic).filter(series__study=result)
     assert instances.count() == count
     assert len(set(instances.values_list("sop_instance_uid", flat=True))) == count
