@@ -29,8 +29,10 @@ def anonymization_instances(self, clinic_id: int, job_id: int, instance_ids: lis
     job = AnonymizationJob.objects.for_clinic(clinic_id).select_related("project", "clinic").filter(pk=job_id).first()
     if job is None:
         return
+    # The stored DICOM JSON header is of no use here: not read, not decoded.
     instances = list(
-        Instance.objects.for_clinic(clinic_id).select_related("series__study").filter(pk__in=instance_ids)
+        Instance.objects.for_clinic(clinic_id).select_related("series__study").defer("metadata")
+        .filter(pk__in=instance_ids)
     )
     try:
         services.job_instances_process(job=job, instances=instances)
