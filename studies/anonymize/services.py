@@ -360,15 +360,20 @@ def job_sweep(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     stale = now - timedelta(seconds=settings.ANONYMIZATION_JOB_STALE_SECONDS)
     swept = 0
-    # Cross-clinic on purpose: the sweep looks after every clinic's jobs.
-    for job in AnonymizationJob.objects.filter(status=JobStatus.QUEUED, created_at__lt=stale, progress_at=None):
-        # Claimed, so that two sweeps at once queue it once; job_start ignores a job already running.
-        if AnonymizationJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED, progress_at=None).update(progress_at=now):
-            current_app.tasks[JOB_START_TASK].delay(clinic_id=job.clinic_id, job_id=job.pk)
-            swept += 1
-    for job in AnonymizationJob.objects.filter(Q(progress_at__lt=stale) | Q(progress_at=None), status=JobStatus.RUNNING):
-        if not AnonymizationJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING,
+    # Cross-clinic on purpose: the sweep looks after every clinic's jobs. A job never swept nor moved is
+    # judged by its age.
+    lost = AnonymizationJob.objects.filter(
+        Q(progress_at__lt=stale) | Q(progress_at=None, created_at__lt=stale),
+        status__in=[JobStatus.QUEUED, JobStatus.RUNNING],
+    )
+    for job in lost:
+        # Claimed, so that two sweeps at once queue it once; if it stays lost, a later sweep claims it again.
+        if not AnonymizationJob.objects.filter(pk=job.pk, status=job.status,
                                                progress_at=job.progress_at).update(progress_at=now):
+            continue
+        swept += 1
+        if job.status == JobStatus.QUEUED:
+            current_app.tasks[JOB_START_TASK].delay(clinic_id=job.clinic_id, job_id=job.pk)
             continue
         finished = set(job.items.values_list("instance_id", flat=True))
         left = [pk for pk in job_instances(job) if pk not in finished]
@@ -378,7 +383,6 @@ def job_sweep(*, now: datetime | None = None) -> int:
             _batches_queue(job=job, instance_ids=left)
         else:
             job_finish_if_complete(job_id=job.pk)
-        swept += 1
     return swept
 
 
