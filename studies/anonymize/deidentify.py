@@ -94,7 +94,7 @@ class DeidentifyReport:
         return self.burned_in_suspected and not self.pixels_cleaned
 
 
-def _resolve(action: str, vr: str) -> str:
+def _resolve(action: str) -> str:
     if action in {"Z/D", "X/D", "X/Z/D"}:
         return "D"
     if action == "X/Z":
@@ -240,10 +240,12 @@ class _Walker:
                     if elem.VR == "SQ":
                         self._walk_items(elem.value)
                 continue
-            elem = ds[tag]
-            action = _resolve(self._action(tag, rule), elem.VR)
+            action = self._action(tag, rule)
             self.report.actions[action] += 1
-            self._apply(ds, elem, action)
+            if action == "X":
+                del ds[tag]
+            elif not (action == "K" and _plain_raw(ds.get_item(tag))):
+                self._apply(ds, ds[tag], action)
         self._drop_unused_creators(ds, private_creators_used)
 
     def _apply(self, ds: Dataset, elem: DataElement, action: str) -> None:
@@ -286,7 +288,7 @@ class _Walker:
     def _action(self, tag: int, rule: Rule) -> str:
         action = self.actions.get(tag)
         if action is None:
-            action = self.actions[tag] = rule.action(self.ctx.options)
+            action = self.actions[tag] = _resolve(rule.action(self.ctx.options))
         return action
 
     @staticmethod
