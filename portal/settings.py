@@ -544,3 +544,9 @@ CELERY_IMPORTS = [*globals().get("CELERY_IMPORTS", []), "studies.outbound.tasks"
 # A send or migration whose worker has not reported for this long is taken to be dead and re-queued.
 OUTBOUND_JOB_STALE_SECONDS = env_int("OUTBOUND_JOB_STALE_SECONDS", 180)
 CELERY_BEAT_SCHEDULE["outbound-sweep"] = {"task": "outbound.outbound_sweep", "schedule": 60.0}
+
+# Anonymization jobs: instances per batch message (a worker's processes take batches in parallel), and how
+# long a running job may go without a finished batch before the sweep re-queues what is left of it.
+ANONYMIZATION_JOB_BATCH = env_int("ANONYMIZATION_JOB_BATCH", 32)
+ANONYMIZATION_JOB_STALE_SECONDS = env_int("ANONYMIZATION_JOB_STALE_SECONDS", 300)
+CELERY_BEAT_SCHEDULE["anonymization-sweep"] = {"task": "studies.anonymize.tasks.anonymization_sweep", "schedule": 60.0}

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from studies.anonymize.profile import OPTION_CODES, Option, Profile, load_profile, load_safe_private
+from studies.anonymize.profile import OPTION_CODES, Option, Profile, Rule, load_profile, load_safe_private
 
 STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 BYTES_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
@@ -94,7 +94,7 @@ class DeidentifyReport:
         return self.burned_in_suspected and not self.pixels_cleaned
 
 
-def _resolve(action: str, vr: str) -> str:
+def _resolve(action: str) -> str:
     if action in {"Z/D", "X/D", "X/Z/D"}:
         return "D"
     if action == "X/Z":
@@ -109,6 +109,21 @@ def _dictionary_vr(tag: int) -> str:
         return dictionary_VR(tag)
     except KeyError:
         return ""
+
+
+# VRs whose raw bytes never hold a sequence's items: an element of such a VR that the profile keeps needs
+# no decoding. Without a VR (implicit VR files), or as UN, it might be a sequence, so it is decoded.
+_LEAF_VRS = (STRING_VRS | BYTES_VRS | NUMBER_VRS) - {"UN"}
+
+
+def _plain_raw(elem: DataElement | RawDataElement) -> bool:
+    """Whether ``elem`` is still undecoded, surely not a sequence, and of a length pydicom writes as it is."""
+    return (
+        isinstance(elem, RawDataElement)
+        and elem.VR in _LEAF_VRS
+        and elem.length != 0xFFFFFFFF
+        and elem.length % 2 == 0
+    )
 
 
 def _fit(vr: str, text: str) -> str:
@@ -138,6 +153,7 @@ class _Walker:
         self.profile = profile
         self.safe_private = load_safe_private() if Option.RETAIN_SAFE_PRIVATE in ctx.options else frozenset()
         self.report = DeidentifyReport()
+        self.actions: dict[int, str] = {}  # each tag's action under the options, resolved once per dataset
         pattern = "|".join(re.escape(token) for token in sorted(identifying, key=len, reverse=True))
         self.scrub_pattern = re.compile(pattern, re.IGNORECASE) if pattern else None
 
@@ -207,24 +223,29 @@ class _Walker:
     # -- structure ----------------------------------------------------------------------------------
     def walk(self, ds: Dataset) -> None:
         private_creators_used: set[int] = set()
-        for elem in list(ds):
-            tag = int(elem.tag)
+        for tag in sorted(ds.keys()):
             group, element = tag >> 16, tag & 0xFFFF
             if element == 0 and group != 0x0002:
                 # Group lengths would be wrong after the changes below.
                 del ds[tag]
                 continue
             if group & 1:
-                self._private(ds, elem, private_creators_used)
+                self._private(ds, ds[tag], private_creators_used)
                 continue
             rule = self.profile.rule_for(tag)
             if rule is None:
-                if elem.VR == "SQ":
-                    self._walk_items(elem.value)
+                # Kept: left as read (written back byte for byte) unless it may hold items to walk.
+                if not _plain_raw(ds.get_item(tag)):
+                    elem = ds[tag]
+                    if elem.VR == "SQ":
+                        self._walk_items(elem.value)
                 continue
-            action = _resolve(rule.action(self.ctx.options), elem.VR)
+            action = self._action(tag, rule)
             self.report.actions[action] += 1
-            self._apply(ds, elem, action)
+            if action == "X":
+                del ds[tag]
+            elif not (action == "K" and _plain_raw(ds.get_item(tag))):
+                self._apply(ds, ds[tag], action)
         self._drop_unused_creators(ds, private_creators_used)
 
     def _apply(self, ds: Dataset, elem: DataElement, action: str) -> None:
@@ -264,10 +285,15 @@ class _Walker:
         self.report.private_removed += 1
         del ds[tag]
 
+    def _action(self, tag: int, rule: Rule) -> str:
+        action = self.actions.get(tag)
+        if action is None:
+            action = self.actions[tag] = _resolve(rule.action(self.ctx.options))
+        return action
+
     @staticmethod
     def _drop_unused_creators(ds: Dataset, creators_used: set[int]) -> None:
-        for elem in list(ds):
-            tag = int(elem.tag)
+        for tag in list(ds.keys()):
             if (tag >> 16) & 1 and 0x0010 <= (tag & 0xFFFF) <= 0x00FF and tag not in creators_used:
                 del ds[tag]
 

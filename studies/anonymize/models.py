@@ -94,6 +94,9 @@ class AnonymizationJob(models.Model):
     requested_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When a batch of the running job last finished (or it started): the sweep re-queues what is left of a
+    # job that has not moved for ANONYMIZATION_JOB_STALE_SECONDS (its worker was killed, a message lost).
+    progress_at = models.DateTimeField(null=True, blank=True)
 
     objects = ClinicQuerySet.as_manager()
 

@@ -6,7 +6,6 @@ alone does not re-identify anyone; owners and admins can, through ``reidentify``
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -16,13 +15,14 @@ import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from celery import current_app
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
@@ -218,9 +218,19 @@ class AnonymizeBatch:
     secret: bytes = b""
     pseudonyms: dict[tuple[str, str, str], PatientPseudonym] = field(default_factory=dict)
     mapped: dict[str, str] = field(default_factory=dict)
+    # Every file of a study repeats its study, series and frame of reference UIDs: derived once per batch.
+    derived: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.secret = _project_secret(self.project)
+
+    def uid_for(self, uid: str) -> str:
+        """The project's replacement for ``uid``, to be recorded by ``uid_mappings_record``."""
+        new = self.derived.get(uid)
+        if new is None:
+            new = self.derived[uid] = uid_derive(self.secret, uid)
+        self.mapped[uid] = new
+        return new
 
     def pseudonym(self, identity: dict[str, str]) -> PatientPseudonym:
         key = (identity.get("patient_id", ""), identity.get("issuer", ""), identity.get("patient_name", ""))
@@ -235,10 +245,11 @@ class AnonymizeBatch:
 
 
 def file_anonymize(
-    *, project: AnonymizationProject, source_path: str, dest_path: str, options: list[str] | None = None,
+    *, project: AnonymizationProject, source_path: str | BinaryIO, dest_path: str, options: list[str] | None = None,
     batch: AnonymizeBatch | None = None,
 ) -> FileAnonymized:
-    """De-identify one DICOM file into ``dest_path`` under the project's mapping.
+    """De-identify one DICOM file (a path, or a seekable file object) into ``dest_path`` under the project's
+    mapping.
 
     Raises InvalidDicom for a file pydicom cannot read; the source is never modified. With ``batch``, the
     UID mappings are left in it for the caller to record (``batch.uid_mappings_record()``) before the
@@ -248,7 +259,6 @@ def file_anonymize(
 
     own_batch = batch is None
     batch = batch or AnonymizeBatch(project)
-    secret = batch.secret
     try:
         ds = pydicom.dcmread(source_path, force=True)
         identity = {
@@ -259,16 +269,9 @@ def file_anonymize(
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken files
         raise InvalidDicom(f"The file could not be read as DICOM: {type(exc).__name__}.") from exc
     pseudonym = batch.pseudonym(identity)
-    mapped = batch.mapped
-
-    def uid_for(uid: str) -> str:
-        new = uid_derive(secret, uid)
-        mapped[uid] = new
-        return new
-
     ctx = DeidentifyContext(
         options=frozenset(options if options is not None else project.options),
-        uid_for=uid_for,
+        uid_for=batch.uid_for,
         pseudonym=pseudonym.pseudonym,
         date_shift=timedelta(days=pseudonym.date_shift_days),
         pixel_rectangles=_rectangles_for(project, ds),
@@ -326,22 +329,65 @@ def job_start(*, job: AnonymizationJob) -> list[int]:
     """Count the job's instances and mark it running; return the instance ids to process."""
     instance_ids = job_instances(job)
     claimed = AnonymizationJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING, total=len(instance_ids)
+        status=JobStatus.RUNNING, total=len(instance_ids), progress_at=timezone.now()
     )
     if not claimed:
         return []  # a previous delivery started it already
     if not instance_ids:
         job_finish_if_complete(job_id=job.pk)
-    # One message per batch: each batch is stored with one index transaction and one replication message.
-    for start in range(0, len(instance_ids), JOB_BATCH):
-        current_app.tasks[JOB_INSTANCES_TASK].delay(
-            clinic_id=job.clinic_id, job_id=job.pk, instance_ids=instance_ids[start : start + JOB_BATCH]
-        )
+    _batches_queue(job=job, instance_ids=instance_ids)
     return instance_ids
 
 
-# Instances of a job anonymized and ingested together.
-JOB_BATCH = 32
+def _batches_queue(*, job: AnonymizationJob, instance_ids: list[int]) -> None:
+    # One message per batch: each batch is stored with one index transaction and one replication message,
+    # and the worker's processes take the batches in parallel. Batches never share an instance, and each
+    # skips what is already done, so a batch queued twice (by the sweep) stores nothing twice.
+    size = settings.ANONYMIZATION_JOB_BATCH
+    for start in range(0, len(instance_ids), size):
+        current_app.tasks[JOB_INSTANCES_TASK].delay(
+            clinic_id=job.clinic_id, job_id=job.pk, instance_ids=instance_ids[start : start + size]
+        )
+
+
+def job_sweep(*, now: datetime | None = None) -> int:
+    """Re-queue what is left of jobs that stopped moving (a killed worker, a lost message); return how many.
+
+    A running job with no batch finished for ANONYMIZATION_JOB_STALE_SECONDS gets its unfinished instances
+    queued again; a job still queued that long gets its start queued again. Runs across clinics (a
+    maintenance task); each message is scoped to its job's clinic.
+    """
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.ANONYMIZATION_JOB_STALE_SECONDS)
+    swept = 0
+    # Cross-clinic on purpose: the sweep looks after every clinic's jobs. A job never swept nor moved is
+    # judged by its age.
+    lost = AnonymizationJob.objects.filter(
+        Q(progress_at__lt=stale) | Q(progress_at=None, created_at__lt=stale),
+        status__in=[JobStatus.QUEUED, JobStatus.RUNNING],
+    )
+    for job in lost:
+        # Claimed, so that two sweeps at once queue it once; if it stays lost, a later sweep claims it again.
+        if not AnonymizationJob.objects.filter(pk=job.pk, status=job.status,
+                                               progress_at=job.progress_at).update(progress_at=now):
+            continue
+        swept += 1
+        if job.status == JobStatus.QUEUED:
+            current_app.tasks[JOB_START_TASK].delay(clinic_id=job.clinic_id, job_id=job.pk)
+            continue
+        finished = set(job.items.values_list("instance_id", flat=True))
+        left = [pk for pk in job_instances(job) if pk not in finished]
+        if left:
+            logger.warning("Anonymization job %s had not moved since %s: %d instances queued again",
+                           job.uuid, job.progress_at, len(left))
+            _batches_queue(job=job, instance_ids=left)
+        else:
+            job_finish_if_complete(job_id=job.pk)
+    return swept
+
+
+# A job's source objects up to this size are decrypted into memory rather than a temporary file.
+SOURCE_IN_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 def job_instances_process(*, job: AnonymizationJob, instances: list[Instance]) -> None:
@@ -360,21 +406,17 @@ def job_instances_process(*, job: AnonymizationJob, instances: list[Instance]) -
         batch = AnonymizeBatch(job.project)
         ready: list[tuple[Instance, str, FileAnonymized]] = []
         for instance in todo:
-            source_path = os.path.join(workdir, f"{instance.pk}.src")
             dest_path = os.path.join(workdir, f"{instance.pk}.dcm")
             try:
-                with objects.object_open(clinic=job.clinic, key=instance.object_key) as stream, \
-                        open(source_path, "wb") as out:
-                    shutil.copyfileobj(stream, out, 1024 * 1024)
-                anonymized = file_anonymize(project=job.project, source_path=source_path, dest_path=dest_path,
-                                            options=job.options, batch=batch)
+                # Decrypted into memory (a large object spills to disk), read by pydicom from there.
+                with objects.object_open_seekable(clinic=job.clinic, key=instance.object_key,
+                                                  max_memory=SOURCE_IN_MEMORY_BYTES) as plain:
+                    anonymized = file_anonymize(project=job.project, source_path=plain, dest_path=dest_path,
+                                                options=job.options, batch=batch)
             except PortalError as exc:
                 items.append(_item(job=job, instance=instance, outcome=AnonymizationJobItem.Outcome.FAILED,
                                    reason=exc.message))
                 continue
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(source_path)
             ready.append((instance, dest_path, anonymized))
         # Before anything is stored, so every stored UID can be traced back (reidentify).
         batch.uid_mappings_record()
@@ -483,7 +525,8 @@ def job_finish_if_complete(*, job_id: int) -> None:
     failures = list(job.items.filter(outcome=AnonymizationJobItem.Outcome.FAILED).values_list("instance_id", "reason")[:100])
     uuids = dict(Instance.objects.filter(pk__in=[pk for pk, _ in failures]).values_list("pk", "uuid"))
     job.errors = [{"instance": str(uuids.get(pk, "")), "reason": reason} for pk, reason in failures]
-    fields = ["done", "failed", "needs_review", "errors"]
+    job.progress_at = timezone.now()
+    fields = ["done", "failed", "needs_review", "errors", "progress_at"]
     finished = job.status == JobStatus.RUNNING and job.done + job.failed >= job.total
     if finished:
         job.status = JobStatus.DONE if job.done or not job.total else JobStatus.FAILED

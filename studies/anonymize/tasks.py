@@ -29,13 +29,21 @@ def anonymization_instances(self, clinic_id: int, job_id: int, instance_ids: lis
     job = AnonymizationJob.objects.for_clinic(clinic_id).select_related("project", "clinic").filter(pk=job_id).first()
     if job is None:
         return
+    # The stored DICOM JSON header is of no use here: not read, not decoded.
     instances = list(
-        Instance.objects.for_clinic(clinic_id).select_related("series__study").filter(pk__in=instance_ids)
+        Instance.objects.for_clinic(clinic_id).select_related("series__study").defer("metadata")
+        .filter(pk__in=instance_ids)
     )
     try:
         services.job_instances_process(job=job, instances=instances)
     except StorageUnavailable as exc:
         raise self.retry(exc=exc, countdown=min(600, 10 * 2**self.request.retries)) from exc
+
+
+@shared_task(name="studies.anonymize.tasks.anonymization_sweep", acks_late=True)
+def anonymization_sweep() -> int:
+    """Re-queue what is left of anonymization jobs whose worker stopped (killed, or a message lost)."""
+    return services.job_sweep()
 
 
 # Kept for messages queued before batching (one instance each).

@@ -186,3 +186,19 @@ def test_outsider_gets_404_and_no_job(client, clinic, outsider, ct_study):
 
     assert (api.status_code, page.status_code) == (HTTPStatus.NOT_FOUND, HTTPStatus.NOT_FOUND)
     assert not AnonymizationJob.objects.exists()
+
+
+def test_a_source_too_large_for_memory_is_anonymized_from_disk_alike(clinic, tmp_path, monkeypatch):
+    source = stored(clinic, "CT_small.dcm", tmp_path)
+    monkeypatch.setattr(services, "SOURCE_IN_MEMORY_BYTES", 1024)  # the sample spills to a temporary file
+    project = services.project_create(clinic=clinic, name="Large", pseudonym_prefix="LARGE")
+
+    job = services.job_create(clinic=clinic, project=project, studies=[source.series.study])
+    tasks.anonymization_job_start(clinic_id=clinic.pk, job_id=job.pk)
+    tasks.anonymization_instances(clinic_id=clinic.pk, job_id=job.pk, instance_ids=services.job_instances(job))
+
+    job.refresh_from_db()
+    assert (job.status, job.done, job.failed) == (JobStatus.DONE, 1, 0)
+    result = read_object(clinic, Instance.objects.get(series__study__anonymization__project=project))
+    assert str(result.PatientName) == "LARGE-0001"
+    assert result.PixelData == read_object(clinic, source).PixelData
