@@ -424,6 +424,23 @@ def patients_narrow(queryset: QuerySet[Any], *, clinic: Clinic | int, patient_q:
     return queryset.filter(**{f"{path}id__in": patients.values("id")})
 
 
+def rows_narrow(queryset: QuerySet[Any], q: Q) -> QuerySet[Any]:
+    """Narrow a sorted, paged search to the rows matching ``q`` (a name), deciding by their number (one query).
+
+    The planner guesses how many rows a name pattern matches from coarse statistics. Guessing many when
+    there are few, it walks the date order filtering each row for a page that never fills, reading the
+    whole clinic ('Smith, Mary' matched nothing: 160,000 buffers, 430 ms at 100,000 studies). Taking up
+    to ``PATIENT_IDS_MAX`` + 1 matching ids first, in no order (through the name indexes), settles it: few
+    matches are fetched by id and sorted, and for many the date walk finds a page after a few rows each.
+    """
+    if not q:
+        return queryset
+    ids = list(queryset.filter(q).order_by().values_list("id", flat=True)[: PATIENT_IDS_MAX + 1])
+    if len(ids) <= PATIENT_IDS_MAX:
+        return queryset.filter(id__in=ids)
+    return queryset.filter(q)
+
+
 # Time budget -----------------------------------------------------------------------------------------
 
 
