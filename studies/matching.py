@@ -35,6 +35,7 @@ from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import CharField, F, Func, Lookup, Q, QuerySet, TextField, Value
+from django.db.models.expressions import Col
 from django.db.models.functions import Upper
 from django.db.models.sql.compiler import SQLCompiler
 
@@ -62,6 +63,10 @@ class SearchTooSlow(PortalError):
     code = "search_too_slow"
 
 
+# SQLite's trigram full-text indexes (migration 0024), by the (table, column) whose UPPER(...) they serve.
+SQLITE_TRIGRAM_INDEXES = {("studies_study", "patient_name"): "study_name_fts"}
+
+
 class DicomLike(Lookup):
     """``column LIKE pattern`` with backslash escapes (the pattern comes from ``like_pattern``)."""
 
@@ -70,9 +75,55 @@ class DicomLike(Lookup):
     def as_sql(self, compiler: SQLCompiler, conn: BaseDatabaseWrapper) -> tuple[str, tuple[str | int, ...]]:
         lhs, lhs_params = self.process_lhs(compiler, conn)
         rhs, rhs_params = self.process_rhs(compiler, conn)
+        if conn.vendor != "sqlite":
+            return f"{lhs} LIKE {rhs}", (*lhs_params, *rhs_params)
         # PostgreSQL's LIKE escapes with a backslash by default; SQLite needs to be told.
-        escape = " ESCAPE '\\'" if conn.vendor == "sqlite" else ""
-        return f"{lhs} LIKE {rhs}{escape}", (*lhs_params, *rhs_params)
+        sql, params = f"{lhs} LIKE {rhs} ESCAPE '\\'", (*lhs_params, *rhs_params)
+        candidates = self._trigram_candidates(conn)
+        if candidates is None:
+            return sql, params
+        return f"({sql} AND {candidates[0]})", (*params, candidates[1])
+
+    def _trigram_candidates(self, conn: BaseDatabaseWrapper) -> tuple[str, str] | None:
+        """On SQLite, the rows whose value holds the pattern's literal runs, from a trigram index.
+
+        Only for a pattern that starts with a wildcard (a literal prefix has its B-tree range) over a
+        column with such an index, and only with a run of three characters or more (a trigram).
+        """
+        column = getattr(self.lhs, "lhs", None)
+        pattern = self.rhs
+        if not isinstance(self.lhs, Upper) or not isinstance(column, Col) or not isinstance(pattern, str):
+            return None
+        model = column.target.model
+        index = SQLITE_TRIGRAM_INDEXES.get((model._meta.db_table, column.target.column))
+        if index is None or not pattern.startswith(("%", "_")):
+            return None
+        runs = [run for run in _like_literal_runs(pattern) if len(run) >= 3]
+        if not runs:
+            return None
+        # Each run as an FTS5 string (double quotes doubled): rows holding all of them, in any case.
+        match = " ".join('"' + run.replace('"', '""') + '"' for run in runs)
+        quote = conn.ops.quote_name
+        rowid = f"{quote(column.alias)}.{quote(model._meta.pk.column)}"
+        return f"{rowid} IN (SELECT rowid FROM {index} WHERE {index} MATCH %s)", match
+
+
+def _like_literal_runs(pattern: str) -> list[str]:
+    """The runs of literal characters of a LIKE pattern (backslash escapes, ``%`` and ``_`` split)."""
+    runs, current, escaped = [], [], False
+    for char in pattern:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in "%_":
+            runs.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    runs.append("".join(current))
+    return [run for run in runs if run]
 
 
 for _field in (CharField, TextField):

@@ -30,12 +30,11 @@ POSTGRESQL_STATISTICS = {
     "study_given_name_stats": "(UPPER(SPLIT_PART(patient_name, '^', 2))) FROM studies_study",
 }
 # SQLite compares a prefix as a range of UPPER(...) (studies.matching._prefix_range_q), which these serve.
+# Not partial: the page's word search ORs the family and the given name, and SQLite checks a partial
+# index's condition against each OR branch alone, where deleted_at IS NULL is not (it read every study).
 SQLITE = {
-    "study_name_upper_sqlite": "studies_study (clinic_id, UPPER(patient_name)) WHERE deleted_at IS NULL",
-    "study_given_name_sqlite": (
-        "studies_study (clinic_id, UPPER(SUBSTR(patient_name, INSTR(patient_name, '^') + 1))) "
-        "WHERE deleted_at IS NULL"
-    ),
+    "study_name_upper_sqlite": "studies_study (clinic_id, UPPER(patient_name))",
+    "study_given_name_sqlite": "studies_study (clinic_id, UPPER(SUBSTR(patient_name, INSTR(patient_name, '^') + 1)))",
     "study_name_sort_sqlite": "studies_study (clinic_id, UPPER(REPLACE(patient_name, '^', ' '))) WHERE deleted_at IS NULL",
 }
 

@@ -13,6 +13,7 @@ import pytest
 from django.db import connection
 from pydicom.uid import generate_uid
 
+from studies import matching
 from studies.browse import selectors
 from studies.models import Study
 from tests.dicom_files import write_instance
@@ -35,13 +36,20 @@ def test_ingest_copies_the_patients_name_onto_each_new_study(clinic, tmp_path):
     assert {(s.patient_name, s.patient.patient_name) for s in studies} == {("ROE^ANNA", "ROE^ANNA")}
 
 
+class _Editor:
+    """What the backfill uses of a schema editor (SQLite refuses one inside the test's transaction)."""
+
+    def execute(self, sql: str) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+
+
 def test_the_migration_fills_the_copy_for_studies_indexed_before_it(clinic):
     study = make_study(clinic=clinic, patient_name="OLD^INDEX")
     Study.objects.filter(pk=study.pk).update(patient_name="")
     migration = import_module("studies.migrations.0023_study_patient_name")
 
-    with connection.schema_editor() as editor:
-        migration.backfill(None, editor)
+    migration.backfill(None, _Editor())
 
     study.refresh_from_db()
     assert study.patient_name == "OLD^INDEX"
@@ -56,3 +64,40 @@ def test_page_qido_and_sort_use_the_copy(client, clinic):
     response = client.get(f"/dicomweb/{clinic.slug}/studies", {"PatientName": "*SON^*"},
                           HTTP_AUTHORIZATION=f"Bearer {token_for(clinic)}")
     assert [r["00100010"]["Value"][0]["Alphabetic"] for r in response.json()] == ["SMITHSON^JOHN"]
+
+
+sqlite_only = pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's trigram index (migration 0024)")
+
+
+@sqlite_only
+def test_sqlite_trigram_index_follows_every_write_of_the_study_table(clinic):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'studies_study'")
+        triggers = {row[0] for row in cursor.fetchall()}
+    # Django rebuilds a SQLite table for some schema changes and drops its triggers (see migration 0024).
+    assert triggers >= {"study_name_fts_insert", "study_name_fts_update", "study_name_fts_delete"}
+    study = make_study(clinic=clinic, patient_name="JOHNSON^MARY")
+    search = selectors.StudySearch(patient_name="*son^?ary")
+    assert list(selectors.study_list(clinic=clinic, search=search)) == [study]
+
+    Study.objects.filter(pk=study.pk).update(patient_name="JOHNSON^ANNA")
+    assert list(selectors.study_list(clinic=clinic, search=search)) == []
+    assert list(selectors.study_list(clinic=clinic, search=selectors.StudySearch(patient_name="*NNA"))) == [study]
+    Study.objects.filter(pk=study.pk).delete()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM study_name_fts WHERE rowid = %s", [study.pk])
+        assert cursor.fetchone()[0] == 0
+
+
+@sqlite_only
+def test_sqlite_leading_wildcard_name_search_reads_the_trigram_index(clinic):
+    make_study(clinic=clinic, patient_name="JOHNSON^MARY")
+    queryset = Study.objects.for_clinic(clinic).filter(matching.person_name_q("patient_name", "*SON^?ARY"))
+    sql, params = queryset.query.sql_with_params()
+
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+
+    assert "study_name_fts" in plan and "SCAN studies_study" not in plan
+    assert queryset.count() == 1
