@@ -99,17 +99,15 @@ def populate_sql(*, clinic, studies: int, seed: int) -> None:
                 study_time, accession_number, study_description, referring_physician_name, modalities_in_study,
                 body_part_examined, number_of_series, number_of_instances, size_bytes, created_at, updated_at,
                 deleted_at)
-            SELECT gen_random_uuid(), {clinic.pk}, {first_patient} + ({h.format(k=48271, seed=seed)} % {patients}), '',
+            SELECT gen_random_uuid(), {clinic.pk}, p.id, p.patient_name,
                    '1.2.826.0.1.3680043.10.{seed}.' || i, '', date '2010-01-01' + ({h.format(k=16807, seed=seed)}
                    % 5475)::int, make_time(({h.format(k=31, seed=seed)} % 24)::int, (i % 60)::int, 0),
                    'A{seed}' || lpad(i::text, 8, '0'), {pick(DESCRIPTIONS, 69621)}, '', {pick(MODALITIES, 1103)},
                    '', 1 + i % 7, 1 + i % 800, 1 + i * 1000, now() - i * interval '1 minute',
                    now(), CASE WHEN {h.format(k=65539, seed=seed)} % 100 = 0 THEN now() END
-            FROM generate_series(0, {studies - 1}) AS i""")
-        # The study's copy of its patient's name, as the index writer sets it.
-        cursor.execute(f"""
-            UPDATE studies_study s SET patient_name = p.patient_name FROM studies_patient p
-            WHERE p.id = s.patient_id AND s.clinic_id = {clinic.pk}""")
+            FROM generate_series(0, {studies - 1}) AS i
+            -- the study's copy of its patient's name, as the index writer sets it
+            JOIN studies_patient p ON p.id = {first_patient} + ({h.format(k=48271, seed=seed)} % {patients})""")
         cursor.execute(f"""
             INSERT INTO studies_series (uuid, clinic_id, study_id, series_instance_uid, modality, series_number,
                 series_description, body_part_examined, number_of_instances, thumbnail_key, created_at)
