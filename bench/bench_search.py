@@ -251,6 +251,8 @@ def plans_print(request, *, full: bool) -> None:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
+    from studies import matching
+
     with CaptureQueriesContext(connection) as captured:
         request()
     statements = [re.sub(r"^DECLARE .*? CURSOR FOR ", "", q["sql"]) for q in captured]
@@ -258,13 +260,16 @@ def plans_print(request, *, full: bool) -> None:
     line = []
     for sql in selects:
         with connection.cursor() as cursor:
-            cursor.execute("SET max_parallel_workers_per_gather = 0")  # as inside the search budget
+            # As inside the search budget (studies.matching.search_budget).
+            cursor.execute("SET max_parallel_workers_per_gather = 0")
+            cursor.execute(f"SET cpu_operator_cost = {matching.SEARCH_OPERATOR_COST}")
             if full:
                 cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
                 print("    " + "\n    ".join(row[0] for row in cursor.fetchall()))
             cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
             plan = cursor.fetchone()[0]
             cursor.execute("RESET max_parallel_workers_per_gather")
+            cursor.execute("RESET cpu_operator_cost")
         plan = (json.loads(plan) if isinstance(plan, str) else plan)[0]
         top = plan["Plan"]
         buffers = top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
