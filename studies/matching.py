@@ -97,8 +97,8 @@ class DicomLike(Lookup):
         if not isinstance(self.lhs, Upper) or not isinstance(column, Col) or not isinstance(pattern, str):
             return None
         model = column.target.model
-        index = SQLITE_TRIGRAM_INDEXES.get((model._meta.db_table, column.target.column))
-        if index is None or not pattern.startswith(("%", "_")):
+        index = SQLITE_TRIGRAM_INDEXES.get((model._meta.db_table, str(column.target.column)))
+        if index is None or not pattern.startswith(("%", "_")) or not column.alias:
             return None
         runs = [run for run in _like_literal_runs(pattern) if len(run) >= 3]
         if not runs:
@@ -106,7 +106,7 @@ class DicomLike(Lookup):
         # Each run as an FTS5 string (double quotes doubled): rows holding all of them, in any case.
         match = " ".join('"' + run.replace('"', '""') + '"' for run in runs)
         quote = conn.ops.quote_name
-        rowid = f"{quote(column.alias)}.{quote(model._meta.pk.column)}"
+        rowid = f"{quote(column.alias)}.{quote(str(model._meta.pk.column if model._meta.pk else 'id'))}"
         return f"{rowid} IN (SELECT rowid FROM {index} WHERE {index} MATCH %s)", match
 
 
@@ -478,6 +478,11 @@ def patients_narrow(queryset: QuerySet[Any], *, clinic: Clinic | int, patient_q:
 
 
 def rows_narrow(queryset: QuerySet[Any], q: Q) -> QuerySet[Any]:
+    """``rows_match`` without the number of matches."""
+    return rows_match(queryset, q)[0]
+
+
+def rows_match(queryset: QuerySet[Any], q: Q) -> tuple[QuerySet[Any], int | None]:
     """Narrow a sorted, paged search to the rows matching ``q`` (a name), deciding by their number (one query).
 
     The planner guesses how many rows a name pattern matches from coarse statistics. Guessing many when
@@ -485,13 +490,14 @@ def rows_narrow(queryset: QuerySet[Any], q: Q) -> QuerySet[Any]:
     whole clinic ('Smith, Mary' matched nothing: 160,000 buffers, 430 ms at 100,000 studies). Taking up
     to ``PATIENT_IDS_MAX`` + 1 matching ids first, in no order (through the name indexes), settles it: few
     matches are fetched by id and sorted, and for many the date walk finds a page after a few rows each.
+    Also returns how many matched, up to ``PATIENT_IDS_MAX`` + 1 ("more"), or None when ``q`` is empty.
     """
     if not q:
-        return queryset
+        return queryset, None
     ids = list(queryset.filter(q).order_by().values_list("id", flat=True)[: PATIENT_IDS_MAX + 1])
     if len(ids) <= PATIENT_IDS_MAX:
-        return queryset.filter(id__in=ids)
-    return queryset.filter(q)
+        return queryset.filter(id__in=ids), len(ids)
+    return queryset.filter(q), len(ids)
 
 
 # Time budget -----------------------------------------------------------------------------------------

@@ -101,3 +101,33 @@ def test_sqlite_leading_wildcard_name_search_reads_the_trigram_index(clinic):
 
     assert "study_name_fts" in plan and "SCAN studies_study" not in plan
     assert queryset.count() == 1
+
+
+def test_studies_page_counts_a_name_search_from_its_lookup(client, clinician, clinic, django_assert_max_num_queries):
+    for number in range(3):
+        make_study(clinic=clinic, patient_name=f"COUNTED^N{number}")
+    make_study(clinic=clinic, patient_name="OTHER^NAME")
+    client.force_login(clinician)
+    url = f"/c/{clinic.slug}/studies/"
+    client.get(url, {"patient_name": "counted"})
+
+    with django_assert_max_num_queries(20):  # the lookup's count stands for the page's count query
+        response = client.get(url, {"patient_name": "counted"})
+
+    assert response.context["page"].paginator.count == 3
+    assert not response.context["page"].paginator.is_capped
+    assert len(response.context["page"].object_list) == 3
+
+
+def test_studies_page_says_more_than_the_cap_for_a_common_name(client, clinician, clinic):
+    patient = make_study(clinic=clinic, patient_name="COMMON^NAME").patient
+    Study.objects.bulk_create(
+        Study(clinic=clinic, patient=patient, patient_name=patient.patient_name, study_instance_uid=f"1.2.3.{n}")
+        for n in range(1001)
+    )
+    client.force_login(clinician)
+
+    response = client.get(f"/c/{clinic.slug}/studies/", {"patient_name": "common"})
+
+    assert response.context["page"].paginator.is_capped
+    assert len(response.context["page"].object_list) == 25
