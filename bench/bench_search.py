@@ -15,6 +15,7 @@ are analyzed after the load, as ``rebuild_index`` does. It deletes its clinics u
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import statistics
@@ -94,17 +95,19 @@ def populate_sql(*, clinic, studies: int, seed: int) -> None:
         cursor.execute("SELECT min(id) FROM studies_patient WHERE clinic_id = %s", [clinic.pk])
         first_patient = cursor.fetchone()[0]
         cursor.execute(f"""
-            INSERT INTO studies_study (uuid, clinic_id, patient_id, study_instance_uid, study_id, study_date,
+            INSERT INTO studies_study (uuid, clinic_id, patient_id, patient_name, study_instance_uid, study_id, study_date,
                 study_time, accession_number, study_description, referring_physician_name, modalities_in_study,
                 body_part_examined, number_of_series, number_of_instances, size_bytes, created_at, updated_at,
                 deleted_at)
-            SELECT gen_random_uuid(), {clinic.pk}, {first_patient} + ({h.format(k=48271, seed=seed)} % {patients}),
+            SELECT gen_random_uuid(), {clinic.pk}, p.id, p.patient_name,
                    '1.2.826.0.1.3680043.10.{seed}.' || i, '', date '2010-01-01' + ({h.format(k=16807, seed=seed)}
                    % 5475)::int, make_time(({h.format(k=31, seed=seed)} % 24)::int, (i % 60)::int, 0),
                    'A{seed}' || lpad(i::text, 8, '0'), {pick(DESCRIPTIONS, 69621)}, '', {pick(MODALITIES, 1103)},
                    '', 1 + i % 7, 1 + i % 800, 1 + i * 1000, now() - i * interval '1 minute',
                    now(), CASE WHEN {h.format(k=65539, seed=seed)} % 100 = 0 THEN now() END
-            FROM generate_series(0, {studies - 1}) AS i""")
+            FROM generate_series(0, {studies - 1}) AS i
+            -- the study's copy of its patient's name, as the index writer sets it
+            JOIN studies_patient p ON p.id = {first_patient} + ({h.format(k=48271, seed=seed)} % {patients})""")
         cursor.execute(f"""
             INSERT INTO studies_series (uuid, clinic_id, study_id, series_instance_uid, modality, series_number,
                 series_description, body_part_examined, number_of_instances, thumbnail_key, created_at)
@@ -131,13 +134,15 @@ def populate(*, clinic, studies: int, seed: int) -> None:
         for index in range(max(1, studies // 2))
     ]
     Patient.objects.bulk_create(patients, batch_size=5000)
-    patients = list(Patient.objects.for_clinic(clinic).only("id"))
+    patients = list(Patient.objects.for_clinic(clinic).only("id", "patient_name"))
     now = timezone.now()
     batch = []
     for index in range(studies):
+        patient = rng.choice(patients)
         batch.append(Study(
             clinic=clinic,
-            patient=rng.choice(patients),
+            patient=patient,
+            patient_name=patient.patient_name,
             study_instance_uid=f"1.2.826.0.1.3680043.10.{seed}.{index}",
             study_date=date(2010, 1, 1) + timedelta(days=rng.randrange(15 * 365)),
             study_time=dtime(rng.randrange(24), rng.randrange(60)),
@@ -230,12 +235,46 @@ def time_page(*, clinic, search) -> float:
 
     started = time.perf_counter()
     with matching.search_budget():
-        queryset = selectors.study_list(clinic=clinic, search=search)
-        selectors.study_count(queryset, cap=COUNT_CAP)
+        queryset, matched = selectors.study_matches(clinic=clinic, search=search)
+        selectors.study_count(queryset, cap=COUNT_CAP, matched=matched)
         rows = list(queryset[:PAGE_SIZE])
     for row in rows:
         _ = row.patient.patient_name
     return (time.perf_counter() - started) * 1000
+
+
+def plans_print(request, *, full: bool) -> None:
+    """Run one request, then EXPLAIN (ANALYZE, BUFFERS) each of its index reads: buffers, server time."""
+    import json
+    import re
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from studies import matching
+
+    with CaptureQueriesContext(connection) as captured:
+        request()
+    statements = [re.sub(r"^DECLARE .*? CURSOR FOR ", "", q["sql"]) for q in captured]
+    selects = [sql for sql in statements if sql.startswith("SELECT") and "studies_" in sql]
+    line = []
+    for sql in selects:
+        with connection.cursor() as cursor:
+            # As inside the search budget (studies.matching.search_budget).
+            cursor.execute("SET max_parallel_workers_per_gather = 0")
+            cursor.execute(f"SET cpu_operator_cost = {matching.SEARCH_OPERATOR_COST}")
+            if full:
+                cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
+                print("    " + "\n    ".join(row[0] for row in cursor.fetchall()))
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
+            plan = cursor.fetchone()[0]
+            cursor.execute("RESET max_parallel_workers_per_gather")
+            cursor.execute("RESET cpu_operator_cost")
+        plan = (json.loads(plan) if isinstance(plan, str) else plan)[0]
+        top = plan["Plan"]
+        buffers = top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
+        line.append(f"{buffers} buffers {plan['Execution Time']:.2f} ms")
+    print(f"    {len(statements)} statements; index reads: " + "; ".join(line))
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -248,7 +287,9 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=30, help="timed runs of each search")
     parser.add_argument("--keep", action="store_true", help="keep the generated clinics")
-    parser.add_argument("--plans", action="store_true", help="print EXPLAIN ANALYZE of each search")
+    parser.add_argument("--plans", nargs="?", const="summary", choices=["summary", "full"],
+                        help="after each search, EXPLAIN (ANALYZE, BUFFERS) its statements (PostgreSQL): "
+                        "statements, buffers and server time, or the whole plans (full)")
     parser.add_argument("--reuse", metavar="SLUG", help="time the clinic a --keep run left (no new data)")
     args = parser.parse_args()
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DB
@@ -300,9 +341,8 @@ def main() -> None:
             totals[door].extend(times)
             print(f"{label:34} {statistics.median(times):>8.1f} {percentile(times, 0.95):>8.1f} {cpu:>8.1f}",
                   flush=True)
-            if args.plans and door == "page":
-                queryset = selectors.study_list(clinic=clinic, search=search)[:PAGE_SIZE]
-                print("    " + queryset.explain(analyze=True).replace("\n", "\n    "))
+            if args.plans:
+                plans_print(functools.partial(timer, clinic=clinic, **{key: search}), full=args.plans == "full")
         for door, times in totals.items():
             print(f"all {door} searches: p50 {statistics.median(times):.1f} ms, p95 {percentile(times, 0.95):.1f} ms "
                   f"({len(times)} requests, {args.studies:,} studies, {connection.vendor}, "

@@ -54,6 +54,9 @@ class Study(models.Model):
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     clinic = models.ForeignKey(Clinic, on_delete=models.PROTECT, related_name="+")
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
+    # The patient's name, copied so that a name search (and the sort by name) runs on this table and its
+    # indexes alone; the index writer sets it with the patient (issue 19).
+    patient_name = models.CharField(max_length=324, blank=True)
     study_instance_uid = models.CharField(max_length=64)
     study_id = models.CharField(max_length=16, blank=True)
     study_date = models.DateField(null=True, blank=True)

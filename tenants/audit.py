@@ -131,8 +131,12 @@ def audit_record(
     elif not actor_label:
         actor_label = actor.email if actor else "system"
     with transaction.atomic():
-        chain, _ = AuditChain.objects.get_or_create(key=_chain_key(clinic))
-        chain = AuditChain.objects.select_for_update().get(pk=chain.pk)
+        key = _chain_key(clinic)
+        # The chain exists but for a clinic's first entry: lock it in one statement (every search is audited).
+        chain = AuditChain.objects.select_for_update().filter(key=key).first()
+        if chain is None:
+            chain, _ = AuditChain.objects.get_or_create(key=key)
+            chain = AuditChain.objects.select_for_update().get(pk=chain.pk)
         event = AuditEvent(
             clinic=clinic,
             sequence=chain.last_sequence + 1,

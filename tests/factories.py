@@ -59,7 +59,7 @@ def make_study(
     fields.setdefault("study_instance_uid", f"1.2.826.0.1.3680043.10.1.{number}")
     fields.setdefault("study_date", date(2024, 1, 1))
     fields.setdefault("modalities_in_study", "CT")
-    return Study.objects.create(clinic=clinic, patient=patient, **fields)
+    return Study.objects.create(clinic=clinic, patient=patient, patient_name=patient.patient_name, **fields)
 
 
 def ingest_files(clinic: Clinic, paths: list[Path], *, source: str = "upload") -> list[Instance]:

@@ -74,9 +74,13 @@ class StudySearchForm(forms.Form):
 class CappedPaginator(Paginator):
     """Pages over at most COUNT_CAP matches: counting every match of a broad search costs more than the page."""
 
+    def __init__(self, object_list: Any, per_page: int, *, matched: int | None = None) -> None:
+        super().__init__(object_list, per_page)
+        self.matched = matched  # selectors.study_matches' count, when it has one
+
     @cached_property
     def count(self) -> int:
-        return selectors.study_count(self.object_list, cap=COUNT_CAP)
+        return selectors.study_count(self.object_list, cap=COUNT_CAP, matched=self.matched)
 
     @property
     def is_capped(self) -> bool:
@@ -115,8 +119,8 @@ def _study_page(request: ClinicRequest, form: StudySearchForm, search: selectors
         return CappedPaginator(Study.objects.none(), PAGE_SIZE).get_page(1)
     try:
         with matching.search_budget():
-            studies = selectors.study_list(clinic=request.clinic, search=search)
-            page = CappedPaginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
+            studies, matched = selectors.study_matches(clinic=request.clinic, search=search)
+            page = CappedPaginator(studies, PAGE_SIZE, matched=matched).get_page(request.GET.get("page"))
             page.object_list = list(page.object_list)
     except PortalError as exc:
         form.add_error(None, exc.message)

@@ -48,7 +48,8 @@ class Attribute:
 
 
 ATTRIBUTES: tuple[Attribute, ...] = (
-    Attribute("00100010", "PatientName", "PN", "patient", "patient_name", "person"),
+    # Matched and answered from the study's copy of the name: a name search stays on the study table.
+    Attribute("00100010", "PatientName", "PN", "study", "patient_name", "person"),
     Attribute("00100020", "PatientID", "LO", "patient", "patient_id", "text"),
     Attribute("00100021", "IssuerOfPatientID", "LO", "patient", "issuer_of_patient_id", "text"),
     Attribute("00100030", "PatientBirthDate", "DA", "patient", "patient_birth_date", "date"),
@@ -107,6 +108,7 @@ class Query:
     offset: int
     warnings: list[str]
     patient_filters: Q = field(default_factory=Q)  # keys on the patient, matched first (patients_narrow)
+    name_filters: Q = field(default_factory=Q)  # PatientName on the study's copy (matching.rows_narrow)
 
 
 def _matching_q(attribute: Attribute, path: str, value: str) -> Q:
@@ -120,6 +122,7 @@ def query_parse(*, level: str, params: Any) -> Query:
     paths = PATHS[level]
     filters = Q()
     patient_filters = Q()
+    name_filters = Q()
     warnings: list[str] = []
     include: list[Attribute] = []
     include_tags: list[str] = []
@@ -138,6 +141,8 @@ def query_parse(*, level: str, params: Any) -> Query:
                 continue  # Universal matching: return the attribute, filter nothing.
             if attribute.entity == "patient":
                 patient_filters &= _matching_q(attribute, attribute.field, value)
+            elif attribute.keyword == "PatientName":
+                name_filters &= _matching_q(attribute, path, value)
             else:
                 filters &= _matching_q(attribute, path, value)
         if attribute not in include:
@@ -163,7 +168,9 @@ def query_parse(*, level: str, params: Any) -> Query:
     if limit > MAX_LIMIT:
         warnings.append(f"299 dicomweb: limit was lowered to {MAX_LIMIT}.")
         limit = MAX_LIMIT
-    return Query(level, filters, include, include_tags, include_all, limit, offset, warnings, patient_filters)
+    return Query(
+        level, filters, include, include_tags, include_all, limit, offset, warnings, patient_filters, name_filters
+    )
 
 
 def _return_attributes(query: Query, *, with_parents: Iterable[str]) -> list[Attribute]:
@@ -244,9 +251,11 @@ def search(
         fields.add("sop_instance_uid")
     if wants_header:
         fields.add("metadata")
-    rows = list(queryset.filter(query.filters).order_by(*order).values(*fields)[
-        query.offset : query.offset + query.limit + 1
-    ])
+    queryset = matching.rows_narrow(queryset.filter(query.filters), query.name_filters)
+    # The page's ids first, then its rows with their parents: joined in the search itself, PostgreSQL
+    # joined the patient of every match before sorting (15,000 buffers for the 5,000 of '*SON^?ARY').
+    page = queryset.order_by(*order).values("id")[query.offset : query.offset + query.limit + 1]
+    rows = list(queryset.model.objects.for_clinic(clinic).filter(id__in=page).order_by(*order).values(*fields))
     has_more = len(rows) > query.limit
     rows = rows[: query.limit]
     modalities_key = paths["study"] + "modalities_in_study"

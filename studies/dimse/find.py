@@ -296,7 +296,10 @@ def find_matches(*, clinic: Clinic, identifier: Dataset, sop_class_uid: str) -> 
             if LEVELS.index(attr_level) > level_index:
                 # PS3.4 C.4.1.1.3.1: keys below the query level are not allowed.
                 raise QueryError(f"{keyword} is not a key at the {level} level.", status=0xA900)
-            if attr_level == "PATIENT" and level != "PATIENT":
+            if keyword == "PatientName" and level != "PATIENT":
+                # The study's copy of the name: the search stays on the study table and its indexes.
+                queryset = queryset.filter(key_q(keyword, values, PATHS[level]["STUDY"] + field))
+            elif attr_level == "PATIENT" and level != "PATIENT":
                 patient_q &= key_q(keyword, values, field)
             else:
                 queryset = queryset.filter(key_q(keyword, values, PATHS[level][attr_level] + field))

@@ -210,6 +210,8 @@ def instances_index_write(
                 study_instance_uid=p.study_instance_uid,
                 defaults={
                     "patient": patients[patient_key],
+                    # The patient row's name (it may predate this file), as the study list shows it.
+                    "patient_name": patients[patient_key].patient_name,
                     "study_id": p.study_id,
                     "study_date": p.study_date,
                     "study_time": p.study_time,

@@ -1,0 +1,133 @@
+"""The study row carries its patient's name, and name searches read it (issue 19).
+
+A name search used to match patients first and then fetch their studies; now it runs on the study's
+copy of the name. These tests pin that the copy is written by ingest, always equals the name shown (the
+patient row's), is filled for studies indexed before it existed, and is what the doors search.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+import pytest
+from django.db import connection
+from pydicom.uid import generate_uid
+
+from studies import matching
+from studies.browse import selectors
+from studies.models import Study
+from tests.dicom_files import write_instance
+from tests.factories import ingest_files, make_study, token_for
+
+pytestmark = pytest.mark.django_db
+
+
+def test_ingest_copies_the_patients_name_onto_each_new_study(clinic, tmp_path):
+    first = write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid(), patient_name="ROE^ANNA",
+                           patient_id="R-1")
+    # The same patient later, spelled differently: the list shows the patient row's name, so does the copy.
+    second = write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid(), patient_name="ROE^ANNE",
+                            patient_id="R-1")
+
+    ingest_files(clinic, [first, second])
+
+    studies = list(Study.objects.for_clinic(clinic).select_related("patient"))
+    assert len(studies) == 2
+    assert {(s.patient_name, s.patient.patient_name) for s in studies} == {("ROE^ANNA", "ROE^ANNA")}
+
+
+class _Editor:
+    """What the backfill uses of a schema editor (SQLite refuses one inside the test's transaction)."""
+
+    def execute(self, sql: str) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+
+
+def test_the_migration_fills_the_copy_for_studies_indexed_before_it(clinic):
+    study = make_study(clinic=clinic, patient_name="OLD^INDEX")
+    Study.objects.filter(pk=study.pk).update(patient_name="")
+    migration = import_module("studies.migrations.0023_study_patient_name")
+
+    migration.backfill(None, _Editor())
+
+    study.refresh_from_db()
+    assert study.patient_name == "OLD^INDEX"
+
+
+def test_page_qido_and_sort_use_the_copy(client, clinic):
+    for name in ("SMITH^MARY", "SMITHSON^JOHN", "ADAMS^MARY", "ZUCKER^ANNA"):
+        make_study(clinic=clinic, patient_name=name)
+
+    found = selectors.study_list(clinic=clinic, search=selectors.StudySearch(patient_name="mary", sort="patient"))
+    assert [s.patient.patient_name for s in found] == ["ADAMS^MARY", "SMITH^MARY"]
+    response = client.get(f"/dicomweb/{clinic.slug}/studies", {"PatientName": "*SON^*"},
+                          HTTP_AUTHORIZATION=f"Bearer {token_for(clinic)}")
+    assert [r["00100010"]["Value"][0]["Alphabetic"] for r in response.json()] == ["SMITHSON^JOHN"]
+
+
+sqlite_only = pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's trigram index (migration 0024)")
+
+
+@sqlite_only
+def test_sqlite_trigram_index_follows_every_write_of_the_study_table(clinic):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'studies_study'")
+        triggers = {row[0] for row in cursor.fetchall()}
+    # Django rebuilds a SQLite table for some schema changes and drops its triggers (see migration 0024).
+    assert triggers >= {"study_name_fts_insert", "study_name_fts_update", "study_name_fts_delete"}
+    study = make_study(clinic=clinic, patient_name="JOHNSON^MARY")
+    search = selectors.StudySearch(patient_name="*son^?ary")
+    assert list(selectors.study_list(clinic=clinic, search=search)) == [study]
+
+    Study.objects.filter(pk=study.pk).update(patient_name="JOHNSON^ANNA")
+    assert list(selectors.study_list(clinic=clinic, search=search)) == []
+    assert list(selectors.study_list(clinic=clinic, search=selectors.StudySearch(patient_name="*NNA"))) == [study]
+    Study.objects.filter(pk=study.pk).delete()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM study_name_fts WHERE rowid = %s", [study.pk])
+        assert cursor.fetchone()[0] == 0
+
+
+@sqlite_only
+def test_sqlite_leading_wildcard_name_search_reads_the_trigram_index(clinic):
+    make_study(clinic=clinic, patient_name="JOHNSON^MARY")
+    queryset = Study.objects.for_clinic(clinic).filter(matching.person_name_q("patient_name", "*SON^?ARY"))
+    sql, params = queryset.query.sql_with_params()
+
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+
+    assert "study_name_fts" in plan and "SCAN studies_study" not in plan
+    assert queryset.count() == 1
+
+
+def test_studies_page_counts_a_name_search_from_its_lookup(client, clinician, clinic, django_assert_max_num_queries):
+    for number in range(3):
+        make_study(clinic=clinic, patient_name=f"COUNTED^N{number}")
+    make_study(clinic=clinic, patient_name="OTHER^NAME")
+    client.force_login(clinician)
+    url = f"/c/{clinic.slug}/studies/"
+    client.get(url, {"patient_name": "counted"})
+
+    with django_assert_max_num_queries(20):  # the lookup's count stands for the page's count query
+        response = client.get(url, {"patient_name": "counted"})
+
+    assert response.context["page"].paginator.count == 3
+    assert not response.context["page"].paginator.is_capped
+    assert len(response.context["page"].object_list) == 3
+
+
+def test_studies_page_says_more_than_the_cap_for_a_common_name(client, clinician, clinic):
+    patient = make_study(clinic=clinic, patient_name="COMMON^NAME").patient
+    Study.objects.bulk_create(
+        Study(clinic=clinic, patient=patient, patient_name=patient.patient_name, study_instance_uid=f"1.2.3.{n}")
+        for n in range(1001)
+    )
+    client.force_login(clinician)
+
+    response = client.get(f"/c/{clinic.slug}/studies/", {"patient_name": "common"})
+
+    assert response.context["page"].paginator.is_capped
+    assert len(response.context["page"].object_list) == 25
