@@ -15,9 +15,10 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Sum, Value
+from django.db.models import F, JSONField, Sum, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -271,7 +272,7 @@ def instances_index_write(
                 sha256=i.stored.sha256,
                 object_key=i.stored.key,
                 key_id=i.stored.key_id,
-                metadata=i.parsed.metadata,
+                metadata=_json_value(i.parsed.metadata),
                 stored_at=now,
                 replicated_at=i.replicated_at,
                 replica_verified_at=i.verified_at,
@@ -280,6 +281,8 @@ def instances_index_write(
             for i in items
         ]
     )
+    for instance, item in zip(instances, items, strict=True):
+        instance.metadata = item.parsed.metadata  # the dict, not the insert's expression
     per_series: dict[str, int] = defaultdict(int)
     per_study: dict[str, list[IndexItem]] = defaultdict(list)
     for item in items:
@@ -329,6 +332,16 @@ def instance_index_write(
         ],
     )
     return written.instances[0], bool(written.created_studies)
+
+
+def _json_value(document: dict[str, Any]) -> Value:
+    """The metadata column's value for a bulk insert, as an expression.
+
+    Django inserts a batch of plain values on PostgreSQL as UNNEST of one array per column; psycopg then
+    quotes the jsonb[] array of DICOM JSON headers in Python, about 1.3 ms of CPU per 12 KB header. An
+    expression keeps the insert a plain multi-row VALUES, whose JSON parameters libpq quotes (0.2 ms).
+    """
+    return Value(document, output_field=JSONField())
 
 
 def _add_value(joined: str, value: str, max_length: int) -> str:
