@@ -11,6 +11,7 @@ The stores move opaque bytes; encryption happens before (studies.archive.objects
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -91,6 +92,12 @@ class ObjectStore:
     def list(self, prefix: str = "") -> Iterator[str]:
         """Yield the keys that start with ``prefix``."""
         raise NotImplementedError
+
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """Yield (key, stored size) for the keys that start with ``prefix`` (S3 lists sizes for free)."""
+        for key in self.list(prefix):
+            with contextlib.suppress(ObjectMissing):
+                yield key, self.size(key)
 
     def check(self) -> None:
         """Raise StorageUnavailable unless the store is reachable and writable."""
@@ -398,6 +405,13 @@ class S3Store(ObjectStore):
             for page in paginator.paginate(Bucket=self.bucket_name, Prefix=self.prefix + prefix):
                 for item in page.get("Contents", []):
                     yield item["Key"][len(self.prefix) :]
+
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        with self._errors():
+            for page in paginator.paginate(Bucket=self.bucket_name, Prefix=self.prefix + prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"][len(self.prefix) :], int(item["Size"])
 
     def check(self) -> None:
         with self._errors():
