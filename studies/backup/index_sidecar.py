@@ -40,7 +40,7 @@ from django.utils import timezone
 from studies import dicom
 from studies.archive import crypto, keys, objects, stores
 from studies.archive.errors import ArchiveError, ObjectMissing, StorageUnavailable
-from studies.models import Instance
+from studies.models import ClinicKey, Instance
 from tenants.models import Clinic
 
 logger = logging.getLogger(__name__)
@@ -104,6 +104,10 @@ def _parsed_of_row(instance: Instance) -> dict[str, Any]:
         columns=instance.columns,
         metadata=instance.metadata,
     )
+    return _parsed_document(parsed)
+
+
+def _parsed_document(parsed: dicom.ParsedInstance) -> dict[str, Any]:
     document = asdict(parsed)
     for name in _DATE_FIELDS | _TIME_FIELDS:
         value = document[name]
@@ -150,6 +154,17 @@ def index_sidecar_publish(*, clinic: Clinic, instance_ids: Sequence[int]) -> str
         }
         for row in rows
     ]
+    return _sidecar_write(clinic=clinic, entries=entries)
+
+
+def _entry_document(entry: SidecarEntry) -> dict[str, Any]:
+    return {
+        "key": entry.key, "key_id": entry.key_id, "sha256": entry.sha256, "size_bytes": entry.size_bytes,
+        "stored_size": entry.stored_size, "parsed": _parsed_document(entry.parsed),
+    }
+
+
+def _sidecar_write(*, clinic: Clinic, entries: list[dict[str, Any]]) -> str:
     document = {
         "format": SIDECAR_FORMAT,
         "version": SIDECAR_VERSION,
@@ -238,3 +253,60 @@ def index_sidecars_read(
         except (ArchiveError, ValueError) as exc:
             logger.error("Index sidecar %s cannot be read (its instances are decoded instead): %s", key, exc)
             yield key, None
+
+
+# Sidecars with fewer entries than this are merged by the compaction (one per C-STORE is common).
+COMPACT_INSTANCES = 5000
+
+
+@dataclass(frozen=True)
+class Compaction:
+    sidecars_before: int
+    sidecars_written: int
+    sidecars_deleted: int
+    entries_dropped: int  # instances whose object is no longer on the replica (purged)
+
+
+def index_sidecars_compact(*, clinic: Clinic, instances_per_sidecar: int = COMPACT_INSTANCES) -> Compaction:
+    """Merge the clinic's small sidecars into few large ones, and drop what they say of purged instances.
+
+    A purged study's objects leave the replica, but the sidecars written with them still hold its headers:
+    every sidecar that is small, or names an object no longer on the replica, is rewritten with the
+    entries whose object is still there, and deleted once its entries are durable in the new ones. Runs
+    on the replica-admin worker (deleting needs the replica's admin credentials). Safe beside the writers:
+    only sidecars listed at the start are deleted, and a crash before the deletes leaves duplicates, which
+    a rebuild skips. Unreadable sidecars are left alone (logged), so nothing is lost by compacting.
+    """
+    replica = stores.get_store("replica")
+    names = sidecar_keys(clinic=clinic)
+    on_replica = dict(replica.list_sizes(f"clinics/{clinic.uuid}/objects/"))
+    clinic_keys = {
+        key_id: keys.clinic_key_for_object(clinic=clinic, key_id=key_id)
+        for key_id in ClinicKey.objects.for_clinic(clinic).values_list("key_id", flat=True)
+    }
+    rewrite: list[str] = []
+    kept: dict[str, dict[str, Any]] = {}
+    dropped = 0
+    for name, entries in index_sidecars_read(clinic=clinic, clinic_keys=clinic_keys, sidecars=names):
+        if entries is None:
+            continue
+        gone = [entry for entry in entries if entry.key not in on_replica]
+        if not gone and len(entries) >= instances_per_sidecar // 2:
+            continue  # large and current: left as it is
+        rewrite.append(name)
+        dropped += len(gone)
+        for entry in entries:
+            if entry.key in on_replica:
+                kept.setdefault(entry.key, _entry_document(entry))
+    if len(rewrite) <= 1 and not dropped:
+        return Compaction(len(names), 0, 0, 0)
+    documents = list(kept.values())
+    written = 0
+    for first in range(0, len(documents), instances_per_sidecar):
+        _sidecar_write(clinic=clinic, entries=documents[first : first + instances_per_sidecar])
+        written += 1
+    for name in rewrite:
+        replica.delete(name)
+    logger.info("Index sidecars of clinic %s compacted: %d merged into %d, %d purged instances dropped",
+                clinic.pk, len(rewrite), written, dropped)
+    return Compaction(len(names), written, len(rewrite), dropped)

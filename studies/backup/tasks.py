@@ -73,6 +73,20 @@ def index_sidecar_write(*, clinic_id: int, instance_ids: list[int]) -> str | Non
     return index_sidecar.index_sidecar_publish(clinic=clinic, instance_ids=instance_ids)
 
 
+@shared_task(**RETRY)
+def index_sidecars_compact(*, clinic_id: int | None = None) -> dict[str, int]:
+    """Daily (beat, replica-admin queue): merge small index sidecars, drop purged instances from them."""
+    # Unscoped when no clinic is given: the daily job walks every clinic.
+    clinics = Clinic.objects.filter(pk=clinic_id) if clinic_id is not None else Clinic.objects.all()
+    totals = {"written": 0, "deleted": 0, "dropped": 0}
+    for clinic in clinics.order_by("pk").iterator():
+        done = index_sidecar.index_sidecars_compact(clinic=clinic)
+        totals["written"] += done.sidecars_written
+        totals["deleted"] += done.sidecars_deleted
+        totals["dropped"] += done.entries_dropped
+    return totals
+
+
 @shared_task(acks_late=True, ignore_result=True)
 def replication_sweep() -> int:
     """Every minute (beat): re-queue instances pending for over a minute; alert on growing lag."""

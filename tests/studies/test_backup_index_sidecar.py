@@ -276,3 +276,46 @@ def test_an_interrupted_sidecar_rebuild_resumes_with_the_rest(clinic, archive, m
     assert (report.indexed, report.already_indexed, report.from_sidecars, report.decoded) == (rest, indexed_first,
                                                                                               rest, 0)
     assert index_state(clinic) == before
+
+
+def test_compaction_merges_small_sidecars_and_a_rebuild_still_reads_them(clinic, archive):
+    before = index_state(clinic)
+
+    done = index_sidecar.index_sidecars_compact(clinic=clinic)
+
+    assert (done.sidecars_before, done.sidecars_written, done.sidecars_deleted) == (2, 1, 2)
+    assert len(index_sidecar.sidecar_keys(clinic=clinic)) == 1
+    lose_the_database()
+    report = recovery.index_rebuild(jobs=1)
+    assert (report.from_sidecars, report.decoded) == (7, 0)
+    assert index_state(clinic) == before
+
+
+def test_compaction_drops_a_purged_study_from_the_sidecars(clinic, archive, django_capture_on_commit_callbacks):
+    purged = next(i for i in archive if i.series.study.patient.patient_id == "BK-2-0").series.study
+    with celery_eager(), django_capture_on_commit_callbacks(execute=True):
+        browse_services.study_delete(clinic=clinic, study=purged)
+    browse_services.study_purge(clinic=clinic, study_id=purged.pk)
+
+    done = index_sidecar.index_sidecars_compact(clinic=clinic)
+
+    assert done.entries_dropped == 3
+    clinic_keys = {row.key_id: keys.clinic_key_for_object(clinic=clinic, key_id=row.key_id)
+                   for row in ClinicKey.objects.for_clinic(clinic)}
+    left = [entry for key in index_sidecar.sidecar_keys(clinic=clinic)
+            for entry in index_sidecar.index_sidecar_read(clinic=clinic, key=key, clinic_keys=clinic_keys)]
+    assert sorted(e.parsed.sop_instance_uid for e in left) == sorted(
+        i.sop_instance_uid for i in archive if i.series.study_id != purged.pk
+    )
+    assert all(e.parsed.patient_id != "BK-2-0" for e in left)
+
+
+def test_compaction_leaves_an_unreadable_sidecar_and_a_current_large_one_alone(clinic, archive, settings):
+    damaged, other = sidecar_files(settings, clinic)
+    damaged.write_bytes(b"not a sidecar")
+
+    done = index_sidecar.index_sidecars_compact(clinic=clinic, instances_per_sidecar=2)
+
+    # The readable one (3 or 4 entries) is already "large" for 2 per sidecar; nothing to merge.
+    assert (done.sidecars_written, done.sidecars_deleted) == (0, 0)
+    assert sorted(sidecar_files(settings, clinic)) == sorted([damaged, other])
