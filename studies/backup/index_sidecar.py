@@ -31,7 +31,7 @@ import logging
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import date, time
 from typing import Any
 
@@ -68,7 +68,8 @@ class SidecarEntry:
     sha256: str
     size_bytes: int
     stored_size: int
-    parsed: dicom.ParsedInstance
+    parsed: dicom.ParsedInstance  # its metadata left empty: the header is ``metadata_json``
+    metadata_json: str
 
 
 def _parsed_of_row(instance: Instance) -> dict[str, Any]:
@@ -102,13 +103,14 @@ def _parsed_of_row(instance: Instance) -> dict[str, Any]:
         number_of_frames=instance.number_of_frames,
         rows=instance.rows,
         columns=instance.columns,
-        metadata=instance.metadata,
     )
     return _parsed_document(parsed)
 
 
 def _parsed_document(parsed: dicom.ParsedInstance) -> dict[str, Any]:
-    document = asdict(parsed)
+    # The header travels as JSON text beside it (``metadata_json``): a rebuild inserts it without decoding.
+    document = asdict(replace(parsed, metadata={}))
+    del document["metadata"]
     for name in _DATE_FIELDS | _TIME_FIELDS:
         value = document[name]
         document[name] = value.isoformat() if value is not None else None
@@ -116,7 +118,7 @@ def _parsed_document(parsed: dicom.ParsedInstance) -> dict[str, Any]:
 
 
 def _parsed_from(document: dict[str, Any]) -> dicom.ParsedInstance:
-    values = {name: value for name, value in document.items() if name in _PARSED_FIELDS}
+    values = {name: value for name, value in document.items() if name in _PARSED_FIELDS and name != "metadata"}
     for name in _DATE_FIELDS:
         if values.get(name):
             values[name] = date.fromisoformat(values[name])
@@ -151,6 +153,7 @@ def index_sidecar_publish(*, clinic: Clinic, instance_ids: Sequence[int]) -> str
                 plaintext_size=row.size_bytes, key_id=row.key_id, segment_size=segment_size
             ),
             "parsed": _parsed_of_row(row),
+            "metadata_json": json.dumps(row.metadata, separators=(",", ":")),
         }
         for row in rows
     ]
@@ -161,6 +164,7 @@ def _entry_document(entry: SidecarEntry) -> dict[str, Any]:
     return {
         "key": entry.key, "key_id": entry.key_id, "sha256": entry.sha256, "size_bytes": entry.size_bytes,
         "stored_size": entry.stored_size, "parsed": _parsed_document(entry.parsed),
+        "metadata_json": entry.metadata_json,
     }
 
 
@@ -232,6 +236,7 @@ def index_sidecar_read(*, clinic: Clinic, key: str, clinic_keys: dict[str, bytes
                 key=str(item["key"]), key_id=str(item["key_id"]), sha256=str(item["sha256"]),
                 size_bytes=int(item["size_bytes"]), stored_size=int(item["stored_size"]),
                 parsed=_parsed_from(item["parsed"]),
+                metadata_json=str(item["metadata_json"]),
             )
             for item in document["instances"]
         ]

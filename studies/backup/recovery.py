@@ -32,7 +32,7 @@ from studies.archive.objects import StoredObject
 from studies.backup import index_sidecar, replication, study_state
 from studies.backup.verification import ObjectCheck, object_check
 from studies.errors import InvalidDicom
-from studies.ingest.index import IndexItem, instance_index_write, instances_index_write
+from studies.ingest.index import IndexItem, instances_index_write
 from studies.models import ClinicKey, Instance, QuarantinedInstance, Series
 from tenants.models import Clinic
 
@@ -250,6 +250,7 @@ class _Decoded:
     key_id: str = ""
     error: str = ""
     verified: bool = True
+    metadata_json: str = ""  # from a sidecar: the header as JSON text, written as it is
 
 
 def _decrypted(clinic_uuid: uuid.UUID, key: str, clinic_keys: dict[str, bytes]) -> tuple[crypto.Header, Any]:
@@ -452,7 +453,7 @@ def _rebuild_from_sidecars(
             covered.add(entry.key)
             batch.append(_Decoded(
                 entry.key, "ok", parsed=entry.parsed, sha256=entry.sha256, size=entry.size_bytes,
-                key_id=entry.key_id, verified=False,
+                key_id=entry.key_id, verified=False, metadata_json=entry.metadata_json,
             ))
         if len(batch) >= SIDECAR_REBUILD_BATCH or position == len(sidecars):
             if verify:
@@ -525,6 +526,7 @@ def _index_batch(*, clinic: Clinic, batch: list[Any], report: RebuildReport) -> 
                 instance_index_create(
                     clinic=clinic, parsed=decoded.parsed, object_key=decoded.key, key_id=decoded.key_id,
                     sha256=decoded.sha256, size_bytes=decoded.size, verified=getattr(decoded, "verified", True),
+                    metadata_json=getattr(decoded, "metadata_json", ""),
                 )
             except InvalidDicom as exc:
                 # Its series already belongs to another study: report it, rebuild the rest.
@@ -550,6 +552,7 @@ def instances_index_create(*, clinic: Clinic, decoded: list[Any]) -> None:
             stored=StoredObject(key=entry.key, key_id=entry.key_id, size_bytes=entry.size, sha256=entry.sha256),
             instance_uuid=uuid.UUID(match["object"]) if match is not None else None,
             replicated_at=now, verified_at=now if getattr(entry, "verified", True) else None,
+            metadata_json=getattr(entry, "metadata_json", ""),
         ))
     with transaction.atomic():
         instances_index_write(clinic=clinic, items=items)
@@ -559,7 +562,7 @@ def instances_index_create(*, clinic: Clinic, decoded: list[Any]) -> None:
 @transaction.atomic
 def instance_index_create(
     *, clinic: Clinic, parsed: Any, object_key: str, key_id: str, sha256: str, size_bytes: int,
-    verified: bool = True,
+    verified: bool = True, metadata_json: str = "",
 ) -> Instance:
     """Index one recovered instance with the ingest's own index writer, and count it in the usage.
 
@@ -572,11 +575,11 @@ def instance_index_create(
     stored = StoredObject(key=object_key, key_id=key_id, size_bytes=size_bytes, sha256=sha256)
     try:
         with transaction.atomic():
-            instance, _ = instance_index_write(
-                clinic=clinic, parsed=parsed, stored=stored,
+            [instance] = instances_index_write(clinic=clinic, items=[IndexItem(
+                parsed=parsed, stored=stored,
                 instance_uuid=uuid.UUID(match["object"]) if match is not None else None,
-                replicated_at=now, verified_at=now if verified else None,
-            )
+                replicated_at=now, verified_at=now if verified else None, metadata_json=metadata_json,
+            )]).instances
     except IntegrityError:
         # The same SOP Instance UID under another object (a re-upload that replaced it): keep the first.
         logger.warning("Skipping %s: its SOP Instance UID is already indexed.", object_key)

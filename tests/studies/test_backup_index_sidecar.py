@@ -18,7 +18,7 @@ from studies.ingest import Origin, instances_ingest
 from studies.models import ClinicKey, Instance, Patient, Series, Study
 from tenants.models import Clinic
 from tests.dicom_files import write_dicom_files
-from tests.factories import ingest_files, token_for
+from tests.factories import ingest_files, make_study, token_for
 from tests.studies.backup_support import (
     backup_cache_clear,  # noqa: F401 - autouse
     celery_eager,
@@ -319,3 +319,17 @@ def test_compaction_leaves_an_unreadable_sidecar_and_a_current_large_one_alone(c
     # The readable one (3 or 4 entries) is already "large" for 2 per sidecar; nothing to merge.
     assert (done.sidecars_written, done.sidecars_deleted) == (0, 0)
     assert sorted(sidecar_files(settings, clinic)) == sorted([damaged, other])
+
+
+def test_a_sidecar_batch_refused_as_a_whole_is_indexed_one_by_one_with_its_headers(clinic, archive):
+    conflicting = archive[-1].series.series_instance_uid
+    headers = {i.sop_instance_uid: i.metadata for i in Instance.objects.for_clinic(clinic)}
+    lose_the_database()
+    # Left from elsewhere: the series of the second batch already filed under another study.
+    Series.objects.create(clinic=clinic, study=make_study(clinic=clinic), series_instance_uid=conflicting)
+
+    report = recovery.index_rebuild(jobs=1)
+
+    assert (report.indexed, len(report.failed)) == (4, 3)
+    rebuilt = {i.sop_instance_uid: i.metadata for i in Instance.objects.for_clinic(clinic)}
+    assert rebuilt == {uid: header for uid, header in headers.items() if uid in rebuilt} and len(rebuilt) == 4
