@@ -135,6 +135,10 @@ def run(mode: str, args: argparse.Namespace, clinic, snapshot: dict) -> None:  #
         assert rebuilt[part] == snapshot[part], f"{mode}: the rebuilt index differs from the original ({part})"
     total = len(snapshot["instances"])
     done = total - interrupted
+    if not done:
+        # Sidecar rows go in 2,000 per transaction: an interrupt can only land between those batches.
+        print(f"  {mode:<8} the interrupted run had already indexed all {total} instances; nothing left to resume")
+        return
     database = f", database backend {database_cpu * 1000 / done:.2f} ms" if database_cpu is not None else ""
     print(f"  {mode:<8} rebuild_index --jobs {args.jobs} {' '.join(MODES[mode])}: {seconds:.1f} s for {done} "
           f"instances ({done / seconds:.0f} instances/s wall); CPU {cpu * 1000 / done:.2f} ms/instance in this "
