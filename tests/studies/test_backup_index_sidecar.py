@@ -333,3 +333,19 @@ def test_a_sidecar_batch_refused_as_a_whole_is_indexed_one_by_one_with_its_heade
     assert (report.indexed, len(report.failed)) == (4, 3)
     rebuilt = {i.sop_instance_uid: i.metadata for i in Instance.objects.for_clinic(clinic)}
     assert rebuilt == {uid: header for uid, header in headers.items() if uid in rebuilt} and len(rebuilt) == 4
+
+
+def test_rebuild_from_sidecars_on_an_s3_replica_with_worker_processes(clinic, s3_stores, tmp_path,
+                                                                       django_capture_on_commit_callbacks):
+    ingest_replicated(clinic, write_dicom_files(tmp_path / "a", count=4, studies=2), django_capture_on_commit_callbacks)
+    ingest_replicated(clinic, write_dicom_files(tmp_path / "b", count=2, patient_id="S3"),
+                      django_capture_on_commit_callbacks)
+    before = index_state(clinic)
+    # One sidecar lost: its instances are decoded by the worker processes.
+    stores.get_store("replica").delete(index_sidecar.sidecar_keys(clinic=clinic)[0])
+    lose_the_database()
+
+    report = recovery.index_rebuild(jobs=2)
+
+    assert report.from_sidecars in (2, 4) and report.from_sidecars + report.decoded == 6 and report.failed == []
+    assert index_state(clinic) == before
