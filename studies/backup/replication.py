@@ -9,7 +9,8 @@ before the upload is acknowledged; a replica failure leaves the instance pending
 the batch's index rows are committed, ``instances_replication_start`` queues one ``instances_replicate``
 message per batch. The per-minute sweep queues any instance still pending after a minute whose message is
 not already on its way, so a lost queue message never loses a backup. Both functions are registered with
-``studies.ingest.hooks`` at start-up: ingest never imports backup.
+``studies.ingest.hooks`` at start-up: ingest never imports backup. Once a batch is on the replica, its
+index sidecar (``index_sidecar``) is written there too, so a rebuild needs no DICOM parsing.
 """
 
 from __future__ import annotations
