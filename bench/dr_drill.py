@@ -105,13 +105,16 @@ def make_files(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def fast_fill(clinic, paths: list[Path], jobs: int = 4, batch: int = 500) -> float:  # type: ignore[no-untyped-def]
+def fast_fill(clinic, paths: list[Path], jobs: int = 4, batch: int = 500,  # type: ignore[no-untyped-def]
+              sidecar_batch: int = 50) -> float:
     """Store ``paths`` (files from ``make_files``) on both stores and index them, faster than real ingest.
 
     Setup only, never measured: the template is parsed once and each file's parse is that result with its
     own UIDs and numbers (``make_files`` changes nothing else), so the per-file cost is encrypting and
     writing the object to both stores (REPLICATION_MODE=sync, ``jobs`` threads) plus a share of one bulk
     index write per ``batch`` files through ingest's own writer, with the quota counted as ingest does.
+    Then, as the replication worker does, one index sidecar per ``sidecar_batch`` instances (the worker's
+    message size, REPLICATION_BATCH; 1 is a C-STORE stream's worst case; 0 writes none).
     Returns the seconds it took.
     """
     import dataclasses
@@ -123,6 +126,7 @@ def fast_fill(clinic, paths: list[Path], jobs: int = 4, batch: int = 500) -> flo
 
     from studies import dicom
     from studies.archive import keys
+    from studies.backup import index_sidecar
     from studies.ingest import IndexItem, hooks, instances_index_write, quota_reserve
 
     settings.REPLICATION_MODE = "sync"
@@ -159,7 +163,10 @@ def fast_fill(clinic, paths: list[Path], jobs: int = 4, batch: int = 500) -> flo
             items = list(pool.map(write, paths[start:start + batch]))
             with transaction.atomic():
                 quota_reserve(clinic=clinic, size_bytes=sum(item.stored.size_bytes for item in items))
-                instances_index_write(clinic=clinic, items=items)
+                written = instances_index_write(clinic=clinic, items=items)
+            ids = [instance.pk for instance in written.instances]
+            for first in range(0, len(ids), sidecar_batch) if sidecar_batch else ():
+                index_sidecar.index_sidecar_publish(clinic=clinic, instance_ids=ids[first:first + sidecar_batch])
     return time.perf_counter() - started
 
 

@@ -527,6 +527,8 @@ CELERY_BEAT_SCHEDULE["backup-database-prune"] = {"task": "studies.backup.tasks.d
                                                  "schedule": 3600.0}
 CELERY_BEAT_SCHEDULE["backup-restore-drill"] = {"task": "studies.backup.tasks.restore_drill", "schedule": 86400.0}
 CELERY_BEAT_SCHEDULE["backup-study-states"] = {"task": "studies.backup.tasks.study_states_sweep", "schedule": 3600.0}
+CELERY_BEAT_SCHEDULE["backup-index-sidecars-compact"] = {"task": "studies.backup.tasks.index_sidecars_compact",
+                                                         "schedule": 86400.0}
 CELERY_BEAT_SCHEDULE["billing-usage-reconcile"] = {"task": "billing.tasks.usage_reconcile", "schedule": 600.0}
 # Replica deletes run only on the worker holding the replica's delete-capable credentials: the replica
 # purge, and the trash purge (it deletes a study's objects from both stores).
@@ -536,6 +538,7 @@ CELERY_TASK_ROUTES = {
     "studies.tasks.study_purge": {"queue": "replica-admin"},
     "billing.tasks.clinic_data_destroy": {"queue": "replica-admin"},
     "studies.backup.tasks.database_backups_prune": {"queue": "replica-admin"},
+    "studies.backup.tasks.index_sidecars_compact": {"queue": "replica-admin"},
 }
 
 # Outbound DICOM (sends, migrations, routing rules): its tasks, and the sweep that resumes what a dead

@@ -75,6 +75,11 @@ def _segment_size() -> int:
     return int(getattr(settings, "ARCHIVE_SEGMENT_SIZE", crypto.DEFAULT_SEGMENT_SIZE))
 
 
+def segment_size() -> int:
+    """The segment size new objects are encrypted with (their stored size follows from it)."""
+    return _segment_size()
+
+
 def object_put(
     *, clinic: Clinic, source: BinaryIO, object_uuid: uuid.UUID, store: str = "primary", folder_sync: bool = True
 ) -> StoredObject:

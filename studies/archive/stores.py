@@ -11,6 +11,7 @@ The stores move opaque bytes; encryption happens before (studies.archive.objects
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -91,6 +92,12 @@ class ObjectStore:
     def list(self, prefix: str = "") -> Iterator[str]:
         """Yield the keys that start with ``prefix``."""
         raise NotImplementedError
+
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """Yield (key, stored size) for the keys that start with ``prefix`` (S3 lists sizes for free)."""
+        for key in self.list(prefix):
+            with contextlib.suppress(ObjectMissing):
+                yield key, self.size(key)
 
     def check(self) -> None:
         """Raise StorageUnavailable unless the store is reachable and writable."""
@@ -208,6 +215,29 @@ class LocalStore(ObjectStore):
                     key = Path(directory, filename).relative_to(self.root).as_posix()
                     if key.startswith(prefix):
                         yield key
+
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        # As list(), with one stat per file and no Path objects: a rebuild lists millions of objects.
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = os.path.join(self.root, *key_check(folder).split("/")) if folder else str(self.root)
+        if not os.path.isdir(base):
+            return
+        root_length = len(str(self.root)) + 1
+        with self._errors("list"):
+            for directory, subdirs, files in os.walk(base):
+                subdirs.sort()
+                relative = directory[root_length:].replace(os.sep, "/")
+                for filename in sorted(files):
+                    if filename.startswith(_TEMP_PREFIX):
+                        continue
+                    key = f"{relative}/{filename}" if relative else filename
+                    if not key.startswith(prefix):
+                        continue
+                    try:
+                        size = os.stat(os.path.join(directory, filename)).st_size
+                    except FileNotFoundError:
+                        continue  # deleted while listed
+                    yield key, size
 
     def free_bytes(self) -> int | None:
         with self._errors("be reached"):
@@ -398,6 +428,13 @@ class S3Store(ObjectStore):
             for page in paginator.paginate(Bucket=self.bucket_name, Prefix=self.prefix + prefix):
                 for item in page.get("Contents", []):
                     yield item["Key"][len(self.prefix) :]
+
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        with self._errors():
+            for page in paginator.paginate(Bucket=self.bucket_name, Prefix=self.prefix + prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"][len(self.prefix) :], int(item["Size"])
 
     def check(self) -> None:
         with self._errors():

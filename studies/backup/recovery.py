@@ -18,7 +18,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from celery import current_app
@@ -29,10 +29,10 @@ from django.utils import timezone
 from studies.archive import crypto, objects, stores
 from studies.archive.errors import ArchiveError, ObjectMissing, StorageUnavailable
 from studies.archive.objects import StoredObject
-from studies.backup import replication, study_state
+from studies.backup import index_sidecar, replication, study_state
 from studies.backup.verification import ObjectCheck, object_check
 from studies.errors import InvalidDicom
-from studies.ingest.index import IndexItem, instance_index_write, instances_index_write
+from studies.ingest.index import IndexItem, instances_index_write
 from studies.models import ClinicKey, Instance, QuarantinedInstance, Series
 from tenants.models import Clinic
 
@@ -170,6 +170,13 @@ class RebuildReport:
     skipped_not_dicom: int = 0
     trashed_again: int = 0
     failed: list[str] = field(default_factory=list)
+    # How the indexed instances were learnt: from index sidecars (no parsing) or by decoding the object.
+    from_sidecars: int = 0
+    decoded: int = 0
+    sidecars_read: int = 0
+    sidecars_unreadable: int = 0
+    # Sidecar entries not used: the object's stored size (or, with verify, its content) disagreed.
+    sidecar_mismatches: int = 0
 
 
 def replica_clinic_uuids() -> list[uuid.UUID]:
@@ -229,7 +236,11 @@ def clinic_keys_recover(*, clinic: Clinic) -> int:
 
 @dataclass(frozen=True)
 class _Decoded:
-    """What a rebuild worker learnt from one replica object (plain values: it crosses processes)."""
+    """What a rebuild worker learnt from one replica object (plain values: it crosses processes).
+
+    ``verified`` says the object was decrypted and its digest computed here; entries taken from an index
+    sidecar without reading the object are not, and are left for the backup verifier.
+    """
 
     key: str
     outcome: str  # "ok", "not_dicom" or "failed"
@@ -238,6 +249,23 @@ class _Decoded:
     size: int = 0
     key_id: str = ""
     error: str = ""
+    verified: bool = True
+    metadata_json: str = ""  # from a sidecar: the header as JSON text, written as it is
+
+
+def _decrypted(clinic_uuid: uuid.UUID, key: str, clinic_keys: dict[str, bytes]) -> tuple[crypto.Header, Any]:
+    raw = stores.get_store("replica").open(key)
+    try:
+        header = crypto.header_read(raw)
+        clinic_key = clinic_keys.get(header.key_id)
+        if clinic_key is None:
+            raise ValueError(f"unknown clinic key {header.key_id}")
+        return header, crypto.DecryptingReader(
+            raw, header=header, clinic_key=clinic_key, clinic_uuid=clinic_uuid, object_key=key
+        )
+    except BaseException:
+        raw.close()
+        raise
 
 
 def _decode_object(clinic_uuid: uuid.UUID, key: str, clinic_keys: dict[str, bytes], directory: str) -> _Decoded:
@@ -246,15 +274,7 @@ def _decode_object(clinic_uuid: uuid.UUID, key: str, clinic_keys: dict[str, byte
     from studies.errors import InvalidDicom
 
     try:
-        raw = stores.get_store("replica").open(key)
-        header = crypto.header_read(raw)
-        clinic_key = clinic_keys.get(header.key_id)
-        if clinic_key is None:
-            raw.close()
-            return _Decoded(key, "failed", error=f"unknown clinic key {header.key_id}")
-        reader = crypto.DecryptingReader(
-            raw, header=header, clinic_key=clinic_key, clinic_uuid=clinic_uuid, object_key=key
-        )
+        header, reader = _decrypted(clinic_uuid, key, clinic_keys)
         digest = hashlib.sha256()
         size = 0
         fd, path = tempfile.mkstemp(dir=directory, suffix=".dcm")
@@ -275,26 +295,64 @@ def _decode_object(clinic_uuid: uuid.UUID, key: str, clinic_keys: dict[str, byte
     return _Decoded(key, "ok", parsed=parsed, sha256=digest.hexdigest(), size=size, key_id=header.key_id)
 
 
+def _digest_object(clinic_uuid: uuid.UUID, key: str, clinic_keys: dict[str, bytes]) -> tuple[str, int] | None:
+    """Decrypt one replica object and return (sha256, size) of its plaintext, None when it does not decrypt."""
+    try:
+        _header, reader = _decrypted(clinic_uuid, key, clinic_keys)
+        digest = hashlib.sha256()
+        size = 0
+        with contextlib.closing(reader):
+            while chunk := reader.read(1024 * 1024):
+                digest.update(chunk)
+                size += len(chunk)
+    except (ArchiveError, ValueError, OSError):
+        return None
+    return digest.hexdigest(), size
+
+
 def _decode_worker_init() -> None:
     # Store clients (boto3 sessions, pooled sockets) must not be shared across a fork: make fresh ones.
     stores._cache.clear()
 
 
-def _replica_objects(clinic: Clinic) -> Iterator[str]:
-    for key in stores.get_store("replica").list(f"clinics/{clinic.uuid}/objects/"):
-        if _OBJECT_KEY.match(key):
-            yield key
+def _replica_objects(clinic: Clinic) -> dict[str, int]:
+    """The clinic's objects on the replica, with their stored sizes, in key order."""
+    return {
+        key: size
+        for key, size in sorted(stores.get_store("replica").list_sizes(f"clinics/{clinic.uuid}/objects/"))
+        if _OBJECT_KEY.match(key)
+    }
+
+
+def _prefetched(function: Callable[[str], Any], keys: list[str], *, threads: int = 4) -> Iterator[Any]:
+    """Yield ``function(key)`` for each key in order, a few keys ahead (sidecar reads wait on the store)."""
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rebuild-sidecar") as pool:
+        window: list[Any] = []
+        for key in keys:
+            window.append(pool.submit(function, key))
+            if len(window) > threads * 2:
+                yield window.pop(0).result()
+        for future in window:
+            yield future.result()
 
 
 def index_rebuild(
-    *, clinic_uuids: list[uuid.UUID] | None = None, progress: Progress | None = None, jobs: int = 1
+    *,
+    clinic_uuids: list[uuid.UUID] | None = None,
+    progress: Progress | None = None,
+    jobs: int = 1,
+    use_sidecars: bool = True,
+    verify: bool = False,
 ) -> RebuildReport:
     """Rebuild clinics, clinic keys and the patient/study/series/instance index from the replica alone.
 
-    Resumable: objects already in the index are skipped. Objects that decrypt but are not DICOM
-    (thumbnails) are skipped; the thumbnail task renders them again. Primary is not touched: run
-    ``restore`` afterwards if primary was lost too. With ``jobs`` > 1, decrypting and parsing (the
-    costly part) run in that many worker processes; the database is written by this process only.
+    Resumable: objects already in the index are skipped. What the index needs of each instance is read
+    from the clinic's index sidecars (``studies.backup.index_sidecar``) for every object on the replica
+    that one describes with the right stored size; those instances are left for the backup verifier to
+    check (``verify`` decrypts and digests them here instead, without parsing). Every other object is
+    decrypted and parsed, in ``jobs`` worker processes when ``jobs`` > 1; objects that decrypt but are
+    not DICOM (thumbnails) are skipped and rendered again by the thumbnail task. The database is written
+    by this process only. Primary is not touched: run ``restore`` afterwards if primary was lost too.
     """
     from studies.archive import keys as archive_keys
 
@@ -331,28 +389,23 @@ def index_rebuild(
                 QuarantinedInstance.objects.for_clinic(clinic).exclude(resolution=QuarantinedInstance.Resolution.FILED)
                 .values_list("object_key", flat=True)
             )
-            keys = list(_replica_objects(clinic))
-            todo = [key for key in keys if key not in indexed and key not in thumbnails and key not in held]
-            report.objects_seen += len(keys)
-            report.already_indexed += len(keys) - len(todo)
-            say(f"{clinic.slug}: {len(keys)} objects on the replica, {len(keys) - len(todo)} already indexed")
-            arguments = ([clinic.uuid] * len(todo), todo, [clinic_keys] * len(todo), [workdir] * len(todo))
-            results = pool.map(_decode_object, *arguments, chunksize=16) if pool else map(_decode_object, *arguments)
-            batch: list[Any] = []
-            for position, decoded in enumerate(results, start=1):
-                if decoded.outcome == "ok":
-                    batch.append(decoded)
-                    if len(batch) >= REBUILD_BATCH or position == len(todo):
-                        _index_batch(clinic=clinic, batch=batch, report=report)
-                elif decoded.outcome == "not_dicom":
-                    report.skipped_not_dicom += 1
-                else:
-                    logger.error("Cannot decrypt replica object %s: %s", decoded.key, decoded.error)
-                    report.failed.append(decoded.key)
-                if position == len(todo) and batch:
-                    _index_batch(clinic=clinic, batch=batch, report=report)
-                if position % 100 == 0 or position == len(todo):
-                    say(f"{clinic.slug}: {position}/{len(todo)} objects, {report.indexed} indexed so far")
+            listed = _replica_objects(clinic)
+            todo = {
+                key: size for key, size in listed.items()
+                if key not in indexed and key not in thumbnails and key not in held
+            }
+            report.objects_seen += len(listed)
+            report.already_indexed += len(listed) - len(todo)
+            say(f"{clinic.slug}: {len(listed)} objects on the replica, {len(listed) - len(todo)} already indexed")
+            if use_sidecars and todo:
+                _rebuild_from_sidecars(
+                    clinic=clinic, todo=todo, clinic_keys=clinic_keys, report=report, pool=pool, verify=verify,
+                    say=say,
+                )
+            _rebuild_by_decoding(
+                clinic=clinic, todo=list(todo), clinic_keys=clinic_keys, report=report, pool=pool,
+                workdir=workdir, say=say,
+            )
             # Trash and purge state recorded in the replica: never bring a trashed or purged study back live.
             states = study_state.study_states_apply(clinic=clinic)
             report.trashed_again += states.trashed
@@ -365,8 +418,99 @@ def index_rebuild(
     return report
 
 
+def _rebuild_from_sidecars(
+    *, clinic: Clinic, todo: dict[str, int], clinic_keys: dict[str, bytes], report: RebuildReport,
+    pool: Any, verify: bool, say: Progress,
+) -> None:
+    """Index the objects of ``todo`` an index sidecar describes, and take them out of ``todo``.
+
+    Only objects listed on the replica are indexed (a sidecar naming an object the replica lacks adds
+    nothing), and only when the sidecar's stored size is the object's; the rest stay in ``todo``.
+    """
+    sidecars = index_sidecar.sidecar_keys(clinic=clinic)
+    if not sidecars:
+        return
+    say(f"{clinic.slug}: {len(sidecars)} index sidecars")
+
+    def read(key: str) -> list[index_sidecar.SidecarEntry] | None:
+        [(_key, entries)] = index_sidecar.index_sidecars_read(clinic=clinic, clinic_keys=clinic_keys, sidecars=[key])
+        return entries
+
+    batch: list[_Decoded] = []
+    covered: set[str] = set()
+    for position, entries in enumerate(_prefetched(read, sidecars), start=1):
+        if entries is None:
+            report.sidecars_unreadable += 1
+            continue
+        report.sidecars_read += 1
+        for entry in entries:
+            stored_size = todo.get(entry.key)
+            if stored_size is None or entry.key in covered:
+                continue  # not on the replica, already indexed, or named by an earlier sidecar
+            if stored_size != entry.stored_size or entry.key_id not in clinic_keys:
+                report.sidecar_mismatches += 1
+                continue  # not the object the sidecar describes: it is decoded instead
+            covered.add(entry.key)
+            batch.append(_Decoded(
+                entry.key, "ok", parsed=entry.parsed, sha256=entry.sha256, size=entry.size_bytes,
+                key_id=entry.key_id, verified=False, metadata_json=entry.metadata_json,
+            ))
+        if len(batch) >= SIDECAR_REBUILD_BATCH or position == len(sidecars):
+            if verify:
+                batch = _verified(clinic=clinic, batch=batch, clinic_keys=clinic_keys, pool=pool, report=report)
+            for decoded in batch:
+                del todo[decoded.key]
+            report.from_sidecars += len(batch)
+            _index_batch(clinic=clinic, batch=batch, report=report)
+            say(f"{clinic.slug}: {position}/{len(sidecars)} sidecars, {report.indexed} indexed so far")
+
+
+def _verified(
+    *, clinic: Clinic, batch: list[_Decoded], clinic_keys: dict[str, bytes], pool: Any, report: RebuildReport
+) -> list[_Decoded]:
+    """Keep the sidecar entries whose object decrypts to the sidecar's sha256 and size, marked verified."""
+    arguments = ([clinic.uuid] * len(batch), [d.key for d in batch], [clinic_keys] * len(batch))
+    digests = pool.map(_digest_object, *arguments, chunksize=16) if pool else map(_digest_object, *arguments)
+    kept = []
+    for decoded, digest in zip(batch, digests, strict=True):
+        if digest == (decoded.sha256, decoded.size):
+            kept.append(replace(decoded, verified=True))
+        else:
+            report.sidecar_mismatches += 1
+    return kept
+
+
+def _rebuild_by_decoding(
+    *, clinic: Clinic, todo: list[str], clinic_keys: dict[str, bytes], report: RebuildReport, pool: Any,
+    workdir: str, say: Progress,
+) -> None:
+    """Decrypt and parse each object of ``todo`` (no sidecar covers it) and index it."""
+    if not todo:
+        return
+    arguments = ([clinic.uuid] * len(todo), todo, [clinic_keys] * len(todo), [workdir] * len(todo))
+    results = pool.map(_decode_object, *arguments, chunksize=16) if pool else map(_decode_object, *arguments)
+    batch: list[Any] = []
+    for position, decoded in enumerate(results, start=1):
+        if decoded.outcome == "ok":
+            batch.append(decoded)
+            report.decoded += 1
+            if len(batch) >= REBUILD_BATCH:
+                _index_batch(clinic=clinic, batch=batch, report=report)
+        elif decoded.outcome == "not_dicom":
+            report.skipped_not_dicom += 1
+        else:
+            logger.error("Cannot decrypt replica object %s: %s", decoded.key, decoded.error)
+            report.failed.append(decoded.key)
+        if position == len(todo) and batch:
+            _index_batch(clinic=clinic, batch=batch, report=report)
+        if position % 100 == 0 or position == len(todo):
+            say(f"{clinic.slug}: {position}/{len(todo)} objects decoded, {report.indexed} indexed so far")
+
+
 # Recovered instances indexed per transaction (one bulk insert, one counter update per study and series).
 REBUILD_BATCH = 200
+# Instances from sidecars per transaction: nothing was parsed for them, so a larger batch costs no latency.
+SIDECAR_REBUILD_BATCH = 2000
 
 
 def _index_batch(*, clinic: Clinic, batch: list[Any], report: RebuildReport) -> None:
@@ -381,7 +525,8 @@ def _index_batch(*, clinic: Clinic, batch: list[Any], report: RebuildReport) -> 
             try:
                 instance_index_create(
                     clinic=clinic, parsed=decoded.parsed, object_key=decoded.key, key_id=decoded.key_id,
-                    sha256=decoded.sha256, size_bytes=decoded.size,
+                    sha256=decoded.sha256, size_bytes=decoded.size, verified=getattr(decoded, "verified", True),
+                    metadata_json=getattr(decoded, "metadata_json", ""),
                 )
             except InvalidDicom as exc:
                 # Its series already belongs to another study: report it, rebuild the rest.
@@ -406,7 +551,8 @@ def instances_index_create(*, clinic: Clinic, decoded: list[Any]) -> None:
             parsed=entry.parsed,
             stored=StoredObject(key=entry.key, key_id=entry.key_id, size_bytes=entry.size, sha256=entry.sha256),
             instance_uuid=uuid.UUID(match["object"]) if match is not None else None,
-            replicated_at=now, verified_at=now,
+            replicated_at=now, verified_at=now if getattr(entry, "verified", True) else None,
+            metadata_json=getattr(entry, "metadata_json", ""),
         ))
     with transaction.atomic():
         instances_index_write(clinic=clinic, items=items)
@@ -415,24 +561,25 @@ def instances_index_create(*, clinic: Clinic, decoded: list[Any]) -> None:
 
 @transaction.atomic
 def instance_index_create(
-    *, clinic: Clinic, parsed: Any, object_key: str, key_id: str, sha256: str, size_bytes: int
+    *, clinic: Clinic, parsed: Any, object_key: str, key_id: str, sha256: str, size_bytes: int,
+    verified: bool = True, metadata_json: str = "",
 ) -> Instance:
     """Index one recovered instance with the ingest's own index writer, and count it in the usage.
 
     The object uuid comes from the object key, so the instance keeps the uuid it had before.
     Replication and verification state: the object came from the replica, so it is replicated; it was
-    verified by decrypting it here.
+    verified when it was decrypted here (``verified``), else the backup verifier checks it.
     """
     now = timezone.now()
     match = _OBJECT_KEY.match(object_key)
     stored = StoredObject(key=object_key, key_id=key_id, size_bytes=size_bytes, sha256=sha256)
     try:
         with transaction.atomic():
-            instance, _ = instance_index_write(
-                clinic=clinic, parsed=parsed, stored=stored,
+            [instance] = instances_index_write(clinic=clinic, items=[IndexItem(
+                parsed=parsed, stored=stored,
                 instance_uuid=uuid.UUID(match["object"]) if match is not None else None,
-                replicated_at=now, verified_at=now,
-            )
+                replicated_at=now, verified_at=now if verified else None, metadata_json=metadata_json,
+            )]).instances
     except IntegrityError:
         # The same SOP Instance UID under another object (a re-upload that replaced it): keep the first.
         logger.warning("Skipping %s: its SOP Instance UID is already indexed.", object_key)

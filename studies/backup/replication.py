@@ -9,7 +9,8 @@ before the upload is acknowledged; a replica failure leaves the instance pending
 the batch's index rows are committed, ``instances_replication_start`` queues one ``instances_replicate``
 message per batch. The per-minute sweep queues any instance still pending after a minute whose message is
 not already on its way, so a lost queue message never loses a backup. Both functions are registered with
-``studies.ingest.hooks`` at start-up: ingest never imports backup.
+``studies.ingest.hooks`` at start-up: ingest never imports backup. Once a batch is on the replica, its
+index sidecar (``index_sidecar``) is written there too, so a rebuild needs no DICOM parsing.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from django.utils import timezone
 from studies.archive import keys as archive_keys
 from studies.archive import objects, stores
 from studies.archive.errors import ObjectMissing, StorageUnavailable
-from studies.backup import alerts, mirror
+from studies.backup import alerts, index_sidecar, mirror
 from studies.ingest import hooks
 from studies.models import ClinicKey, Instance, Series
 from tenants.models import Clinic
@@ -52,6 +53,7 @@ REPLICA_DOWN_SECONDS = 30
 REPLICATION_BATCH = 50
 REQUEUE_AFTER = timedelta(minutes=10)
 INSTANCES_REPLICATE_TASK = "studies.backup.tasks.instances_replicate"
+INDEX_SIDECAR_TASK = "studies.backup.tasks.index_sidecar_write"
 
 
 def replication_mode() -> str:
@@ -142,6 +144,11 @@ def instances_replication_start(clinic: Clinic, instances: Sequence[Instance]) -
             clinic_manifest_replicate(clinic=clinic)
         except StorageUnavailable as exc:
             logger.warning("Clinic manifest not replicated yet: %s", exc)
+        # The sync writer put these objects on the replica before the commit: their index sidecar can go
+        # now, from a worker, so the upload does not wait for one more replica write.
+        current_app.tasks[INDEX_SIDECAR_TASK].delay(
+            clinic_id=clinic.pk, instance_ids=[i.pk for i in instances if i.replicated_at is not None]
+        )
     # In sync mode a pending instance means the replica just failed: the sweep copies it once the replica
     # answers again, rather than a message retrying against a store known to be down.
     if pending and replication_mode() != SYNC:
@@ -163,7 +170,7 @@ def replication_queue(*, clinic_id: int, instance_ids: Sequence[int], mark: bool
 
 def instances_replicate(*, clinic: Clinic, instance_ids: Sequence[int]) -> int:
     """Copy a batch of instances to the replica; returns how many were copied now (others were already)."""
-    copied = 0
+    copied: list[int] = []
     rows = (
         Instance.objects.for_clinic(clinic)
         .filter(pk__in=list(instance_ids), replicated_at=None)
@@ -172,11 +179,16 @@ def instances_replicate(*, clinic: Clinic, instance_ids: Sequence[int]) -> int:
     for instance in rows:
         instance.clinic = clinic
         try:
-            copied += int(instance_replicate(instance=instance))
+            if instance_replicate(instance=instance):
+                copied.append(instance.pk)
         except ObjectMissing:
             # Not retried: primary lost the object. Verification/restore deal with it; say so loudly.
             logger.error("Cannot replicate %s: the primary store has no such object.", instance.object_key)
-    return copied
+    if copied:
+        # Their objects are durable on the replica now (put returns once they are): describe them for a
+        # rebuild. Only those copied here: a redelivered message leaves the earlier run's sidecar alone.
+        index_sidecar.index_sidecar_publish_logged(clinic=clinic, instance_ids=copied)
+    return len(copied)
 
 
 def pending_instances(*, older_than: timedelta, requeue_after: timedelta = REQUEUE_AFTER) -> Iterator[Instance]:

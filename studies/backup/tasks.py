@@ -15,7 +15,17 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from studies.archive.errors import ObjectMissing, StorageUnavailable
-from studies.backup import alerts, database, drill, pgbackrest, recovery, replication, study_state, verification
+from studies.backup import (
+    alerts,
+    database,
+    drill,
+    index_sidecar,
+    pgbackrest,
+    recovery,
+    replication,
+    study_state,
+    verification,
+)
 from studies.models import Instance
 from tenants.models import Clinic
 
@@ -52,6 +62,29 @@ def instances_replicate(*, clinic_id: int, instance_ids: list[int]) -> int:
     if clinic is None:
         return 0
     return replication.instances_replicate(clinic=clinic, instance_ids=instance_ids)
+
+
+@shared_task(name=replication.INDEX_SIDECAR_TASK, **RETRY)
+def index_sidecar_write(*, clinic_id: int, instance_ids: list[int]) -> str | None:
+    """Write the index sidecar of instances already on the replica (sync mode); returns its key."""
+    clinic = Clinic.objects.filter(pk=clinic_id).first()
+    if clinic is None:
+        return None
+    return index_sidecar.index_sidecar_publish(clinic=clinic, instance_ids=instance_ids)
+
+
+@shared_task(**RETRY)
+def index_sidecars_compact(*, clinic_id: int | None = None) -> dict[str, int]:
+    """Daily (beat, replica-admin queue): merge small index sidecars, drop purged instances from them."""
+    # Unscoped when no clinic is given: the daily job walks every clinic.
+    clinics = Clinic.objects.filter(pk=clinic_id) if clinic_id is not None else Clinic.objects.all()
+    totals = {"written": 0, "deleted": 0, "dropped": 0}
+    for clinic in clinics.order_by("pk").iterator():
+        done = index_sidecar.index_sidecars_compact(clinic=clinic)
+        totals["written"] += done.sidecars_written
+        totals["deleted"] += done.sidecars_deleted
+        totals["dropped"] += done.entries_dropped
+    return totals
 
 
 @shared_task(acks_late=True, ignore_result=True)

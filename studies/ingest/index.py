@@ -15,10 +15,11 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Sum, Value
-from django.db.models.functions import Greatest
+from django.db.models import F, JSONField, Sum, TextField, Value
+from django.db.models.functions import Cast, Greatest
 from django.utils import timezone
 
 from studies import dicom
@@ -40,6 +41,9 @@ class IndexItem:
     instance_uuid: uuid.UUID | None = None
     replicated_at: datetime | None = None
     verified_at: datetime | None = None
+    # The DICOM JSON header already serialized (a rebuild reads it so from an index sidecar): written as
+    # it is instead of ``parsed.metadata``, sparing a decode and an encode per instance.
+    metadata_json: str = ""
 
 
 @dataclass(frozen=True)
@@ -273,7 +277,7 @@ def instances_index_write(
                 sha256=i.stored.sha256,
                 object_key=i.stored.key,
                 key_id=i.stored.key_id,
-                metadata=i.parsed.metadata,
+                metadata=_json_value(i.parsed.metadata, serialized=i.metadata_json),
                 stored_at=now,
                 replicated_at=i.replicated_at,
                 replica_verified_at=i.verified_at,
@@ -282,6 +286,9 @@ def instances_index_write(
             for i in items
         ]
     )
+    for instance, item in zip(instances, items, strict=True):
+        # The dict, not the insert's expression (with metadata_json, what parsed carries: rebuilds read none).
+        instance.metadata = item.parsed.metadata
     per_series: dict[str, int] = defaultdict(int)
     per_study: dict[str, list[IndexItem]] = defaultdict(list)
     for item in items:
@@ -331,6 +338,18 @@ def instance_index_write(
         ],
     )
     return written.instances[0], bool(written.created_studies)
+
+
+def _json_value(document: dict[str, Any], *, serialized: str = "") -> Value | Cast:
+    """The metadata column's value for a bulk insert, as an expression (``serialized``: JSON text as is).
+
+    Django inserts a batch of plain values on PostgreSQL as UNNEST of one array per column; psycopg then
+    quotes the jsonb[] array of DICOM JSON headers in Python, about 1.3 ms of CPU per 12 KB header. An
+    expression keeps the insert a plain multi-row VALUES, whose JSON parameters libpq quotes (0.2 ms).
+    """
+    if serialized:
+        return Cast(Value(serialized, output_field=TextField()), output_field=JSONField())
+    return Value(document, output_field=JSONField())
 
 
 def _add_value(joined: str, value: str, max_length: int) -> str:

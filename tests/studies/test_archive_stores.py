@@ -55,6 +55,21 @@ def test_put_open_size_exists_list_delete(db, store_kind):
     store.check()
 
 
+def test_list_sizes_gives_each_key_under_the_prefix_with_its_stored_size(db, store_kind):
+    store = stores.get_store("replica")
+    store.put("clinics/c1/objects/a", io.BytesIO(b"x" * 70_000))
+    store.put("clinics/c1/objects/b", io.BytesIO(b"b"))
+    store.put("clinics/c1/keys/k", io.BytesIO(b"key"))
+    store.put("clinics/c12/objects/c", io.BytesIO(b"c"))
+
+    listed = sorted(store.list_sizes("clinics/c1/objects/"))
+
+    assert listed == [("clinics/c1/objects/a", 70_000), ("clinics/c1/objects/b", 1)]
+    assert sorted(store.list_sizes("clinics/c1")) == sorted(
+        (key, store.size(key)) for key in store.list("clinics/c1")
+    )
+
+
 def test_missing_object_raises_object_missing(db, store_kind):
     store = stores.get_store("replica")
 
