@@ -107,6 +107,9 @@ def check(state_path: Path) -> None:
     client = Client(HTTP_HOST="localhost")
     api = client.get(f"/api/v1/clinics/{clinic.slug}/studies/", HTTP_AUTHORIZATION=f"Bearer {state['token']}")
     share = client.get(f"/s/{state['share_token']}/")
+    # A leading wildcard goes through SQLite's trigram index (kept by triggers that a table rebuild drops).
+    found = client.get(f"/dicomweb/{clinic.slug}/studies", {"PatientName": "*CHARD"},
+                       HTTP_AUTHORIZATION=f"Bearer {state['token']}")
     report = {
         "instances": sorted(
             [i.sop_instance_uid, i.sha256, i.size_bytes] for i in Instance.objects.for_clinic(clinic)
@@ -114,6 +117,9 @@ def check(state_path: Path) -> None:
         "owner_signs_in": User.objects.get(email=email).check_password(password),
         "token_status": api.status_code,
         "share_status": share.status_code,
+        "found_by_wildcard": sorted(
+            study["0020000D"]["Value"][0] for study in (found.json() if found.status_code == 200 else [])
+        ),
         "trashed": sorted(
             Study.objects.for_clinic(clinic).filter(deleted_at__isnull=False).values_list("study_instance_uid", flat=True)
         ),

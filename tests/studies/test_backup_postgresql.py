@@ -260,5 +260,6 @@ def test_postgresql_clinic_comes_back_whole_after_losing_primary_and_database(cl
     assert after["instances"] == before["instances"]
     assert (after["owner_signs_in"], after["token_status"], after["share_status"]) == (True, 200, 200)
     assert (after["trashed"], after["live"]) == (before["trashed"], before["live"])
+    assert after["found_by_wildcard"] == before["live"]
     assert after["audit_problems"] == []
     assert set(map(tuple, before["audit_at_snapshot"])) <= set(map(tuple, after["audit"]))

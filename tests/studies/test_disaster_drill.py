@@ -83,6 +83,7 @@ def test_sqlite_clinic_comes_back_whole_after_losing_primary_and_database(defaul
     assert after["share_status"] == 200
     assert after["trashed"] == before["trashed"]
     assert after["live"] == before["live"]
+    assert after["found_by_wildcard"] == before["live"]
     assert after["audit_problems"] == []
     assert set(map(tuple, before["audit_at_snapshot"])) <= set(map(tuple, after["audit"]))
     assert "were written before the disaster" in "\n".join(outputs)  # entries after the snapshot, reported
