@@ -67,6 +67,9 @@ logger = logging.getLogger(__name__)
 
 # Usage warnings (80% and 95% of the quota) are checked at most this often per clinic, not per file.
 USAGE_CHECK_SECONDS = 60
+# A stream (one association) with at least this much quota left reuses its last reading for a few seconds
+# (studies.ingest.lookups) rather than reading the quota before every image.
+QUOTA_ROOM_REUSED = 4 * 1024**3
 # Objects of one batch written at once.
 WRITE_THREADS = 2
 
@@ -290,7 +293,7 @@ def _store(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> None:
         for entry in pending:
             entry.item.error = exc
         return
-    writable = _quota_precheck(clinic=clinic, pending=pending)
+    writable = _quota_precheck(clinic=clinic, pending=pending, origin=origin)
     _write_objects(clinic=clinic, pending=writable)
     written = [e for e in writable if e.written is not None]
     if not written:
@@ -343,14 +346,22 @@ def _room_check(*, clinic: Clinic, size: int, origin: Origin) -> None:
         )
 
 
-def _quota_precheck(*, clinic: Clinic, pending: list[_Pending]) -> list[_Pending]:
+def _quota_precheck(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> list[_Pending]:
     """Refuse, before anything is written, the files the quota has no room for; return the others.
 
     Only a check: the reservation is made in the index transaction (``_index``), so a crash or a failed
-    write between here and the commit leaves no quota counted for anything unacknowledged.
+    write between here and the commit leaves no quota counted for anything unacknowledged. A stream far
+    from its quota reuses what it read a moment ago (the conditional reservation still decides); near the
+    limit, or when a batch does not fit, the quota is read afresh.
     """
-    left, quota = quota_left(clinic=clinic)
-    if sum(entry.size for entry in pending) > left and usage_recount(clinic=clinic, reason="upload refused"):
+    size = sum(entry.size for entry in pending)
+    left, quota = looked_up(
+        origin.lookups, "quota-left", lambda: quota_left(clinic=clinic),
+        keep=lambda answer: answer[0] >= QUOTA_ROOM_REUSED,
+    )
+    if size > left and origin.lookups is not None:
+        left, quota = quota_left(clinic=clinic)
+    if size > left and usage_recount(clinic=clinic, reason="upload refused"):
         # Never refuse because of usage no row accounts for (left committed by something else; see
         # usage_recount): recount first, audited, and check again against the corrected usage.
         left, quota = quota_left(clinic=clinic)
