@@ -6,7 +6,8 @@ replication, as `bench_orthanc.py` runs the portal) and sends the files over one
 pynetdicom; then posts the same number of other files by STOW-RS, 10 per request, through Django's test
 client. Prints, per instance: the CPU time of the handler's own thread (C-STORE) or of the process
 (STOW-RS), the wall time, the number of SQL statements and the slowest statements (all of them with
-PROFILE_ALL_STATEMENTS=1). CPU time barely
+PROFILE_ALL_STATEMENTS=1; with PROFILE_CPROFILE=N, the N costliest calls of the C-STORE handler under
+cProfile). CPU time barely
 depends on the machine's load, so use it to compare changes on a busy machine; wall times do.
 """
 
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import os
+import pstats
 import sys
 import tempfile
 import time
@@ -92,15 +95,20 @@ def profile_c_store(var: Path, ae_title: str, count: int) -> None:
     cpu: list[float] = []
     wall: list[float] = []
     real = handlers.handle_store
+    profiler = cProfile.Profile() if os.environ.get("PROFILE_CPROFILE") else None
 
     def measured(event):  # type: ignore[no-untyped-def]
         with connection.execute_wrapper(statements):
+            if profiler is not None:
+                profiler.enable()
             started, thread_started = time.perf_counter(), time.thread_time()
             try:
                 return real(event)
             finally:
                 cpu.append(time.thread_time() - thread_started)
                 wall.append(time.perf_counter() - started)
+                if profiler is not None:
+                    profiler.disable()
 
     index = [event for event, _ in handlers.HANDLERS].index(handlers.evt.EVT_C_STORE)
     handlers.HANDLERS[index] = (handlers.evt.EVT_C_STORE, measured)
@@ -116,6 +124,8 @@ def profile_c_store(var: Path, ae_title: str, count: int) -> None:
     print(f"  handler thread CPU per instance: {sum(cpu) / len(cpu) * 1000:.1f} ms; "
           f"handler wall per instance: {sum(wall) / len(wall) * 1000:.1f} ms")
     statements.report(count)
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(int(os.environ["PROFILE_CPROFILE"]))
 
 
 def profile_stow(var: Path, slug: str, token: str, count: int) -> None:
@@ -163,13 +173,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=60, help="instances per way in (default 60)")
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: SQLite in a scratch folder)")
+    parser.add_argument("--only", default="c_store,stow", help="ways in to profile (default: c_store,stow)")
     args = parser.parse_args()
     var, slug, ae_title, token = setup(args.database_url)
     import shutil
 
     try:
-        profile_c_store(var, ae_title, args.count)
-        profile_stow(var, slug, token, args.count)
+        if "c_store" in args.only:
+            profile_c_store(var, ae_title, args.count)
+        if "stow" in args.only:
+            profile_stow(var, slug, token, args.count)
     finally:
         shutil.rmtree(var, ignore_errors=True)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
