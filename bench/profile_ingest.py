@@ -125,7 +125,7 @@ def profile_c_store(var: Path, ae_title: str, count: int) -> None:
           f"handler wall per instance: {sum(wall) / len(wall) * 1000:.1f} ms")
     statements.report(count)
     if profiler is not None:
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(int(os.environ["PROFILE_CPROFILE"]))
+        pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(int(os.environ["PROFILE_CPROFILE"]))
 
 
 def profile_stow(var: Path, slug: str, token: str, count: int) -> None:

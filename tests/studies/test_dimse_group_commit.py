@@ -133,3 +133,29 @@ def test_a_full_quota_refuses_only_the_instances_of_a_group_that_do_not_fit(clin
     assert sorted(flat) == [0x0000] * 5 + [0xA700] * 3
     assert Instance.objects.for_clinic(clinic).count() == 5
     assert _used_bytes(clinic) == _indexed_bytes(clinic) > 0
+
+
+def test_a_quota_lowered_elsewhere_mid_association_refuses_the_next_image_at_once(clinic, scp_port, tmp_path):
+    """An association far from its quota reuses its last quota reading, but the reservation still decides."""
+    from pynetdicom import AE
+
+    from tests.studies.dimse_support import HOST, MODALITY_AE
+
+    study = write_study(tmp_path, samples=["CT_small.dcm"], copies=2)
+    type(clinic).objects.filter(pk=clinic.pk).update(quota_bytes=10**12, used_bytes=0)
+    ae = AE(ae_title=MODALITY_AE)
+    ae.add_requested_context(dcmread(study.files[0], stop_before_pixels=True).SOPClassUID)
+    assoc = ae.associate(HOST, scp_port, ae_title=clinic.ae_title)
+    assert assoc.is_established
+    try:
+        first = assoc.send_c_store(study.files[0]).Status
+        used = _used_bytes(clinic)
+        type(clinic).objects.filter(pk=clinic.pk).update(quota_bytes=used)  # another process's change
+
+        second = assoc.send_c_store(study.files[1]).Status
+    finally:
+        assoc.release()
+
+    assert (first, second) == (0x0000, 0xA700)
+    assert Instance.objects.for_clinic(clinic).count() == 1
+    assert _used_bytes(clinic) == used == _indexed_bytes(clinic)
