@@ -1,6 +1,7 @@
 """Benchmark: C-STORE ingest throughput (instances/s, MB/s) of 0.5 MB CT instances into ``dicom_scp``.
 
-Run: `.venv/bin/python bench/bench_dimse.py [--count 400] [--associations 1,4] [--database-url URL]`.
+Run: `.venv/bin/python bench/bench_dimse.py [--count 400] [--associations 1,4] [--database-url URL]`
+(`--database-url sqlite` for the SQLite default in the benchmark's temporary folder).
 It starts ``manage.py dicom_scp`` as its own process (as the Procfile runs it) on PostgreSQL (default:
 the scratch database `portal_bench_dimse` on 127.0.0.1, created if missing), with encrypted local
 stores, keys and broker in a temporary folder removed at the end. DCMTK's storescu sends the files:
@@ -48,8 +49,9 @@ def setup_django(database_url: str, var_dir: Path) -> dict[str, str]:
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
     }
     os.environ.update(env)
-    name = database_url.rsplit("/", 1)[1]
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", name], capture_output=True, check=False)
+    if database_url.startswith("postgres"):
+        name = database_url.rsplit("/", 1)[1]
+        subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", name], capture_output=True, check=False)
     import django
 
     django.setup()
@@ -193,7 +195,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-dimse-"))
     try:
-        env = setup_django(args.database_url, work)
+        database_url = f"sqlite:///{work / 'portal.sqlite3'}" if args.database_url == "sqlite" else args.database_url
+        env = setup_django(database_url, work)
         # Fresh files (new UIDs) per run, so no run finds its instances already stored.
         files = {int(n): write_files(work / f"files-{n}", args.count) for n in args.associations.split(",")}
         portal = run_portal(env, files)

@@ -243,13 +243,17 @@ def _drop_existing(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -
     """Answer the files whose SOP Instance UID is already stored; return the others."""
     if not pending:
         return pending
+    uids = [e.parsed.sop_instance_uid for e in pending]
+    # Most files are new: a bare lookup of the UIDs first, the stored rows only for those that exist.
+    found_uids = list(Instance.objects.for_clinic(clinic).filter(sop_instance_uid__in=uids)
+                      .values_list("sop_instance_uid", flat=True))
     existing = {
         instance.sop_instance_uid: instance
         for instance in Instance.objects.for_clinic(clinic)
         .select_related("series__study")
         .defer("metadata")
-        .filter(sop_instance_uid__in=[e.parsed.sop_instance_uid for e in pending])
-    }
+        .filter(sop_instance_uid__in=found_uids)
+    } if found_uids else {}
     new = []
     for entry in pending:
         found = existing.get(entry.parsed.sop_instance_uid)
