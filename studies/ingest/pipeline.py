@@ -229,7 +229,7 @@ def _ingest_batch(*, clinic: Clinic, paths: Sequence[str], origin: Origin, study
     pending = _drop_existing(clinic=clinic, pending=pending, origin=origin)
     if origin.upload_link is None:
         # An outside sender's file naming a stored series is held by admission instead, answered as new.
-        pending = _drop_series_conflicts(clinic=clinic, pending=pending)
+        pending = _drop_series_conflicts(clinic=clinic, pending=pending, origin=origin)
     if pending:
         _store(clinic=clinic, pending=pending, origin=origin)
     if later:
@@ -274,9 +274,9 @@ def _drop_existing(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -
     return new
 
 
-def _drop_series_conflicts(*, clinic: Clinic, pending: list[_Pending]) -> list[_Pending]:
+def _drop_series_conflicts(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> list[_Pending]:
     """Refuse the files whose series the clinic (or an earlier file of the batch) files under another study."""
-    accepted = series_conflicts(clinic=clinic, parsed=[e.parsed for e in pending])
+    accepted = series_conflicts(clinic=clinic, parsed=[e.parsed for e in pending], lookups=origin.lookups)
     keep: list[_Pending] = []
     for entry in pending:
         study = accepted.get(entry.parsed.series_instance_uid)
@@ -313,9 +313,9 @@ def _store(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> None:
         return
     try:
         committed = _index(clinic=clinic, pending=written, origin=origin)
-    except (IntegrityError, QuotaExceeded):
-        # Another upload indexed one of these SOP Instance UIDs, or took the space left, meanwhile: go
-        # through them one by one so each gets its own answer.
+    except (IntegrityError, QuotaExceeded, InvalidDicom):
+        # Another upload indexed one of these SOP Instance UIDs, or took the space left, or filed one of
+        # these series under another study, meanwhile: go through them one by one so each gets its own answer.
         committed = []
         for entry in written:
             committed.extend(_index_alone(clinic=clinic, entry=entry, origin=origin))

@@ -159,3 +159,32 @@ def test_a_quota_lowered_elsewhere_mid_association_refuses_the_next_image_at_onc
     assert (first, second) == (0x0000, 0xA700)
     assert Instance.objects.for_clinic(clinic).count() == 1
     assert _used_bytes(clinic) == used == _indexed_bytes(clinic)
+
+
+def test_a_series_filed_elsewhere_mid_association_refuses_the_next_image_though_the_stream_remembers_it(
+    clinic, scp_port, tmp_path
+):
+    """An association remembers a moment which study a stored series belongs to, but the index decides."""
+    from pynetdicom import AE
+
+    from tests.factories import make_study
+    from tests.studies.dimse_support import HOST, MODALITY_AE
+
+    study = write_study(tmp_path, samples=["CT_small.dcm"], copies=3)
+    ae = AE(ae_title=MODALITY_AE)
+    ae.add_requested_context(dcmread(study.files[0], stop_before_pixels=True).SOPClassUID)
+    assoc = ae.associate(HOST, scp_port, ae_title=clinic.ae_title)
+    assert assoc.is_established
+    try:
+        first = [assoc.send_c_store(path).Status for path in study.files[:2]]
+        used = _used_bytes(clinic)
+        # Meanwhile the series was erased and stored anew under another study (here: moved by hand).
+        Series.objects.for_clinic(clinic).update(study=make_study(clinic=clinic))
+
+        last = assoc.send_c_store(study.files[2]).Status
+    finally:
+        assoc.release()
+
+    assert (first, last) == ([0x0000, 0x0000], 0xC000)
+    assert Instance.objects.for_clinic(clinic).count() == 2
+    assert _used_bytes(clinic) == used
