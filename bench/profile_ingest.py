@@ -3,7 +3,8 @@
 Run: `.venv/bin/python bench/profile_ingest.py [--count 60] [--database-url URL]`. Starts the C-STORE
 listener in-process (SQLite default in a scratch folder, encrypted local stores, asynchronous
 replication, as `bench_orthanc.py` runs the portal) and sends the files over one association with
-pynetdicom; then posts the same number of other files by STOW-RS, 10 per request, through Django's test
+pynetdicom (or split over ``--associations N`` at once, which the listener's group commit ingests
+together); then posts the same number of other files by STOW-RS, 10 per request, through Django's test
 client. Prints, per instance: the CPU time of the handler's own thread (C-STORE) or of the process
 (STOW-RS), the wall time, the number of SQL statements and the slowest statements (all of them with
 PROFILE_ALL_STATEMENTS=1; with PROFILE_CPROFILE=N, the N costliest calls of the C-STORE handler under
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +86,7 @@ def setup(database_url: str | None) -> tuple[Path, str, str, str]:
     return var, slug, ae_title, token
 
 
-def profile_c_store(var: Path, ae_title: str, count: int) -> None:
+def profile_c_store(var: Path, ae_title: str, count: int, associations: int = 1) -> None:
     from django.db import connection
 
     from bench.bench_orthanc import c_store, free_port, write_files
@@ -110,6 +112,14 @@ def profile_c_store(var: Path, ae_title: str, count: int) -> None:
                 if profiler is not None:
                     profiler.disable()
 
+    sizes: list[int] = []
+    real_batch = getattr(handlers, "_ingest_batch", None)
+    if real_batch is not None:  # the group commit's batch function (looked up when a group is made)
+        def batch_measured(paths, **kwargs):  # type: ignore[no-untyped-def]
+            sizes.append(len(paths))
+            return real_batch(paths, **kwargs)
+
+        handlers._ingest_batch = batch_measured
     index = [event for event, _ in handlers.HANDLERS].index(handlers.evt.EVT_C_STORE)
     handlers.HANDLERS[index] = (handlers.evt.EVT_C_STORE, measured)
     port = free_port()
@@ -117,12 +127,20 @@ def profile_c_store(var: Path, ae_title: str, count: int) -> None:
     assert server is not None
     try:
         time.sleep(0.5)
-        rate = c_store("127.0.0.1", port, ae_title, files)["instances_per_s"]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=associations) as pool:
+            list(pool.map(lambda part: c_store("127.0.0.1", port, ae_title, part),
+                          [files[i::associations] for i in range(associations)]))
+        rate = count / (time.perf_counter() - started)
     finally:
         server.shutdown()
-    print(f"C-STORE, one association, {count} instances: {rate:.1f} instances/s (wall, load-dependent)")
-    print(f"  handler thread CPU per instance: {sum(cpu) / len(cpu) * 1000:.1f} ms; "
+    print(f"C-STORE, {associations} association(s), {count} instances: {rate:.1f} instances/s "
+          "(wall, load-dependent)")
+    # With several associations one handler ingests the batch of all (group commit): sum over handlers.
+    print(f"  handler threads' CPU per instance: {sum(cpu) / len(cpu) * 1000:.1f} ms; "
           f"handler wall per instance: {sum(wall) / len(wall) * 1000:.1f} ms")
+    if sizes:
+        print(f"  batches: {len(sizes)}, mean {sum(sizes) / len(sizes):.1f} instances, largest {max(sizes)}")
     statements.report(count)
     if profiler is not None:
         pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(int(os.environ["PROFILE_CPROFILE"]))
@@ -173,6 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=60, help="instances per way in (default 60)")
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: SQLite in a scratch folder)")
+    parser.add_argument("--associations", type=int, default=1, help="simultaneous C-STORE associations")
     parser.add_argument("--only", default="c_store,stow", help="ways in to profile (default: c_store,stow)")
     args = parser.parse_args()
     var, slug, ae_title, token = setup(args.database_url)
@@ -180,7 +199,7 @@ def main() -> None:
 
     try:
         if "c_store" in args.only:
-            profile_c_store(var, ae_title, args.count)
+            profile_c_store(var, ae_title, args.count, args.associations)
         if "stow" in args.only:
             profile_stow(var, slug, token, args.count)
     finally:

@@ -8,7 +8,8 @@ is released or aborted: a long-running listener must not pile up database connec
 C-STOREs of the associations one node has open from one address go through one group commit
 (``ingest.GroupCommit``): what they hand in at the same moment is ingested as one batch, and each C-STORE
 is answered, with its own status, once its batch has returned (its object durable, its rows committed).
-A lone association is never held back: a batch waits only for senders seen a moment ago.
+A lone association is never held back: a batch waits (20 ms at most) only for associations that sent an
+image a moment ago and are still open.
 
 C-STORE statuses (PS3.4 B.2.3, PS3.7 C): success when the instance is stored or already present with
 the same content; 0xA700 (out of resources) when the clinic's quota is used up or storage is
@@ -305,7 +306,9 @@ def handle_rejected(event: Event) -> None:
 
 def _forget(event: Event) -> None:
     with _associations_lock:
-        _associations.pop(event.assoc, None)
+        info = _associations.pop(event.assoc, None)
+    if info is not None and info.store is not None and event.assoc.ident is not None:
+        info.store.forget(event.assoc.ident)
     if threading.current_thread() is event.assoc:
         connection.close()
 
