@@ -188,3 +188,52 @@ def test_a_series_filed_elsewhere_mid_association_refuses_the_next_image_though_
     assert (first, last) == ([0x0000, 0x0000], 0xC000)
     assert Instance.objects.for_clinic(clinic).count() == 2
     assert _used_bytes(clinic) == used
+
+
+def test_a_lone_association_is_never_held_back_waiting_for_others(
+    clinic, scp_port, tmp_path, batches, monkeypatch
+):
+    import time
+
+    monkeypatch.setattr(group, "GROUP_LINGER_SECONDS", 2.0)
+    study = write_study(tmp_path, samples=["CT_small.dcm"], copies=3)
+
+    started = time.monotonic()
+    statuses = store_with_pynetdicom(scp_port, clinic.ae_title, study.files)
+    elapsed = time.monotonic() - started
+
+    assert statuses == [0x0000] * 3
+    # Each batch may linger 2 s here for other senders (6 s in all): none lingered.
+    assert elapsed < 4
+    assert [len(b) for b in batches] == [1, 1, 1]
+
+
+def test_two_nodes_storing_into_one_study_at_once_keep_its_counters_exact(clinic, scp_port, tmp_path):
+    """Separate group commits (as in separate listener processes) meet only in the database."""
+    from pynetdicom import AE
+
+    from tests.studies.dimse_support import HOST, register_node
+
+    register_node(clinic, ae_title="MODALITY2")
+    study = write_study(tmp_path, samples=["CT_small.dcm", "MR_small_implicit.dcm"], copies=6)
+
+    def send(ae_title: str, files: list[Path]) -> list[int]:
+        ae = AE(ae_title=ae_title)
+        for path in files:
+            ae.add_requested_context(dcmread(path, stop_before_pixels=True).SOPClassUID)
+        assoc = ae.associate(HOST, scp_port, ae_title=clinic.ae_title)
+        assert assoc.is_established
+        try:
+            return [assoc.send_c_store(path).Status for path in files]
+        finally:
+            assoc.release()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        runs = [pool.submit(send, ae, study.files[i::4]) for i, ae in enumerate(["MODALITY1", "MODALITY2"] * 2)]
+        statuses = [run.result() for run in runs]
+
+    assert statuses == [[0x0000] * 3] * 4
+    stored = Study.objects.for_clinic(clinic).get()
+    assert (stored.number_of_series, stored.number_of_instances) == (2, 12)
+    assert sorted(Series.objects.for_clinic(clinic).values_list("number_of_instances", flat=True)) == [6, 6]
+    assert stored.size_bytes == _indexed_bytes(clinic) == _used_bytes(clinic)
