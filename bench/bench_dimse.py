@@ -1,10 +1,13 @@
 """Benchmark: C-STORE ingest throughput (instances/s, MB/s) of 0.5 MB CT instances into ``dicom_scp``.
 
-Run: `.venv/bin/python bench/bench_dimse.py [--count 400] [--associations 1,4] [--database-url URL]`.
+Run: `.venv/bin/python bench/bench_dimse.py [--count 400] [--associations 1,4] [--database-url URL]`
+(`--database-url sqlite` for the SQLite default in the benchmark's temporary folder).
 It starts ``manage.py dicom_scp`` as its own process (as the Procfile runs it) on PostgreSQL (default:
 the scratch database `portal_bench_dimse` on 127.0.0.1, created if missing), with encrypted local
 stores, keys and broker in a temporary folder removed at the end. DCMTK's storescu sends the files:
 once over one association, then split over several simultaneous associations (one storescu each).
+Besides the throughput it prints the listener process's CPU time per instance (all its threads), which a
+loaded machine distorts far less than wall-clock figures.
 Every instance takes the whole ingest path: validation, dedupe, quota, streamed encryption into the
 primary store (fsync'd), index rows; the SCP answers only after that.
 
@@ -46,8 +49,9 @@ def setup_django(database_url: str, var_dir: Path) -> dict[str, str]:
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
     }
     os.environ.update(env)
-    name = database_url.rsplit("/", 1)[1]
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", name], capture_output=True, check=False)
+    if database_url.startswith("postgres"):
+        name = database_url.rsplit("/", 1)[1]
+        subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", name], capture_output=True, check=False)
     import django
 
     django.setup()
@@ -121,6 +125,12 @@ def store(port: int, called_ae: str, paths: list[Path], associations: int) -> di
     return {"instances_per_s": len(paths) / elapsed, "mb_per_s": size / elapsed / 1e6, "seconds": elapsed}
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far, all its threads together."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_portal(env: dict[str, str], files: dict[int, list[Path]]) -> dict[int, dict[str, float]]:
     from studies.models import Instance
     from tenants.models import Clinic
@@ -135,7 +145,11 @@ def run_portal(env: dict[str, str], files: dict[int, list[Path]]) -> dict[int, d
         wait_for_port(port)
         for associations, paths in files.items():
             called_ae = clinic_prepare()
+            cpu_before = process_cpu_seconds(server.pid)
             results[associations] = store(port, called_ae, paths, associations)
+            results[associations]["cpu_ms_per_instance"] = (
+                (process_cpu_seconds(server.pid) - cpu_before) / len(paths) * 1000
+            )
             clinic = Clinic.objects.get(ae_title=called_ae)
             stored = Instance.objects.for_clinic(clinic).count()
             if stored != len(paths):
@@ -181,7 +195,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-dimse-"))
     try:
-        env = setup_django(args.database_url, work)
+        database_url = f"sqlite:///{work / 'portal.sqlite3'}" if args.database_url == "sqlite" else args.database_url
+        env = setup_django(database_url, work)
         # Fresh files (new UIDs) per run, so no run finds its instances already stored.
         files = {int(n): write_files(work / f"files-{n}", args.count) for n in args.associations.split(",")}
         portal = run_portal(env, files)
@@ -190,7 +205,7 @@ def main() -> None:
         print(f"\nC-STORE of {args.count} CT instances of {size_mb:.2f} MB each (DCMTK storescu)")
         for associations, result in portal.items():
             line = (f"portal, {associations} association(s): {result['instances_per_s']:.1f} instances/s, "
-                    f"{result['mb_per_s']:.1f} MB/s")
+                    f"{result['mb_per_s']:.1f} MB/s, listener CPU {result['cpu_ms_per_instance']:.1f} ms/instance")
             if orthanc:
                 other = orthanc[associations]
                 line += (f" | Orthanc: {other['instances_per_s']:.1f} instances/s, {other['mb_per_s']:.1f} MB/s"

@@ -3,10 +3,12 @@
 Run: `.venv/bin/python bench/profile_ingest.py [--count 60] [--database-url URL]`. Starts the C-STORE
 listener in-process (SQLite default in a scratch folder, encrypted local stores, asynchronous
 replication, as `bench_orthanc.py` runs the portal) and sends the files over one association with
-pynetdicom; then posts the same number of other files by STOW-RS, 10 per request, through Django's test
+pynetdicom (or split over ``--associations N`` at once, which the listener's group commit ingests
+together); then posts the same number of other files by STOW-RS, 10 per request, through Django's test
 client. Prints, per instance: the CPU time of the handler's own thread (C-STORE) or of the process
 (STOW-RS), the wall time, the number of SQL statements and the slowest statements (all of them with
-PROFILE_ALL_STATEMENTS=1). CPU time barely
+PROFILE_ALL_STATEMENTS=1; with PROFILE_CPROFILE=N, the N costliest calls of the C-STORE handler under
+cProfile). CPU time barely
 depends on the machine's load, so use it to compare changes on a busy machine; wall times do.
 """
 
@@ -14,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import os
+import pstats
 import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +86,7 @@ def setup(database_url: str | None) -> tuple[Path, str, str, str]:
     return var, slug, ae_title, token
 
 
-def profile_c_store(var: Path, ae_title: str, count: int) -> None:
+def profile_c_store(var: Path, ae_title: str, count: int, associations: int = 1) -> None:
     from django.db import connection
 
     from bench.bench_orthanc import c_store, free_port, write_files
@@ -92,16 +97,29 @@ def profile_c_store(var: Path, ae_title: str, count: int) -> None:
     cpu: list[float] = []
     wall: list[float] = []
     real = handlers.handle_store
+    profiler = cProfile.Profile() if os.environ.get("PROFILE_CPROFILE") else None
 
     def measured(event):  # type: ignore[no-untyped-def]
         with connection.execute_wrapper(statements):
+            if profiler is not None:
+                profiler.enable()
             started, thread_started = time.perf_counter(), time.thread_time()
             try:
                 return real(event)
             finally:
                 cpu.append(time.thread_time() - thread_started)
                 wall.append(time.perf_counter() - started)
+                if profiler is not None:
+                    profiler.disable()
 
+    sizes: list[int] = []
+    real_batch = getattr(handlers, "_ingest_batch", None)
+    if real_batch is not None:  # the group commit's batch function (looked up when a group is made)
+        def batch_measured(paths, **kwargs):  # type: ignore[no-untyped-def]
+            sizes.append(len(paths))
+            return real_batch(paths, **kwargs)
+
+        handlers._ingest_batch = batch_measured
     index = [event for event, _ in handlers.HANDLERS].index(handlers.evt.EVT_C_STORE)
     handlers.HANDLERS[index] = (handlers.evt.EVT_C_STORE, measured)
     port = free_port()
@@ -109,13 +127,23 @@ def profile_c_store(var: Path, ae_title: str, count: int) -> None:
     assert server is not None
     try:
         time.sleep(0.5)
-        rate = c_store("127.0.0.1", port, ae_title, files)["instances_per_s"]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=associations) as pool:
+            list(pool.map(lambda part: c_store("127.0.0.1", port, ae_title, part),
+                          [files[i::associations] for i in range(associations)]))
+        rate = count / (time.perf_counter() - started)
     finally:
         server.shutdown()
-    print(f"C-STORE, one association, {count} instances: {rate:.1f} instances/s (wall, load-dependent)")
-    print(f"  handler thread CPU per instance: {sum(cpu) / len(cpu) * 1000:.1f} ms; "
+    print(f"C-STORE, {associations} association(s), {count} instances: {rate:.1f} instances/s "
+          "(wall, load-dependent)")
+    # With several associations one handler ingests the batch of all (group commit): sum over handlers.
+    print(f"  handler threads' CPU per instance: {sum(cpu) / len(cpu) * 1000:.1f} ms; "
           f"handler wall per instance: {sum(wall) / len(wall) * 1000:.1f} ms")
+    if sizes:
+        print(f"  batches: {len(sizes)}, mean {sum(sizes) / len(sizes):.1f} instances, largest {max(sizes)}")
     statements.report(count)
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(int(os.environ["PROFILE_CPROFILE"]))
 
 
 def profile_stow(var: Path, slug: str, token: str, count: int) -> None:
@@ -163,13 +191,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=60, help="instances per way in (default 60)")
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: SQLite in a scratch folder)")
+    parser.add_argument("--associations", type=int, default=1, help="simultaneous C-STORE associations")
+    parser.add_argument("--only", default="c_store,stow", help="ways in to profile (default: c_store,stow)")
     args = parser.parse_args()
     var, slug, ae_title, token = setup(args.database_url)
     import shutil
 
     try:
-        profile_c_store(var, ae_title, args.count)
-        profile_stow(var, slug, token, args.count)
+        if "c_store" in args.only:
+            profile_c_store(var, ae_title, args.count, args.associations)
+        if "stow" in args.only:
+            profile_stow(var, slug, token, args.count)
     finally:
         shutil.rmtree(var, ignore_errors=True)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")

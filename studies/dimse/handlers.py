@@ -5,6 +5,12 @@ and ends with ``close_old_connections()`` (as a request would), except C-STORE, 
 association's connection from one instance to the next; the connection is closed when the association
 is released or aborted: a long-running listener must not pile up database connections.
 
+C-STOREs of the associations one node has open from one address go through one group commit
+(``ingest.GroupCommit``): what they hand in at the same moment is ingested as one batch, and each C-STORE
+is answered, with its own status, once its batch has returned (its object durable, its rows committed).
+A lone association is never held back: a batch waits (20 ms at most) only for associations that sent an
+image a moment ago and are still open.
+
 C-STORE statuses (PS3.4 B.2.3, PS3.7 C): success when the instance is stored or already present with
 the same content; 0xA700 (out of resources) when the clinic's quota is used up or storage is
 unreachable, so the modality keeps the image and retries later; 0xC000 (cannot understand) for data
@@ -15,6 +21,7 @@ failure (not a warning) makes the sender keep its copy and shows the conflict to
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -85,12 +92,32 @@ class AssociationInfo:
     called_ae: str
     address: str
     tls: bool = False
-    # What its C-STOREs may look up once for a few seconds rather than per image (studies.ingest.lookups).
-    lookups: ingest.Lookups = field(default_factory=ingest.Lookups, compare=False)
+    # The group commit its C-STOREs go through, shared with the node's other associations from this address.
+    store: ingest.GroupCommit[ingest.ItemResult] | None = field(default=None, compare=False, repr=False)
 
 
 _associations: weakref.WeakKeyDictionary[Association, AssociationInfo] = weakref.WeakKeyDictionary()
 _associations_lock = threading.Lock()
+# One group commit per (clinic, node, calling AE, address), alive while one of its associations is.
+_store_groups: weakref.WeakValueDictionary[tuple[int, int, str, str], ingest.GroupCommit[ingest.ItemResult]] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _store_group(*, clinic: Clinic, node: DicomNode, calling_ae: str, address: str) -> ingest.GroupCommit[ingest.ItemResult]:
+    """The group commit of this node's associations from this address (made by the first; lock held)."""
+    key = (clinic.pk, node.pk, calling_ae, address)
+    group = _store_groups.get(key)
+    if group is None:
+        # The group's lookups (studies.ingest.lookups) are reused by all its associations for a few seconds.
+        origin = ingest.Origin.dicom(node=node, address=address, lookups=ingest.Lookups())
+        group = ingest.GroupCommit(functools.partial(_ingest_batch, clinic=clinic, origin=origin))
+        _store_groups[key] = group
+    return group
+
+
+def _ingest_batch(paths: list[str], *, clinic: Clinic, origin: ingest.Origin) -> list[ingest.ItemResult]:
+    return ingest.instances_ingest(clinic=clinic, paths=paths, origin=origin)
 
 
 def association_info(assoc: Association) -> AssociationInfo | None:
@@ -221,7 +248,9 @@ def _accept_or_reject(assoc: Association, *, called_ae: str, calling_ae: str, ad
     assert clinic is not None and node is not None
     _prefer_requested_syntaxes(assoc)
     with _associations_lock:
-        _associations[assoc] = AssociationInfo(clinic, node, calling_ae, called_ae, address, tls=bool(certificate))
+        store = _store_group(clinic=clinic, node=node, calling_ae=calling_ae, address=address)
+        _associations[assoc] = AssociationInfo(clinic, node, calling_ae, called_ae, address, tls=bool(certificate),
+                                               store=store)
     return None
 
 
@@ -277,7 +306,9 @@ def handle_rejected(event: Event) -> None:
 
 def _forget(event: Event) -> None:
     with _associations_lock:
-        _associations.pop(event.assoc, None)
+        info = _associations.pop(event.assoc, None)
+    if info is not None and info.store is not None and event.assoc.ident is not None:
+        info.store.forget(event.assoc.ident)
     if threading.current_thread() is event.assoc:
         connection.close()
 
@@ -293,23 +324,10 @@ def handle_echo(event: Event) -> int:
 
 def _ingest(*, info: AssociationInfo, path: str) -> Dataset | int:
     clinic = info.clinic
+    assert info.store is not None
     try:
-        ingest.instance_ingest(
-            clinic=clinic, source_path=path,
-            origin=ingest.Origin.dicom(node=info.node, address=info.address, lookups=info.lookups),
-        )
-    except QuotaExceeded as exc:
-        return _status(OUT_OF_RESOURCES, exc.message)
-    except StudyBeingPurged:
-        return _status(OUT_OF_RESOURCES, "Study is being purged from the trash; retry later")
-    except InstanceHeld:
-        return _status(HELD_FOR_REVIEW, "Held for review: patient differs from the study's")
-    except InvalidDicom as exc:
-        return _status(CANNOT_UNDERSTAND, exc.message)
-    except InstanceConflict:
-        return _status(DUPLICATE_SOP_INSTANCE, "SOP Instance UID already stored with different content")
+        item = info.store.submit(path)
     except StorageUnavailable as exc:
-        # Full or unreachable storage: a retryable refusal, so the modality keeps the image and sends again.
         logger.warning("C-STORE: storage refused for clinic %s (%s)", clinic.pk, exc.code)
         return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
     except ArchiveError:
@@ -319,7 +337,29 @@ def _ingest(*, info: AssociationInfo, path: str) -> Dataset | int:
         # The temporary file beside the listener could not be written (a full disk): retryable too.
         logger.warning("C-STORE: could not spool the data set for clinic %s: %s", clinic.pk, exc.strerror)
         return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
-    return SUCCESS
+    return _store_status(clinic=clinic, error=item.error)
+
+
+def _store_status(*, clinic: Clinic, error: Exception | None) -> Dataset | int:
+    """The C-STORE status of one instance of a batch: success, or why ingest refused it."""
+    if error is None:
+        return SUCCESS
+    if isinstance(error, QuotaExceeded):
+        return _status(OUT_OF_RESOURCES, error.message)
+    if isinstance(error, StudyBeingPurged):
+        return _status(OUT_OF_RESOURCES, "Study is being purged from the trash; retry later")
+    if isinstance(error, InstanceHeld):
+        return _status(HELD_FOR_REVIEW, "Held for review: patient differs from the study's")
+    if isinstance(error, InvalidDicom):
+        return _status(CANNOT_UNDERSTAND, error.message)
+    if isinstance(error, InstanceConflict):
+        return _status(DUPLICATE_SOP_INSTANCE, "SOP Instance UID already stored with different content")
+    if isinstance(error, StorageUnavailable):
+        # Full or unreachable storage: a retryable refusal, so the modality keeps the image and sends again.
+        logger.warning("C-STORE: storage refused for clinic %s (%s)", clinic.pk, error.code)
+        return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
+    logger.error("C-STORE: instance of clinic %s refused: %s", clinic.pk, type(error).__name__)
+    return _status(OUT_OF_RESOURCES, "Storage is unavailable; retry later")
 
 
 def _connection_keep() -> None:

@@ -3,12 +3,13 @@ anonymization jobs), and the index writer ``rebuild_index`` shares.
 
 Read ``pipeline`` top to bottom for how an instance is stored; ``index`` writes the rows and keeps the
 quota; ``origin`` says who sent it; ``hooks`` is where backup and the thumbnails plug in at start-up.
-``uploads`` receives one file or a ZIP archive (staged, unpacked by a worker) for the upload page
+``group`` ingests together the files several threads (associations) hand in at once. ``uploads`` receives one file or a ZIP archive (staged, unpacked by a worker) for the upload page
 (``views``) and the REST upload API (``api``).
 """
 
 from __future__ import annotations
 
+from studies.ingest.group import GroupCommit
 from studies.ingest.index import (
     IndexItem,
     UsageCorrection,
@@ -24,6 +25,7 @@ from studies.ingest.origin import Origin, OriginKind
 from studies.ingest.pipeline import IngestOutcome, IngestResult, ItemResult, instance_ingest, instances_ingest
 
 __all__ = [
+    "GroupCommit",
     "IndexItem",
     "IngestOutcome",
     "IngestResult",

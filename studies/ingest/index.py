@@ -25,11 +25,15 @@ from django.utils import timezone
 from studies import dicom
 from studies.archive.objects import StoredObject
 from studies.errors import InvalidDicom, QuotaExceeded
+from studies.ingest.lookups import Lookups
 from studies.models import Instance, Patient, QuarantinedInstance, Series, Study
 from tenants.audit import audit_record
 from tenants.models import Clinic
 
 logger = logging.getLogger(__name__)
+
+# The lookups key (studies.ingest.lookups) under which a stream remembers a stored series' study.
+_SERIES_STUDY = "series-study:"
 
 
 @dataclass(frozen=True)
@@ -148,11 +152,15 @@ def format_bytes(size: int) -> str:
     return f"{size} bytes"  # unreachable; keeps type checkers content
 
 
-def series_conflicts(*, clinic: Clinic, parsed: Sequence[dicom.ParsedInstance]) -> dict[str, str]:
+def series_conflicts(
+    *, clinic: Clinic, parsed: Sequence[dicom.ParsedInstance], lookups: Lookups | None = None
+) -> dict[str, str]:
     """For each series of ``parsed`` named with more than one study, the study it belongs to.
 
     That is the study the clinic already files it under, or else the first file's study in the batch;
-    files naming the series with any other study must be refused.
+    files naming the series with any other study must be refused. With ``lookups`` (a stream's), a series
+    seen stored a moment ago is not looked up again: only a hint, since a series can change study only by
+    being erased and stored anew, and :func:`instances_index_write` refuses a conflicting file anyway.
     """
     named: dict[str, set[str]] = defaultdict(set)
     first: dict[str, str] = {}
@@ -161,11 +169,22 @@ def series_conflicts(*, clinic: Clinic, parsed: Sequence[dicom.ParsedInstance]) 
         first.setdefault(p.series_instance_uid, p.study_instance_uid)
     if not named:
         return {}
-    stored = dict(
-        Series.objects.for_clinic(clinic)
-        .filter(series_instance_uid__in=list(named))
-        .values_list("series_instance_uid", "study__study_instance_uid")
-    )
+    stored: dict[str, str] = {}
+    for series in named:
+        known = lookups.recall(_SERIES_STUDY + series) if lookups is not None else None
+        if known is not None:
+            stored[series] = known
+    unknown = [series for series in named if series not in stored]
+    if unknown:
+        found = dict(
+            Series.objects.for_clinic(clinic)
+            .filter(series_instance_uid__in=unknown)
+            .values_list("series_instance_uid", "study__study_instance_uid")
+        )
+        stored.update(found)
+        if lookups is not None:
+            for series, study in found.items():
+                lookups.remember(_SERIES_STUDY + series, study)
     accepted: dict[str, str] = {}
     for series, studies in named.items():
         owner = stored.get(series, first[series])

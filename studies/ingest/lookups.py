@@ -3,7 +3,8 @@
 A C-STORE association sends one image at a time and waits for each answer, so it cannot be batched;
 what it can do is not ask the database again, for every image, what stays the same from one image to
 the next: whether the clinic may upload (its subscription), which anonymize-on-ingest rule applies,
-which routing rules exist. A :class:`Lookups` lives as long as its stream (one association) and lives
+which routing rules exist, which study a stored series belongs to (a hint: the index writer checks it again
+in its transaction), whether the quota is far from full (a hint too: the reservation decides). A :class:`Lookups` lives as long as its stream (one association) and lives
 in that stream's memory only, so nothing here is shared across processes or machines: a change made
 elsewhere (a plan lapsing, a rule added) is seen by every stream within ``LOOKUP_SECONDS``, exactly as
 if it had been made a moment later. Quota, existing instances, studies and series are never cached:
@@ -22,6 +23,8 @@ T = TypeVar("T")
 # How long a looked-up answer is reused: short enough that a change made elsewhere applies at once for a
 # person, long enough to spare a CT series' images almost every lookup.
 LOOKUP_SECONDS = 5.0
+# Answers one stream keeps before it drops the expired ones.
+MAX_ANSWERS = 1000
 
 
 class Lookups:
@@ -44,9 +47,25 @@ class Lookups:
             return found[1]
         answer = look_up()
         if keep is None or keep(answer):
-            with self._lock:
-                self._answers[key] = (now, answer)
+            self.remember(key, answer)
         return answer
+
+    def recall(self, key: str) -> Any:
+        """The answer remembered for ``key`` less than ``seconds`` ago, or None."""
+        with self._lock:
+            found = self._answers.get(key)
+        if found is None or time.monotonic() - found[0] >= self.seconds:
+            return None
+        return found[1]
+
+    def remember(self, key: str, answer: Any) -> None:
+        """Keep ``answer`` for ``key`` for the next ``seconds``."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._answers) >= MAX_ANSWERS:
+                # A long-lived stream sees many series: forget what has expired rather than grow.
+                self._answers = {k: v for k, v in self._answers.items() if now - v[0] < self.seconds}
+            self._answers[key] = (now, answer)
 
 
 def looked_up(

@@ -67,6 +67,9 @@ logger = logging.getLogger(__name__)
 
 # Usage warnings (80% and 95% of the quota) are checked at most this often per clinic, not per file.
 USAGE_CHECK_SECONDS = 60
+# A stream (one association) with at least this much quota left reuses its last reading for a few seconds
+# (studies.ingest.lookups) rather than reading the quota before every image.
+QUOTA_ROOM_REUSED = 4 * 1024**3
 # Objects of one batch written at once.
 WRITE_THREADS = 2
 
@@ -226,7 +229,7 @@ def _ingest_batch(*, clinic: Clinic, paths: Sequence[str], origin: Origin, study
     pending = _drop_existing(clinic=clinic, pending=pending, origin=origin)
     if origin.upload_link is None:
         # An outside sender's file naming a stored series is held by admission instead, answered as new.
-        pending = _drop_series_conflicts(clinic=clinic, pending=pending)
+        pending = _drop_series_conflicts(clinic=clinic, pending=pending, origin=origin)
     if pending:
         _store(clinic=clinic, pending=pending, origin=origin)
     if later:
@@ -240,13 +243,17 @@ def _drop_existing(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -
     """Answer the files whose SOP Instance UID is already stored; return the others."""
     if not pending:
         return pending
+    uids = [e.parsed.sop_instance_uid for e in pending]
+    # Most files are new: a bare lookup of the UIDs first, the stored rows only for those that exist.
+    found_uids = list(Instance.objects.for_clinic(clinic).filter(sop_instance_uid__in=uids)
+                      .values_list("sop_instance_uid", flat=True))
     existing = {
         instance.sop_instance_uid: instance
         for instance in Instance.objects.for_clinic(clinic)
         .select_related("series__study")
         .defer("metadata")
-        .filter(sop_instance_uid__in=[e.parsed.sop_instance_uid for e in pending])
-    }
+        .filter(sop_instance_uid__in=found_uids)
+    } if found_uids else {}
     new = []
     for entry in pending:
         found = existing.get(entry.parsed.sop_instance_uid)
@@ -267,9 +274,9 @@ def _drop_existing(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -
     return new
 
 
-def _drop_series_conflicts(*, clinic: Clinic, pending: list[_Pending]) -> list[_Pending]:
+def _drop_series_conflicts(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> list[_Pending]:
     """Refuse the files whose series the clinic (or an earlier file of the batch) files under another study."""
-    accepted = series_conflicts(clinic=clinic, parsed=[e.parsed for e in pending])
+    accepted = series_conflicts(clinic=clinic, parsed=[e.parsed for e in pending], lookups=origin.lookups)
     keep: list[_Pending] = []
     for entry in pending:
         study = accepted.get(entry.parsed.series_instance_uid)
@@ -290,7 +297,7 @@ def _store(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> None:
         for entry in pending:
             entry.item.error = exc
         return
-    writable = _quota_precheck(clinic=clinic, pending=pending)
+    writable = _quota_precheck(clinic=clinic, pending=pending, origin=origin)
     _write_objects(clinic=clinic, pending=writable)
     written = [e for e in writable if e.written is not None]
     if not written:
@@ -306,9 +313,9 @@ def _store(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> None:
         return
     try:
         committed = _index(clinic=clinic, pending=written, origin=origin)
-    except (IntegrityError, QuotaExceeded):
-        # Another upload indexed one of these SOP Instance UIDs, or took the space left, meanwhile: go
-        # through them one by one so each gets its own answer.
+    except (IntegrityError, QuotaExceeded, InvalidDicom):
+        # Another upload indexed one of these SOP Instance UIDs, or took the space left, or filed one of
+        # these series under another study, meanwhile: go through them one by one so each gets its own answer.
         committed = []
         for entry in written:
             committed.extend(_index_alone(clinic=clinic, entry=entry, origin=origin))
@@ -343,14 +350,22 @@ def _room_check(*, clinic: Clinic, size: int, origin: Origin) -> None:
         )
 
 
-def _quota_precheck(*, clinic: Clinic, pending: list[_Pending]) -> list[_Pending]:
+def _quota_precheck(*, clinic: Clinic, pending: list[_Pending], origin: Origin) -> list[_Pending]:
     """Refuse, before anything is written, the files the quota has no room for; return the others.
 
     Only a check: the reservation is made in the index transaction (``_index``), so a crash or a failed
-    write between here and the commit leaves no quota counted for anything unacknowledged.
+    write between here and the commit leaves no quota counted for anything unacknowledged. A stream far
+    from its quota reuses what it read a moment ago (the conditional reservation still decides); near the
+    limit, or when a batch does not fit, the quota is read afresh.
     """
-    left, quota = quota_left(clinic=clinic)
-    if sum(entry.size for entry in pending) > left and usage_recount(clinic=clinic, reason="upload refused"):
+    size = sum(entry.size for entry in pending)
+    left, quota = looked_up(
+        origin.lookups, "quota-left", lambda: quota_left(clinic=clinic),
+        keep=lambda answer: answer[0] >= QUOTA_ROOM_REUSED,
+    )
+    if size > left and origin.lookups is not None:
+        left, quota = quota_left(clinic=clinic)
+    if size > left and usage_recount(clinic=clinic, reason="upload refused"):
         # Never refuse because of usage no row accounts for (left committed by something else; see
         # usage_recount): recount first, audited, and check again against the corrected usage.
         left, quota = quota_left(clinic=clinic)

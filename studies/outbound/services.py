@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -29,7 +29,7 @@ from billing import selectors as billing_selectors
 from portal.celery import app
 from portal.exceptions import PortalError
 from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
-from studies.ingest import Origin, instances_ingest
+from studies.ingest import GroupCommit, Origin, instances_ingest
 from studies.models import DicomNode, Instance, Series, Study
 from studies.outbound import dicomweb_source, scu
 from studies.outbound.models import (
@@ -57,7 +57,7 @@ MIGRATION_STUDY_ATTEMPTS = 3
 RETRIEVE_UIDS_PER_REQUEST = 200
 # Instances of one WADO-RS response handed to ingest at once (one lookup, one index transaction).
 INGEST_BATCH = 32
-# How long a C-GET batch waits for the files the job's other associations are receiving (see _GroupIngest).
+# How long a C-GET batch waits for the files the job's other associations are receiving (see GroupCommit).
 GROUP_LINGER_SECONDS = 0.05
 ROUTE_BATCH = 200
 ROUTE_MAX_ATTEMPTS = 20
@@ -408,83 +408,22 @@ class _Run:
     job: MigrationJob
     throttle: _Throttle
     quota_message: list[str]
-    received: _GroupIngest | None = None
+    received: GroupCommit[int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def dimse_ingest(self, origin: Origin) -> _GroupIngest:
-        """The one group commit of the slice's C-GET associations (made by the first to ask)."""
+    def dimse_ingest(self, origin: Origin) -> GroupCommit[int]:
+        """The one group commit of the slice's C-GET associations (made by the first to ask).
+
+        A C-STORE is answered once its file's batch is committed; what the job's other associations receive
+        meanwhile goes into the same batch (studies.ingest.group).
+        """
         with self._lock:
             if self.received is None:
-                self.received = _GroupIngest(run=self, origin=origin)
+                self.received = GroupCommit(
+                    lambda paths: _ingest_statuses(run=self, paths=paths, origin=origin),
+                    limit=INGEST_BATCH, linger_seconds=GROUP_LINGER_SECONDS,
+                )
             return self.received
-
-
-class _Waiting:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.status: int | None = None
-
-
-class _GroupIngest:
-    """Files received by a slice's C-GET associations, ingested together (a group commit).
-
-    A C-STORE may be answered only once its instance is durable and indexed, and the node sends nothing
-    more on that association until it has the answer: one association can never batch. Across the job's
-    associations it can: a file that arrives while a batch is being ingested waits, with the others that
-    arrive meanwhile, and they go into the next ``instances_ingest`` call together; each handler returns
-    only when its own file's batch is committed.
-    """
-
-    def __init__(self, *, run: _Run, origin: Origin, limit: int = INGEST_BATCH) -> None:
-        self.run, self.origin, self.limit = run, origin, limit
-        self._changed = threading.Condition()
-        self._waiting: list[_Waiting] = []
-        self._busy = False
-        self.receiving = 0  # associations in a retrieve now: how many files a batch may wait for
-
-    @contextlib.contextmanager
-    def receiver(self) -> Iterator[None]:
-        """Count an association as receiving while it retrieves (a batch waits a moment for its file)."""
-        with self._changed:
-            self.receiving += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self.receiving -= 1
-                self._changed.notify_all()
-
-    def status(self, path: str) -> int:
-        """Ingest the file with whatever the other associations hand in meanwhile; its DICOM status."""
-        mine = _Waiting(path)
-        with self._changed:
-            self._waiting.append(mine)
-            self._changed.notify_all()
-        while True:
-            with self._changed:
-                while mine.status is None and self._busy:
-                    self._changed.wait()
-                if mine.status is not None:
-                    return mine.status
-                self._busy = True
-                # The other receiving associations' next files are on their way: wait a moment for them,
-                # so that the batch holds one file per association rather than whoever happened to be first.
-                linger_until = time.monotonic() + GROUP_LINGER_SECONDS
-                while len(self._waiting) < min(self.receiving, self.limit):
-                    left = linger_until - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._changed.wait(left)
-                batch, self._waiting = self._waiting[: self.limit], self._waiting[self.limit:]
-            statuses = [0xA700] * len(batch)  # if ingest raises: not stored, the instance stays missing
-            try:
-                statuses = _ingest_statuses(run=self.run, paths=[w.path for w in batch], origin=self.origin)
-            finally:
-                with self._changed:
-                    for waiting, status in zip(batch, statuses, strict=True):
-                        waiting.status = status
-                    self._busy = False
-                    self._changed.notify_all()
 
 
 def _ingest_statuses(*, run: _Run, paths: list[str], origin: Origin) -> list[int]:
@@ -532,7 +471,12 @@ def _retrieve_dimse(*, run: _Run, study: MigrationStudy, listed: list[scu.Listed
     def on_file(path: str) -> int:
         # Runs inside pynetdicom's C-STORE handler, which turns exceptions into a failure status; returns
         # once the file's batch is committed (files of the job's other associations go in with it).
-        return received.status(path)
+        try:
+            return received.submit(path)
+        except Exception:
+            # Not stored: the instance stays missing and is retried.
+            logger.exception("Migration %s: ingest failed for a received instance", job.uuid)
+            return 0xA700
 
     for chunk in _chunks(missing, len(missing) == len(listed)):
         if run.quota_message:
