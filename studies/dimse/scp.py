@@ -26,7 +26,8 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, _config
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.events import Event
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -141,6 +142,14 @@ def tls_context(*, certificate: str, private_key: str, ca_file: str) -> ssl.SSLC
     return context
 
 
+def _no_delay(event: Event) -> None:
+    # Each C-STORE answer is one small PDU its sender waits for before the next image; Nagle's algorithm
+    # would hold it back behind the peer's delayed ACK. pynetdicom leaves accepted sockets as they are.
+    raw = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+    if raw is not None:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def scp_start(
     *, host: str, port: int, ae_title: str, max_associations: int = 32, block: bool = True,
     ssl_context: ssl.SSLContext | None = None,
@@ -150,5 +159,5 @@ def scp_start(
     With ``ssl_context`` the listener speaks DICOM TLS only.
     """
     ae = ae_build(ae_title=ae_title, max_associations=max_associations)
-    return ae.start_server((host, port), block=block, evt_handlers=[*HANDLERS, *COMMITMENT_HANDLERS],
+    return ae.start_server((host, port), block=block, evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay), *HANDLERS, *COMMITMENT_HANDLERS],
                            ssl_context=ssl_context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,8 +10,9 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from studies.dimse.scp import scp_start
 from tenants.models import AuditEvent
-from tests.studies.dimse_support import HOST, MODALITY_AE, dcmtk, register_node, running_scp
+from tests.studies.dimse_support import HOST, MODALITY_AE, dcmtk, free_port, register_node, running_scp
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -232,3 +234,20 @@ def test_manage_py_dicom_scp_serves_the_clinics_nodes(clinic, tmp_path):
     assert server.returncode == 0  # SIGTERM drains and exits cleanly
     assert list(AuditEvent.objects.for_clinic(clinic).filter(action="dimse.association")
                 .order_by("sequence").values_list("result", flat=True)) == ["success", "rejected"]
+
+
+def test_the_listener_answers_without_nagles_delay(clinic):
+    register_node(clinic)
+    port = free_port()
+    server = scp_start(host=HOST, port=port, ae_title="PACSPORTAL", block=False)
+    ae = AE(ae_title=MODALITY_AE)
+    ae.add_requested_context(Verification)
+    try:
+        assoc = ae.associate(HOST, port, ae_title=clinic.ae_title)
+        assert assoc.is_established
+        [accepted] = server.active_associations
+        raw = accepted.dul.socket.socket
+        assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assoc.release()
+    finally:
+        server.shutdown()
