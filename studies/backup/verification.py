@@ -17,11 +17,12 @@ from datetime import datetime, timedelta
 from types import ModuleType
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Min, Q, QuerySet
 from django.utils import timezone
 
 from studies.archive import objects
 from studies.archive.errors import ArchiveError, ObjectMissing, StorageUnavailable
+from studies.backup import alerts, replication
 from studies.models import Instance, VerificationRun
 from tenants.models import Clinic
 
@@ -117,8 +118,6 @@ def verification_run(
     progress: Callable[[int, int, Instance, ObjectCheck], None] | None = None,
 ) -> VerificationRun:
     """Verify up to ``limit`` due instances (all if None); record a VerificationRun; alert on failures."""
-    from studies.backup import alerts, replication
-
     run = VerificationRun.objects.create(clinic=clinic, source=source)
     due = instances_due(clinic=clinic, interval=interval)
     total = due.count() if limit is None else min(limit, due.count())
@@ -165,8 +164,6 @@ def _replica_heal(*, instance: Instance, replication: ModuleType) -> None:
 
 def last_full_verification(*, clinic: Clinic) -> datetime | None:
     """The time since which every replicated instance of the clinic has been verified; None if never."""
-    from django.db.models import Min
-
     instances = Instance.objects.for_clinic(clinic).filter(replicated_at__isnull=False)
     if instances.filter(replica_verified_at=None).exists():
         return None

@@ -30,6 +30,8 @@ from portal.exceptions import PortalError
 from studies import admission, dicom, ingest
 from studies.archive import objects
 from studies.archive.errors import ObjectMissing
+from studies.backup import replication
+from studies.backup import tasks as backup_tasks
 from studies.errors import InvalidDicom, StudyBeingPurged
 from studies.models import Instance, QuarantinedInstance, Study
 from tenants.audit import Actor, audit_record
@@ -130,8 +132,6 @@ def quarantined_discard(
         )
     with contextlib.suppress(ObjectMissing):
         objects.object_delete(clinic=clinic, key=held.object_key)
-    from studies.backup import tasks as backup_tasks
-
     # The replica copy goes with the replica's own credentials, on the replica-admin queue.
     transaction.on_commit(
         partial(backup_tasks.replica_purge.delay, clinic_id=clinic.pk, key=held.object_key), robust=True
@@ -190,8 +190,6 @@ def quarantine_destroy_all(*, clinic: Clinic) -> int:
 
 def quarantined_replicate(*, held: QuarantinedInstance) -> bool:
     """Copy a held instance's object to the replica; False when done already or decided meanwhile."""
-    from studies.backup import replication
-
     if held.replicated_at is not None or held.resolution == QuarantinedInstance.Resolution.DISCARDED:
         return False
     replication.object_copy(key=held.object_key)
