@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import ModuleType
 
 from django.conf import settings
 from django.db.models import Min, Q, QuerySet
@@ -139,7 +138,7 @@ def verification_run(
             run.failed += 1
             failures.setdefault(instance.clinic_id, []).append(result.problem)
             # Heal from primary when the primary copy is good; the replica keeps the bad version too.
-            _replica_heal(instance=instance, replication=replication)
+            _replica_heal(instance=instance)
         if progress is not None:
             progress(position, total, instance, result)
     run.finished_at = timezone.now()
@@ -149,7 +148,7 @@ def verification_run(
     return run
 
 
-def _replica_heal(*, instance: Instance, replication: ModuleType) -> None:
+def _replica_heal(*, instance: Instance) -> None:
     try:
         primary = object_check(
             clinic=instance.clinic, key=instance.object_key, sha256=instance.sha256,
