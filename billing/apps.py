@@ -7,6 +7,7 @@ class BillingConfig(AppConfig):
 
     def ready(self) -> None:
         # A new clinic starts on the trial plan; tenants sits below billing, so billing plugs in here.
+        # Not a cycle: ready() runs once the models are loaded, which these modules need.
         from billing import services
         from tenants import services as tenant_services
 

@@ -10,6 +10,7 @@ from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
 from billing.models import Plan, Subscription, SubscriptionStatus
+from studies.models import Instance
 from tenants.models import Clinic
 
 
@@ -44,8 +45,6 @@ def usage_get(*, clinic: Clinic) -> Usage:
 
 def usage_by_modality(*, clinic: Clinic) -> list[tuple[str, int]]:
     """Stored bytes per modality: aggregates only, so billing admins see no patient data."""
-    from studies.models import Instance
-
     rows = (
         Instance.objects.for_clinic(clinic)
         .values("series__modality")
@@ -57,8 +56,6 @@ def usage_by_modality(*, clinic: Clinic) -> list[tuple[str, int]]:
 
 def usage_by_month(*, clinic: Clinic) -> list[tuple[date, int]]:
     """Bytes stored per calendar month of arrival."""
-    from studies.models import Instance
-
     rows = (
         Instance.objects.for_clinic(clinic)
         .annotate(month=TruncMonth("stored_at"))

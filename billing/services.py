@@ -407,6 +407,7 @@ def billing_enforce() -> None:
         usage_warnings_check(clinic=subscription.clinic)
         pending_plan_apply(subscription=subscription)
         if subscription.status == SubscriptionStatus.CANCELED and subscription.read_only_until and subscription.read_only_until <= now:
+            # Breaks the cycle billing.tasks -> billing.services (tasks call the services).
             from billing import tasks
 
             tasks.clinic_data_destroy.delay(clinic_id=subscription.clinic_id)

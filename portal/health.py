@@ -22,6 +22,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 
+from portal.celery import app
 from portal.exceptions import PortalError
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,6 @@ def _check_database() -> None:
 
 
 def _check_broker() -> None:
-    from portal.celery import app
-
     url = settings.CELERY_BROKER_URL
     if url.startswith("filesystem://"):
         # The file broker "connects" to anything; what matters is that its queue folder is writable.

@@ -7,12 +7,14 @@ files, all under ``var/``. With ``DEBUG`` off, unsafe defaults are refused at st
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -66,8 +68,6 @@ def _local_secret(filename: str, make: callable) -> str:  # type: ignore[valid-t
 
 
 def _new_master_keys() -> str:
-    import base64
-
     return "local1:" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
@@ -374,8 +374,6 @@ OPERATOR_EMAILS = env_list("OPERATOR_EMAILS")
 
 
 def _email_settings(url: str) -> dict[str, object]:
-    from urllib.parse import unquote, urlparse
-
     parsed = urlparse(url)
     if parsed.scheme == "console":
         return {"EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend"}

@@ -100,16 +100,14 @@ def instance_admit(
         )
         if locked is not None:
             locked[uid] = study
-    if upload_link is not None and _already_known(
-        clinic=clinic, parsed=parsed, study=study
-    ):
+    if upload_link is not None and _already_known(clinic=clinic, parsed=parsed, study=study):
         return Reason.OUTSIDE_SENDER
     if study is None:
         return None
     if not patient_matches(study=study, parsed=parsed):
         return Reason.PATIENT_MISMATCH
     if study.deleted_at is not None:
-        _study_bring_back(clinic=clinic, study=study, by=by, actor=actor)
+        study_restore_from_trash(clinic=clinic, study=study, reason="new instance received", by=by, actor=actor)
     return None
 
 
@@ -145,7 +143,14 @@ def patient_matches(*, study: Study, parsed: dicom.ParsedInstance) -> bool:
     return not (mine and theirs and mine != theirs)
 
 
-def _study_bring_back(*, clinic: Clinic, study: Study, by: Actor | None, actor: User | None) -> None:
+def study_restore_from_trash(
+    *, clinic: Clinic, study: Study, reason: str, by: Actor | None = None, actor: User | None = None
+) -> None:
+    """Bring a trashed study back (audited as ``study.restored`` with ``reason``) so an instance can join it.
+
+    Run inside the caller's transaction with the study's row locked (``select_for_update``), so the trash
+    purge's claim can't interleave. Raises StudyBeingPurged while the purge is already erasing it.
+    """
     if study.purge_started_at is not None:
         raise StudyBeingPurged(
             "This file's study is being erased from the trash right now; send the file again in a few minutes."
@@ -160,9 +165,9 @@ def _study_bring_back(*, clinic: Clinic, study: Study, by: Actor | None, actor: 
         actor=actor,
         object_type="study",
         object_id=str(study.uuid),
-        details={"reason": "new instance received"},
+        details={"reason": reason},
     )
-    logger.info("Study %s of clinic %s restored from the trash: a new instance arrived", study.uuid, clinic.pk)
+    logger.info("Study %s of clinic %s restored from the trash: %s", study.uuid, clinic.pk, reason)
 
 
 def instance_hold(
@@ -220,7 +225,9 @@ def instance_hold(
     # Queued by name: the quarantine tasks (studies.quarantine.tasks) import the ingest path, which imports
     # this module.
     tasks = current_app.tasks
-    transaction.on_commit(partial(tasks["studies.tasks.quarantined_replicate"].delay, clinic_id=clinic.pk, held_id=held.pk), robust=True)
+    transaction.on_commit(
+        partial(tasks["studies.tasks.quarantined_replicate"].delay, clinic_id=clinic.pk, held_id=held.pk), robust=True
+    )
     transaction.on_commit(partial(tasks["studies.tasks.quarantine_notify"].delay, clinic_id=clinic.pk), robust=True)
     return held, True
 

@@ -12,6 +12,7 @@ class StudiesConfig(AppConfig):
         # they must trigger is registered here, once, in every process (web, worker, DIMSE listener).
         # The hooks send tasks by name: their modules must be loaded in every process, not only in workers.
         # Every package's tasks are loaded here: services queue their own package's tasks by name.
+        # Not a cycle: ready() runs once the models are loaded, which every module imported here needs.
         from studies.anonymize import services as anonymize
         from studies.anonymize import tasks as anonymize_tasks  # noqa: F401
         from studies.archive import objects

@@ -23,7 +23,7 @@ from django.shortcuts import redirect
 from django.urls import reverse
 
 from portal import errors
-from tenants import selectors
+from tenants import selectors, services
 from tenants.audit import Actor
 from tenants.models import ApiToken, Clinic, Membership
 
@@ -93,8 +93,6 @@ class ClinicMiddleware:
                 return errors.page_not_found(request)
             request.clinic = token.clinic  # type: ignore[attr-defined]
             request.membership = token  # type: ignore[attr-defined]
-            from tenants import services
-
             services.api_token_mark_used(token=token, by=Actor.from_request(request))
             return None
         if not request.user.is_authenticated:
@@ -134,8 +132,6 @@ class SessionTimeoutMiddleware:
             started = session.setdefault("started_at", now)
             last_seen = session.get("last_seen_at", now)
             if now - last_seen > idle or now - started > settings.SESSION_ABSOLUTE_TIMEOUT.total_seconds():
-                from tenants import services
-
                 services.session_expire(request=request)
                 logout(request)
                 if is_api_path(request.path):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from importlib import import_module
 
+from axes.utils import reset as axes_reset
 from django.conf import settings
 from django.contrib.auth import password_validation
 from django.contrib.auth.hashers import make_password
@@ -536,8 +537,6 @@ def password_changed_record(*, user: User, request: HttpRequest | None, how: str
     UserSession.objects.filter(user=user).exclude(session_key=current or "").delete()
     if how == "reset":
         # Whoever can read the account's mailbox is its owner: a reset lifts a lockout.
-        from axes.utils import reset as axes_reset
-
         axes_reset(username=user.email.lower())
     auth_event_record(action=f"auth.password_{how}", user=user,
                       by=Actor.from_request(request) if request is not None else None)

@@ -20,6 +20,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
+from django_otp import login as otp_login
 
 from portal.exceptions import PortalError
 from portal.public_url import absolute_url
@@ -181,8 +182,6 @@ def two_factor(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         check = services.two_factor_check(user=request.user, code=form.cleaned_data["code"], by=Actor.from_request(request))
         if check.device is not None:
-            from django_otp import login as otp_login
-
             otp_login(request, check.device)
             _recovery_code_notice(request, check)
             return redirect(next_url)
@@ -204,8 +203,6 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
         except PortalError as exc:
             form.add_error("code", exc.message)
         else:
-            from django_otp import login as otp_login
-
             otp_login(request, enabled.device)
             messages.success(request, "Two-factor sign-in is on. You will be asked for a code when you sign in.")
             # Shown once, on the next page (a redirect, so that reloading does not post the code again).

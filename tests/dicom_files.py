@@ -41,6 +41,27 @@ def copy_sample(name: str, dest: Path) -> Path:
     return dest
 
 
+def _image_dataset(sop_class: str, *, sop_uid: str | None, rows: int, columns: int, bits_stored: int) -> Dataset:
+    """A dataset with File Meta Information (explicit VR little endian) and a 16-bit grayscale pixel module."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    return ds
+
+
 def ct_dataset(
     *,
     study_uid: str | None = None,
@@ -56,14 +77,7 @@ def ct_dataset(
     pixel_seed: int = 0,
 ) -> Dataset:
     """Build a small, valid CT instance (16-bit pixels) with fresh UIDs unless given."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = _image_dataset(CTImageStorage, sop_uid=sop_uid, rows=rows, columns=columns, bits_stored=12)
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.PatientID = patient_id
@@ -77,14 +91,6 @@ def ct_dataset(
     ds.Modality = modality
     ds.SeriesNumber = 1
     ds.InstanceNumber = instance_number
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
     if frames > 1:
         ds.NumberOfFrames = frames
     rng = np.random.default_rng(pixel_seed)
@@ -245,27 +251,12 @@ def write_large_multiframe(path: Path, size_bytes: int, *, rows: int = 512, colu
     """Write a valid multi-frame 16-bit DICOM file of about ``size_bytes``, streaming its pixel data."""
     frame_bytes = rows * columns * 2
     frames = max(1, size_bytes // frame_bytes)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = _image_dataset(SecondaryCaptureImageStorage, sop_uid=None, rows=rows, columns=columns, bits_stored=16)
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientID = "BIG-1"
     ds.PatientName = "Large^Upload"
     ds.Modality = "OT"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
     ds.NumberOfFrames = frames
     ds.save_as(path, enforce_file_format=True)
     pattern = os.urandom(_CHUNK)

@@ -18,6 +18,7 @@ Z/D, X/D and X/Z/D to D; X/Z to Z; X/Z/U* to U (walk the sequence, replacing its
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -344,8 +345,6 @@ def _blank_pixels(ds: Dataset, rectangles: tuple[PixelRectangle, ...]) -> None:
 
 def uid_derive(secret: bytes, uid: str) -> str:
     """Derive a replacement UID from a secret and the original: stable, unguessable, valid (2.25 root)."""
-    import hmac
-
     digest = hmac.new(secret, uid.encode(), hashlib.sha256).digest()[:16]
     return f"2.25.{int.from_bytes(digest, 'big')}"
 

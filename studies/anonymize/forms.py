@@ -5,6 +5,8 @@ import json
 from django import forms
 
 from studies.anonymize.profile import Option
+from studies.models import DicomNode
+from tenants.models import ApiToken
 
 OPTION_LABELS = {
     Option.RETAIN_LONG_FULL_DATES: "Retain longitudinal information: full dates",
@@ -83,9 +85,6 @@ class IngestRulesForm(forms.Form):
                                                  widget=forms.CheckboxSelectMultiple, label="From these DICOM nodes")
 
     def __init__(self, *args, clinic, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        from studies.models import DicomNode
-        from tenants.models import ApiToken
-
         super().__init__(*args, **kwargs)
         self.fields["api_tokens"].queryset = ApiToken.objects.for_clinic(clinic).filter(revoked_at__isnull=True)
         self.fields["api_tokens"].label_from_instance = lambda token: f"{token.name} ({token.role})"

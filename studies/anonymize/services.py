@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from portal.exceptions import PortalError
 from studies.anonymize.deidentify import DeidentifyContext, DeidentifyReport, PixelRectangle, deidentify, uid_derive
@@ -40,8 +41,9 @@ from studies.anonymize.models import (
     UidMapping,
 )
 from studies.anonymize.profile import Option
-from studies.archive import objects
+from studies.archive import keys, objects
 from studies.archive.errors import StorageUnavailable
+from studies.errors import InvalidDicom
 from studies.ingest import Origin, instance_ingest, instances_ingest
 from studies.models import Instance, Series, Study
 from tenants.audit import Actor, audit_record
@@ -61,8 +63,6 @@ JOB_INSTANCES_TASK = "studies.tasks.anonymization_instances"
 
 
 def _seal(*, clinic: Clinic, plaintext: bytes, purpose: str) -> bytes:
-    from studies.archive import keys
-
     key_id, key = keys.clinic_key_get(clinic)
     nonce = os.urandom(12)
     aad = f"{clinic.uuid}:{purpose}".encode()
@@ -70,8 +70,6 @@ def _seal(*, clinic: Clinic, plaintext: bytes, purpose: str) -> bytes:
 
 
 def _unseal(*, clinic: Clinic, sealed: bytes | memoryview, purpose: str) -> bytes:
-    from studies.archive import keys
-
     envelope = json.loads(bytes(sealed))
     key = keys.clinic_key_for_object(clinic=clinic, key_id=envelope["k"])
     aad = f"{clinic.uuid}:{purpose}".encode()
@@ -189,8 +187,6 @@ def _record_uid_mappings(project: AnonymizationProject, mapped: dict[str, str]) 
 
 def _save_part10(ds: pydicom.Dataset, path: str) -> None:
     """Write a Part 10 file, giving a file that arrived without File Meta Information its own."""
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
     ds.ensure_file_meta()
     if "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = ds.original_encoding
@@ -255,8 +251,6 @@ def file_anonymize(
     UID mappings are left in it for the caller to record (``batch.uid_mappings_record()``) before the
     output is stored; without, they are recorded here.
     """
-    from studies.errors import InvalidDicom
-
     own_batch = batch is None
     batch = batch or AnonymizeBatch(project)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from uuid import UUID
 
 from django.contrib import messages
@@ -91,8 +92,6 @@ def project_detail(request: ClinicRequest, clinic_slug: str, project_uuid: UUID)
 
 
 def _json(value: object) -> str:
-    import json
-
     return json.dumps(value, indent=2)
 
 

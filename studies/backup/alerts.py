@@ -15,7 +15,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import Min
+from django.db.models import Count, Min
 from django.utils import timezone
 
 from studies.models import BackupAlert, Instance
@@ -108,8 +108,6 @@ def lag_alert(*, clinic: Clinic, pending: int, oldest_seconds: int) -> bool:
 
 def lagging_clinics(*, threshold_seconds: int | None = None) -> list[tuple[Clinic, int, int]]:
     """(clinic, pending count, oldest pending age in seconds) for clinics lagging past the threshold."""
-    from django.db.models import Count
-
     threshold = threshold_seconds if threshold_seconds is not None else settings.BACKUP_LAG_ALERT_SECONDS
     now = timezone.now()
     cutoff = now - timedelta(seconds=threshold)

@@ -26,6 +26,7 @@ from django.utils import timezone
 from studies.archive import objects
 from studies.archive.errors import ArchiveError
 from studies.backup import database, pgbackrest
+from studies.dicom import parse_instance
 from studies.errors import InvalidDicom
 from studies.models import Instance, RestoreDrill, Study
 from tenants.models import Clinic
@@ -56,8 +57,6 @@ def database_restore_check(*, scratch: Path) -> DatabaseRestoreCheck:
 
 def _restore_instance(*, clinic: Clinic, instance: Instance, folder: Path) -> str:
     """Write one instance from the replica into ``folder``; return a problem, or "" when it is sound."""
-    from studies.dicom import parse_instance
-
     target = folder / f"{instance.uuid}.dcm"
     digest = hashlib.sha256()
     try:

@@ -14,14 +14,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import ModuleType
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Min, Q, QuerySet
 from django.utils import timezone
 
 from studies.archive import objects
 from studies.archive.errors import ArchiveError, ObjectMissing, StorageUnavailable
+from studies.backup import alerts, replication
 from studies.models import Instance, VerificationRun
 from tenants.models import Clinic
 
@@ -117,8 +117,6 @@ def verification_run(
     progress: Callable[[int, int, Instance, ObjectCheck], None] | None = None,
 ) -> VerificationRun:
     """Verify up to ``limit`` due instances (all if None); record a VerificationRun; alert on failures."""
-    from studies.backup import alerts, replication
-
     run = VerificationRun.objects.create(clinic=clinic, source=source)
     due = instances_due(clinic=clinic, interval=interval)
     total = due.count() if limit is None else min(limit, due.count())
@@ -140,7 +138,7 @@ def verification_run(
             run.failed += 1
             failures.setdefault(instance.clinic_id, []).append(result.problem)
             # Heal from primary when the primary copy is good; the replica keeps the bad version too.
-            _replica_heal(instance=instance, replication=replication)
+            _replica_heal(instance=instance)
         if progress is not None:
             progress(position, total, instance, result)
     run.finished_at = timezone.now()
@@ -150,7 +148,7 @@ def verification_run(
     return run
 
 
-def _replica_heal(*, instance: Instance, replication: ModuleType) -> None:
+def _replica_heal(*, instance: Instance) -> None:
     try:
         primary = object_check(
             clinic=instance.clinic, key=instance.object_key, sha256=instance.sha256,
@@ -165,8 +163,6 @@ def _replica_heal(*, instance: Instance, replication: ModuleType) -> None:
 
 def last_full_verification(*, clinic: Clinic) -> datetime | None:
     """The time since which every replicated instance of the clinic has been verified; None if never."""
-    from django.db.models import Min
-
     instances = Instance.objects.for_clinic(clinic).filter(replicated_at__isnull=False)
     if instances.filter(replica_verified_at=None).exists():
         return None

@@ -27,10 +27,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from portal.exceptions import PortalError
-from studies import dicom, ingest
+from studies import admission, dicom, ingest
 from studies.archive import objects
 from studies.archive.errors import ObjectMissing
-from studies.errors import InvalidDicom
+from studies.backup import replication
+from studies.backup import tasks as backup_tasks
+from studies.errors import InvalidDicom, StudyBeingPurged
 from studies.models import Instance, QuarantinedInstance, Study
 from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, Membership, User
@@ -77,18 +79,14 @@ def quarantined_file(
                 .first()
             )
             if study is not None and study.deleted_at is not None:
-                if study.purge_started_at is not None:
-                    raise PortalError("Its study is being erased from the trash; file it again in a few minutes.")
-                Study.objects.for_clinic(clinic).filter(pk=study.pk).update(deleted_at=None, deleted_by=None)
-                audit_record(
-                    clinic=clinic,
-                    action="study.restored",
-                    by=by,
-                    actor=actor,
-                    object_type="study",
-                    object_id=str(study.uuid),
-                    details={"reason": "quarantined instance filed"},
-                )
+                try:
+                    admission.study_restore_from_trash(
+                        clinic=clinic, study=study, reason="quarantined instance filed", by=by, actor=actor
+                    )
+                except StudyBeingPurged as exc:
+                    raise PortalError(
+                        "Its study is being erased from the trash; file it again in a few minutes."
+                    ) from exc
             instance, _ = ingest.instance_index_write(
                 clinic=clinic,
                 parsed=parsed,
@@ -134,10 +132,10 @@ def quarantined_discard(
         )
     with contextlib.suppress(ObjectMissing):
         objects.object_delete(clinic=clinic, key=held.object_key)
-    from studies.backup import tasks as backup_tasks
-
     # The replica copy goes with the replica's own credentials, on the replica-admin queue.
-    transaction.on_commit(partial(backup_tasks.replica_purge.delay, clinic_id=clinic.pk, key=held.object_key), robust=True)
+    transaction.on_commit(
+        partial(backup_tasks.replica_purge.delay, clinic_id=clinic.pk, key=held.object_key), robust=True
+    )
 
 
 # Owners and admins hear about held instances at most this often per clinic, not once per file.
@@ -192,8 +190,6 @@ def quarantine_destroy_all(*, clinic: Clinic) -> int:
 
 def quarantined_replicate(*, held: QuarantinedInstance) -> bool:
     """Copy a held instance's object to the replica; False when done already or decided meanwhile."""
-    from studies.backup import replication
-
     if held.replicated_at is not None or held.resolution == QuarantinedInstance.Resolution.DISCARDED:
         return False
     replication.object_copy(key=held.object_key)

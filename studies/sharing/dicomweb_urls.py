@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLPattern, path
 
 from studies.dicomweb import urls as clinic_dicomweb
+from studies.models import Study
 from studies.sharing.public_views import share_required
 
 app_name = "share-dicomweb"
@@ -25,8 +26,6 @@ def _read_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]
             return response
         study_uid = kwargs.get("study_uid")
         if study_uid is not None:
-            from studies.models import Study
-
             in_scope = Study.objects.for_clinic(request.clinic).filter(  # type: ignore[attr-defined]
                 study_instance_uid=study_uid, pk__in=request.study_scope  # type: ignore[attr-defined]
             ).exists()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
+from studies.anonymize.models import AnonymizationProject
 from studies.sharing.models import ShareKind
 from studies.sharing.services import DEFAULT_EXPIRY_DAYS, MAX_EXPIRY_DAYS, MAX_OPENS
 
@@ -48,7 +49,5 @@ class UploadLinkForm(forms.Form):
                                                label="Anonymize on arrival under project (optional)")
 
     def __init__(self, *args, clinic, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        from studies.anonymize.models import AnonymizationProject
-
         super().__init__(*args, **kwargs)
         self.fields["anonymize_project"].queryset = AnonymizationProject.objects.for_clinic(clinic).order_by("name")

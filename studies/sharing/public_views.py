@@ -19,10 +19,12 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 
+from studies.browse import download, selectors
 from studies.models import Study
 from studies.sharing import services
 from studies.sharing.forms import AccessCodeForm, PinForm
 from studies.sharing.models import Share
+from studies.viewer.views import viewer_context
 from tenants.audit import Actor
 from tenants.roles import Action
 
@@ -140,8 +142,6 @@ def share_open(request: HttpRequest, share_token: str) -> HttpResponse:
 @csp_update({"img-src": ["'self'", "blob:"]})  # the light viewer draws slices from blob: URLs
 @share_required
 def share_viewer(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
-    from studies.viewer.views import viewer_context
-
     study = _shared_study(request, study_uuid)
     services.share_log(share=request.share, action="viewed", by=Actor.from_request(request), study=study)  # type: ignore[attr-defined]
     base = reverse("share-dicomweb:studies", kwargs={"share_token": share_token})[: -len("studies")]
@@ -155,14 +155,10 @@ def share_viewer(request: HttpRequest, share_token: str, study_uuid: UUID) -> Ht
 @never_cache
 @share_required
 def share_download(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
-    from studies.browse import download
-
     if not request.share.allow_download:  # type: ignore[attr-defined]
         return render(request, "studies/share_invalid.html", {"message": "This link allows viewing only."}, status=403)
     study = _shared_study(request, study_uuid)
     services.share_log(share=request.share, action="downloaded", by=Actor.from_request(request), study=study)  # type: ignore[attr-defined]
-    from studies.browse import selectors
-
     instances = selectors.instance_list(clinic=request.clinic, study=study)  # type: ignore[attr-defined]
     return download.zip_response(clinic=request.clinic, instances=instances,  # type: ignore[attr-defined]
                                  filename=f"study-{study.uuid}.zip")

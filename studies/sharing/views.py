@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from uuid import UUID
 
+import qrcode
+import qrcode.image.svg
 from django.contrib import messages
 from django.db.models import Max
 from django.http import HttpResponse
@@ -25,9 +27,6 @@ from tenants.roles import Action
 
 def qr_svg(url: str) -> str:
     """An inline SVG QR code of the address (no external service, no image file)."""
-    import qrcode
-    import qrcode.image.svg
-
     image = qrcode.make(url, image_factory=qrcode.image.svg.SvgPathImage, box_size=8)
     return image.to_string(encoding="unicode")
 

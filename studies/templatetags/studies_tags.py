@@ -6,7 +6,9 @@ from typing import Any
 
 from django import template
 
+from billing import selectors as billing_selectors
 from studies import names
+from studies.backup import selectors as backup_selectors
 from studies.browse import selectors, services
 from studies.quarantine import services as quarantine
 from tenants.audit import Actor
@@ -41,13 +43,9 @@ def studies_dashboard_cards(context: template.Context) -> dict[str, Any]:
         services.study_search_record(clinic=clinic, search=selectors.StudySearch(sort="-created"),
                                      count=len(cards["recent_studies"]), source="dashboard", by=Actor.from_request(request))
     if membership.can(Action.BILLING):
-        from billing import selectors as billing_selectors
-
         cards["usage"] = billing_selectors.usage_get(clinic=clinic)
         cards["study_count"] = selectors.study_count_live(clinic=clinic)
     if membership.can(Action.MANAGE):
-        from studies.backup import selectors as backup_selectors
-
         cards["backup"] = backup_selectors.backup_status(clinic=clinic)
     if membership.can(Action.DELETE):
         cards["held_count"] = quarantine.quarantine_list(clinic=clinic).count()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csp.utils import build_policy
 from django.conf import settings
 
 # What webpack writes into each runtime, and what we serve instead.
@@ -216,8 +217,6 @@ def prepare() -> int:
 def nginx_headers() -> str:
     """nginx's directives for the prepared files: the viewer's CSP (a worker takes its policy from its
     script's response), the portal's nosniff, and the cache lifetime deploy/nginx.conf maps from the name."""
-    from csp.utils import build_policy
-
     policy = build_policy(update=CSP_UPDATE)
     return (
         f"add_header Content-Security-Policy {json.dumps(policy)};\n"

@@ -342,6 +342,48 @@ def test_owner_sees_the_held_instance_and_files_it_into_its_study(client, clinic
     assert "Nothing is held" in client.get(f"/c/{clinic.slug}/studies/quarantine/").content.decode()
 
 
+def held_for_trashed_study(clinic, owner, study, tmp_path):
+    from studies.errors import PatientMismatch
+    from studies.ingest import instance_ingest
+
+    with pytest.raises(PatientMismatch):
+        instance_ingest(clinic=clinic, source_path=str(other_patient_file(tmp_path, study)))
+    services.study_delete(clinic=clinic, study=study, actor=owner)
+    return QuarantinedInstance.objects.get()
+
+
+def test_filing_a_held_instance_into_a_trashed_study_brings_the_study_back_audited(
+    client, clinic, owner, first_patient_study, tmp_path
+):
+    held = held_for_trashed_study(clinic, owner, first_patient_study, tmp_path)
+    client.force_login(owner)
+
+    client.post(f"/c/{clinic.slug}/studies/quarantine/{held.uuid}/", {"action": "file"})
+
+    first_patient_study.refresh_from_db()
+    assert first_patient_study.deleted_at is None
+    assert Instance.objects.for_clinic(clinic).get(object_key=held.object_key).series.study == first_patient_study
+    restored = AuditEvent.objects.get(action="study.restored")
+    assert restored.object_id == str(first_patient_study.uuid)
+    assert restored.details["reason"] == "quarantined instance filed"
+
+
+def test_filing_a_held_instance_while_its_study_is_purged_is_refused_and_nothing_changes(
+    client, clinic, owner, first_patient_study, tmp_path
+):
+    held = held_for_trashed_study(clinic, owner, first_patient_study, tmp_path)
+    Study.objects.filter(pk=first_patient_study.pk).update(purge_started_at=timezone.now())
+    client.force_login(owner)
+
+    response = client.post(f"/c/{clinic.slug}/studies/quarantine/{held.uuid}/", {"action": "file"}, follow=True)
+
+    assert "being erased from the trash" in response.content.decode()
+    assert QuarantinedInstance.objects.get().resolved_at is None
+    assert Study.objects.get(pk=first_patient_study.pk).deleted_at is not None
+    assert not Instance.objects.for_clinic(clinic).filter(object_key=held.object_key).exists()
+    assert not AuditEvent.objects.filter(action="study.restored").exists()
+
+
 def test_owner_discards_a_held_instance_and_its_space_is_given_back(
     client, clinic, owner, first_patient_study, tmp_path
 ):
