@@ -155,13 +155,14 @@ def workload(
     study_uid: str,
     only: set[str],
     server_pid: int | None = None,
+    rounds: int = 3,
 ) -> dict[str, float]:
     # STOW-RS always runs: it stores the study the WADO-RS and QIDO-RS figures read.
     result = {"stow": stow(base, headers, stow_files, 10, 4)["instances_per_s"]}
     if "c_store" in only:
         result["c_store"] = c_store(*dimse, store_files)["instances_per_s"]
     if "wado" in only:
-        result.update(wado_study(base, headers, study_uid, server_pid=server_pid))
+        result.update(wado_study(base, headers, study_uid, rounds=rounds, server_pid=server_pid))
     if "qido" in only:
         result["qido_series_p95_ms"] = qido_series_p95(base, headers, study_uid)
     return result
@@ -174,6 +175,7 @@ def run_portal(
     store_files: list[Path],
     study_uid: str,
     only: set[str],
+    rounds: int = 3,
 ) -> dict[str, float]:
     var = work / "portal"
     var.mkdir()
@@ -245,6 +247,7 @@ def run_portal(
             study_uid=study_uid,
             only=only,
             server_pid=web.pid,
+            rounds=rounds,
         )
     finally:
         for process in (web, scp):
@@ -253,7 +256,7 @@ def run_portal(
 
 
 def run_orthanc(
-    work: Path, stow_files: list[Path], store_files: list[Path], study_uid: str, only: set[str]
+    work: Path, stow_files: list[Path], store_files: list[Path], study_uid: str, only: set[str], rounds: int = 3
 ) -> dict[str, float]:
     plugins = [p for p in ORTHANC_PLUGINS if Path(p).is_dir()]
     if not Path(ORTHANC_BINARY).exists() or not plugins:
@@ -290,6 +293,7 @@ def run_orthanc(
             study_uid=study_uid,
             only=only,
             server_pid=server.pid,
+            rounds=rounds,
         )
     finally:
         server.terminate()
@@ -304,6 +308,8 @@ def main() -> None:
         "--only", default="stow,c_store,wado,qido",
         help="comma-separated workloads to report (stow always runs: it loads the study); default all",
     )
+    parser.add_argument("--wado-rounds", type=int, default=3, help="whole-study retrievals per side (default 3)")
+    parser.add_argument("--skip-orthanc", action="store_true", help="the portal only (while tuning it)")
     args = parser.parse_args()
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))
@@ -313,9 +319,14 @@ def main() -> None:
         store_files = write_files(work / "store", args.instances, study_uid + ".2")
         with ThreadPoolExecutor(max_workers=1) as pool:  # one after the other: they share 2 cores
             portal = pool.submit(
-                run_portal, work, args.database_url, stow_files, store_files, study_uid, only
+                run_portal, work, args.database_url, stow_files, store_files, study_uid, only, args.wado_rounds
             ).result()
-            orthanc = pool.submit(run_orthanc, work, stow_files, store_files, study_uid, only).result()
+            if args.skip_orthanc:
+                print(json.dumps(portal, indent=1), f"load average {os.getloadavg()[0]:.1f}")
+                return
+            orthanc = pool.submit(
+                run_orthanc, work, stow_files, store_files, study_uid, only, args.wado_rounds
+            ).result()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()[0]

@@ -81,24 +81,31 @@ def objects_read_ahead(
         for index, opener in enumerate(openers):
             source = first if index == 0 and first is not None else opener()
             try:
-                while data := source.read_chunk():
-                    if not put(data):
+                # Each segment goes with a flag saying whether it is its object's last: one hand-over per
+                # segment, and so per instance for most (a wake-up of the other thread each time).
+                data = source.read_chunk()
+                while True:
+                    following = source.read_chunk() if data else b""
+                    if not put((data, not following)):
                         return
+                    if not following:
+                        break
+                    data = following
             finally:
                 source.close()
-            if not put(_END):
-                return
 
     buffer, stop = _ahead(produce, depth)
 
     def one_object() -> Iterator[bytes]:
         while True:
             item = buffer.get()
-            if item is _END:
-                return
             if isinstance(item, _Failure):
                 raise item.error
-            yield item
+            data, is_last = item  # type: ignore[misc]
+            if data:
+                yield data
+            if is_last:
+                return
 
     try:
         for _ in openers:

@@ -234,7 +234,7 @@ def retrieve(
     sop_uid: str | None = None,
 ) -> HttpResponse:
     found = _study(request, study_uid)
-    instances = wado.instances_for(clinic=request.clinic, study=found, series_uid=series_uid, sop_uid=sop_uid)
+    instances = wado.instances_to_send(clinic=request.clinic, study=found, series_uid=series_uid, sop_uid=sop_uid)
     target = wado.instances_negotiate(
         request.headers.get("Accept", ""), stored_syntaxes={i.transfer_syntax_uid for i in instances}
     )
