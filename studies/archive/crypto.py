@@ -333,7 +333,7 @@ class DecryptingReader(_ChunkReader):
         self._aad = associated_data(header=header, clinic_uuid=clinic_uuid, object_key=object_key)
         self._sealed_size = header.segment_size + TAG_SIZE
         self._index = 0
-        self._lookahead: bytes | None = None
+        self._lookahead: bytes | memoryview | None = None
         self._finished = False
         self._failure: ObjectCorrupt | None = None
         self._on_close = on_close

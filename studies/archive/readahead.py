@@ -101,7 +101,7 @@ def objects_read_ahead(
             item = buffer.get()
             if isinstance(item, _Failure):
                 raise item.error
-            data, is_last = item  # type: ignore[misc]
+            data, is_last = item
             if data:
                 yield data
             if is_last:
