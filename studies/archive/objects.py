@@ -255,6 +255,10 @@ class ObjectStreams:
     looked up and unwrapped here, in the caller's thread, so that neither each object nor a read-ahead
     thread goes to the database for them; and ciphertext is read into two buffers reused from one object
     to the next. Objects must be read one at a time: each to its end, or closed, before the next is read.
+
+    An object this process holds decrypted (``plaincache``: a viewer asked for its frames) is served from
+    memory without reading the store. As for ``object_read_cached``, the caller must have found the
+    objects through the clinic in the database first.
     """
 
     def __init__(self, *, clinic: Clinic, key_ids: Iterable[str] = ()) -> None:
@@ -269,7 +273,25 @@ class ObjectStreams:
 
     def open(self, key: str) -> ObjectStream:
         """Open ``key`` like ``object_stream_open`` (primary, replica on failure; first segment authenticated)."""
+        _key_check(self.clinic, key)
+        cached = plaincache.cached(clinic=self.clinic, key=key)
+        if cached is not None:
+            return _CachedStream(cached)
         return _failover_open(self.clinic, key, clinic_keys=self._clinic_keys, buffers=self._buffers)
+
+
+class _CachedStream:
+    """An object's decrypted bytes from this process's cache, as one chunk."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def read_chunk(self) -> bytes:
+        data, self._data = self._data, None
+        return data or b""
+
+    def close(self) -> None:
+        self._data = None
 
 
 def _failover_open(
