@@ -155,7 +155,7 @@ def objects_read_ahead(
                 item = channel.get()
                 if isinstance(item, _Failure):
                     raise item.error
-                pending.extend(item)  # type: ignore[call-overload]
+                pending.extend(item)  # type: ignore[arg-type]
             data, is_last = pending.popleft()
             if data:
                 yield data
