@@ -285,6 +285,27 @@ class EncryptingReader(_ChunkReader):
         return sealed
 
 
+class SegmentBuffers:
+    """Two ciphertext buffers for readers that run one after another, never at the same time.
+
+    Reading each segment into a new bytes object costs as much as decrypting it on this kind of machine
+    (the pages of every fresh allocation are faulted in and zeroed); a sender streaming a whole study
+    (WADO-RS) reads every object into the same two buffers instead. Plaintext is always a new object,
+    so what a reader has handed out is never overwritten.
+    """
+
+    def __init__(self) -> None:
+        self._buffers = [bytearray(), bytearray()]
+        self._next = 0
+
+    def take(self, size: int) -> bytearray:
+        """The buffer not handed out last time, at least ``size`` bytes long (a reader holds two segments)."""
+        index, self._next = self._next, self._next ^ 1
+        if len(self._buffers[index]) < size:
+            self._buffers[index] = bytearray(size)
+        return self._buffers[index]
+
+
 class DecryptingReader(_ChunkReader):
     """Read plaintext from ciphertext, releasing a segment only after its tag has been verified.
 
@@ -302,15 +323,17 @@ class DecryptingReader(_ChunkReader):
         clinic_uuid: uuid.UUID,
         object_key: str,
         on_close: Callable[[], None] | None = None,
+        buffers: SegmentBuffers | None = None,
     ) -> None:
         super().__init__()
         self._raw = raw
+        self._buffers = buffers
         self.header = header
         self._aead = AESGCM(segment_key(clinic_key=clinic_key, header=header))
         self._aad = associated_data(header=header, clinic_uuid=clinic_uuid, object_key=object_key)
         self._sealed_size = header.segment_size + TAG_SIZE
         self._index = 0
-        self._lookahead: bytes | None = None
+        self._lookahead: bytes | memoryview | None = None
         self._finished = False
         self._failure: ObjectCorrupt | None = None
         self._on_close = on_close
@@ -321,8 +344,8 @@ class DecryptingReader(_ChunkReader):
             raise self._failure
         if self._finished:
             return None
-        current = self._lookahead if self._lookahead is not None else read_full(self._raw, self._sealed_size)
-        following = read_full(self._raw, self._sealed_size) if len(current) == self._sealed_size else b""
+        current = self._lookahead if self._lookahead is not None else self._read_sealed()
+        following = self._read_sealed() if len(current) == self._sealed_size else b""
         self._lookahead = following
         is_last = not following
         if len(current) < TAG_SIZE:
@@ -341,6 +364,24 @@ class DecryptingReader(_ChunkReader):
         if is_last:
             self._finished = True
         return plain
+
+    def _read_sealed(self) -> bytes | memoryview:
+        """The next sealed segment (or what is left of the object, if less), read into a reused buffer."""
+        if self._buffers is None or not hasattr(self._raw, "readinto"):
+            return read_full(self._raw, self._sealed_size)
+        size = self._sealed_size
+        left = getattr(self._raw, "size_left", None)
+        if left is not None:
+            # Local files know their size: a 0.5 MB object fills half a 1 MiB segment buffer, no more.
+            size = max(min(size, left()), 0)
+        view = memoryview(self._buffers.take(size))[:size]
+        count = 0
+        while count < size:
+            got = self._raw.readinto(view[count:])
+            if not got:
+                break
+            count += got
+        return view[:count]
 
     def close(self) -> None:
         if not self.closed:

@@ -14,14 +14,14 @@ import logging
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from django.conf import settings
 
 from studies.archive import crypto, keys, plaincache, stores
-from studies.archive.errors import ObjectCorrupt, ObjectMissing, StorageUnavailable
+from studies.archive.errors import ArchiveError, ObjectCorrupt, ObjectMissing, StorageUnavailable
 from tenants.models import Clinic
 
 if TYPE_CHECKING:
@@ -110,13 +110,23 @@ def objects_folders_sync(*, keys: Sequence[str], store: str = "primary") -> None
         stores.get_store(store).folders_sync(keys)
 
 
-def _open_from(clinic: Clinic, key: str, store: str) -> crypto.DecryptingReader:
+def _open_from(
+    clinic: Clinic,
+    key: str,
+    store: str,
+    *,
+    clinic_keys: Mapping[str, bytes] | None = None,
+    buffers: crypto.SegmentBuffers | None = None,
+) -> crypto.DecryptingReader:
     raw = stores.get_store(store).open(key)
     try:
         header = crypto.header_read(raw)
-        clinic_key = keys.clinic_key_for_object(clinic=clinic, key_id=header.key_id)
+        # ``clinic_keys`` holds only keys already checked to be this clinic's (ObjectStreams).
+        clinic_key = (clinic_keys or {}).get(header.key_id) or keys.clinic_key_for_object(
+            clinic=clinic, key_id=header.key_id
+        )
         reader = crypto.DecryptingReader(
-            raw, header=header, clinic_key=clinic_key, clinic_uuid=clinic.uuid, object_key=key
+            raw, header=header, clinic_key=clinic_key, clinic_uuid=clinic.uuid, object_key=key, buffers=buffers
         )
         # Authenticate the first segment now, so a bad object fails here and not in a half-sent response.
         reader.prime()
@@ -138,10 +148,19 @@ def _report_primary_failure(clinic: Clinic, key: str, error: Exception) -> None:
 class _FailoverReader(io.RawIOBase):
     """Plaintext from the primary; on a failure, the rest of it from the replica."""
 
-    def __init__(self, clinic: Clinic, key: str, current: crypto.DecryptingReader, *, on_replica: bool) -> None:
+    def __init__(
+        self,
+        clinic: Clinic,
+        key: str,
+        current: crypto.DecryptingReader,
+        *,
+        on_replica: bool,
+        clinic_keys: Mapping[str, bytes] | None = None,
+    ) -> None:
         super().__init__()
         self._clinic = clinic
         self._key = key
+        self._clinic_keys = clinic_keys
         self._current = current
         self._on_replica = on_replica
         self._position = 0
@@ -179,7 +198,8 @@ class _FailoverReader(io.RawIOBase):
         _report_primary_failure(self._clinic, self._key, error)
         replica: crypto.DecryptingReader | None = None
         try:
-            replica = _open_from(self._clinic, self._key, "replica")
+            # Its own buffers: the primary's shared ones may still hold what it had read ahead.
+            replica = _open_from(self._clinic, self._key, "replica", clinic_keys=self._clinic_keys)
             # Skip what the caller already has; those replica bytes are authenticated like the rest.
             remaining = self._position
             while remaining:
@@ -233,20 +253,72 @@ def object_stream_open(*, clinic: Clinic, key: str) -> ObjectStream:
     return _failover_open(clinic, key)
 
 
-def _failover_open(clinic: Clinic, key: str) -> _FailoverReader:
+class ObjectStreams:
+    """Open one clinic's objects one after another for streaming (the instances of a WADO-RS answer).
+
+    What the objects share is set up once: the clinic keys they name (``key_ids``, from the index) are
+    looked up and unwrapped here, in the caller's thread, so that neither each object nor a read-ahead
+    thread goes to the database for them; and ciphertext is read into two buffers reused from one object
+    to the next. Objects must be read one at a time: each to its end, or closed, before the next is read.
+
+    An object this process holds decrypted (``plaincache``: a viewer asked for its frames) is served from
+    memory without reading the store. As for ``object_read_cached``, the caller must have found the
+    objects through the clinic in the database first.
+    """
+
+    def __init__(self, *, clinic: Clinic, key_ids: Iterable[str] = ()) -> None:
+        self.clinic = clinic
+        self._clinic_keys: dict[str, bytes] = {}
+        for key_id in set(key_ids):
+            try:
+                self._clinic_keys[key_id] = keys.clinic_key_for_object(clinic=clinic, key_id=key_id)
+            except ArchiveError:
+                continue  # the object naming it fails when it is opened, as it would on its own
+        self._buffers = crypto.SegmentBuffers()
+
+    def open(self, key: str) -> ObjectStream:
+        """Open ``key`` like ``object_stream_open`` (primary, replica on failure; first segment authenticated)."""
+        _key_check(self.clinic, key)
+        cached = plaincache.cached(clinic=self.clinic, key=key)
+        if cached is not None:
+            return _CachedStream(cached)
+        return _failover_open(self.clinic, key, clinic_keys=self._clinic_keys, buffers=self._buffers)
+
+
+class _CachedStream:
+    """An object's decrypted bytes from this process's cache, as one chunk."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def read_chunk(self) -> bytes:
+        data, self._data = self._data, None
+        return data or b""
+
+    def close(self) -> None:
+        self._data = None
+
+
+def _failover_open(
+    clinic: Clinic,
+    key: str,
+    *,
+    clinic_keys: Mapping[str, bytes] | None = None,
+    buffers: crypto.SegmentBuffers | None = None,
+) -> _FailoverReader:
     _key_check(clinic, key)
     try:
-        first = _open_from(clinic, key, "primary")
+        first = _open_from(clinic, key, "primary", clinic_keys=clinic_keys, buffers=buffers)
         on_replica = False
     except FAILOVER_ERRORS as error:
         _report_primary_failure(clinic, key, error)
         try:
-            first = _open_from(clinic, key, "replica")
+            first = _open_from(clinic, key, "replica", clinic_keys=clinic_keys)
         except FAILOVER_ERRORS as replica_error:
             logger.warning("object %s: replica read failed too (%s)", key, type(replica_error).__name__)
             raise error from replica_error
         on_replica = True
-    return _FailoverReader(clinic, key, first, on_replica=on_replica)
+    return _FailoverReader(clinic, key, first, on_replica=on_replica, clinic_keys=clinic_keys)
 
 
 def object_open_seekable(*, clinic: Clinic, key: str, max_memory: int = 8 * 1024 * 1024) -> BinaryIO:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TypeVar
 
@@ -22,8 +23,10 @@ from django.db import connection
 
 from studies.archive.objects import ObjectStream
 
-# Items waiting in the queue at most: with 1 MiB segments, about this many MiB per response.
-DEPTH = 8
+# Batches of decrypted segments waiting at most, and the size of a batch: a response holds about
+# (DEPTH + 2) x BATCH_BYTES at worst (those waiting, the one being filled and the one being sent).
+DEPTH = 2
+BATCH_BYTES = 2 * 1024 * 1024
 _END = object()
 T = TypeVar("T")
 
@@ -39,35 +42,67 @@ class _Fatal(_Failure):
     """An error that ended the helper thread: nothing comes after it."""
 
 
-def _ahead(produce: Callable[[Callable[[object], bool]], None], depth: int) -> tuple[queue.Queue, threading.Event]:
-    """Run ``produce(put)`` in a helper thread; ``put`` returns False once the consumer has stopped."""
-    buffer: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+class _Channel:
+    """A bounded hand-over from one producer thread to one consumer.
 
-    def put(item: object) -> bool:
-        while not stop.is_set():
+    ``queue.Queue`` locks and waits in Python (a Condition for each side), which cost a WADO-RS answer
+    tens of microseconds per instance; two ``SimpleQueue`` (C), one carrying the items and one the free
+    places, do the same for a fraction of that.
+    """
+
+    def __init__(self, depth: int) -> None:
+        self._items: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(depth):
+            self._free.put(None)
+        self._stopped = threading.Event()
+
+    def put(self, item: object) -> bool:
+        """Hand ``item`` over once there is room; False (and nothing handed over) once the consumer has stopped."""
+        while not self._stopped.is_set():
             try:
-                buffer.put(item, timeout=0.5)
-                return True
-            except queue.Full:
+                self._free.get(timeout=0.5)
+            except queue.Empty:
                 continue
+            if self._stopped.is_set():
+                break
+            self._items.put(item)
+            return True
         return False
+
+    def get(self) -> object:
+        item = self._items.get()
+        self._free.put(None)
+        return item
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._free.put(None)  # wake a producer waiting for room now rather than at its next timeout
+
+
+def _ahead(produce: Callable[[Callable[[object], bool]], None], depth: int) -> _Channel:
+    """Run ``produce(put)`` in a helper thread; ``put`` returns False once the consumer has stopped."""
+    channel = _Channel(depth)
 
     def run() -> None:
         try:
-            produce(put)
+            produce(channel.put)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            put(_Fatal(exc))
+            channel.put(_Fatal(exc))
         finally:
             # Opening an object may read a clinic key the cache no longer holds: never keep that connection.
             connection.close()
 
     threading.Thread(target=run, name="read-ahead", daemon=True).start()
-    return buffer, stop
+    return channel
 
 
 def objects_read_ahead(
-    openers: Sequence[Callable[[], ObjectStream]], *, first: ObjectStream | None = None, depth: int = DEPTH
+    openers: Sequence[Callable[[], ObjectStream]],
+    *,
+    first: ObjectStream | None = None,
+    depth: int = DEPTH,
+    batch_bytes: int = BATCH_BYTES,
 ) -> Generator[Iterator[bytes], None, None]:
     """Yield, for each opener in order, an iterator of that object's decrypted segments.
 
@@ -75,36 +110,63 @@ def objects_read_ahead(
     error before the response starts). Errors of later objects are raised where their bytes would be,
     after every byte of the objects before them. Each yielded iterator must be consumed before the next
     one is used (as a multipart writer does).
+
+    Segments are handed over in batches of about ``batch_bytes`` (the first batch is one segment, so the
+    answer starts at once), ``depth`` batches ahead at most: every hand-over wakes the other thread, and
+    one per segment (per instance, for most) cost a quarter of a study's CPU time.
     """
 
     def produce(put: Callable[[object], bool]) -> None:
-        for index, opener in enumerate(openers):
-            source = first if index == 0 and first is not None else opener()
-            try:
-                while data := source.read_chunk():
-                    if not put(data):
-                        return
-            finally:
-                source.close()
-            if not put(_END):
+        batch: list[tuple[bytes, bool]] = []
+        size, limit = 0, 1
+        try:
+            for index, opener in enumerate(openers):
+                source = first if index == 0 and first is not None else opener()
+                try:
+                    data = source.read_chunk()
+                    while True:
+                        # Each segment goes with a flag saying whether it is its object's last.
+                        following = source.read_chunk() if data else b""
+                        batch.append((data, not following))
+                        size += len(data)
+                        if size >= limit:
+                            if not put(batch):
+                                return
+                            batch, size, limit = [], 0, batch_bytes
+                        if not following:
+                            break
+                        data = following
+                finally:
+                    source.close()
+        except BaseException:
+            # What was read before the failure goes out first; the failure follows it (run() hands it over).
+            if batch and not put(batch):
                 return
+            raise
+        if batch:
+            put(batch)
 
-    buffer, stop = _ahead(produce, depth)
+    channel = _ahead(produce, depth)
+    pending: deque[tuple[bytes, bool]] = deque()
 
     def one_object() -> Iterator[bytes]:
         while True:
-            item = buffer.get()
-            if item is _END:
+            while not pending:
+                item = channel.get()
+                if isinstance(item, _Failure):
+                    raise item.error
+                pending.extend(item)  # type: ignore[arg-type]
+            data, is_last = pending.popleft()
+            if data:
+                yield data
+            if is_last:
                 return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
 
     try:
         for _ in openers:
             yield one_object()
     finally:
-        stop.set()
+        channel.stop()
         if first is not None:
             first.close()
 
@@ -126,14 +188,14 @@ def items_read_ahead(source: Sequence[T], prepare: Callable[[T], object], *, dep
                 return
         put(_END)
 
-    buffer, stop = _ahead(produce, depth)
+    channel = _ahead(produce, depth)
     try:
         while True:
-            item = buffer.get()
+            item = channel.get()
             if item is _END:
                 return
             if isinstance(item, _Fatal):
                 raise item.error
             yield item.error if isinstance(item, _Failure) else item
     finally:
-        stop.set()
+        channel.stop()

@@ -283,6 +283,10 @@ class _LocalReader(io.RawIOBase):
     def tell(self) -> int:
         return self._handle.tell()
 
+    def size_left(self) -> int:
+        """The bytes between the current position and the end of the file (a reader sizes its buffer by it)."""
+        return self._size - self._handle.tell()
+
     def readinto(self, buffer: WriteableBuffer) -> int:
         try:
             return self._handle.readinto(buffer)

@@ -7,21 +7,21 @@ turned into real URLs by plain string replacement.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from django.db.models import Q, TextField
 from django.db.models.functions import Cast
 
 from portal.exceptions import PortalError
 from studies import transcoding
-from studies.archive import readahead
+from studies.archive import objects, readahead
 from studies.dicomweb import multipart, rendering
 from studies.models import Instance, Study
 from tenants.models import Clinic
@@ -187,36 +187,68 @@ def instances_for(
     return instances
 
 
+@dataclass(frozen=True, slots=True)
+class SentInstance:
+    """What sending an instance needs from its index row."""
+
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    object_key: str
+    size_bytes: int
+    key_id: str
+
+
+def instances_to_send(
+    *, clinic: Clinic, study: Study, series_uid: str | None = None, sop_uid: str | None = None
+) -> list[SentInstance]:
+    """The instances a WADO-RS retrieve names, in series then instance order; raise Instance.DoesNotExist.
+
+    One query whatever the number of instances, reading only the columns the sender needs.
+    """
+    queryset = Instance.objects.for_clinic(clinic).filter(series__study=study)
+    if series_uid is not None:
+        queryset = queryset.filter(series__series_instance_uid=series_uid)
+    if sop_uid is not None:
+        queryset = queryset.filter(sop_instance_uid=sop_uid)
+    rows = queryset.order_by("series__series_number", "series_id", "instance_number", "id").values_list(
+        "sop_instance_uid", "transfer_syntax_uid", "object_key", "size_bytes", "key_id"
+    )
+    instances = [SentInstance(*row) for row in rows]
+    if not instances:
+        raise Instance.DoesNotExist
+    return instances
+
+
 def instance_parts(
-    *, clinic: Clinic, instances: list[Instance], target: str | None = None
+    *, clinic: Clinic, instances: list[SentInstance], target: str | None = None
 ) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
     """Yield (part headers, streamed decrypted bytes) for each instance, converted to ``target`` if given.
 
     The first object is opened (and converted, if it has to be) before anything is sent, so that a
     store that is down, an object that is missing or pixel data that cannot be decoded is a clean
-    error answer rather than a cut-off stream.
+    error answer rather than a cut-off stream. The clinic keys the objects name are looked up once,
+    here, not per object.
     """
-    from studies.archive import objects
-
+    streams = objects.ObjectStreams(clinic=clinic, key_ids={instance.key_id for instance in instances})
     if _converts(instances[0], target):
         with objects.object_open(clinic=clinic, key=instances[0].object_key) as first:
             first_part = _transcoded_part(first, target)  # type: ignore[arg-type]
-        return _parts(clinic, instances, objects, target, first_part)
-    opened = objects.object_stream_open(clinic=clinic, key=instances[0].object_key)
+        return _parts(streams, instances, target, first_part)
+    opened = streams.open(instances[0].object_key)
     if not any(_converts(instance, target) for instance in instances):
-        return _stored_parts(clinic, instances, opened, objects)
+        return _stored_parts(streams, instances, opened)
     opened.close()  # a mixed study: read one object at a time
-    return _parts(clinic, instances, objects, target, None)
+    return _parts(streams, instances, target, None)
 
 
-def stored_part_headers(instance: Instance) -> dict[str, str]:
+def stored_part_headers(instance: SentInstance) -> dict[str, str]:
     return {
         "Content-Type": f"{DICOM}; transfer-syntax={instance.transfer_syntax_uid}",
         "Content-Length": str(instance.size_bytes),
     }
 
 
-def instances_body_length(*, instances: list[Instance], target: str | None, boundary: str) -> int | None:
+def instances_body_length(*, instances: list[SentInstance], target: str | None, boundary: str) -> int | None:
     """The exact length of the multipart body when every instance goes out as stored, else None.
 
     With it the answer carries a Content-Length rather than chunked framing: neither gunicorn nor the
@@ -227,7 +259,7 @@ def instances_body_length(*, instances: list[Instance], target: str | None, boun
     return multipart.parts_length((stored_part_headers(i) for i in instances), boundary=boundary)
 
 
-def _converts(instance: Instance, target: str | None) -> bool:
+def _converts(instance: SentInstance, target: str | None) -> bool:
     return (
         target is not None
         and instance.transfer_syntax_uid != target
@@ -242,9 +274,8 @@ def _transcoded_part(source: BinaryIO, target: str) -> tuple[dict[str, str], Ite
 
 
 def _parts(
-    clinic: Clinic,
-    instances: list[Instance],
-    objects: Any,
+    streams: objects.ObjectStreams,
+    instances: list[SentInstance],
     target: str | None,
     first_part: tuple[dict[str, str], Iterator[bytes]] | None,
 ) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
@@ -253,30 +284,31 @@ def _parts(
             yield first_part
             continue
         if _converts(instance, target):
-            yield _transcoded_part(objects.object_open(clinic=clinic, key=instance.object_key), target)  # type: ignore[arg-type]
+            source = objects.object_open(clinic=streams.clinic, key=instance.object_key)
+            yield _transcoded_part(source, target)  # type: ignore[arg-type]
             continue
-        yield stored_part_headers(instance), _lazy_chunks(clinic, instance.object_key, objects)
+        yield stored_part_headers(instance), _lazy_chunks(streams, instance.object_key)
 
 
-def _lazy_chunks(clinic: Clinic, key: str, objects: Any) -> Iterator[bytes]:
-    with closing(objects.object_stream_open(clinic=clinic, key=key)) as source:
+def _lazy_chunks(streams: objects.ObjectStreams, key: str) -> Iterator[bytes]:
+    with closing(streams.open(key)) as source:
         while data := source.read_chunk():
             yield data
 
 
 def _stored_parts(
-    clinic: Clinic, instances: list[Instance], first: Any, objects: Any
+    streams: objects.ObjectStreams, instances: list[SentInstance], first: objects.ObjectStream
 ) -> Iterator[tuple[dict[str, str], Iterator[bytes]]]:
     # A helper thread reads and decrypts the next objects while this one's bytes go out; each segment
     # is handed over as decrypted (no copy on the way to the socket).
-    openers = [functools.partial(objects.object_stream_open, clinic=clinic, key=i.object_key) for i in instances]
+    openers = [partial(streams.open, instance.object_key) for instance in instances]
     bodies = readahead.objects_read_ahead(openers, first=first)
     with closing(bodies):
         for instance, body in zip(instances, bodies, strict=True):
             yield stored_part_headers(instance), _logged(body, instance)
 
 
-def _logged(body: Iterator[bytes], instance: Instance) -> Iterator[bytes]:
+def _logged(body: Iterator[bytes], instance: SentInstance) -> Iterator[bytes]:
     """Pass ``body`` on; if its object fails part-way, say which instance before the answer is cut off."""
     try:
         yield from body

@@ -367,7 +367,7 @@ def _connection_keep() -> None:
 
     Each association runs in its own thread with its own connection, closed when the association ends
     (``handle_closed``). Closing it after every instance, as ``close_old_connections`` does where
-    CONN_MAX_AGE is 0 (the SQLite default), would cost a new connection per image: about a third of an
+    CONN_MAX_AGE is 0 (SQLite's setting until issue 12), would cost a new connection per image: about a third of an
     instance's time on one association. A connection that saw an error and no longer answers is dropped.
     """
     if connection.connection is not None and connection.errors_occurred:

@@ -428,3 +428,75 @@ def test_corrupt_primary_and_corrupt_replica_mid_stream_raises_corrupt(clinic, f
             pass
 
     assert len(failures) == 1
+
+
+# ObjectStreams: many objects read one after another through two shared ciphertext buffers (WADO-RS).
+
+
+def stream_all(streams: objects.ObjectStreams, key: str) -> bytes:
+    source = streams.open(key)
+    try:
+        return b"".join(iter(source.read_chunk, b""))
+    finally:
+        source.close()
+
+
+def test_object_streams_read_objects_of_every_size_exactly_one_after_another(clinic):
+    datas = [os.urandom(size) for size in (0, 1, SEGMENT, 3 * SEGMENT + 17, SEGMENT - 1, 5 * SEGMENT)]
+    stored = [put(clinic, data) for data in datas]
+    streams = objects.ObjectStreams(clinic=clinic, key_ids={s.key_id for s in stored})
+
+    received = [stream_all(streams, s.key) for s in stored]
+
+    assert received == datas
+
+
+def test_object_streams_hand_out_segments_that_later_reads_do_not_overwrite(clinic):
+    datas = [os.urandom(3 * SEGMENT) for _ in range(3)]
+    stored = [put(clinic, data) for data in datas]
+    streams = objects.ObjectStreams(clinic=clinic, key_ids={s.key_id for s in stored})
+    kept: list[bytes] = []
+
+    for s in stored:
+        source = streams.open(s.key)
+        kept += list(iter(source.read_chunk, b""))
+        source.close()
+
+    assert b"".join(kept) == b"".join(datas)
+
+
+def test_object_streams_detect_a_flipped_byte_in_a_later_segment(clinic):
+    data = os.urandom(3 * SEGMENT)
+    stored = put(clinic, data)
+    flip(primary_path(stored.key), header_size(stored) + 2 * SEALED + 1)
+    streams = objects.ObjectStreams(clinic=clinic, key_ids={stored.key_id})
+
+    with pytest.raises(ObjectCorrupt):
+        stream_all(streams, stored.key)
+
+
+def test_object_streams_continue_from_the_replica_mid_stream(clinic, failures):
+    datas = [os.urandom(4 * SEGMENT) for _ in range(2)]
+    stored = [put(clinic, data) for data in datas]
+    for s in stored:
+        replicate(s.key)
+    flip(primary_path(stored[0].key), header_size(stored[0]) + 3 * SEALED + 7)
+    streams = objects.ObjectStreams(clinic=clinic, key_ids={s.key_id for s in stored})
+
+    received = [stream_all(streams, s.key) for s in stored]
+
+    assert received == datas
+    assert failures == [(clinic, stored[0].key)]
+
+
+def test_object_streams_refuse_an_object_naming_another_clinics_key(clinic, other_clinic):
+    theirs = put(other_clinic, b"their data")
+    ours = put(clinic, b"our data")
+    # Their object copied under our name: its header names their key, which we never looked up.
+    target = primary_path(objects.object_key_for(clinic=clinic, object_uuid=uuid.uuid4()))
+    target.write_bytes(primary_path(theirs.key).read_bytes())
+    key = "clinics/" + target.relative_to(stores.get_store("primary").root / "clinics").as_posix()
+    streams = objects.ObjectStreams(clinic=clinic, key_ids={ours.key_id, theirs.key_id})
+
+    with pytest.raises(ObjectCorrupt):
+        stream_all(streams, key)

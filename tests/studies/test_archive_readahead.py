@@ -43,16 +43,41 @@ def _openers(clinic, instances):
 
 
 def test_read_ahead_yields_every_object_exactly_and_in_order(clinic, tmp_path, settings):
-    # Many small segments per object and a queue of one: the helper waits on the consumer at every segment.
+    # Many small segments per object, a queue of one and batches of one segment: the helper waits on the
+    # consumer at every segment.
     settings.ARCHIVE_SEGMENT_SIZE = 4096
     paths = [write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid()) for _ in range(4)]
     instances = ingest_files(clinic, paths)
-    bodies = readahead.objects_read_ahead(_openers(clinic, instances), depth=1)
+    bodies = readahead.objects_read_ahead(_openers(clinic, instances), depth=1, batch_bytes=1)
 
     got = [list(body) for body in bodies]
 
     assert [b"".join(chunks) for chunks in got] == [path.read_bytes() for path in paths]
     assert all(len(chunks) > 3 for chunks in got)
+
+
+def test_batches_spanning_several_objects_keep_each_object_whole_and_in_order(clinic, tmp_path, settings):
+    settings.ARCHIVE_SEGMENT_SIZE = 4096
+    paths = [write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid()) for _ in range(5)]
+    instances = ingest_files(clinic, paths)
+    # A batch of about three segments: batches end inside objects and hold the ends of others.
+    bodies = readahead.objects_read_ahead(_openers(clinic, instances), depth=2, batch_bytes=3 * 4096)
+
+    got = [b"".join(body) for body in bodies]
+
+    assert got == [path.read_bytes() for path in paths]
+
+
+def test_an_object_failing_after_others_in_its_batch_raises_after_their_bytes(clinic, stored, settings):
+    _corrupt_everywhere(settings, stored["instances"][2].object_key)
+    bodies = readahead.objects_read_ahead(_openers(clinic, stored["instances"]), batch_bytes=10**9)
+
+    first, second = b"".join(next(bodies)), b"".join(next(bodies))
+    third = next(bodies)
+
+    assert [first, second] == [path.read_bytes() for path in stored["paths"][:2]]
+    with pytest.raises(ObjectCorrupt):
+        b"".join(third)
 
 
 def test_an_object_failing_mid_study_raises_after_the_objects_before_it(clinic, stored, settings):
@@ -68,7 +93,7 @@ def test_an_object_failing_mid_study_raises_after_the_objects_before_it(clinic, 
 
 
 def test_the_helper_stops_when_the_consumer_goes_away(clinic, stored):
-    bodies = readahead.objects_read_ahead(_openers(clinic, stored["instances"] * 20), depth=1)
+    bodies = readahead.objects_read_ahead(_openers(clinic, stored["instances"] * 20), depth=1, batch_bytes=1)
     next(next(bodies))
 
     bodies.close()

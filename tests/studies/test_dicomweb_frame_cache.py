@@ -141,3 +141,41 @@ def test_the_cache_stays_within_its_budget(client, clinic, tmp_path, settings, o
         _frame(client, clinic, _frame_url("clinic-a", study_uid, series_uid, instances[0].sop_instance_uid))
     assert plaincache.held_bytes() == 0
     assert opens.count(instances[0].object_key) == 3
+
+
+ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def _remove_everywhere(settings, key):
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    for url in (settings.PRIMARY_STORE_URL, settings.REPLICA_STORE_URL):
+        (Path(urlparse(url).path) / key).unlink(missing_ok=True)
+
+
+def test_a_study_retrieve_sends_an_instance_held_decrypted_without_reading_the_store(
+    client, clinic, tmp_path, settings
+):
+    study_uid, series_uid, paths, instances = _study(clinic, tmp_path, count=2)
+    viewed = _frame(client, clinic, _frame_url("clinic-a", study_uid, series_uid, instances[0].sop_instance_uid))
+    assert viewed.status_code == HTTPStatus.OK
+    # Gone from both stores: only this process's cache can still answer for it.
+    _remove_everywhere(settings, instances[0].object_key)
+
+    response = client.get(f"/dicomweb/clinic-a/studies/{study_uid}", HTTP_ACCEPT=ANY_SYNTAX)
+    body = b"".join(response.streaming_content)
+
+    assert response.status_code == HTTPStatus.OK
+    assert len(body) == int(response["Content-Length"])
+    assert sorted(multipart_parts(body, response["Content-Type"])) == sorted(p.read_bytes() for p in paths)
+
+
+def test_a_trashed_study_is_not_retrieved_from_the_cache(client, clinic, tmp_path):
+    study_uid, series_uid, _, [instance] = _study(clinic, tmp_path)
+    assert _frame(client, clinic, _frame_url("clinic-a", study_uid, series_uid, instance.sop_instance_uid)).status_code == 200
+    Study.objects.filter(study_instance_uid=study_uid).update(deleted_at="2024-01-01T00:00:00Z")
+
+    response = client.get(f"/dicomweb/clinic-a/studies/{study_uid}", HTTP_ACCEPT=ANY_SYNTAX)
+
+    assert response.status_code == HTTPStatus.NOT_FOUND

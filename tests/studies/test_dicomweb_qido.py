@@ -333,3 +333,47 @@ def test_a_search_past_its_time_budget_answers_503_with_a_message(api, archive, 
     assert response.json()["error"] == "search_too_slow"
     monkeypatch.setattr(qido, "search", search)
     assert _uids(api.get(BASE + "studies", {"PatientName": "DOE*"})) == [archive["jane"]]  # the next one runs
+
+
+def test_series_of_a_study_is_answered_with_two_statements(api, archive):
+    from django.test.utils import CaptureQueriesContext
+
+    api.get(f"{BASE}studies/{archive['jane']}/series")  # the first search of a caller writes its audit entry
+
+    with CaptureQueriesContext(connection) as queries:
+        response = api.get(f"{BASE}studies/{archive['jane']}/series")
+
+    assert sorted(_uids(response, "0020000E")) == sorted([archive["ct"], archive["mr"]])
+    # The caller's token and the series: no lookup of the study of its own, no budget transaction.
+    assert len(queries) == 2
+
+
+def test_series_of_a_study_in_the_trash_is_not_found(api, archive):
+    response = api.get(f"{BASE}studies/{archive['trashed']}/series")
+
+    assert response.status_code == HTTPStatus.NOT_FOUND
+
+
+def test_series_of_an_unknown_study_is_not_found(api, archive):
+    response = api.get(f"{BASE}studies/{generate_uid()}/series")
+
+    assert response.status_code == HTTPStatus.NOT_FOUND
+
+
+def test_a_study_search_that_matches_nothing_is_an_empty_list(api, archive):
+    response = api.get(f"{BASE}studies/{archive['jane']}/series", {"Modality": "US"})
+
+    assert response.status_code == HTTPStatus.OK
+    assert response.json() == []
+
+
+def test_instances_of_an_unknown_series_of_a_known_study_are_not_found(api, archive):
+    response = api.get(f"{BASE}studies/{archive['jane']}/series/{generate_uid()}/instances")
+
+    assert response.status_code == HTTPStatus.NOT_FOUND
+
+
+def test_instances_of_a_series_of_another_study_are_not_found(api, archive):
+    response = api.get(f"{BASE}studies/{archive['richard']}/series/{archive['ct']}/instances")
+
+    assert response.status_code == HTTPStatus.NOT_FOUND

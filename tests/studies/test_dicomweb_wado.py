@@ -259,3 +259,74 @@ def test_large_metadata_is_gzipped_for_clients_that_accept_it(api, study, monkey
     assert "Content-Encoding" not in plain
     assert zipped["Content-Encoding"] == "gzip"
     assert json.loads(gzip.decompress(zipped.content)) == plain.json()
+
+
+def _ct_study(clinic, tmp_path, count):
+    study_uid, series_uid = generate_uid(), generate_uid()
+    paths = [
+        write_instance(tmp_path, study_uid=study_uid, series_uid=series_uid, instance_number=n)
+        for n in range(1, count + 1)
+    ]
+    ingest_files(clinic, paths)
+    return study_uid, paths
+
+
+def _retrieve_statements(api, study_uid):
+    from django.core.cache import cache
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from studies.archive import keys
+
+    keys.key_cache_clear()  # the clinic key is looked up in this request, as after a restart
+    cache.clear()  # and its audit entry is written (one per caller, study and minute)
+    with CaptureQueriesContext(connection) as queries:
+        response = api.get(f"{BASE}studies/{study_uid}", HTTP_ACCEPT=ANY_SYNTAX)
+        body = _body(response)
+    return len(queries), body, response
+
+
+@pytest.mark.postgresql
+def test_study_retrieve_runs_the_same_few_statements_whatever_its_size(api, clinic, tmp_path):
+    small_uid, small_paths = _ct_study(clinic, tmp_path / "small", 2)
+    large_uid, large_paths = _ct_study(clinic, tmp_path / "large", 9)
+    _retrieve_statements(api, small_uid)  # what only a caller's first request does (its audit chain start)
+
+    small_count, small_body, small = _retrieve_statements(api, small_uid)
+    large_count, large_body, large = _retrieve_statements(api, large_uid)
+
+    assert sorted(multipart_parts(large_body, large["Content-Type"])) == sorted(p.read_bytes() for p in large_paths)
+    assert len(multipart_parts(small_body, small["Content-Type"])) == len(small_paths)
+    assert large_count == small_count
+    assert large_count <= 12
+
+
+def test_study_retrieve_never_opens_a_database_connection_in_the_read_ahead_thread(api, clinic, tmp_path):
+    import threading
+
+    from django.db.backends.signals import connection_created
+
+    study_uid, paths = _ct_study(clinic, tmp_path, 5)
+    opened_elsewhere: list[str] = []
+
+    def created(sender, connection, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            opened_elsewhere.append(threading.current_thread().name)
+
+    connection_created.connect(created)
+    try:
+        _, body, response = _retrieve_statements(api, study_uid)
+    finally:
+        connection_created.disconnect(created)
+
+    assert sorted(multipart_parts(body, response["Content-Type"])) == sorted(p.read_bytes() for p in paths)
+    assert opened_elsewhere == []
+
+
+def test_study_retrieve_writes_one_audit_entry(api, clinic, tmp_path):
+    study_uid, _ = _ct_study(clinic, tmp_path, 4)
+    before = AuditEvent.objects.filter(action="dicomweb.retrieve").count()
+
+    _body(api.get(f"{BASE}studies/{study_uid}", HTTP_ACCEPT=ANY_SYNTAX))
+
+    assert AuditEvent.objects.filter(action="dicomweb.retrieve").count() == before + 1
