@@ -461,8 +461,10 @@ def run(args: argparse.Namespace, temp: Path, env: dict[str, str], cluster: dict
     images_2tb(args, total=total, size=size, restore=restore_phase, rebuild=rebuild_phase, verify=verify_phase)
     if cluster:
         control_plane_postgresql(args, cluster, total=total, snapshot=snapshot, base_backup=base_backup)
-    else:
+    elif engine == "sqlite3":
         control_plane(args, total=total)
+    else:
+        control_plane_untimed(args, total=total)
     # RPO: steady uploads with a running worker.
     rpo(args, temp, env, replication)
     # Sync vs async ingest.
@@ -533,6 +535,16 @@ def control_plane(args: argparse.Namespace, *, total: int) -> None:
         ("backup_database", f"{db_2tb / snapshot_rate / 60:.1f} min (PostgreSQL + pgBackRest advised at this size)"),
         ("RPO control plane", f"<= {(60 + db_2tb / snapshot_rate) / 60:.0f} min (beat every minute + one snapshot)"),
         ("restore_database", f"{db_2tb / restore_rate / 60:.1f} min"),
+    ])
+
+
+def control_plane_untimed(args: argparse.Namespace, *, total: int) -> None:
+    """--database-url: a server the drill does not own, so its restore is not run (use --pg-cluster for that)."""
+    db_bytes = database_bytes()
+    per_instance, db_2tb = database_2tb(args, db_bytes, total)
+    report("Control plane (PostgreSQL server given by --database-url: pgBackRest not run; --pg-cluster times it)", [
+        ("database size", f"{db_bytes / 1e6:.1f} MB ({per_instance:.0f} bytes per instance); 2 TB: ~{db_2tb / 1e9:.0f} GB"),
+        ("RPO control plane", "one WAL segment (archive_timeout; pgBackRest archive-push per segment)"),
     ])
 
 
