@@ -3,10 +3,17 @@
 Runs standalone and touches no other data:
 
     .venv/bin/python bench/dr_drill.py [--instances 10000] [--database-url postgres://.../portal_drill]
-        [--broker-url redis://127.0.0.1:6379/8] [--rate 20] [--seconds 30]
+        [--broker-url redis://127.0.0.1:6379/8] [--rate 20] [--seconds 30] [--pg-cluster]
 
 With ``--database-url`` the database named there is DROPPED and re-created (give it a name of its
-own); without it, SQLite in a temporary folder. Stores are local folders in a temporary folder.
+own); without it, SQLite in a temporary folder. ``--pg-cluster`` starts a private PostgreSQL 15 cluster
+instead (initdb and pg_ctl as the postgres user, as tests/studies/test_backup_postgresql.py does; needs
+root, pgbackrest and /usr/lib/postgresql/15/bin) with its WAL archived by pgBackRest into the replica, so the
+database restore is timed too. Stores are local folders in a temporary folder.
+
+Every phase reports wall time, CPU seconds (this process, its threads and its waited-for children:
+``getrusage``; with ``--pg-cluster`` also the cluster's server processes, from /proc) and the load average
+at its start: the wall clock depends on what else the machine runs, the CPU time much less.
 
 1. Setup: ingest N real DICOM instances (pydicom's CT_small.dcm with fresh UIDs, 100 per study) through
    ``instance_ingest``, replicated to the replica.
@@ -16,9 +23,12 @@ own); without it, SQLite in a temporary folder. Stores are local folders in a te
 4. Verification throughput: ``verify_backups --all``.
 5. RPO: a real Celery worker runs while uploads arrive at a steady rate; lag = replicated_at - stored_at.
 6. Ingest latency with REPLICATION_MODE=async vs sync.
-7. Control plane (SQLite default run): users, share links and audit entries are added next to the index,
-   then ``backup_database`` (encrypted snapshot; bounds the RPO with the beat interval) and
-   ``restore_database`` (the control plane's RTO) are timed, and both RTOs are extrapolated to 2 TB.
+7. Control plane: users, share links and audit entries are added next to the index. SQLite:
+   ``backup_database`` (encrypted snapshot; bounds the RPO with the beat interval) and ``restore_database``
+   (the control plane's RTO) are timed. ``--pg-cluster``: a full pgBackRest base backup is taken before the
+   control-plane changes, which then reach the repository only as archived WAL; the data directory is
+   wiped and ``restore_database --run`` (pgBackRest restore) plus the start with WAL replay are timed, and
+   the users are counted afterwards. Both RTOs are extrapolated to 2 TB.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -43,6 +54,136 @@ def percentile(values: list[float], fraction: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, max(0, int(round(fraction * len(ordered) + 0.5)) - 1))]
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class Phase:
+    """Wall time, CPU seconds and load average of one phase of the drill (``with Phase(cluster) as p:``)."""
+
+    def __init__(self, cluster: dict | None = None) -> None:
+        self.cluster = cluster
+
+    def __enter__(self) -> Phase:
+        self.load = os.getloadavg()[0]
+        self._cpu = cpu_seconds()
+        self._server = server_cpu_seconds(self.cluster)
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._started
+        self.cpu = cpu_seconds() - self._cpu
+        self.server = server_cpu_seconds(self.cluster) - self._server
+
+    def text(self, count: int | None = None, unit: str = "instances") -> str:
+        rate = f" ({count / self.seconds:.0f} {unit}/s)" if count else ""
+        server = f" + {self.server:.2f} s PostgreSQL" if self.cluster else ""
+        per = f"; {(self.cpu + self.server) * 1000 / count:.2f} ms CPU per {unit[:-1]}" if count else ""
+        return f"{self.seconds:.2f} s wall{rate}; CPU {self.cpu:.2f} s{server}{per}; load {self.load:.1f} at start"
+
+
+def cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def server_cpu_seconds(cluster: dict | None) -> float:
+    """CPU seconds of the private cluster: its postmaster with its exited children, and its live children."""
+    if not cluster:
+        return 0.0
+    try:
+        postmaster = int((cluster["data"] / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return cluster.get("cpu_before_restart", 0.0)
+    total = cluster.get("cpu_before_restart", 0.0)
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, parent = int(entry.name), int(fields[1])
+        if pid == postmaster:
+            total += sum(int(value) for value in fields[11:15]) / ticks  # utime stime cutime cstime
+        elif parent == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def as_postgres(*args: str) -> None:
+    result = subprocess.run(["runuser", "-u", "postgres", "--", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=1800)
+    if result.returncode != 0:
+        raise SystemExit(f"{args}: {result.stdout}\n{result.stderr}")
+
+
+def cluster_start(temp: Path) -> tuple[dict, dict[str, str]]:
+    """A private PostgreSQL 15 cluster in ``temp``, as tests/studies/test_backup_postgresql.py starts one."""
+    import socket
+
+    import psycopg
+
+    if not (PG_BIN / "initdb").exists() or shutil.which("pgbackrest") is None or os.geteuid() != 0:
+        raise SystemExit("--pg-cluster needs PostgreSQL 15 binaries, pgbackrest and root (to run them as postgres)")
+    temp.chmod(0o755)
+    folder = temp / "pg"
+    folder.mkdir()
+    shutil.chown(folder, "postgres", "postgres")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = folder / "data"
+    as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust")
+    start = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-t", "1800", "-l", str(folder / "pg.log"),
+             "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"]
+    as_postgres(*start)
+    for owned in (temp / "replica" / "database" / "pgbackrest", folder / "pgbackrest"):
+        owned.mkdir(parents=True)
+        for level in (owned, *owned.parents):
+            if level == temp:
+                break
+            shutil.chown(level, "postgres", "postgres")
+    with psycopg.connect(f"postgres://postgres@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE portal")
+    env = {
+        "DATABASE_BACKUP_PG_PATH": str(data),
+        "DATABASE_BACKUP_PG_SOCKET": str(folder),
+        "DATABASE_BACKUP_LOCK_PATH": str(folder / "pgbackrest"),
+        "DATABASE_BACKUP_CIPHER_PASS": "drill-cipher-passphrase",
+        "DATABASE_BACKUP_COMMAND": "runuser -u postgres -- pgbackrest",
+    }
+    os.environ.update(env)
+    cluster = {"data": data, "port": port, "start": start, "folder": folder,
+               "url": f"postgres://postgres@127.0.0.1:{port}/portal"}
+    return cluster, env
+
+
+def cluster_stop(cluster: dict, mode: str = "fast") -> None:
+    from django.db import connections
+
+    connections.close_all()
+    cluster["cpu_before_restart"] = server_cpu_seconds(cluster)
+    as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(cluster["data"]), "-m", mode, "stop")
+
+
+def cluster_archiving_on(cluster: dict) -> None:
+    """``backup_database --setup`` as the README says, its lines into postgresql.conf, and a restart."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("backup_database", "--setup", stdout=out)
+    archive_command = next(line for line in out.getvalue().splitlines() if line.startswith("archive_command"))
+    with (cluster["data"] / "postgresql.conf").open("a") as conf:
+        conf.write(f"archive_mode = on\nwal_level = replica\narchive_timeout = 60\n{archive_command}\n")
+    cluster_stop(cluster)
+    as_postgres(*cluster["start"])
 
 
 def recreate_database(url: str) -> None:
@@ -219,21 +360,37 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000, help="control plane: users (and share links) added")
     parser.add_argument("--instance-mb", type=float, default=0.5,
                         help="average instance size assumed when extrapolating to 2 TB (CT/MR: ~0.5 MB)")
+    parser.add_argument("--pg-cluster", action="store_true",
+                        help="a private PostgreSQL 15 cluster with pgBackRest WAL archiving: times the database restore")
     args = parser.parse_args()
+    if args.database_url and args.pg_cluster:
+        parser.error("--database-url and --pg-cluster exclude each other")
     if args.database_url:
         recreate_database(args.database_url)
 
-    temp = Path(tempfile.mkdtemp(prefix="dr-drill-"))
+    temp = Path(tempfile.mkdtemp(prefix="dr-drill-", dir="/tmp"))
+    cluster = None
     try:
-        env = setup_django(temp, args.database_url, args.broker_url)
-        run(args, temp, env)
+        database_url = args.database_url
+        if args.pg_cluster:
+            cluster, _ = cluster_start(temp)
+            database_url = cluster["url"]
+        env = setup_django(temp, database_url, args.broker_url)
+        if cluster:
+            env.update({key: os.environ[key] for key in os.environ if key.startswith("DATABASE_BACKUP_")})
+            cluster_archiving_on(cluster)
+        run(args, temp, env, cluster)
     finally:
+        if cluster:
+            subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(cluster["data"]),
+                            "-m", "immediate", "stop"], capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, temp: Path, env: dict[str, str]) -> None:
+def run(args: argparse.Namespace, temp: Path, env: dict[str, str], cluster: dict | None = None) -> None:
     from django.conf import settings
     from django.core.management import call_command
+    from django.db import connection
     from django.db.models import Sum
 
     from portal.celery import app
@@ -241,8 +398,10 @@ def run(args: argparse.Namespace, temp: Path, env: dict[str, str]) -> None:
     from studies.backup import replication
     from studies.models import ClinicKey, Instance, Patient, Series, Study
 
-    print(f"DR drill: {args.instances} instances, database {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
-          f"{os.cpu_count()} CPUs")
+    engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    print(f"DR drill: {args.instances} instances, database {engine}"
+          f"{' (private cluster, pgBackRest)' if cluster else ''}, {os.cpu_count()} CPUs")
+    args.empty_database_bytes = database_bytes()  # migrated, empty: what does not grow with the index
     clinic = make_clinic("drill")
     paths = make_files(temp / "files", args.instances)
     if args.real_ingest:
@@ -263,12 +422,19 @@ def run(args: argparse.Namespace, temp: Path, env: dict[str, str]) -> None:
     ])
     snapshot = dict(Instance.objects.for_clinic(clinic).values_list("sop_instance_uid", "sha256"))
     devnull = open(os.devnull, "w")  # noqa: SIM115 - progress output is not part of the figures
+    base_backup = None
+    if cluster:
+        # The daily base backup, taken here: everything after it reaches the repository only as archived WAL.
+        with Phase(cluster) as base_backup:
+            call_command("backup_database", "--type", "full", stdout=devnull)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+            cluster["wal_at_backup"] = cursor.fetchone()[0]
 
     # RTO 1: primary lost, restored from the replica.
     shutil.rmtree(temp / "primary")
-    started = time.perf_counter()
-    call_command("restore", "--all", "--jobs", str(args.jobs), stdout=devnull)
-    restore_seconds = time.perf_counter() - started
+    with Phase(cluster) as restore_phase:
+        call_command("restore", "--all", "--jobs", str(args.jobs), stdout=devnull)
 
     # RTO 2: the index lost, rebuilt from the replica.
     Instance.objects.all().delete()
@@ -277,58 +443,60 @@ def run(args: argparse.Namespace, temp: Path, env: dict[str, str]) -> None:
     Patient.objects.all().delete()
     ClinicKey.objects.all().delete()
     keys.key_cache_clear()
-    started = time.perf_counter()
-    call_command("rebuild_index", "--jobs", str(args.jobs), stdout=devnull)
-    rebuild_seconds = time.perf_counter() - started
+    with Phase(cluster) as rebuild_phase:
+        call_command("rebuild_index", "--jobs", str(args.jobs), stdout=devnull)
     rebuilt = dict(Instance.objects.for_clinic(clinic).values_list("sop_instance_uid", "sha256"))
     assert rebuilt == snapshot, "the rebuilt index differs from the original"
 
-    started = time.perf_counter()
-    call_command("verify_backups", "--all", stdout=devnull)
-    verify_seconds = time.perf_counter() - started
+    with Phase(cluster) as verify_phase:
+        call_command("verify_backups", "--all", stdout=devnull)
     report(f"RTO for {total} instances", [
-        ("restore --all (primary wiped)", f"{restore_seconds:.1f} s ({total / restore_seconds:.0f} instances/s)"),
-        (f"rebuild_index --jobs {args.jobs} (database lost)",
-         f"{rebuild_seconds:.1f} s ({total / rebuild_seconds:.0f} instances/s)"),
-        ("both, end to end", f"{restore_seconds + rebuild_seconds:.1f} s"),
-        ("verify_backups --all", f"{verify_seconds:.1f} s ({total / verify_seconds:.0f} instances/s)"),
+        ("restore --all (primary wiped)", restore_phase.text(total)),
+        (f"rebuild_index --jobs {args.jobs} (index lost; from sidecars)", rebuild_phase.text(total)),
+        ("both, end to end", f"{restore_phase.seconds + rebuild_phase.seconds:.1f} s wall, "
+         f"{restore_phase.cpu + restore_phase.server + rebuild_phase.cpu + rebuild_phase.server:.1f} s CPU"),
+        ("verify_backups --all", verify_phase.text(total)),
     ])
 
-    control_plane(args, total=total, size=size, restore_seconds=restore_seconds, rebuild_seconds=rebuild_seconds)
+    images_2tb(args, total=total, size=size, restore=restore_phase, rebuild=rebuild_phase, verify=verify_phase)
+    if cluster:
+        control_plane_postgresql(args, cluster, total=total, snapshot=snapshot, base_backup=base_backup)
+    elif engine == "sqlite3":
+        control_plane(args, total=total)
+    else:
+        control_plane_untimed(args, total=total)
     # RPO: steady uploads with a running worker.
     rpo(args, temp, env, replication)
     # Sync vs async ingest.
     modes(args, temp)
 
 
-def control_plane(args: argparse.Namespace, *, total: int, size: int, restore_seconds: float,
-                  rebuild_seconds: float) -> None:
-    from django.core.management import call_command
+def database_bytes() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":  # the file alone misses what is still in its WAL
+            cursor.execute("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
+        else:
+            cursor.execute("SELECT pg_database_size(current_database())")
+        return cursor.fetchone()[0]
+
+
+def database_2tb(args: argparse.Namespace, db_bytes: int, total: int) -> tuple[float, float]:
+    """(bytes per instance, database bytes at 2 TB): what an empty database holds does not grow with it."""
+    per_instance = (db_bytes - args.empty_database_bytes) / max(total, 1)
+    return per_instance, args.empty_database_bytes + per_instance * 2e12 / (args.instance_mb * 1e6)
+
+
+def control_plane_changes(args: argparse.Namespace) -> None:
     from django.db import transaction
 
-    from studies.backup import database
     from studies.models import Study
     from studies.sharing import services as sharing
     from tenants.audit import audit_record
     from tenants.models import Clinic, Membership, User
     from tenants.roles import Role
 
-    images_2tb(args, total=total, size=size, restore_seconds=restore_seconds, rebuild_seconds=rebuild_seconds)
-    if database.database_engine() != "sqlite":
-        from django.db import connection
-
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_database_size(current_database())")
-            db_bytes = cursor.fetchone()[0]
-        instances_2tb = 2e12 / (args.instance_mb * 1e6)
-        report("Control plane (PostgreSQL: pgBackRest, not run by this drill)", [
-            ("database size", f"{db_bytes / 1e6:.1f} MB ({db_bytes / max(total, 1):.0f} bytes per instance); "
-             f"2 TB: ~{db_bytes / max(total, 1) * instances_2tb / 1e9:.0f} GB"),
-            ("RPO control plane", "one WAL segment (archive_timeout; pgBackRest archive-push per segment)"),
-            ("RTO control plane", "pgBackRest restore of the base backup + WAL replay: see "
-             "tests/studies/test_backup_postgresql.py and README"),
-        ])
-        return
     clinic = Clinic.objects.get(slug="drill")
     studies = list(Study.objects.for_clinic(clinic)[:50])
     with transaction.atomic():
@@ -337,24 +505,30 @@ def control_plane(args: argparse.Namespace, *, total: int, size: int, restore_se
             Membership.objects.create(clinic=clinic, user=user, role=Role.CLINICIAN)
             sharing.share_create(clinic=clinic, studies=[studies[number % len(studies)]], created_by=user)
             audit_record(clinic=clinic, action="member.invited", actor=user)
+
+
+def control_plane(args: argparse.Namespace, *, total: int) -> None:
+    from django.core.management import call_command
+
+
+    control_plane_changes(args)
     devnull = open(os.devnull, "w")  # noqa: SIM115
-    started = time.perf_counter()
-    call_command("backup_database", stdout=devnull)
-    backup_seconds = time.perf_counter() - started
-    db_bytes = database.sqlite_path().stat().st_size
-    started = time.perf_counter()
-    call_command("restore_database", stdout=devnull)
-    restore_db_seconds = time.perf_counter() - started
+    with Phase() as backup:
+        call_command("backup_database", stdout=devnull)
+    db_bytes = database_bytes()
+    with Phase() as restore:
+        call_command("restore_database", stdout=devnull)
     # 2 TB of instances of the assumed size; the database grows with the index (bytes per instance measured).
     instances_2tb = 2e12 / (args.instance_mb * 1e6)
-    db_2tb = db_bytes / max(total, 1) * instances_2tb
-    snapshot_rate = db_bytes / backup_seconds
-    restore_rate = db_bytes / restore_db_seconds
+    per_instance, db_2tb = database_2tb(args, db_bytes, total)
+    snapshot_rate = db_bytes / backup.seconds
+    restore_rate = db_bytes / restore.seconds
     report(f"Control plane (SQLite, {args.users} users, {args.users} share links, {total} instances indexed)", [
-        ("database size", f"{db_bytes / 1e6:.1f} MB ({db_bytes / max(total, 1):.0f} bytes per instance)"),
-        ("backup_database (snapshot, encrypt, write)", f"{backup_seconds:.2f} s ({snapshot_rate / 1e6:.0f} MB/s)"),
-        ("RPO control plane", f"<= {60 + backup_seconds:.0f} s (beat every 60 s + one snapshot)"),
-        ("restore_database (RTO control plane)", f"{restore_db_seconds:.2f} s"),
+        ("database size", f"{db_bytes / 1e6:.1f} MB ({args.empty_database_bytes / 1e6:.1f} MB empty + "
+         f"{per_instance:.0f} bytes per instance)"),
+        ("backup_database (snapshot, encrypt, write)", f"{backup.text()} ({snapshot_rate / 1e6:.0f} MB/s)"),
+        ("RPO control plane", f"<= {60 + backup.seconds:.0f} s (beat every 60 s + one snapshot)"),
+        ("restore_database (RTO control plane)", f"{restore.text()} ({restore_rate / 1e6:.0f} MB/s)"),
     ])
     report(f"Control plane extrapolated to 2 TB ({instances_2tb / 1e6:.1f} M instances of {args.instance_mb:g} MB)", [
         ("database size", f"{db_2tb / 1e9:.1f} GB"),
@@ -364,21 +538,107 @@ def control_plane(args: argparse.Namespace, *, total: int, size: int, restore_se
     ])
 
 
-def images_2tb(args: argparse.Namespace, *, total: int, size: int, restore_seconds: float,
-               rebuild_seconds: float) -> None:
+def control_plane_untimed(args: argparse.Namespace, *, total: int) -> None:
+    """--database-url: a server the drill does not own, so its restore is not run (use --pg-cluster for that)."""
+    db_bytes = database_bytes()
+    per_instance, db_2tb = database_2tb(args, db_bytes, total)
+    report("Control plane (PostgreSQL server given by --database-url: pgBackRest not run; --pg-cluster times it)", [
+        ("database size", f"{db_bytes / 1e6:.1f} MB ({per_instance:.0f} bytes per instance); 2 TB: ~{db_2tb / 1e9:.0f} GB"),
+        ("RPO control plane", "one WAL segment (archive_timeout; pgBackRest archive-push per segment)"),
+    ])
+
+
+def control_plane_postgresql(args: argparse.Namespace, cluster: dict, *, total: int, snapshot: dict,
+                             base_backup: Phase) -> None:
+    """Lose the data directory, restore it with pgBackRest and replay the WAL archived since the base backup."""
+    import psycopg
+    from django.core.management import call_command
+    from django.db import connection
+
+    from studies.models import Instance
+    from tenants.models import Clinic, User
+
+    control_plane_changes(args)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_database_size(current_database()), pg_current_wal_lsn() - '0/0'::pg_lsn")
+        db_bytes, wal_end = cursor.fetchone()
+        # What archive_timeout does: the segment written since is what a crash can lose (the RPO).
+        cursor.execute("SELECT pg_walfile_name(pg_switch_wal())")
+        switched = cursor.fetchone()[0]
+    users = User.objects.count()
+    repository_root = cluster["folder"].parent / "replica" / "database" / "pgbackrest"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT last_archived_wal FROM pg_stat_archiver")
+            archived = cursor.fetchone()[0]
+        if archived and archived >= switched:
+            break
+        time.sleep(0.5)
+    repository = sum(path.stat().st_size for path in repository_root.rglob("*") if path.is_file())
+    # The disaster: the data directory is gone.
+    cluster_stop(cluster, "immediate")
+    for child in cluster["data"].iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    devnull = open(os.devnull, "w")  # noqa: SIM115
+    with Phase(cluster) as restore:
+        call_command("restore_database", "--run", stdout=devnull)
+    with Phase(cluster) as replay:
+        as_postgres(*cluster["start"])
+        with psycopg.connect(f"postgres://postgres@127.0.0.1:{cluster['port']}/portal", autocommit=True) as conn:
+            while conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                time.sleep(0.2)
+    assert User.objects.count() == users, "users are missing after the restore"
+    clinic = Clinic.objects.get(slug="drill")
+    restored = dict(Instance.objects.for_clinic(clinic).values_list("sop_instance_uid", "sha256"))
+    assert restored == snapshot, "the restored index differs from the original"
     instances_2tb = 2e12 / (args.instance_mb * 1e6)
-    restore_rate_bytes = size / restore_seconds
-    rebuild_rate = total / rebuild_seconds
+    per_instance, db_2tb = database_2tb(args, db_bytes, total)
+    wal = float(wal_end - cluster["wal_at_backup"])
+    report(f"Control plane (PostgreSQL 15, private cluster, pgBackRest posix repository; {args.users} users, "
+           f"{args.users} share links, {total} instances indexed)", [
+        ("database size", f"{db_bytes / 1e6:.1f} MB ({args.empty_database_bytes / 1e6:.1f} MB empty + "
+         f"{per_instance:.0f} bytes per instance)"),
+        ("pgBackRest full base backup (before the restore, rebuild and users)", base_backup.text()),
+        ("repository size (bundled, zstd, encrypted)", f"{repository / 1e6:.1f} MB"),
+        ("RPO control plane", "the WAL segment being written (archive_timeout = 60 s here)"),
+        ("restore_database --run (pgBackRest restore --delta)", restore.text()),
+        (f"start + WAL replay until out of recovery ({wal / 1e6:.0f} MB of WAL since the base backup)",
+         replay.text()),
+        ("RTO control plane (restore + replay)", f"{restore.seconds + replay.seconds:.1f} s wall; "
+         f"{restore.cpu + restore.server + replay.cpu + replay.server:.1f} s CPU"),
+        ("checked after the restore", f"{users} users, {len(restored)} instances as before"),
+    ])
+    restore_rate = db_bytes / restore.seconds
+    report(f"Control plane extrapolated to 2 TB ({instances_2tb / 1e6:.1f} M instances of {args.instance_mb:g} MB)", [
+        ("database size", f"{db_2tb / 1e9:.1f} GB"),
+        ("pgBackRest restore at the measured rate", f"{db_2tb / restore_rate / 60:.1f} min "
+         f"({restore_rate / 1e6:.0f} MB/s of database); plus the replay of the WAL since the last base backup"),
+    ])
+
+
+def images_2tb(args: argparse.Namespace, *, total: int, size: int, restore: Phase, rebuild: Phase,
+               verify: Phase) -> None:
+    instances_2tb = 2e12 / (args.instance_mb * 1e6)
+    restore_rate_bytes = size / restore.seconds
+    rebuild_rate = total / rebuild.seconds
+
+    def cpu_hours(phase: Phase) -> str:
+        return f"{(phase.cpu + phase.server) / total * instances_2tb / 3600:.1f} CPU-h"
+
     report(f"Images extrapolated to 2 TB ({instances_2tb / 1e6:.1f} M instances of {args.instance_mb:g} MB)", [
         ("restore --all (bytes-bound, measured rate)",
          f"{2e12 / restore_rate_bytes / 3600:.1f} h at {restore_rate_bytes / 1e6:.0f} MB/s "
          f"(per-object cost dominates with {size / max(total, 1) / 1e3:.0f} kB objects: an upper bound)"),
         ("restore --all (object-bound, measured rate)",
-         f"{instances_2tb / (total / restore_seconds) / 3600:.1f} h at {total / restore_seconds:.0f} objects/s"),
+         f"{instances_2tb / (total / restore.seconds) / 3600:.1f} h at {total / restore.seconds:.0f} objects/s; "
+         f"{cpu_hours(restore)}"),
         ("rebuild_index of all of it (no database backup)",
-         f"{instances_2tb / rebuild_rate / 3600:.1f} h at {rebuild_rate:.0f} instances/s"),
+         f"{instances_2tb / rebuild_rate / 3600:.1f} h at {rebuild_rate:.0f} instances/s; {cpu_hours(rebuild)}"),
         ("rebuild_index of the last minute's uploads (after restore_database)",
          f"{rebuild_rate * 60:.0f} instances/min capacity"),
+        ("verify_backups --all (object-bound)",
+         f"{instances_2tb / (total / verify.seconds) / 3600:.1f} h; {cpu_hours(verify)}"),
     ])
 
 
