@@ -499,7 +499,24 @@ def rows_match(queryset: QuerySet[Any], q: Q) -> tuple[QuerySet[Any], int | None
     ids = list(queryset.filter(q).order_by().values_list("id", flat=True)[: PATIENT_IDS_MAX + 1])
     if len(ids) <= PATIENT_IDS_MAX:
         return queryset.filter(id__in=ids), len(ids)
-    return queryset.filter(q), len(ids)
+    return queryset.filter(_without_prefix_ranges(q) if connection.vendor == "sqlite" else q), len(ids)
+
+
+def _without_prefix_ranges(q: Q) -> Q:
+    """``q`` without the prefix ranges ``_prefix_range_q`` added for SQLite's name indexes (the LIKEs decide).
+
+    Over 1,000 matches are best found by walking the date order, a page after a few rows each; with the
+    ranges there, SQLite read every match from the name indexes and sorted them ('smi': 3,300 rows, 12 ms).
+    A name's ``q`` compares no other value by ``__gte`` or ``__lt``.
+    """
+    kept = Q()
+    kept.connector, kept.negated = q.connector, q.negated
+    for child in q.children:
+        if isinstance(child, Q):
+            kept.children.append(_without_prefix_ranges(child))
+        elif not child[0].endswith(("__gte", "__lt")):
+            kept.children.append(child)
+    return kept
 
 
 # Time budget -----------------------------------------------------------------------------------------
