@@ -514,7 +514,7 @@ def _without_prefix_ranges(q: Q) -> Q:
     for child in q.children:
         if isinstance(child, Q):
             kept.children.append(_without_prefix_ranges(child))
-        elif not child[0].endswith(("__gte", "__lt")):
+        elif not (isinstance(child, tuple) and str(child[0]).endswith(("__gte", "__lt"))):
             kept.children.append(child)
     return kept
 
