@@ -9,7 +9,8 @@ the first page of 25 rows with patients, through ``studies.browse.selectors``) a
 the query, search, answer DICOM JSON of up to 100 studies, through ``studies.dicomweb.qido``), each
 inside the search time budget. On PostgreSQL the index is filled by SQL straight from
 ``generate_series`` (1,000,000 studies in a few minutes); elsewhere through bulk_create. The tables
-are analyzed after the load, as ``rebuild_index`` does. It deletes its clinics unless --keep.
+are analyzed (and vacuumed, on PostgreSQL) after the load, as ``rebuild_index`` does. It deletes its clinics
+unless --keep.
 """
 
 from __future__ import annotations

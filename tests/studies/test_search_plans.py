@@ -234,3 +234,56 @@ def test_cfind_runs_a_fixed_number_of_indexed_statements(clinic, archive):
     assert len(answers) > 50  # many answers ...
     assert len(captured) <= 8  # ... from a fixed number of statements
     _assert_indexed(captured, {"studies_study": NAME_INDEXES})
+
+
+def _name_filter_scans(sql: str) -> list[str]:
+    """The scans of the study table that check a name pattern (LIKE), planned as on a large archive.
+
+    Whole-table and bitmap reads are priced out, and checking a row's name costs as on a large archive, so
+    that an index scan whose filter reads each table row loses to an index-only scan wherever one exists.
+    """
+    settings_on = ("SET enable_seqscan = off", "SET enable_bitmapscan = off", "SET cpu_operator_cost = 1")
+    with connection.cursor() as cursor:
+        for statement in settings_on:
+            cursor.execute(statement)
+        try:
+            cursor.execute("EXPLAIN (FORMAT JSON) " + sql)
+            plan = cursor.fetchone()[0]
+        finally:
+            for setting in ("enable_seqscan", "enable_bitmapscan", "cpu_operator_cost"):
+                cursor.execute(f"RESET {setting}")
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    found: list[str] = []
+
+    def walk(node: dict) -> None:
+        checks = " ".join(str(node.get(key, "")) for key in ("Filter", "Index Cond", "Recheck Cond"))
+        if node.get("Relation Name") == "studies_study" and "~~" in checks:
+            found.append(f"{node['Node Type']} {node.get('Index Name', '')}".strip())
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return found
+
+
+# VACUUM (outside a transaction) marks the table's pages all-visible, as autovacuum does on a live archive:
+# an index-only scan of pages not so marked reads the table rows after all, and PostgreSQL prices it so.
+@pytest.mark.django_db(transaction=True)
+def test_a_leading_wildcard_name_is_checked_on_the_date_index_alone(client, clinic, archive):
+    """``*SON^*`` has no prefix for a name index and matches half the archive (over 1,000 studies), so
+    QIDO-RS finds its page of ids by walking the date order and checking each row's name. Checked on the
+    table, that is a random read per row (``*SON^?ARY`` at 1,000,000 studies: 9,000 buffers for one page);
+    the live-study date index carries the name (migration 0026), so the walk reads the index alone. (The
+    studies page walks for whole rows, 25 of them, and reads the table for those anyway.)"""
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token_for(clinic)}"}
+    url, params = f"/dicomweb/{clinic.slug}/studies", {"PatientName": "*SON^*", "limit": "100"}
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM (ANALYZE) studies_study")
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(url, params, **auth)
+
+    assert response.status_code == 200
+    walks = [q["sql"] for q in captured if q["sql"].startswith("SELECT") and "LIKE" in q["sql"] and "ORDER BY" in q["sql"]]
+    scans = [scan for sql in walks for scan in _name_filter_scans(sql)]
+    assert scans, f"no statement walked the date order checking names: {[q['sql'] for q in captured]}"
+    assert set(scans) == {"Index Only Scan study_clinic_live_date"}, scans

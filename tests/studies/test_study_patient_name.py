@@ -131,3 +131,36 @@ def test_studies_page_says_more_than_the_cap_for_a_common_name(client, clinician
 
     assert response.context["page"].paginator.is_capped
     assert len(response.context["page"].object_list) == 25
+
+
+@sqlite_only
+def test_sqlite_name_matching_over_a_thousand_studies_walks_the_date_order(clinic):
+    """Over 1,000 matches, the page is found by walking the date order (a few rows per match shown); with
+    the name indexes' prefix ranges left in, SQLite read every match from them and sorted them all."""
+    from datetime import date, timedelta
+
+    from studies.models import Patient
+
+    patient = Patient.objects.create(clinic=clinic, patient_id="S-1", patient_name="SMITH^ANNA")
+    Study.objects.bulk_create(
+        Study(clinic=clinic, patient=patient, patient_name="SMITH^ANNA", study_instance_uid=f"1.2.9.{n}",
+              study_date=date(2015, 1, 1) + timedelta(days=n))
+        for n in range(matching.PATIENT_IDS_MAX + 10)
+    )
+    Study.objects.bulk_create(
+        Study(clinic=clinic, patient=patient, patient_name=f"{family}^ANNA", study_instance_uid=f"1.2.8.{n}",
+              study_date=date(2015, 1, 1) + timedelta(days=n % 3000))
+        for n, family in enumerate(["BROWN", "JONES", "DAVIS", "MILLER", "WILSON", "TAYLOR"] * 1000)
+    )
+    selectors.index_statistics_refresh()  # as after a bulk load: SQLite then knows the names' spread
+    newest = Study.objects.for_clinic(clinic).filter(patient_name="SMITH^ANNA").order_by("-study_date")[:3]
+    queryset, matched = selectors.study_matches(clinic=clinic, search=selectors.StudySearch(patient_name="smi"))
+    sql, params = queryset[:25].query.sql_with_params()
+
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+
+    assert matched == matching.PATIENT_IDS_MAX + 1  # "more than 1,000"
+    assert "study_clinic_date" in plan and "study_name_upper_sqlite" not in plan, plan
+    assert list(queryset[:3]) == list(newest)
