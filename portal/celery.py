@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from queue import Empty
 from time import monotonic, sleep
 
@@ -42,7 +41,7 @@ class FileTransport(filesystem.Transport):  # type: ignore[misc]
             except Empty:
                 elapsed = monotonic() - started
                 if timeout is not None and elapsed >= timeout:
-                    raise socket.timeout() from None
+                    raise TimeoutError() from None
                 pause = self.ack_wait if self._at_prefetch_limit() else self.polling_interval
                 if timeout is not None:
                     pause = min(pause, timeout - elapsed)
