@@ -7,7 +7,7 @@ from queue import Empty
 from time import monotonic, sleep
 
 from celery import Celery
-from kombu.transport import filesystem
+from kombu.transport import TRANSPORT_ALIASES, filesystem
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
@@ -46,3 +46,8 @@ class FileTransport(filesystem.Transport):  # type: ignore[misc]
                 if timeout is not None:
                     pause = min(pause, timeout - elapsed)
                 sleep(pause)
+
+
+# Chosen by the URL, not by ``broker_transport``: that setting would apply to every URL this app connects
+# to, so a broker named at run time (the readiness check reads it from settings) would get this class too.
+TRANSPORT_ALIASES["filesystem"] = f"{__name__}:FileTransport"

@@ -350,8 +350,6 @@ if CELERY_BROKER_URL == "filesystem://":
     _broker_dir = VAR_DIR / "broker" / _deployment
     for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    # kombu's file transport, less its one-second sleep while the worker's own tasks finish (see there).
-    CELERY_BROKER_TRANSPORT = "portal.celery:FileTransport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
