@@ -24,7 +24,7 @@ class FileTransport(filesystem.Transport):  # type: ignore[misc]
     sleeps ``polling_interval`` (1 s) either way. A worker of 2 processes therefore took at most 2
     messages a second however many waited, and replication fell minutes behind 20 uploads a second. At
     the limit the wait is for this worker's own acks, which come as soon as a task ends: look again soon.
-    An empty folder is still polled once a second, so an idle run costs no more than before.
+    An empty folder is still polled every ``polling_interval`` (settings), not every ``ack_wait``.
     """
 
     ack_wait = 0.02
