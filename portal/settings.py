@@ -356,6 +356,10 @@ if CELERY_BROKER_URL == "filesystem://":
         "processed_folder": str(_broker_dir / "processed"),
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
+        # How often an idle worker looks at an empty folder: a message waits for up to this long (kombu's
+        # 1 s made the replication lag p50 0.5 s). An idle worker then spends ~0.3% of a core (measured:
+        # 0.11-0.15 s CPU in 40 s, against 0.03 s at 1 s).
+        "polling_interval": 0.1,
     }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
