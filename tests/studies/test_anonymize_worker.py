@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from unittest import mock
@@ -19,8 +18,8 @@ from studies.anonymize.models import AnonymizationJob, AnonymizationJobItem, Job
 from studies.models import Instance, Series, Study
 from tests.dicom_files import write_study
 from tests.factories import ingest_files
-from tests.studies.backup_support import use_redis_broker
-from tests.studies.test_backup_faults import Worker, _wait_for, _worker_env
+from tests.studies import test_backup_faults as faults
+from tests.studies.test_backup_faults import _wait_for
 
 
 def _source_study(clinic, tmp_path: Path, copies: int) -> Study:
@@ -136,28 +135,9 @@ def test_batches_of_one_job_run_in_parallel_keep_every_count_exact(clinic, tmp_p
 # --- A real worker, killed ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def worker_factory(tmp_path) -> Iterator[Callable[..., Worker]]:
-    import redis
-
-    from portal.celery import app
-
-    broker_url = use_redis_broker()
-    redis.Redis.from_url(broker_url).flushdb()
-    started: list[Worker] = []
-    eager = app.conf.task_always_eager
-    app.conf.task_always_eager = False
-
-    def make(**extra_env: str) -> Worker:
-        worker = Worker({**_worker_env(broker_url, tmp_path), **extra_env}, tmp_path / "worker.log")
-        started.append(worker)
-        return worker
-
-    yield make
-    for worker in started:
-        worker.kill()
-    redis.Redis.from_url(broker_url).flushdb()
-    app.conf.task_always_eager = eager
+# The backup fault tests' real worker subprocess, shared.
+broker_url = faults.broker_url
+worker_factory = faults.worker_factory
 
 
 @pytest.mark.slow

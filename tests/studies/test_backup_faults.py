@@ -23,6 +23,7 @@ import redis
 from django.conf import settings as django_settings
 from django.db import connection
 
+from portal.celery import app
 from studies.archive import stores
 from studies.backup import replication
 from studies.models import Instance
@@ -146,17 +147,21 @@ def _replicated(clinic) -> int:
 
 
 @pytest.fixture
-def worker_factory(broker_url, tmp_path) -> Iterator[Callable[[], Worker]]:
+def worker_factory(broker_url, tmp_path) -> Iterator[Callable[..., Worker]]:
+    """Real workers (``make(**extra_env)``), killed at the end; tasks queued meanwhile go to them, not inline."""
     started: list[Worker] = []
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = False
 
-    def make() -> Worker:
-        worker = Worker(_worker_env(broker_url, tmp_path), tmp_path / "worker.log")
+    def make(**extra_env: str) -> Worker:
+        worker = Worker({**_worker_env(broker_url, tmp_path), **extra_env}, tmp_path / "worker.log")
         started.append(worker)
         return worker
 
     yield make
     for worker in started:
         worker.kill()
+    app.conf.task_always_eager = eager
 
 
 def test_replica_endpoint_down_during_uploads(clinic, tmp_path, settings, worker_factory):

@@ -19,9 +19,9 @@ from studies.outbound.models import JobStatus, MigrationJob, RouteDelivery, Send
 from tenants.audit import AuditEvent
 from tests.dicom_files import write_study
 from tests.peers import running_orthanc
-from tests.studies.backup_support import use_redis_broker
+from tests.studies import test_backup_faults as faults
 from tests.studies.dimse_support import BYTE_EXACT_SAMPLES, register_node, running_scp
-from tests.studies.test_backup_faults import Worker, _wait_for, _worker_env
+from tests.studies.test_backup_faults import _wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.usefixtures("tasks_run_inline")]
 
@@ -479,27 +479,9 @@ def test_received_migrated_files_are_valid_dicom(clinic, orthanc, orthanc_node, 
 # --- A real worker, killed -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def worker_factory(tmp_path):
-    import redis
-
-    from portal.celery import app
-
-    broker_url = use_redis_broker()
-    redis.Redis.from_url(broker_url).flushdb()
-    started: list[Worker] = []
-    eager = app.conf.task_always_eager
-    app.conf.task_always_eager = False
-
-    def make(**extra_env: str) -> Worker:
-        worker = Worker({**_worker_env(broker_url, tmp_path), **extra_env}, tmp_path / "worker.log")
-        started.append(worker)
-        return worker
-
-    yield make
-    for worker in started:
-        worker.kill()
-    app.conf.task_always_eager = eager
+# The backup fault tests' real worker subprocess, shared.
+broker_url = faults.broker_url
+worker_factory = faults.worker_factory
 
 
 def test_a_migration_resumes_after_kill_9_of_its_worker_with_nothing_missing_or_doubled(
