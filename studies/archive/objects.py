@@ -235,6 +235,28 @@ def object_open(*, clinic: Clinic, key: str, store: str | None = None) -> Binary
     return io.BufferedReader(_failover_open(clinic, key))
 
 
+def object_open_with_keys(
+    *, clinic_uuid: uuid.UUID, key: str, clinic_keys: Mapping[str, bytes], store: str = "replica"
+) -> tuple[crypto.Header, crypto.DecryptingReader]:
+    """Open one object of ``store`` for authenticated reading with the clinic keys given (key id -> key).
+
+    It touches no database, for the rebuild's workers and threads. Raises ValueError for a key id that
+    ``clinic_keys`` lacks; closing the reader closes the store's stream.
+    """
+    raw = stores.get_store(store).open(key)
+    try:
+        header = crypto.header_read(raw)
+        clinic_key = clinic_keys.get(header.key_id)
+        if clinic_key is None:
+            raise ValueError(f"unknown clinic key {header.key_id}")
+        return header, crypto.DecryptingReader(
+            raw, header=header, clinic_key=clinic_key, clinic_uuid=clinic_uuid, object_key=key
+        )
+    except BaseException:
+        raw.close()
+        raise
+
+
 class ObjectStream(Protocol):
     """An open object read segment by segment: what ``object_stream_open`` returns."""
 

@@ -206,18 +206,9 @@ def index_sidecar_read(*, clinic: Clinic, key: str, clinic_keys: dict[str, bytes
 
     ``clinic_keys`` maps key ids to clinic keys, so this needs no database (rebuild threads call it).
     """
-    raw = stores.get_store("replica").open(key)
-    try:
-        header = crypto.header_read(raw)
-        clinic_key = clinic_keys.get(header.key_id)
-        if clinic_key is None:
-            raise ValueError(f"unknown clinic key {header.key_id}")
-        reader = crypto.DecryptingReader(raw, header=header, clinic_key=clinic_key, clinic_uuid=clinic.uuid,
-                                         object_key=key)
-        with contextlib.closing(reader):
-            body = reader.read(MAX_SIDECAR_BYTES + 1)
-    finally:
-        raw.close()
+    _header, reader = objects.object_open_with_keys(clinic_uuid=clinic.uuid, key=key, clinic_keys=clinic_keys)
+    with contextlib.closing(reader):
+        body = reader.read(MAX_SIDECAR_BYTES + 1)
     if len(body) > MAX_SIDECAR_BYTES:
         raise ValueError("sidecar too large")
     try:

@@ -26,7 +26,7 @@ from django.db import IntegrityError, close_old_connections, connections, transa
 from django.db.models import F
 from django.utils import timezone
 
-from studies.archive import crypto, objects, stores
+from studies.archive import objects, stores
 from studies.archive.errors import ArchiveError, ObjectMissing, StorageUnavailable
 from studies.archive.objects import StoredObject
 from studies.backup import index_sidecar, replication, study_state
@@ -253,28 +253,13 @@ class _Decoded:
     metadata_json: str = ""  # from a sidecar: the header as JSON text, written as it is
 
 
-def _decrypted(clinic_uuid: uuid.UUID, key: str, clinic_keys: dict[str, bytes]) -> tuple[crypto.Header, Any]:
-    raw = stores.get_store("replica").open(key)
-    try:
-        header = crypto.header_read(raw)
-        clinic_key = clinic_keys.get(header.key_id)
-        if clinic_key is None:
-            raise ValueError(f"unknown clinic key {header.key_id}")
-        return header, crypto.DecryptingReader(
-            raw, header=header, clinic_key=clinic_key, clinic_uuid=clinic_uuid, object_key=key
-        )
-    except BaseException:
-        raw.close()
-        raise
-
-
 def _decode_object(clinic_uuid: uuid.UUID, key: str, clinic_keys: dict[str, bytes], directory: str) -> _Decoded:
     """Decrypt one replica object to a temp file and parse it; touches no database (runs in workers)."""
     from studies.dicom import parse_instance
     from studies.errors import InvalidDicom
 
     try:
-        header, reader = _decrypted(clinic_uuid, key, clinic_keys)
+        header, reader = objects.object_open_with_keys(clinic_uuid=clinic_uuid, key=key, clinic_keys=clinic_keys)
         digest = hashlib.sha256()
         size = 0
         fd, path = tempfile.mkstemp(dir=directory, suffix=".dcm")
@@ -298,7 +283,7 @@ def _decode_object(clinic_uuid: uuid.UUID, key: str, clinic_keys: dict[str, byte
 def _digest_object(clinic_uuid: uuid.UUID, key: str, clinic_keys: dict[str, bytes]) -> tuple[str, int] | None:
     """Decrypt one replica object and return (sha256, size) of its plaintext, None when it does not decrypt."""
     try:
-        _header, reader = _decrypted(clinic_uuid, key, clinic_keys)
+        _header, reader = objects.object_open_with_keys(clinic_uuid=clinic_uuid, key=key, clinic_keys=clinic_keys)
         digest = hashlib.sha256()
         size = 0
         with contextlib.closing(reader):
