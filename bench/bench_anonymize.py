@@ -66,16 +66,10 @@ def ct_files(count: int, folder: Path) -> list[Path]:
 
 def backend_cpu() -> float:
     """CPU seconds so far of this process's PostgreSQL backend (same machine), 0 if it cannot be read."""
-    from django.db import connection
+    from bench.common import database_cpu_seconds
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        pid = cursor.fetchone()[0]
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    found = database_cpu_seconds()
+    return found[1] if found else 0.0
 
 
 def _run_batch(kwargs: dict) -> float:

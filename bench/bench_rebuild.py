@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import database_cpu_seconds  # noqa: E402
 from dr_drill import fast_fill, make_clinic, make_files, recreate_database, setup_django  # noqa: E402
 
 MODES = {"sidecars": [], "verify": ["--verify"], "decode": ["--no-sidecars"]}
@@ -77,22 +78,6 @@ def cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def database_cpu_seconds() -> tuple[int, float] | None:
-    """(pid, CPU seconds) of the PostgreSQL backend serving this process, when it runs on this machine."""
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        pid = cursor.fetchone()[0]
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return pid, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(mode: str, args: argparse.Namespace, clinic, snapshot: dict) -> None:  # type: ignore[no-untyped-def]

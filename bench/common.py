@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from urllib.parse import urlparse
 
 
@@ -33,3 +35,19 @@ def django_setup(database_url: str, var_dir: str, broker_url: str = "memory://")
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+
+
+def database_cpu_seconds() -> tuple[int, float] | None:
+    """(pid, CPU seconds) of the PostgreSQL backend serving this process, when it runs on this machine."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return pid, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
