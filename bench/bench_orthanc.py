@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_dicomweb import ORTHANC_BINARY, ORTHANC_PLUGINS, percentile, stow, wait_for  # noqa: E402
+from bench.common import process_tree_cpu_seconds  # noqa: E402
 
 SCU_AE = "BENCHSCU"
 
@@ -94,18 +95,7 @@ def c_store(host: str, port: int, called: str, paths: list[Path]) -> dict[str, f
 
 def server_cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) used so far by a server process and its live children (gunicorn workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return process_tree_cpu_seconds(pid)
 
 
 def wado_study(

@@ -51,3 +51,26 @@ def database_cpu_seconds() -> tuple[int, float] | None:
     except OSError:
         return None
     return pid, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_cpu_seconds(pid: int, *, with_reaped_children: bool = False) -> float:
+    """CPU seconds (user + system) used so far by a process and its live children (server workers).
+
+    ``with_reaped_children`` adds what its exited children used, which the kernel credits to a parent
+    once it has waited for them (PostgreSQL's postmaster and its short-lived backends).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid:
+            # utime stime, then cutime cstime: its waited-for children's
+            total += sum(int(value) for value in fields[11 : 15 if with_reaped_children else 13]) / ticks
+        elif int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total

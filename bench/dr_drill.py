@@ -46,6 +46,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
+from common import process_tree_cpu_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -98,21 +100,7 @@ def server_cpu_seconds(cluster: dict | None) -> float:
         postmaster = int((cluster["data"] / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return cluster.get("cpu_before_restart", 0.0)
-    total = cluster.get("cpu_before_restart", 0.0)
-    ticks = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, parent = int(entry.name), int(fields[1])
-        if pid == postmaster:
-            total += sum(int(value) for value in fields[11:15]) / ticks  # utime stime cutime cstime
-        elif parent == postmaster:
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+    return cluster.get("cpu_before_restart", 0.0) + process_tree_cpu_seconds(postmaster, with_reaped_children=True)
 
 
 def as_postgres(*args: str) -> None:
