@@ -162,7 +162,9 @@ def test_upload_link_pages_name_the_clinic_and_mail_once_without_html_escaping(p
     page.goto(f"/u/{created.token}/")
     assert "This upload link is protected by a PIN" in page.text_content("main")
     page.fill("#id_pin", "2468")
-    page.click("button:has-text('Open')")
+    # Until the upload page has loaded, its script may not listen yet: files chosen before would be lost.
+    with page.expect_navigation():
+        page.click("button:has-text('Open')")
     page.set_input_files("#file-input", [str(f) for f in files])
     page.wait_for_selector("#upload[data-state=done]")
 
