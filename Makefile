@@ -65,7 +65,7 @@ lint: install-test
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 bench: install-test ohif
-	PATH=$(CURDIR)/$(BIN):$$PATH bin/with-test-services $(BIN)/python bench/run_all.py
+	PATH=$(CURDIR)/$(BIN):$$PATH bin/with-test-services $(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 # Side by side with a private Orthanc (Debian's orthanc + orthanc-dicomweb); prints the ratios.
 bench-orthanc: install-test
