@@ -423,4 +423,13 @@
       event.returnValue = "";
     }
   });
+
+  // Files chosen while the page was still loading raised their change event before we listened.
+  ["file-input", "folder-input"].forEach(function (id) {
+    var input = document.getElementById(id);
+    if (input.files && input.files.length) {
+      addFiles(input.files);
+      input.value = "";
+    }
+  });
 })();

@@ -51,6 +51,28 @@ def test_folder_picked_is_uploaded_with_progress_and_summary(page, sign_in, uplo
     assert Study.objects.for_clinic(clinic).get().number_of_instances == 3
 
 
+def test_files_chosen_before_the_page_script_has_loaded_are_still_uploaded(
+    page, sign_in, uploader, clinic, tmp_path
+):
+    # On a slow connection a reader can pick files before upload.js has run: no change event reaches it.
+    path = write_ct(tmp_path / "early.dcm", instance_number=1)
+    held = []
+    page.route("**/studies/upload*.js", lambda route: held.append(route))
+    sign_in(uploader)
+    page.goto(f"/c/{clinic.slug}/upload/", wait_until="commit")
+    page.wait_for_selector("#file-input", state="attached")
+    page.set_input_files("#file-input", str(path))
+    for _ in range(200):  # the held request reaches the route handler while Playwright waits
+        if held:
+            break
+        page.wait_for_timeout(50)
+    held[0].continue_()
+    _wait_done(page)
+
+    assert page.text_content("#count-stored") == "1"
+    assert Instance.objects.for_clinic(clinic).count() == 1
+
+
 def test_files_dropped_on_the_page_are_uploaded(page, sign_in, uploader, clinic, tmp_path):
     files = [write_ct(tmp_path / f"drop{i}.dcm", instance_number=i) for i in range(2)]
     payload = [{"name": f.name, "data": base64.b64encode(f.read_bytes()).decode()} for f in files]
