@@ -9,11 +9,16 @@ Chromium and measures, from the start of the navigation to the viewer page, when
 on screen; then how long each step of scrolling through the series takes with prefetching.
 
 The same for the diagnostic viewer (OHIF), opened from the study page's link (`/c/<clinic>/viewer/
-<study>/ohif/`), the server warm (the study opened once before any round), in three cases:
-- cold: a new browser context every round (empty cache: every script downloaded and compiled);
+<study>/ohif/`), the server warm (the study opened once before any round), in these cases:
+- cold: a new browser context every round, service workers blocked, straight to the viewer (empty
+  cache: every script downloaded and compiled);
 - warm: the same context opening the study again, twice; the figure is the second (Chromium keeps
   the compiled code of a script only from its second run on), the first is printed too;
-- in OHIF: OHIF already loaded on its study list, from the click on "Basic Viewer" (no page load).
+- in OHIF: OHIF already loaded on its study list, from the click on "Basic Viewer" (no page load);
+- from the studies list: another new context, service workers allowed, that signs in, shows the
+  studies list (which installs the viewer's service worker: OHIF's files downloaded and compiled into
+  Cache Storage; the time it took is printed) and then opens the study, as its "View" link does, and
+  opens it a second time. Both kinds of context run in every round, so they compare under one load.
 Scrolling: the arrow key until the overlay's slice number changes. `--waterfall` prints every request
 of one cold and one warm opening (start, time to first byte, end, size) to show where the time goes.
 
@@ -166,6 +171,25 @@ def waterfall_print(page, requests: list) -> None:
         print(f"  {start:7.0f} ms  ttfb {first_byte:6.0f}  end {end:6.0f}  {size / 1000:8.0f} kB  /{path[:100]}")
 
 
+SERVICE_WORKER_ACTIVE_JS = """async (scope) => {
+  const registration = await navigator.serviceWorker.getRegistration(scope);
+  return !!(registration && registration.active && registration.active.state === 'activated');
+}"""
+
+
+def studies_list_install(page, slug: str) -> float:
+    """Show the studies list and wait until the viewer's service worker is active; return the seconds it took."""
+    started = time.monotonic()
+    page.goto(f"/c/{slug}/studies/")
+    scope = f"/c/{slug}/viewer/ohif/"
+    deadline = time.monotonic() + 300
+    while not page.evaluate(SERVICE_WORKER_ACTIVE_JS, scope):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the viewer's service worker was not installed in 300 s")
+        page.wait_for_timeout(20)
+    return time.monotonic() - started
+
+
 def ohif_open_in_app(page, slug: str) -> float:
     """OHIF already loaded on its study list: seconds from the click on the study's viewer to its first image."""
     page.goto(f"/c/{slug}/viewer/ohif/")
@@ -190,11 +214,25 @@ def measure_ohif(
     warm_first: list[float] = []
     warm: list[float] = []
     in_app: list[float] = []
+    installs: list[float] = []
+    listed: list[float] = []
+    listed_second: list[float] = []
     steps: list[float] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
         for round_number in range(rounds):
-            context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+            context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900},
+                                          service_workers="allow")
+            page = context.new_page()
+            sign_in(page, email)
+            installs.append(studies_list_install(page, slug))
+            listed.append(ohif_open(page, slug, study_uuid))
+            listed_second.append(ohif_open(page, slug, study_uuid))
+            context.close()
+            # OHIF's page installs the service worker too, some seconds after it loaded: blocked here,
+            # so that these rows measure what the browser's own caches do.
+            context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900},
+                                          service_workers="block")
             page = context.new_page()
             sign_in(page, email)
             show = waterfall and round_number == 1  # round 0 also warms the server
@@ -218,7 +256,7 @@ def measure_ohif(
     # Round 0 ran on a cold server (its first queries, its first reads of the files): left out.
     keep = slice(1, None) if rounds > 1 else slice(None)
     return {"cold": cold[keep], "warm_first": warm_first[keep], "warm": warm[keep], "in_app": in_app[keep],
-            "steps": steps}
+            "installs": installs[keep], "listed": listed[keep], "listed_second": listed_second[keep], "steps": steps}
 
 
 def measure(base_url: str, slug: str, study_uuid: str, email: str, rounds: int, slices: int) -> dict[str, object]:
@@ -326,9 +364,14 @@ def main() -> None:
             print(f"scrolling, {len(steps)} steps: {p95_ms(steps)}")
     if ohif is not None:
         print(f"OHIF: first image of a {options.slices}-slice CT drawn, {len(ohif['cold'])} rounds, warm server:")
-        print(f"  cold browser cache (new context), from navigation start: {median_ms(ohif['cold'])}")
-        print(f"  warm browser cache, second opening, from navigation start: {median_ms(ohif['warm_first'])}")
-        print(f"  warm browser cache, third opening, from navigation start: {median_ms(ohif['warm'])}")
+        print("  new browser context, no service worker, from navigation start:")
+        print(f"    cold browser cache (first opening): {median_ms(ohif['cold'])}")
+        print(f"    warm browser cache, second opening: {median_ms(ohif['warm_first'])}")
+        print(f"    warm browser cache, third opening: {median_ms(ohif['warm'])}")
+        print("  new browser context, opened after the studies list installed the viewer's service worker"
+              f" (install: {median_ms(ohif['installs'])}), from navigation start:")
+        print(f"    first opening: {median_ms(ohif['listed'])}")
+        print(f"    second opening: {median_ms(ohif['listed_second'])}")
         print(f"  OHIF already loaded, from the click in its study list: {median_ms(ohif['in_app'])}")
         if ohif["steps"]:
             print(f"OHIF scrolling, {len(ohif['steps'])} steps: {p95_ms(ohif['steps'])}")
