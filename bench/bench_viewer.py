@@ -9,11 +9,18 @@ Chromium and measures, from the start of the navigation to the viewer page, when
 on screen; then how long each step of scrolling through the series takes with prefetching.
 
 The same for the diagnostic viewer (OHIF), opened from the study page's link (`/c/<clinic>/viewer/
-<study>/ohif/`), the server warm (the study opened once before any round), in three cases:
-- cold: a new browser context every round (empty cache: every script downloaded and compiled);
+<study>/ohif/`), the server warm (the study opened once before any round), in these cases:
+- cold: a new browser context every round, service workers blocked, straight to the viewer (empty
+  cache: every script downloaded and compiled);
 - warm: the same context opening the study again, twice; the figure is the second (Chromium keeps
   the compiled code of a script only from its second run on), the first is printed too;
-- in OHIF: OHIF already loaded on its study list, from the click on "Basic Viewer" (no page load).
+- in OHIF: OHIF already loaded on its study list, from the click on "Basic Viewer" (no page load);
+- from the studies list: another new context, service workers allowed, that signs in, shows the
+  studies list (which installs the viewer's service worker: OHIF's files downloaded and compiled into
+  Cache Storage; the time it took is printed) and then opens the study, as its "View" link does, and
+  opens it a second time. Both kinds of context run in every round, so they compare under one load.
+Each OHIF figure comes with the page's main-thread CPU for that opening (Chromium's Performance metrics,
+TaskDuration in thread ticks), which a loaded machine inflates less than the wall clock.
 Scrolling: the arrow key until the overlay's slice number changes. `--waterfall` prints every request
 of one cold and one warm opening (start, time to first byte, end, size) to show where the time goes.
 
@@ -131,8 +138,26 @@ def sign_in(page, email: str) -> None:
     page.wait_for_load_state()
 
 
-def ohif_open(page, slug: str, study_uuid: str, requests: list | None = None) -> float:
-    """Open the study in OHIF; return seconds from navigation start to the first image drawn."""
+# The page's main-thread CPU (Chromium's Performance domain, its tasks timed in thread ticks): what the
+# opening cost the browser, which a loaded machine inflates much less than the wall-clock figure.
+MAIN_THREAD_CPU: dict[str, list[float]] = {}
+
+
+def main_thread_seconds(session) -> float:
+    metrics = {metric["name"]: metric["value"] for metric in session.send("Performance.getMetrics")["metrics"]}
+    return float(metrics.get("TaskDuration", 0.0))
+
+
+def ohif_open(page, slug: str, study_uuid: str, requests: list | None = None, case: str = "") -> float:
+    """Open the study in OHIF; return seconds from navigation start to the first image drawn.
+
+    With ``case``, the main thread's busy seconds of the opening are added to MAIN_THREAD_CPU[case].
+    """
+    session = None
+    if case:
+        session = page.context.new_cdp_session(page)
+        session.send("Performance.enable", {"timeDomain": "threadTicks"})
+        busy_before = main_thread_seconds(session)
     listener = None
     if requests is not None:
         def listener(request) -> None:
@@ -141,6 +166,9 @@ def ohif_open(page, slug: str, study_uuid: str, requests: list | None = None) ->
     page.goto(f"/c/{slug}/viewer/{study_uuid}/ohif/", wait_until="commit")
     poll(page, CANVAS_MEAN_JS, lambda mean: mean > 10, timeout=120)
     seconds = page.evaluate("performance.now()") / 1000
+    if session is not None:
+        MAIN_THREAD_CPU.setdefault(case, []).append(main_thread_seconds(session) - busy_before)
+        session.detach()
     if listener is not None:
         page.remove_listener("requestfinished", listener)
         waterfall_print(page, requests)
@@ -164,6 +192,25 @@ def waterfall_print(page, requests: list) -> None:
     print(f"  {len(lines)} requests, {total / 1e6:.1f} MB transferred (from cache: size -1)")
     for start, first_byte, end, size, path in sorted(lines):
         print(f"  {start:7.0f} ms  ttfb {first_byte:6.0f}  end {end:6.0f}  {size / 1000:8.0f} kB  /{path[:100]}")
+
+
+SERVICE_WORKER_ACTIVE_JS = """async (scope) => {
+  const registration = await navigator.serviceWorker.getRegistration(scope);
+  return !!(registration && registration.active && registration.active.state === 'activated');
+}"""
+
+
+def studies_list_install(page, slug: str) -> float:
+    """Show the studies list and wait until the viewer's service worker is active; return the seconds it took."""
+    started = time.monotonic()
+    page.goto(f"/c/{slug}/studies/")
+    scope = f"/c/{slug}/viewer/ohif/"
+    deadline = time.monotonic() + 300
+    while not page.evaluate(SERVICE_WORKER_ACTIVE_JS, scope):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the viewer's service worker was not installed in 300 s")
+        page.wait_for_timeout(20)
+    return time.monotonic() - started
 
 
 def ohif_open_in_app(page, slug: str) -> float:
@@ -190,21 +237,36 @@ def measure_ohif(
     warm_first: list[float] = []
     warm: list[float] = []
     in_app: list[float] = []
+    installs: list[float] = []
+    listed: list[float] = []
+    listed_second: list[float] = []
     steps: list[float] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
         for round_number in range(rounds):
-            context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+            context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900},
+                                          service_workers="allow")
+            page = context.new_page()
+            sign_in(page, email)
+            installs.append(studies_list_install(page, slug))
+            listed.append(ohif_open(page, slug, study_uuid, case="listed" if round_number else ""))
+            listed_second.append(ohif_open(page, slug, study_uuid, case="listed_second" if round_number else ""))
+            context.close()
+            # OHIF's page installs the service worker too, some seconds after it loaded: blocked here,
+            # so that these rows measure what the browser's own caches do.
+            context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900},
+                                          service_workers="block")
             page = context.new_page()
             sign_in(page, email)
             show = waterfall and round_number == 1  # round 0 also warms the server
             if show:
                 print("OHIF, cold browser cache:")
-            cold.append(ohif_open(page, slug, study_uuid, [] if show else None))
-            warm_first.append(ohif_open(page, slug, study_uuid))
+            counted = "cold" if round_number else ""
+            cold.append(ohif_open(page, slug, study_uuid, [] if show else None, case=counted))
+            warm_first.append(ohif_open(page, slug, study_uuid, case="warm_first" if round_number else ""))
             if show:
                 print("OHIF, warm browser cache:")
-            warm.append(ohif_open(page, slug, study_uuid, [] if show else None))
+            warm.append(ohif_open(page, slug, study_uuid, [] if show else None, case="warm" if round_number else ""))
             in_app.append(ohif_open_in_app(page, slug))
             if round_number == 0:
                 page.locator(".cornerstone-canvas").first.click()
@@ -218,7 +280,7 @@ def measure_ohif(
     # Round 0 ran on a cold server (its first queries, its first reads of the files): left out.
     keep = slice(1, None) if rounds > 1 else slice(None)
     return {"cold": cold[keep], "warm_first": warm_first[keep], "warm": warm[keep], "in_app": in_app[keep],
-            "steps": steps}
+            "installs": installs[keep], "listed": listed[keep], "listed_second": listed_second[keep], "steps": steps}
 
 
 def measure(base_url: str, slug: str, study_uuid: str, email: str, rounds: int, slices: int) -> dict[str, object]:
@@ -277,8 +339,11 @@ def serve(var_dir: str, front: str) -> tuple[str, list[subprocess.Popen]]:
     return f"http://127.0.0.1:{port}", processes
 
 
-def median_ms(figures: list[float]) -> str:
-    return f"median {statistics.median(figures) * 1000:.0f} ms, worst {max(figures) * 1000:.0f} ms"
+def median_ms(figures: list[float], case: str = "") -> str:
+    text = f"median {statistics.median(figures) * 1000:.0f} ms, worst {max(figures) * 1000:.0f} ms"
+    if MAIN_THREAD_CPU.get(case):
+        text += f" (main-thread CPU: median {statistics.median(MAIN_THREAD_CPU[case]) * 1000:.0f} ms)"
+    return text
 
 
 def p95_ms(steps: list[float]) -> str:
@@ -326,9 +391,14 @@ def main() -> None:
             print(f"scrolling, {len(steps)} steps: {p95_ms(steps)}")
     if ohif is not None:
         print(f"OHIF: first image of a {options.slices}-slice CT drawn, {len(ohif['cold'])} rounds, warm server:")
-        print(f"  cold browser cache (new context), from navigation start: {median_ms(ohif['cold'])}")
-        print(f"  warm browser cache, second opening, from navigation start: {median_ms(ohif['warm_first'])}")
-        print(f"  warm browser cache, third opening, from navigation start: {median_ms(ohif['warm'])}")
+        print("  new browser context, no service worker, from navigation start:")
+        print(f"    cold browser cache (first opening): {median_ms(ohif['cold'], 'cold')}")
+        print(f"    warm browser cache, second opening: {median_ms(ohif['warm_first'], 'warm_first')}")
+        print(f"    warm browser cache, third opening: {median_ms(ohif['warm'], 'warm')}")
+        print("  new browser context, opened after the studies list installed the viewer's service worker"
+              f" (install: {median_ms(ohif['installs'])}), from navigation start:")
+        print(f"    first opening: {median_ms(ohif['listed'], 'listed')}")
+        print(f"    second opening: {median_ms(ohif['listed_second'], 'listed_second')}")
         print(f"  OHIF already loaded, from the click in its study list: {median_ms(ohif['in_app'])}")
         if ohif["steps"]:
             print(f"OHIF scrolling, {len(ohif['steps'])} steps: {p95_ms(ohif['steps'])}")

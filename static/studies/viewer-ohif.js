@@ -34,4 +34,15 @@
     }
     return originalFetch.call(this, input, init);
   };
+
+  // A clinic's viewer installs the service worker that keeps OHIF's files compiled in the browser
+  // (static/studies/viewer-sw.js), so the next opening skips compiling them. Not before the reader
+  // has had the first image: the install downloads and compiles them again, which would compete with it.
+  if (portal.serviceWorker && "serviceWorker" in navigator && !navigator.serviceWorker.controller) {
+    window.addEventListener("load", function () {
+      window.setTimeout(function () {
+        navigator.serviceWorker.register(portal.serviceWorker, { scope: portal.scope }).catch(function () {});
+      }, 10000);
+    }, { once: true });
+  }
 })();

@@ -7,6 +7,9 @@ share's viewer never makes a request outside its link. Three things make that wo
 - ``index.html`` is rewritten per request: its asset paths get the prefix, its inline scripts (which
   a strict Content-Security-Policy refuses) are replaced by the generated ``app-config.js`` and our
   own static script, and its service worker is left out (it would cache patient images in the browser).
+- ``portal-sw.js`` (ours, generated from ``static/studies/viewer-sw.js``) is the service worker a
+  clinic's pages install for its viewer's prefix: it keeps OHIF's own scripts, styles and font in the
+  browser's Cache Storage, listed by name, and nothing else (see ``precache_files``).
 - ``app-config.js`` is generated per request: one DICOMweb data source, the clinic's or the share's.
 - The webpack runtime of each bundle has its public path fixed to ``/``; it is rewritten to read the
   prefix (``window.PUBLIC_URL`` in the page, the script's own folder in a worker).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -33,6 +37,7 @@ from typing import Any
 
 from csp.utils import build_policy
 from django.conf import settings
+from django.contrib.staticfiles import finders
 
 # What webpack writes into each runtime, and what we serve instead.
 WEBPACK_PUBLIC_PATH = '__webpack_require__.p = "/";'
@@ -80,7 +85,7 @@ COMPRESSIBLE = frozenset({".js", ".mjs", ".css", ".wasm", ".json", ".svg", ".txt
 COMPRESS_MAX_BYTES = 32 * 1024 * 1024
 # Written last into a prepared folder: which dist it was made from, and by which version of prepare().
 PREPARED_STAMP = ".prepared.json"
-PREPARE_FORMAT = 2
+PREPARE_FORMAT = 3
 # What nginx adds to the files it serves from the folder (bin/web-front includes it).
 NGINX_HEADERS = ".nginx-headers.conf"
 
@@ -100,6 +105,8 @@ class ViewerSite:
     csrf_token: str = ""
     session_script: str = ""  # our session keep-alive script, for signed-in readers
     body_attributes: dict[str, str] | None = None
+    # Install our service worker for the prefix (a clinic's viewer; a share link's stays without).
+    service_worker: bool = False
 
 
 def dist_dir() -> Path:
@@ -160,7 +167,14 @@ def _dist_stamp() -> dict[str, Any]:
         raise ViewerNotInstalled(str(index))
     package = dist_dir().parent / "package.json"
     version = json.loads(package.read_text())["version"] if package.is_file() else ""
-    return {"format": PREPARE_FORMAT, "version": version, "index_mtime_ns": index.stat().st_mtime_ns}
+    # The service worker is written into the folder too: a change of its script makes the folder stale.
+    worker = hashlib.sha256(service_worker_template().encode()).hexdigest()[:16]
+    return {
+        "format": PREPARE_FORMAT,
+        "version": version,
+        "index_mtime_ns": index.stat().st_mtime_ns,
+        "service_worker": worker,
+    }
 
 
 def prepared_current() -> bool:
@@ -204,6 +218,10 @@ def prepare() -> int:
                 if len(packed) < 0.9 * len(data):
                     destination.with_name(name + ".gz").write_bytes(packed)
             count += 1
+    worker = service_worker_js().encode()
+    (building / SERVICE_WORKER).write_bytes(worker)
+    (building / f"{SERVICE_WORKER}.gz").write_bytes(gzip.compress(worker, compresslevel=9, mtime=0))
+    count += 1
     (building / NGINX_HEADERS).write_text(nginx_headers())
     (building / PREPARED_STAMP).write_text(json.dumps(stamp))
     old = target.with_name(f"{target.name}.old-{os.getpid()}")
@@ -212,6 +230,71 @@ def prepare() -> int:
     building.rename(target)
     shutil.rmtree(old, ignore_errors=True)
     return count
+
+
+# Our service worker, served under each viewer prefix beside OHIF's files (its scope is that prefix).
+SERVICE_WORKER = "portal-sw.js"
+SERVICE_WORKER_TEMPLATE = "studies/viewer-sw.js"
+# A chunk the main bundle (or a chunk it imports) can load: webpack's `__webpack_require__.e(<id>)`.
+CHUNK_IMPORT = re.compile(r"__webpack_require__\.e\(\s*(?:/\*.*?\*/\s*)?(\d+)\s*\)")
+CHUNK_FILE = re.compile(r"^(?P<chunk>[\w-]+)\.bundle\.[0-9a-f]{16}\.js$")
+# Hashed scripts no chunk imports are worker scripts and what workers load; the small ones (codec and
+# tool workers) are kept, the few large ones (whole-slide microscopy, AI models) are left to the network.
+WORKER_SCRIPT_MAX_BYTES = 1024 * 1024
+
+
+def precache_files() -> list[str]:
+    """The names of OHIF's files the service worker keeps: what opening a study loads, and no data.
+
+    The main bundle and its style sheet, every chunk it can import (followed through the chunks'
+    own imports) with the chunk's style sheet, the small worker scripts, and the fonts. All but the
+    style sheets carry a content hash, so the list changes, and the browser installs the worker
+    again, when the installed OHIF does.
+    """
+    root = dist_dir()
+    chunks: dict[str, Path] = {}
+    for path in root.glob("*.bundle.*.js"):
+        match = CHUNK_FILE.match(path.name)
+        if match:
+            chunks[match["chunk"]] = path
+    if "app" not in chunks:
+        raise ViewerNotInstalled(str(root / "app.bundle.<hash>.js"))
+    wanted, pending = {"app"}, ["app"]
+    while pending:
+        text = chunks[pending.pop()].read_text(encoding="utf-8", errors="replace")
+        for chunk in CHUNK_IMPORT.findall(text):
+            if chunk in chunks and chunk not in wanted:
+                wanted.add(chunk)
+                pending.append(chunk)
+    wanted |= {chunk for chunk, path in chunks.items() if path.stat().st_size <= WORKER_SCRIPT_MAX_BYTES}
+    names = [chunks[chunk].name for chunk in wanted]
+    names += [f"{chunk}.css" for chunk in wanted if (root / f"{chunk}.css").is_file()]
+    names += ["app.bundle.css"] if (root / "app.bundle.css").is_file() else []
+    names += [path.name for path in root.glob("*.woff2")]
+    return sorted(names)
+
+
+def service_worker_template() -> str:
+    found = finders.find(SERVICE_WORKER_TEMPLATE)
+    if not found:
+        raise ViewerNotInstalled(SERVICE_WORKER_TEMPLATE)
+    return Path(str(found)).read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=4)
+def _service_worker_js(index_mtime_ns: int, template: str) -> str:
+    files = precache_files()
+    version = hashlib.sha256("\n".join([*files, template]).encode()).hexdigest()[:16]
+    head = f"self.portalPrecache = {json.dumps({'version': version, 'files': files})};\n"
+    return head + template
+
+
+def service_worker_js() -> str:
+    """The viewer's service worker: our script, after the list of OHIF's files it keeps and its version."""
+    index = dist_dir() / "index.html"
+    if not index.is_file():
+        raise ViewerNotInstalled(str(index))
+    return _service_worker_js(index.stat().st_mtime_ns, service_worker_template())
 
 
 def nginx_headers() -> str:
@@ -310,7 +393,12 @@ def app_config(site: ViewerSite) -> dict[str, Any]:
 
 def app_config_js(site: ViewerSite) -> str:
     """The script OHIF loads first: its config, its public URL, and what our shim needs (no API token)."""
-    portal = {"dicomwebRoot": site.dicomweb_root, "csrfToken": site.csrf_token}
+    portal = {
+        "dicomwebRoot": site.dicomweb_root,
+        "csrfToken": site.csrf_token,
+        "serviceWorker": f"{site.public_url}{SERVICE_WORKER}" if site.service_worker else "",
+        "scope": site.public_url,
+    }
     return (
         f"window.PUBLIC_URL = {json.dumps(site.public_url)};\n"
         f"window.portalViewer = {json.dumps(portal)};\n"

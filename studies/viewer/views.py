@@ -145,6 +145,12 @@ def ohif_response(request: HttpRequest, path: str, site: ohif.ViewerSite) -> Htt
         return _no_store(HttpResponse(ohif.app_config_js(site), content_type="text/javascript"))
     if path == "portal-viewer.js":
         return FileResponse(Path(finders.find(VIEWER_SCRIPT)).open("rb"), content_type="text/javascript")
+    if path == ohif.SERVICE_WORKER:
+        # Served from the prepared folder before the session when there is one; this is the fallback.
+        try:
+            return HttpResponse(ohif.service_worker_js(), content_type="text/javascript")
+        except ohif.ViewerNotInstalled:
+            raise Http404("The diagnostic viewer is not installed.") from None
     asset = ohif.asset_path(path) if path else None
     if asset is not None and asset.name != "index.html":
         patched = ohif.asset_patched(asset)
@@ -187,6 +193,7 @@ def ohif_clinic(request: ClinicRequest, clinic_slug: str, path: str = "") -> Htt
         csrf_token=get_token(request),
         session_script=static("portal/session.js"),
         body_attributes=session_attributes(request),
+        service_worker=True,
     )
     return ohif_response(request, path, site)
 

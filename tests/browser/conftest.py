@@ -31,8 +31,13 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture
 def page(browser, live_server) -> Iterator[object]:
-    """A fresh browser context (no cookies) on the live server; downloads allowed."""
-    context = browser.new_context(base_url=live_server.url, accept_downloads=True)
+    """A fresh browser context (no cookies) on the live server; downloads allowed.
+
+    Service workers are blocked: the clinic's pages would install the diagnostic viewer's (some 30 MB
+    of OHIF's files through the test server) in every test; tests/browser/test_ohif.py allows it where
+    it is what the test is about.
+    """
+    context = browser.new_context(base_url=live_server.url, accept_downloads=True, service_workers="block")
     context.set_default_timeout(20_000)
     page = context.new_page()
     yield page

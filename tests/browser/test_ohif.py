@@ -11,6 +11,7 @@ from pydicom.uid import generate_uid
 from studies.ingest import instance_ingest
 from tests.browser.test_viewer_sharing import store_series
 from tests.dicom_files import PYDICOM_SAMPLES
+from tests.factories import PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -83,6 +84,55 @@ def test_first_visit_shows_no_guided_tour(page, sign_in, clinic, clinician, tmp_
     assert page.locator("text=Skip all").count() == 0
     # OHIF records each tour it starts; none was started.
     assert page.evaluate("() => localStorage.getItem('shownTours')") is None
+
+
+CACHED_URLS_JS = """async () => {
+  const urls = [];
+  for (const name of await caches.keys()) {
+    for (const request of await (await caches.open(name)).keys()) urls.push(request.url);
+  }
+  return urls;
+}"""
+SERVICE_WORKER_ACTIVE_JS = """async (scope) => {
+  const registration = await navigator.serviceWorker.getRegistration(scope);
+  return !!(registration && registration.active && registration.active.state === 'activated');
+}"""
+
+
+def test_studies_list_installs_ohif_files_in_the_browser_and_never_patient_data(
+    browser, live_server, clinic, clinician, tmp_path
+):
+    study, _ = store_series(clinic, tmp_path, slices=3)
+    context = browser.new_context(base_url=live_server.url, service_workers="allow")
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    page.goto("/accounts/login/")
+    page.fill("#id_username", clinician.email)
+    page.fill("#id_password", PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_load_state()
+    scope = f"/c/{clinic.slug}/viewer/ohif/"
+    page.goto(f"/c/{clinic.slug}/studies/")
+    deadline = time.monotonic() + 120
+    while not page.evaluate(SERVICE_WORKER_ACTIVE_JS, scope) and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    from_worker: list[str] = []
+    dicomweb: list[str] = []
+    page.on("response", lambda r: from_worker.append(r.url) if r.from_service_worker else None)
+    page.on("request", lambda r: dicomweb.append(r.url) if "/dicomweb/" in r.url else None)
+
+    page.click("[data-testid=open-ohif]")
+    mean = wait_for_image(page)
+    controlled = page.evaluate("() => !!navigator.serviceWorker.controller")
+    cached = page.evaluate(CACHED_URLS_JS)
+    context.close()
+
+    assert mean > 10
+    assert controlled
+    assert any("/app.bundle." in url for url in from_worker), from_worker[:5]
+    assert dicomweb and not [url for url in from_worker if "/dicomweb/" in url]
+    assert cached and all(url.startswith(live_server.url + scope) for url in cached)
+    assert not [url for url in cached if "dicomweb" in url or "app-config" in url or "viewer?" in url]
 
 
 def share_url(page, clinic, study, *, pin: str = "") -> str:

@@ -132,6 +132,19 @@ def test_share_viewer_reads_only_the_link_and_names_nothing_of_the_clinic(client
     assert opened["Location"].startswith(prefix + "viewer?StudyInstanceUIDs=")
 
 
+def test_clinic_viewer_installs_the_service_worker_and_a_share_viewer_does_not(client, clinician, clinic, study):
+    created = sharing_services.share_create(clinic=clinic, studies=[study], created_by=None)
+    client.force_login(clinician)
+
+    clinic_config = client.get(PREFIX + "app-config.js").content.decode()
+    share_config = client.get(f"/s/{created.token}/viewer/ohif/app-config.js").content.decode()
+    studies_page = client.get("/c/clinic-a/studies/").content.decode()
+
+    assert f'"serviceWorker": "{PREFIX}{ohif.SERVICE_WORKER}"' in clinic_config
+    assert '"serviceWorker": ""' in share_config
+    assert f'data-viewer-scope="{PREFIX}"' in studies_page
+
+
 def test_pin_link_viewer_needs_the_grant(client, clinic, study):
     created = sharing_services.share_create(clinic=clinic, studies=[study], created_by=None, pin="8642")
 
@@ -164,6 +177,8 @@ def test_share_pages_show_nothing_of_the_clinic(client, clinic, study):
 # --- OHIF's files served from the prepared folder ---------------------------------------------------
 
 BUNDLE = "app.bundle.0123456789abcdef.js"
+CHUNK = "12.bundle.fedcba9876543210.js"
+LARGE_WORKER_CHUNK = "34.bundle.00112233445566ff.js"
 
 
 @pytest.fixture
@@ -175,7 +190,10 @@ def prepared(tmp_path, settings):
     (dist / "index.html").write_text('<html><script src="/app-config.js"></script></html>')
     (dist / "app-config.js").write_text("window.config = {};")
     (dist / "sw.js").write_text("self.addEventListener('fetch', () => {});")
-    (dist / BUNDLE).write_text("var a = 1;" * 300 + ohif.WEBPACK_PUBLIC_PATH)
+    (dist / BUNDLE).write_text("var a = 1;" * 300 + ohif.WEBPACK_PUBLIC_PATH + "__webpack_require__.e(12);")
+    (dist / CHUNK).write_text("var b = 2;")
+    (dist / "12.css").write_text(".b {}")
+    (dist / LARGE_WORKER_CHUNK).write_text(" " * (ohif.WORKER_SCRIPT_MAX_BYTES + 1))
     (dist / (BUNDLE + ".map")).write_text("{}")
     (dist / "assets" / "logo.png").write_bytes(b"\x89PNG" + bytes(2000))
     settings.OHIF_DIST_DIR = dist
@@ -222,6 +240,30 @@ def test_a_prepared_folder_of_another_dist_is_not_used(client, prepared, setting
 
     assert client.get(PREFIX + BUNDLE).status_code == HTTPStatus.FOUND  # to sign in: the view answers
     assert ohif.prepared_current() is False
+
+
+def test_service_worker_keeps_ohif_files_by_name_and_nothing_else(client, prepared, django_assert_num_queries):
+    import json
+
+    with django_assert_num_queries(0):
+        response = client.get(PREFIX + ohif.SERVICE_WORKER)
+
+    body = b"".join(response.streaming_content).decode()
+    precache = json.loads(body.split("\n", 1)[0].removeprefix("self.portalPrecache = ").removesuffix(";"))
+    assert response.status_code == HTTPStatus.OK and response["Content-Type"] == "text/javascript"
+    assert "immutable" not in response["Cache-Control"]  # the browser checks it for a new OHIF
+    assert set(precache["files"]) == {BUNDLE, CHUNK, "12.css"}
+    assert "caches.open" in body and "/dicomweb/" in body
+
+
+def test_service_worker_without_a_prepared_folder_comes_from_the_view(client, clinician, settings, prepared):
+    settings.OHIF_PREPARED_DIR = prepared.parent / "nothing-here"
+    client.force_login(clinician)
+
+    response = client.get(PREFIX + ohif.SERVICE_WORKER)
+
+    assert response.status_code == HTTPStatus.OK
+    assert BUNDLE in response.content.decode()
 
 
 def test_nginx_gets_the_viewer_policy_for_the_prepared_files(prepared):
