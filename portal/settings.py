@@ -488,6 +488,8 @@ REPLICATION_SWEEP_AGE_SECONDS = env_int("REPLICATION_SWEEP_AGE_SECONDS", 60)
 REPLICATION_SWEEP_LIMIT = env_int("REPLICATION_SWEEP_LIMIT", 10000)
 # The sweep queues an instance again only once its last message is this old (taken as lost by then).
 REPLICATION_REQUEUE_SECONDS = env_int("REPLICATION_REQUEUE_SECONDS", 600)
+# Replica copies in flight per replication message (threads of the worker process: a PUT mostly waits).
+REPLICATION_COPY_THREADS = env_int("REPLICATION_COPY_THREADS", 8)
 BACKUP_VERIFY_INTERVAL_DAYS = env_int("BACKUP_VERIFY_INTERVAL_DAYS", 7)
 BACKUP_VERIFY_BATCH_SIZE = env_int("BACKUP_VERIFY_BATCH_SIZE", 2000)
 BACKUP_LAG_ALERT_SECONDS = env_int("BACKUP_LAG_ALERT_SECONDS", 600)

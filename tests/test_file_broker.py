@@ -73,3 +73,77 @@ def test_worker_drains_a_backlog_faster_than_one_message_per_process_per_second(
     finally:
         os.killpg(worker.pid, 9)
         worker.wait(30)
+
+
+PUBLISH_AFTER_AN_EMPTY_FILE = """
+import os, sys, django
+django.setup()
+from django.conf import settings
+from portal.celery import app
+# What kombu's own writer left for a moment, and forever if it died there: a message file, still empty.
+folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]
+open(os.path.join(folder, "1_00000000-0000-0000-0000-000000000000.celery.msg"), "wb").close()
+for number in range(int(sys.argv[1])):
+    app.send_task("celery.accumulate", args=(number,))
+"""
+
+
+def test_a_reader_never_takes_a_message_half_written(tmp_path, monkeypatch):
+    """kombu named the file before writing it: a worker listing the folder then took an empty message
+    (seen under full-speed STOW-RS ingest), which stopped the worker and lost the message."""
+    from queue import Empty
+
+    from kombu import Connection
+    from kombu.transport import filesystem
+
+    import portal.celery
+
+    folder = tmp_path / "queue"
+    folder.mkdir()
+    options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False}
+    channel = Connection("filesystem://", transport_options=options).default_channel
+    looked: list[object] = []
+    real_dumps = portal.celery.dumps
+
+    def dumps_while_a_reader_looks(*args, **kwargs):  # type: ignore[no-untyped-def]
+        text = real_dumps(*args, **kwargs)
+        try:
+            looked.append(channel._get("celery"))
+        except Empty:
+            looked.append(None)
+        return text
+
+    monkeypatch.setattr(portal.celery, "dumps", dumps_while_a_reader_looks)
+    monkeypatch.setattr(filesystem, "dumps", dumps_while_a_reader_looks)
+    channel._put("celery", {"body": "replicate"})
+    monkeypatch.undo()
+
+    assert looked == [None]  # nothing to take while it was being written
+    assert channel._get("celery") == {"body": "replicate"}
+    assert [name for name in os.listdir(folder) if not name.startswith(".")] == []
+
+
+def test_worker_survives_an_unreadable_message_file(tmp_path):
+    """An empty message file stopped the worker ("Unrecoverable error: JSONDecodeError"): none of the
+    messages after it ran. Now it is set aside and the worker goes on."""
+    count = 5
+    env = _env(tmp_path)
+    subprocess.run([sys.executable, "-c", PUBLISH_AFTER_AN_EMPTY_FILE, str(count)], cwd=ROOT, env=env, check=True,
+                   timeout=120)
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).with_name("celery")), "-A", "portal", "worker", "--concurrency=2",
+             "--loglevel=INFO", "--without-mingle", "--without-gossip", "-n", f"unreadable-{os.getpid()}@%h"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        def done() -> int:
+            return len(re.findall(rb"celery\.accumulate\[[^]]*\] succeeded", log.read_bytes()))
+
+        assert _wait_for(lambda: done() >= count, 60), log.read_text()
+        assert worker.poll() is None  # still running
+        assert b"does not decode" in log.read_bytes()
+    finally:
+        os.killpg(worker.pid, 9)
+        worker.wait(30)

@@ -356,10 +356,21 @@ class S3Store(ObjectStore):
             # Each store has its own credentials; the process-wide AWS_* variables are not consulted then.
             storage_options.update(access_key=access_key, secret_key=secret_key)
         self.storage = S3Storage(**storage_options)
+        self._client: Any = None
+        self._client_lock = threading.Lock()
 
     @property
     def client(self) -> Any:  # a botocore client: its methods are made at run time from the service model
-        return self.storage.connection.meta.client
+        # One client for every thread of the process (botocore clients are thread-safe): S3Storage keeps
+        # a boto3 session and resource per thread, about 0.1 s of CPU to make, which every new thread
+        # (replication copies, read-ahead) paid again.
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self.storage.connection.meta.client
+                client = self._client
+        return client
 
     def _key(self, key: str) -> str:
         return self.prefix + key_check(key)
@@ -385,6 +396,15 @@ class S3Store(ObjectStore):
             raise StorageUnavailable(f"The {self.name} store cannot be reached ({type(exc).__name__}).") from exc
 
     def put(self, key: str, fileobj: Readable, *, folder_sync: bool = True) -> int:
+        counter = _CountingReader(fileobj)
+        # An object smaller than one part (nearly every DICOM instance) is one PutObject of bytes already
+        # read: s3transfer would start a transfer manager and its threads for each, which cost more CPU
+        # than the request (replication copies hundreds of objects a second). A source error raises here.
+        head = counter.read(self.PART_SIZE)
+        if len(head) < self.PART_SIZE:
+            with self._errors():
+                self.client.put_object(Bucket=self.bucket_name, Key=self._key(key), Body=head)
+            return counter.count
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(
@@ -394,11 +414,10 @@ class S3Store(ObjectStore):
             preferred_transfer_client="classic",
         )
         config.max_in_memory_upload_chunks = 2
-        counter = _CountingReader(fileobj)
         try:
             with self._errors():
                 # s3transfer aborts an unfinished multipart upload on failure: no partial object remains.
-                self.client.upload_fileobj(counter, self.bucket_name, self._key(key), Config=config)
+                self.client.upload_fileobj(_HeadFirst(head, counter), self.bucket_name, self._key(key), Config=config)
         except StorageUnavailable:
             if counter.error is not None:
                 # The source failed (a decryption error, a broken upload), not the store: say so.
@@ -443,6 +462,26 @@ class S3Store(ObjectStore):
     def check(self) -> None:
         with self._errors():
             self.client.head_bucket(Bucket=self.bucket_name)
+
+
+class _HeadFirst:
+    """The bytes already read from a source, then the rest of it (a stream, as boto3 sees it)."""
+
+    def __init__(self, head: bytes, rest: Readable) -> None:
+        self._head: bytes | None = head
+        self._rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        head, self._head = self._head, None
+        if head is None:
+            return self._rest.read(size)
+        if size is None or size < 0:
+            return head + self._rest.read(-1)
+        if len(head) > size:
+            self._head = head[size:]
+            return head[:size]
+        # s3transfer asks for one part, which the head is: handed over without a copy.
+        return head if len(head) == size else head + self._rest.read(size - len(head))
 
 
 class _CountingReader:

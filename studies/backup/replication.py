@@ -24,6 +24,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlparse
@@ -169,26 +170,53 @@ def replication_queue(*, clinic_id: int, instance_ids: Sequence[int], mark: bool
 
 
 def instances_replicate(*, clinic: Clinic, instance_ids: Sequence[int]) -> int:
-    """Copy a batch of instances to the replica; returns how many were copied now (others were already)."""
-    copied: list[int] = []
-    rows = (
+    """Copy a batch of instances to the replica; returns how many were copied now (others were already).
+
+    The copies run ``REPLICATION_COPY_THREADS`` at a time (an S3 PUT mostly waits for the network), and the
+    instances copied are marked in one UPDATE once all their PUTs have returned: a worker killed before
+    leaves them pending, to be copied again (same key, same bytes). A store error is raised after the
+    others are marked, so the task's retry copies only what is still missing.
+    """
+    rows = list(
         Instance.objects.for_clinic(clinic)
         .filter(pk__in=list(instance_ids), replicated_at=None)
-        .only("pk", "clinic_id", "object_key", "replicated_at")
+        .only("pk", "object_key")
     )
-    for instance in rows:
-        instance.clinic = clinic
-        try:
-            if instance_replicate(instance=instance):
-                copied.append(instance.pk)
-        except ObjectMissing:
-            # Not retried: primary lost the object. Verification/restore deal with it; say so loudly.
-            logger.error("Cannot replicate %s: the primary store has no such object.", instance.object_key)
+    if not rows:
+        return 0
+    clinic_manifest_replicate(clinic=clinic)
+    copied: list[int] = []
+    failure: StorageUnavailable | None = None
+
+    def copy(instance: Instance) -> Instance:
+        object_copy(key=instance.object_key)
+        return instance
+
+    threads = max(1, min(settings.REPLICATION_COPY_THREADS, len(rows)))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="replicate") as pool:
+        for instance, future in [(instance, pool.submit(copy, instance)) for instance in rows]:
+            try:
+                copied.append(future.result().pk)
+            except ObjectMissing:
+                # Not retried: primary lost the object. Verification/restore deal with it; say so loudly.
+                logger.error("Cannot replicate %s: the primary store has no such object.", instance.object_key)
+            except StorageUnavailable as exc:
+                failure = failure or exc
+    marked: list[int] = []
     if copied:
+        # Conditional: replicated_at keeps the time of the first successful copy (a redelivered message
+        # or the sweep's copy running at the same time); the rows marked now carry this run's time.
+        now = timezone.now()
+        rows_copied = Instance.objects.for_clinic(clinic).filter(pk__in=copied)
+        if rows_copied.filter(replicated_at=None).update(replicated_at=now):
+            marked = list(rows_copied.filter(replicated_at=now).values_list("pk", flat=True))
+    if marked:
         # Their objects are durable on the replica now (put returns once they are): describe them for a
-        # rebuild. Only those copied here: a redelivered message leaves the earlier run's sidecar alone.
-        index_sidecar.index_sidecar_publish_logged(clinic=clinic, instance_ids=copied)
-    return len(copied)
+        # rebuild. Only those marked here: the other run writes the sidecar of its own.
+        index_sidecar.index_sidecar_publish_logged(clinic=clinic, instance_ids=marked)
+    if failure is not None:
+        raise failure
+    return len(marked)
 
 
 def pending_instances(*, older_than: timedelta, requeue_after: timedelta = REQUEUE_AFTER) -> Iterator[Instance]:

@@ -12,7 +12,7 @@ from django.core import mail
 from django.core.cache import cache
 from django.utils import timezone
 
-from studies.archive import objects, stores
+from studies.archive import keys, objects, stores
 from studies.backup import replication
 from studies.backup.tasks import replica_purge, replication_sweep
 from studies.models import ClinicKey, Instance, Series
@@ -234,3 +234,60 @@ def test_replica_versioning_and_object_lock_keep_backups(clinic, tmp_path, locke
     assert refused.value.response["Error"]["Code"] == "AccessDenied"
     kept = client.get_object(Bucket=bucket, Key=instance.object_key, VersionId=original_version)["Body"].read()
     assert kept == original
+
+
+def test_batch_with_one_failed_copy_keeps_the_others_replicated_and_described(clinic, tmp_path, monkeypatch):
+    """A replica error on one object of a batch used to stop the batch there, and the objects copied before
+    it got no index sidecar (a rebuild decoded them). Now every other copy of the batch is kept, marked
+    and described; the error still fails the task, whose retry copies only what is missing."""
+    import json as json_module
+
+    from studies.archive.errors import StorageUnavailable
+    from studies.backup import index_sidecar
+
+    instances = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=5))
+    failing = instances[2].object_key
+    replica = stores.get_store("replica")
+    real_put = replica.put
+
+    def put(key, fileobj, **kwargs):  # type: ignore[no-untyped-def]
+        if key == failing:
+            raise StorageUnavailable("the replica refused this one")
+        return real_put(key, fileobj, **kwargs)
+
+    monkeypatch.setattr(replica, "put", put)
+    with pytest.raises(StorageUnavailable):
+        replication.instances_replicate(clinic=clinic, instance_ids=[i.pk for i in instances])
+
+    pending = set(Instance.objects.for_clinic(clinic).filter(replicated_at=None).values_list("object_key", flat=True))
+    assert pending == {failing}
+    for instance in instances:
+        assert replica.exists(instance.object_key) is (instance.object_key != failing)
+    clinic_keys = {row.key_id: keys.clinic_key_for_object(clinic=clinic, key_id=row.key_id)
+                   for row in ClinicKey.objects.for_clinic(clinic)}
+    (sidecar,) = index_sidecar.sidecar_keys(clinic=clinic)
+    entries = index_sidecar.index_sidecar_read(clinic=clinic, key=sidecar, clinic_keys=clinic_keys)
+    assert {e.key for e in entries} == {i.object_key for i in instances} - {failing}
+    by_key = {i.object_key: i for i in instances}
+    for entry in entries:  # the header as the index holds it
+        assert json_module.loads(entry.metadata_json) == Instance.objects.get(pk=by_key[entry.key].pk).metadata
+
+    monkeypatch.setattr(replica, "put", real_put)
+    assert replication.instances_replicate(clinic=clinic, instance_ids=[i.pk for i in instances]) == 1  # the retry
+    assert not Instance.objects.for_clinic(clinic).filter(replicated_at=None).exists()
+    assert stored_bytes("replica", failing) == stored_bytes("primary", failing)
+    assert len(index_sidecar.sidecar_keys(clinic=clinic)) == 2
+
+
+def test_a_redelivered_batch_copies_nothing_again_and_writes_no_sidecar(clinic, tmp_path):
+    from studies.backup import index_sidecar
+
+    instances = ingest_files(clinic=clinic, paths=write_dicom_files(tmp_path, count=3))
+    ids = [i.pk for i in instances]
+    assert replication.instances_replicate(clinic=clinic, instance_ids=ids) == 3
+    first = dict(Instance.objects.for_clinic(clinic).values_list("pk", "replicated_at"))
+
+    assert replication.instances_replicate(clinic=clinic, instance_ids=ids) == 0
+
+    assert dict(Instance.objects.for_clinic(clinic).values_list("pk", "replicated_at")) == first
+    assert len(index_sidecar.sidecar_keys(clinic=clinic)) == 1
