@@ -20,7 +20,7 @@ Run: ``.venv/bin/python bench/bench_replication.py [--instances 3000] [--broker-
 Data: pydicom's CT_small (39 kB) with fresh UIDs, 100 per study; ``--large`` 512 x 512 CT (0.53 MB).
 CPU seconds are read from /proc per process tree (web, worker, beat, moto), which a loaded machine
 distorts far less than the wall clock. The moto server is Python on the same 2 cores: a real S3
-endpoint would take its CPU elsewhere.
+endpoint would take its CPU elsewhere. It listens on ``S3_PORT`` when set: not while tests use that port.
 """
 
 from __future__ import annotations
