@@ -123,7 +123,8 @@ MIDDLEWARE = [
     # First: the client address behind the web front (nginx) for everything after it, e.g. the audit log.
     "portal.front.FrontProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "csp.middleware.CSPMiddleware",
+    # django-csp's, keeping the site policy built (portal/csp.py).
+    "portal.csp.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "studies.viewer.assets.ViewerAssetsMiddleware",
     "corsheaders.middleware.CorsMiddleware",

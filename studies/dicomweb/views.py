@@ -119,7 +119,13 @@ def _multipart_response(parts: list[bytes], *, part_type: str) -> HttpResponse:
 
 
 def _json_accepted(request: ClinicRequest) -> bool:
-    ranges = wado.accept_parse(request.headers.get("Accept", ""))
+    return _accept_allows_json(request.META.get("HTTP_ACCEPT", ""))
+
+
+# Clients send the same few Accept headers again and again: parse each once, not on every search.
+@functools.lru_cache(maxsize=256)
+def _accept_allows_json(accept: str) -> bool:
+    ranges = wado.accept_parse(accept)
     return not ranges or any(
         r.media_type in ("*/*", "application/*", DICOM_JSON, "application/json") for r in ranges if r.quality > 0
     )
