@@ -135,7 +135,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "tenants.middleware.SessionTimeoutMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    # Django's, with the storage made on first use (portal/messages.py).
+    "portal.messages.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "tenants.middleware.ClinicMiddleware",
     # Last, so that it sees the final request state; django-axes asks for that.
