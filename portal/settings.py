@@ -123,7 +123,8 @@ MIDDLEWARE = [
     # First: the client address behind the web front (nginx) for everything after it, e.g. the audit log.
     "portal.front.FrontProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "csp.middleware.CSPMiddleware",
+    # django-csp's, keeping the site policy built (portal/csp.py).
+    "portal.csp.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "studies.viewer.assets.ViewerAssetsMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -134,7 +135,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "tenants.middleware.SessionTimeoutMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    # Django's, with the storage made on first use (portal/messages.py).
+    "portal.messages.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "tenants.middleware.ClinicMiddleware",
     # Last, so that it sees the final request state; django-axes asks for that.

@@ -21,6 +21,8 @@ urlpatterns = [
     path("favicon.ico", favicon),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    # Early: a viewer's DICOMweb requests are the most frequent, and each pattern before them is tried first.
+    path("dicomweb/<slug:clinic_slug>/", include("studies.dicomweb.urls")),
     path("accounts/", include("tenants.urls")),
     path("c/<slug:clinic_slug>/", include("tenants.clinic_urls")),
     path("c/<slug:clinic_slug>/", include("studies.urls")),
@@ -37,7 +39,6 @@ urlpatterns = [
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/v1/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("portal.api_urls")),
-    path("dicomweb/<slug:clinic_slug>/", include("studies.dicomweb.urls")),
     path("admin/", admin.site.urls),
 ]
 

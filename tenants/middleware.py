@@ -93,7 +93,9 @@ class ClinicMiddleware:
                 return errors.page_not_found(request)
             request.clinic = token.clinic  # type: ignore[attr-defined]
             request.membership = token  # type: ignore[attr-defined]
-            services.api_token_mark_used(token=token, by=Actor.from_request(request))
+            # Asked first: building the Actor loads the session's user, work most token requests skip.
+            if services.api_token_use_is_due(token=token):
+                services.api_token_mark_used(token=token, by=Actor.from_request(request))
             return None
         if not request.user.is_authenticated:
             return unauthenticated_response(request)
@@ -125,7 +127,8 @@ class SessionTimeoutMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.user.is_authenticated and bearer_token(request) is None:
+        # The header first: a token request then never loads the session or its user.
+        if bearer_token(request) is None and request.user.is_authenticated:
             now = time.time()
             session = request.session
             idle = session.get("idle_seconds", settings.SESSION_IDLE_TIMEOUT.total_seconds())

@@ -12,19 +12,38 @@ from django.utils import timezone
 from django_otp.plugins.otp_static.models import StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from portal import prepared
 from tenants.models import ApiToken, Clinic, Invitation, Membership, User, UserSession
 from tenants.secrets import secret_hash
 
+_TOKEN_FIELDS = tuple(f.attname for f in ApiToken._meta.concrete_fields)
+_CLINIC_FIELDS = tuple(f.attname for f in Clinic._meta.concrete_fields)
+
+
+def _active_token_rows(*, token_hash: str) -> QuerySet:
+    return ApiToken.objects.filter(token_hash=token_hash, revoked_at__isnull=True).values(
+        *_TOKEN_FIELDS, *(f"clinic__{name}" for name in _CLINIC_FIELDS)
+    )
+
 
 def api_token_get_active(*, raw_token: str) -> ApiToken | None:
-    """Return the active token matching the presented secret, with its clinic, or None."""
+    """Return the active token matching the presented secret, with its clinic, or None.
+
+    Every API request asks this, so the statement (one row by the unique token hash, joined to its
+    clinic) is compiled once (portal.prepared); it is still asked of the database each time, so a
+    revoked token stops working at once in every process.
+    """
     if not raw_token:
         return None
-    return (
-        ApiToken.objects.select_related("clinic")
-        .filter(token_hash=secret_hash(raw_token), revoked_at__isnull=True)
-        .first()
+    rows = prepared.rows("api_token_get_active", _active_token_rows, token_hash=secret_hash(raw_token))
+    if not rows:
+        return None
+    row = rows[0]
+    token = ApiToken.from_db(ApiToken.objects.db, list(_TOKEN_FIELDS), [row[name] for name in _TOKEN_FIELDS])
+    token.clinic = Clinic.from_db(
+        Clinic.objects.db, list(_CLINIC_FIELDS), [row[f"clinic__{name}"] for name in _CLINIC_FIELDS]
     )
+    return token
 
 
 def membership_get(*, clinic: Clinic, user: User) -> Membership | None:

@@ -134,10 +134,15 @@ def api_token_revoke(*, token: ApiToken, by: Actor | None = None) -> ApiToken:
     return token
 
 
+def api_token_use_is_due(*, token: ApiToken) -> bool:
+    """Say whether this use of the token is to be recorded (the last record is a few minutes old)."""
+    return token.last_used_at is None or timezone.now() - token.last_used_at >= TOKEN_USE_RECORD_INTERVAL
+
+
 def api_token_mark_used(*, token: ApiToken, by: Actor) -> None:
     """Record that a token was used: last-used time, and an audit entry at most every few minutes."""
     now = timezone.now()
-    if token.last_used_at is not None and now - token.last_used_at < TOKEN_USE_RECORD_INTERVAL:
+    if not api_token_use_is_due(token=token):
         return
     # Conditional update, so that concurrent requests write one audit entry, not several.
     updated = ApiToken.objects.filter(pk=token.pk, last_used_at=token.last_used_at).update(last_used_at=now)

@@ -14,6 +14,7 @@ from typing import Any
 from django.db.models import F, Q, QuerySet
 from django.db.models.expressions import OrderBy
 
+from portal import prepared
 from studies import matching
 from studies.dicomweb import rendering
 from studies.dicomweb.dicomjson import element, multi
@@ -194,20 +195,16 @@ def _return_attributes(query: Query, *, with_parents: Iterable[str]) -> list[Att
     return list(unique.values())
 
 
-def search(
+def _rows_queryset(
     *,
-    clinic: Clinic,
+    clinic: Clinic | int,
     query: Query,
-    study_uid: str | None = None,
-    series_uid: str | None = None,
-    base_url: str,
-    study_ids: set[int] | None = None,
-) -> tuple[list[dict[str, Any]], bool]:
-    """Run a QIDO-RS search; return the DICOM JSON results and whether more results remain.
-
-    ``study_ids`` narrows the search to those studies (a share link's scope).
-    """
-    parents: list[str] = []
+    study_uid: str | None,
+    series_uid: str | None,
+    study_ids: set[int] | None,
+    columns: tuple[str, ...],
+) -> QuerySet:
+    """The ``values()`` of the page of rows a search answers, in the order it answers them."""
     queryset: QuerySet
     order: tuple[OrderBy | str, ...]
     paths = PATHS[query.level]
@@ -221,13 +218,9 @@ def search(
     elif query.level == SERIES:
         queryset = Series.objects.for_clinic(clinic)
         order = ("study_id", "series_number", "id")
-        if study_uid is None:
-            parents = [STUDY]
     else:
         queryset = Instance.objects.for_clinic(clinic)
         order = ("series_id", "instance_number", "id")
-        if series_uid is None:
-            parents = [SERIES] + ([STUDY] if study_uid is None else [])
     # Naming each level's clinic lets PostgreSQL use the (clinic, ...) indexes of the tables joined. Not
     # the patient's: patient keys are matched first (patients_narrow), and a filter on the joined
     # patients' clinic made the planner hash-join every patient of the clinic (issue 19).
@@ -245,21 +238,57 @@ def search(
         queryset = matching.patients_narrow(
             queryset, clinic=clinic, patient_q=query.patient_filters, path=paths["patient"]
         )
+    queryset = matching.rows_narrow(queryset, query.name_filters)
+    # The page's ids first, then its rows with their parents: joined in the search itself, PostgreSQL
+    # joined the patient of every match before sorting (15,000 buffers for the 5,000 of '*SON^?ARY').
+    page = queryset.order_by(*order).values("id")[query.offset : query.offset + query.limit + 1]
+    return queryset.model.objects.for_clinic(clinic).filter(id__in=page).order_by(*order).values(*columns)
+
+
+def search(
+    *,
+    clinic: Clinic,
+    query: Query,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    base_url: str,
+    study_ids: set[int] | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Run a QIDO-RS search; return the DICOM JSON results and whether more results remain.
+
+    ``study_ids`` narrows the search to those studies (a share link's scope).
+    """
+    parents: list[str] = []
+    paths = PATHS[query.level]
+    if query.level == SERIES and study_uid is None:
+        parents = [STUDY]
+    elif query.level == INSTANCE and series_uid is None:
+        parents = [SERIES] + ([STUDY] if study_uid is None else [])
     attributes = _return_attributes(query, with_parents=parents)
-    wants_header = query.level == INSTANCE
     fields = {paths[a.entity] + a.field for a in attributes}
     fields |= {paths["study"] + "study_instance_uid"}
     if query.level in (SERIES, INSTANCE):
         fields.add(paths["series"] + "series_instance_uid")
     if query.level == INSTANCE:
         fields.add("sop_instance_uid")
-    if wants_header:
         fields.add("metadata")
-    queryset = matching.rows_narrow(queryset, query.name_filters)
-    # The page's ids first, then its rows with their parents: joined in the search itself, PostgreSQL
-    # joined the patient of every match before sorting (15,000 buffers for the 5,000 of '*SON^?ARY').
-    page = queryset.order_by(*order).values("id")[query.offset : query.offset + query.limit + 1]
-    rows = list(queryset.model.objects.for_clinic(clinic).filter(id__in=page).order_by(*order).values(*fields))
+    columns = tuple(sorted(fields))
+    if study_uid is not None and study_ids is None and not (query.filters or query.patient_filters or query.name_filters):
+        # Walking one study (OHIF's series and instances lists): no matching keys, so the statement's
+        # shape is fixed by the level, the columns and the page; compiled once, run with the UIDs.
+        values: dict[str, int | str] = {"clinic_id": clinic.pk, "study_uid": study_uid}
+        if series_uid is not None:
+            values["series_uid"] = series_uid
+
+        def build(*, clinic_id: int, study_uid: str, series_uid: str | None = None) -> QuerySet:
+            return _rows_queryset(clinic=clinic_id, query=query, study_uid=study_uid, series_uid=series_uid,
+                                  study_ids=None, columns=columns)
+
+        key = ("qido.search", query.level, columns, query.offset, query.limit)
+        rows = prepared.rows(key, build, **values)
+    else:
+        rows = list(_rows_queryset(clinic=clinic, query=query, study_uid=study_uid, series_uid=series_uid,
+                                   study_ids=study_ids, columns=columns))
     has_more = len(rows) > query.limit
     rows = rows[: query.limit]
     modalities_key = paths["study"] + "modalities_in_study"

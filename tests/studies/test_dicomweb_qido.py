@@ -348,6 +348,29 @@ def test_series_of_a_study_is_answered_with_two_statements(api, archive):
     assert len(queries) == 2
 
 
+def test_series_of_a_study_uid_another_clinic_also_holds_are_each_clinics_own(api, archive, other_clinic, tmp_path):
+    # The statement of a search inside one study is compiled once and reused with each caller's clinic.
+    theirs = generate_uid()
+    ingest_files(other_clinic, [write_instance(tmp_path, study_uid=archive["jane"], series_uid=theirs)])
+    api.get(f"{BASE}studies/{archive['jane']}/series")
+
+    ours = api.get(f"{BASE}studies/{archive['jane']}/series")
+    other = api.get(f"/dicomweb/{other_clinic.slug}/studies/{archive['jane']}/series",
+                    HTTP_AUTHORIZATION=f"Bearer {token_for(other_clinic)}")
+
+    assert sorted(_uids(ours, "0020000E")) == sorted([archive["ct"], archive["mr"]])
+    assert _uids(other, "0020000E") == [theirs]
+
+
+def test_instances_of_a_series_answer_their_header_values_and_urls(api, archive):
+    response = api.get(f"{BASE}studies/{archive['jane']}/series/{archive['mr']}/instances")
+
+    found = response.json()
+    assert [item["00200013"]["Value"] for item in found] == [[1], [2]]
+    assert all(item["00081190"]["Value"][0].startswith(
+        f"http://testserver{BASE}studies/{archive['jane']}/series/{archive['mr']}/instances/") for item in found)
+
+
 def test_series_of_a_study_in_the_trash_is_not_found(api, archive):
     response = api.get(f"{BASE}studies/{archive['trashed']}/series")
 

@@ -5,6 +5,8 @@ from http import HTTPStatus
 
 from django.test import Client
 
+from tenants import services
+from tenants.audit import Actor
 from tenants.models import ApiToken, AuditEvent
 from tenants.roles import Role
 from tenants.secrets import secret_hash
@@ -100,3 +102,16 @@ def test_token_of_another_clinic_cannot_be_revoked_from_mine(client, outsider, o
 
     assert response.status_code == HTTPStatus.NOT_FOUND
     assert ApiToken.objects.get().revoked_at is None
+
+
+def test_a_token_in_use_stops_working_as_soon_as_it_is_revoked(clinic):
+    # The token's statement is compiled once per connection (portal.prepared); its answer never is.
+    secret = services.api_token_create(clinic=clinic, name="viewer", role=Role.CLINICIAN).secret
+    url = f"/dicomweb/{clinic.slug}/studies"
+    assert Client().get(url, HTTP_AUTHORIZATION=f"Bearer {secret}").status_code == HTTPStatus.OK
+
+    services.api_token_revoke(token=ApiToken.objects.get(), by=Actor.system())
+
+    response = Client().get(url, HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert response.status_code == HTTPStatus.UNAUTHORIZED
+    assert response.json()["error"] == "invalid_token"
