@@ -139,6 +139,12 @@ CASES = [
     ("PatientName", "O%*", {"percent"}, ALL),
     ("PatientName", "?%NEIL*", {"percent"}, ALL),
     ("PatientName", "*A*A*A*A*A*A*A*A*A*A*A*A*A*A*B", set(), ALL),
+    # A leading wildcard and no trailing one: the value alone, or its first group followed by others.
+    ("PatientName", "*DA^TAROU", {"yamada"}, ALL),
+    ("PatientName", "*DA^TARO", set(), ALL),
+    # A literal start and more after it (the prefix index's range, the rest checked on its entries).
+    ("PatientName", "DOE*^J?NE", {"jane"}, ALL),
+    ("PatientName", "ROE*^JA*", set(), ALL),
     ("PatientID", "PID-2", {"richard"}, ALL),
     ("PatientID", "PID-?", {"jane", "richard", "yamada", "percent"}, ALL),
     ("PatientID", "pid-2", set(), ALL),
@@ -160,6 +166,7 @@ CASES = [
     ("ModalitiesInStudy", "MR", {"jane", "yamada"}, ALL),
     ("ModalitiesInStudy", "C?", {"jane", "richard", "percent"}, ALL),
     ("ModalitiesInStudy", "*R", {"jane", "yamada"}, ALL),
+    ("ModalitiesInStudy", "mr", set(), NO_PAGE),  # CS values compare case (the page upper-cases its box)
     ("StudyDescription", "*HEAD*", {"jane", "percent"}, ALL),
     ("StudyDescription", "*100%", {"percent"}, ALL),
     ("StudyDescription", "CT HEAD", {"jane"}, NO_PAGE),

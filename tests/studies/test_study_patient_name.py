@@ -11,6 +11,7 @@ from importlib import import_module
 
 import pytest
 from django.db import connection
+from django.db.models import F
 from pydicom.uid import generate_uid
 
 from studies import matching
@@ -162,5 +163,69 @@ def test_sqlite_name_matching_over_a_thousand_studies_walks_the_date_order(clini
         plan = " ".join(str(row[-1]) for row in cursor.fetchall())
 
     assert matched == matching.PATIENT_IDS_MAX + 1  # "more than 1,000"
-    assert "study_clinic_date" in plan and "study_name_upper_sqlite" not in plan, plan
+    # The live studies' date index (migration 0027), in its order: no sort of each day's rows again.
+    assert "study_live_date_sqlite" in plan and "study_name_upper_sqlite" not in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
     assert list(queryset[:3]) == list(newest)
+
+
+@sqlite_only
+def test_sqlite_qido_walk_checks_names_on_the_date_index_alone(clinic):
+    """QIDO-RS's page of ids for a common name is found by walking the date order; the live studies' date
+    index carries the name (migration 0027), so SQLite reads no table row for the studies it passes."""
+    from datetime import date, timedelta
+
+    from studies.models import Patient
+
+    patient = Patient.objects.create(clinic=clinic, patient_id="S-2", patient_name="JOHNSON^ANNA")
+    Study.objects.bulk_create(
+        Study(clinic=clinic, patient=patient, patient_name=name, study_instance_uid=f"1.2.7.{n}",
+              study_date=date(2015, 1, 1) + timedelta(days=n % 3000))
+        for n, name in enumerate(["JOHNSON^ANNA", "BROWN^ANNA"] * (matching.PATIENT_IDS_MAX + 10))
+    )
+    selectors.index_statistics_refresh()
+    queryset = matching.rows_narrow(
+        Study.objects.for_clinic(clinic).filter(deleted_at=None), matching.person_name_q("patient_name", "*SON^*")
+    )
+    newest_first = (F("study_date").desc(nulls_last=True), F("study_time").desc(nulls_last=True), "-id")
+    sql, params = queryset.order_by(*newest_first).values("id")[:101].query.sql_with_params()
+
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+
+    assert "COVERING INDEX study_live_date_sqlite" in plan and "TEMP B-TREE" not in plan, plan
+
+
+@sqlite_only
+@pytest.mark.parametrize(("search", "index"), [
+    (selectors.StudySearch(modality="MR"), "study_modalities_sqlite"),
+    (selectors.StudySearch(description="brain"), "study_description_sqlite"),
+])
+def test_sqlite_page_counts_modality_and_description_on_their_indexes_alone(clinic, search, index):
+    """The page counts up to 1,001 matches; SQLite reads them from a covering index (migration 0027), not
+    from the study table's rows."""
+    from studies.models import Patient
+
+    patient = Patient.objects.create(clinic=clinic, patient_id="C-1", patient_name="COUNT^ANNA")
+    Study.objects.bulk_create(
+        Study(
+            clinic=clinic,
+            patient=patient,
+            patient_name="COUNT^ANNA",
+            study_instance_uid=f"1.2.6.{n}",
+            modalities_in_study=["CT", "MR", "CT\\SR", "US"][n % 4],
+            study_description=["CT HEAD", "MRI BRAIN", "CHEST XR"][n % 3],
+        )
+        for n in range(3000)
+    )
+    selectors.index_statistics_refresh()
+    queryset, _ = selectors.study_matches(clinic=clinic, search=search)
+    # What the page's capped count runs (selectors.study_count).
+    sql, params = queryset.order_by().values("id")[:1001].query.sql_with_params()
+
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+
+    assert f"COVERING INDEX {index}" in plan, plan
