@@ -29,11 +29,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, time
 from functools import lru_cache
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Protocol
 
 import pydicom
 import pydicom.config
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -226,8 +226,10 @@ def _parse_path(path: str) -> ParsedInstance:
         raise InvalidDicom("The file is malformed: its encoding can't be worked out reliably.")
 
     # The header first, while the dataset is still as read: the JSON is then written from raw bytes for
-    # every plain element, including those the checks below convert through pydicom.
-    metadata = _metadata(ds, layout, meta)
+    # every plain element, and the values read below come from that JSON when their element was plain.
+    plain: dict[int, dict[str, Any]] = {}
+    metadata = _metadata(ds, layout, meta, plain=plain)
+    values = _PlainFirst(ds, plain)
 
     uids = {}
     for keyword, label in (
@@ -236,7 +238,7 @@ def _parse_path(path: str) -> ParsedInstance:
         ("StudyInstanceUID", "Study Instance UID"),
         ("SeriesInstanceUID", "Series Instance UID"),
     ):
-        value = _text(ds, keyword, 1000)
+        value = _text(values, keyword, 1000)
         if not value:
             if not has_preamble and len(meta) == 0 and not any(k in ds for k in _REQUIRED_UIDS):
                 raise NotDicom("Not a DICOM file: it has no DICOM header.")
@@ -247,13 +249,13 @@ def _parse_path(path: str) -> ParsedInstance:
 
     # The dataset's own UIDs are authoritative: file meta that disagrees (common after tag editing by
     # other tools) is not a reason to refuse an otherwise valid file.
-    rows = _int(ds, "Rows")
-    columns = _int(ds, "Columns")
-    frames = _int(ds, "NumberOfFrames")
+    rows = _int(values, "Rows")
+    columns = _int(values, "Columns")
+    frames = _int(values, "NumberOfFrames")
     if frames is not None and frames < 1:
         raise InvalidDicom("The file is malformed: Number of Frames is less than 1.")
     if layout.pixel is not None:
-        _check_pixel_data(ds, layout.pixel, transfer_syntax, rows, columns, frames or 1)
+        _check_pixel_data(values, layout.pixel, transfer_syntax, rows, columns, frames or 1)
 
     return ParsedInstance(
         sop_instance_uid=uids["SOPInstanceUID"],
@@ -261,22 +263,22 @@ def _parse_path(path: str) -> ParsedInstance:
         study_instance_uid=uids["StudyInstanceUID"],
         series_instance_uid=uids["SeriesInstanceUID"],
         transfer_syntax_uid=transfer_syntax,
-        patient_id=_text(ds, "PatientID", 64),
-        issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
-        patient_name=_text(ds, "PatientName", 324),
-        patient_sex=_text(ds, "PatientSex", 16),
-        patient_birth_date=_date(ds, "PatientBirthDate"),
-        study_date=_date(ds, "StudyDate"),
-        study_time=_time(ds, "StudyTime"),
-        accession_number=_text(ds, "AccessionNumber", 64),
-        study_description=_text(ds, "StudyDescription", 128),
-        study_id=_text(ds, "StudyID", 16),
-        referring_physician_name=_text(ds, "ReferringPhysicianName", 324),
-        modality=_text(ds, "Modality", 16),
-        series_description=_text(ds, "SeriesDescription", 128),
-        body_part_examined=_text(ds, "BodyPartExamined", 64),
-        series_number=_int(ds, "SeriesNumber"),
-        instance_number=_int(ds, "InstanceNumber"),
+        patient_id=_text(values, "PatientID", 64),
+        issuer_of_patient_id=_text(values, "IssuerOfPatientID", 64),
+        patient_name=_text(values, "PatientName", 324),
+        patient_sex=_text(values, "PatientSex", 16),
+        patient_birth_date=_date(values, "PatientBirthDate"),
+        study_date=_date(values, "StudyDate"),
+        study_time=_time(values, "StudyTime"),
+        accession_number=_text(values, "AccessionNumber", 64),
+        study_description=_text(values, "StudyDescription", 128),
+        study_id=_text(values, "StudyID", 16),
+        referring_physician_name=_text(values, "ReferringPhysicianName", 324),
+        modality=_text(values, "Modality", 16),
+        series_description=_text(values, "SeriesDescription", 128),
+        body_part_examined=_text(values, "BodyPartExamined", 64),
+        series_number=_int(values, "SeriesNumber"),
+        instance_number=_int(values, "InstanceNumber"),
         number_of_frames=frames or 1,
         rows=rows,
         columns=columns,
@@ -562,7 +564,7 @@ def _dictionary_vr_or_un(tag: int) -> str:
 
 
 def _check_pixel_data(
-    ds: Dataset, pixel: _PixelInfo, transfer_syntax: str, rows: int | None, columns: int | None, frames: int
+    ds: _Values, pixel: _PixelInfo, transfer_syntax: str, rows: int | None, columns: int | None, frames: int
 ) -> None:
     if not rows or not columns:
         raise InvalidDicom("The file is malformed: it has pixel data but no image size (Rows/Columns).")
@@ -593,13 +595,16 @@ def _check_pixel_data(
         )
 
 
-def _metadata(ds: Dataset, layout: _Layout, meta: Dataset) -> dict[str, Any]:
+def _metadata(
+    ds: Dataset, layout: _Layout, meta: Dataset, *, plain: dict[int, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Return the header as DICOM JSON, large values replaced by BulkDataURI placeholders.
 
     Plain elements, in sequence items too, are written straight from their raw bytes (:func:`_fast_json`):
     pydicom's generic path (convert to a DataElement, store it back in the dataset, then ``to_json_dict``)
     cost about three quarters of the parse. What the fast path does not handle exactly (UN, AT, ambiguous
     VRs, non-ASCII or escaped text, deferred values, malformed numbers) goes through pydicom as before.
+    ``plain``, when given, receives the top-level elements written by the fast path (tag to JSON).
     """
     result: dict[str, Any] = {}
     for tag, raw in list(ds._dict.items()):
@@ -616,6 +621,12 @@ def _metadata(ds: Dataset, layout: _Layout, meta: Dataset) -> dict[str, Any]:
         # Element by element rather than to_json_dict(suppress_invalid_tags=True): that flag switches a
         # process-wide pydicom setting without a lock, and parallel ingests left it on "raise".
         try:
+            fast = _fast_element(tag, raw, key)
+            if fast is not None:
+                result[key] = fast
+                if plain is not None:
+                    plain[int(tag)] = fast
+                continue
             result[key] = _element_json(ds, tag, raw, key)
         except Exception:  # noqa: BLE001 - a value DICOM JSON cannot express stays out of the index copy
             logger.warning("Element %s left out of the DICOM JSON header: it cannot be expressed", key)
@@ -636,12 +647,9 @@ def _element_json(ds: Dataset, tag: int, raw: Any, key: str) -> dict[str, Any]:
     elements in order, no bulk-size placeholders, any error failing the whole sequence), so that the
     plain elements inside them take the fast path too.
     """
-    if isinstance(raw, RawDataElement) and raw.value is not None:
-        vr = raw.VR or _implicit_vr(tag)
-        if vr in _FAST_VRS:
-            fast = _fast_json(vr, raw.value, raw.is_little_endian, tag, key)
-            if fast is not None:
-                return fast
+    fast = _fast_element(tag, raw, key)
+    if fast is not None:
+        return fast
     element = ds[tag]
     if element.VR == "SQ":
         return {"vr": "SQ", "Value": [_item_json(item) for item in element.value]}
@@ -649,6 +657,52 @@ def _element_json(ds: Dataset, tag: int, raw: Any, key: str) -> dict[str, Any]:
         bulk_data_element_handler=_bulk_uri, bulk_data_threshold=BULK_DATA_THRESHOLD
     )
     return json_element
+
+
+def _fast_element(tag: int, raw: Any, key: str) -> dict[str, Any] | None:
+    """The element as DICOM JSON from its raw bytes when it is plain (see ``_fast_json``), else None."""
+    if isinstance(raw, RawDataElement) and raw.value is not None:
+        vr = raw.VR or _implicit_vr(tag)
+        if vr in _FAST_VRS:
+            return _fast_json(vr, raw.value, raw.is_little_endian, tag, key)
+    return None
+
+
+class _Values(Protocol):
+    """What the value readers (``_text``, ``_int``...) ask of a header: a Dataset, or ``_PlainFirst``."""
+
+    def get(self, keyword: str) -> Any: ...
+
+
+class _PlainFirst:
+    """``get(keyword)`` as a Dataset answers it, from the header's JSON when the element was plain.
+
+    The index's values (UIDs, patient, study and series fields, image size) are the header's plain
+    elements in nearly every file: read from the JSON already written from their bytes (which gives what
+    pydicom converts them to), they cost a dictionary lookup instead of pydicom's conversion, about a
+    third of the parse. Any other element is asked of the dataset, as before.
+    """
+
+    def __init__(self, ds: Dataset, plain: dict[int, dict[str, Any]]) -> None:
+        self._ds = ds
+        self._plain = plain
+
+    def get(self, keyword: str) -> Any:
+        tag = _keyword_tag(keyword)
+        found = self._plain.get(tag) if tag is not None else None
+        if found is None or found["vr"] not in _PLAIN_VALUE_VRS:
+            return self._ds.get(keyword)
+        values = found.get("Value")
+        if not values:
+            return None
+        if found["vr"] == "PN":
+            values = [value["Alphabetic"] for value in values]
+        return values[0] if len(values) == 1 else values
+
+
+@lru_cache(maxsize=256)
+def _keyword_tag(keyword: str) -> int | None:
+    return tag_for_keyword(keyword)
 
 
 def _item_json(item: Dataset) -> dict[str, Any]:
@@ -667,6 +721,11 @@ _INLINE_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 _FAST_VRS = (
     _STRING_VRS | _TEXT_VRS | _SINGLE_TEXT_VRS | _INLINE_BINARY_VRS | set(_NUMBER_FORMATS)
     | {"AE", "UI", "UR", "IS", "DS", "PN"}
+)
+# The VRs whose JSON values read back as pydicom's own (text, and integers from binary). Not DS or IS
+# (pydicom keeps the number's text: "20250101" under a wrong DS VR is a date to it) nor binary VRs.
+_PLAIN_VALUE_VRS = (
+    _STRING_VRS | _TEXT_VRS | _SINGLE_TEXT_VRS | {"AE", "UI", "UR", "PN", "US", "SS", "UL", "SL", "UV", "SV"}
 )
 # pydicom rewrites the first value of these (US or SS) descriptors: left to it.
 _LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002, 0x00289422, 0x00660010})
@@ -752,7 +811,7 @@ def _fast_json(vr: str, value: bytes, little: bool, tag: int, key: str) -> dict[
     return {"vr": vr, "Value": items}
 
 
-def _text(ds: Dataset, keyword: str, max_length: int) -> str:
+def _text(ds: _Values, keyword: str, max_length: int) -> str:
     try:
         value = ds.get(keyword)
     except Exception:  # noqa: BLE001 - a badly encoded value is treated as absent
@@ -768,7 +827,7 @@ def _text(ds: Dataset, keyword: str, max_length: int) -> str:
     return text.replace("\x00", "").strip()[:max_length]
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: _Values, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         if value is None or value == "":
@@ -781,7 +840,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     return number if -(2**31) <= number < 2**31 else None
 
 
-def _date(ds: Dataset, keyword: str) -> date | None:
+def _date(ds: _Values, keyword: str) -> date | None:
     text = _text(ds, keyword, 32).replace(".", "")
     if len(text) != 8 or not text.isdigit():
         return None
@@ -791,7 +850,7 @@ def _date(ds: Dataset, keyword: str) -> date | None:
         return None
 
 
-def _time(ds: Dataset, keyword: str) -> time | None:
+def _time(ds: _Values, keyword: str) -> time | None:
     text = _text(ds, keyword, 32).replace(":", "")
     match = re.match(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$", text)
     if not match:

@@ -237,3 +237,27 @@ def test_every_readable_file_s_header_reads_back_as_the_file_s_values():
 
     assert checked > 400  # the corpus is there: pydicom's samples, charset files and the fuzz corpus
     assert failures == {}
+
+
+def test_every_readable_file_s_index_fields_are_what_pydicom_reads(monkeypatch):
+    """The index fields read from the header's plain JSON (``_PlainFirst``) equal pydicom's own reading."""
+    from studies import dicom
+
+    from_json = {}
+    for path in corpus():
+        try:
+            from_json[path] = parse_instance(path)
+        except InvalidDicom:
+            continue
+    monkeypatch.setattr(dicom, "_PlainFirst", lambda ds, plain: ds)
+
+    differing = []
+    for path, parsed in from_json.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            through_pydicom = parse_instance(path)
+        if {**parsed.__dict__, "metadata": None} != {**through_pydicom.__dict__, "metadata": None}:
+            differing.append(path.name)
+
+    assert len(from_json) > 400
+    assert differing == []
