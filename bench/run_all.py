@@ -32,6 +32,7 @@ QUICK_ARGUMENTS: dict[str, list[str]] = {
     "bench_migration": ["--instances", "500"],
     "bench_viewer": ["--rounds", "3"],
     "bench_upload_memory": ["--size-mb", "512"],
+    "bench_replication": ["--instances", "500"],
     "dr_drill": ["--instances", "1000"],
 }
 
