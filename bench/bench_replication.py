@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_dicomweb import BOUNDARY, percentile, wait_for  # noqa: E402
 from bench.bench_orthanc import free_port  # noqa: E402
-from bench.common import database_recreate, process_tree_cpu_seconds  # noqa: E402
+from bench.common import ct_series_write, database_recreate, process_tree_cpu_seconds  # noqa: E402
 
 BUCKET = "bench-replica"
 PRIMARY_BUCKET = "bench-primary"
@@ -55,29 +55,7 @@ PRIMARY_BUCKET = "bench-primary"
 
 def make_files(folder: Path, count: int, *, large: bool, tag: str) -> list[tuple[Path, str]]:
     """``count`` CT instances (100 per study) and their SOP Instance UIDs."""
-    from pydicom import dcmread
-    from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
-
-    from tests.dicom_files import ct_dataset
-
-    folder.mkdir(parents=True, exist_ok=True)
-    template = ct_dataset(rows=512, columns=512) if large else dcmread(get_testdata_file("CT_small.dcm"))
-    files = []
-    study = series = ""
-    for number in range(count):
-        if number % 100 == 0:
-            study, series = generate_uid(), generate_uid()
-        template.StudyInstanceUID = study
-        template.SeriesInstanceUID = series
-        template.SOPInstanceUID = generate_uid()
-        template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
-        template.PatientID = f"REPL-{tag}-{number // 100}"
-        template.InstanceNumber = number % 100 + 1
-        path = folder / f"{number:06d}.dcm"
-        template.save_as(path, enforce_file_format=True)
-        files.append((path, str(template.SOPInstanceUID)))
-    return files
+    return ct_series_write(folder, count, patient_prefix=f"REPL-{tag}", large=large)
 
 
 def stow_timed(base: str, headers: dict[str, str], files: list[tuple[Path, str]], batch: int,

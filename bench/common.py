@@ -74,3 +74,36 @@ def process_tree_cpu_seconds(pid: int, *, with_reaped_children: bool = False) ->
         elif int(fields[1]) == pid:  # fields[1]: the parent's pid
             total += (int(fields[11]) + int(fields[12])) / ticks
     return total
+
+
+def ct_series_write(folder: Path, count: int, *, patient_prefix: str, large: bool = False) -> list[tuple[Path, str]]:
+    """Write ``count`` CT instances, 100 per study and series, and return their paths and SOP Instance UIDs.
+
+    ``large``: 512 x 512 x 16-bit instances (0.53 MB) instead of pydicom's 39 kB CT_small.
+    """
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if large:
+        from tests.dicom_files import ct_dataset
+
+        template = ct_dataset(rows=512, columns=512)
+    else:
+        template = dcmread(get_testdata_file("CT_small.dcm"))
+    files = []
+    study = series = ""
+    for number in range(count):
+        if number % 100 == 0:
+            study, series = generate_uid(), generate_uid()
+        template.StudyInstanceUID = study
+        template.SeriesInstanceUID = series
+        template.SOPInstanceUID = generate_uid()
+        template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
+        template.PatientID = f"{patient_prefix}-{number // 100}"
+        template.InstanceNumber = number % 100 + 1
+        path = folder / f"{number:06d}.dcm"
+        template.save_as(path, enforce_file_format=True)
+        files.append((path, str(template.SOPInstanceUID)))
+    return files

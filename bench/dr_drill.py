@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
-from common import process_tree_cpu_seconds
+from common import ct_series_write, process_tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -211,27 +211,7 @@ def setup_django(var_dir: Path, database_url: str | None, broker_url: str | None
 
 
 def make_files(folder: Path, count: int) -> list[Path]:
-    from pydicom import dcmread
-    from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    template = dcmread(get_testdata_file("CT_small.dcm"))
-    paths = []
-    study = series = ""
-    for number in range(count):
-        if number % 100 == 0:
-            study, series = generate_uid(), generate_uid()
-        template.StudyInstanceUID = study
-        template.SeriesInstanceUID = series
-        template.SOPInstanceUID = generate_uid()
-        template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
-        template.PatientID = f"DRILL-{number // 100}"
-        template.InstanceNumber = number % 100 + 1
-        path = folder / f"{number:06d}.dcm"
-        template.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    return [path for path, _ in ct_series_write(folder, count, patient_prefix="DRILL")]
 
 
 def fast_fill(clinic, paths: list[Path], jobs: int = 4, batch: int = 500,  # type: ignore[no-untyped-def]
