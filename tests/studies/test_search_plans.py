@@ -80,20 +80,27 @@ def archive(clinic, other_clinic):
     return Study.objects.for_clinic(clinic).order_by("id")[10]
 
 
-def _scans(sql: str) -> dict[str, set[str]]:
-    """For each index table the statement reads: the indexes it reads it through ("Seq Scan" if none)."""
+def _plan(sql: str, *, bitmap_scans: bool = True) -> list[dict]:
+    """PostgreSQL's plan of the statement (EXPLAIN, JSON), priced as on a large archive."""
+    # As on a large archive: reading a table whole, or filtering row by row what an index could answer,
+    # costs more than any index that applies.
+    settings_off = ("enable_seqscan",) + (() if bitmap_scans else ("enable_bitmapscan",))
     with connection.cursor() as cursor:
-        # As on a large archive: reading a table whole, or filtering row by row what an index could
-        # answer, costs more than any index that applies.
-        cursor.execute("SET enable_seqscan = off")
+        for setting in settings_off:
+            cursor.execute(f"SET {setting} = off")
         cursor.execute("SET cpu_operator_cost = 1")
         try:
             cursor.execute("EXPLAIN (FORMAT JSON) " + sql)
             plan = cursor.fetchone()[0]
         finally:
-            cursor.execute("RESET enable_seqscan")
-            cursor.execute("RESET cpu_operator_cost")
-    plan = json.loads(plan) if isinstance(plan, str) else plan
+            for setting in (*settings_off, "cpu_operator_cost"):
+                cursor.execute(f"RESET {setting}")
+    return json.loads(plan) if isinstance(plan, str) else plan
+
+
+def _scans(sql: str) -> dict[str, set[str]]:
+    """For each index table the statement reads: the indexes it reads it through ("Seq Scan" if none)."""
+    plan = _plan(sql)
     found: dict[str, set[str]] = {}
 
     def walk(node: dict) -> None:
@@ -245,17 +252,7 @@ def _name_filter_scans(sql: str) -> list[str]:
     Whole-table and bitmap reads are priced out, and checking a row's name costs as on a large archive, so
     that an index scan whose filter reads each table row loses to an index-only scan wherever one exists.
     """
-    settings_on = ("SET enable_seqscan = off", "SET enable_bitmapscan = off", "SET cpu_operator_cost = 1")
-    with connection.cursor() as cursor:
-        for statement in settings_on:
-            cursor.execute(statement)
-        try:
-            cursor.execute("EXPLAIN (FORMAT JSON) " + sql)
-            plan = cursor.fetchone()[0]
-        finally:
-            for setting in ("enable_seqscan", "enable_bitmapscan", "cpu_operator_cost"):
-                cursor.execute(f"RESET {setting}")
-    plan = json.loads(plan) if isinstance(plan, str) else plan
+    plan = _plan(sql, bitmap_scans=False)
     found: list[str] = []
 
     def walk(node: dict) -> None:
@@ -299,17 +296,7 @@ def _lookup_scans(captured) -> list[str]:
     assert lookups, f"no lookup of matching ids: {[q['sql'] for q in captured]}"
     scans = []
     for sql in lookups:
-        with connection.cursor() as cursor:
-            # As on a large archive (see _scans).
-            cursor.execute("SET enable_seqscan = off")
-            cursor.execute("SET cpu_operator_cost = 1")
-            try:
-                cursor.execute("EXPLAIN (FORMAT JSON) " + sql)
-                plan = cursor.fetchone()[0]
-            finally:
-                cursor.execute("RESET enable_seqscan")
-                cursor.execute("RESET cpu_operator_cost")
-        plan = json.loads(plan) if isinstance(plan, str) else plan
+        plan = _plan(sql)
 
         def walk(node: dict) -> None:
             if "Index Name" in node:
