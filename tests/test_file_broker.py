@@ -46,6 +46,21 @@ def _wait_for(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def
     return condition()
 
 
+def _worker_start(env: dict[str, str], log: Path, name: str) -> subprocess.Popen:
+    """A real 2-process Celery worker on the file broker, its output in ``log``; kill its group when done."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [str(Path(sys.executable).with_name("celery")), "-A", "portal", "worker", "--concurrency=2",
+             "--loglevel=INFO", "--without-mingle", "--without-gossip", "-n", f"{name}-{os.getpid()}@%h"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def _succeeded(log: Path) -> int:
+    """How many ``celery.accumulate`` tasks the worker's log says succeeded."""
+    return len(re.findall(rb"celery\.accumulate\[[^]]*\] succeeded", log.read_bytes()))
+
+
 def test_worker_drains_a_backlog_faster_than_one_message_per_process_per_second(tmp_path):
     """kombu's file transport slept its polling interval (1 s) whenever the worker held its prefetch
     (2 messages, acks late): a 2-process worker took 2 messages a second however many waited, and
@@ -54,22 +69,14 @@ def test_worker_drains_a_backlog_faster_than_one_message_per_process_per_second(
     env = _env(tmp_path)
     subprocess.run([sys.executable, "-c", PUBLISH, str(count)], cwd=ROOT, env=env, check=True, timeout=120)
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [str(Path(sys.executable).with_name("celery")), "-A", "portal", "worker", "--concurrency=2",
-             "--loglevel=INFO", "--without-mingle", "--without-gossip", "-n", f"drain-{os.getpid()}@%h"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    worker = _worker_start(env, log, "drain")
     try:
         assert _wait_for(lambda: b"ready." in log.read_bytes(), 60), log.read_text()
         ready = time.monotonic()
-
-        def done() -> int:
-            return len(re.findall(rb"celery\.accumulate\[[^]]*\] succeeded", log.read_bytes()))
         # Generous for a loaded machine (the fixed transport needs a few seconds), yet half the minute
         # the old one needed.
-        finished = _wait_for(lambda: done() >= count, 30)
-        assert finished, f"{done()} of {count} tasks done {time.monotonic() - ready:.0f} s after start"
+        finished = _wait_for(lambda: _succeeded(log) >= count, 30)
+        assert finished, f"{_succeeded(log)} of {count} tasks done {time.monotonic() - ready:.0f} s after start"
     finally:
         os.killpg(worker.pid, 9)
         worker.wait(30)
@@ -131,17 +138,9 @@ def test_worker_survives_an_unreadable_message_file(tmp_path):
     subprocess.run([sys.executable, "-c", PUBLISH_AFTER_AN_EMPTY_FILE, str(count)], cwd=ROOT, env=env, check=True,
                    timeout=120)
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [str(Path(sys.executable).with_name("celery")), "-A", "portal", "worker", "--concurrency=2",
-             "--loglevel=INFO", "--without-mingle", "--without-gossip", "-n", f"unreadable-{os.getpid()}@%h"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    worker = _worker_start(env, log, "unreadable")
     try:
-        def done() -> int:
-            return len(re.findall(rb"celery\.accumulate\[[^]]*\] succeeded", log.read_bytes()))
-
-        assert _wait_for(lambda: done() >= count, 60), log.read_text()
+        assert _wait_for(lambda: _succeeded(log) >= count, 60), log.read_text()
         assert worker.poll() is None  # still running
         assert b"does not decode" in log.read_bytes()
     finally:
