@@ -183,7 +183,20 @@ class DicomLikeCandidates(DicomLike):
     lookup_name = "dicom_like_candidates"
 
 
-class DicomLikeChecked(DicomLike):
+class _DicomLikeRowCheck(DicomLike):
+    """``dicom_like`` as a plain check of each row: SQLite's bare LIKE, PostgreSQL's ``postgresql_sql``."""
+
+    postgresql_sql = "{lhs} LIKE {rhs}"
+
+    def as_sql(self, compiler: SQLCompiler, conn: BaseDatabaseWrapper) -> tuple[str, tuple[str | int, ...]]:
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        rhs, rhs_params = self.process_rhs(compiler, conn)
+        if conn.vendor == "sqlite":
+            return _sqlite_like(self, compiler, conn, rhs, tuple(rhs_params))
+        return self.postgresql_sql.format(lhs=lhs, rhs=rhs), (*lhs_params, *rhs_params)
+
+
+class DicomLikeChecked(_DicomLikeRowCheck):
     """``dicom_like`` that only checks rows another condition found (no index of its own is offered).
 
     For the arms of a condition whose index read is already spelled once (``person_name_q``): on
@@ -192,16 +205,10 @@ class DicomLikeChecked(DicomLike):
     """
 
     lookup_name = "dicom_like_checked"
-
-    def as_sql(self, compiler: SQLCompiler, conn: BaseDatabaseWrapper) -> tuple[str, tuple[str | int, ...]]:
-        lhs, lhs_params = self.process_lhs(compiler, conn)
-        rhs, rhs_params = self.process_rhs(compiler, conn)
-        if conn.vendor == "sqlite":
-            return _sqlite_like(self, compiler, conn, rhs, tuple(rhs_params))
-        return f"({lhs} LIKE {rhs}) IS TRUE", (*lhs_params, *rhs_params)
+    postgresql_sql = "({lhs} LIKE {rhs}) IS TRUE"
 
 
-class DicomLikeWalk(DicomLike):
+class DicomLikeWalk(_DicomLikeRowCheck):
     """``dicom_like`` as checked in a walk of the date order (``rows_match``): a bare LIKE on every vendor.
 
     No trigram candidates (SQLite) and no prefix index's range (PostgreSQL): the walk checks each row it
@@ -211,13 +218,6 @@ class DicomLikeWalk(DicomLike):
     """
 
     lookup_name = "dicom_like_walk"
-
-    def as_sql(self, compiler: SQLCompiler, conn: BaseDatabaseWrapper) -> tuple[str, tuple[str | int, ...]]:
-        lhs, lhs_params = self.process_lhs(compiler, conn)
-        rhs, rhs_params = self.process_rhs(compiler, conn)
-        if conn.vendor == "sqlite":
-            return _sqlite_like(self, compiler, conn, rhs, tuple(rhs_params))
-        return f"{lhs} LIKE {rhs}", (*lhs_params, *rhs_params)
 
 
 def _sqlite_like(
