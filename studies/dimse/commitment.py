@@ -51,6 +51,10 @@ MISSING_ATTRIBUTE = 0x0120
 POLL_SECONDS = 1.0
 # Seconds the report waits for the requester's association to be free or for a new one to open.
 REPORT_TIMEOUT = 30
+# A modality that keeps its association open to be told the result answers the report at once. One
+# that released it right after our N-ACTION answer never will, and pynetdicom holds its release until
+# the wait for the answer ends: wait only this long before reporting again on a new association.
+SAME_ASSOCIATION_ANSWER_SECONDS = 3
 
 
 @dataclass
@@ -197,6 +201,7 @@ def _report(
 def _send(assoc: Association, info: AssociationInfo, event_type: int, event_info: Dataset) -> str:
     """Send the N-EVENT-REPORT on the requester's association if still open, else on a new one."""
     if assoc.is_established:
+        assoc.dimse_timeout = SAME_ASSOCIATION_ANSWER_SECONDS
         try:
             status, _ = assoc.send_n_event_report(
                 event_info, event_type, StorageCommitmentPushModel, COMMITMENT_INSTANCE
