@@ -52,11 +52,15 @@ run: install ohif nginx
 	$(BIN)/python manage.py seed_demo --port $(PORT)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile -p $(PORT)
 
+# The suite runs on one pytest-xdist worker per core (at most 4), each test file on one worker: most of
+# a test's time is spent waiting on peers, workers and browsers. PYTEST_PARALLEL= runs it in one process.
+PYTEST_PARALLEL ?= -n auto --maxprocesses 4 --dist loadfile
+
 test: install-test ohif
-	PATH=$(CURDIR)/$(BIN):$$PATH bin/with-test-services $(BIN)/pytest $(PYTEST_ARGS)
+	PATH=$(CURDIR)/$(BIN):$$PATH bin/with-test-services $(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: install-test ohif
-	PATH=$(CURDIR)/$(BIN):$$PATH bin/with-test-services $(BIN)/pytest -m "not browser and not slow" $(PYTEST_ARGS)
+	PATH=$(CURDIR)/$(BIN):$$PATH bin/with-test-services $(BIN)/pytest $(PYTEST_PARALLEL) -m "not browser and not slow" $(PYTEST_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check .

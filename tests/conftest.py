@@ -6,7 +6,11 @@ belong to ``clinic``; ``outsider`` belongs to ``other_clinic`` only.
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
+from celery.result import _set_task_join_will_block
 from django.db import connection
 
 from tenants.models import Clinic, User
@@ -14,9 +18,37 @@ from tenants.roles import Role
 from tests.factories import make_clinic, make_member, make_user
 
 
+def _redis_database_per_worker() -> None:
+    """Under pytest-xdist each worker takes a Redis database of its own (the one given, then the ones
+    below it), as it takes a test database of its own: tests that flush their database or count the
+    messages in it must not see another worker's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    url = os.environ.get("TEST_REDIS_URL", "")
+    found = re.fullmatch(r"(redis://[^/]+/)(\d+)", url)
+    if worker.startswith("gw") and found:
+        os.environ["TEST_REDIS_URL"] = f"{found[1]}{int(found[2]) - int(worker[2:])}"
+
+
+_redis_database_per_worker()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # schemathesis names each API operation's test "test_x[GET /path]" but, on pytest 9, gives them all
+    # the node id "test_x"; pytest-xdist schedules and reports tests by node id and would run one of them.
+    for item in items:
+        if isinstance(item, pytest.Function) and item.parent and item.nodeid.endswith(f"::{item.originalname}"):
+            params = item.name.removeprefix(item.originalname)
+            if params.startswith("[") and params.endswith("]"):
+                item._id = item.parent.id.child(item.originalname).with_params(params[1:-1])
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("postgresql") and connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL (row locks, concurrent transactions or triggers)")
+    # Celery marks "inside a task" in one process-wide flag that an eager task sets and restores; two
+    # threads running eager tasks at once (a DIMSE listener and the test) can leave it set, and every
+    # later test of the process that waits on an eager result would be refused.
+    _set_task_join_will_block(False)
 
 
 @pytest.fixture(autouse=True)

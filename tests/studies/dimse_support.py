@@ -1,11 +1,14 @@
 """Helpers for the DIMSE tests: the listener in-process on a free port, DCMTK runs, real DICOM files.
 
-Ports come from 11200-11299 (this suite's range), so parallel runs of other suites don't collide.
+Ports come from 11200-11299 (this suite's range), so parallel runs of other suites don't collide; under
+pytest-xdist each worker takes the next hundred, so a port one test has just freed (a peer stopped to
+be "down") is never taken by a test of another worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 import subprocess
@@ -22,7 +25,8 @@ from studies.dimse.scp import STORAGE_TRANSFER_SYNTAXES, scp_start
 from studies.models import DicomNode
 from tenants.models import Clinic
 
-PORT_RANGE = range(11200, 11300)
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+PORT_RANGE = range(11200 + 100 * int(_WORKER[2:]), 11300 + 100 * int(_WORKER[2:]))
 HOST = "127.0.0.1"
 MODALITY_AE = "MODALITY1"
 VIEWER_AE = "VIEWER1"
@@ -40,7 +44,7 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port in 11200-11299")
+    raise RuntimeError(f"no free port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
 
 
 @contextlib.contextmanager
