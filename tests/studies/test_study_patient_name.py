@@ -229,3 +229,33 @@ def test_sqlite_page_counts_modality_and_description_on_their_indexes_alone(clin
         plan = " ".join(str(row[-1]) for row in cursor.fetchall())
 
     assert f"COVERING INDEX {index}" in plan, plan
+
+
+@sqlite_only
+@pytest.mark.parametrize("words", ["smi", "mary"])
+def test_sqlite_name_probe_reads_the_name_index_alone(clinic, words):
+    """The probe for up to 1,001 matching ids of a common name (a family start, a given name) checks the
+    pattern and that the study is live in the name index's entries (migration 0028), reading no study row."""
+    from datetime import date, timedelta
+
+    from django.test.utils import CaptureQueriesContext
+
+    from studies.models import Patient
+
+    patient = Patient.objects.create(clinic=clinic, patient_id="P-1", patient_name="SMITH^MARY")
+    Study.objects.bulk_create(
+        Study(clinic=clinic, patient=patient, patient_name=name, study_instance_uid=f"1.2.9.{n}",
+              study_date=date(2015, 1, 1) + timedelta(days=n % 3000))
+        for n, name in enumerate(["SMITH^MARY", "BROWN^ANNA", "JONES^MARY", "SMIRNOV^IVAN"] * 600)
+    )  # fmt: skip
+    selectors.index_statistics_refresh()
+
+    with CaptureQueriesContext(connection) as queries:
+        _, matched = selectors.study_matches(clinic=clinic, search=selectors.StudySearch(patient_name=words))
+    [probe] = [q["sql"] for q in queries.captured_queries if f"LIMIT {matching.PATIENT_IDS_MAX + 1}" in q["sql"]]
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + probe)
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+
+    assert matched == matching.PATIENT_IDS_MAX + 1
+    assert "COVERING INDEX study_" in plan, plan
