@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_dicomweb import ORTHANC_BINARY, ORTHANC_PLUGINS, percentile, stow, wait_for  # noqa: E402
-from bench.common import process_tree_cpu_seconds  # noqa: E402
+from bench.common import database_create_if_missing, process_tree_cpu_seconds  # noqa: E402
 
 SCU_AE = "BENCHSCU"
 
@@ -194,6 +194,8 @@ def run_portal(
         "REPLICATION_MODE": "async",
     }
     env["DATABASE_URL"] = database_url or f"sqlite:///{var / 'portal.sqlite3'}"
+    if database_url:
+        database_create_if_missing(database_url)
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
     slug = f"bench-{uuid.uuid4().hex[:6]}"

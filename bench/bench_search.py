@@ -48,26 +48,15 @@ def setup_django(database_url: str) -> None:
     os.environ.setdefault("CELERY_BROKER_URL", "memory://")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     if database_url.startswith("postgres"):
-        _database_create(database_url)
+        from bench.common import database_create_if_missing
+
+        database_create_if_missing(database_url)
     import django
 
     django.setup()
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-
-
-def _database_create(database_url: str) -> None:
-    from urllib.parse import urlparse
-
-    import psycopg
-
-    parsed = urlparse(database_url)
-    name = parsed.path.lstrip("/")
-    admin_url = parsed._replace(path="/postgres").geturl()
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            connection.execute(f'CREATE DATABASE "{name}"')
 
 
 def _sql_array(values: list[str]) -> str:

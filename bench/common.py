@@ -19,6 +19,18 @@ def database_recreate(database_url: str) -> None:
         connection.execute(f'CREATE DATABASE "{name}"')
 
 
+def database_create_if_missing(database_url: str) -> None:
+    """Create the benchmark's PostgreSQL database if it does not exist yet (kept, with what is in it)."""
+    import psycopg
+
+    parsed = urlparse(database_url)
+    name = parsed.path.lstrip("/")
+    admin_url = parsed._replace(path="/postgres").geturl()
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            connection.execute(f'CREATE DATABASE "{name}"')
+
+
 def django_setup(database_url: str, var_dir: str, broker_url: str = "memory://") -> None:
     """Point Django at a fresh scratch database and a temporary var/ folder, and migrate."""
     import os
