@@ -312,7 +312,7 @@ def main() -> None:
             kept = f"; time it again with --reuse {clinic.slug}" if args.keep else ""
             print(f"{connection.vendor}: generated {args.studies:,} studies (+{args.studies // 5:,} in another "
                   f"clinic) in {time.perf_counter() - started:.1f} s{kept}", flush=True)
-        study_uid = Study.objects.for_clinic(clinic).order_by("id").values_list("study_instance_uid", flat=True)[777]
+        study_uid = Study.objects.for_clinic(clinic).order_by("id").values_list("study_instance_uid", flat=True)[min(777, args.studies - 1)]
 
         cases = [(label, "page", search) for label, search in searches(seed=1).items()]
         cases += [(label, "qido", text) for label, text in qido_searches(seed=1, study_uid=study_uid).items()]
