@@ -201,7 +201,8 @@ def _report(
 def _send(assoc: Association, info: AssociationInfo, event_type: int, event_info: Dataset) -> str:
     """Send the N-EVENT-REPORT on the requester's association if still open, else on a new one."""
     if assoc.is_established:
-        assoc.dimse_timeout = SAME_ASSOCIATION_ANSWER_SECONDS
+        # Only for this answer: the association's other waits (C-GET's stores on it) keep their timeout.
+        usual_timeout, assoc.dimse_timeout = assoc.dimse_timeout, SAME_ASSOCIATION_ANSWER_SECONDS
         try:
             status, _ = assoc.send_n_event_report(
                 event_info, event_type, StorageCommitmentPushModel, COMMITMENT_INSTANCE
@@ -211,6 +212,8 @@ def _send(assoc: Association, info: AssociationInfo, event_type: int, event_info
                 return "same association"
         except (RuntimeError, ValueError):
             pass  # released meanwhile: open a new association
+        finally:
+            assoc.dimse_timeout = usual_timeout
     ae = AE(ae_title=info.called_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = REPORT_TIMEOUT
     ae.add_requested_context(StorageCommitmentPushModel)
