@@ -16,17 +16,15 @@ from django.db import connection
 from tenants.models import Clinic, User
 from tenants.roles import Role
 from tests.factories import make_clinic, make_member, make_user
+from tests.workers import WORKER_INDEX
 
 
 def _redis_database_per_worker() -> None:
     """Under pytest-xdist each worker takes a Redis database of its own (the one given, then the ones
-    below it), as it takes a test database of its own: tests that flush their database or count the
-    messages in it must not see another worker's."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    url = os.environ.get("TEST_REDIS_URL", "")
-    found = re.fullmatch(r"(redis://[^/]+/)(\d+)", url)
-    if worker.startswith("gw") and found:
-        os.environ["TEST_REDIS_URL"] = f"{found[1]}{int(found[2]) - int(worker[2:])}"
+    below it): tests that flush their database or count the messages in it must not see another worker's."""
+    found = re.fullmatch(r"(redis://[^/]+/)(\d+)", os.environ.get("TEST_REDIS_URL", ""))
+    if found:
+        os.environ["TEST_REDIS_URL"] = f"{found[1]}{int(found[2]) - WORKER_INDEX}"
 
 
 _redis_database_per_worker()

@@ -8,7 +8,6 @@ be "down") is never taken by a test of another worker.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import socket
 import subprocess
@@ -24,9 +23,9 @@ from studies.dimse import nodes
 from studies.dimse.scp import STORAGE_TRANSFER_SYNTAXES, scp_start
 from studies.models import DicomNode
 from tenants.models import Clinic
+from tests.workers import WORKER_INDEX
 
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-PORT_RANGE = range(11200 + 100 * int(_WORKER[2:]), 11300 + 100 * int(_WORKER[2:]))
+PORT_RANGE = range(11200 + 100 * WORKER_INDEX, 11300 + 100 * WORKER_INDEX)
 HOST = "127.0.0.1"
 MODALITY_AE = "MODALITY1"
 VIEWER_AE = "VIEWER1"
