@@ -27,6 +27,10 @@ from datetime import date, timedelta
 from datetime import time as dtime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import database_create_if_missing  # noqa: E402
+
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/portal_bench_search"
 PAGE_SIZE = 25
 COUNT_CAP = 1000  # as the studies page: "more than 1,000 match" instead of counting them all
@@ -42,14 +46,11 @@ DESCRIPTIONS = ["CT HEAD W/O CONTRAST", "MRI BRAIN W AND W/O", "CHEST 2 VIEWS", 
 
 
 def setup_django(database_url: str) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings"
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("CELERY_BROKER_URL", "memory://")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     if database_url.startswith("postgres"):
-        from bench.common import database_create_if_missing
-
         database_create_if_missing(database_url)
     import django
 

@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
+
+
+@contextmanager
+def _server(database_url: str) -> Iterator[tuple[Any, str]]:
+    """The PostgreSQL server of ``database_url`` (through its ``postgres`` database) and the database's name."""
+    import psycopg
+
+    parsed = urlparse(database_url)
+    with psycopg.connect(parsed._replace(path="/postgres").geturl(), autocommit=True) as connection:
+        yield connection, parsed.path.lstrip("/")
 
 
 def database_recreate(database_url: str) -> None:
     """Drop and create the benchmark's own database, so each run starts empty."""
-    import psycopg
-
-    parsed = urlparse(database_url)
-    name = parsed.path.lstrip("/")
-    admin_url = parsed._replace(path="/postgres").geturl()
-    with psycopg.connect(admin_url, autocommit=True) as connection:
+    with _server(database_url) as (connection, name):
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         connection.execute(f'CREATE DATABASE "{name}"')
 
 
 def database_create_if_missing(database_url: str) -> None:
     """Create the benchmark's PostgreSQL database if it does not exist yet (kept, with what is in it)."""
-    import psycopg
-
-    parsed = urlparse(database_url)
-    name = parsed.path.lstrip("/")
-    admin_url = parsed._replace(path="/postgres").geturl()
-    with psycopg.connect(admin_url, autocommit=True) as connection:
+    with _server(database_url) as (connection, name):
         if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
             connection.execute(f'CREATE DATABASE "{name}"')
 
