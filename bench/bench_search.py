@@ -201,8 +201,7 @@ def qido_searches(seed: int, study_uid: str) -> dict[str, str]:
 
 def time_qido(*, clinic, query_string: str) -> float:
     """What QIDO-RS does for one request: parse, search within the time budget, answer DICOM JSON."""
-    import json
-
+    import orjson
     from django.http import QueryDict
 
     from studies import matching
@@ -215,7 +214,7 @@ def time_qido(*, clinic, query_string: str) -> float:
     query = qido.query_parse(level=level, params=QueryDict(query_string))
     with matching.search_budget():
         results, _ = qido.search(clinic=clinic, query=query, study_uid=study_uid, base_url="https://pacs.example/")
-    json.dumps(results)
+    orjson.dumps(results)  # as the view answers
     return (time.perf_counter() - started) * 1000
 
 

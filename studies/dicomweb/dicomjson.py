@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import functools
+from collections.abc import Callable
 from typing import Any
 from xml.etree import ElementTree
 
@@ -29,8 +31,48 @@ def element(vr: str, value: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": [value]}
 
 
+Renderer = Callable[[Any], dict[str, Any]]
+
+
+@functools.cache
+def renderer(vr: str, *, multi_valued: bool = False) -> Renderer:
+    """``element`` (or ``multi``) for one VR, chosen once: a search answer renders the same attributes on
+    every row, so the branching on the VR is done once per attribute rather than once per value."""
+    if multi_valued:
+        return functools.partial(multi, vr)
+    empty = {"vr": vr}
+
+    def _empty(value: Any) -> bool:
+        return value is None or value == "" or value == []
+
+    if vr == "PN":
+        return lambda value: empty.copy() if not value else {"vr": vr, "Value": [person_name(value)]}
+    if vr == "DA":
+        def date(value: Any) -> dict[str, Any]:
+            if _empty(value):
+                return empty.copy()
+            if isinstance(value, datetime.date):
+                return {"vr": vr, "Value": [f"{value.year:04d}{value.month:02d}{value.day:02d}"]}
+            return {"vr": vr, "Value": [str(value)]}
+        return date
+    if vr in {"IS", "US", "UL", "SL", "SS"}:
+        return lambda value: empty.copy() if _empty(value) else {"vr": vr, "Value": [int(value)]}
+    if vr in {"TM"}:
+        return functools.partial(element, vr)
+
+    def text(value: Any) -> dict[str, Any]:
+        if _empty(value):
+            return empty.copy()
+        if isinstance(value, (list, tuple)):
+            return {"vr": vr, "Value": list(value)}
+        return {"vr": vr, "Value": [value]}
+    return text
+
+
 def person_name(value: str) -> dict[str, str]:
     """A PN value as DICOM JSON (PS3.18 F.2.2): its component groups apart, empty ones left out."""
+    if "=" not in value:
+        return {"Alphabetic": value}
     groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), value.split("="), strict=False))
     return {name: text for name, text in groups.items() if text}
 

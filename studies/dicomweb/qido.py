@@ -17,7 +17,7 @@ from django.db.models.expressions import OrderBy
 from portal import prepared
 from studies import matching
 from studies.dicomweb import rendering
-from studies.dicomweb.dicomjson import element, multi
+from studies.dicomweb.dicomjson import renderer
 from studies.models import Instance, Series, Study
 from tenants.models import Clinic
 
@@ -296,17 +296,20 @@ def search(
         _modalities_fill(clinic, rows, uid_key=paths["study"] + "study_instance_uid", key=modalities_key)
     results = []
     header_tags = list(INSTANCE_HEADER_DEFAULTS) + query.include_tags
+    # Each attribute's column and renderer found once per search, not once per row.
+    columns_rendered = [
+        (a.tag, paths[a.entity] + a.field, renderer(a.vr, multi_valued=a.multi_valued),
+         a.keyword == "ModalitiesInStudy")
+        for a in attributes
+    ]
     for row in rows:
         result: dict[str, Any] = {}
-        for attribute in attributes:
-            value = row[paths[attribute.entity] + attribute.field]
-            if attribute.multi_valued:
-                if not value and attribute.keyword == "ModalitiesInStudy":
-                    # OHIF's study list fails on a CS element without a Value: leave it out.
-                    continue
-                result[attribute.tag] = multi(attribute.vr, value or "")
-            else:
-                result[attribute.tag] = element(attribute.vr, value)
+        for tag, column, render, left_out_when_empty in columns_rendered:
+            value = row[column]
+            if left_out_when_empty and not value:
+                # OHIF's study list fails on a CS element without a Value: leave it out.
+                continue
+            result[tag] = render(value or "") if left_out_when_empty else render(value)
         result["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
         result["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
         study = row[paths["study"] + "study_instance_uid"]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import zlib
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
+import orjson
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
@@ -106,7 +106,7 @@ def _study(request: ClinicRequest, study_uid: str) -> Study:
 
 
 def _json(body: str | list | dict, *, status: int = HTTPStatus.OK) -> HttpResponse:
-    text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
+    text = body if isinstance(body, str) else orjson.dumps(body)
     return HttpResponse(text, content_type=DICOM_JSON, status=status)
 
 

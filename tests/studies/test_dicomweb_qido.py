@@ -400,3 +400,31 @@ def test_instances_of_a_series_of_another_study_are_not_found(api, archive):
     response = api.get(f"{BASE}studies/{archive['richard']}/series/{archive['ct']}/instances")
 
     assert response.status_code == HTTPStatus.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("vr", "value"),
+    [("PN", "DOE^JANE"), ("PN", "Yamada^Tarou=山田^太郎=やまだ^たろう"), ("PN", "=山田^太郎"), ("PN", ""), ("PN", None),
+     ("DA", date(2024, 1, 5)), ("DA", "20240105"), ("DA", None), ("TM", time(8, 5, 1, 250)), ("TM", ""),
+     ("IS", 3), ("IS", None), ("LO", "CT HEAD"), ("LO", ""), ("UI", "1.2.3"), ("CS", ["A", "B"])],
+)
+def test_a_search_renders_each_value_as_a_single_element_would(vr, value):
+    from studies.dicomweb.dicomjson import element, renderer
+
+    assert renderer(vr)(value) == element(vr, value)
+
+
+def test_a_name_in_three_groups_is_answered_in_three_groups(api, clinic, tmp_path):
+    from tests.dicom_files import dataset_write, sample_dataset
+
+    study_uid = generate_uid()
+    ds = sample_dataset("CT_small.dcm", StudyInstanceUID=study_uid, SeriesInstanceUID=generate_uid(),
+                        SpecificCharacterSet="ISO_IR 192", PatientName="Yamada^Tarou=山田^太郎=やまだ^たろう")
+    ingest_files(clinic, [dataset_write(ds, tmp_path / "yamada.dcm")])
+
+    response = api.get(BASE + "studies", {"StudyInstanceUID": study_uid})
+
+    assert response.json()[0]["00100010"] == {
+        "vr": "PN", "Value": [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}],
+    }
+    assert "山田" in response.content.decode("utf-8")
