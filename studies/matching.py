@@ -223,16 +223,37 @@ class DicomLikeWalk(_DicomLikeRowCheck):
 def _sqlite_like(
     lookup: Lookup, compiler: SQLCompiler, conn: BaseDatabaseWrapper, rhs: str, rhs_params: tuple[Any, ...]
 ) -> tuple[str, tuple[Any, ...]]:
-    """SQLite's ``LIKE`` of a lookup, over the column itself where the lookup compares UPPER(column).
+    """SQLite's ``LIKE`` of a lookup, over the column itself where the lookup compares UPPER(column), and
+    its ``GLOB`` where the lookup keeps case.
 
     SQLite's LIKE ignores the case of ASCII letters and its UPPER() changes nothing else, so both give the
     same answer, and UPPER cost half of each check (a name checked row by row in a walk of the date order,
     the page's count of up to 1,001 descriptions: 12,000 rows for 'brain' at 100,000 studies).
     """
     column = getattr(lookup.lhs, "lhs", None)
-    target = column if isinstance(lookup.lhs, Upper) and isinstance(column, Col) else lookup.lhs
+    ignores_case = isinstance(lookup.lhs, Upper)
+    target = column if ignores_case and isinstance(column, Col) else lookup.lhs
     lhs, lhs_params = compiler.compile(target)
+    if not ignores_case and len(rhs_params) == 1 and isinstance(rhs_params[0], str):
+        # A match that keeps case (every attribute but names, PS3.4 C.2.2.2.4) is a GLOB: SQLite's LIKE
+        # would ignore ASCII case where PostgreSQL's does not.
+        return f"{lhs} GLOB {rhs}", (*lhs_params, glob_pattern(rhs_params[0]))
     return f"{lhs} LIKE {rhs} ESCAPE '\\'", (*lhs_params, *rhs_params)
+
+
+def glob_pattern(like: str) -> str:
+    """A LIKE pattern of ``like_pattern`` (backslash escapes) as the SQLite GLOB pattern that matches the same."""
+    out, escaped = [], False
+    for char in like:
+        if char == "\\" and not escaped:
+            escaped = True
+            continue
+        if char in "%_" and not escaped:
+            out.append("*" if char == "%" else "?")
+        else:
+            out.append(f"[{char}]" if char in "*?[" else char)  # GLOB's own specials, as literals
+        escaped = False
+    return "".join(out)
 
 
 def _like_prefix(pattern: str) -> tuple[str, str]:

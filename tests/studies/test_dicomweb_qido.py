@@ -428,3 +428,28 @@ def test_a_name_in_three_groups_is_answered_in_three_groups(api, clinic, tmp_pat
         "vr": "PN", "Value": [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}],
     }
     assert "山田" in response.content.decode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "found"),
+    [("AccessionNumber", "ACC-2*", True), ("AccessionNumber", "acc-2*", False), ("AccessionNumber", "*c-2", False),
+     ("AccessionNumber", "*C-2", True), ("AccessionNumber", "AC?-2", True), ("AccessionNumber", "ac?-2", False),
+     ("StudyDescription", "*CHEST", True), ("StudyDescription", "*chest", False),
+     ("ModalitiesInStudy", "C?", True), ("ModalitiesInStudy", "c?", False)],
+)
+def test_wildcards_on_other_attributes_compare_case_on_every_database(api, archive, key, value, found):
+    """PS3.4 C.2.2.2.4: only person names may ignore case. SQLite's LIKE ignores ASCII case by itself,
+    so without care the default database answered what PostgreSQL does not."""
+    uids = _uids(api.get(BASE + "studies", {key: value}))
+
+    assert (archive["richard"] in uids) is found
+
+
+def test_characters_special_to_the_database_match_themselves(api, clinic, tmp_path):
+    study_uid = generate_uid()
+    ingest_files(clinic, [write_instance(tmp_path, study_uid=study_uid, series_uid=generate_uid(),
+                                         accession="A[1]_%b")])
+
+    for pattern, found in [("A[1]_%*", True), ("*[1]_%B", False), ("*[1]_%b", True), ("A?1]_%b", True),
+                           ("A[1]x%b*", False), ("A[1]_x*", False)]:
+        assert (study_uid in _uids(api.get(BASE + "studies", {"AccessionNumber": pattern}))) is found, pattern
