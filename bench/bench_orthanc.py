@@ -2,8 +2,9 @@
 
 Starts Orthanc from Debian's packages (`orthanc`, `orthanc-dicomweb`; `/usr/sbin/Orthanc` with its
 DICOMweb plugin) on free ports with a scratch folder, and the portal as an operator runs it (gunicorn
-2 workers x 4 threads, `manage.py dicom_scp`, encryption on, asynchronous replication), on the SQLite
-default or on PostgreSQL with `--database-url`. Then, against both:
+2 workers x 4 threads, `manage.py dicom_scp`, encryption on, asynchronous replication, DEBUG off with its
+own secrets as the README's deployment section says; `--debug` for DEBUG on as in the default run), on the
+SQLite default or on PostgreSQL with `--database-url`. Then, against both:
 
 - STOW-RS, 4 clients, 10 instances per request (instances/s);
 - C-STORE over one association, TCP_NODELAY on the client (instances/s);
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_dicomweb import ORTHANC_BINARY, ORTHANC_PLUGINS, percentile, stow, wait_for  # noqa: E402
-from bench.common import database_create_if_missing, process_tree_cpu_seconds  # noqa: E402
+from bench.common import database_create_if_missing, process_tree_cpu_seconds, production_environment  # noqa: E402
 
 SCU_AE = "BENCHSCU"
 
@@ -180,9 +181,11 @@ def run_portal(
     study_uid: str,
     only: set[str],
     rounds: int = 3,
+    debug: bool = False,
 ) -> dict[str, float]:
     var = work / "portal"
     var.mkdir()
+    http_port, dicom_port = free_port(), free_port()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "portal.settings",
@@ -194,6 +197,8 @@ def run_portal(
         "REPLICATION_MODE": "async",
     }
     env["DATABASE_URL"] = database_url or f"sqlite:///{var / 'portal.sqlite3'}"
+    if not debug:
+        env.update(production_environment(f"http://127.0.0.1:{http_port}"))
     if database_url:
         database_create_if_missing(database_url)
     manage = [sys.executable, str(ROOT / "manage.py")]
@@ -214,7 +219,6 @@ def run_portal(
         .stdout.strip()
         .splitlines()[-1]
     )
-    http_port, dicom_port = free_port(), free_port()
     web = subprocess.Popen(
         [
             sys.executable,
@@ -316,6 +320,8 @@ def main() -> None:
     )
     parser.add_argument("--wado-rounds", type=int, default=3, help="whole-study retrievals per side (default 3)")
     parser.add_argument("--skip-orthanc", action="store_true", help="the portal only (while tuning it)")
+    parser.add_argument("--debug", action="store_true",
+                        help="run the portal with DEBUG on, as the default run (make run) does, not as deployed")
     args = parser.parse_args()
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))
@@ -325,7 +331,8 @@ def main() -> None:
         store_files = write_files(work / "store", args.instances, study_uid + ".2")
         with ThreadPoolExecutor(max_workers=1) as pool:  # one after the other: they share 2 cores
             portal = pool.submit(
-                run_portal, work, args.database_url, stow_files, store_files, study_uid, only, args.wado_rounds
+                run_portal, work, args.database_url, stow_files, store_files, study_uid, only, args.wado_rounds,
+                args.debug,
             ).result()
             if args.skip_orthanc:
                 print(json.dumps(portal, indent=1), f"load average {os.getloadavg()[0]:.1f}")
@@ -338,7 +345,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(
         f"\n{args.instances} instances of 0.53 MB per workload; database "
-        f"{'PostgreSQL' if args.database_url else 'SQLite'}; load average at the end {load:.1f}"
+        f"{'PostgreSQL' if args.database_url else 'SQLite'}; DEBUG {'on' if args.debug else 'off'}; "
+        f"load average at the end {load:.1f}"
     )
     print(f"{'figure':<36}{'portal':>12}{'Orthanc':>12}{'ratio':>8}")
     rows = [("STOW-RS, 4 clients (inst/s)", "stow", False), ("  server CPU ms per instance", "stow_server_cpu_ms", True)]

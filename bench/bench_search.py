@@ -1,7 +1,7 @@
 """Benchmark: search latency (p50/p95) of the studies page and QIDO-RS on 100,000 or 1,000,000 studies.
 
 Runs standalone: `.venv/bin/python bench/bench_search.py [--studies N] [--rounds R] [--keep] [--plans]`.
-It uses DATABASE_URL (default postgres://postgres@127.0.0.1:5432/portal_bench_search, created if
+It runs with the deployed settings (DEBUG off) and uses DATABASE_URL (default postgres://postgres@127.0.0.1:5432/portal_bench_search, created if
 missing; ``sqlite:///path`` measures SQLite), applies migrations, fills a fresh clinic with N studies
 of about N/2 patients, one series each (and a second clinic with N/5, so that tenant scoping is part
 of the measurement), then times, for each search, what the studies page does (the capped count and
@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import database_create_if_missing  # noqa: E402
+from bench.common import database_create_if_missing, production_environment  # noqa: E402
 
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/portal_bench_search"
 PAGE_SIZE = 25
@@ -50,6 +50,9 @@ def setup_django(database_url: str) -> None:
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("CELERY_BROKER_URL", "memory://")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # As deployed (DEBUG off): the default run's debug cursor logs every statement, which production does not.
+    for name, value in production_environment("https://pacs.example").items():
+        os.environ.setdefault(name, value)
     if database_url.startswith("postgres"):
         database_create_if_missing(database_url)
     import django

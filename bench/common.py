@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +34,22 @@ def database_create_if_missing(database_url: str) -> None:
     with _server(database_url) as (connection, name):
         if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
             connection.execute(f'CREATE DATABASE "{name}"')
+
+
+def production_environment(public_base_url: str) -> dict[str, str]:
+    """Settings as the README's deployment section has an operator set them: DEBUG off, own secrets.
+
+    With DEBUG on (the default run), Django logs every SQL statement of a request (its debug cursor), a
+    cost production does not pay. The benchmarks talk plain HTTP on the loopback, as an app server does
+    behind the TLS proxy, so the redirect to HTTPS is left off.
+    """
+    return {
+        "DEBUG": "0",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "MASTER_KEYS": "bench1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "PUBLIC_BASE_URL": public_base_url,
+        "SECURE_SSL_REDIRECT": "0",
+    }
 
 
 def django_setup(database_url: str, var_dir: str, broker_url: str = "memory://") -> None:
