@@ -24,10 +24,11 @@ from celery import current_app
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from portal import prepared
 from portal.exceptions import PortalError
 from studies.anonymize.deidentify import DeidentifyContext, DeidentifyReport, PixelRectangle, deidentify, uid_derive
 from studies.anonymize.models import (
@@ -554,22 +555,35 @@ def project_for_ingest(
     """
     if upload_link is not None and upload_link.anonymize_project_id:
         return upload_link.anonymize_project
-    # Every rule that could apply, in one query (this runs for each batch of every way in).
-    applies = Q(applies_to=IngestAnonymization.AppliesTo.CLINIC)
+    # Every rule that could apply, in one statement compiled once (this runs for each batch of every way
+    # in, and most clinics have no rule): the project itself is read only when a rule applies.
+    values: dict[str, int | str] = {"clinic_id": clinic.pk}
     if api_token is not None:
-        applies |= Q(api_token=api_token)
+        values["api_token_id"] = api_token.pk
     if dicom_node is not None:
-        applies |= Q(dicom_node=dicom_node)
-    rules = list(IngestAnonymization.objects.for_clinic(clinic).filter(applies).select_related("project").order_by("pk"))
+        values["dicom_node_id"] = dicom_node.pk
+    rules = prepared.rows(("anonymize.ingest_rules", *sorted(values)), _ingest_rule_rows, **values)
     for matches in (
-        lambda r: api_token is not None and r.api_token_id == api_token.pk,
-        lambda r: dicom_node is not None and r.dicom_node_id == dicom_node.pk,
-        lambda r: r.applies_to == IngestAnonymization.AppliesTo.CLINIC,
+        lambda r: api_token is not None and r["api_token_id"] == api_token.pk,
+        lambda r: dicom_node is not None and r["dicom_node_id"] == dicom_node.pk,
+        lambda r: r["applies_to"] == IngestAnonymization.AppliesTo.CLINIC,
     ):
         rule = next((r for r in rules if matches(r)), None)
         if rule is not None:
-            return rule.project
+            return AnonymizationProject.objects.for_clinic(clinic).get(pk=rule["project_id"])
     return None
+
+
+def _ingest_rule_rows(*, clinic_id: int, api_token_id: int | None = None, dicom_node_id: int | None = None) -> QuerySet:
+    applies = Q(applies_to=IngestAnonymization.AppliesTo.CLINIC)
+    if api_token_id is not None:
+        applies |= Q(api_token_id=api_token_id)
+    if dicom_node_id is not None:
+        applies |= Q(dicom_node_id=dicom_node_id)
+    return (
+        IngestAnonymization.objects.filter(applies, clinic_id=clinic_id).order_by("pk")
+        .values("applies_to", "api_token_id", "dicom_node_id", "project_id")
+    )
 
 
 @transaction.atomic
