@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,3 +116,16 @@ def rows(key: Hashable, build: Callable[..., QuerySet], /, **values: int | str) 
                 row[position] = value
         result.append(dict(zip(names, row, strict=False)))
     return result
+
+
+def in_values(prefix: str, values: Sequence[int | str]) -> dict[str, int | str]:
+    """Named values for the ``__in`` list of a prepared query (``prefix0``, ``prefix1``...).
+
+    The list is padded with its last value (which changes no match) to a power of two, so that lists
+    of any length share a few compiled statements, one per size.
+    """
+    if not values:
+        raise ValueError("an __in list of a prepared query holds at least one value")
+    size = 1 << (len(values) - 1).bit_length()
+    padded = [*values, *[values[-1]] * (size - len(values))]
+    return {f"{prefix}{i}": value for i, value in enumerate(padded)}

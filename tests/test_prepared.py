@@ -50,3 +50,25 @@ def test_a_value_the_lookup_rewrites_cannot_be_prepared(clinic):
 def test_none_is_refused_as_a_value(clinic):
     with pytest.raises(TypeError):
         prepared.rows("test-studies", _studies, clinic_id=clinic.pk, uid=None)  # type: ignore[arg-type]
+
+
+def _studies_in(*, clinic_id: int, **uids: str):
+    return Study.objects.for_clinic(clinic_id).filter(study_instance_uid__in=list(uids.values())).values(
+        "study_instance_uid"
+    )
+
+
+def test_an_in_list_of_any_length_matches_as_the_queryset_does(clinic, other_clinic):
+    for uid in ("1.5.1", "1.5.2", "1.5.3"):
+        make_study(clinic=clinic, study_instance_uid=uid)
+    make_study(clinic=other_clinic, study_instance_uid="1.5.4")
+
+    for asked in (["1.5.1"], ["1.5.2", "1.5.9"], ["1.5.1", "1.5.2", "1.5.3"], ["1.5.4", "1.5.3", "1.5.2", "1.5.1", "9"]):
+        rows = prepared.rows("test-in", _studies_in, clinic_id=clinic.pk, **prepared.in_values("uid", asked))
+
+        assert sorted(r["study_instance_uid"] for r in rows) == sorted(set(asked) & {"1.5.1", "1.5.2", "1.5.3"})
+    # Padded to powers of two: lists of 3 and 4 share one statement, 5 to 8 another.
+    assert len(prepared.in_values("uid", ["a", "b", "c"])) == 4
+    assert len(prepared.in_values("uid", list("abcde"))) == 8
+    with pytest.raises(ValueError):
+        prepared.in_values("uid", [])

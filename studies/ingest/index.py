@@ -18,10 +18,11 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, JSONField, Sum, TextField, Value
+from django.db.models import F, JSONField, QuerySet, Sum, TextField, Value
 from django.db.models.functions import Cast, Greatest
 from django.utils import timezone
 
+from portal import prepared
 from studies import dicom
 from studies.archive.objects import StoredObject
 from studies.errors import InvalidDicom, QuotaExceeded
@@ -152,6 +153,12 @@ def format_bytes(size: int) -> str:
     return f"{size} bytes"  # unreachable; keeps type checkers content
 
 
+def _series_study_rows(*, clinic_id: int, **series: str) -> QuerySet:
+    return Series.objects.filter(clinic_id=clinic_id, series_instance_uid__in=list(series.values())).values(
+        "series_instance_uid", "study__study_instance_uid"
+    )
+
+
 def series_conflicts(
     *, clinic: Clinic, parsed: Sequence[dicom.ParsedInstance], lookups: Lookups | None = None
 ) -> dict[str, str]:
@@ -176,11 +183,11 @@ def series_conflicts(
             stored[series] = known
     unknown = [series for series in named if series not in stored]
     if unknown:
-        found = dict(
-            Series.objects.for_clinic(clinic)
-            .filter(series_instance_uid__in=unknown)
-            .values_list("series_instance_uid", "study__study_instance_uid")
-        )
+        found = {
+            row["series_instance_uid"]: row["study__study_instance_uid"]
+            for row in prepared.rows("ingest.series_studies", _series_study_rows, clinic_id=clinic.pk,
+                                     **prepared.in_values("series", unknown))
+        }
         stored.update(found)
         if lookups is not None:
             for series, study in found.items():
