@@ -75,8 +75,13 @@ def quota_reserve(*, clinic: Clinic, size_bytes: int) -> None:
 
 def quota_left(*, clinic: Clinic) -> tuple[int, int]:
     """Return (bytes left, quota bytes) of the clinic as committed now."""
-    row = Clinic.objects.filter(pk=clinic.pk).values("quota_bytes", "used_bytes").get()
+    # Read before every batch that is not part of a stream: compiled once (portal.prepared).
+    [row] = prepared.rows("ingest.quota_left", _quota_rows, clinic_id=clinic.pk)
     return max(row["quota_bytes"] - row["used_bytes"], 0), row["quota_bytes"]
+
+
+def _quota_rows(*, clinic_id: int) -> QuerySet:
+    return Clinic.objects.filter(pk=clinic_id).values("quota_bytes", "used_bytes")
 
 
 def quota_exceeded(*, size_bytes: int, bytes_left: int, quota_bytes: int) -> QuotaExceeded:
