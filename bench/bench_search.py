@@ -1,8 +1,9 @@
 """Benchmark: search latency (p50/p95) of the studies page and QIDO-RS on 100,000 or 1,000,000 studies.
 
 Runs standalone: `.venv/bin/python bench/bench_search.py [--studies N] [--rounds R] [--keep] [--plans]`.
-It runs with the deployed settings (DEBUG off) and uses DATABASE_URL (default postgres://postgres@127.0.0.1:5432/portal_bench_search, created if
-missing; ``sqlite:///path`` measures SQLite), applies migrations, fills a fresh clinic with N studies
+It runs with the deployed settings (DEBUG off) and uses DATABASE_URL (default
+postgres://postgres@127.0.0.1:5432/portal_bench_search, created if missing; ``sqlite:///path`` measures
+SQLite), applies migrations, fills a fresh clinic with N studies
 of about N/2 patients, one series each (and a second clinic with N/5, so that tenant scoping is part
 of the measurement), then times, for each search, what the studies page does (the capped count and
 the first page of 25 rows with patients, through ``studies.browse.selectors``) and what QIDO-RS does (parse

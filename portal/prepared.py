@@ -77,8 +77,8 @@ def _compile(connection: BaseDatabaseWrapper, build: Callable[..., QuerySet], ki
 def rows(key: Hashable, build: Callable[..., QuerySet], /, **values: int | str) -> list[dict[str, Any]]:
     """Run ``build(**values)`` (a ``values()`` queryset) and return its rows as dicts, compiled once.
 
-    ``key`` names the shape of the query: two calls with the same key must build the same SQL whatever
-    their ``values``. Each value is an int or a str that the queryset uses as one plain parameter
+    ``key`` names the shape of the query: two calls with the same key and the same value names must build
+    the same SQL whatever their ``values`` (other names compile a statement of their own). Each value is an int or a str that the queryset uses as one plain parameter
     (``field=value``), never None (``= NULL`` is not ``IS NULL``).
     """
     connection = connections[DEFAULT_DB_ALIAS]

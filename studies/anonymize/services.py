@@ -562,7 +562,7 @@ def project_for_ingest(
         values["api_token_id"] = api_token.pk
     if dicom_node is not None:
         values["dicom_node_id"] = dicom_node.pk
-    rules = prepared.rows(("anonymize.ingest_rules", *sorted(values)), _ingest_rule_rows, **values)
+    rules = prepared.rows("anonymize.ingest_rules", _ingest_rule_rows, **values)
     for matches in (
         lambda r: api_token is not None and r["api_token_id"] == api_token.pk,
         lambda r: dicom_node is not None and r["dicom_node_id"] == dicom_node.pk,

@@ -11,62 +11,49 @@ from xml.etree import ElementTree
 
 def element(vr: str, value: Any) -> dict[str, Any]:
     """Return one DICOM JSON element; empty values become an element without ``Value``."""
-    if value is None or value == "" or value == []:
-        return {"vr": vr}
-    if vr == "PN":
-        return {"vr": vr, "Value": [person_name(value)]}
-    if vr == "DA":
-        return {"vr": vr, "Value": [value.strftime("%Y%m%d") if isinstance(value, datetime.date) else str(value)]}
-    if vr == "TM":
-        if isinstance(value, datetime.time):
-            text = value.strftime("%H%M%S")
-            if value.microsecond:
-                text += f".{value.microsecond:06d}"
-            return {"vr": vr, "Value": [text]}
-        return {"vr": vr, "Value": [str(value)]}
-    if vr in {"IS", "US", "UL", "SL", "SS"}:
-        return {"vr": vr, "Value": [int(value)]}
-    if isinstance(value, (list, tuple)):
-        return {"vr": vr, "Value": list(value)}
-    return {"vr": vr, "Value": [value]}
+    return renderer(vr)(value)
 
 
 Renderer = Callable[[Any], dict[str, Any]]
 
 
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == []
+
+
 @functools.cache
 def renderer(vr: str, *, multi_valued: bool = False) -> Renderer:
-    """``element`` (or ``multi``) for one VR, chosen once: a search answer renders the same attributes on
-    every row, so the branching on the VR is done once per attribute rather than once per value."""
+    """What :func:`element` (or :func:`multi`) does for one VR, chosen once: a search answer renders the
+    same attributes on every row, so the VR is looked at once per attribute rather than once per value."""
     if multi_valued:
-        return functools.partial(multi, vr)
-    empty = {"vr": vr}
+        return lambda value: multi(vr, value or "")
 
-    def _empty(value: Any) -> bool:
-        return value is None or value == "" or value == []
+    def rendered(convert: Callable[[Any], Any]) -> Renderer:
+        return lambda value: {"vr": vr} if _empty(value) else {"vr": vr, "Value": [convert(value)]}
 
     if vr == "PN":
-        return lambda value: empty.copy() if not value else {"vr": vr, "Value": [person_name(value)]}
+        return rendered(person_name)
     if vr == "DA":
-        def date(value: Any) -> dict[str, Any]:
-            if _empty(value):
-                return empty.copy()
-            if isinstance(value, datetime.date):
-                return {"vr": vr, "Value": [f"{value.year:04d}{value.month:02d}{value.day:02d}"]}
-            return {"vr": vr, "Value": [str(value)]}
-        return date
+        return rendered(
+            lambda value: f"{value.year:04d}{value.month:02d}{value.day:02d}"
+            if isinstance(value, datetime.date) else str(value)
+        )
+    if vr == "TM":
+        return rendered(_time_text)
     if vr in {"IS", "US", "UL", "SL", "SS"}:
-        return lambda value: empty.copy() if _empty(value) else {"vr": vr, "Value": [int(value)]}
-    if vr in {"TM"}:
-        return functools.partial(element, vr)
+        return rendered(int)
+    return lambda value: (
+        {"vr": vr} if _empty(value)
+        else {"vr": vr, "Value": list(value)} if isinstance(value, (list, tuple))
+        else {"vr": vr, "Value": [value]}
+    )
 
-    def text(value: Any) -> dict[str, Any]:
-        if _empty(value):
-            return empty.copy()
-        if isinstance(value, (list, tuple)):
-            return {"vr": vr, "Value": list(value)}
-        return {"vr": vr, "Value": [value]}
-    return text
+
+def _time_text(value: Any) -> str:
+    if not isinstance(value, datetime.time):
+        return str(value)
+    text = value.strftime("%H%M%S")
+    return text + f".{value.microsecond:06d}" if value.microsecond else text
 
 
 def person_name(value: str) -> dict[str, str]:

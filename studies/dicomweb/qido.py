@@ -309,7 +309,7 @@ def search(
             if left_out_when_empty and not value:
                 # OHIF's study list fails on a CS element without a Value: leave it out.
                 continue
-            result[tag] = render(value or "") if left_out_when_empty else render(value)
+            result[tag] = render(value)
         result["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
         result["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
         study = row[paths["study"] + "study_instance_uid"]

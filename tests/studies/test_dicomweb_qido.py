@@ -403,15 +403,29 @@ def test_instances_of_a_series_of_another_study_are_not_found(api, archive):
 
 
 @pytest.mark.parametrize(
-    ("vr", "value"),
-    [("PN", "DOE^JANE"), ("PN", "Yamada^Tarou=山田^太郎=やまだ^たろう"), ("PN", "=山田^太郎"), ("PN", ""), ("PN", None),
-     ("DA", date(2024, 1, 5)), ("DA", "20240105"), ("DA", None), ("TM", time(8, 5, 1, 250)), ("TM", ""),
-     ("IS", 3), ("IS", None), ("LO", "CT HEAD"), ("LO", ""), ("UI", "1.2.3"), ("CS", ["A", "B"])],
+    ("vr", "value", "expected"),
+    [("PN", "DOE^JANE", [{"Alphabetic": "DOE^JANE"}]),
+     ("PN", "Yamada^Tarou=山田^太郎=やまだ^たろう",
+      [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}]),
+     ("PN", "=山田^太郎", [{"Ideographic": "山田^太郎"}]), ("PN", "", None), ("PN", None, None),
+     ("DA", date(2024, 1, 5), ["20240105"]), ("DA", "20240105", ["20240105"]), ("DA", None, None),
+     ("TM", time(8, 5, 1, 250), ["080501.000250"]), ("TM", time(8, 5, 1), ["080501"]), ("TM", "", None),
+     ("IS", 3, [3]), ("IS", "3", [3]), ("IS", None, None), ("LO", "CT HEAD", ["CT HEAD"]), ("LO", "", None),
+     ("UI", "1.2.3", ["1.2.3"]), ("CS", ["A", "B"], ["A", "B"]), ("CS", [], None)],
 )
-def test_a_search_renders_each_value_as_a_single_element_would(vr, value):
+def test_each_vr_is_rendered_as_dicom_json(vr, value, expected):
     from studies.dicomweb.dicomjson import element, renderer
 
-    assert renderer(vr)(value) == element(vr, value)
+    wanted = {"vr": vr} if expected is None else {"vr": vr, "Value": expected}
+    assert renderer(vr)(value) == wanted
+    assert element(vr, value) == wanted
+
+
+def test_a_multi_valued_index_value_is_split_and_an_empty_one_has_no_value():
+    from studies.dicomweb.dicomjson import renderer
+
+    assert renderer("CS", multi_valued=True)("CT\\MR") == {"vr": "CS", "Value": ["CT", "MR"]}
+    assert renderer("CS", multi_valued=True)(None) == {"vr": "CS"}
 
 
 def test_a_name_in_three_groups_is_answered_in_three_groups(api, clinic, tmp_path):
