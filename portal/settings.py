@@ -178,6 +178,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # was about half the CPU of a small search (QIDO series of a study: 3.5 of 7 ms). Outside a
     # transaction an idle SQLite connection holds no lock and no WAL snapshot.
     DATABASES["default"]["CONN_MAX_AGE"] = 60
+    # The suite on SQLite uses a file, as every deployment does: Django's default in-memory test database
+    # shares one cache between connections, where a second writer is refused at once ("database table is
+    # locked") instead of waiting its turn, so tests of concurrent listeners failed only there.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "tenants.User"

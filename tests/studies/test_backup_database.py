@@ -148,6 +148,7 @@ def test_prune_keeps_recent_snapshots_and_one_a_day(tmp_path, settings):
     assert len(database.database_snapshot_list()) == 1
 
 
+@pytest.mark.postgresql
 def test_backup_database_on_postgresql_without_a_data_directory_says_what_to_set(settings):
     settings.DATABASE_BACKUP_PG_PATH = ""
 

@@ -21,12 +21,12 @@ import boto3
 import pytest
 import redis
 from django.conf import settings as django_settings
-from django.db import connection
 
 from portal.celery import app
 from studies.archive import stores
 from studies.backup import replication
 from studies.models import Instance
+from tests.databases import database_url
 from tests.dicom_files import write_dicom_files
 from tests.factories import ingest_files
 from tests.studies.backup_support import (
@@ -126,11 +126,10 @@ def broker_url() -> Iterator[str]:
 
 
 def _worker_env(broker: str, tmp_path: Path) -> dict[str, str]:
-    database = connection.settings_dict
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "portal.settings",
-        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+        "DATABASE_URL": database_url(),
         "CELERY_BROKER_URL": broker,
         "MASTER_KEYS": django_settings.MASTER_KEYS,
         "PORTAL_VAR_DIR": str(tmp_path / "worker-var"),

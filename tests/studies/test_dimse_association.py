@@ -138,6 +138,7 @@ def test_several_simultaneous_associations_are_served(clinic, scp_port):
     assert AuditEvent.objects.for_clinic(clinic).filter(action="dimse.association", result="success").count() == 8
 
 
+@pytest.mark.postgresql  # counts connections in pg_stat_activity
 def test_associations_leave_no_database_connection_behind(clinic, scp_port):
     from django.db import connection
 
@@ -163,6 +164,7 @@ def test_associations_leave_no_database_connection_behind(clinic, scp_port):
     assert open_connections() <= before
 
 
+@pytest.mark.postgresql  # counts connections in pg_stat_activity
 def test_store_associations_keep_one_connection_each_and_leave_none_behind(clinic, scp_port, tmp_path):
     # C-STORE keeps its association's connection from one instance to the next (no reconnect per
     # image) and closes it with the association.
@@ -204,14 +206,13 @@ def test_manage_py_dicom_scp_serves_the_clinics_nodes(clinic, tmp_path):
     import sys
 
     from django.conf import settings
-    from django.db import connection
 
+    from tests.databases import database_url
     from tests.studies.dimse_support import free_port
 
     register_node(clinic)
-    db = connection.settings_dict
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+    env = {**os.environ, "DATABASE_URL": database_url(),
            "CELERY_BROKER_URL": "memory://", "PORTAL_VAR_DIR": str(tmp_path)}
     server = subprocess.Popen([sys.executable, str(settings.BASE_DIR / "manage.py"), "dicom_scp", "--host", HOST,
                                "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connection
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pynetdicom import AE, _config
@@ -25,6 +24,7 @@ from studies.dimse import nodes
 from studies.dimse.scp import scp_start, tls_context
 from studies.models import DicomNode, Instance
 from tenants.models import AuditEvent
+from tests.databases import database_url
 from tests.studies.dimse_support import HOST, MODALITY_AE, dcmtk, free_port, running_scp
 from tests.studies.dimse_tls_support import CertificateAuthority
 
@@ -52,8 +52,7 @@ def _start_dicom_scp(
     tmp_path: Path, port: int, bind: str | None = None, env_extra: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Run manage.py dicom_scp without --host; wait until it listens on ``bind`` (default: loopback)."""
-    db = connection.settings_dict
-    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+    env = {**os.environ, "DATABASE_URL": database_url(),
            "CELERY_BROKER_URL": "memory://", "PORTAL_VAR_DIR": str(tmp_path)}
     env.pop("DICOM_BIND_ADDRESS", None)
     if bind:

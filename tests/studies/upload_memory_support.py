@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+from tests.databases import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 1024 * 1024
@@ -32,17 +32,9 @@ def free_port() -> int:
 
 
 def server_env(settings: object, **extra: str) -> dict[str, str]:
-    """The environment of a portal process (gunicorn, the web stack) serving the test's database and stores.
-
-    Skips the test unless the database is PostgreSQL: another process cannot see SQLite's test database.
-    """
-    from django.conf import settings as django_settings
-
-    database = django_settings.DATABASES["default"]
-    if database["ENGINE"] != "django.db.backends.postgresql":
-        pytest.skip("needs PostgreSQL so that the server process sees the test database")
+    """The environment of a portal process (gunicorn, the web stack) serving the test's database and stores."""
     return {
-        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+        "DATABASE_URL": database_url(),
         "PRIMARY_STORE_URL": settings.PRIMARY_STORE_URL,  # type: ignore[attr-defined]
         "REPLICA_STORE_URL": settings.REPLICA_STORE_URL,  # type: ignore[attr-defined]
         "MASTER_KEYS": settings.MASTER_KEYS,  # type: ignore[attr-defined]
