@@ -78,8 +78,9 @@ def rows(key: Hashable, build: Callable[..., QuerySet], /, **values: int | str) 
     """Run ``build(**values)`` (a ``values()`` queryset) and return its rows as dicts, compiled once.
 
     ``key`` names the shape of the query: two calls with the same key and the same value names must build
-    the same SQL whatever their ``values`` (other names compile a statement of their own). Each value is an int or a str that the queryset uses as one plain parameter
-    (``field=value``), never None (``= NULL`` is not ``IS NULL``).
+    the same SQL whatever their ``values`` (other names compile a statement of their own). Each value is
+    an int or a str that the queryset uses as one plain parameter (``field=value``), never None (``= NULL``
+    is not ``IS NULL``).
     """
     connection = connections[DEFAULT_DB_ALIAS]
     kinds = {name: type(value) for name, value in values.items()}

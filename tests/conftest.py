@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("postgresql") and connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL (row locks, concurrent transactions or triggers)")
+        pytest.skip("needs PostgreSQL (row locks, concurrent transactions, triggers, its catalogs or tools)")
     # Celery marks "inside a task" in one process-wide flag that an eager task sets and restores; two
     # threads running eager tasks at once (a DIMSE listener and the test) can leave it set, and every
     # later test of the process that waits on an eager result would be refused.

@@ -12,6 +12,7 @@ from pynetdicom.sop_class import Verification
 
 from studies.dimse.scp import scp_start
 from tenants.models import AuditEvent
+from tests.databases import database_url
 from tests.studies.dimse_support import HOST, MODALITY_AE, dcmtk, free_port, register_node, running_scp
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -207,7 +208,6 @@ def test_manage_py_dicom_scp_serves_the_clinics_nodes(clinic, tmp_path):
 
     from django.conf import settings
 
-    from tests.databases import database_url
     from tests.studies.dimse_support import free_port
 
     register_node(clinic)
