@@ -19,6 +19,9 @@ The same for the diagnostic viewer (OHIF), opened from the study page's link (`/
   studies list (which installs the viewer's service worker: OHIF's files downloaded and compiled into
   Cache Storage; the time it took is printed) and then opens the study, as its "View" link does, and
   opens it a second time. Both kinds of context run in every round, so they compare under one load.
+Every OHIF opening starts, as a reader's does, from the clinic's studies list, the server idle: the
+page left behind was still prefetching the series (25 frames at a time). (README's OHIF figures from
+before 2 Dec's fourth session were taken right after the previous first image, with that prefetch running.)
 Each OHIF figure comes with the page's main-thread CPU for that opening (Chromium's Performance metrics,
 TaskDuration in thread ticks), which a loaded machine inflates less than the wall clock.
 Scrolling: the arrow key until the overlay's slice number changes. `--waterfall` prints every request
@@ -42,6 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/portal_bench_viewer"
 PASSWORD = "Bench-Viewer-2026!"
+# Between two openings: long enough for the server to finish the requests the left page had in flight.
+IDLE_PAUSE_MS = 1500
 
 
 def setup(database_url: str, var_dir: str) -> None:
@@ -148,6 +153,17 @@ def main_thread_seconds(session) -> float:
     return float(metrics.get("TaskDuration", 0.0))
 
 
+def from_studies_list(page, slug: str) -> None:
+    """Go back to the studies list, as a reader does between two studies, and let the server go idle.
+
+    The previous opening's page was still prefetching the series (25 frames at a time) when its first
+    image was drawn: without this pause the next opening would compete with that leftover work.
+    """
+    page.goto(f"/c/{slug}/studies/")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(IDLE_PAUSE_MS)
+
+
 def ohif_open(page, slug: str, study_uuid: str, requests: list | None = None, case: str = "") -> float:
     """Open the study in OHIF; return seconds from navigation start to the first image drawn.
 
@@ -191,7 +207,7 @@ def waterfall_print(page, requests: list) -> None:
         lines.append((timing["startTime"] - origin, timing["responseStart"], timing["responseEnd"], size, path))
     print(f"  {len(lines)} requests, {total / 1e6:.1f} MB transferred (from cache: size -1)")
     for start, first_byte, end, size, path in sorted(lines):
-        print(f"  {start:7.0f} ms  ttfb {first_byte:6.0f}  end {end:6.0f}  {size / 1000:8.0f} kB  /{path[:100]}")
+        print(f"  {start:7.0f} ms  ttfb {first_byte:6.0f}  end {end:6.0f}  {size / 1000:8.0f} kB  /{path}")
 
 
 SERVICE_WORKER_ACTIVE_JS = """async (scope) => {
@@ -250,6 +266,7 @@ def measure_ohif(
             sign_in(page, email)
             installs.append(studies_list_install(page, slug))
             listed.append(ohif_open(page, slug, study_uuid, case="listed" if round_number else ""))
+            from_studies_list(page, slug)
             listed_second.append(ohif_open(page, slug, study_uuid, case="listed_second" if round_number else ""))
             context.close()
             # OHIF's page installs the service worker too, some seconds after it loaded: blocked here,
@@ -262,11 +279,15 @@ def measure_ohif(
             if show:
                 print("OHIF, cold browser cache:")
             counted = "cold" if round_number else ""
+            from_studies_list(page, slug)
             cold.append(ohif_open(page, slug, study_uuid, [] if show else None, case=counted))
+            from_studies_list(page, slug)
             warm_first.append(ohif_open(page, slug, study_uuid, case="warm_first" if round_number else ""))
             if show:
                 print("OHIF, warm browser cache:")
+            from_studies_list(page, slug)
             warm.append(ohif_open(page, slug, study_uuid, [] if show else None, case="warm" if round_number else ""))
+            from_studies_list(page, slug)
             in_app.append(ohif_open_in_app(page, slug))
             if round_number == 0:
                 page.locator(".cornerstone-canvas").first.click()
