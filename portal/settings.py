@@ -250,8 +250,9 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # Content-Security-Policy (django-csp): scripts and styles only from our own static files, never inline,
-# and no framing. The diagnostic viewer's views add only what OHIF needs (studies.viewer.ohif.CSP_UPDATE)
-# with django-csp's per-view decorator, never site-wide.
+# and no framing. The diagnostic viewer's views add only what OHIF needs (studies.viewer.ohif.CSP_UPDATE,
+# which admits its page's own two inline scripts by nonce) with django-csp's per-view decorator, never
+# site-wide.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],

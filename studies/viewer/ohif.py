@@ -4,13 +4,15 @@ OHIF's ``dist/`` is built to live at ``/`` of its own site. The portal serves it
 clinic (``/c/<clinic>/viewer/ohif/``) or per share link (``/s/<token>/viewer/ohif/``), so that the
 share's viewer never makes a request outside its link. Three things make that work:
 
-- ``index.html`` is rewritten per request: its asset paths get the prefix, its inline scripts (which
-  a strict Content-Security-Policy refuses) are replaced by the generated ``app-config.js`` and our
-  own static script, and its service worker is left out (it would cache patient images in the browser).
+- ``index.html`` is rewritten per request: its asset paths get the prefix, its inline scripts are
+  replaced by ours, carrying the response's CSP nonce (OHIF's config for this request and
+  ``static/studies/viewer-ohif.js``), and its service worker is left out (it would cache patient
+  images in the browser). Inline, not separate files: those were scripts the page had to wait for
+  before OHIF's bundle could start, a round trip on every opening.
 - ``portal-sw.js`` (ours, generated from ``static/studies/viewer-sw.js``) is the service worker a
   clinic's pages install for its viewer's prefix: it keeps OHIF's own scripts, styles and font in the
   browser's Cache Storage, listed by name, and nothing else (see ``precache_files``).
-- ``app-config.js`` is generated per request: one DICOMweb data source, the clinic's or the share's.
+- OHIF's config is generated per request: one DICOMweb data source, the clinic's or the share's.
 - The webpack runtime of each bundle has its public path fixed to ``/``; it is rewritten to read the
   prefix (``window.PUBLIC_URL`` in the page, the script's own folder in a worker).
 
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from csp.constants import NONCE
 from csp.utils import build_policy
 from django.conf import settings
 from django.contrib.staticfiles import finders
@@ -65,10 +68,11 @@ CONTENT_TYPES = {
     ".txt": "text/plain; charset=utf-8",
 }
 
-# Only what OHIF needs beyond the site-wide policy: WebAssembly codecs, workers started from blob:
-# URLs, inline styles set by its React components, and images drawn from blob:/data: URLs.
-CSP_UPDATE: dict[str, list[str]] = {
-    "script-src": ["'wasm-unsafe-eval'"],
+# Only what OHIF needs beyond the site-wide policy: WebAssembly codecs, the page's two inline scripts
+# (by the response's nonce), workers started from blob: URLs, inline styles set by its React
+# components, and images drawn from blob:/data: URLs.
+CSP_UPDATE: dict[str, list[Any]] = {
+    "script-src": ["'wasm-unsafe-eval'", NONCE],
     "worker-src": ["'self'", "blob:"],
     "style-src": ["'unsafe-inline'"],
     "img-src": ["blob:", "data:"],
@@ -318,28 +322,45 @@ def prepared_file(relative: str) -> Path | None:
     return candidate if candidate.is_file() and not candidate.name.startswith(".") else None
 
 
-def index_html(site: ViewerSite) -> str:
-    """OHIF's page, rewritten for ``site`` (see the module docstring)."""
+def index_html(site: ViewerSite, nonce: str) -> str:
+    """OHIF's page, rewritten for ``site`` (see the module docstring); ``nonce`` is the response's CSP nonce."""
     index = dist_dir() / "index.html"
     if not index.is_file():
         raise ViewerNotInstalled(str(index))
     html = index.read_text(encoding="utf-8")
-    # Inline scripts set PUBLIC_URL and a dynamic-import helper; app-config.js (ours) does both.
+    # OHIF's inline scripts set PUBLIC_URL and a dynamic-import helper; ours below do both.
     html = re.sub(r"<script>.*?</script>", "", html, flags=re.DOTALL)
     html = re.sub(r'<script[^>]*src="/init-service-worker\.js"[^>]*></script>', "", html)
     html = re.sub(r'<link rel="manifest"[^>]*>', "", html)
     html = re.sub(r'(href|src)="/(?!/)', lambda m: f'{m.group(1)}="{site.public_url}', html)
-    extra = f'<script src="{site.public_url}portal-viewer.js"></script>'
+    ours = f'<script nonce="{nonce}">{app_config_js(site)}</script><script nonce="{nonce}">{viewer_script()}</script>'
+    html = html.replace(f'<script rel="preload" as="script" src="{site.public_url}app-config.js"></script>', ours)
     if site.session_script:
-        extra += f'<script defer src="{site.session_script}"></script>'
-    html = html.replace(
-        f'<script rel="preload" as="script" src="{site.public_url}app-config.js"></script>',
-        f'<script src="{site.public_url}app-config.js"></script>{extra}',
-    )
+        # After OHIF's bundle: deferred scripts run in order, and the bundle need not wait for this one.
+        bundle = re.search(r'<script defer src="[^"]*app\.bundle\.[^"]*"></script>', html)
+        if bundle is not None:
+            html = html.replace(bundle[0], f'{bundle[0]}<script defer src="{site.session_script}"></script>', 1)
     if site.body_attributes:
         attributes = "".join(f' {name}="{_attribute(value)}"' for name, value in site.body_attributes.items())
         html = html.replace("<body>", f"<body{attributes}>", 1)
     return html
+
+
+VIEWER_SCRIPT = "studies/viewer-ohif.js"
+
+
+@functools.lru_cache(maxsize=4)
+def _static_text(path: str, mtime_ns: int) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def viewer_script() -> str:
+    """Our script for OHIF's page (the dynamic-import helper, the CSRF header, the service worker)."""
+    found = finders.find(VIEWER_SCRIPT)
+    if not found:
+        raise ViewerNotInstalled(VIEWER_SCRIPT)
+    path = Path(str(found))
+    return _static_text(str(path), path.stat().st_mtime_ns)
 
 
 def _attribute(value: str) -> str:
@@ -391,8 +412,12 @@ def app_config(site: ViewerSite) -> dict[str, Any]:
     }
 
 
+# Inside an inline <script>: what could end it or open a comment is written as a JSON escape.
+SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
 def app_config_js(site: ViewerSite) -> str:
-    """The script OHIF loads first: its config, its public URL, and what our shim needs (no API token)."""
+    """The script OHIF's page runs first: its config, its public URL, and what our script needs (no API token)."""
     portal = {
         "dicomwebRoot": site.dicomweb_root,
         "csrfToken": site.csrf_token,
@@ -400,7 +425,11 @@ def app_config_js(site: ViewerSite) -> str:
         "scope": site.public_url,
     }
     return (
-        f"window.PUBLIC_URL = {json.dumps(site.public_url)};\n"
-        f"window.portalViewer = {json.dumps(portal)};\n"
-        f"window.config = {json.dumps(app_config(site), indent=1)};\n"
+        f"window.PUBLIC_URL = {_script_json(site.public_url)};\n"
+        f"window.portalViewer = {_script_json(portal)};\n"
+        f"window.config = {_script_json(app_config(site), indent=1)};\n"
     )
+
+
+def _script_json(value: object, indent: int | None = None) -> str:
+    return json.dumps(value, indent=indent).translate(SCRIPT_SAFE)

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 from uuid import UUID
 
 from csp.decorators import csp_update
 from django.conf import settings
-from django.contrib.staticfiles import finders
 from django.db.models import Exists, OuterRef
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
@@ -136,15 +134,8 @@ def study_viewer(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> 
 
 # --- the diagnostic viewer (OHIF) ----------------------------------------------------------------------
 
-VIEWER_SCRIPT = "studies/viewer-ohif.js"
-
-
 def ohif_response(request: HttpRequest, path: str, site: ohif.ViewerSite) -> HttpResponse:
-    """Answer one request under a viewer prefix: a file of OHIF's dist/, its config, or its page."""
-    if path == "app-config.js":
-        return _no_store(HttpResponse(ohif.app_config_js(site), content_type="text/javascript"))
-    if path == "portal-viewer.js":
-        return FileResponse(Path(finders.find(VIEWER_SCRIPT)).open("rb"), content_type="text/javascript")
+    """Answer one request under a viewer prefix: a file of OHIF's dist/, or its page."""
     if path == ohif.SERVICE_WORKER:
         # Served from the prepared folder before the session when there is one; this is the fallback.
         try:
@@ -165,7 +156,7 @@ def ohif_response(request: HttpRequest, path: str, site: ohif.ViewerSite) -> Htt
         raise Http404("No such file in the viewer.")
     # Any other path is one of OHIF's own routes (/viewer?StudyInstanceUIDs=..., the study list).
     try:
-        html = ohif.index_html(site)
+        html = ohif.index_html(site, nonce=str(request.csp_nonce))  # type: ignore[attr-defined]
     except ohif.ViewerNotInstalled:
         return HttpResponse(
             "The diagnostic viewer is not installed: run `make ohif` (part of `make run`).",

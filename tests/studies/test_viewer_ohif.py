@@ -27,22 +27,43 @@ def study(clinic, tmp_path):
     ].series.study
 
 
-def test_reader_gets_ohif_with_its_config_as_scripts_of_ours_only(client, clinician):
+def test_reader_gets_ohif_with_its_config_in_scripts_the_policy_admits_by_nonce(client, clinician):
     client.force_login(clinician)
 
     page = client.get(PREFIX + "viewer?StudyInstanceUIDs=1.2.3")
-    config = client.get(PREFIX + "app-config.js")
 
     assert page.status_code == HTTPStatus.OK
     html = page.content.decode()
-    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), "an inline script would break the CSP"
-    assert f'src="{PREFIX}app-config.js"' in html and 'src="/app.bundle' not in html
+    nonce = re.search(r"'nonce-([^']+)'", page["Content-Security-Policy"]).group(1)
+    inline = re.findall(r"<script(?![^>]*\bsrc=)([^>]*)>", html)
+    assert inline and all(f'nonce="{nonce}"' in attributes for attributes in inline)
+    assert f'src="{PREFIX}app.bundle' in html and 'src="/app.bundle' not in html
     assert "init-service-worker" not in html
-    body = config.content.decode()
-    assert '"qidoRoot": "http://testserver/dicomweb/clinic-a"' in body
-    assert '"routerBasename": "/c/clinic-a/viewer/ohif"' in body
-    assert "Bearer" not in body and "Authorization" not in body
-    assert "no-cache" in config["Cache-Control"] or "no-store" in config["Cache-Control"]
+    # Deferred scripts run in order: OHIF's bundle does not wait for our session script.
+    assert html.index(f'src="{PREFIX}app.bundle') < html.index("portal/session.js")
+    assert '"qidoRoot": "http://testserver/dicomweb/clinic-a"' in html
+    assert '"routerBasename": "/c/clinic-a/viewer/ohif"' in html
+    assert "Bearer" not in html and "Authorization" not in html
+    assert "no-cache" in page["Cache-Control"] or "no-store" in page["Cache-Control"]
+
+
+def test_each_page_gets_a_nonce_of_its_own(client, clinician):
+    client.force_login(clinician)
+
+    first, second = (client.get(PREFIX + "viewer")["Content-Security-Policy"] for _ in range(2))
+
+    assert "'nonce-" in first and first != second
+
+
+def test_clinic_name_cannot_end_the_config_script(client, clinician, clinic):
+    clinic.name = "Clinic </script><script>alert(1)</script>"
+    clinic.save()
+    client.force_login(clinician)
+
+    html = client.get(PREFIX + "viewer").content.decode()
+
+    assert "alert(1)</script>" not in html
+    assert "Clinic \\u003c/script\\u003e" in html
 
 
 def test_csp_is_widened_for_ohif_only(client, clinician):
@@ -83,7 +104,7 @@ def test_outsider_gets_404_and_anonymous_is_sent_to_sign_in(client, outsider, cl
     client.force_login(outsider)
 
     assert client.get(PREFIX + "viewer").status_code == HTTPStatus.NOT_FOUND
-    assert client.get(PREFIX + "app-config.js").status_code == HTTPStatus.NOT_FOUND
+    assert client.get(PREFIX + "viewer?StudyInstanceUIDs=1.2.3").status_code == HTTPStatus.NOT_FOUND
 
 
 def test_study_link_opens_ohif_on_the_study_and_is_audited(client, clinician, study):
@@ -105,7 +126,7 @@ def test_outsider_cannot_open_a_study_in_ohif(client, outsider, study):
 def test_stow_with_the_session_needs_the_csrf_token_ohif_sends(clinician, tmp_path):
     browser = Client(enforce_csrf_checks=True)
     browser.force_login(clinician)
-    config = browser.get(PREFIX + "app-config.js").content.decode()
+    config = browser.get(PREFIX + "viewer").content.decode()
     token = re.search(r'"csrfToken": "([^"]+)"', config).group(1)
     body, content_type = multipart_body([write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid())])
 
@@ -121,7 +142,7 @@ def test_share_viewer_reads_only_the_link_and_names_nothing_of_the_clinic(client
     prefix = f"/s/{created.token}/viewer/ohif/"
 
     page = client.get(prefix + "viewer?StudyInstanceUIDs=" + study.study_instance_uid)
-    config = client.get(prefix + "app-config.js").content.decode()
+    config = client.get(prefix + "viewer").content.decode()
     opened = client.get(f"/s/{created.token}/viewer/{study.uuid}/ohif/")
 
     assert page.status_code == HTTPStatus.OK
@@ -136,8 +157,8 @@ def test_clinic_viewer_installs_the_service_worker_and_a_share_viewer_does_not(c
     created = sharing_services.share_create(clinic=clinic, studies=[study], created_by=None)
     client.force_login(clinician)
 
-    clinic_config = client.get(PREFIX + "app-config.js").content.decode()
-    share_config = client.get(f"/s/{created.token}/viewer/ohif/app-config.js").content.decode()
+    clinic_config = client.get(PREFIX + "viewer").content.decode()
+    share_config = client.get(f"/s/{created.token}/viewer/ohif/viewer").content.decode()
     studies_page = client.get("/c/clinic-a/studies/").content.decode()
 
     assert f'"serviceWorker": "{PREFIX}{ohif.SERVICE_WORKER}"' in clinic_config
@@ -148,7 +169,7 @@ def test_clinic_viewer_installs_the_service_worker_and_a_share_viewer_does_not(c
 def test_pin_link_viewer_needs_the_grant(client, clinic, study):
     created = sharing_services.share_create(clinic=clinic, studies=[study], created_by=None, pin="8642")
 
-    response = client.get(f"/s/{created.token}/viewer/ohif/app-config.js")
+    response = client.get(f"/s/{created.token}/viewer/ohif/viewer")
 
     assert response.status_code == HTTPStatus.FOUND
     assert response["Location"] == f"/s/{created.token}/"
