@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 import requests
-from django.db import connection
 from pydicom import dcmread
 
 from studies.ingest import instance_ingest
@@ -148,10 +147,6 @@ def test_orthanc_without_a_token_of_the_clinic_gets_nothing(clinic, other_clinic
     assert response.status_code >= 400
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql",
-    reason="on SQLite Orthanc gives up waiting for the N-ACTION answer: not yet looked into (passes on PostgreSQL)",
-)
 def test_orthanc_gets_a_storage_commitment_report_once_images_are_backed_up(clinic, orthanc, files):
     ids = orthanc.upload(files.files)
 
