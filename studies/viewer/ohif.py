@@ -239,6 +239,8 @@ def prepare() -> int:
 # Our service worker, served under each viewer prefix beside OHIF's files (its scope is that prefix).
 SERVICE_WORKER = "portal-sw.js"
 SERVICE_WORKER_TEMPLATE = "studies/viewer-sw.js"
+# Ours, inline in OHIF's page: the dynamic-import helper, the CSRF header, the service worker's install.
+VIEWER_SCRIPT = "studies/viewer-ohif.js"
 # A chunk the main bundle (or a chunk it imports) can load: webpack's `__webpack_require__.e(<id>)`.
 CHUNK_IMPORT = re.compile(r"__webpack_require__\.e\(\s*(?:/\*.*?\*/\s*)?(\d+)\s*\)")
 CHUNK_FILE = re.compile(r"^(?P<chunk>[\w-]+)\.bundle\.[0-9a-f]{16}\.js$")
@@ -278,11 +280,22 @@ def precache_files() -> list[str]:
     return sorted(names)
 
 
-def service_worker_template() -> str:
-    found = finders.find(SERVICE_WORKER_TEMPLATE)
+@functools.lru_cache(maxsize=8)
+def _file_text(path: str, mtime_ns: int) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def static_text(name: str) -> str:
+    """The text of one of our static files (``name`` as for ``static()``), read again when it changes."""
+    found = finders.find(name)
     if not found:
-        raise ViewerNotInstalled(SERVICE_WORKER_TEMPLATE)
-    return Path(str(found)).read_text(encoding="utf-8")
+        raise ViewerNotInstalled(name)
+    path = Path(str(found))
+    return _file_text(str(path), path.stat().st_mtime_ns)
+
+
+def service_worker_template() -> str:
+    return static_text(SERVICE_WORKER_TEMPLATE)
 
 
 @functools.lru_cache(maxsize=4)
@@ -333,34 +346,16 @@ def index_html(site: ViewerSite, nonce: str) -> str:
     html = re.sub(r'<script[^>]*src="/init-service-worker\.js"[^>]*></script>', "", html)
     html = re.sub(r'<link rel="manifest"[^>]*>', "", html)
     html = re.sub(r'(href|src)="/(?!/)', lambda m: f'{m.group(1)}="{site.public_url}', html)
-    ours = f'<script nonce="{nonce}">{app_config_js(site)}</script><script nonce="{nonce}">{viewer_script()}</script>'
+    ours = f'<script nonce="{nonce}">{app_config_js(site)}</script><script nonce="{nonce}">{static_text(VIEWER_SCRIPT)}</script>'
     html = html.replace(f'<script rel="preload" as="script" src="{site.public_url}app-config.js"></script>', ours)
     if site.session_script:
-        # After OHIF's bundle: deferred scripts run in order, and the bundle need not wait for this one.
-        bundle = re.search(r'<script defer src="[^"]*app\.bundle\.[^"]*"></script>', html)
-        if bundle is not None:
-            html = html.replace(bundle[0], f'{bundle[0]}<script defer src="{site.session_script}"></script>', 1)
+        # Last in the head, after OHIF's bundle: deferred scripts run in order, and the bundle need not
+        # wait for this one.
+        html = html.replace("</head>", f'<script defer src="{site.session_script}"></script></head>', 1)
     if site.body_attributes:
         attributes = "".join(f' {name}="{_attribute(value)}"' for name, value in site.body_attributes.items())
         html = html.replace("<body>", f"<body{attributes}>", 1)
     return html
-
-
-VIEWER_SCRIPT = "studies/viewer-ohif.js"
-
-
-@functools.lru_cache(maxsize=4)
-def _static_text(path: str, mtime_ns: int) -> str:
-    return Path(path).read_text(encoding="utf-8")
-
-
-def viewer_script() -> str:
-    """Our script for OHIF's page (the dynamic-import helper, the CSRF header, the service worker)."""
-    found = finders.find(VIEWER_SCRIPT)
-    if not found:
-        raise ViewerNotInstalled(VIEWER_SCRIPT)
-    path = Path(str(found))
-    return _static_text(str(path), path.stat().st_mtime_ns)
 
 
 def _attribute(value: str) -> str:
