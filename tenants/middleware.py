@@ -99,10 +99,10 @@ class ClinicMiddleware:
             return None
         if not request.user.is_authenticated:
             return unauthenticated_response(request)
-        clinic = Clinic.objects.filter(slug=slug).first()
-        membership = selectors.membership_get(clinic=clinic, user=request.user) if clinic else None
+        membership = selectors.membership_get_by_slug(slug=slug, user=request.user)  # type: ignore[arg-type]
         if membership is None:
             return errors.page_not_found(request)
+        clinic = membership.clinic
         request.clinic = clinic  # type: ignore[attr-defined]
         request.membership = membership  # type: ignore[attr-defined]
         if clinic.require_two_factor and not request.user.is_verified():  # type: ignore[union-attr]
@@ -112,7 +112,10 @@ class ClinicMiddleware:
                     status=403,
                 )
             return redirect(f"{reverse('tenants:two-factor')}?{urlencode({'next': request.get_full_path()})}")
-        request.session["current_clinic"] = clinic.slug
+        if request.session.get("current_clinic") != clinic.slug:
+            # Assigning marks the session changed even with the same value: a save, its own
+            # transaction, on every request of a viewer.
+            request.session["current_clinic"] = clinic.slug
         return None
 
 

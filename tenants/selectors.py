@@ -18,6 +18,7 @@ from tenants.secrets import secret_hash
 
 _TOKEN_FIELDS = tuple(f.attname for f in ApiToken._meta.concrete_fields)
 _CLINIC_FIELDS = tuple(f.attname for f in Clinic._meta.concrete_fields)
+_MEMBERSHIP_FIELDS = tuple(f.attname for f in Membership._meta.concrete_fields)
 
 
 def _active_token_rows(*, token_hash: str) -> QuerySet:
@@ -40,14 +41,37 @@ def api_token_get_active(*, raw_token: str) -> ApiToken | None:
         return None
     row = rows[0]
     token = ApiToken.from_db(ApiToken.objects.db, list(_TOKEN_FIELDS), [row[name] for name in _TOKEN_FIELDS])
-    token.clinic = Clinic.from_db(
-        Clinic.objects.db, list(_CLINIC_FIELDS), [row[f"clinic__{name}"] for name in _CLINIC_FIELDS]
-    )
+    token.clinic = _clinic_from_row(row)
     return token
 
 
-def membership_get(*, clinic: Clinic, user: User) -> Membership | None:
-    return Membership.objects.for_clinic(clinic).select_related("user").filter(user=user).first()
+def _clinic_from_row(row: dict) -> Clinic:
+    """The clinic of a row that selected ``clinic__<field>`` for each of its fields."""
+    return Clinic.from_db(Clinic.objects.db, list(_CLINIC_FIELDS), [row[f"clinic__{name}"] for name in _CLINIC_FIELDS])
+
+
+def _membership_rows(*, slug: str, user_id: int) -> QuerySet:
+    return Membership.objects.filter(clinic__slug=slug, user_id=user_id).values(
+        *_MEMBERSHIP_FIELDS, *(f"clinic__{name}" for name in _CLINIC_FIELDS)
+    )
+
+
+def membership_get_by_slug(*, slug: str, user: User) -> Membership | None:
+    """The user's membership of the clinic ``slug`` names, with its clinic (and ``user``), or None.
+
+    Every request of a signed-in user inside a clinic asks this: one statement, compiled once
+    (portal.prepared), instead of the clinic and then the membership.
+    """
+    rows = prepared.rows("membership_get_by_slug", _membership_rows, slug=slug, user_id=user.pk)
+    if not rows:
+        return None
+    row = rows[0]
+    membership = Membership.from_db(
+        Membership.objects.db, list(_MEMBERSHIP_FIELDS), [row[name] for name in _MEMBERSHIP_FIELDS]
+    )
+    membership.clinic = _clinic_from_row(row)
+    membership.user = user
+    return membership
 
 
 def clinic_list_for_user(*, user: User) -> QuerySet[Clinic]:

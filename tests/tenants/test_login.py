@@ -237,3 +237,17 @@ def test_absolute_limit_ends_even_an_active_session(client, owner, clinic):
     response = client.get(f"/c/{clinic.slug}/")
 
     assert response["Location"].startswith("/accounts/login/?expired=1")
+
+
+def test_a_readers_requests_within_the_activity_resolution_do_not_write_the_session(client, owner, clinic):
+    # Each write was a transaction of its own (on SQLite the database's write lock) for every
+    # DICOMweb request of a viewer: dozens a second while a reader scrolls.
+    client.force_login(owner)
+    assert client.get(f"/c/{clinic.slug}/").status_code == HTTPStatus.OK
+    written = Session.objects.get().expire_date
+
+    time.sleep(0.01)
+    for path in (f"/c/{clinic.slug}/", f"/dicomweb/{clinic.slug}/studies"):
+        assert client.get(path).status_code == HTTPStatus.OK
+
+    assert Session.objects.get().expire_date == written
