@@ -105,6 +105,15 @@ def _study(request: ClinicRequest, study_uid: str) -> Study:
     return study
 
 
+def _instance(request: ClinicRequest, study_uid: str, series_uid: str, sop_uid: str) -> tuple[Study, Instance]:
+    """The study (id and uuid) and the instance a URL names, in the clinic or the share; else DoesNotExist."""
+    found = wado.instance_get(clinic=request.clinic, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
+    scope = getattr(request, "study_scope", None)
+    if found is None or (scope is not None and found[0].pk not in scope):
+        raise Instance.DoesNotExist
+    return found
+
+
 def _json(body: str | list | dict, *, status: int = HTTPStatus.OK) -> HttpResponse:
     text = body if isinstance(body, str) else orjson.dumps(body)
     return HttpResponse(text, content_type=DICOM_JSON, status=status)
@@ -327,8 +336,7 @@ def frames(
     request: ClinicRequest, clinic_slug: str, study_uid: str, series_uid: str, sop_uid: str, frame_list: str
 ) -> HttpResponse:
     numbers = _frame_numbers(frame_list)
-    found = _study(request, study_uid)
-    instance = wado.instances_for(clinic=request.clinic, study=found, series_uid=series_uid, sop_uid=sop_uid)[0]
+    found, instance = _instance(request, study_uid, series_uid, sop_uid)
     choice = wado.frames_negotiate(request.headers.get("Accept", ""), stored_syntax=instance.transfer_syntax_uid)
     with _open_dataset(request, instance) as ds:
         if choice.encode:
@@ -344,8 +352,7 @@ def frames(
 def bulkdata(
     request: ClinicRequest, clinic_slug: str, study_uid: str, series_uid: str, sop_uid: str, tag_path: str
 ) -> HttpResponse:
-    found = _study(request, study_uid)
-    instance = wado.instances_for(clinic=request.clinic, study=found, series_uid=series_uid, sop_uid=sop_uid)[0]
+    found, instance = _instance(request, study_uid, series_uid, sop_uid)
     with _open_dataset(request, instance) as ds:
         if tag_path.strip("/").upper() in ("7FE00010", "7FE00008", "7FE00009") and "PixelData" in ds:
             choice = wado.frames_negotiate(

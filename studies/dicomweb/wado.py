@@ -16,9 +16,10 @@ from functools import partial
 from http import HTTPStatus
 from typing import BinaryIO
 
-from django.db.models import Q, TextField
+from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
+from portal import prepared
 from portal.exceptions import PortalError
 from studies import transcoding
 from studies.archive import objects, readahead
@@ -185,6 +186,44 @@ def instances_for(
     if not instances:
         raise Instance.DoesNotExist
     return instances
+
+
+# What reading one instance's frames or bulk data needs of its row (the rest stays deferred), in the
+# model's field order, as from_db takes a subset of the fields.
+_ONE_INSTANCE_FIELDS = tuple(
+    f.attname for f in Instance._meta.concrete_fields
+    if f.attname in {
+        "id", "uuid", "clinic_id", "series_id", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid",
+        "object_key", "size_bytes", "number_of_frames", "rows",
+    }
+)
+_STUDY_FIELDS = tuple(f.attname for f in Study._meta.concrete_fields if f.attname in {"id", "uuid", "clinic_id"})
+
+
+def _one_instance_rows(*, clinic_id: int, study_uid: str, series_uid: str, sop_uid: str) -> QuerySet:
+    return Instance.objects.filter(
+        clinic_id=clinic_id, sop_instance_uid=sop_uid, series__series_instance_uid=series_uid,
+        series__study__study_instance_uid=study_uid, series__study__deleted_at__isnull=True,
+    ).values(*_ONE_INSTANCE_FIELDS, "series__study__id", "series__study__uuid")
+
+
+def instance_get(*, clinic: Clinic, study_uid: str, series_uid: str, sop_uid: str) -> tuple[Study, Instance] | None:
+    """The study (its id and uuid only) and the instance one WADO-RS URL names, unless trashed; or None.
+
+    A viewer asks for hundreds of frames of a series, one request each: one statement compiled once
+    (portal.prepared) instead of the study's and then the instance's, each built by the ORM every time.
+    """
+    rows = prepared.rows(
+        "wado.instance_get", _one_instance_rows,
+        clinic_id=clinic.pk, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
+    )
+    if not rows:
+        return None
+    row = rows[0]
+    instance = Instance.from_db(Instance.objects.db, list(_ONE_INSTANCE_FIELDS), [row[f] for f in _ONE_INSTANCE_FIELDS])
+    study_values = {"id": row["series__study__id"], "uuid": row["series__study__uuid"], "clinic_id": clinic.pk}
+    study = Study.from_db(Study.objects.db, list(_STUDY_FIELDS), [study_values[f] for f in _STUDY_FIELDS])
+    return study, instance
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from django.core import mail
 from django.utils import timezone
 
 from studies.ingest import instance_ingest
-from studies.models import Study
+from studies.models import Instance, Study
 from studies.sharing import services
 from studies.sharing.models import Share, ShareAccess, UploadLink
 from tenants.models import AuditEvent
@@ -326,3 +326,16 @@ def test_a_wrong_pin_is_audited_as_a_failure(client, clinic, study):
 
     results = dict(AuditEvent.objects.filter(action__startswith="share.pin").values_list("action", "result"))
     assert results == {"share.pin_failed": "failure", "share.pin_ok": "success"}
+
+
+def test_a_share_serves_frames_of_its_study_only(client, clinic, study, other_study):
+    created = make_share(clinic, study)
+    base = f"/s/{created.token}/dicomweb/"
+
+    def frame_url(of: Study) -> str:
+        instance = Instance.objects.filter(series__study=of).select_related("series").first()
+        return (f"{base}studies/{of.study_instance_uid}/series/{instance.series.series_instance_uid}"
+                f"/instances/{instance.sop_instance_uid}/frames/1")
+
+    assert client.get(frame_url(study)).status_code == HTTPStatus.OK
+    assert client.get(frame_url(other_study)).status_code == HTTPStatus.NOT_FOUND
