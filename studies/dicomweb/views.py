@@ -413,8 +413,12 @@ def rendered(
     frame_list: str | None = None,
 ) -> HttpResponse:
     options = _render_options(request)
-    found = _study(request, study_uid)
-    instances = wado.instances_for(clinic=request.clinic, study=found, series_uid=series_uid, sop_uid=sop_uid)
+    if sop_uid is not None and series_uid is not None:  # the light viewer's slices, one request each
+        found, instance = _instance(request, study_uid, series_uid, sop_uid)
+        instances = [instance]
+    else:
+        found = _study(request, study_uid)
+        instances = wado.instances_for(clinic=request.clinic, study=found, series_uid=series_uid, sop_uid=sop_uid)
     _audit(request, "dicomweb.retrieve", study=found, details={"what": "rendered"})
     limits = rendering.RenderLimits.from_settings()
     if sop_uid is not None:

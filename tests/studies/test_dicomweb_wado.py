@@ -332,18 +332,20 @@ def test_study_retrieve_writes_one_audit_entry(api, clinic, tmp_path):
     assert AuditEvent.objects.filter(action="dicomweb.retrieve").count() == before + 1
 
 
-def test_a_frame_or_bulk_data_is_found_only_under_its_own_study_and_series_and_not_in_the_trash(api, clinic, study):
+def test_a_frame_bulk_data_or_rendered_image_is_found_only_under_its_own_study_and_series_not_in_the_trash(
+    api, clinic, study
+):
     from studies.browse import services
     from studies.models import Study
 
     instance = study["instances"][0]
-    frame, bulk = "/frames/1", "/bulkdata/7FE00010"
+    tails = ("/frames/1", "/bulkdata/7FE00010", "/rendered")
     elsewhere = [
         _instance_url(study, 0).replace(instance.series.series_instance_uid, study["mr"]),  # another series
         _instance_url(study, 0).replace(study["uid"], generate_uid()),  # another study
     ]
 
-    assert api.get(_instance_url(study, 0) + frame).status_code == HTTPStatus.OK
-    assert [api.get(url + tail).status_code for url in elsewhere for tail in (frame, bulk)] == [HTTPStatus.NOT_FOUND] * 4
+    assert [api.get(_instance_url(study, 0) + tail).status_code for tail in tails] == [HTTPStatus.OK] * 3
+    assert [api.get(url + tail).status_code for url in elsewhere for tail in tails] == [HTTPStatus.NOT_FOUND] * 6
     services.study_delete(clinic=clinic, study=Study.objects.get(study_instance_uid=study["uid"]))
-    assert [api.get(_instance_url(study, 0) + tail).status_code for tail in (frame, bulk)] == [HTTPStatus.NOT_FOUND] * 2
+    assert [api.get(_instance_url(study, 0) + tail).status_code for tail in tails] == [HTTPStatus.NOT_FOUND] * 3
