@@ -28,6 +28,8 @@ from datetime import date, timedelta
 from datetime import time as dtime
 from pathlib import Path
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import database_create_if_missing, production_environment  # noqa: E402
@@ -205,7 +207,6 @@ def qido_searches(seed: int, study_uid: str) -> dict[str, str]:
 
 def time_qido(*, clinic, query_string: str) -> float:
     """What QIDO-RS does for one request: parse, search within the time budget, answer DICOM JSON."""
-    import orjson
     from django.http import QueryDict
 
     from studies import matching
