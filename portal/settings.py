@@ -416,6 +416,8 @@ BILLING_TRIAL_DAYS = env_int("BILLING_TRIAL_DAYS", 14)
 BILLING_GRACE_DAYS = env_int("BILLING_GRACE_DAYS", 14)
 BILLING_RETENTION_DAYS = env_int("BILLING_RETENTION_DAYS", 30)
 CELERY_BEAT_SCHEDULE["billing-enforce"] = {"task": "billing.tasks.billing_enforce", "schedule": 3600.0}
+# SQLite's planner statistics follow the index tables' growth (PostgreSQL's autovacuum does it there).
+CELERY_BEAT_SCHEDULE["index-statistics-check"] = {"task": "studies.tasks.index_statistics_check", "schedule": 3600.0}
 # Daily check of the audit hash chains; operators are e-mailed about any break.
 CELERY_BEAT_SCHEDULE["audit-chains-check"] = {"task": "tenants.tasks.audit_chains_check", "schedule": 86400.0}
 

@@ -260,3 +260,37 @@ def index_statistics_refresh() -> None:
         for model in (Patient, Study, Series, Instance):
             table = connection.ops.quote_name(model._meta.db_table)
             cursor.execute(f"VACUUM (ANALYZE) {table}" if vacuum else f"ANALYZE {table}")
+
+
+# How far an index table may grow (or shrink) past the size its SQLite statistics recorded before they
+# are taken again.
+STATISTICS_GROWTH_FACTOR = 4
+
+
+def index_statistics_refresh_if_grown() -> list[str]:
+    """Analyze again each index table whose SQLite statistics describe a much smaller (or larger) table.
+
+    SQLite's planner trusts ``sqlite_stat1`` as it stands: statistics taken while a table held a few rows
+    (by a migration on a new clinic, or ``rebuild_index`` early on) made it read every study for a name
+    searched with a leading wildcard once the clinic had grown, instead of its trigram index. A table
+    without statistics is left alone (the planner then assumes a large table, which suits these
+    searches). PostgreSQL needs none of this: its autovacuum analyzes a table as it changes. Returns the
+    tables analyzed.
+    """
+    if connection.vendor != "sqlite":
+        return []
+    analyzed = []
+    with connection.cursor() as cursor:
+        for model in (Patient, Study, Series, Instance):
+            table = model._meta.db_table
+            cursor.execute("SELECT stat FROM sqlite_stat1 WHERE tbl = %s", [table])
+            recorded = [int(row[0].split()[0]) for row in cursor.fetchall() if row[0]]
+            if not recorded:
+                continue
+            # The highest id stands in for the row count: instant, where count(*) reads a whole index.
+            cursor.execute(f"SELECT coalesce(max(id), 0) FROM {connection.ops.quote_name(table)}")
+            rows, known = cursor.fetchone()[0], max(recorded)
+            if rows > known * STATISTICS_GROWTH_FACTOR or known > max(rows, 1) * STATISTICS_GROWTH_FACTOR:
+                cursor.execute(f"ANALYZE {connection.ops.quote_name(table)}")
+                analyzed.append(table)
+    return analyzed

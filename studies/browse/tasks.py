@@ -52,3 +52,9 @@ def studies_trash_purge() -> int:
     for clinic_id, study_id in due:
         study_purge.delay(clinic_id=clinic_id, study_id=study_id)
     return len(due)
+
+
+@shared_task(name="studies.tasks.index_statistics_check", acks_late=True)
+def index_statistics_check() -> list[str]:
+    """Periodic: take SQLite's planner statistics again for the index tables that outgrew them."""
+    return selectors.index_statistics_refresh_if_grown()
