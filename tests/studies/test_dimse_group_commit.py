@@ -75,19 +75,22 @@ def test_many_instances_on_two_associations_are_all_stored_with_exact_statuses_a
 
 
 def test_a_bad_instance_in_a_group_fails_alone(clinic, scp_port, tmp_path, batches):
-    study = write_study(tmp_path, samples=["CT_small.dcm"], copies=8)
+    study = write_study(tmp_path, samples=["CT_small.dcm"], copies=16)
     broken = dcmread(study.files[2])
     del broken.StudyInstanceUID
     broken_path = tmp_path / "broken.dcm"
     broken.save_as(broken_path, enforce_file_format=True)
-    first = [study.files[0], study.files[2], broken_path, study.files[4], study.files[6]]
+    # The broken file goes half-way through a stream while the other stream still has images to send:
+    # placed third of five against four, it once came after the other association had finished (a slow
+    # host), and was ingested alone.
+    first = [*study.files[0:8:2], broken_path, *study.files[8::2]]
     second = study.files[1::2]
 
     statuses = _send_together(scp_port, clinic.ae_title, [first, second])
 
-    assert statuses == [[0x0000, 0x0000, 0xC000, 0x0000, 0x0000], [0x0000] * 4]
-    assert Instance.objects.for_clinic(clinic).count() == 8
-    assert Study.objects.for_clinic(clinic).get().number_of_instances == 8
+    assert statuses == [[0x0000] * 4 + [0xC000] + [0x0000] * 4, [0x0000] * 8]
+    assert Instance.objects.for_clinic(clinic).count() == 16
+    assert Study.objects.for_clinic(clinic).get().number_of_instances == 16
     assert _used_bytes(clinic) == _indexed_bytes(clinic) > 0
     [with_broken] = [b for b in batches if any(isinstance(i.error, InvalidDicom) for i in b)]
     assert len(with_broken) > 1
