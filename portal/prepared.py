@@ -13,13 +13,13 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 
 # Compiled statements kept per connection; keys are shapes chosen by the callers (a handful each), the
 # bound only guards against a caller whose keys come from request input.
@@ -117,6 +117,17 @@ def rows(key: Hashable, build: Callable[..., QuerySet], /, **values: int | str) 
                 row[position] = value
         result.append(dict(zip(names, row, strict=False)))
     return result
+
+
+def model_from_row(model: type[Model], row: dict[str, Any], fields: Iterable[str], prefix: str = "") -> Any:
+    """An instance of ``model`` from a row of :func:`rows` that selected ``prefix + field`` for ``fields``.
+
+    The other fields stay deferred. ``from_db`` takes a subset of the fields in the model's own order
+    only, so the order is taken from the model here, whatever the order of ``fields``.
+    """
+    wanted = set(fields)
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in wanted]
+    return model.from_db(model._default_manager.db, names, [row[prefix + name] for name in names])
 
 
 def in_values(prefix: str, values: Sequence[int | str]) -> dict[str, int | str]:

@@ -39,15 +39,9 @@ def api_token_get_active(*, raw_token: str) -> ApiToken | None:
     rows = prepared.rows("api_token_get_active", _active_token_rows, token_hash=secret_hash(raw_token))
     if not rows:
         return None
-    row = rows[0]
-    token = ApiToken.from_db(ApiToken.objects.db, list(_TOKEN_FIELDS), [row[name] for name in _TOKEN_FIELDS])
-    token.clinic = _clinic_from_row(row)
+    token = prepared.model_from_row(ApiToken, rows[0], _TOKEN_FIELDS)
+    token.clinic = prepared.model_from_row(Clinic, rows[0], _CLINIC_FIELDS, prefix="clinic__")
     return token
-
-
-def _clinic_from_row(row: dict) -> Clinic:
-    """The clinic of a row that selected ``clinic__<field>`` for each of its fields."""
-    return Clinic.from_db(Clinic.objects.db, list(_CLINIC_FIELDS), [row[f"clinic__{name}"] for name in _CLINIC_FIELDS])
 
 
 def _membership_rows(*, slug: str, user_id: int) -> QuerySet:
@@ -65,11 +59,8 @@ def membership_get_by_slug(*, slug: str, user: User) -> Membership | None:
     rows = prepared.rows("membership_get_by_slug", _membership_rows, slug=slug, user_id=user.pk)
     if not rows:
         return None
-    row = rows[0]
-    membership = Membership.from_db(
-        Membership.objects.db, list(_MEMBERSHIP_FIELDS), [row[name] for name in _MEMBERSHIP_FIELDS]
-    )
-    membership.clinic = _clinic_from_row(row)
+    membership = prepared.model_from_row(Membership, rows[0], _MEMBERSHIP_FIELDS)
+    membership.clinic = prepared.model_from_row(Clinic, rows[0], _CLINIC_FIELDS, prefix="clinic__")
     membership.user = user
     return membership
 

@@ -72,3 +72,14 @@ def test_an_in_list_of_any_length_matches_as_the_queryset_does(clinic, other_cli
     assert len(prepared.in_values("uid", list("abcde"))) == 8
     with pytest.raises(ValueError):
         prepared.in_values("uid", [])
+
+
+def test_a_model_is_built_from_a_row_whatever_the_order_of_the_fields_named(clinic):
+    made = make_study(clinic=clinic, patient_name="DOE^JANE")
+    fields = ("study_instance_uid", "uuid", "id")  # not the model's order
+    row = {f"study__{name}": value for name, value in Study.objects.filter(pk=made.pk).values(*fields).get().items()}
+
+    study = prepared.model_from_row(Study, row, fields, prefix="study__")
+
+    assert (study.pk, study.uuid, study.study_instance_uid) == (made.pk, made.uuid, made.study_instance_uid)
+    assert study.get_deferred_fields() >= {"patient_name"}

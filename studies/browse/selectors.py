@@ -287,10 +287,11 @@ def index_statistics_refresh_if_grown() -> list[str]:
             recorded = [int(row[0].split()[0]) for row in cursor.fetchall() if row[0]]
             if not recorded:
                 continue
+            quoted = connection.ops.quote_name(table)
             # The highest id stands in for the row count: instant, where count(*) reads a whole index.
-            cursor.execute(f"SELECT coalesce(max(id), 0) FROM {connection.ops.quote_name(table)}")
+            cursor.execute(f"SELECT coalesce(max(id), 0) FROM {quoted}")
             rows, known = cursor.fetchone()[0], max(recorded)
             if rows > known * STATISTICS_GROWTH_FACTOR or known > max(rows, 1) * STATISTICS_GROWTH_FACTOR:
-                cursor.execute(f"ANALYZE {connection.ops.quote_name(table)}")
+                cursor.execute(f"ANALYZE {quoted}")
                 analyzed.append(table)
     return analyzed

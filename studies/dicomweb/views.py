@@ -99,17 +99,20 @@ def _audit(request: ClinicRequest, action: str, *, study: Study | None = None, d
 
 def _study(request: ClinicRequest, study_uid: str) -> Study:
     study = wado.study_get(clinic=request.clinic, study_uid=study_uid)
-    scope = getattr(request, "study_scope", None)  # set by share links: only the shared studies
-    if study is None or (scope is not None and study.pk not in scope):
+    if study is None or not _in_scope(request, study):
         raise Study.DoesNotExist
     return study
+
+
+def _in_scope(request: ClinicRequest, study: Study) -> bool:
+    scope = getattr(request, "study_scope", None)  # set by share links: only the shared studies
+    return scope is None or study.pk in scope
 
 
 def _instance(request: ClinicRequest, study_uid: str, series_uid: str, sop_uid: str) -> tuple[Study, Instance]:
     """The study (id and uuid) and the instance a URL names, in the clinic or the share; else DoesNotExist."""
     found = wado.instance_get(clinic=request.clinic, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
-    scope = getattr(request, "study_scope", None)
-    if found is None or (scope is not None and found[0].pk not in scope):
+    if found is None or not _in_scope(request, found[0]):
         raise Instance.DoesNotExist
     return found
 

@@ -188,23 +188,19 @@ def instances_for(
     return instances
 
 
-# What reading one instance's frames or bulk data needs of its row (the rest stays deferred), in the
-# model's field order, as from_db takes a subset of the fields.
-_ONE_INSTANCE_FIELDS = tuple(
-    f.attname for f in Instance._meta.concrete_fields
-    if f.attname in {
-        "id", "uuid", "clinic_id", "series_id", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid",
-        "object_key", "size_bytes", "number_of_frames", "rows",
-    }
+# What reading one instance's frames or bulk data needs of its row and its study's (the rest stays deferred).
+_ONE_INSTANCE_FIELDS = (
+    "id", "uuid", "clinic_id", "series_id", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid",
+    "object_key", "size_bytes", "number_of_frames", "rows",
 )
-_STUDY_FIELDS = tuple(f.attname for f in Study._meta.concrete_fields if f.attname in {"id", "uuid", "clinic_id"})
+_ITS_STUDY_FIELDS = ("id", "uuid", "clinic_id")
 
 
 def _one_instance_rows(*, clinic_id: int, study_uid: str, series_uid: str, sop_uid: str) -> QuerySet:
     return Instance.objects.filter(
         clinic_id=clinic_id, sop_instance_uid=sop_uid, series__series_instance_uid=series_uid,
         series__study__study_instance_uid=study_uid, series__study__deleted_at__isnull=True,
-    ).values(*_ONE_INSTANCE_FIELDS, "series__study__id", "series__study__uuid")
+    ).values(*_ONE_INSTANCE_FIELDS, *(f"series__study__{name}" for name in _ITS_STUDY_FIELDS))
 
 
 def instance_get(*, clinic: Clinic, study_uid: str, series_uid: str, sop_uid: str) -> tuple[Study, Instance] | None:
@@ -219,11 +215,8 @@ def instance_get(*, clinic: Clinic, study_uid: str, series_uid: str, sop_uid: st
     )
     if not rows:
         return None
-    row = rows[0]
-    instance = Instance.from_db(Instance.objects.db, list(_ONE_INSTANCE_FIELDS), [row[f] for f in _ONE_INSTANCE_FIELDS])
-    study_values = {"id": row["series__study__id"], "uuid": row["series__study__uuid"], "clinic_id": clinic.pk}
-    study = Study.from_db(Study.objects.db, list(_STUDY_FIELDS), [study_values[f] for f in _STUDY_FIELDS])
-    return study, instance
+    study = prepared.model_from_row(Study, rows[0], _ITS_STUDY_FIELDS, prefix="series__study__")
+    return study, prepared.model_from_row(Instance, rows[0], _ONE_INSTANCE_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
