@@ -11,6 +11,8 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from studies.browse import services
+from studies.models import Study
 from tenants.models import AuditEvent
 from tests.dicom_files import write_instance
 from tests.factories import ingest_files, token_for
@@ -335,9 +337,6 @@ def test_study_retrieve_writes_one_audit_entry(api, clinic, tmp_path):
 def test_a_frame_bulk_data_or_rendered_image_is_found_only_under_its_own_study_and_series_not_in_the_trash(
     api, clinic, study
 ):
-    from studies.browse import services
-    from studies.models import Study
-
     instance = study["instances"][0]
     tails = ("/frames/1", "/bulkdata/7FE00010", "/rendered")
     elsewhere = [
