@@ -17,8 +17,8 @@ share's viewer never makes a request outside its link. Three things make that wo
   prefix (``window.PUBLIC_URL`` in the page, the script's own folder in a worker).
 
 OHIF's own files are the same for every clinic and link and hold no patient data. ``prepare`` (run
-by ``make ohif``, i.e. ``manage.py ohif_prepare``) writes them once, rewritten as above and gzipped
-ahead, into ``OHIF_PREPARED_DIR``; from there nginx (``make run``) or ``ViewerAssetsMiddleware``
+by ``make ohif``, i.e. ``manage.py ohif_prepare``) writes them once, rewritten as above, OHIF's own
+bundles minified (its dist ships them unminified), and gzipped ahead, into ``OHIF_PREPARED_DIR``; from there nginx (``make run``) or ``ViewerAssetsMiddleware``
 serve them without sessions or database queries, cached by the browser for a year when their names
 carry a content hash. Without a prepared folder matching the installed dist, the views serve dist/
 and rewrite on the fly.
