@@ -8,8 +8,10 @@ socket; `--front gunicorn` for gunicorn alone on TCP), signs in through the logi
 Chromium and measures, from the start of the navigation to the viewer page, when the first slice is
 on screen; then how long each step of scrolling through the series takes with prefetching.
 
-The same for the diagnostic viewer (OHIF), opened from the study page's link (`/c/<clinic>/viewer/
-<study>/ohif/`), the server warm (the study opened once before any round), in these cases:
+The same for the diagnostic viewer (OHIF), opened at the address the study page links to (OHIF's route,
+`/c/<clinic>/viewer/ohif/viewer?StudyInstanceUIDs=<uid>`; before 3 Dec the link went through the audited
+redirect `/c/<clinic>/viewer/<study>/ohif/`), the server warm (the study opened once before any round), in
+these cases:
 - cold: a new browser context every round, service workers blocked, straight to the viewer (empty
   cache: every script downloaded and compiled);
 - warm: the same context opening the study again, twice; the figure is the second (Chromium keeps
@@ -164,7 +166,7 @@ def from_studies_list(page, slug: str) -> None:
     page.wait_for_timeout(IDLE_PAUSE_MS)
 
 
-def ohif_open(page, slug: str, study_uuid: str, requests: list | None = None, case: str = "") -> float:
+def ohif_open(page, slug: str, link: str, requests: list | None = None, case: str = "") -> float:
     """Open the study in OHIF; return seconds from navigation start to the first image drawn.
 
     With ``case``, the main thread's busy seconds of the opening are added to MAIN_THREAD_CPU[case].
@@ -179,7 +181,7 @@ def ohif_open(page, slug: str, study_uuid: str, requests: list | None = None, ca
         def listener(request) -> None:
             requests.append(request)
         page.on("requestfinished", listener)
-    page.goto(f"/c/{slug}/viewer/{study_uuid}/ohif/", wait_until="commit")
+    page.goto(link, wait_until="commit")
     poll(page, CANVAS_MEAN_JS, lambda mean: mean > 10, timeout=120)
     seconds = page.evaluate("performance.now()") / 1000
     if session is not None:
@@ -243,7 +245,7 @@ def ohif_open_in_app(page, slug: str) -> float:
 
 
 def measure_ohif(
-    base_url: str, slug: str, study_uuid: str, email: str, rounds: int, slices: int, waterfall: bool = False
+    base_url: str, slug: str, link: str, email: str, rounds: int, slices: int, waterfall: bool = False
 ) -> dict[str, object]:
     from playwright.sync_api import sync_playwright
 
@@ -265,9 +267,9 @@ def measure_ohif(
             page = context.new_page()
             sign_in(page, email)
             installs.append(studies_list_install(page, slug))
-            listed.append(ohif_open(page, slug, study_uuid, case="listed" if round_number else ""))
+            listed.append(ohif_open(page, slug, link, case="listed" if round_number else ""))
             from_studies_list(page, slug)
-            listed_second.append(ohif_open(page, slug, study_uuid, case="listed_second" if round_number else ""))
+            listed_second.append(ohif_open(page, slug, link, case="listed_second" if round_number else ""))
             context.close()
             # OHIF's page installs the service worker too, some seconds after it loaded: blocked here,
             # so that these rows measure what the browser's own caches do.
@@ -280,13 +282,13 @@ def measure_ohif(
                 print("OHIF, cold browser cache:")
             counted = "cold" if round_number else ""
             from_studies_list(page, slug)
-            cold.append(ohif_open(page, slug, study_uuid, [] if show else None, case=counted))
+            cold.append(ohif_open(page, slug, link, [] if show else None, case=counted))
             from_studies_list(page, slug)
-            warm_first.append(ohif_open(page, slug, study_uuid, case="warm_first" if round_number else ""))
+            warm_first.append(ohif_open(page, slug, link, case="warm_first" if round_number else ""))
             if show:
                 print("OHIF, warm browser cache:")
             from_studies_list(page, slug)
-            warm.append(ohif_open(page, slug, study_uuid, [] if show else None, case="warm" if round_number else ""))
+            warm.append(ohif_open(page, slug, link, [] if show else None, case="warm" if round_number else ""))
             from_studies_list(page, slug)
             in_app.append(ohif_open_in_app(page, slug))
             if round_number == 0:
@@ -302,6 +304,18 @@ def measure_ohif(
     keep = slice(1, None) if rounds > 1 else slice(None)
     return {"cold": cold[keep], "warm_first": warm_first[keep], "warm": warm[keep], "in_app": in_app[keep],
             "installs": installs[keep], "listed": listed[keep], "listed_second": listed_second[keep], "steps": steps}
+
+
+def ohif_link(slug: str, study_uuid: str) -> str:
+    """The address the studies list's "View" and the study page's "Diagnostic viewer" link to: OHIF's route."""
+    from django.urls import reverse
+
+    from studies.models import Study
+    from studies.viewer import ohif
+
+    study = Study.objects.get(uuid=study_uuid)
+    public_url = reverse("viewer:ohif", kwargs={"clinic_slug": slug})
+    return ohif.study_url(public_url=public_url, study_instance_uid=study.study_instance_uid)
 
 
 def measure(base_url: str, slug: str, study_uuid: str, email: str, rounds: int, slices: int) -> dict[str, object]:
@@ -397,7 +411,7 @@ def main() -> None:
             if options.only != "ohif":
                 result = measure(base_url, slug, study_uuid, email, options.rounds, options.slices)
             if options.only != "light":
-                ohif = measure_ohif(base_url, slug, study_uuid, email, options.rounds, options.slices,
+                ohif = measure_ohif(base_url, slug, ohif_link(slug, study_uuid), email, options.rounds, options.slices,
                                     options.waterfall)
         finally:
             for process in reversed(processes):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from csp.decorators import csp_update
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -29,19 +30,30 @@ def ohif_share(request: HttpRequest, share_token: str, path: str = "") -> HttpRe
         name="Shared studies",
         show_study_list=False,
     )
-    return viewer_views.ohif_response(request, path, site)
+    return viewer_views.ohif_response(request, path, site, opened=lambda uids: _log_opened(request, uids))
+
+
+def _shared_studies(request: HttpRequest) -> QuerySet[Study]:
+    return Study.objects.for_clinic(request.clinic).filter(  # type: ignore[attr-defined]
+        pk__in=request.study_scope, deleted_at__isnull=True,  # type: ignore[attr-defined]
+    )
+
+
+def _log_opened(request: HttpRequest, study_instance_uids: list[str]) -> None:
+    """Log ``share.viewed`` for each named study the link shares (others name nothing)."""
+    if not study_instance_uids:
+        return
+    by = Actor.from_request(request)
+    for study in _shared_studies(request).filter(study_instance_uid__in=study_instance_uids):
+        services.share_log(share=request.share, action="viewed", by=by, study=study)  # type: ignore[attr-defined]
 
 
 @share_required
 def share_study_ohif(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
-    """Open one shared study in the share's diagnostic viewer (the share page's button)."""
-    study = (
-        Study.objects.for_clinic(request.clinic)  # type: ignore[attr-defined]
-        .filter(uuid=study_uuid, pk__in=request.study_scope, deleted_at__isnull=True)  # type: ignore[attr-defined]
-        .first()
-    )
+    """Open one shared study in the share's diagnostic viewer by its portal id: a redirect to OHIF's route,
+    whose page logs the view (the share page links to that route directly)."""
+    study = _shared_studies(request).filter(uuid=study_uuid).first()
     if study is None:
         raise Http404("No such study in this link.")
-    services.share_log(share=request.share, action="viewed", by=Actor.from_request(request), study=study)  # type: ignore[attr-defined]
     public_url = reverse("share-viewer:ohif", kwargs={"share_token": share_token})
-    return redirect(viewer_views.ohif_study_url(public_url=public_url, study=study))
+    return redirect(ohif.study_url(public_url=public_url, study_instance_uid=study.study_instance_uid))

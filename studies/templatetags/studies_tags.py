@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.urls import reverse
 
 from billing import selectors as billing_selectors
 from studies import names
 from studies.backup import selectors as backup_selectors
 from studies.browse import selectors, services
+from studies.models import Study
 from studies.quarantine import services as quarantine
+from studies.viewer import ohif
 from tenants.audit import Actor
 from tenants.roles import Action
 
@@ -27,6 +30,16 @@ def person_name(value: str) -> str:
 def modalities(value: str) -> str:
     """Show a backslash-separated multi-value ("CT\\SR") as "CT, SR"."""
     return ", ".join(part for part in (value or "").split("\\") if part)
+
+
+@register.simple_tag
+def ohif_study_url(study: Study, *, clinic_slug: str = "", share_token: str = "") -> str:
+    """OHIF's route for one study, in the clinic's viewer or a share link's: its page records the opening."""
+    if share_token:
+        public_url = reverse("share-viewer:ohif", kwargs={"share_token": share_token})
+    else:
+        public_url = reverse("viewer:ohif", kwargs={"clinic_slug": clinic_slug})
+    return ohif.study_url(public_url=public_url, study_instance_uid=study.study_instance_uid)
 
 
 @register.inclusion_tag("studies/study_dashboard_cards.html", takes_context=True)

@@ -37,11 +37,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from csp.constants import NONCE
 from csp.utils import build_policy
 from django.conf import settings
 from django.contrib.staticfiles import finders
+from django.http import QueryDict
 
 # What webpack writes into each runtime, and what we serve instead.
 WEBPACK_PUBLIC_PATH = '__webpack_require__.p = "/";'
@@ -115,6 +117,23 @@ class ViewerSite:
     body_attributes: dict[str, str] | None = None
     # Install our service worker for the prefix (a clinic's viewer; a share link's stays without).
     service_worker: bool = False
+
+
+# OHIF's route parameter naming the studies it opens (several, comma-separated, or repeated).
+STUDY_PARAMETER = "StudyInstanceUIDs"
+# More than a reader opens side by side; the rest of a longer list is not looked up for the audit.
+MAX_STUDIES_OPENED = 20
+
+
+def study_url(*, public_url: str, study_instance_uid: str) -> str:
+    """OHIF's own route for one study under a viewer prefix: the page that opens it (and records it)."""
+    return f"{public_url}viewer?{urlencode({STUDY_PARAMETER: study_instance_uid})}"
+
+
+def studies_opened(query: QueryDict) -> list[str]:
+    """The Study Instance UIDs an OHIF route names, as OHIF reads them, at most MAX_STUDIES_OPENED."""
+    uids = [uid.strip() for value in query.getlist(STUDY_PARAMETER) for uid in value.split(",")]
+    return [uid for uid in uids if uid][:MAX_STUDIES_OPENED]
 
 
 def dist_dir() -> Path:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
 from uuid import UUID
 
 from csp.decorators import csp_update
@@ -134,8 +134,14 @@ def study_viewer(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> 
 
 # --- the diagnostic viewer (OHIF) ----------------------------------------------------------------------
 
-def ohif_response(request: HttpRequest, path: str, site: ohif.ViewerSite) -> HttpResponse:
-    """Answer one request under a viewer prefix: a file of OHIF's dist/, or its page."""
+def ohif_response(
+    request: HttpRequest, path: str, site: ohif.ViewerSite, opened: Callable[[list[str]], None] | None = None,
+) -> HttpResponse:
+    """Answer one request under a viewer prefix: a file of OHIF's dist/, or its page.
+
+    ``opened`` is called with the Study Instance UIDs the page's route names, when the answer is the page:
+    the one request every opening of a study makes, from a link, a bookmark or a reload.
+    """
     if path == ohif.SERVICE_WORKER:
         # Served from the prepared folder before the session when there is one; this is the fallback.
         try:
@@ -163,6 +169,8 @@ def ohif_response(request: HttpRequest, path: str, site: ohif.ViewerSite) -> Htt
             status=503,
             content_type="text/plain; charset=utf-8",
         )
+    if opened is not None:
+        opened(ohif.studies_opened(request.GET))
     return _no_store(HttpResponse(html))
 
 
@@ -186,7 +194,24 @@ def ohif_clinic(request: ClinicRequest, clinic_slug: str, path: str = "") -> Htt
         body_attributes=session_attributes(request),
         service_worker=True,
     )
-    return ohif_response(request, path, site)
+    return ohif_response(request, path, site, opened=lambda uids: _audit_opened(request, uids))
+
+
+def _audit_opened(request: ClinicRequest, study_instance_uids: list[str]) -> None:
+    """Record ``study.viewer_opened`` for each named study the reader's clinic holds (others name nothing)."""
+    if not study_instance_uids:
+        return
+    studies = Study.objects.for_clinic(request.clinic).filter(
+        deleted_at__isnull=True, study_instance_uid__in=study_instance_uids,
+    )
+    for study_uuid in studies.values_list("uuid", flat=True):
+        audit_record(
+            clinic=request.clinic,
+            action="study.viewer_opened",
+            request=request,
+            object_type="study",
+            object_id=str(study_uuid),
+        )
 
 
 def session_attributes(request: HttpRequest) -> dict[str, str]:
@@ -200,21 +225,10 @@ def session_attributes(request: HttpRequest) -> dict[str, str]:
     }
 
 
-def ohif_study_url(*, public_url: str, study: Study) -> str:
-    """The viewer's address for one study (OHIF's own route form)."""
-    return f"{public_url}viewer?{urlencode({'StudyInstanceUIDs': study.study_instance_uid})}"
-
-
 def study_ohif(request: ClinicRequest, clinic_slug: str, study_uuid: UUID) -> HttpResponse:
-    """Open one study in the diagnostic viewer (the link of the studies list and the study page)."""
+    """Open one study in the diagnostic viewer by its portal id: a redirect to OHIF's route, whose page
+    records the opening (the studies list and the study page link to that route directly)."""
     permissions.action_check(request, Action.VIEW)
     study = get_object_or_404(Study.objects.for_clinic(request.clinic).filter(deleted_at__isnull=True), uuid=study_uuid)
-    audit_record(
-        clinic=request.clinic,
-        action="study.viewer_opened",
-        request=request,
-        object_type="study",
-        object_id=str(study.uuid),
-    )
     public_url = reverse("viewer:ohif", kwargs={"clinic_slug": request.clinic.slug})
-    return redirect(ohif_study_url(public_url=public_url, study=study))
+    return redirect(ohif.study_url(public_url=public_url, study_instance_uid=study.study_instance_uid))

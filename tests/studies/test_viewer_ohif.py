@@ -10,6 +10,7 @@ from django.test import Client
 from pydicom.uid import generate_uid
 
 from studies.sharing import services as sharing_services
+from studies.sharing.models import ShareAccess
 from studies.viewer import ohif
 from tenants.models import AuditEvent
 from tests.dicom_files import write_instance
@@ -112,14 +113,48 @@ def test_outsider_gets_404_and_anonymous_is_sent_to_sign_in(client, outsider, cl
     assert client.get(PREFIX + "viewer?StudyInstanceUIDs=1.2.3").status_code == HTTPStatus.NOT_FOUND
 
 
-def test_study_link_opens_ohif_on_the_study_and_is_audited(client, clinician, study):
+def test_study_link_by_portal_id_redirects_to_ohifs_route_whose_page_is_audited(client, clinician, study):
     client.force_login(clinician)
 
     response = client.get(f"/c/clinic-a/viewer/{study.uuid}/ohif/")
+    redirected = AuditEvent.objects.filter(action="study.viewer_opened").count()
+    client.get(response["Location"])
 
     assert response.status_code == HTTPStatus.FOUND
     assert response["Location"] == f"{PREFIX}viewer?StudyInstanceUIDs={study.study_instance_uid}"
+    assert redirected == 0
     assert AuditEvent.objects.filter(clinic=study.clinic, action="study.viewer_opened").count() == 1
+
+
+def test_studies_list_and_study_page_link_straight_to_ohifs_route(client, clinician, study):
+    client.force_login(clinician)
+    route = f'href="{PREFIX}viewer?StudyInstanceUIDs={study.study_instance_uid}"'
+
+    studies_page = client.get("/c/clinic-a/studies/").content.decode()
+    study_page = client.get(f"/c/clinic-a/studies/{study.uuid}/").content.decode()
+
+    assert route in studies_page
+    assert route in study_page
+
+
+def test_every_opening_of_ohifs_page_is_audited_for_the_clinics_studies_it_names(
+    client, clinician, study, other_clinic, tmp_path,
+):
+    elsewhere = ingest_files(other_clinic, [write_instance(tmp_path, study_uid=generate_uid(), series_uid=generate_uid())])[
+        0
+    ].series.study
+    client.force_login(clinician)
+    opened = AuditEvent.objects.filter(clinic=study.clinic, action="study.viewer_opened")
+
+    client.get(f"{PREFIX}viewer?StudyInstanceUIDs={study.study_instance_uid}")
+    client.get(f"{PREFIX}viewer?StudyInstanceUIDs={study.study_instance_uid}")  # a reload
+    client.get(f"{PREFIX}viewer?StudyInstanceUIDs={elsewhere.study_instance_uid},1.2.3")
+    client.get(PREFIX)  # OHIF's study list names no study
+    client.get(PREFIX + ohif.SERVICE_WORKER)
+
+    assert opened.count() == 2
+    assert set(opened.values_list("object_id", flat=True)) == {str(study.uuid)}
+    assert not AuditEvent.objects.filter(clinic=other_clinic, action="study.viewer_opened").exists()
 
 
 def test_outsider_cannot_open_a_study_in_ohif(client, outsider, study):
@@ -156,6 +191,23 @@ def test_share_viewer_reads_only_the_link_and_names_nothing_of_the_clinic(client
     assert clinic.name not in config
     assert "session.js" not in page.content.decode()
     assert opened["Location"].startswith(prefix + "viewer?StudyInstanceUIDs=")
+
+
+def test_share_viewers_page_logs_the_view_and_the_share_page_links_straight_to_it(client, clinic, study):
+    created = sharing_services.share_create(clinic=clinic, studies=[study], created_by=None)
+    route = f"/s/{created.token}/viewer/ohif/viewer?StudyInstanceUIDs={study.study_instance_uid}"
+    viewed = ShareAccess.objects.filter(share=created.share, action="viewed", study=study)
+
+    share_page = client.get(f"/s/{created.token}/").content.decode()
+    client.get(f"/s/{created.token}/viewer/{study.uuid}/ohif/")
+    redirected = viewed.count()
+    client.get(route)
+    client.get(f"/s/{created.token}/viewer/ohif/viewer?StudyInstanceUIDs=1.2.3")
+
+    assert f'href="{route}"' in share_page
+    assert redirected == 0
+    assert viewed.count() == 1
+    assert AuditEvent.objects.filter(clinic=clinic, action="share.viewed", object_id=str(study.uuid)).count() == 1
 
 
 def test_clinic_viewer_installs_the_service_worker_and_a_share_viewer_does_not(client, clinician, clinic, study):
