@@ -99,7 +99,8 @@ def share_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
     return wrapper
 
 
-def _shared_study(request: HttpRequest, study_uuid: UUID) -> Study:
+def shared_study(request: HttpRequest, study_uuid: UUID) -> Study:
+    """The study of a share link's request by its portal id, if the link shares it (404 otherwise)."""
     study = Study.objects.for_clinic(request.clinic).filter(  # type: ignore[attr-defined]
         uuid=study_uuid, pk__in=request.study_scope, deleted_at__isnull=True  # type: ignore[attr-defined]
     ).select_related("patient").first()
@@ -142,7 +143,7 @@ def share_open(request: HttpRequest, share_token: str) -> HttpResponse:
 @csp_update({"img-src": ["'self'", "blob:"]})  # the light viewer draws slices from blob: URLs
 @share_required
 def share_viewer(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
-    study = _shared_study(request, study_uuid)
+    study = shared_study(request, study_uuid)
     services.share_log(share=request.share, action="viewed", by=Actor.from_request(request), study=study)  # type: ignore[attr-defined]
     base = reverse("share-dicomweb:studies", kwargs={"share_token": share_token})[: -len("studies")]
     download = (reverse("share:download", kwargs={"share_token": share_token, "study_uuid": study.uuid})
@@ -157,7 +158,7 @@ def share_viewer(request: HttpRequest, share_token: str, study_uuid: UUID) -> Ht
 def share_download(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
     if not request.share.allow_download:  # type: ignore[attr-defined]
         return render(request, "studies/share_invalid.html", {"message": "This link allows viewing only."}, status=403)
-    study = _shared_study(request, study_uuid)
+    study = shared_study(request, study_uuid)
     services.share_log(share=request.share, action="downloaded", by=Actor.from_request(request), study=study)  # type: ignore[attr-defined]
     instances = selectors.instance_list(clinic=request.clinic, study=study)  # type: ignore[attr-defined]
     return download.zip_response(clinic=request.clinic, instances=instances,  # type: ignore[attr-defined]

@@ -6,14 +6,13 @@ from __future__ import annotations
 from uuid import UUID
 
 from csp.decorators import csp_update
-from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 
 from studies.models import Study
 from studies.sharing import services
-from studies.sharing.public_views import share_required
+from studies.sharing.public_views import share_required, shared_study
 from studies.viewer import ohif
 from studies.viewer import views as viewer_views
 from tenants.audit import Actor
@@ -33,18 +32,13 @@ def ohif_share(request: HttpRequest, share_token: str, path: str = "") -> HttpRe
     return viewer_views.ohif_response(request, path, site, opened=lambda uids: _log_opened(request, uids))
 
 
-def _shared_studies(request: HttpRequest) -> QuerySet[Study]:
-    return Study.objects.for_clinic(request.clinic).filter(  # type: ignore[attr-defined]
-        pk__in=request.study_scope, deleted_at__isnull=True,  # type: ignore[attr-defined]
-    )
-
-
 def _log_opened(request: HttpRequest, study_instance_uids: list[str]) -> None:
     """Log ``share.viewed`` for each named study the link shares (others name nothing)."""
-    if not study_instance_uids:
-        return
     by = Actor.from_request(request)
-    for study in _shared_studies(request).filter(study_instance_uid__in=study_instance_uids):
+    shared = Study.objects.for_clinic(request.clinic).filter(  # type: ignore[attr-defined]
+        pk__in=request.study_scope, deleted_at__isnull=True, study_instance_uid__in=study_instance_uids,  # type: ignore[attr-defined]
+    )
+    for study in shared:
         services.share_log(share=request.share, action="viewed", by=by, study=study)  # type: ignore[attr-defined]
 
 
@@ -52,8 +46,6 @@ def _log_opened(request: HttpRequest, study_instance_uids: list[str]) -> None:
 def share_study_ohif(request: HttpRequest, share_token: str, study_uuid: UUID) -> HttpResponse:
     """Open one shared study in the share's diagnostic viewer by its portal id: a redirect to OHIF's route,
     whose page logs the view (the share page links to that route directly)."""
-    study = _shared_studies(request).filter(uuid=study_uuid).first()
-    if study is None:
-        raise Http404("No such study in this link.")
+    study = shared_study(request, study_uuid)
     public_url = reverse("share-viewer:ohif", kwargs={"share_token": share_token})
     return redirect(ohif.study_url(public_url=public_url, study_instance_uid=study.study_instance_uid))

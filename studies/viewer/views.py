@@ -139,7 +139,7 @@ def ohif_response(
 ) -> HttpResponse:
     """Answer one request under a viewer prefix: a file of OHIF's dist/, or its page.
 
-    ``opened`` is called with the Study Instance UIDs the page's route names, when the answer is the page:
+    ``opened`` is called with the Study Instance UIDs the page's route names, if any, when the answer is the page:
     the one request every opening of a study makes, from a link, a bookmark or a reload.
     """
     if path == ohif.SERVICE_WORKER:
@@ -169,8 +169,9 @@ def ohif_response(
             status=503,
             content_type="text/plain; charset=utf-8",
         )
-    if opened is not None:
-        opened(ohif.studies_opened(request.GET))
+    study_instance_uids = ohif.studies_opened(request.GET)
+    if opened is not None and study_instance_uids:
+        opened(study_instance_uids)
     return _no_store(HttpResponse(html))
 
 
@@ -199,8 +200,6 @@ def ohif_clinic(request: ClinicRequest, clinic_slug: str, path: str = "") -> Htt
 
 def _audit_opened(request: ClinicRequest, study_instance_uids: list[str]) -> None:
     """Record ``study.viewer_opened`` for each named study the reader's clinic holds (others name nothing)."""
-    if not study_instance_uids:
-        return
     studies = Study.objects.for_clinic(request.clinic).filter(
         deleted_at__isnull=True, study_instance_uid__in=study_instance_uids,
     )
