@@ -12,7 +12,9 @@ SQLite default or on PostgreSQL with `--database-url`. Then, against both:
 - QIDO-RS series of one study, p95 (ms).
 
 Run: `make bench-orthanc` or `.venv/bin/python bench/bench_orthanc.py [--instances 200] [--only wado]
-[--database-url postgres://...]`. Data: 512 x 512 x 16-bit CT instances (0.53 MB), written once in a
+[--database-url postgres://...] [--pairs 3]`. With `--pairs N` the two sides run N times each, alternated
+(portal, Orthanc, portal, ...), and each figure is the median over the runs, with the ratio of every pair:
+a host whose speed drifts during the run then moves both sides alike. Data: 512 x 512 x 16-bit CT instances (0.53 MB), written once in a
 temporary folder removed at the end. Ratios above 1 mean the portal is faster (for QIDO: Orthanc's p95
 divided by ours).
 """
@@ -24,12 +26,12 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -319,36 +321,49 @@ def main() -> None:
         help="comma-separated workloads to report (stow always runs: it loads the study); default all",
     )
     parser.add_argument("--wado-rounds", type=int, default=3, help="whole-study retrievals per side (default 3)")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="runs of each side, alternated (default 1); the figures are then medians")
     parser.add_argument("--skip-orthanc", action="store_true", help="the portal only (while tuning it)")
     parser.add_argument("--debug", action="store_true",
                         help="run the portal with DEBUG on, as the default run (make run) does, not as deployed")
     args = parser.parse_args()
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))
+    pairs: list[tuple[dict[str, float], dict[str, float]]] = []
     try:
         study_uid = "1.2.826.0.1.3680043.8.498." + str(uuid.uuid4().int)[:20]
         stow_files = write_files(work / "stow", args.instances, study_uid)
         store_files = write_files(work / "store", args.instances, study_uid + ".2")
-        with ThreadPoolExecutor(max_workers=1) as pool:  # one after the other: they share 2 cores
-            portal = pool.submit(
-                run_portal, work, args.database_url, stow_files, store_files, study_uid, only, args.wado_rounds,
-                args.debug,
-            ).result()
+        # One after the other, never at once: they share the machine's cores. Alternating them, pair after
+        # pair, spreads the host's drift in speed over both sides instead of favouring whichever ran first.
+        for number in range(args.pairs):
+            folder = work / f"pair-{number}"
+            folder.mkdir()
+            portal = run_portal(
+                folder, args.database_url, stow_files, store_files, study_uid, only, args.wado_rounds, args.debug
+            )
             if args.skip_orthanc:
                 print(json.dumps(portal, indent=1), f"load average {os.getloadavg()[0]:.1f}")
-                return
-            orthanc = pool.submit(
-                run_orthanc, work, stow_files, store_files, study_uid, only, args.wado_rounds
-            ).result()
+                continue
+            orthanc = run_orthanc(folder, stow_files, store_files, study_uid, only, args.wado_rounds)
+            pairs.append((portal, orthanc))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if pairs:
+        report(pairs, instances=args.instances, only=only, postgresql=bool(args.database_url), debug=args.debug)
+
+
+def report(
+    pairs: list[tuple[dict[str, float], dict[str, float]]], *, instances: int, only: set[str], postgresql: bool,
+    debug: bool,
+) -> None:
+    """Print each figure for both sides (medians over the pairs) and the ratio (median, and its range)."""
     load = os.getloadavg()[0]
     print(
-        f"\n{args.instances} instances of 0.53 MB per workload; database "
-        f"{'PostgreSQL' if args.database_url else 'SQLite'}; DEBUG {'on' if args.debug else 'off'}; "
-        f"load average at the end {load:.1f}"
+        f"\n{instances} instances of 0.53 MB per workload; database {'PostgreSQL' if postgresql else 'SQLite'}; "
+        f"DEBUG {'on' if debug else 'off'}; {len(pairs)} pair(s) of runs, alternated; load average at the end {load:.1f}"
     )
-    print(f"{'figure':<36}{'portal':>12}{'Orthanc':>12}{'ratio':>8}")
+    print(f"{'figure':<36}{'portal':>12}{'Orthanc':>12}{'ratio':>8}" + ("  ratio per pair" if len(pairs) > 1 else ""))
     rows = [("STOW-RS, 4 clients (inst/s)", "stow", False), ("  server CPU ms per instance", "stow_server_cpu_ms", True)]
     if "c_store" in only:
         rows.append(("C-STORE, one association (inst/s)", "c_store", False))
@@ -365,10 +380,13 @@ def main() -> None:
             ("  server CPU ms per request", "qido_server_cpu_ms", True),
         ]
     for name, key, lower_is_better in rows:
-        ours, theirs = portal[key], orthanc[key]
-        ratio = theirs / ours if lower_is_better else ours / theirs
-        print(f"{name:<36}{ours:>12.3g}{theirs:>12.3g}{ratio:>8.2f}")
-
+        ratios = [
+            (theirs[key] / ours[key] if lower_is_better else ours[key] / theirs[key]) for ours, theirs in pairs
+        ]
+        ours_median = statistics.median(ours[key] for ours, _ in pairs)
+        theirs_median = statistics.median(theirs[key] for _, theirs in pairs)
+        each = "  " + ", ".join(f"{r:.2f}" for r in ratios) if len(pairs) > 1 else ""
+        print(f"{name:<36}{ours_median:>12.3g}{theirs_median:>12.3g}{statistics.median(ratios):>8.2f}{each}")
 
 if __name__ == "__main__":
     main()
