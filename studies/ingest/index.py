@@ -205,6 +205,28 @@ def series_conflicts(
     return accepted
 
 
+_SERIES_FIELDS = tuple(f.attname for f in Series._meta.concrete_fields)
+
+
+def _series_rows(*, clinic_id: int, series_instance_uid: str) -> QuerySet:
+    return Series.objects.filter(clinic_id=clinic_id, series_instance_uid=series_instance_uid).values(*_SERIES_FIELDS)
+
+
+def _series_get_or_create(*, clinic: Clinic, series_instance_uid: str, defaults: dict[str, Any]) -> tuple[Series, bool]:
+    """The clinic's series with this UID, or a new one from ``defaults``; and whether it was created.
+
+    Most batches join a series already stored: that lookup is compiled once (portal.prepared), as
+    building the ORM's get_or_create cost more CPU than the statement. A new series goes through
+    get_or_create itself, whose savepoint settles a race with another batch creating it.
+    """
+    rows = prepared.rows(
+        "ingest.series", _series_rows, clinic_id=clinic.pk, series_instance_uid=series_instance_uid
+    )
+    if rows:
+        return prepared.model_from_row(Series, rows[0], _SERIES_FIELDS), False
+    return Series.objects.get_or_create(clinic=clinic, series_instance_uid=series_instance_uid, defaults=defaults)
+
+
 def instances_index_write(
     *, clinic: Clinic, items: Sequence[IndexItem], locked_studies: Mapping[str, Study | None] | None = None
 ) -> IndexWrite:
@@ -274,7 +296,7 @@ def instances_index_write(
         if p.series_instance_uid in series_rows:
             continue
         study = locked[p.study_instance_uid]
-        series, series_created = Series.objects.get_or_create(
+        series, series_created = _series_get_or_create(
             clinic=clinic,
             series_instance_uid=p.series_instance_uid,
             defaults={
