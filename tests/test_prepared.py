@@ -83,3 +83,40 @@ def test_a_model_is_built_from_a_row_whatever_the_order_of_the_fields_named(clin
 
     assert (study.pk, study.uuid, study.study_instance_uid) == (made.pk, made.uuid, made.study_instance_uid)
     assert study.get_deferred_fields() >= {"patient_name"}
+
+
+def _reservation(*, clinic_id: int, size: int):
+    from django.db.models import F
+
+    from tenants.models import Clinic
+
+    return Clinic.objects.filter(pk=clinic_id, used_bytes__lte=F("quota_bytes") - size), {
+        "used_bytes": F("used_bytes") + size
+    }
+
+
+def test_a_prepared_update_changes_what_the_querysets_update_would_and_counts_the_rows(clinic, other_clinic):
+    from tenants.models import Clinic
+
+    gb = 10**9  # sizes past 2**31, which PostgreSQL's driver is handed wrapped
+    Clinic.objects.filter(pk__in=[clinic.pk, other_clinic.pk]).update(quota_bytes=5 * gb, used_bytes=0)
+
+    # The same value in the filter and in the assignment; the second clinic's row is never touched.
+    assert prepared.update("test-reserve", _reservation, clinic_id=clinic.pk, size=3 * gb) == 1
+    assert prepared.update("test-reserve", _reservation, clinic_id=clinic.pk, size=3 * gb) == 0  # 6 > 5 GB
+    assert prepared.update("test-reserve", _reservation, clinic_id=clinic.pk, size=2 * gb) == 1
+
+    assert dict(Clinic.objects.filter(pk__in=[clinic.pk, other_clinic.pk]).values_list("pk", "used_bytes")) == {
+        clinic.pk: 5 * gb,
+        other_clinic.pk: 0,
+    }
+
+
+def test_an_update_filtered_through_a_join_cannot_be_prepared(clinic):
+    from django.db.models import F
+
+    def by_clinic_slug(*, slug: str):
+        return Study.objects.filter(clinic__slug=slug), {"number_of_instances": F("number_of_instances") + 1}
+
+    with pytest.raises(ValueError, match="one table"):
+        prepared.update("test-join", by_clinic_slug, slug=clinic.slug)

@@ -64,13 +64,18 @@ def quota_reserve(*, clinic: Clinic, size_bytes: int) -> None:
 
     One conditional UPDATE does the check and the reservation, so concurrent uploads can't both pass.
     """
-    updated = Clinic.objects.filter(pk=clinic.pk, used_bytes__lte=F("quota_bytes") - size_bytes).update(
-        used_bytes=F("used_bytes") + size_bytes
-    )
+    # Every batch makes it: compiled once (portal.prepared).
+    updated = prepared.update("ingest.quota_reserve", _quota_reservation, clinic_id=clinic.pk, size=size_bytes)
     if updated:
         return
     left, quota = quota_left(clinic=clinic)
     raise quota_exceeded(size_bytes=size_bytes, bytes_left=left, quota_bytes=quota)
+
+
+def _quota_reservation(*, clinic_id: int, size: int) -> tuple[QuerySet, dict[str, Any]]:
+    return Clinic.objects.filter(pk=clinic_id, used_bytes__lte=F("quota_bytes") - size), {
+        "used_bytes": F("used_bytes") + size
+    }
 
 
 def quota_left(*, clinic: Clinic) -> tuple[int, int]:
@@ -227,6 +232,10 @@ def _series_get_or_create(*, clinic: Clinic, series_instance_uid: str, defaults:
     return Series.objects.get_or_create(clinic=clinic, series_instance_uid=series_instance_uid, defaults=defaults)
 
 
+def _series_count_added(*, series_id: int, count: int) -> tuple[QuerySet, dict[str, Any]]:
+    return Series.objects.filter(pk=series_id), {"number_of_instances": F("number_of_instances") + count}
+
+
 def instances_index_write(
     *, clinic: Clinic, items: Sequence[IndexItem], locked_studies: Mapping[str, Study | None] | None = None
 ) -> IndexWrite:
@@ -349,7 +358,7 @@ def instances_index_write(
         per_study[item.parsed.study_instance_uid].append(item)
     for series_uid, count in per_series.items():
         series = series_rows[series_uid][0]
-        Series.objects.filter(pk=series.pk).update(number_of_instances=F("number_of_instances") + count)
+        prepared.update("ingest.series_count", _series_count_added, series_id=series.pk, count=count)
     for study_uid, study_items in per_study.items():
         study = locked[study_uid]
         new_series = {i.parsed.series_instance_uid for i in study_items if series_rows[i.parsed.series_instance_uid][1]}
