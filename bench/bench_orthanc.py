@@ -14,8 +14,8 @@ SQLite default or on PostgreSQL with `--database-url`. Then, against both:
 Run: `make bench-orthanc` or `.venv/bin/python bench/bench_orthanc.py [--instances 200] [--only wado]
 [--database-url postgres://...] [--pairs 3]`. With `--pairs N` the two sides run N times each, alternated
 (portal, Orthanc, portal, ...), and each figure is the median over the runs, with the ratio of every pair:
-a host whose speed drifts during the run then moves both sides alike. Data: 512 x 512 x 16-bit CT instances (0.53 MB), written once in a
-temporary folder removed at the end. Ratios above 1 mean the portal is faster (for QIDO: Orthanc's p95
+a host whose speed drifts during the run then moves both sides alike. Data: 512 x 512 x 16-bit CT
+instances (0.53 MB), written once in a temporary folder removed at the end. Ratios above 1 mean the portal is faster (for QIDO: Orthanc's p95
 divided by ours).
 """
 
@@ -361,9 +361,11 @@ def report(
     load = os.getloadavg()[0]
     print(
         f"\n{instances} instances of 0.53 MB per workload; database {'PostgreSQL' if postgresql else 'SQLite'}; "
-        f"DEBUG {'on' if debug else 'off'}; {len(pairs)} pair(s) of runs, alternated; load average at the end {load:.1f}"
+        f"DEBUG {'on' if debug else 'off'}; {len(pairs)} pair(s) of runs, alternated; "
+        f"load average at the end {load:.1f}"
     )
-    print(f"{'figure':<36}{'portal':>12}{'Orthanc':>12}{'ratio':>8}" + ("  ratio per pair" if len(pairs) > 1 else ""))
+    each_header = "  ratio per pair" if len(pairs) > 1 else ""
+    print(f"{'figure':<36}{'portal':>12}{'Orthanc':>12}{'ratio':>8}{each_header}")
     rows = [("STOW-RS, 4 clients (inst/s)", "stow", False), ("  server CPU ms per instance", "stow_server_cpu_ms", True)]
     if "c_store" in only:
         rows.append(("C-STORE, one association (inst/s)", "c_store", False))
@@ -387,6 +389,7 @@ def report(
         theirs_median = statistics.median(theirs[key] for _, theirs in pairs)
         each = "  " + ", ".join(f"{r:.2f}" for r in ratios) if len(pairs) > 1 else ""
         print(f"{name:<36}{ours_median:>12.3g}{theirs_median:>12.3g}{statistics.median(ratios):>8.2f}{each}")
+
 
 if __name__ == "__main__":
     main()

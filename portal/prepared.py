@@ -89,7 +89,9 @@ def _compile(connection: BaseDatabaseWrapper, build: Callable[..., QuerySet], ki
 
 
 def _bound(
-    key: Hashable, compile_statement: Callable[[BaseDatabaseWrapper, dict[str, type]], _Statement], values: dict[str, Any]
+    key: Hashable,
+    compile_statement: Callable[[BaseDatabaseWrapper, dict[str, type]], _Statement],
+    values: dict[str, Any],
 ) -> tuple[BaseDatabaseWrapper, _Statement, list[Any]]:
     """The statement ``key`` names on this thread's connection (compiled now if new) and its parameters."""
     connection = connections[DEFAULT_DB_ALIAS]

@@ -6,10 +6,12 @@ from datetime import date, time
 
 import pytest
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
 from portal import prepared
 from studies.models import Study
+from tenants.models import Clinic
 from tests.factories import make_study
 
 
@@ -86,18 +88,12 @@ def test_a_model_is_built_from_a_row_whatever_the_order_of_the_fields_named(clin
 
 
 def _reservation(*, clinic_id: int, size: int):
-    from django.db.models import F
-
-    from tenants.models import Clinic
-
     return Clinic.objects.filter(pk=clinic_id, used_bytes__lte=F("quota_bytes") - size), {
         "used_bytes": F("used_bytes") + size
     }
 
 
 def test_a_prepared_update_changes_what_the_querysets_update_would_and_counts_the_rows(clinic, other_clinic):
-    from tenants.models import Clinic
-
     gb = 10**9  # sizes past 2**31, which PostgreSQL's driver is handed wrapped
     Clinic.objects.filter(pk__in=[clinic.pk, other_clinic.pk]).update(quota_bytes=5 * gb, used_bytes=0)
 
@@ -113,8 +109,6 @@ def test_a_prepared_update_changes_what_the_querysets_update_would_and_counts_th
 
 
 def test_an_update_filtered_through_a_join_cannot_be_prepared(clinic):
-    from django.db.models import F
-
     def by_clinic_slug(*, slug: str):
         return Study.objects.filter(clinic__slug=slug), {"number_of_instances": F("number_of_instances") + 1}
 
