@@ -368,7 +368,10 @@ class S3Store(ObjectStore):
         if client is None:
             with self._client_lock:
                 if self._client is None:
-                    self._client = self.storage.connection.meta.client
+                    made = self.storage.connection.meta.client
+                    # Last among the handlers of every S3 call, so after botocore's own that adds it.
+                    made.meta.events.register_last("before-call.s3", _no_continue_for_whole_objects)
+                    self._client = made
                 client = self._client
         return client
 
@@ -462,6 +465,18 @@ class S3Store(ObjectStore):
     def check(self) -> None:
         with self._errors():
             self.client.head_bucket(Bucket=self.bucket_name)
+
+
+def _no_continue_for_whole_objects(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+    """Send a single PutObject's body without asking for "100 Continue" first.
+
+    botocore asks before every body it is given as a file. Our PutObject bodies are at most one part,
+    already in memory, so waiting for the endpoint's go-ahead only adds a round trip to each write (to a
+    synchronous replica write's latency above all). Multipart parts still ask, as AWS's own SDKs do for
+    large bodies.
+    """
+    if model.name == "PutObject":
+        params["headers"].pop("Expect", None)
 
 
 class _HeadFirst:

@@ -258,3 +258,26 @@ def test_threads_share_one_s3_client(db, s3_stores):
         thread.join()
 
     assert all(client is store.client for client in seen)
+
+
+def test_whole_object_puts_skip_the_100_continue_round_trip(db, s3_stores):
+    """An object sent in one PutObject is already in memory: waiting for the endpoint's "100 Continue"
+    before its body only added a round trip to every copy (a synchronous replica write's latency). The
+    parts of a multipart upload still ask first, as boto3 does."""
+    store = stores.get_store("replica")
+    sent: list[tuple[str, str | None]] = []
+
+    def capture(request, **kwargs):
+        sent.append((request.method, request.headers.get("Expect")))
+
+    store.client.meta.events.register("before-send.s3", capture)
+    try:
+        store.put("k/whole", io.BytesIO(os.urandom(40_000)))
+        whole = list(sent)
+        sent.clear()
+        store.put("k/parts", io.BytesIO(os.urandom(stores.S3Store.PART_SIZE + 1000)))
+    finally:
+        store.client.meta.events.unregister("before-send.s3", capture)
+
+    assert whole == [("PUT", None)]
+    assert ("PUT", b"100-continue") in sent  # the parts
