@@ -28,8 +28,15 @@ def _django_request(request: Request) -> Any:
 
 
 def _actor(request: Request) -> User | None:
-    # With an API token the request's user is a TokenUser, not a person.
-    return request.user if isinstance(request.user, User) else None
+    """The person a token or invitation made by this request is attributed to.
+
+    With an API token the request's user is a TokenUser: what it makes is the token's creator's, so that
+    removing or demoting that member withdraws it too (a token minted by a token does not outlive them).
+    """
+    if isinstance(request.user, User):
+        return request.user
+    token = getattr(request.user, "token", None)
+    return token.created_by if token is not None else None
 
 
 class MemberOutput(serializers.Serializer):

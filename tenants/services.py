@@ -198,7 +198,8 @@ def membership_role_change(
 ) -> Membership:
     """Give a member another role.
 
-    Raises NotAllowed when the change would escalate rights, and Conflict for the last owner.
+    Raises NotAllowed when the change would escalate rights, and Conflict for the last owner. A demoted
+    member's API tokens and open invitations with rights the new role lacks are revoked.
     """
     if role not in Role.values:
         raise PortalError(f"Unknown role '{role}'. Choose one of: {', '.join(Role.values)}.")
@@ -213,9 +214,36 @@ def membership_role_change(
     old_role = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
+    details: dict[str, object] = {"from": old_role, "to": role}
+    # What the member handed out with rights the new role lacks would let them take those rights back.
+    withdrawn = _grants_withdraw(clinic=clinic, user=membership.user, beyond=role)
+    details.update({name: count for name, count in withdrawn.items() if count})
     audit_record(clinic=clinic, action="member.role_changed", by=by, object_type="user",
-                 object_id=str(membership.user.uuid), details={"from": old_role, "to": role})
+                 object_id=str(membership.user.uuid), details=details)
     return membership
+
+
+def _grants_withdraw(*, clinic: Clinic, user: User, beyond: str | None, keep_api_tokens: bool = False) -> dict[str, int]:
+    """Revoke the clinic's API tokens and open invitations ``user`` made, the ones whose role has rights that
+    ``beyond`` lacks (all of them when ``beyond`` is None: the member is gone); returns the audit's counts.
+
+    A token or an invitation must not outlive its maker's right to make it.
+    """
+    allowed = ROLE_ACTIONS.get(beyond, frozenset()) if beyond is not None else None
+    roles = [r for r in Role.values if allowed is None or not ROLE_ACTIONS.get(r, frozenset()) <= allowed]
+    if not roles:
+        return {}
+    now = timezone.now()
+    tokens = selectors.api_token_list_created_by(clinic=clinic, user=user).filter(role__in=roles)
+    invitations = Invitation.objects.for_clinic(clinic).filter(
+        invited_by=user, role__in=roles, accepted_at__isnull=True, revoked_at__isnull=True
+    )
+    counts = {"invitations_withdrawn": invitations.update(revoked_at=now)}
+    if keep_api_tokens:
+        counts["api_tokens_kept"] = tokens.count()
+    else:
+        counts["api_tokens_revoked"] = tokens.update(revoked_at=now)
+    return counts
 
 
 @transaction.atomic
@@ -229,7 +257,8 @@ def membership_remove(
     """Remove a member from a clinic; their access ends with their next request.
 
     The clinic's API tokens the member created are revoked with the membership (a token must not
-    outlive its creator's right to make it), unless the remover explicitly keeps them.
+    outlive its creator's right to make it), unless the remover explicitly keeps them; the invitations
+    they sent and nobody accepted yet are withdrawn.
     Raises NotAllowed when the member outranks the remover, and Conflict for the last owner.
     """
     clinic = _lock_clinic(membership.clinic)
@@ -238,12 +267,8 @@ def membership_remove(
     if membership.role == Role.OWNER and _owner_count(clinic) <= 1:
         raise Conflict(LAST_OWNER_MESSAGE)
     user_uuid = str(membership.user.uuid)
-    tokens = selectors.api_token_list_created_by(clinic=clinic, user=membership.user)
     membership.delete()
-    if keep_api_tokens:
-        details = {"api_tokens_kept": tokens.count()}
-    else:
-        details = {"api_tokens_revoked": tokens.update(revoked_at=timezone.now())}
+    details = _grants_withdraw(clinic=clinic, user=membership.user, beyond=None, keep_api_tokens=keep_api_tokens)
     audit_record(clinic=clinic, action="member.removed", by=by, object_type="user", object_id=user_uuid,
                  details=details)
 

@@ -5,8 +5,11 @@ from http import HTTPStatus
 import pytest
 from django.test import Client
 
+from portal.exceptions import PortalError
+from tenants import services
 from tenants.models import AuditEvent, Membership
 from tenants.roles import Role
+from tests.factories import make_user
 
 
 def role_url(clinic, user) -> str:
@@ -251,3 +254,64 @@ def test_removing_a_member_leaves_other_clinics_tokens_alone(owner, admin, clini
 
     api = Client().get(f"/api/v1/clinics/{other_clinic.slug}/members/", HTTP_AUTHORIZATION=f"Bearer {elsewhere}")
     assert api.status_code == HTTPStatus.OK
+
+
+def _members_status(client, clinic, secret: str) -> int:
+    return client.get(f"/api/v1/clinics/{clinic.slug}/members/", HTTP_AUTHORIZATION=f"Bearer {secret}").status_code
+
+
+def test_a_token_minted_with_a_token_is_revoked_with_its_makers_membership(client, owner, admin, clinic):
+    """A token made over REST with a token is its maker's: it went on working after the maker was removed."""
+    first = _admin_token(clinic, admin)
+    minted = client.post(f"/api/v1/clinics/{clinic.slug}/tokens/", {"name": "minted", "role": "admin"},
+                         content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {first}")
+    assert minted.status_code == 201
+    second = minted.json()["token"]
+    client.force_login(owner)
+
+    assert client.delete(f"/api/v1/clinics/{clinic.slug}/members/{admin.uuid}/").status_code == 204
+    client.logout()
+
+    assert _members_status(client, clinic, first) == 401
+    assert _members_status(client, clinic, second) == 401
+    removed = AuditEvent.objects.filter(clinic=clinic, action="member.removed").get()
+    assert removed.details["api_tokens_revoked"] == 2
+
+
+def test_a_demoted_member_cannot_take_her_role_back_with_a_token_she_made_before(client, owner, admin, clinic):
+    secret = _admin_token(clinic, admin)
+    client.force_login(owner)
+    assert client.patch(f"/api/v1/clinics/{clinic.slug}/members/{admin.uuid}/", {"role": "uploader"},
+                        content_type="application/json").status_code == 200
+    client.logout()
+
+    regained = client.patch(f"/api/v1/clinics/{clinic.slug}/members/{admin.uuid}/", {"role": "admin"},
+                            content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}")
+
+    assert regained.status_code == 401
+    assert role_of(clinic, admin) == Role.UPLOADER
+    changed = AuditEvent.objects.filter(clinic=clinic, action="member.role_changed").get()
+    assert changed.details["api_tokens_revoked"] == 1
+
+
+def test_a_demotion_keeps_the_tokens_the_new_role_could_make(client, owner, admin, clinic):
+    kept = services.api_token_create(clinic=clinic, name="uploads", role=Role.UPLOADER, created_by=admin).secret
+    client.force_login(owner)
+
+    client.patch(f"/api/v1/clinics/{clinic.slug}/members/{admin.uuid}/", {"role": "clinician"},
+                 content_type="application/json")
+
+    assert client.post(f"/dicomweb/{clinic.slug}/studies", HTTP_AUTHORIZATION=f"Bearer {kept}").status_code not in (401, 403)
+
+
+def test_invitations_a_removed_member_sent_are_withdrawn(owner, admin, clinic):
+    membership = clinic.memberships.get(user=admin)
+    sent = services.invitation_create(clinic=clinic, email="friend@example.org", role=Role.ADMIN, invited_by=admin,
+                                      granted_by=membership, base_url="http://testserver/")
+    services.membership_remove(membership=membership, granted_by=clinic.memberships.get(user=owner))
+
+    with pytest.raises(PortalError):
+        services.invitation_accept(token=sent.url.rstrip("/").rsplit("/", 1)[-1],
+                                   user=make_user(email="friend@example.org"))
+    removed = AuditEvent.objects.filter(clinic=clinic, action="member.removed").get()
+    assert removed.details["invitations_withdrawn"] == 1
