@@ -221,6 +221,9 @@ def trash(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     studies = selectors.trash_list(clinic=request.clinic)
     page = Paginator(studies, PAGE_SIZE).get_page(request.GET.get("page"))
     rows = [{"study": study, "purge_at": services.study_purge_at(study)} for study in page]
+    # A list of patients' names is an access to each of them, as the studies page's is.
+    services.study_search_record(clinic=request.clinic, search=selectors.StudySearch(), count=len(rows),
+                                 source="trash_page", by=Actor.from_request(request))
     return render(request, "studies/study_trash.html", {"page": page, "rows": rows})
 
 
@@ -245,7 +248,11 @@ def quarantine_page(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     permissions.action_check(request, Action.DELETE)
     held = quarantine.quarantine_list(clinic=request.clinic)
     page = Paginator(held, PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "studies/quarantine.html", {"page": page, "rows": list(page)})
+    rows = list(page)
+    # The held instances' patient names and IDs: audited as a list of studies shown.
+    services.study_search_record(clinic=request.clinic, search=selectors.StudySearch(), count=len(rows),
+                                 source="quarantine_page", by=Actor.from_request(request))
+    return render(request, "studies/quarantine.html", {"page": page, "rows": rows})
 
 
 @require_POST

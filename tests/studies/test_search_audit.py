@@ -8,7 +8,9 @@ from datetime import date
 from http import HTTPStatus
 
 from django.test import Client
+from django.utils import timezone
 
+from studies.models import QuarantinedInstance
 from tenants import services as tenant_services
 from tenants.models import AuditEvent
 from tenants.roles import Role
@@ -90,3 +92,32 @@ def test_outsider_search_gets_404_and_records_nothing_in_the_clinic(clinic, outs
 
     assert (page.status_code, api.status_code) == (HTTPStatus.NOT_FOUND, HTTPStatus.NOT_FOUND)
     assert searches(clinic) == []
+
+
+def test_the_trash_page_is_audited_as_a_list_shown(client, clinic, owner):
+    make_study(clinic=clinic, deleted_at=timezone.now(), **PATIENT)
+    client.force_login(owner)
+
+    response = client.get(f"/c/{clinic.slug}/studies/trash/")
+
+    assert "DOE" in response.content.decode()
+    [event] = searches(clinic)
+    assert (event.actor, event.details["source"], event.details["count"]) == (owner, "trash_page", 1)
+    assert_no_patient_data(event)
+
+
+def test_the_quarantine_page_is_audited_as_a_list_shown(client, clinic, owner):
+    QuarantinedInstance.objects.create(
+        clinic=clinic, reason=QuarantinedInstance.Reason.PATIENT_MISMATCH, source="upload",
+        sop_instance_uid="1.2.3.4.1", series_instance_uid="1.2.3.4.2", study_instance_uid="1.2.3.4.3",
+        patient_id=PATIENT["patient_id"], patient_name=PATIENT["patient_name"], size_bytes=1, sha256="0" * 64,
+        object_key=f"clinics/{clinic.uuid}/objects/0f0e0d0c-0b0a-4908-8706-050403020100", key_id="k1",
+    )
+    client.force_login(owner)
+
+    response = client.get(f"/c/{clinic.slug}/studies/quarantine/")
+
+    assert PATIENT["patient_id"] in response.content.decode()
+    [event] = searches(clinic)
+    assert (event.details["source"], event.details["count"]) == ("quarantine_page", 1)
+    assert_no_patient_data(event)
