@@ -62,6 +62,16 @@ def unauthenticated_response(request: HttpRequest) -> HttpResponse:
     return redirect_to_login(request.get_full_path(), reverse(settings.LOGIN_URL))
 
 
+def api_token_accepted(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Let a page's endpoint be called with an API token (the outermost decorator).
+
+    Tokens are for the REST API and DICOMweb; a page route takes one only when it says so, as the
+    upload endpoint does: the others are written for a signed-in person.
+    """
+    view.accepts_api_token = True  # type: ignore[attr-defined]
+    return view
+
+
 class ClinicMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -91,6 +101,12 @@ class ClinicMiddleware:
         if token is not None:
             if token.clinic.slug != slug:
                 return errors.page_not_found(request)
+            if not is_api_path(request.path) and not getattr(view_func, "accepts_api_token", False):
+                return JsonResponse(
+                    {"error": "api_token_not_accepted",
+                     "message": "API tokens work with the REST API and DICOMweb; sign in to use this page."},
+                    status=403,
+                )
             request.clinic = token.clinic  # type: ignore[attr-defined]
             request.membership = token  # type: ignore[attr-defined]
             # Asked first: building the Actor loads the session's user, work most token requests skip.

@@ -20,7 +20,7 @@ from studies import ingest
 from studies.ingest import uploads
 from studies.models import AnonymizationProject, UploadBatch
 from tenants import permissions
-from tenants.middleware import ClinicRequest
+from tenants.middleware import ClinicRequest, api_token_accepted
 from tenants.roles import Action
 
 
@@ -43,6 +43,7 @@ def _anonymize_projects(request: ClinicRequest) -> list[object]:
     return list(AnonymizationProject.objects.for_clinic(request.clinic).order_by("name"))
 
 
+@api_token_accepted
 @require_POST
 def upload_file(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     """Ingest one uploaded file (field ``file``), or stage a ZIP archive for unpacking."""

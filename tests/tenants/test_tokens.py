@@ -115,3 +115,19 @@ def test_a_token_in_use_stops_working_as_soon_as_it_is_revoked(clinic):
     response = Client().get(url, HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert response.status_code == HTTPStatus.UNAUTHORIZED
     assert response.json()["error"] == "invalid_token"
+
+
+def test_an_api_token_does_not_open_the_portals_pages(client, clinic):
+    """Pages are written for a signed-in person (a token's POST made objects with no creator, or failed)."""
+    secret = services.api_token_create(clinic=clinic, name="automation", role=Role.ADMIN).secret
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+
+    page = client.get(f"/c/{clinic.slug}/studies/", **auth)
+    made = client.post(f"/c/{clinic.slug}/tokens/", {"name": "by-page", "role": "admin"}, **auth)
+
+    assert page.status_code == made.status_code == 403
+    assert page.json()["error"] == "api_token_not_accepted"
+    assert not ApiToken.objects.filter(name="by-page").exists()
+    # The upload endpoint says it takes tokens (README), and still does.
+    upload = client.post(f"/c/{clinic.slug}/upload/files/", {}, **auth)
+    assert upload.status_code == 400 and upload.json()["outcome"] == "rejected"
