@@ -30,6 +30,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal.exceptions import Conflict, NotAllowed, PortalError
 from tenants import selectors
+from tenants.ae_titles import ae_title_clean, default_ae_title
 from tenants.audit import Actor, audit_record, client_address
 from tenants.models import ApiToken, Clinic, Invitation, Membership, User, UserSession
 from tenants.roles import ROLE_ACTIONS, Role
@@ -39,15 +40,6 @@ logger = logging.getLogger(__name__)
 
 # How often a token's use is written down; every request would flood the trail.
 TOKEN_USE_RECORD_INTERVAL = timedelta(minutes=5)
-
-
-def default_ae_title(slug: str) -> str:
-    """The clinic's called AE title by default: its slug, upper-cased, at most 16 characters.
-
-    A hyphen is legal in an AE title (PS3.5 6.2), so ``clinic-a`` is called ``CLINIC-A``. Clinics
-    created when hyphens were replaced by underscores keep the title their modalities are set up with.
-    """
-    return slug.upper()[:16]
 
 
 # What the apps above tenants do when a clinic is created, in its transaction (billing: start the trial).
@@ -72,11 +64,11 @@ def clinic_create(
     Raises PortalError when the slug or AE title is already taken.
     """
     slug = slug or slugify(name)[:50]
-    ae_title = (ae_title or default_ae_title(slug)).strip()
     if not slug:
         raise PortalError("The clinic needs a name made of letters or digits.")
     if Clinic.objects.filter(slug=slug).exists():
         raise PortalError(f"The address '{slug}' is already taken; choose another.")
+    ae_title = ae_title_clean(ae_title or default_ae_title(slug))
     if Clinic.objects.filter(ae_title=ae_title).exists():
         raise PortalError(f"The AE title '{ae_title}' is already used by another clinic.")
     clinic = Clinic.objects.create(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import re
 import socket
 
 from cryptography import x509
@@ -14,21 +13,11 @@ from django.db.models import QuerySet
 
 from portal.exceptions import PortalError
 from studies.models import DicomNode
+from tenants.ae_titles import ae_title_clean
 from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, User
 
 # PS3.5 AE: up to 16 characters of the default repertoire, no backslash or control characters.
-AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
-
-
-def ae_title_clean(value: str) -> str:
-    """Return the AE title without padding; raise PortalError if DICOM does not allow it."""
-    title = (value or "").strip()
-    if not title or not AE_TITLE_RE.match(title):
-        raise PortalError("An AE title is 1 to 16 characters: letters, digits, spaces or punctuation, no backslash.")
-    return title
-
-
 ANY_ADDRESS_WARNING = (
     "This node accepts calls from any address: anyone on the internet who guesses its AE title and the "
     "clinic's can then search and retrieve the clinic's studies. Prefer its address or network."
@@ -107,6 +96,15 @@ def dicom_node_list(*, clinic: Clinic) -> QuerySet[DicomNode]:
 def dicom_node_inbound_get(*, clinic: Clinic, ae_title: str) -> DicomNode | None:
     """Return the node that may open associations with this calling AE title, if any."""
     return DicomNode.objects.for_clinic(clinic).filter(ae_title=ae_title.strip(), allow_inbound=True).first()
+
+
+def dicom_node_may_call(*, clinic: Clinic, node: DicomNode) -> bool:
+    """Say whether this node is still registered and may still call in (one query).
+
+    An association keeps the node it was accepted for; this tells a request on it whether the node
+    was removed, or its inbound access switched off, in the meantime.
+    """
+    return DicomNode.objects.for_clinic(clinic).filter(pk=node.pk, allow_inbound=True).exists()
 
 
 def dicom_node_destination_get(*, clinic: Clinic, ae_title: str) -> DicomNode | None:
