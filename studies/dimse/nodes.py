@@ -17,7 +17,6 @@ from tenants.ae_titles import ae_title_clean
 from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, User
 
-# PS3.5 AE: up to 16 characters of the default repertoire, no backslash or control characters.
 ANY_ADDRESS_WARNING = (
     "This node accepts calls from any address: anyone on the internet who guesses its AE title and the "
     "clinic's can then search and retrieve the clinic's studies. Prefer its address or network."
