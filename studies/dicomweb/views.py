@@ -9,6 +9,7 @@ a 404 too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import zlib
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from studies import matching, transcoding
 from studies.dicomweb import dicomjson, multipart, qido, rendering, stow, wado
 from studies.models import Instance, Study
 from tenants import permissions
-from tenants.audit import audit_record
+from tenants.audit import Actor, audit_record
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
 
@@ -35,6 +36,8 @@ DICOM_JSON = "application/dicom+json"
 # One audit entry per caller, study and kind of access per window, not one per frame request.
 AUDIT_WINDOW_SECONDS = 60
 GZIP_MIN_BYTES = 64 * 1024
+# Bulk data tag paths that name an instance's pixel data (native, float, double float).
+PIXEL_DATA_TAGS = ("7FE00010", "7FE00008", "7FE00009")
 
 
 def _error(status: int, code: str, message: str) -> JsonResponse:
@@ -75,6 +78,9 @@ def _base_url(request: ClinicRequest) -> str:
 
 
 def _actor_key(request: ClinicRequest) -> str:
+    share = getattr(request, "share", None)
+    if share is not None:
+        return f"s{share.pk}"  # reads through a link are the link's, whoever is signed in
     token = getattr(request, "api_token", None)
     if token is not None:
         return f"t{token.pk}"
@@ -84,14 +90,23 @@ def _actor_key(request: ClinicRequest) -> str:
 
 
 def _audit(request: ClinicRequest, action: str, *, study: Study | None = None, details: dict | None = None) -> None:
-    """Record a DICOMweb access, at most once per caller, study and action per window."""
+    """Record a DICOMweb access, at most once per caller, study and action per window.
+
+    Behind a share link the entry names the link (its page lists the read: studies.sharing.dicomweb_urls).
+    """
     object_id = str(study.uuid) if study is not None else ""
+    share = getattr(request, "share", None)
     key = f"dicomweb-audit:{request.clinic.pk}:{_actor_key(request)}:{action}:{object_id}"
     if not cache.add(key, 1, AUDIT_WINDOW_SECONDS):
         return
-    anonymous = getattr(request, "api_token", None) is None and not request.user.is_authenticated
+    by = Actor.from_request(request)
+    if share is not None:
+        # The data goes out through the link: a visitor signed in to the portal (a member of another
+        # clinic, say) is not who this clinic gave access to, so the link is the actor, not that user.
+        by = dataclasses.replace(by, user=None, token_label="", label=f"share:{share.uuid}")
+    anonymous = by.user is None and not by.token_label
     audit_record(
-        clinic=request.clinic, action=action, request=request, object_type="study" if study else "",
+        clinic=request.clinic, action=action, by=by, object_type="study" if study else "",
         object_id=object_id, details=details or {},
         actor_label=str(getattr(request.membership, "label", "")) if anonymous else "",
     )
@@ -357,7 +372,7 @@ def bulkdata(
 ) -> HttpResponse:
     found, instance = _instance(request, study_uid, series_uid, sop_uid)
     with _open_dataset(request, instance) as ds:
-        if tag_path.strip("/").upper() in ("7FE00010", "7FE00008", "7FE00009") and "PixelData" in ds:
+        if tag_path.strip("/").upper() in PIXEL_DATA_TAGS and "PixelData" in ds:
             choice = wado.frames_negotiate(
                 request.headers.get("Accept", ""), stored_syntax=instance.transfer_syntax_uid
             )

@@ -50,10 +50,13 @@ class Share(models.Model):
         return self.expires_at <= timezone.now()
 
     @property
+    def is_used_up(self) -> bool:
+        """No open is left: the link serves only the sessions that already used one."""
+        return self.max_opens is not None and self.open_count >= self.max_opens
+
+    @property
     def is_active(self) -> bool:
-        return self.revoked_at is None and not self.is_expired and (
-            self.max_opens is None or self.open_count < self.max_opens
-        )
+        return self.revoked_at is None and not self.is_expired and not self.is_used_up
 
     @property
     def is_locked(self) -> bool:

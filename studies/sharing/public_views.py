@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 
+from portal.public_url import absolute_url
 from studies.browse import download, selectors
 from studies.models import Study
 from studies.sharing import services
@@ -55,6 +56,22 @@ def _invalid(request: HttpRequest) -> HttpResponse:
     return render(request, "studies/share_invalid.html", status=INVALID_STATUS)
 
 
+def _opened_key(share: Share) -> str:
+    return f"share-opened:{share.uuid}"
+
+
+def _share_for_session(request: HttpRequest, token: str) -> Share | None:
+    """The link a token names, or None when it serves nothing to this session.
+
+    A used-up link serves only the sessions that used one of its opens: any other gets the answer of
+    a revoked link, before a PIN form or a PIN check, so nobody new can try (and lock) its PIN.
+    """
+    share = services.share_resolve(token=token)
+    if share is None or (share.is_used_up and not request.session.get(_opened_key(share))):
+        return None
+    return share
+
+
 def _is_granted(request: HttpRequest, share: Share) -> bool:
     return not share.has_pin or request.session.get(_grant_key(share)) is True
 
@@ -66,7 +83,7 @@ def _has_opened(request: HttpRequest, share: Share) -> bool:
     session (or a DICOMweb client without cookies) uses one, and once none is left gets the same
     answer as for a revoked link, on the page, the viewer, the download and DICOMweb alike.
     """
-    opened_key = f"share-opened:{share.uuid}"
+    opened_key = _opened_key(share)
     if request.session.get(opened_key):
         return True
     if not services.share_open(share=share, by=Actor.from_request(request)):
@@ -80,7 +97,7 @@ def share_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, share_token: str, *args: Any, **kwargs: Any) -> HttpResponse:
-        share = services.share_resolve(token=share_token)
+        share = _share_for_session(request, share_token)
         if share is None:
             return _invalid(request)
         if not _is_granted(request, share):
@@ -113,7 +130,7 @@ def shared_study(request: HttpRequest, study_uuid: UUID) -> Study:
 @csrf_protect
 def share_open(request: HttpRequest, share_token: str) -> HttpResponse:
     """The link itself: ask for the PIN if there is one, then list the shared studies."""
-    share = services.share_resolve(token=share_token)
+    share = _share_for_session(request, share_token)
     if share is None:
         return _invalid(request)
     if not _is_granted(request, share):
@@ -121,7 +138,8 @@ def share_open(request: HttpRequest, share_token: str) -> HttpResponse:
         error, status = "", 200
         if request.method == "POST" and form.is_valid():
             try:
-                if services.share_pin_check(share=share, pin=form.cleaned_data["pin"], by=Actor.from_request(request)):
+                if services.share_pin_check(share=share, pin=form.cleaned_data["pin"], by=Actor.from_request(request),
+                                            base_url=absolute_url(request, "/")):
                     request.session.cycle_key()
                     request.session[_grant_key(share)] = True
                     return redirect("share:open", share_token=share_token)
@@ -172,7 +190,7 @@ def access_code(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         code = services.access_code_normalize(form.cleaned_data["code"])
         token = services.patient_token(code) if len(code) == services.ACCESS_CODE_LENGTH else ""
-        if token and services.share_resolve(token=token) is not None:
+        if token and _share_for_session(request, token) is not None:
             return redirect("share:open", share_token=token)
         # Mistyped, or no longer valid: the same answer, on this page, so the patient can type it again.
         form.add_error("code", "This code is not right. Check it against your sheet (12 letters and digits), "

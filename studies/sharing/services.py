@@ -18,6 +18,7 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F, Q
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 
 from portal.exceptions import PortalError
@@ -77,6 +78,17 @@ def access_code_normalize(code: str) -> str:
     return "".join(ch for ch in code.upper() if ch in ACCESS_CODE_ALPHABET)
 
 
+def share_studies_check(*, studies: list[Study]) -> None:
+    """Refuse a link over no study or over the studies of several patients.
+
+    Raises PortalError; the page and the REST API give its message.
+    """
+    if not studies:
+        raise PortalError("Choose at least one study to share.")
+    if len({study.patient_id for study in studies}) > 1:
+        raise PortalError("A link shares the studies of one patient; make one link per patient.")
+
+
 @transaction.atomic
 def share_create(
     *,
@@ -95,12 +107,11 @@ def share_create(
 ) -> NewShare:
     """Create a share link; its token (and a patient's access code) is returned here once.
 
-    Raises PortalError for an expiry outside 1-90 days, a malformed PIN, no studies, or a patient
-    access code without a PIN.
+    Raises PortalError for an expiry outside 1-90 days, a malformed PIN, no studies, studies of
+    several patients, or a patient access code without a PIN.
     """
     studies = [s for s in studies if s.clinic_id == clinic.pk and s.deleted_at is None]
-    if not studies:
-        raise PortalError("Choose at least one study to share.")
+    share_studies_check(studies=studies)
     _check_expiry(expires_in_days)
     pin = _check_pin(pin)
     if kind == ShareKind.PATIENT and not pin:
@@ -195,19 +206,36 @@ def share_log(
                  result=result)
 
 
-def _notify_creator_locked(share: Share | UploadLink) -> None:
-    recipients = [share.created_by.email] if share.created_by else []
+def _creator_recipients(link: Share | UploadLink) -> list[str]:
+    """The link's creator's address while they are a member of its clinic: mails about a link name its
+    note (which may name a patient), and a removed member must not go on getting them."""
+    creator = link.created_by
+    if creator is None or not Membership.objects.for_clinic(link.clinic).filter(user=creator).exists():
+        return []
+    return [creator.email]
+
+
+def _notify_creator_locked(link: Share | UploadLink, base_url: str) -> None:
+    """Tell the link's creator which link was locked, with the address of its page on the portal."""
+    recipients = _creator_recipients(link)
     if not recipients:
         return
-    body = render_to_string("emails/share_locked.txt", {"share": share, "clinic": share.clinic})
+    if isinstance(link, UploadLink):
+        template = "emails/upload_link_locked.txt"
+        path = reverse("sharing:list", kwargs={"clinic_slug": link.clinic.slug})
+    else:
+        template = "emails/share_locked.txt"
+        path = reverse("sharing:detail", kwargs={"clinic_slug": link.clinic.slug, "share_uuid": link.uuid})
+    body = render_to_string(template, {"link": link, "clinic": link.clinic, "url": base_url.rstrip("/") + path})
     subject, _, text = body.partition("\n")
     send_mail(subject.strip(), text.strip(), settings.DEFAULT_FROM_EMAIL, recipients)
 
 
-def _pin_check(model: type[Share] | type[UploadLink], obj: Share | UploadLink, pin: str) -> bool:
+def _pin_check(model: type[Share] | type[UploadLink], obj: Share | UploadLink, pin: str, base_url: str) -> bool:
     """Check a PIN against a share or upload link; five failures lock it for 15 minutes and tell its creator.
 
-    Raises ShareLocked while locked (the PIN is not even compared then).
+    Raises ShareLocked while locked (the PIN is not even compared then). ``base_url`` starts the
+    address of the link's page in the e-mail (``scheme://host``; without it the address is a path).
     """
     with transaction.atomic():
         locked = model.objects.select_for_update().get(pk=obj.pk)
@@ -223,7 +251,7 @@ def _pin_check(model: type[Share] | type[UploadLink], obj: Share | UploadLink, p
         else:
             model.objects.filter(pk=obj.pk).update(failed_pin_count=failures)
     if failures >= PIN_ATTEMPTS:
-        _notify_creator_locked(locked)
+        _notify_creator_locked(locked, base_url)
         raise ShareLocked("Too many wrong PINs: this link is locked for 15 minutes.")
     return False
 
@@ -240,9 +268,9 @@ def wrong_pin_message(*, link: Share | UploadLink) -> str:
     return f"Wrong PIN. {left} {'try' if left == 1 else 'tries'} left before the link is locked for {minutes} minutes."
 
 
-def share_pin_check(*, share: Share, pin: str, by: Actor | None = None) -> bool:
+def share_pin_check(*, share: Share, pin: str, by: Actor | None = None, base_url: str = "") -> bool:
     try:
-        ok = _pin_check(Share, share, pin)
+        ok = _pin_check(Share, share, pin, base_url)
     except ShareLocked:
         share_log(share=share, action="pin_locked", by=by, result="denied")
         raise
@@ -266,6 +294,20 @@ def share_studies(*, share: Share) -> list[Study]:
     """The shared studies still in the clinic: a deleted study disappears from its links at once."""
     return list(
         share.studies.filter(clinic=share.clinic, deleted_at__isnull=True).select_related("patient").order_by("-study_date")
+    )
+
+
+def share_access_record(
+    *, share: Share, action: str, by: Actor | None = None, study: Study | None = None
+) -> ShareAccess:
+    """Write one access to the share's log (the link's page) only: for callers that audit it themselves.
+
+    The share's DICOMweb views write their own audit entries (``dicomweb.retrieve``, naming the link), so
+    ``share_log`` would record each read in the clinic's audit trail twice.
+    """
+    return ShareAccess.objects.create(
+        clinic=share.clinic, share=share, action=action[:32], study=study,
+        ip_address=by.ip_address if by is not None else None, user_agent=by.user_agent if by is not None else "",
     )
 
 
@@ -302,8 +344,8 @@ def upload_link_resolve(*, token: str) -> UploadLink | None:
     return link if link is not None and link.is_active else None
 
 
-def upload_link_pin_check(*, link: UploadLink, pin: str) -> bool:
-    return _pin_check(UploadLink, link, pin)
+def upload_link_pin_check(*, link: UploadLink, pin: str, base_url: str = "") -> bool:
+    return _pin_check(UploadLink, link, pin, base_url)
 
 
 def upload_link_revoke(*, link: UploadLink, user: User | None, by: Actor | None = None) -> None:
@@ -336,8 +378,7 @@ def upload_link_received(*, link: UploadLink, by: Actor | None = None) -> None:
         Membership.objects.for_clinic(link.clinic).filter(Q(role__in=[Role.OWNER, Role.ADMIN]))
         .values_list("user__email", flat=True)
     )
-    if link.created_by:
-        recipients.add(link.created_by.email)
+    recipients.update(_creator_recipients(link))
     body = render_to_string("emails/upload_link_received.txt", {"link": link, "clinic": link.clinic})
     subject, _, text = body.partition("\n")
     send_mail(subject.strip(), text.strip(), settings.DEFAULT_FROM_EMAIL, sorted(recipients))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -16,6 +17,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 
+from portal.public_url import absolute_url
 from studies.ingest import views as upload_views
 from studies.sharing import services
 from studies.sharing.forms import PinForm
@@ -38,6 +40,12 @@ class UploadGrant:
         return f"upload_link:{self.link.uuid}"
 
 
+# The clinic's upload page explains a full quota or unavailable storage; an outside sender learns
+# nothing about the clinic's plan, usage or storage, only that the upload can be tried again later.
+UNAVAILABLE_STATUSES = frozenset({HTTPStatus.INSUFFICIENT_STORAGE, HTTPStatus.SERVICE_UNAVAILABLE})
+UNAVAILABLE_REASON = "The clinic cannot receive files right now; try again later."
+
+
 def _grant_key(link: UploadLink) -> str:
     return f"upload-link-grant:{link.uuid}"
 
@@ -57,7 +65,8 @@ def upload_link_page(request: HttpRequest, link_token: str) -> HttpResponse:
         error = ""
         if request.method == "POST" and form.is_valid():
             try:
-                if services.upload_link_pin_check(link=link, pin=form.cleaned_data["pin"]):
+                if services.upload_link_pin_check(link=link, pin=form.cleaned_data["pin"],
+                                                  base_url=absolute_url(request, "/")):
                     request.session.cycle_key()
                     request.session[_grant_key(link)] = True
                     return redirect("share:upload", link_token=link_token)
@@ -97,4 +106,6 @@ def upload_link_file(request: HttpRequest, link_token: str) -> HttpResponse:
         return JsonResponse({"outcome": "stored", "reason": "Received; the clinic unpacks the archive."}, status=202)
     answer.pop("study", None)
     answer.pop("study_url", None)
+    if response.status_code in UNAVAILABLE_STATUSES:
+        answer["reason"] = UNAVAILABLE_REASON
     return JsonResponse(answer, status=response.status_code)

@@ -15,11 +15,13 @@ from django.views.decorators.http import require_POST
 
 from portal.exceptions import PortalError
 from portal.public_url import absolute_url
+from studies.browse import services as browse_services
+from studies.browse.selectors import StudySearch
 from studies.models import Study
 from studies.sharing import services
 from studies.sharing.forms import ExtendForm, ShareForm, UploadLinkForm
 from studies.sharing.models import Share, ShareKind, UploadLink
-from tenants.audit import Actor
+from tenants.audit import Actor, audit_record
 from tenants.middleware import ClinicRequest
 from tenants.permissions import require_action
 from tenants.roles import Action
@@ -50,12 +52,11 @@ def share_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
     uuids = request.POST.getlist("study") or request.GET.getlist("study")
     studies = list(Study.objects.for_clinic(request.clinic).filter(uuid__in=_uuids(uuids), deleted_at__isnull=True)
                    .select_related("patient"))
-    if not studies:
-        messages.error(request, "Choose at least one study to share.")
-        return redirect("studies:list", clinic_slug=clinic_slug)
     # A share holds studies of one patient: the page offers that patient's other studies to add.
-    if len({study.patient_id for study in studies}) > 1:
-        messages.error(request, "A link shares the studies of one patient; make one link per patient.")
+    try:
+        services.share_studies_check(studies=studies)
+    except PortalError as exc:
+        messages.error(request, exc.message)
         return redirect("studies:list", clinic_slug=clinic_slug)
     same_patient = list(Study.objects.for_clinic(request.clinic).filter(patient_id=studies[0].patient_id,
                                                                         deleted_at__isnull=True)
@@ -76,6 +77,10 @@ def share_create(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
                 "qr": qr_svg(url) if created.access_code else "", "pin": form.cleaned_data.get("pin", ""),
                 "studies": studies,
             })
+    if request.method == "GET":
+        # The form lists the patient's studies, as a search would.
+        browse_services.study_search_record(clinic=request.clinic, search=StudySearch(), count=len(same_patient),
+                                            source="share_form", by=Actor.from_request(request))
     chosen = {study.pk for study in studies}
     return render(request, "studies/share_form.html", {
         "form": form, "studies": studies, "patient": studies[0].patient,
@@ -97,8 +102,11 @@ def _uuids(values: list[str]) -> list[UUID]:
 def share_detail(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> HttpResponse:
     share = get_object_or_404(Share.objects.for_clinic(request.clinic), uuid=share_uuid)
     accesses = share.accesses.select_related("study").order_by("-at")[:500]
+    # The page names the shared patient and lists their studies: an access to patient data.
+    audit_record(clinic=request.clinic, action="share.viewed", request=request, object_type="share",
+                 object_id=str(share.uuid))
     return render(request, "studies/share_detail.html", {
-        "share": share, "accesses": accesses, "studies": share.studies.all(), "extend_form": ExtendForm(),
+        "share": share, "accesses": accesses, "studies": share.studies.select_related("patient"), "extend_form": ExtendForm(),
         "kind_patient": share.kind == ShareKind.PATIENT,
     })
 

@@ -539,7 +539,8 @@ def test_zip_through_an_upload_link_is_refused_at_the_door_when_the_quota_is_ful
     response = link_upload(client, link_token, small_zip(tmp_path))
 
     assert response.status_code == HTTPStatus.INSUFFICIENT_STORAGE
-    assert "Not enough storage left" in response.json()["reason"]
+    # An outside sender is not told the clinic's plan or usage.
+    assert response.json()["reason"] == "The clinic cannot receive files right now; try again later."
     assert not UploadBatch.objects.exists()
 
 
