@@ -43,11 +43,18 @@ class Patient(models.Model):
 
     class Meta:
         constraints = [
+            # A patient without an ID is told apart by name and birth date instead (studies.ingest.index).
             models.UniqueConstraint(
-                fields=["clinic", "patient_id", "issuer_of_patient_id"], name="patient_unique_id"
+                fields=["clinic", "patient_id", "issuer_of_patient_id"],
+                condition=~models.Q(patient_id=""),
+                name="patient_unique_id",
             )
         ]
-        indexes = [models.Index(Upper("patient_name"), "clinic", name="patient_name_upper")]
+        indexes = [
+            models.Index(Upper("patient_name"), "clinic", name="patient_name_upper"),
+            # Look-ups by ID: SQLite uses no partial index for them (it cannot prove "ID <> ''" from "ID = ?").
+            models.Index(fields=["clinic", "patient_id", "issuer_of_patient_id"], name="patient_id_lookup"),
+        ]
 
 
 class Study(models.Model):

@@ -236,6 +236,32 @@ def _series_count_added(*, series_id: int, count: int) -> tuple[QuerySet, dict[s
     return Series.objects.filter(pk=series_id), {"number_of_instances": F("number_of_instances") + count}
 
 
+def _patient_identity(parsed: dicom.ParsedInstance) -> dict[str, Any]:
+    """What identifies a file's patient: its Patient ID and issuer, or without an ID its name and birth date.
+
+    An empty Patient ID (Type 2: not known) says nothing about who the patient is: two unidentified
+    patients (an emergency, a secondary capture) must not become one, the second's study listed under the
+    first's name.
+    """
+    identity: dict[str, Any] = {"patient_id": parsed.patient_id, "issuer_of_patient_id": parsed.issuer_of_patient_id}
+    if not parsed.patient_id:
+        identity.update(patient_name=parsed.patient_name, patient_birth_date=parsed.patient_birth_date)
+    return identity
+
+
+def _patient_get_or_create(*, clinic: Clinic, identity: dict[str, Any], parsed: dicom.ParsedInstance) -> Patient:
+    defaults = {"patient_name": parsed.patient_name, "patient_birth_date": parsed.patient_birth_date,
+                "patient_sex": parsed.patient_sex}
+    if parsed.patient_id:
+        # The unique constraint settles a race with another batch (get_or_create's savepoint).
+        patient, _ = Patient.objects.get_or_create(clinic=clinic, **identity, defaults=defaults)
+        return patient
+    # No constraint covers patients without an ID: two batches racing may each make one, which only
+    # splits one unidentified patient's studies in two, never merges two patients.
+    found = Patient.objects.for_clinic(clinic).filter(**identity).order_by("pk").first()
+    return found if found is not None else Patient.objects.create(clinic=clinic, **{**defaults, **identity})
+
+
 def instances_index_write(
     *, clinic: Clinic, items: Sequence[IndexItem], locked_studies: Mapping[str, Study | None] | None = None
 ) -> IndexWrite:
@@ -258,18 +284,10 @@ def instances_index_write(
         p = item.parsed
         if p.study_instance_uid in locked:
             continue
-        patient_key = (p.patient_id, p.issuer_of_patient_id)
+        identity = _patient_identity(p)
+        patient_key = tuple(identity.values())
         if patient_key not in patients:
-            patients[patient_key], _ = Patient.objects.get_or_create(
-                clinic=clinic,
-                patient_id=p.patient_id,
-                issuer_of_patient_id=p.issuer_of_patient_id,
-                defaults={
-                    "patient_name": p.patient_name,
-                    "patient_birth_date": p.patient_birth_date,
-                    "patient_sex": p.patient_sex,
-                },
-            )
+            patients[patient_key] = _patient_get_or_create(clinic=clinic, identity=identity, parsed=p)
         if p.study_instance_uid not in studies:
             study, study_created = Study.objects.get_or_create(
                 clinic=clinic,

@@ -157,7 +157,7 @@ NAME_OR_DATE = NAME_INDEXES | {"study_clinic_live_date"}
 
 
 QIDO_CASES = [
-    ({"PatientID": "P{clinic}-00042"}, {"studies_patient": {"patient_id_pattern", "patient_unique_id"}}),
+    ({"PatientID": "P{clinic}-00042"}, {"studies_patient": {"patient_id_pattern", "patient_unique_id", "patient_id_lookup"}}),
     ({"PatientName": "SMI*"}, {"studies_study": NAME_OR_DATE}),
     ({"PatientName": "*SON^?ARY"}, {"studies_study": NAME_OR_DATE}),
     # Matches nothing: a name index (a literal start reads the covering one, migration 0027).
