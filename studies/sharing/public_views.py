@@ -7,12 +7,14 @@ middle of viewing. Unknown, expired, revoked and used-up links all get the same 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from csp.decorators import csp_update
+from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -72,8 +74,26 @@ def _share_for_session(request: HttpRequest, token: str) -> Share | None:
     return share
 
 
+# A PIN grant lapses after the site's idle limit without a request through the link, as a signed-in
+# session does, so the next person at a shared computer does not inherit it; viewing keeps it alive
+# (its time is written again at most this often, not on every frame).
+GRANT_REFRESH_SECONDS = 10
+
+
 def _is_granted(request: HttpRequest, share: Share) -> bool:
-    return not share.has_pin or request.session.get(_grant_key(share)) is True
+    if not share.has_pin:
+        return True
+    key = _grant_key(share)
+    granted_at = request.session.get(key)
+    if isinstance(granted_at, bool) or not isinstance(granted_at, (int, float)):
+        return False
+    now = time.time()
+    if now - granted_at > settings.SESSION_IDLE_TIMEOUT.total_seconds():
+        del request.session[key]
+        return False
+    if now - granted_at >= GRANT_REFRESH_SECONDS:
+        request.session[key] = now
+    return True
 
 
 def _has_opened(request: HttpRequest, share: Share) -> bool:
@@ -141,7 +161,7 @@ def share_open(request: HttpRequest, share_token: str) -> HttpResponse:
                 if services.share_pin_check(share=share, pin=form.cleaned_data["pin"], by=Actor.from_request(request),
                                             base_url=absolute_url(request, "/")):
                     request.session.cycle_key()
-                    request.session[_grant_key(share)] = True
+                    request.session[_grant_key(share)] = time.time()
                     return redirect("share:open", share_token=share_token)
                 error, status = services.wrong_pin_message(link=share), 400
             except services.ShareLocked as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import types
 import zipfile
 from datetime import timedelta
 from http import HTTPStatus
@@ -15,7 +16,7 @@ from django.utils import timezone
 
 from studies.ingest import instance_ingest
 from studies.models import Instance, Study
-from studies.sharing import services
+from studies.sharing import public_views, services
 from studies.sharing.models import Share, ShareAccess, UploadLink
 from tenants.models import AuditEvent
 from tests.dicom_files import PYDICOM_SAMPLES as SAMPLES  # noqa: E402
@@ -339,3 +340,20 @@ def test_a_share_serves_frames_of_its_study_only(client, clinic, study, other_st
 
     assert client.get(frame_url(study)).status_code == HTTPStatus.OK
     assert client.get(frame_url(other_study)).status_code == HTTPStatus.NOT_FOUND
+
+
+def test_a_pin_grant_lapses_after_the_idle_limit_and_viewing_keeps_it(client, clinic, study, monkeypatch, settings):
+    """On a shared computer the next person inherited the grant for as long as the browser stayed open."""
+    now = [1_000_000.0]
+    monkeypatch.setattr(public_views, "time", types.SimpleNamespace(time=lambda: now[0]))
+    idle = settings.SESSION_IDLE_TIMEOUT.total_seconds()
+    created = make_share(clinic, study, pin="2468")
+    client.post(f"/s/{created.token}/", {"pin": "2468"})
+
+    for _ in range(3):  # a reader looking for longer than the idle limit, a request every half of it
+        now[0] += idle / 2
+        assert study.study_description.encode() in client.get(f"/s/{created.token}/").content
+    now[0] += idle + 1
+    gate = client.get(f"/s/{created.token}/")
+
+    assert b"Enter the PIN" in gate.content and study.study_description.encode() not in gate.content
