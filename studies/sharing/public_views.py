@@ -167,7 +167,7 @@ def share_open(request: HttpRequest, share_token: str) -> HttpResponse:
             except services.ShareLocked as exc:
                 error, status = exc.message, 429
         elif share.is_locked:
-            error, status = "Too many wrong PINs: this link is locked for 15 minutes.", 429
+            error, status = services.locked_message(link=share), 429
         return render(request, "studies/share_pin.html", {"form": form, "error": error, "share": share},
                       status=status)
     if not _has_opened(request, share):

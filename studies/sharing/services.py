@@ -226,13 +226,41 @@ def _notify_creator_locked(link: Share | UploadLink, base_url: str) -> None:
     else:
         template = "emails/share_locked.txt"
         path = reverse("sharing:detail", kwargs={"clinic_slug": link.clinic.slug, "share_uuid": link.uuid})
-    body = render_to_string(template, {"link": link, "clinic": link.clinic, "url": base_url.rstrip("/") + path})
+    lock = duration_text(link.locked_until - timezone.now()) if link.locked_until else duration_text(PIN_LOCK)
+    body = render_to_string(template, {"link": link, "clinic": link.clinic, "url": base_url.rstrip("/") + path,
+                                       "lock": lock})
     subject, _, text = body.partition("\n")
     send_mail(subject.strip(), text.strip(), settings.DEFAULT_FROM_EMAIL, recipients)
 
 
+def pin_lock_duration(failures: int) -> timedelta:
+    """How long a link locks once it has taken ``failures`` wrong PINs in a row (a multiple of PIN_ATTEMPTS).
+
+    15 minutes, doubled at each lock after it until a right PIN: at a flat 15 minutes a 4-digit PIN
+    fell to a patient guesser in about ten days, well within a 90-day link; doubling leaves about 65
+    guesses in 90 days, while a recipient who mistypes waits 15 minutes, then 30.
+    """
+    return PIN_LOCK * 2 ** min(max(failures // PIN_ATTEMPTS - 1, 0), 20)
+
+
+def duration_text(duration: timedelta) -> str:
+    """``15 minutes``, ``2 hours``, ``3 days``: as a lock's length is told to the person at the door."""
+    minutes = max(1, round(duration.total_seconds() / 60))
+    for size, unit in ((24 * 60, "day"), (60, "hour")):
+        if minutes >= 2 * size:
+            count = round(minutes / size)
+            return f"{count} {unit}s"
+    return f"{minutes} minute{'' if minutes == 1 else 's'}"
+
+
+def locked_message(*, link: Share | UploadLink) -> str:
+    left = (link.locked_until - timezone.now()) if link.locked_until else PIN_LOCK
+    return f"Too many wrong PINs: this link is locked for {duration_text(left)}."
+
+
 def _pin_check(model: type[Share] | type[UploadLink], obj: Share | UploadLink, pin: str, base_url: str) -> bool:
-    """Check a PIN against a share or upload link; five failures lock it for 15 minutes and tell its creator.
+    """Check a PIN against a share or upload link; five failures in a row lock it (pin_lock_duration) and
+    tell its creator.
 
     Raises ShareLocked while locked (the PIN is not even compared then). ``base_url`` starts the
     address of the link's page in the e-mail (``scheme://host``; without it the address is a path).
@@ -240,32 +268,29 @@ def _pin_check(model: type[Share] | type[UploadLink], obj: Share | UploadLink, p
     with transaction.atomic():
         locked = model.objects.select_for_update().get(pk=obj.pk)
         if locked.is_locked:
-            raise ShareLocked("Too many wrong PINs: this link is locked for 15 minutes.")
+            raise ShareLocked(locked_message(link=locked))
         if check_password(pin or "", locked.pin_hash):
             if locked.failed_pin_count:
                 model.objects.filter(pk=obj.pk).update(failed_pin_count=0)
             return True
+        # Counted until a right PIN, across locks: each lock is longer than the one before.
         failures = locked.failed_pin_count + 1
-        if failures >= PIN_ATTEMPTS:
-            model.objects.filter(pk=obj.pk).update(failed_pin_count=0, locked_until=timezone.now() + PIN_LOCK)
-        else:
-            model.objects.filter(pk=obj.pk).update(failed_pin_count=failures)
-    if failures >= PIN_ATTEMPTS:
+        changes: dict[str, object] = {"failed_pin_count": failures}
+        if failures % PIN_ATTEMPTS == 0:
+            locked.locked_until = timezone.now() + pin_lock_duration(failures)
+            changes["locked_until"] = locked.locked_until
+        model.objects.filter(pk=obj.pk).update(**changes)
+    if failures % PIN_ATTEMPTS == 0:
         _notify_creator_locked(locked, base_url)
-        raise ShareLocked("Too many wrong PINs: this link is locked for 15 minutes.")
+        raise ShareLocked(locked_message(link=locked))
     return False
 
 
-def pin_attempts_left(*, link: Share | UploadLink) -> int:
-    """How many more wrong PINs the share or upload link takes before it locks."""
-    failures = type(link).objects.filter(pk=link.pk).values_list("failed_pin_count", flat=True).first() or 0
-    return max(0, PIN_ATTEMPTS - failures)
-
-
 def wrong_pin_message(*, link: Share | UploadLink) -> str:
-    left = pin_attempts_left(link=link)
-    minutes = int(PIN_LOCK.total_seconds() // 60)
-    return f"Wrong PIN. {left} {'try' if left == 1 else 'tries'} left before the link is locked for {minutes} minutes."
+    failures = type(link).objects.filter(pk=link.pk).values_list("failed_pin_count", flat=True).first() or 0
+    left = PIN_ATTEMPTS - failures % PIN_ATTEMPTS
+    lock = duration_text(pin_lock_duration(failures + left))
+    return f"Wrong PIN. {left} {'try' if left == 1 else 'tries'} left before the link is locked for {lock}."
 
 
 def share_pin_check(*, share: Share, pin: str, by: Actor | None = None, base_url: str = "") -> bool:

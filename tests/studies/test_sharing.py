@@ -357,3 +357,25 @@ def test_a_pin_grant_lapses_after_the_idle_limit_and_viewing_keeps_it(client, cl
     gate = client.get(f"/s/{created.token}/")
 
     assert b"Enter the PIN" in gate.content and study.study_description.encode() not in gate.content
+
+
+def test_each_lock_after_wrong_pins_in_a_row_is_twice_as_long(client, clinic, clinician, study):
+    """A flat 15 minutes let a patient guesser try a 4-digit PIN's 10,000 values within a 90-day link."""
+    created = make_share(clinic, study, user=clinician, pin="2468")
+    share = Share.objects.filter(pk=created.share.pk)
+
+    def five_wrong() -> bytes:
+        share.update(locked_until=None)  # the previous lock is over
+        for _ in range(4):
+            client.post(f"/s/{created.token}/", {"pin": "0000"})
+        return client.post(f"/s/{created.token}/", {"pin": "0000"}).content
+
+    assert b"locked for 15 minutes" in five_wrong()
+    assert b"locked for 30 minutes" in five_wrong()
+    assert b"locked for 60 minutes" in five_wrong()
+    assert b"locked for 2 hours" in five_wrong()
+    assert len(mail.outbox) == 4 and "2 hours" in mail.outbox[-1].body
+    share.update(locked_until=None)
+    assert client.post(f"/s/{created.token}/", {"pin": "2468"}).status_code == HTTPStatus.FOUND
+    # A right PIN starts the count again.
+    assert share.get().failed_pin_count == 0
