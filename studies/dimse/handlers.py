@@ -16,7 +16,14 @@ the same content; 0xA700 (out of resources) when the clinic's quota is used up o
 unreachable, so the modality keeps the image and retries later; 0xC000 (cannot understand) for data
 that is not valid DICOM; 0x0111 (duplicate SOP instance, a failure) when an instance with the same
 SOP Instance UID but different content is already stored: the archive keeps the first one, and a
-failure (not a warning) makes the sender keep its copy and shows the conflict to an operator.
+failure (not a warning) makes the sender keep its copy and shows the conflict to an operator; 0xA900
+(data set does not match SOP class, nothing stored) when the data set's SOP Instance UID is not the
+request's Affected SOP Instance UID; 0xB007 (warning) when the data set of another SOP class than the
+request's was stored.
+
+An association keeps the node it was accepted for, but the node may be removed, or its inbound access
+switched off, while the association stays open: each C-FIND, C-MOVE and C-GET checks again that it may
+still call in, and C-STOREs do so at most every ``NODE_RECHECK_SECONDS``.
 """
 
 from __future__ import annotations
@@ -28,18 +35,22 @@ import os
 import ssl
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections, connection
 from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 
 from studies import ingest
@@ -50,6 +61,7 @@ from studies.dimse.find import QueryError, find_matches
 from studies.dimse.move import (
     accepted_syntaxes,
     instance_dataset,
+    refusal_contexts,
     retrieve_instances,
     send_syntax,
     storage_contexts,
@@ -72,6 +84,13 @@ CANNOT_UNDERSTAND = 0xC000
 # Held in quarantine for review (patient differs from the stored study's); a failure, so the sender keeps it.
 HELD_FOR_REVIEW = 0xC410
 PROCESSING_FAILURE = 0x0110
+# PS3.4 B.2.3 "Error: Data Set does not match SOP Class" (a failure, nothing stored): the failure status
+# that says the data set is not what the request names; 0xC000 would mean it could not be parsed.
+DATA_SET_DOES_NOT_MATCH = 0xA900
+# PS3.4 B.2.3 "Warning: Data Set does not match SOP Class": stored, under the data set's own SOP class.
+SOP_CLASS_MISMATCH_WARNING = 0xB007
+# C-STOREs re-check that their node may still call in at most this often (seconds), not once per image.
+NODE_RECHECK_SECONDS = 5.0
 
 # A-ASSOCIATE-RJ: (result, source, diagnostic), PS3.8 9.3.4.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE title not recognized
@@ -80,6 +99,13 @@ REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # rejected-transient, service user, no re
 
 # Instances listed in the audit entry of one retrieve, at most.
 AUDIT_STUDY_LIMIT = 50
+
+
+@dataclass
+class _AccessCheck:
+    """When the association's node was last found registered and allowed to call in (monotonic clock)."""
+
+    checked_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -94,6 +120,7 @@ class AssociationInfo:
     tls: bool = False
     # The group commit its C-STOREs go through, shared with the node's other associations from this address.
     store: ingest.GroupCommit[ingest.ItemResult] | None = field(default=None, compare=False, repr=False)
+    access: _AccessCheck = field(default_factory=_AccessCheck, compare=False, repr=False)
 
 
 _associations: weakref.WeakKeyDictionary[Association, AssociationInfo] = weakref.WeakKeyDictionary()
@@ -123,6 +150,27 @@ def _ingest_batch(paths: list[str], *, clinic: Clinic, origin: ingest.Origin) ->
 def association_info(assoc: Association) -> AssociationInfo | None:
     with _associations_lock:
         return _associations.get(assoc)
+
+
+def _still_allowed(assoc: Association, info: AssociationInfo, *, max_age: float = 0.0) -> bool:
+    """Say whether the association's node is still registered and may call in (a query, unless checked lately).
+
+    A node found removed (or no longer allowed in) is forgotten with its association, so every later
+    request on it is refused without a look-up.
+    """
+    now = time.monotonic()
+    if max_age and now - info.access.checked_at < max_age:
+        return True
+    if nodes.dicom_node_may_call(clinic=info.clinic, node=info.node):
+        info.access.checked_at = now
+        return True
+    with _associations_lock:
+        _associations.pop(assoc, None)
+    if info.store is not None and assoc.ident is not None:
+        info.store.forget(assoc.ident)
+    logger.info("DIMSE: node %s of clinic %s was removed or may no longer call in; refusing its requests",
+                info.node.uuid, info.clinic.pk)
+    return False
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -322,9 +370,28 @@ def handle_echo(event: Event) -> int:
     return SUCCESS if association_info(event.assoc) is not None else NOT_AUTHORIZED
 
 
-def _ingest(*, info: AssociationInfo, path: str) -> Dataset | int:
+def _dataset_sop_uids(path: str) -> tuple[str, str] | None:
+    """The (SOP Class UID, SOP Instance UID) of a spooled data set, reading only its first elements.
+
+    None when they cannot be read: ingest then parses the file and refuses it if it is not valid DICOM.
+    """
+    try:
+        with open(path, "rb") as fp:
+            ds = read_partial(fp, stop_when=lambda tag, vr, length: tag > 0x00080018)
+            return str(ds.get("SOPClassUID", "") or "").strip(), str(ds.get("SOPInstanceUID", "") or "").strip()
+    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, KeyError, AttributeError):
+        return None
+
+
+def _ingest(*, info: AssociationInfo, path: str, request: C_STORE) -> Dataset | int:
     clinic = info.clinic
     assert info.store is not None
+    uids = _dataset_sop_uids(path)
+    sop_class_uid, sop_instance_uid = uids or ("", "")
+    # The response names the Affected SOP Instance UID: a success for it when the file went in under
+    # another UID would let the modality delete an image we do not hold. Checked before anything is stored.
+    if sop_instance_uid and sop_instance_uid != str(request.AffectedSOPInstanceUID or "").strip():
+        return _status(DATA_SET_DOES_NOT_MATCH, "SOP Instance UID differs from the Affected SOP Instance UID")
     try:
         item = info.store.submit(path)
     except StorageUnavailable as exc:
@@ -337,7 +404,10 @@ def _ingest(*, info: AssociationInfo, path: str) -> Dataset | int:
         # The temporary file beside the listener could not be written (a full disk): retryable too.
         logger.warning("C-STORE: could not spool the data set for clinic %s: %s", clinic.pk, exc.strerror)
         return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
-    return _store_status(clinic=clinic, error=item.error)
+    status = _store_status(clinic=clinic, error=item.error)
+    if status == SUCCESS and sop_class_uid and sop_class_uid != str(request.AffectedSOPClassUID or "").strip():
+        return _status(SOP_CLASS_MISMATCH_WARNING, "Stored, but the data set is of another SOP class")
+    return status
 
 
 def _store_status(*, clinic: Clinic, error: Exception | None) -> Dataset | int:
@@ -384,13 +454,15 @@ def handle_store(event: Event) -> Dataset | int:
         return NOT_AUTHORIZED
     _connection_keep()
     try:
+        if not _still_allowed(event.assoc, info, max_age=NODE_RECHECK_SECONDS):
+            return NOT_AUTHORIZED
         try:
             # Set by scp.ae_build: pynetdicom spooled the incoming data set to a Part 10 file already.
             path = str(event.dataset_path)
         except AttributeError:
             path = ""
         if path:
-            return _ingest(info=info, path=path)
+            return _ingest(info=info, path=path, request=cast(C_STORE, event.request))
         try:
             fd, tmp_path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
         except OSError:
@@ -402,7 +474,7 @@ def handle_store(event: Event) -> Dataset | int:
                     tmp.write(event.encoded_dataset(include_meta=True))
             except OSError:
                 return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
-            return _ingest(info=info, path=tmp_path)
+            return _ingest(info=info, path=tmp_path, request=cast(C_STORE, event.request))
         finally:
             os.unlink(tmp_path)
     finally:
@@ -418,6 +490,9 @@ def handle_find(event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     sop_class_uid = str(event.request.AffectedSOPClassUID)
     matched = 0
     try:
+        if not _still_allowed(event.assoc, info):
+            yield NOT_AUTHORIZED, None
+            return
         identifier = event.identifier
         for answer in find_matches(clinic=info.clinic, identifier=identifier, sop_class_uid=sop_class_uid):
             if event.is_cancelled:
@@ -453,6 +528,15 @@ def _retrieve_setup(event: Event, info: AssociationInfo, *, operation: str, dest
                  "studies": study_uuids[:AUDIT_STUDY_LIMIT]},
     )
     return instances
+
+
+def _audit_retrieve_refused(info: AssociationInfo, *, operation: str, destination: str, status: int) -> None:
+    # A fixed reason: a QueryError's message may quote the identifier's values (patient data).
+    audit_record(clinic=info.clinic, action="dimse.retrieve", actor_label=f"dicom:{info.calling_ae}",
+                 object_type="dicom_node", object_id=str(info.node.uuid), result="rejected",
+                 ip_address=info.address or None,
+                 details={"operation": operation, "destination": destination, "reason": "identifier refused",
+                          "status": f"0x{status:04X}"})
 
 
 def _send_each(
@@ -497,11 +581,19 @@ def _send_each(
 
 
 def handle_move(event: Event) -> Iterator[Any]:
-    """C-MOVE: send the matches to a registered destination (0xA801 for any other AE title)."""
+    """C-MOVE: send the matches to a registered destination (0xA801 for any other AE title).
+
+    An identifier that cannot be retrieved (no unique key, a wildcard in it, a level the model lacks)
+    is answered with its QueryError's status (0xA900), and nothing is sent.
+    """
     info = association_info(event.assoc)
     destination_ae = str(event.move_destination or "").strip()
     close_old_connections()
+    refusal: Dataset | None = None
     try:
+        if info is not None and not _still_allowed(event.assoc, info):
+            # pynetdicom answers a C-MOVE without opening a sub-association only with 0xA801.
+            info = None
         node = nodes.dicom_node_destination_get(clinic=info.clinic, ae_title=destination_ae) if info else None
         if info is None or node is None:
             if info is not None:
@@ -511,9 +603,22 @@ def handle_move(event: Event) -> Iterator[Any]:
                                       "reason": "move destination not registered"})
             yield None, None
             return
-        instances = _retrieve_setup(event, info, operation="C-MOVE", destination=destination_ae)
+        try:
+            instances = _retrieve_setup(event, info, operation="C-MOVE", destination=destination_ae)
+        except QueryError as exc:
+            refusal = _status(exc.status, str(exc))
+            _audit_retrieve_refused(info, operation="C-MOVE", destination=destination_ae, status=exc.status)
     finally:
         close_old_connections()
+    if refusal is not None:
+        # pynetdicom 3 sends a handler's own status only after the destination's association is open
+        # and a sub-operation announced: that association carries no image and is released at once,
+        # and the failure counts the one announced sub-operation as failed. A destination that cannot
+        # be reached makes it 0xA801 (move destination unknown) instead.
+        yield node.host, node.port, {"contexts": refusal_contexts()}
+        yield 1
+        yield refusal, None
+        return
     # The sub-association is opened by pynetdicom; its accepted contexts decide what is converted.
     opened: list[Association] = []
     handlers = [(evt.EVT_ACCEPTED, lambda accepted: opened.append(accepted.assoc))]
@@ -526,14 +631,26 @@ def handle_move(event: Event) -> Iterator[Any]:
 def handle_get(event: Event) -> Iterator[Any]:
     """C-GET: send the matches back over the same association, in the requester's storage contexts."""
     info = association_info(event.assoc)
-    if info is None:
-        yield 0
-        return
     close_old_connections()
+    refusal: Dataset | None = None
+    instances: list[Instance] = []
     try:
-        instances = _retrieve_setup(event, info, operation="C-GET", destination=info.calling_ae)
+        if info is None or not _still_allowed(event.assoc, info):
+            refusal = _status(NOT_AUTHORIZED)
+        else:
+            instances = _retrieve_setup(event, info, operation="C-GET", destination=info.calling_ae)
+    except QueryError as exc:
+        refusal = _status(exc.status, str(exc))
+        if info is not None:
+            _audit_retrieve_refused(info, operation="C-GET", destination=info.calling_ae, status=exc.status)
     finally:
         close_old_connections()
+    if refusal is not None or info is None:
+        # pynetdicom takes a status only after the number of sub-operations, and answers 0 with success;
+        # one announced sub-operation is then counted as failed.
+        yield 1
+        yield refusal, None
+        return
     yield len(instances)
     # C-GET sends over the requester's own association, in the storage contexts it proposed.
     yield from _send_each(event, info, instances, lambda: event.assoc)

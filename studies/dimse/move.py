@@ -22,7 +22,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     UncompressedTransferSyntaxes,
 )
-from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.presentation import PresentationContext, StoragePresentationContexts, build_context
+from pynetdicom.sop_class import Verification
 
 from studies import transcoding
 from studies.dimse.find import INDEXED, LEVELS, PATHS, QueryError, element_values, key_q, query_level
@@ -55,12 +56,17 @@ FIND_FOR_RETRIEVE = {
 def retrieve_instances(*, clinic: Clinic, identifier: Dataset, sop_class_uid: str) -> QuerySet[Instance]:
     """Return the clinic's live instances a C-MOVE or C-GET identifier asks for.
 
-    Raises QueryError when the level is unknown or its unique key is missing.
+    Raises QueryError when the level is unknown or its unique key is missing or holds a wildcard.
     """
     level = query_level(identifier, sop_class_uid=FIND_FOR_RETRIEVE.get(sop_class_uid, sop_class_uid))
     unique = UNIQUE_KEYS[level]
-    if unique not in identifier or not element_values(identifier, unique):
+    unique_values = element_values(identifier, unique) if unique in identifier else []
+    if not unique_values:
         raise QueryError(f"A {level} level retrieve needs {unique}.", status=0xA900)
+    # PS3.4 C.4.2.2.1: the level's unique key is a single value or a list of UIDs, never a wildcard
+    # (PatientID=* would move every patient of the clinic).
+    if any("*" in value or "?" in value for value in unique_values):
+        raise QueryError(f"A retrieve's {unique} cannot hold wildcards.", status=0xA900)
     queryset = Instance.objects.for_clinic(clinic).filter(series__study__deleted_at=None)
     level_index = LEVELS.index(level)
     for element in identifier:
@@ -91,6 +97,17 @@ def storage_contexts(instances: Iterable[Instance]) -> list[PresentationContext]
         if transfer_syntax_uid in CONVERTIBLE or transcoding.can_decode(transfer_syntax_uid):
             wanted[(sop_class_uid, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))] = None
     return [build_context(sop_class_uid, list(syntaxes)) for sop_class_uid, syntaxes in wanted][:MAX_CONTEXTS]
+
+
+def refusal_contexts() -> list[PresentationContext]:
+    """Presentation contexts for a sub-association that sends nothing: Verification and common storage classes.
+
+    pynetdicom 3 answers a C-MOVE with the handler's own failure status only once an association with
+    the destination is open, and a destination (a storage SCP) accepts at least one of these.
+    """
+    contexts = [build_context(Verification)]
+    contexts += [build_context(str(cx.abstract_syntax)) for cx in StoragePresentationContexts]
+    return contexts[:MAX_CONTEXTS]
 
 
 def accepted_syntaxes(contexts: Iterable[PresentationContext]) -> dict[str, set[str]]:
