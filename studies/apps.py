@@ -52,3 +52,11 @@ class StudiesConfig(AppConfig):
         for store_name in stores.STORE_NAMES:
             health.readiness_check_register(f"{store_name}_store", lambda name=store_name: stores.get_store(name).check())
         health.degradation_check_register("backup", alerts.backup_problems)
+
+        # Every SQLite connection gets the functions matching compares with (unicode_upper), web, worker
+        # and DIMSE listener threads alike.
+        from django.db.backends.signals import connection_created
+
+        from studies import matching
+
+        connection_created.connect(matching.sqlite_functions_register, dispatch_uid="studies.matching.sqlite_functions")

@@ -3,7 +3,8 @@
 Each door turns its own request (a form, query parameters, an identifier) into calls here, so that the
 same question gets the same answer from the web page, from OHIF and from a modality:
 
-- universal matching: an empty value (or a lone ``*``) filters nothing;
+- universal matching: an empty value, or a lone ``*`` (whatever the VR: a date, a time, a UID, a
+  number), filters nothing (``is_universal``);
 - single value: exact, case-sensitive, except person names, which ignore case;
 - wildcards ``*`` (any run) and ``?`` (one character) on every string attribute, translated to SQL
   ``LIKE`` with the other characters escaped. LIKE runs in time linear in the value on PostgreSQL and
@@ -34,7 +35,7 @@ from typing import Any
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import CharField, F, Func, Lookup, Q, QuerySet, TextField, Value
+from django.db.models import CharField, F, Func, Lookup, Q, QuerySet, TextField, Transform, Value
 from django.db.models.expressions import Col
 from django.db.models.functions import Upper
 from django.db.models.sql.compiler import SQLCompiler
@@ -290,14 +291,66 @@ def _like_literal_runs(pattern: str) -> list[str]:
     return [run for run in runs if run]
 
 
+class UnicodeUpper(Transform):
+    """``UPPER(column)`` that folds every letter, not only ASCII: SQLite's ``unicode_upper`` (Python's).
+
+    SQLite's UPPER() and LIKE fold ASCII letters only, so ``Müller`` was not ``MÜLLER`` there. Used only
+    for a pattern that is not ASCII (``upper_path``): an ASCII one keeps UPPER and its expression indexes.
+    PostgreSQL's UPPER already folds by the database's locale: the same UPPER(...) there.
+    """
+
+    lookup_name = "unicode_upper"
+    function = "UPPER"
+
+    def as_sqlite(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra_context: Any
+    ) -> tuple[str, Any]:
+        return super().as_sql(compiler, connection, function=SQLITE_UNICODE_UPPER, **extra_context)
+
+
+# The deterministic SQLite function behind UnicodeUpper, registered on every connection (sqlite_functions_register).
+SQLITE_UNICODE_UPPER = "unicode_upper"
+
+
+def _unicode_upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def sqlite_functions_register(sender: object, connection: BaseDatabaseWrapper, **kwargs: object) -> None:
+    """Give a new SQLite connection the functions matching uses (``connection_created``, studies.apps)."""
+    if connection.vendor == "sqlite":
+        connection.connection.create_function(SQLITE_UNICODE_UPPER, 1, _unicode_upper, deterministic=True)
+
+
+class DicomLikeTrimmed(Lookup):
+    """The value's first component group, its trailing ``^`` removed, ``LIKE`` the pattern (a row check).
+
+    PS3.5 6.2.1: trailing empty components are not significant, so a stored ``DOE^JANE^^^`` is the name
+    ``DOE^JANE``. Only checks the rows a ``LIKE 'DOE^JANE^%'`` beside it found through an index.
+    """
+
+    lookup_name = "dicom_like_trimmed"
+
+    def as_sql(self, compiler: SQLCompiler, conn: BaseDatabaseWrapper) -> tuple[str, tuple[str | int, ...]]:
+        lhs, lhs_params = self.process_lhs(compiler, conn)
+        rhs, rhs_params = self.process_rhs(compiler, conn)
+        if conn.vendor == "sqlite":
+            group = f"SUBSTR({lhs}, 1, INSTR({lhs} || '=', '=') - 1)"
+            params = (*lhs_params, *lhs_params, *rhs_params)
+            return f"RTRIM({group}, '^') LIKE {rhs} ESCAPE '\\'", params
+        return f"(RTRIM(SPLIT_PART({lhs}, '=', 1), '^') LIKE {rhs}) IS TRUE", (*lhs_params, *rhs_params)
+
+
 for _field in (CharField, TextField):
     _field.register_lookup(DicomLike)
+    _field.register_lookup(DicomLikeTrimmed)
     _field.register_lookup(DicomLikeChecked)
     _field.register_lookup(DicomLikeCandidates)
     _field.register_lookup(DicomLikeWalk)
     _field.register_lookup(Holds)
     # ``name__upper__dicom_like``: spelled as the UPPER(...) expression indexes are.
     _field.register_lookup(Upper)
+    _field.register_lookup(UnicodeUpper)
 
 
 def has_wildcard(value: str) -> bool:
@@ -350,18 +403,36 @@ def _run_find(piece: str, value: str, start: int, end: int) -> int:
 # Strings ---------------------------------------------------------------------------------------------
 
 
+def upper_path(path: str, pattern: str) -> str:
+    """``path`` upper-cased for a case-insensitive match with ``pattern``, as the expression indexes are.
+
+    On SQLite a pattern that is not ASCII compares ``unicode_upper(column)`` (UnicodeUpper), since
+    SQLite's UPPER leaves ``ü`` as it is; an ASCII pattern keeps UPPER and its indexes.
+    """
+    if connection.vendor == "sqlite" and not pattern.isascii():
+        return f"{path}__unicode_upper"
+    return f"{path}__upper"
+
+
 def text_q(path: str, pattern: str, *, ignore_case: bool = False) -> Q:
     """Single value or wildcard match of one string column."""
     if pattern in ("", "*"):
         return Q()
+    ascii_path = path
     if ignore_case:
-        path, pattern = f"{path}__upper", pattern.upper()
+        pattern = pattern.upper()
+        path, ascii_path = upper_path(path, pattern), f"{path}__upper"
+    # The literal start, before the first wildcard (and on SQLite's Unicode path, before the first
+    # letter that is not ASCII: SQLite's UPPER folds the ASCII ones as Python does, so its index serves).
+    prefix = re.split(r"[*?]", pattern, maxsplit=1)[0]
+    if path != ascii_path:
+        prefix = re.split(r"[^\x00-\x7f]", prefix, maxsplit=1)[0]
     if not has_wildcard(pattern):
-        return Q(**{path: pattern})
+        q = Q(**{path: pattern})
+        return q & _prefix_range_q(ascii_path, prefix) if path != ascii_path and prefix else q
     q = Q(**{f"{path}__dicom_like": like_pattern(pattern)})
-    prefix = re.split(r"[*?]", pattern, maxsplit=1)[0]  # the literal start, before the first wildcard
     if prefix:
-        q &= _prefix_range_q(path, prefix)
+        q &= _prefix_range_q(ascii_path, prefix)
     return q
 
 
@@ -386,31 +457,42 @@ def _non_latin(value: str) -> bool:
     return any(ord(char) > 0x24F for char in value)
 
 
+def name_trimmed(pattern: str) -> str:
+    """A person name without its trailing empty components and groups (``DOE^JANE^^^`` is ``DOE^JANE``)."""
+    return "=".join(group.rstrip("^") for group in pattern.split("=")).rstrip("=")
+
+
 def person_name_q(path: str, pattern: str) -> Q:
     """Match a PN column, ignoring case, against each of its component groups.
 
     The stored value is ``Alphabetic=Ideographic=Phonetic`` (trailing groups often absent). A pattern
     holding ``=`` is matched against the whole value, groups and all.
     """
-    pattern = pattern.strip()
+    pattern = name_trimmed(pattern.strip())
     if pattern in ("", "*"):
         return Q()
     pattern = pattern.upper()
-    upper = f"{path}__upper"
+    upper = upper_path(path, pattern)
     if "=" in pattern:
         return text_q(path, pattern, ignore_case=True) | Q(**{f"{upper}__dicom_like": like_pattern(pattern) + "=%"})
     like = like_pattern(pattern)
+    # A stored name with trailing empty components (DOE^JANE^^^) is the same name: its first group with
+    # the trailing ^ removed is checked, on the rows the pattern followed by ^ finds (a literal start
+    # keeps its index range; after a leading wildcard, the trigram candidates below).
+    trimmed = Q(**{f"{upper}__dicom_like_trimmed": like})
     # The alphabetic group: the value alone, or followed by other groups.
     if pattern.startswith(("*", "?")) and not pattern.endswith("*"):
         # A value matching either arm holds a match of the pattern followed by anything: that one condition
         # reads the trigram index once, and the arms check its rows. Each arm on its own read the index
         # again, and the same candidates (``*SON^?ARY``: 2 x 5,000 at 100,000 studies).
         checked = f"{upper}__dicom_like_checked"
-        q = Q(**{f"{upper}__dicom_like_candidates": like + "%"}) & (Q(**{checked: like}) | Q(**{checked: like + "=%"}))
+        q = Q(**{f"{upper}__dicom_like_candidates": like + "%"}) & (
+            Q(**{checked: like}) | Q(**{checked: like + "=%"}) | (Q(**{checked: like + "^%"}) & trimmed)
+        )
     else:
         q = text_q(path, pattern, ignore_case=True)
         if not pattern.endswith("*"):
-            q |= Q(**{f"{upper}__dicom_like": like + "=%"})
+            q |= Q(**{f"{upper}__dicom_like": like + "=%"}) | (text_q(path, pattern + "^*", ignore_case=True) & trimmed)
     # Ideographic and phonetic groups hold non-Latin scripts; looking there only for such a pattern keeps
     # a Latin search on the prefix index (the other arms need the trigram index and cost more).
     if _non_latin(pattern):
@@ -449,7 +531,11 @@ def name_words_q(path: str, text: str, *, given_name: str) -> Q:
         return person_name_q(path, f"{family}^{given}*" if given else f"{family}*")
     words = text.split(" ")
     if len(words) == 1:
-        given_q = Q(**{f"{given_name}__startswith": text}) & _prefix_range_q(given_name, text)
+        if connection.vendor == "sqlite" and not text.isascii():
+            # The annotation's UPPER folded only the ASCII letters: fold the rest (no index serves either way).
+            given_q = Q(**{f"{given_name}__unicode_upper__startswith": text})
+        else:
+            given_q = Q(**{f"{given_name}__startswith": text}) & _prefix_range_q(given_name, text)
         q = text_q(path, text + "*", ignore_case=True) | given_q
         if _non_latin(text):
             q |= person_name_q(path, text + "*") | person_name_q(path, "*^" + text + "*")
@@ -490,7 +576,7 @@ def split_list(value: str) -> list[str]:
 
 def uid_q(path: str, values: list[str]) -> Q:
     uids = [uid for value in values for uid in split_list(value)]
-    if not uids:
+    if not uids or "*" in uids:  # a lone * in the list: universal (is_universal)
         return Q()
     return Q(**{f"{path}__in": uids}) if len(uids) > 1 else Q(**{path: uids[0]})
 
@@ -586,11 +672,20 @@ def time_q(path: str, value: str) -> Q:
 _INT_VRS = {"IS", "US", "SS", "UL", "SL", "SV", "UV"}
 
 
+def is_universal(values: list[str]) -> bool:
+    """Say whether a key's values ask for universal matching: none, all empty, or one of them a lone ``*``.
+
+    A lone ``*`` matches any value, the empty one too, for every VR (PS3.4 C.2.2.2.4): a date, time or UID
+    never reaches its parser with it, and a value list holding it (any of its values) matches everything.
+    """
+    return any(value.strip() == "*" for value in values) or not any(values)
+
+
 def attribute_q(path: str, vr: str, values: list[str], *, name: str, multi_valued: bool = False) -> Q:
     """Match one key on an index column by its VR; several values mean any of them (a value list)."""
-    values = [value for value in values if value != ""]
-    if not values:
+    if is_universal(values):
         return Q()
+    values = [value for value in values if value != ""]
     if vr == "UI":
         return uid_q(path, values)
     if vr in _INT_VRS:
@@ -613,7 +708,7 @@ def attribute_q(path: str, vr: str, values: list[str], *, name: str, multi_value
 
 def header_match(vr: str, query_values: list[str], stored: list[str]) -> bool:
     """Match a key against values read from a stored header (DICOM JSON), by the same rules."""
-    if vr == "SQ" or not query_values:
+    if vr == "SQ" or is_universal(query_values):
         return True  # sequence matching is not supported: treated as universal
     for query in query_values:
         for value in stored:
@@ -630,8 +725,11 @@ def header_match(vr: str, query_values: list[str], stored: list[str]) -> bool:
                 if (low is None or stored_value >= low) and (high is None or stored_value <= high):
                     return True
             elif vr == "PN":
-                groups = [value, *value.split("=")] if "=" not in query else [value]
-                if any(wildcard_match(query, group, ignore_case=True) for group in groups):
+                pattern = name_trimmed(query.strip())
+                if pattern in ("", "*"):
+                    return True
+                groups = [value, *value.split("=")] if "=" not in pattern else [value]
+                if any(wildcard_match(pattern, name_trimmed(group), ignore_case=True) for group in groups):
                     return True
             elif wildcard_match(query, value):
                 return True

@@ -1,9 +1,10 @@
 """C-FIND over the clinic's index (PS3.4 Annex C): Patient Root and Study Root, every level.
 
-Matching follows PS3.4 C.2.2.2: universal (empty value), single value, wildcard (``*`` and ``?``),
+Matching follows PS3.4 C.2.2.2: universal (empty value, or a lone ``*``), single value, wildcard (``*`` and ``?``),
 range (DA and TM: ``A-B``, ``-B``, ``A-``) and list of UIDs (backslash-separated). Person names match
 without regard to case. Indexed attributes are matched in the database; at IMAGE level any other
-attribute is matched against, and answered from, the instance's stored DICOM JSON header.
+attribute is matched against, and answered from, the instance's stored DICOM JSON header (a sequence
+is answered from it too, not matched).
 Trashed studies (and their series and instances) are never matched.
 """
 
@@ -181,6 +182,44 @@ def _metadata_values(instance: Instance, keyword: str) -> list[str]:
     return out
 
 
+def _metadata_sequence(instance: Instance, keyword: str, requested: Any) -> list[Dataset]:
+    """Return a sequence's items from the stored header, cut to the keys the request's item names.
+
+    An empty request (no item, or an item without keys) asks for the items whole. A sequence the header
+    lacks, or kept out of it (a BulkDataURI placeholder), is answered empty.
+    """
+    tag = f"{tag_for_keyword(keyword):08X}"
+    stored = (instance.metadata or {}).get(tag) or {}
+    if stored.get("vr") != "SQ" or not stored.get("Value"):
+        return []
+    try:
+        items = list(Dataset.from_json({tag: stored})[tag].value)
+    except (ValueError, TypeError, KeyError, AttributeError):  # a header value DICOM JSON reads back wrong
+        return []
+    keys = [element.tag for item in (requested or []) for element in item]
+    if not keys:
+        return items
+    cut = []
+    for item in items:
+        answer = Dataset()
+        for key in keys:
+            if key in item:
+                answer[key] = item[key]
+            elif vr := _dictionary_vr(key):
+                answer.add_new(key, vr, None)
+        cut.append(answer)
+    return cut
+
+
+def _dictionary_vr(tag: Any) -> str:
+    """Return the one VR the data dictionary gives ``tag``; "" for a private, unknown or ambiguous one."""
+    try:
+        vr = str(dictionary_VR(tag))
+    except KeyError:
+        return ""
+    return "" if " or " in vr else vr
+
+
 def _python_match(keyword: str, query_values: list[str], stored: list[str]) -> bool:
     """Match a non-indexed IMAGE-level key against the stored header values."""
     try:
@@ -263,7 +302,13 @@ def _answer(identifier: Dataset, *, level: str, row: Row, clinic: Clinic) -> Dat
             stored = _metadata_values(row.instance, keyword)
             value = stored if len(stored) > 1 else (stored[0] if stored else None)
         if vr == "SQ":
-            setattr(answer, keyword, [])
+            # At IMAGE level a sequence comes from the stored header like any other attribute.
+            stored_items = (
+                _metadata_sequence(row.instance, keyword, element.value)
+                if level == "IMAGE" and row.instance is not None and keyword not in INDEXED
+                else []
+            )
+            setattr(answer, keyword, stored_items)
             continue
         if value in (None, ""):
             answer.add_new(element.tag, vr, None)
