@@ -16,13 +16,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, AllStoragePresentationContexts, _config, build_role, evt
+from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelMove
 
 from studies.dimse import nodes
 from studies.dimse.scp import STORAGE_TRANSFER_SYNTAXES, scp_start
+from studies.ingest import instance_ingest
 from studies.models import DicomNode
 from tenants.models import Clinic
+from tests.dicom_files import dataset_write, sample_dataset
 from tests.workers import WORKER_INDEX
 
 PORT_RANGE = range(11200 + 100 * WORKER_INDEX, 11300 + 100 * WORKER_INDEX)
@@ -185,3 +191,99 @@ def move(port: int, called: str, destination: str, model: str = StudyRootQueryRe
         return [status for status, _ in assoc.send_c_move(query, destination, model)]
     finally:
         assoc.release()
+
+
+def identifier(**keys: object) -> Dataset:
+    """A C-FIND or C-MOVE identifier with these keywords' values."""
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def c_find(port: int, called: str, model: str, query: Dataset) -> tuple[list[Dataset], int | None]:
+    """Run one C-FIND with pynetdicom as the test modality; return the matches and the final status."""
+    ae = AE(ae_title=MODALITY_AE)
+    ae.add_requested_context(model)
+    assoc = ae.associate(HOST, port, ae_title=called)
+    assert assoc.is_established
+    matches, final = [], None
+    try:
+        for status, answer in assoc.send_c_find(query, model):
+            if status.Status in (0xFF00, 0xFF01):
+                matches.append(answer)
+            else:
+                final = status.Status
+    finally:
+        assoc.release()
+    return matches, final
+
+
+def ingest_paths(clinic: Clinic, paths: list[Path]) -> None:
+    """Store files as an upload does (the index and objects a listener then answers from)."""
+    for path in paths:
+        instance_ingest(clinic=clinic, source_path=str(path), source="test")
+
+
+def write_named(folder: Path, *, name: str, charset: str, patient_id: str = "PID-U") -> Path:
+    """A CT instance of its own study whose Patient Name is written in ``charset``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = sample_dataset("CT_small.dcm", PatientName=name, PatientID=patient_id, StudyInstanceUID=generate_uid(),
+                        SeriesInstanceUID=generate_uid(), SpecificCharacterSet=charset)
+    return dataset_write(ds, folder / f"{patient_id}.dcm")
+
+
+def encoded(ds: Dataset, *, implicit: bool) -> bytes:
+    """The data set's bytes in little endian, implicit or explicit VR, without File Meta."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = implicit
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def raw_store(port: int, called: str, tmp: Path, *, sop_class: str, sop_uid: str, data: bytes,
+              syntax: str = ExplicitVRLittleEndian, context_class: str | None = None) -> int:
+    """Send one C-STORE whose data set is the given bytes, as they are (pynetdicom streams them from a file
+    whose File Meta names the Affected SOP Class/Instance UIDs); return the response status."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = context_class or sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = "1.2.3.4"
+    fp = DicomBytesIO()
+    fp.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(fp, meta)
+    path = tmp / f"{generate_uid()}.dcm"
+    path.write_bytes(fp.getvalue() + data)
+    ae = AE(ae_title=MODALITY_AE)
+    ae.add_requested_context(context_class or sop_class, [syntax])
+    assoc = ae.associate(HOST, port, ae_title=called)
+    assert assoc.is_established
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        status = assoc.send_c_store(path)
+        assert "Status" in status, "no C-STORE response"
+        return int(status.Status)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+        assoc.release()
+
+
+def c_get(port: int, called: str, model: str, **keys: object) -> tuple[dict[str, bytes], list[int]]:
+    """Run one C-GET with pynetdicom (CT sub-operations back on the same association); return what came
+    back, by SOP Instance UID, and every response status."""
+    received: dict[str, bytes] = {}
+    ae = AE(ae_title=MODALITY_AE)
+    ae.add_requested_context(model)
+    ae.add_requested_context(CTImageStorage)
+    handlers = [(evt.EVT_C_STORE, lambda event: storage_received(event, received))]
+    assoc = ae.associate(HOST, port, ae_title=called, ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=handlers)
+    assert assoc.is_established
+    try:
+        statuses = [s.Status for s, _ in assoc.send_c_get(identifier(**keys), model) if "Status" in s]
+    finally:
+        assoc.release()
+    return received, statuses

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 from pydicom import Dataset, dcmread
-from pynetdicom import AE
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
@@ -18,7 +17,7 @@ from studies.ingest import instance_ingest
 from studies.models import Study
 from tenants.models import AuditEvent
 from tests.dicom_files import write_study
-from tests.studies.dimse_support import HOST, MODALITY_AE, dcmtk
+from tests.studies.dimse_support import HOST, MODALITY_AE, c_find, dcmtk, identifier
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 
@@ -44,25 +43,9 @@ def studies(clinic, other_clinic, tmp_path):
     return {"jane": jane, "richard": richard, "trashed": trashed, "elsewhere": elsewhere}
 
 
-def find(port: int, called: str, model: str, **keys: object) -> tuple[list[Dataset], int]:
+def find(port: int, called: str, model: str, **keys: object) -> tuple[list[Dataset], int | None]:
     """Run one C-FIND with pynetdicom; return the matches and the final status."""
-    ae = AE(ae_title=MODALITY_AE)
-    ae.add_requested_context(model)
-    assoc = ae.associate(HOST, port, ae_title=called)
-    assert assoc.is_established
-    query = Dataset()
-    for keyword, value in keys.items():
-        setattr(query, keyword, value)
-    matches, final = [], None
-    try:
-        for status, identifier in assoc.send_c_find(query, model):
-            if status.Status in (0xFF00, 0xFF01):
-                matches.append(identifier)
-            else:
-                final = status.Status
-    finally:
-        assoc.release()
-    return matches, final
+    return c_find(port, called, model, identifier(**keys))
 
 
 def findscu(port: int, called: str, out: Path, *args: str) -> list[Dataset]:

@@ -3,15 +3,10 @@ data set is not what the request names, and requests of a node removed while its
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config, build_role, evt
+from pydicom.uid import generate_uid
+from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
     MRImageStorage,
@@ -27,7 +22,17 @@ from studies.ingest import instance_ingest
 from studies.models import DicomNode, Instance
 from tenants.models import AuditEvent
 from tests.dicom_files import dataset_write, sample_dataset
-from tests.studies.dimse_support import HOST, MODALITY_AE, VIEWER_AE, move, storage_received, store_with_pynetdicom
+from tests.studies.dimse_support import (
+    HOST,
+    MODALITY_AE,
+    VIEWER_AE,
+    c_get,
+    encoded,
+    move,
+    raw_store,
+    storage_received,
+    store_with_pynetdicom,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 
@@ -51,61 +56,6 @@ def two_patients(clinic, tmp_path):
     return uids
 
 
-def get(port: int, called: str, model: str, **keys: object) -> tuple[dict[str, bytes], list[int]]:
-    """Run one C-GET with pynetdicom; return what came back and every response status."""
-    received: dict[str, bytes] = {}
-    ae = AE(ae_title=MODALITY_AE)
-    ae.add_requested_context(model)
-    ae.add_requested_context(CTImageStorage)
-    handlers_ = [(evt.EVT_C_STORE, lambda event: storage_received(event, received))]
-    assoc = ae.associate(HOST, port, ae_title=called, ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                         evt_handlers=handlers_)
-    assert assoc.is_established
-    query = Dataset()
-    for keyword, value in keys.items():
-        setattr(query, keyword, value)
-    try:
-        statuses = [s.Status for s, _ in assoc.send_c_get(query, model) if "Status" in s]
-    finally:
-        assoc.release()
-    return received, statuses
-
-
-def raw_store(port: int, called: str, tmp: Path, *, sop_class: str, sop_uid: str, data: bytes) -> int:
-    """Send one C-STORE for these Affected SOP Class/Instance UIDs whose data set is the given bytes, as they are."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = "1.2.3.4"
-    fp = DicomBytesIO()
-    fp.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(fp, meta)
-    path = tmp / f"{generate_uid()}.dcm"
-    path.write_bytes(fp.getvalue() + data)
-    ae = AE(ae_title=MODALITY_AE)
-    ae.add_requested_context(sop_class, [ExplicitVRLittleEndian])
-    assoc = ae.associate(HOST, port, ae_title=called)
-    assert assoc.is_established
-    previous = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        status = assoc.send_c_store(path)
-        assert "Status" in status, "no C-STORE response"
-        return int(status.Status)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = previous
-        assoc.release()
-
-
-def explicit_bytes(ds: Dataset) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = False
-    write_dataset(fp, ds)
-    return fp.getvalue()
-
-
 @pytest.mark.parametrize("patient_id", ["*", "P?"])
 def test_move_with_a_wildcard_patient_id_at_patient_level_is_refused(clinic, scp_port, receiver, two_patients,
                                                                      patient_id):
@@ -124,7 +74,7 @@ def test_move_with_a_wildcard_study_uid_is_refused(clinic, scp_port, receiver, t
 
 
 def test_get_with_a_wildcard_patient_id_is_refused(clinic, scp_port, two_patients):
-    received, statuses = get(scp_port, clinic.ae_title, PatientRootQueryRetrieveInformationModelGet,
+    received, statuses = c_get(scp_port, clinic.ae_title, PatientRootQueryRetrieveInformationModelGet,
                              QueryRetrieveLevel="PATIENT", PatientID="*")
 
     assert statuses == [0xA900]
@@ -162,7 +112,7 @@ def test_get_without_the_levels_unique_key_answers_identifier_does_not_match(cli
     study_uid = str(Instance.objects.for_clinic(clinic).select_related("series__study").first().series.study
                     .study_instance_uid)
 
-    received, statuses = get(scp_port, clinic.ae_title, StudyRootQueryRetrieveInformationModelGet,
+    received, statuses = c_get(scp_port, clinic.ae_title, StudyRootQueryRetrieveInformationModelGet,
                              QueryRetrieveLevel="SERIES", StudyInstanceUID=study_uid)
 
     assert statuses == [0xA900]
@@ -181,7 +131,7 @@ def test_dataset_uid_differing_from_the_affected_uid_is_refused_and_not_stored(c
     ds = ct()
 
     status = raw_store(scp_port, clinic.ae_title, tmp_path, sop_class=CTImageStorage, sop_uid=generate_uid(),
-                       data=explicit_bytes(ds))
+                       data=encoded(ds, implicit=False))
 
     assert status == 0xA900
     assert not Instance.objects.for_clinic(clinic).exists()
@@ -191,7 +141,7 @@ def test_dataset_of_another_sop_class_than_the_context_is_stored_with_a_warning(
     ds = ct()
 
     status = raw_store(scp_port, clinic.ae_title, tmp_path, sop_class=MRImageStorage, sop_uid=str(ds.SOPInstanceUID),
-                       data=explicit_bytes(ds))
+                       data=encoded(ds, implicit=False))
 
     assert status == 0xB007
     stored = Instance.objects.for_clinic(clinic).get()
@@ -202,7 +152,7 @@ def test_matching_dataset_is_plain_success(clinic, scp_port, tmp_path):
     ds = ct()
 
     status = raw_store(scp_port, clinic.ae_title, tmp_path, sop_class=CTImageStorage, sop_uid=str(ds.SOPInstanceUID),
-                       data=explicit_bytes(ds))
+                       data=encoded(ds, implicit=False))
 
     assert status == 0x0000
     assert Instance.objects.for_clinic(clinic).get().sop_instance_uid == str(ds.SOPInstanceUID)

@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import io
-import shutil
 import types
 import zipfile
 from datetime import timedelta
 from http import HTTPStatus
-from pathlib import Path
 
 import pytest
 from django.core import mail
 from django.utils import timezone
 
-from studies.ingest import instance_ingest
 from studies.models import Instance, Study
 from studies.sharing import public_views, services
 from studies.sharing.models import Share, ShareAccess, UploadLink
 from tenants.models import AuditEvent
-from tests.dicom_files import PYDICOM_SAMPLES as SAMPLES  # noqa: E402
-
-
-def store(clinic, name: str, tmp_path: Path) -> Study:
-    path = tmp_path / name
-    shutil.copy(SAMPLES / name, path)
-    return instance_ingest(clinic=clinic, source_path=str(path)).instance.series.study
-
-
-@pytest.fixture
-def study(clinic, tmp_path) -> Study:
-    return store(clinic, "CT_small.dcm", tmp_path)
-
-
-@pytest.fixture
-def other_study(clinic, tmp_path) -> Study:
-    return store(clinic, "MR_small.dcm", tmp_path)
+from tests.dicom_files import PYDICOM_SAMPLES as SAMPLES
+from tests.studies.sharing.support import store
 
 
 def make_share(clinic, study, user=None, **options) -> services.NewShare:

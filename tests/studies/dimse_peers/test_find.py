@@ -2,70 +2,30 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from pydicom import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from studies.ingest import instance_ingest
 from tests.dicom_files import dataset_write, sample_dataset, write_study
-from tests.studies.dimse_support import HOST, MODALITY_AE
+from tests.studies.dimse_support import c_find, identifier, ingest_paths, write_named
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
-
-
-def ingest(clinic, paths) -> None:
-    for path in paths:
-        instance_ingest(clinic=clinic, source_path=str(path), source="test")
-
-
-def find(port: int, called: str, model: str, query: Dataset) -> tuple[list[Dataset], int]:
-    ae = AE(ae_title=MODALITY_AE)
-    ae.add_requested_context(model)
-    assoc = ae.associate(HOST, port, ae_title=called)
-    assert assoc.is_established
-    matches, final = [], None
-    try:
-        for status, identifier in assoc.send_c_find(query, model):
-            if status.Status in (0xFF00, 0xFF01):
-                matches.append(identifier)
-            else:
-                final = status.Status
-    finally:
-        assoc.release()
-    return matches, final
-
-
-def q(**keys: object) -> Dataset:
-    ds = Dataset()
-    for k, v in keys.items():
-        setattr(ds, k, v)
-    return ds
-
-
-def write_named(folder: Path, *, name: str, charset: str, patient_id: str = "PID-U") -> Path:
-    ds = sample_dataset("CT_small.dcm", PatientName=name, PatientID=patient_id, StudyInstanceUID=generate_uid(),
-                        SeriesInstanceUID=generate_uid(), SpecificCharacterSet=charset)
-    return dataset_write(ds, folder / f"{patient_id}.dcm")
 
 
 def study_find(port, called, **keys):
     base = {"SpecificCharacterSet": "ISO_IR 192", "QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "",
             "PatientName": ""}
-    return find(port, called, StudyRootQueryRetrieveInformationModelFind, q(**{**base, **keys}))
+    return c_find(port, called, StudyRootQueryRetrieveInformationModelFind, identifier(**{**base, **keys}))
 
 
 def test_series_level_key_below_level_is_refused(clinic, scp_port, tmp_path):
     study = write_study(tmp_path / "s")
-    ingest(clinic, study.files)
-    matches, final = find(scp_port, clinic.ae_title, StudyRootQueryRetrieveInformationModelFind,
-                          q(QueryRetrieveLevel="SERIES", StudyInstanceUID=study.study_uid,
+    ingest_paths(clinic, study.files)
+    matches, final = c_find(scp_port, clinic.ae_title, StudyRootQueryRetrieveInformationModelFind,
+                          identifier(QueryRetrieveLevel="SERIES", StudyInstanceUID=study.study_uid,
                             SOPInstanceUID=study.sop_uids[0]))
     assert final == 0xA900
     assert matches == []
@@ -79,8 +39,8 @@ def test_same_study_uid_in_two_clinics_finds_only_own(clinic, other_clinic, scp_
     theirs = dataset_write(sample_dataset("CT_small.dcm", StudyInstanceUID=uid, SeriesInstanceUID=generate_uid(),
                                           PatientID="P1", PatientName="THEIRS^B", AccessionNumber="THEIRS"),
                            tmp_path / "b.dcm")
-    ingest(clinic, [ours])
-    ingest(other_clinic, [theirs])
+    ingest_paths(clinic, [ours])
+    ingest_paths(other_clinic, [theirs])
     for level, model in [("PATIENT", PatientRootQueryRetrieveInformationModelFind),
                          ("STUDY", StudyRootQueryRetrieveInformationModelFind),
                          ("SERIES", StudyRootQueryRetrieveInformationModelFind),
@@ -92,13 +52,13 @@ def test_same_study_uid_in_two_clinics_finds_only_own(clinic, other_clinic, scp_
             keys.update(SeriesInstanceUID="")
         if level == "IMAGE":
             keys.update(SOPInstanceUID="", InstitutionName="")
-        matches, final = find(scp_port, clinic.ae_title, model, q(**keys))
+        matches, final = c_find(scp_port, clinic.ae_title, model, identifier(**keys))
         assert final == 0x0000, level
         assert [str(m.PatientName) for m in matches] == ["OURS^A"], level
 
 
 def test_ideographic_group_of_a_japanese_name_is_matched(clinic, scp_port, tmp_path):
-    ingest(clinic, [write_named(tmp_path, name="Yamada^Tarou=山田^太郎=やまだ^たろう", charset="ISO_IR 192")])
+    ingest_paths(clinic, [write_named(tmp_path, name="Yamada^Tarou=山田^太郎=やまだ^たろう", charset="ISO_IR 192")])
     for pattern in ("Yamada^Tarou", "YAMADA*", "山田^太郎", "山田*"):
         matches, final = study_find(scp_port, clinic.ae_title, PatientName=pattern)
         assert final == 0x0000
@@ -106,8 +66,8 @@ def test_ideographic_group_of_a_japanese_name_is_matched(clinic, scp_port, tmp_p
 
 
 def test_missing_query_level_is_refused(clinic, scp_port):
-    matches, final = find(scp_port, clinic.ae_title, StudyRootQueryRetrieveInformationModelFind,
-                          q(StudyInstanceUID=""))
+    matches, final = c_find(scp_port, clinic.ae_title, StudyRootQueryRetrieveInformationModelFind,
+                          identifier(StudyInstanceUID=""))
     assert matches == []
     assert final in (0xA900, 0xC000)
 
@@ -115,13 +75,15 @@ def test_missing_query_level_is_refused(clinic, scp_port):
 @pytest.mark.parametrize("patient_id", [""])
 def test_two_patients_sharing_an_id_keep_their_own_names_in_study_answers(clinic, scp_port, tmp_path, patient_id):
     """Two emergency patients stored without a real Patient ID: each study is found, and answered, by its own name."""
-    smith = dataset_write(sample_dataset("CT_small.dcm", StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(),
-                                         PatientID=patient_id, PatientName="SMITH^ANN", AccessionNumber="A1"),
+    smith = dataset_write(sample_dataset("CT_small.dcm", StudyInstanceUID=generate_uid(),
+                                         SeriesInstanceUID=generate_uid(), PatientID=patient_id,
+                                         PatientName="SMITH^ANN", AccessionNumber="A1"),
                           tmp_path / "smith.dcm")
-    jones = dataset_write(sample_dataset("CT_small.dcm", StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(),
-                                         PatientID=patient_id, PatientName="JONES^BOB", AccessionNumber="A2"),
+    jones = dataset_write(sample_dataset("CT_small.dcm", StudyInstanceUID=generate_uid(),
+                                         SeriesInstanceUID=generate_uid(), PatientID=patient_id,
+                                         PatientName="JONES^BOB", AccessionNumber="A2"),
                           tmp_path / "jones.dcm")
-    ingest(clinic, [smith, jones])
+    ingest_paths(clinic, [smith, jones])
 
     matches, final = study_find(scp_port, clinic.ae_title, AccessionNumber="A2")
     assert final == 0x0000
@@ -137,7 +99,7 @@ def test_two_patients_sharing_an_id_keep_their_own_names_in_study_answers(clinic
 ])
 def test_a_file_with_badly_encoded_name_does_not_break_the_clinics_queries(clinic, scp_port, tmp_path, charset, raw):
     good = write_study(tmp_path / "good")
-    ingest(clinic, good.files)
+    ingest_paths(clinic, good.files)
     ds = sample_dataset("CT_small.dcm", StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(),
                         PatientID="BAD-1")
     if charset:
@@ -147,7 +109,7 @@ def test_a_file_with_badly_encoded_name_does_not_break_the_clinics_queries(clini
     ds.PatientName = raw  # bytes: written as they are
     path = dataset_write(ds, tmp_path / "bad.dcm")
     try:
-        ingest(clinic, [path])
+        ingest_paths(clinic, [path])
     except Exception:  # noqa: BLE001 - refused at ingest is fine too
         pass
     for level, model, keys in [
@@ -156,6 +118,6 @@ def test_a_file_with_badly_encoded_name_does_not_break_the_clinics_queries(clini
         ("IMAGE", StudyRootQueryRetrieveInformationModelFind,
          {"StudyInstanceUID": good.study_uid, "SOPInstanceUID": "", "PatientName": "", "OperatorsName": ""}),
     ]:
-        matches, final = find(scp_port, clinic.ae_title, model, q(QueryRetrieveLevel=level, **keys))
+        matches, final = c_find(scp_port, clinic.ae_title, model, identifier(QueryRetrieveLevel=level, **keys))
         assert final == 0x0000, (level, hex(final or 0))
         assert len(matches) >= 1, level

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydicom import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
-    CTImageStorage,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelGet,
@@ -15,7 +12,15 @@ from pynetdicom.sop_class import (
 
 from studies.ingest import instance_ingest
 from tests.dicom_files import dataset_write, sample_dataset
-from tests.studies.dimse_support import HOST, MODALITY_AE, VIEWER_AE, Receiver, move, register_node, storage_received
+from tests.studies.dimse_support import (
+    HOST,
+    MODALITY_AE,
+    VIEWER_AE,
+    Receiver,
+    c_get,
+    move,
+    register_node,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 
@@ -32,25 +37,6 @@ def twin_studies(clinic, other_clinic, tmp_path):
     instance_ingest(clinic=other_clinic, source_path=str(dataset_write(theirs, tmp_path / "b.dcm")), source="test")
     return {"study": study_uid, "series": series_uid, "ours": str(ours.SOPInstanceUID),
             "theirs": str(theirs.SOPInstanceUID)}
-
-
-def get(port: int, called: str, model: str, **keys: object) -> tuple[dict[str, bytes], list[int]]:
-    received: dict[str, bytes] = {}
-    ae = AE(ae_title=MODALITY_AE)
-    ae.add_requested_context(model)
-    ae.add_requested_context(CTImageStorage)
-    role = build_role(CTImageStorage, scp_role=True)
-    handlers = [(evt.EVT_C_STORE, lambda event: storage_received(event, received))]
-    assoc = ae.associate(HOST, port, ae_title=called, ext_neg=[role], evt_handlers=handlers)
-    assert assoc.is_established
-    query = Dataset()
-    for k, v in keys.items():
-        setattr(query, k, v)
-    try:
-        statuses = [s.Status for s, _ in assoc.send_c_get(query, model) if "Status" in s]
-    finally:
-        assoc.release()
-    return received, statuses
 
 
 @pytest.mark.parametrize("level", ["STUDY", "SERIES", "IMAGE"])
@@ -78,7 +64,7 @@ def test_get_with_a_study_uid_both_clinics_hold_returns_only_ours(clinic, scp_po
     if level == "IMAGE":
         keys["SeriesInstanceUID"] = twin_studies["series"]
         keys["SOPInstanceUID"] = [twin_studies["ours"], twin_studies["theirs"]]
-    received, statuses = get(scp_port, clinic.ae_title, StudyRootQueryRetrieveInformationModelGet, **keys)
+    received, statuses = c_get(scp_port, clinic.ae_title, StudyRootQueryRetrieveInformationModelGet, **keys)
     assert statuses[-1] == 0x0000
     assert set(received) == {twin_studies["ours"]}
 
@@ -108,7 +94,7 @@ def test_move_to_a_node_that_is_not_a_move_destination_is_refused(clinic, scp_po
 
 
 def test_patient_root_get_by_patient_id_returns_only_ours(clinic, scp_port, twin_studies):
-    received, statuses = get(scp_port, clinic.ae_title, PatientRootQueryRetrieveInformationModelGet,
+    received, statuses = c_get(scp_port, clinic.ae_title, PatientRootQueryRetrieveInformationModelGet,
                              QueryRetrieveLevel="PATIENT", PatientID="P1")
     assert statuses[-1] == 0x0000
     assert set(received) == {twin_studies["ours"]}

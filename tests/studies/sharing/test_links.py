@@ -4,14 +4,11 @@ sender is told, the lock e-mails, and the clinic's pages about its links."""
 from __future__ import annotations
 
 import io
-import shutil
 from http import HTTPStatus
-from pathlib import Path
 
 import pytest
 from django.core import mail
 
-from studies.ingest import instance_ingest
 from studies.models import Study
 from studies.names import person_name_display
 from studies.sharing import services
@@ -26,23 +23,6 @@ pytestmark = pytest.mark.django_db
 
 DICOM_JSON = "application/dicom+json"
 NEUTRAL_REASON = "The clinic cannot receive files right now; try again later."
-
-
-def store(clinic, name: str, tmp_path: Path) -> Study:
-    path = tmp_path / name
-    shutil.copy(SAMPLES / name, path)
-    return instance_ingest(clinic=clinic, source_path=str(path)).instance.series.study
-
-
-@pytest.fixture
-def study(clinic, tmp_path) -> Study:
-    return store(clinic, "CT_small.dcm", tmp_path)
-
-
-@pytest.fixture
-def other_study(clinic, tmp_path) -> Study:
-    """A study of another patient than ``study``'s."""
-    return store(clinic, "MR_small.dcm", tmp_path)
 
 
 def use_up(client, share: services.NewShare, pin: str = "") -> None:

@@ -2,58 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from pynetdicom.sop_class import CTImageStorage
 
 from studies.models import Instance
 from tests.dicom_files import sample_dataset
-from tests.studies.dimse_support import HOST, MODALITY_AE
+from tests.studies.dimse_support import encoded, raw_store
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
-
-
-def encoded(ds, *, implicit: bool) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = implicit
-    write_dataset(fp, ds)
-    return fp.getvalue()
-
-
-def raw_store(port: int, called: str, tmp: Path, *, sop_class: str, sop_uid: str, data: bytes,
-              syntax: str = ExplicitVRLittleEndian, context_class: str | None = None) -> int:
-    """Send one C-STORE whose data set is the given bytes, as they are (pynetdicom streams them from a file
-    whose File Meta names the Affected SOP Class/Instance UIDs); return the response status."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = context_class or sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = syntax
-    meta.ImplementationClassUID = "1.2.3.4"
-    fp = DicomBytesIO()
-    fp.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(fp, meta)
-    path = tmp / f"{generate_uid()}.dcm"
-    path.write_bytes(fp.getvalue() + data)
-    ae = AE(ae_title=MODALITY_AE)
-    ae.add_requested_context(context_class or sop_class, [syntax])
-    assoc = ae.associate(HOST, port, ae_title=called)
-    assert assoc.is_established
-    previous = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        status = assoc.send_c_store(path)
-        assert "Status" in status, "no C-STORE response"
-        return int(status.Status)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = previous
-        assoc.release()
 
 
 def ct(**attributes):

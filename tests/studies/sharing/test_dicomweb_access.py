@@ -3,7 +3,6 @@ and what a recipient's browser may keep."""
 
 from __future__ import annotations
 
-import shutil
 from http import HTTPStatus
 from pathlib import Path
 
@@ -22,17 +21,6 @@ pytestmark = pytest.mark.django_db
 
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-def store(clinic, name: str, tmp_path: Path) -> Study:
-    path = tmp_path / name
-    shutil.copy(SAMPLES / name, path)
-    return instance_ingest(clinic=clinic, source_path=str(path)).instance.series.study
-
-
-@pytest.fixture
-def study(clinic, tmp_path) -> Study:
-    return store(clinic, "CT_small.dcm", tmp_path)
 
 
 def first_instance(study: Study) -> Instance:
