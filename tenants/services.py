@@ -157,18 +157,23 @@ def session_expire(*, request: HttpRequest) -> None:
 # --- roles ---------------------------------------------------------------------------------------
 
 
+def _rights_within(role: str, limit: str) -> bool:
+    """Say whether every right of ``role`` is one of ``limit``'s."""
+    return ROLE_ACTIONS.get(role, frozenset()) <= ROLE_ACTIONS.get(limit, frozenset())
+
+
 def _check_may_grant(*, granted_by: Membership | ApiToken | None, role: str) -> None:
     """Refuse to hand out a role with rights the granting member does not have (no escalation)."""
     if granted_by is None:
         return  # the system itself: sign-up, management commands
-    if not ROLE_ACTIONS.get(role, frozenset()) <= ROLE_ACTIONS.get(granted_by.role, frozenset()):
+    if not _rights_within(role, granted_by.role):
         raise NotAllowed(f"Only an owner can give the {Role(role).label} role: it has rights your role lacks.")
 
 
 def _check_may_manage(*, granted_by: Membership | ApiToken | None, membership: Membership) -> None:
     if granted_by is None:
         return
-    if not ROLE_ACTIONS.get(membership.role, frozenset()) <= ROLE_ACTIONS.get(granted_by.role, frozenset()):
+    if not _rights_within(membership.role, granted_by.role):
         raise NotAllowed(f"Only an owner can change or remove a member whose role is {membership.get_role_display()}.")
 
 
@@ -215,14 +220,15 @@ def membership_role_change(
     return membership
 
 
-def _grants_withdraw(*, clinic: Clinic, user: User, beyond: str | None, keep_api_tokens: bool = False) -> dict[str, int]:
+def _grants_withdraw(
+    *, clinic: Clinic, user: User, beyond: str | None, keep_api_tokens: bool = False
+) -> dict[str, int]:
     """Revoke the clinic's API tokens and open invitations ``user`` made, the ones whose role has rights that
     ``beyond`` lacks (all of them when ``beyond`` is None: the member is gone); returns the audit's counts.
 
     A token or an invitation must not outlive its maker's right to make it.
     """
-    allowed = ROLE_ACTIONS.get(beyond, frozenset()) if beyond is not None else None
-    roles = [r for r in Role.values if allowed is None or not ROLE_ACTIONS.get(r, frozenset()) <= allowed]
+    roles = [r for r in Role.values if beyond is None or not _rights_within(r, beyond)]
     if not roles:
         return {}
     now = timezone.now()

@@ -197,10 +197,7 @@ def share_log(
     result: str = "success",
 ) -> None:
     """Write one access (time, address, user agent, what) to the share's log and the clinic's audit trail."""
-    ip = by.ip_address if by is not None else None
-    agent = by.user_agent if by is not None else ""
-    ShareAccess.objects.create(clinic=share.clinic, share=share, action=action, study=study, ip_address=ip,
-                               user_agent=agent)
+    share_access_record(share=share, action=action, by=by, study=study)
     audit_record(clinic=share.clinic, action=f"share.{action}", by=by, actor_label=f"share:{share.uuid}",
                  object_type="study" if study else "share", object_id=str(study.uuid if study else share.uuid),
                  result=result)
@@ -226,7 +223,7 @@ def _notify_creator_locked(link: Share | UploadLink, base_url: str) -> None:
     else:
         template = "emails/share_locked.txt"
         path = reverse("sharing:detail", kwargs={"clinic_slug": link.clinic.slug, "share_uuid": link.uuid})
-    lock = duration_text(link.locked_until - timezone.now()) if link.locked_until else duration_text(PIN_LOCK)
+    lock = duration_text(_lock_left(link))
     body = render_to_string(template, {"link": link, "clinic": link.clinic, "url": base_url.rstrip("/") + path,
                                        "lock": lock})
     subject, _, text = body.partition("\n")
@@ -253,9 +250,12 @@ def duration_text(duration: timedelta) -> str:
     return f"{minutes} minute{'' if minutes == 1 else 's'}"
 
 
+def _lock_left(link: Share | UploadLink) -> timedelta:
+    return (link.locked_until - timezone.now()) if link.locked_until else PIN_LOCK
+
+
 def locked_message(*, link: Share | UploadLink) -> str:
-    left = (link.locked_until - timezone.now()) if link.locked_until else PIN_LOCK
-    return f"Too many wrong PINs: this link is locked for {duration_text(left)}."
+    return f"Too many wrong PINs: this link is locked for {duration_text(_lock_left(link))}."
 
 
 def _pin_check(model: type[Share] | type[UploadLink], obj: Share | UploadLink, pin: str, base_url: str) -> bool:

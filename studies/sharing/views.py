@@ -106,7 +106,8 @@ def share_detail(request: ClinicRequest, clinic_slug: str, share_uuid: UUID) -> 
     audit_record(clinic=request.clinic, action="share.viewed", request=request, object_type="share",
                  object_id=str(share.uuid))
     return render(request, "studies/share_detail.html", {
-        "share": share, "accesses": accesses, "studies": share.studies.select_related("patient"), "extend_form": ExtendForm(),
+        "share": share, "accesses": accesses, "studies": share.studies.select_related("patient"),
+        "extend_form": ExtendForm(),
         "kind_patient": share.kind == ShareKind.PATIENT,
     })
 
