@@ -144,8 +144,6 @@ def running_orthanc(
     storage = folder / "orthanc-storage"
     storage.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
-    while dicom_port == http_port:
-        dicom_port = free_port()
     known = dict(modalities or {})
     if portal_ae:
         known["portal"] = (portal_ae, HOST, portal_dicom_port or 104)

@@ -7,6 +7,7 @@ be "down") is never taken by a test of another worker.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 import socket
@@ -38,9 +39,14 @@ VIEWER_AE = "VIEWER1"
 DCMTK_TIMEOUT = 60
 
 
+# Ports handed out lately: a caller often asks for two before binding either (a listener's plain and
+# TLS ports), and both being free then made the same port come back for the two now and then.
+_handed_out: collections.deque[int] = collections.deque(maxlen=len(PORT_RANGE) // 2)
+
+
 def free_port() -> int:
-    """Return a port in this suite's range that nothing listens on right now."""
-    ports = list(PORT_RANGE)
+    """Return a port in this suite's range that nothing listens on right now, and not handed out lately."""
+    ports = [port for port in PORT_RANGE if port not in _handed_out]
     random.shuffle(ports)
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -48,6 +54,7 @@ def free_port() -> int:
                 sock.bind((HOST, port))
             except OSError:
                 continue
+            _handed_out.append(port)
             return port
     raise RuntimeError(f"no free port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
 
