@@ -194,7 +194,7 @@ class TokenListApi(APIView):
 
 
 class TokenDetailApi(APIView):
-    """Revoke an API token."""
+    """Revoke an API token (403 for an owner's or owner-role token, unless an owner or the token itself asks)."""
 
     permission_classes = [CanManage]
 
@@ -203,5 +203,6 @@ class TokenDetailApi(APIView):
         token = selectors.api_token_list(clinic=request.clinic).filter(uuid=token_uuid).first()
         if token is None:
             raise Http404("No such token.")
-        services.api_token_revoke(token=token, by=Actor.from_request(_django_request(request)))
+        services.api_token_revoke(token=token, granted_by=request.membership,
+                                  by=Actor.from_request(_django_request(request)))
         return Response(status=status.HTTP_204_NO_CONTENT)

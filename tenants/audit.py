@@ -15,6 +15,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Q, QuerySet
@@ -95,6 +96,21 @@ class Actor:
         """The label the trail records: the token's, else the person's e-mail, else ``label``."""
         person = person or self.user
         return self.token_label or (person.email if person else self.label)
+
+
+# A read of patient data is recorded once per reader, object and kind of read per window: a viewer's
+# hundreds of frame requests, or a study page's thumbnail per series, make one entry a minute, not one each.
+READ_AUDIT_WINDOW_SECONDS = 60
+
+
+def read_first_in_window(*parts: object) -> bool:
+    """Say whether the read named by ``parts`` (say clinic, reader, action, study) is the first of its window.
+
+    Shared through the cache by every process, so a reader spread over several web workers is recorded once.
+    """
+    # Hashed: a token's or link's label may hold characters a cache key must not.
+    key = "read-audit:" + hashlib.sha256(":".join(str(part) for part in parts).encode()).hexdigest()
+    return bool(cache.add(key, 1, READ_AUDIT_WINDOW_SECONDS))
 
 
 def audit_record(

@@ -117,7 +117,15 @@ def api_token_create(
     return NewApiToken(token=token, secret=secret)
 
 
-def api_token_revoke(*, token: ApiToken, by: Actor | None = None) -> ApiToken:
+def api_token_revoke(
+    *, token: ApiToken, granted_by: Membership | ApiToken | None, by: Actor | None = None
+) -> ApiToken:
+    """Revoke an API token; whatever uses it stops working with its next request.
+
+    ``granted_by`` is the member (or token) asking. Raises NotAllowed when the token, or the member who made
+    it, has rights the asker lacks (an admin cannot revoke an owner's token), unless the asker holds it.
+    """
+    _check_may_revoke(granted_by=granted_by, token=token)
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
@@ -175,6 +183,48 @@ def _check_may_manage(*, granted_by: Membership | ApiToken | None, membership: M
         return
     if not _rights_within(membership.role, granted_by.role):
         raise NotAllowed(f"Only an owner can change or remove a member whose role is {membership.get_role_display()}.")
+
+
+def _holds(granted_by: Membership | ApiToken, token: ApiToken) -> bool:
+    # A token acts only for itself; a member holds the tokens they made.
+    if isinstance(granted_by, ApiToken):
+        return granted_by.pk == token.pk
+    return token.created_by_id is not None and token.created_by_id == granted_by.user_id
+
+
+def _revoke_refusal(*, granted_by: Membership | ApiToken | None, token: ApiToken, maker_role: str | None) -> str:
+    """Why the asker may not revoke this token ("" when it may): its role and its maker's (``maker_role``, the
+    maker's current role in the clinic, None if no longer a member) must be within the asker's rights."""
+    if granted_by is None or _holds(granted_by, token):
+        return ""
+    if not _rights_within(token.role, granted_by.role):
+        return f"Only an owner can revoke a token whose role is {token.get_role_display()}."
+    if maker_role is not None and not _rights_within(maker_role, granted_by.role):
+        return f"Only an owner can revoke a token made by a member whose role is {Role(maker_role).label}."
+    return ""
+
+
+def _maker_roles(tokens: list[ApiToken]) -> dict[int, str]:
+    """The current role in the clinic of each token's maker, by user id (one query)."""
+    makers = {t.created_by_id for t in tokens if t.created_by_id is not None}
+    if not tokens or not makers:
+        return {}
+    return dict(Membership.objects.for_clinic(tokens[0].clinic_id).filter(user_id__in=makers)
+                .values_list("user_id", "role"))
+
+
+def _check_may_revoke(*, granted_by: Membership | ApiToken | None, token: ApiToken) -> None:
+    maker_role = _maker_roles([token]).get(token.created_by_id) if token.created_by_id is not None else None
+    refusal = _revoke_refusal(granted_by=granted_by, token=token, maker_role=maker_role)
+    if refusal:
+        raise NotAllowed(refusal)
+
+
+def api_tokens_revocable(*, granted_by: Membership | ApiToken | None, tokens: list[ApiToken]) -> set[int]:
+    """The ids of the tokens the asker may revoke, so a page offers only what will be done."""
+    roles = _maker_roles(tokens)
+    return {t.pk for t in tokens if not _revoke_refusal(
+        granted_by=granted_by, token=t, maker_role=roles.get(t.created_by_id) if t.created_by_id else None)}
 
 
 def _lock_clinic(clinic: Clinic) -> Clinic:

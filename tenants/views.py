@@ -505,7 +505,9 @@ def tokens(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
             else:
                 # The secret is shown in this response only; it is never stored in the clear.
                 status, form = 200, forms.ApiTokenForm()
-    context = {"form": form, "created": created, "tokens": selectors.api_token_list(clinic=request.clinic)}
+    token_list = list(selectors.api_token_list(clinic=request.clinic))
+    context = {"form": form, "created": created, "tokens": token_list,
+               "revocable": services.api_tokens_revocable(granted_by=request.membership, tokens=token_list)}
     return render(request, "tenants/token_list.html", context, status=status)
 
 
@@ -515,6 +517,10 @@ def token_revoke(request: ClinicRequest, clinic_slug: str, token_uuid: UUID) -> 
     token = selectors.api_token_list(clinic=request.clinic).filter(uuid=token_uuid).first()
     if token is None:
         raise Http404("No such token.")
-    services.api_token_revoke(token=token, by=Actor.from_request(request))
-    messages.success(request, f"The token '{token.name}' is revoked.")
+    try:
+        services.api_token_revoke(token=token, granted_by=request.membership, by=Actor.from_request(request))
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"The token '{token.name}' is revoked.")
     return redirect("clinic:tokens", clinic_slug=request.clinic.slug)

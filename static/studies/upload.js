@@ -197,7 +197,8 @@
       return;
     }
     if (xhr.status === 403) {
-      finish(entry, "rejected", "You may not upload to this clinic.");
+      // The server says why (a project its role may not choose, say); a bare 403 means no upload right.
+      finish(entry, "rejected", (answer && answer.reason) || "You may not upload to this clinic.");
       return;
     }
     if (answer && FINAL[answer.outcome]) {

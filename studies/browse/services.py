@@ -21,7 +21,7 @@ from studies.backup import study_state
 from studies.backup import tasks as backup_tasks
 from studies.browse.selectors import StudySearch
 from studies.models import Instance, Patient, Series, Study
-from tenants.audit import Actor, audit_record
+from tenants.audit import Actor, audit_record, read_first_in_window
 from tenants.models import Clinic, User
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,22 @@ def _purge_still_owns(*, clinic: Clinic, study_id: int, key: str) -> bool:
         object_key=key, series__study_id=study_id, series__study__deleted_at__isnull=False,
         series__study__purge_started_at__isnull=False,
     ).exists()
+
+
+def study_read_record(
+    *, clinic: Clinic, study: Study, action: str, by: Actor, details: dict[str, object] | None = None
+) -> bool:
+    """Audit a read of a study's images, at most once per reader, study and action per window.
+
+    Returns whether an entry was written (False: the same reader's read is already in the trail).
+    """
+    reader = f"u{by.user.pk}" if by.user is not None else by.token_label or by.label
+    if not read_first_in_window("study", clinic.pk, reader, action, study.uuid):
+        return False
+    audit_record(clinic=clinic, action=action, by=by, object_type="study", object_id=str(study.uuid),
+                 details=details or {})
+    return True
+
 
 # Keys whose values are patient data: the audit entry names them, never their values.
 _PATIENT_SEARCH_KEYS = ("patient_name", "patient_id", "accession_number", "description")

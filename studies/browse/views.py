@@ -196,6 +196,9 @@ def series_thumbnail(request: ClinicRequest, clinic_slug: str, study_uuid: UUID,
     except ArchiveError as exc:
         # A thumbnail is decoration: answer "not there" rather than fail the study page.
         raise Http404("Thumbnail unavailable.") from exc
+    # An image of the patient: audited like any read, but once per window, not for every series shown.
+    services.study_read_record(clinic=request.clinic, study=study, action="study.thumbnail_viewed",
+                               by=Actor.from_request(request))
     response = HttpResponse(png, content_type="image/png")
     response["Cache-Control"] = "private, max-age=3600"
     return response

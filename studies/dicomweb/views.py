@@ -17,7 +17,6 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET, require_http_methods
@@ -28,13 +27,11 @@ from studies import matching, transcoding
 from studies.dicomweb import dicomjson, multipart, qido, rendering, stow, wado
 from studies.models import Instance, Study
 from tenants import permissions
-from tenants.audit import Actor, audit_record
+from tenants.audit import Actor, audit_record, read_first_in_window
 from tenants.middleware import ClinicRequest
 from tenants.roles import Action
 
 DICOM_JSON = "application/dicom+json"
-# One audit entry per caller, study and kind of access per window, not one per frame request.
-AUDIT_WINDOW_SECONDS = 60
 GZIP_MIN_BYTES = 64 * 1024
 # Bulk data tag paths that name an instance's pixel data (native, float, double float).
 PIXEL_DATA_TAGS = ("7FE00010", "7FE00008", "7FE00009")
@@ -96,8 +93,7 @@ def _audit(request: ClinicRequest, action: str, *, study: Study | None = None, d
     """
     object_id = str(study.uuid) if study is not None else ""
     share = getattr(request, "share", None)
-    key = f"dicomweb-audit:{request.clinic.pk}:{_actor_key(request)}:{action}:{object_id}"
-    if not cache.add(key, 1, AUDIT_WINDOW_SECONDS):
+    if not read_first_in_window("dicomweb", request.clinic.pk, _actor_key(request), action, object_id):
         return
     by = Actor.from_request(request)
     if share is not None:

@@ -40,6 +40,12 @@ UPLOAD_REQUEST_SCHEMA = {
             "maxLength": 1024,
             "description": "The file's path on the sender's side, shown in reports.",
         },
+        "anonymize_project": {
+            "type": "string",
+            "format": "uuid",
+            "description": "Store only a copy anonymized under this project of the clinic. Needs the anonymize "
+            "right (owner, admin, clinician; 403 otherwise); without it the clinic's anonymize-on-ingest rules apply.",
+        },
     },
     "required": ["file"],
 }
@@ -67,7 +73,8 @@ class UploadListApi(APIView):
     Answers `stored` (201), `already_present` (200, same SOP Instance UID and content), `skipped` (200, a
     DICOMDIR or a file that is not DICOM at all, such as a CD's readme), `rejected` (400 no file, 422
     truncated or malformed DICOM, 409 same UID with other content, 507 over
-    quota), `error` (503 storage unavailable: send again) or `queued` (202, a ZIP archive: poll `status_url`).
+    quota, 403 an anonymization project chosen without the anonymize right), `error` (503 storage
+    unavailable: send again) or `queued` (202, a ZIP archive: poll `status_url`).
     Nothing is stored for a rejected file.
     """
 
@@ -85,6 +92,7 @@ class UploadListApi(APIView):
                 (200, "already_present, or skipped (a DICOMDIR or a file that is not DICOM)"),
                 (202, "queued: a ZIP archive is being unpacked"),
                 (400, "rejected: no file was sent"),
+                (403, "rejected: an anonymization project chosen without the anonymize right"),
                 (409, "rejected: same SOP Instance UID with other content"),
                 (422, "rejected: truncated or malformed DICOM"),
                 (503, "error: storage unavailable for a moment, send again"),
@@ -106,7 +114,7 @@ class UploadListApi(APIView):
         answer = uploads.upload_receive(
             clinic=request.clinic, upload=upload, name=request.data.get("path") or "",
             # The plain HttpRequest: it carries the API token and the address the audit trail records.
-            origin=ingest.Origin.from_request(django_request, source="upload"),
+            origin=ingest.Origin.from_request(django_request, source="upload"), sender=request.membership,
             anonymize_project=request.data.get("anonymize_project") or "",
         )
         body: dict[str, Any] = {"outcome": answer.outcome, "reason": answer.reason}

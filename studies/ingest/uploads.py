@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from http import HTTPStatus
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 from uuid import UUID
 
 from celery import current_app
@@ -61,6 +61,7 @@ from studies.ingest import hooks as ingest_hooks
 from studies.models import AnonymizationProject, Instance, Study, UploadBatch, UploadItem
 from tenants.audit import audit_record
 from tenants.models import Clinic, User
+from tenants.roles import Action
 
 logger = logging.getLogger(__name__)
 
@@ -421,14 +422,28 @@ class UploadAnswer:
     held: bool = False
 
 
+class Sender(Protocol):
+    """Who sends an upload: a Membership, an ApiToken or an upload link's stand-in."""
+
+    def can(self, action: str) -> bool: ...
+
+
+PROJECT_CHOICE_REFUSED = (
+    "Your role cannot choose an anonymization project; nothing was stored. Send the files without one: the "
+    "clinic's anonymize-on-ingest rules still apply. Owners, admins and clinicians may choose a project."
+)
+
+
 def upload_receive(
-    *, clinic: Clinic, upload: UploadedFile | None, origin: ingest.Origin, name: str = "", anonymize_project: str = ""
+    *, clinic: Clinic, upload: UploadedFile | None, origin: ingest.Origin, sender: Sender, name: str = "",
+    anonymize_project: str = "",
 ) -> UploadAnswer:
     """Ingest one uploaded file, or stage a ZIP archive for unpacking; never raises a domain error.
 
     Shared by the upload page, the REST upload API and upload links; the caller has checked the upload
     right. ``origin`` says who sent it (user, API token or upload link, and the address, for the audit);
-    ``anonymize_project`` is the uuid of the clinic's anonymization project the sender chose, if any.
+    ``anonymize_project`` is the uuid of the clinic's anonymization project the sender chose, if any:
+    only a ``sender`` with the anonymize right may choose one (answered 403 otherwise).
     """
     if upload is None:
         return UploadAnswer(
@@ -437,6 +452,10 @@ def upload_receive(
     name = name or upload.name or ""
     project = None
     chosen = anonymize_project.strip()
+    # A chosen project overrides the ingest rules (the upload link's project, the token's or the clinic's
+    # rule) and may keep UIDs or dates: an anonymize decision, not an uploader's or an outside sender's.
+    if chosen and not sender.can(Action.SHARE):
+        return UploadAnswer("rejected", PROJECT_CHOICE_REFUSED, HTTPStatus.FORBIDDEN)
     if chosen:
         project = _anonymize_project(clinic=clinic, value=chosen)
         if project is None:

@@ -40,6 +40,9 @@ def upload_page(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 
 
 def _anonymize_projects(request: ClinicRequest) -> list[object]:
+    # Only members who may anonymize choose a project (uploads.upload_receive refuses the others).
+    if not request.membership.can(Action.SHARE):
+        return []
     return list(AnonymizationProject.objects.for_clinic(request.clinic).order_by("name"))
 
 
@@ -56,7 +59,7 @@ def upload_file(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
                              "nothing was stored. Send it again later."}, status=HTTPStatus.SERVICE_UNAVAILABLE)
     answer = uploads.upload_receive(
         clinic=request.clinic, upload=upload, name=request.POST.get("path") or "",
-        origin=ingest.Origin.from_request(request, source="upload"),
+        origin=ingest.Origin.from_request(request, source="upload"), sender=request.membership,
         anonymize_project=request.POST.get("anonymize_project") or "",
     )
     extra: dict[str, object] = {}

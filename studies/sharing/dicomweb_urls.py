@@ -9,18 +9,17 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLPattern, path
 from django.views.decorators.cache import never_cache
 
 from studies.dicomweb import urls as clinic_dicomweb
-from studies.dicomweb.views import AUDIT_WINDOW_SECONDS, PIXEL_DATA_TAGS
+from studies.dicomweb.views import PIXEL_DATA_TAGS
 from studies.models import Instance, Study
 from studies.sharing import services
 from studies.sharing.models import Share
 from studies.sharing.public_views import share_required
-from tenants.audit import Actor
+from tenants.audit import Actor, read_first_in_window
 
 app_name = "share-dicomweb"
 
@@ -90,8 +89,7 @@ def _read_record(request: HttpRequest, route: str | None, study: Study | None) -
     """
     share: Share = request.share  # type: ignore[attr-defined]
     kind = read_kind(route)
-    key = f"share-access:{share.pk}:{kind}:{study.pk if study is not None else ''}"
-    if cache.add(key, 1, AUDIT_WINDOW_SECONDS):
+    if read_first_in_window("share", share.pk, kind, study.pk if study is not None else ""):
         services.share_access_record(share=share, action=f"dicomweb {kind}", by=Actor.from_request(request),
                                      study=study)
 

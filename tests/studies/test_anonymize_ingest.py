@@ -167,12 +167,13 @@ def test_reading_keeps_working_while_uploads_are_paused(client, clinic, clinicia
     assert (page.status_code, download.status_code) == (HTTPStatus.OK, HTTPStatus.OK)
 
 
-def test_upload_page_option_anonymizes_files_and_archives(client, clinic, uploader, project, tmp_path):
+def test_upload_page_option_anonymizes_files_and_archives(client, clinic, clinician, project, tmp_path):
     import zipfile
 
     from studies.ingest import tasks
 
-    client.force_login(uploader)
+    # Choosing a project needs the anonymize right (test_upload_anonymize_choice covers the uploader).
+    client.force_login(clinician)
     page = client.get(f"/c/{clinic.slug}/upload/")
     archive = tmp_path / "cd.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -194,9 +195,9 @@ def test_upload_page_option_anonymizes_files_and_archives(client, clinic, upload
     assert not any(ORIGINAL_NAME.encode() in text for text in stored_plaintexts(clinic))
 
 
-def test_unknown_project_in_an_upload_is_refused(client, clinic, uploader, other_clinic):
+def test_unknown_project_in_an_upload_is_refused(client, clinic, clinician, other_clinic):
     foreign = services.project_create(clinic=other_clinic, name="Theirs")
-    client.force_login(uploader)
+    client.force_login(clinician)
 
     response = client.post(f"/c/{clinic.slug}/upload/files/", {
         "file": io.BytesIO((SAMPLES / "CT_small.dcm").read_bytes()), "anonymize_project": str(foreign.uuid)})
