@@ -39,6 +39,7 @@ DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/portal_bench_migration"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/15"
 STALE_SECONDS = 5
 METHODS = ("C-GET", "C-MOVE", "WADO-RS")
+LOCAL_SOURCE_NETWORKS = "127.0.0.0/8"
 
 
 def _orthanc_fill(orthanc, template: Path, *, instances: int, studies: int) -> float:
@@ -128,7 +129,8 @@ class _ThreadProfiles:
 def _worker_env(database_url: str, broker: str, var_dir: Path) -> dict[str, str]:
     return {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings", "DATABASE_URL": database_url,
             "CELERY_BROKER_URL": broker, "PORTAL_VAR_DIR": str(var_dir), "LOG_LEVEL": "WARNING",
-            "OUTBOUND_JOB_STALE_SECONDS": str(STALE_SECONDS), "REPLICATION_MODE": "async"}
+            "OUTBOUND_JOB_STALE_SECONDS": str(STALE_SECONDS), "REPLICATION_MODE": "async",
+            "DICOMWEB_SOURCE_ALLOWED_NETWORKS": LOCAL_SOURCE_NETWORKS}
 
 
 def _worker_start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -210,6 +212,8 @@ def main() -> None:
 
         redis.Redis.from_url(broker).flushdb()  # the benchmark's own Redis database: no old messages
         os.environ["OUTBOUND_JOB_STALE_SECONDS"] = str(STALE_SECONDS)
+    # The private Orthanc listens on 127.0.0.1, an internal address a DICOMweb source may have only if allowed.
+    os.environ["DICOMWEB_SOURCE_ALLOWED_NETWORKS"] = LOCAL_SOURCE_NETWORKS
     django_setup(database_url, str(work / "var"), broker if args.kill_worker else "memory://")
     import pynetdicom.association
     from django.db.models import Count

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import os
 import re
 import secrets
@@ -563,6 +564,17 @@ CELERY_IMPORTS = [*globals().get("CELERY_IMPORTS", []), "studies.outbound.tasks"
 # A send or migration whose worker has not reported for this long is taken to be dead and re-queued.
 OUTBOUND_JOB_STALE_SECONDS = env_int("OUTBOUND_JOB_STALE_SECONDS", 180)
 CELERY_BEAT_SCHEDULE["outbound-sweep"] = {"task": "outbound.outbound_sweep", "schedule": 60.0}
+# Networks a DICOMweb migration source may be reached in although they are internal (loopback, private,
+# link-local...), as CIDRs: a hospital's PACS over a VPN. Empty by default, so that no clinic can make the
+# portal connect into the operator's own network (its stores, Redis, the cloud metadata endpoint).
+DICOMWEB_SOURCE_ALLOWED_NETWORKS = env_list("DICOMWEB_SOURCE_ALLOWED_NETWORKS")
+for _network in DICOMWEB_SOURCE_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _error:
+        raise ImproperlyConfigured(
+            f"DICOMWEB_SOURCE_ALLOWED_NETWORKS: {_error} (give CIDRs, e.g. 10.8.0.0/16)."
+        ) from None
 
 # Anonymization jobs: instances per batch message (a worker's processes take batches in parallel), and how
 # long a running job may go without a finished batch before the sweep re-queues what is left of it.

@@ -4,21 +4,34 @@ The source's credentials are sealed with the clinic's key in the job row; they a
 build the HTTP session. Faults come out as two kinds: ``SourceUnreachable`` (cannot connect, time-out, a
 5xx: worth waiting for, like a DICOM node that is down) and ``SourceRefused`` (the service answered that
 the URL or the credentials are wrong: retrying changes nothing, so the job stops with the answer).
+
+The URL is a clinic's input, and the portal runs inside the operator's network: every connection the session
+makes (redirects included) is checked against the address it actually connects to, and internal addresses
+are refused unless the operator allowed their network (``DICOMWEB_SOURCE_ALLOWED_NETWORKS``). Otherwise one
+clinic could probe the operator's private services, the cloud metadata endpoint or the portal's own stores.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
 from dicomweb_client import DICOMwebClient
+from django.conf import settings
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NameResolutionError
+from urllib3.util.connection import allowed_gai_family
 
 from studies.archive import sealing
 from studies.outbound.scu import ListedInstance, ListedStudy, NodeUnreachable
@@ -42,6 +55,10 @@ NUMBER_OF_STUDY_INSTANCES = "00201208"
 
 T = TypeVar("T")
 
+# Not global, although Python 3.11's flags call them so: IETF protocol assignments (192.0.0.0/24), the 6to4
+# relay, and 6to4 itself, which carries an IPv4 address (maybe an internal one) inside the IPv6 one.
+_NOT_GLOBAL = tuple(ipaddress.ip_network(network) for network in ("192.0.0.0/24", "192.88.99.0/24", "2002::/16"))
+
 
 class SourceUnreachable(NodeUnreachable):
     """The DICOMweb source cannot be reached now; the migration waits for it and resumes."""
@@ -53,6 +70,125 @@ class SourceRefused(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class AddressRefused(Exception):
+    """The DICOMweb source's host is, or leads to, an internal address the operator has not allowed.
+
+    Not an OSError on purpose: urllib3 and requests would take it for a network fault to retry or wrap.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.message = (
+            f"The DICOMweb URL points at an internal address ({address}); ask the operator to allow that network."
+        )
+        super().__init__(self.message)
+
+
+def address_allowed(address: str) -> bool:
+    """Say whether a DICOMweb source may be reached at this IP address.
+
+    Public addresses may; loopback, link-local, unspecified, multicast, reserved, private, CGNAT and ULA ones
+    only inside a network of ``settings.DICOMWEB_SOURCE_ALLOWED_NETWORKS`` (a hospital's PACS over a VPN).
+    """
+    ip = ipaddress.ip_address(address)
+    # ::ffff:127.0.0.1 is 127.0.0.1 on the wire: judge the IPv4 address it maps.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    networks = [ipaddress.ip_network(network, strict=False) for network in settings.DICOMWEB_SOURCE_ALLOWED_NETWORKS]
+    if any(ip in network for network in networks):
+        return True
+    internal = (
+        ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip.is_reserved
+        or ip.is_private or not ip.is_global or any(ip in network for network in _NOT_GLOBAL)
+        or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)
+    )
+    return not internal
+
+
+def url_address_check(url: str) -> None:
+    """Raise AddressRefused when the URL's host resolves only to addresses a source may not have.
+
+    A name that does not resolve now passes: it may later (a VPN not up yet), and every connection is
+    checked again when it is made, which is the guard that counts (DNS can answer otherwise by then).
+    """
+    parts = urlsplit(url)
+    try:
+        found = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                                   type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError):
+        return
+    addresses = [str(sockaddr[0]) for *_, sockaddr in found]
+    if addresses and not any(address_allowed(address) for address in addresses):
+        raise AddressRefused(addresses[0])
+
+
+def _address_connectable(host: str, port: int) -> str:
+    """The first address of ``host`` a source may have (a literal IP), or AddressRefused naming one it may not."""
+    refused = ""
+    for *_, sockaddr in socket.getaddrinfo(host.strip("[]"), port, allowed_gai_family(), socket.SOCK_STREAM):
+        address = str(sockaddr[0])
+        if address_allowed(address):
+            return address
+        refused = refused or address
+    raise AddressRefused(refused or host)
+
+
+class _CheckedConnectionMixin:
+    """Connect only to an allowed address, chosen from the very lookup the connection then uses.
+
+    urllib3 resolves the name again in ``_new_conn``; a second lookup could answer otherwise (DNS rebinding),
+    so the checked address is handed to it instead, for the time of the connect. The name stays for the Host
+    header, TLS SNI and the certificate check, which read it only after the connect.
+    """
+
+    _dns_host: str
+    port: int
+
+    def _new_conn(self) -> socket.socket:
+        name = self._dns_host
+        try:
+            address = _address_connectable(name, self.port)
+        except socket.gaierror as exc:
+            raise NameResolutionError(name, self, exc) from exc  # type: ignore[arg-type]
+        self._dns_host = address
+        try:
+            return super()._new_conn()  # type: ignore[misc]
+        finally:
+            self._dns_host = name
+
+
+class _CheckedHTTPConnection(_CheckedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _CheckedHTTPSConnection(_CheckedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _CheckedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _CheckedHTTPConnection
+
+
+class _CheckedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _CheckedHTTPSConnection
+
+
+class _CheckedAdapter(HTTPAdapter):
+    """requests' adapter whose every connection (each redirect hop too) goes to an allowed address only."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _CheckedHTTPConnectionPool, "https": _CheckedHTTPSConnectionPool,
+        }
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        # A proxy (HTTP_PROXY in the environment) would connect on our behalf, out of this check's sight:
+        # the source is always reached directly.
+        kwargs["proxies"] = {}
+        return super().send(request, *args, **kwargs)
 
 
 def url_clean(url: str) -> str:
@@ -85,6 +221,8 @@ def credentials_seal(*, clinic: Clinic, url: str, credentials: dict[str, str]) -
 
 def _session(*, clinic: Clinic, url: str, auth: str, sealed: bytes) -> requests.Session:
     session = requests.Session()
+    session.mount("http://", _CheckedAdapter())
+    session.mount("https://", _CheckedAdapter())
     if not auth or not sealed:
         return session
     credentials = json.loads(sealing.payload_open(clinic=clinic, sealed=bytes(sealed), purpose=_purpose(url)))
@@ -115,6 +253,12 @@ class DicomwebSource:
             if code in (400, 401, 403, 404, 405, 406, 410):
                 raise SourceRefused(self._refusal(what, code)) from exc
             raise SourceUnreachable(f"The DICOMweb source {self.url} answered {code} to {what}.") from exc
+        except AddressRefused as exc:
+            # The URL, its name's address now or a redirect leads inside the operator's network: stop the job.
+            raise SourceRefused(
+                f"The DICOMweb source {self.url} led to an internal address ({exc.address}) for {what}; "
+                "ask the operator to allow that network."
+            ) from exc
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise SourceUnreachable(f"The DICOMweb source {self.url} cannot be reached ({what}).") from exc
         except ValueError as exc:  # not DICOM JSON or not multipart: it is not a DICOMweb service

@@ -244,7 +244,7 @@ def migration_create(
 
     The source is a registered node, or a DICOMweb service (``dicomweb_url``, with a bearer token or a user
     name and password, sealed with the clinic's key). Raises OutboundError for a source or scope that cannot
-    be asked (two sources or none, a bad URL, bad dates, inverted range, hours).
+    be asked (two sources or none, a bad URL or one whose host is internal, bad dates, inverted range, hours).
     """
     if (node is None) == (not dicomweb_url):
         raise OutboundError("Choose the source: a registered DICOM node or a DICOMweb URL (one of them).")
@@ -281,6 +281,12 @@ def migration_create(
     cleaned_patients = sorted({p.strip() for p in patient_ids if p and p.strip()})
     if any(len(m) > 16 for m in cleaned_modalities) or any(len(p) > 64 for p in cleaned_patients):
         raise OutboundError("A modality is at most 16 characters and a patient ID at most 64.")
+    if url:
+        # Answer at once when the host is internal; the check at each connection is the real guard.
+        try:
+            dicomweb_source.url_address_check(url)
+        except dicomweb_source.AddressRefused as exc:
+            raise OutboundError(exc.message) from exc
     sealed = dicomweb_source.credentials_seal(clinic=clinic, url=url, credentials=credentials) if url else b""
     with transaction.atomic():
         job = MigrationJob.objects.create(

@@ -28,6 +28,12 @@ TOKEN = "tok-3d1f9a7c-never-shown"
 PASSWORD = "pw-8c2e-never-shown"
 
 
+@pytest.fixture(autouse=True)
+def _loopback_allowed(settings):
+    # The Orthanc sources run on 127.0.0.1, an internal address a source may have only when allowed.
+    settings.DICOMWEB_SOURCE_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+
+
 @pytest.fixture
 def orthanc(tmp_path):
     with running_orthanc(tmp_path / "orthanc") as peer:
