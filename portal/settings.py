@@ -439,6 +439,12 @@ DICOM_TLS_CA_FILE = env_str("DICOM_TLS_CA_FILE")
 DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "PACSPORTAL")
 # Storage commitment: how long a request waits for backup copies before reporting them failed.
 STORAGE_COMMITMENT_WAIT_SECONDS = env_int("STORAGE_COMMITMENT_WAIT_SECONDS", 300)
+# Patient IDs that name no one (sent by modalities and emergency workflows instead of an empty ID): a file
+# with one is filed by name and birth date like one without an ID (studies.patients). Set empty for none;
+# env_list would read an empty value as "unset".
+PLACEHOLDER_PATIENT_IDS = [
+    p.strip() for p in env_str("PLACEHOLDER_PATIENT_IDS", "UNKNOWN,ANONYMOUS,NONE,N/A,NA,0,-,?").split(",") if p.strip()
+]
 
 # CORS is opened only for DICOMweb, and only to the configured origins.
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")

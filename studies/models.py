@@ -37,16 +37,20 @@ class Patient(models.Model):
     patient_name = models.CharField(max_length=324, blank=True)
     patient_birth_date = models.DateField(null=True, blank=True)
     patient_sex = models.CharField(max_length=16, blank=True)
+    # Whether the Patient ID named the patient when the row was made (studies.patients): False for an empty
+    # or placeholder ID ("UNKNOWN"), whose patients are told apart by name and birth date. Kept on the row
+    # because the placeholder list is a setting: changing it must not change what the constraint covers.
+    identified_by_id = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = ClinicQuerySet.as_manager()
 
     class Meta:
         constraints = [
-            # A patient without an ID is told apart by name and birth date instead (studies.ingest.index).
+            # One row per real Patient ID; the others are told apart by name and birth date (studies.ingest.index).
             models.UniqueConstraint(
                 fields=["clinic", "patient_id", "issuer_of_patient_id"],
-                condition=~models.Q(patient_id=""),
+                condition=models.Q(identified_by_id=True),
                 name="patient_unique_id",
             )
         ]

@@ -47,6 +47,7 @@ from studies.archive.errors import StorageUnavailable
 from studies.errors import InvalidDicom
 from studies.ingest import Origin, instance_ingest, instances_ingest
 from studies.models import Instance, Series, Study
+from studies.patients import patient_id_identifies
 from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, User
 
@@ -136,8 +137,13 @@ def project_get_or_create(*, clinic: Clinic, name: str, created_by: User | None 
 
 
 def pseudonym_for(*, project: AnonymizationProject, secret: bytes, identity: dict[str, str]) -> PatientPseudonym:
-    """Return the patient's pseudonym in the project, creating the next one (PREFIX-0001, ...) if new."""
-    key = identity.get("patient_id") or identity.get("patient_name") or ""
+    """Return the patient's pseudonym in the project, creating the next one (PREFIX-0001, ...) if new.
+
+    Keyed by Patient ID, or by name when the ID is empty or a placeholder (studies.patients): two people
+    sent as "UNKNOWN" must not share one pseudonym and date shift.
+    """
+    patient_id = identity.get("patient_id", "")
+    key = (patient_id if patient_id_identifies(patient_id) else identity.get("patient_name")) or ""
     lookup = hmac.new(secret, f"{key}|{identity.get('issuer', '')}".encode(), hashlib.sha256).hexdigest()
     existing = PatientPseudonym.objects.filter(project=project, lookup_hash=lookup).first()
     if existing is not None:

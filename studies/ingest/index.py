@@ -28,6 +28,7 @@ from studies.archive.objects import StoredObject
 from studies.errors import InvalidDicom, QuotaExceeded
 from studies.ingest.lookups import Lookups
 from studies.models import Instance, Patient, QuarantinedInstance, Series, Study
+from studies.patients import patient_id_identifies
 from tenants.audit import audit_record
 from tenants.models import Clinic
 
@@ -237,14 +238,17 @@ def _series_count_added(*, series_id: int, count: int) -> tuple[QuerySet, dict[s
 
 
 def _patient_identity(parsed: dicom.ParsedInstance) -> dict[str, Any]:
-    """What identifies a file's patient: its Patient ID and issuer, or without an ID its name and birth date.
+    """What identifies a file's patient: its Patient ID and issuer, or without a real ID its name and birth date.
 
-    An empty Patient ID (Type 2: not known) says nothing about who the patient is: two unidentified
-    patients (an emergency, a secondary capture) must not become one, the second's study listed under the
-    first's name.
+    An empty Patient ID (Type 2: not known) or a placeholder ("UNKNOWN", studies.patients) says nothing about
+    who the patient is: two unidentified patients (an emergency, a secondary capture) must not become one, the
+    second's study listed under the first's name. The ID value is kept in the identity all the same, so the
+    row stores and answers it.
     """
-    identity: dict[str, Any] = {"patient_id": parsed.patient_id, "issuer_of_patient_id": parsed.issuer_of_patient_id}
-    if not parsed.patient_id:
+    identified = patient_id_identifies(parsed.patient_id)
+    identity: dict[str, Any] = {"patient_id": parsed.patient_id, "issuer_of_patient_id": parsed.issuer_of_patient_id,
+                                "identified_by_id": identified}
+    if not identified:
         identity.update(patient_name=parsed.patient_name, patient_birth_date=parsed.patient_birth_date)
     return identity
 
@@ -252,11 +256,11 @@ def _patient_identity(parsed: dicom.ParsedInstance) -> dict[str, Any]:
 def _patient_get_or_create(*, clinic: Clinic, identity: dict[str, Any], parsed: dicom.ParsedInstance) -> Patient:
     defaults = {"patient_name": parsed.patient_name, "patient_birth_date": parsed.patient_birth_date,
                 "patient_sex": parsed.patient_sex}
-    if parsed.patient_id:
+    if identity["identified_by_id"]:
         # The unique constraint settles a race with another batch (get_or_create's savepoint).
         patient, _ = Patient.objects.get_or_create(clinic=clinic, **identity, defaults=defaults)
         return patient
-    # No constraint covers patients without an ID: two batches racing may each make one, which only
+    # No constraint covers patients without a real ID: two batches racing may each make one, which only
     # splits one unidentified patient's studies in two, never merges two patients.
     found = Patient.objects.for_clinic(clinic).filter(**identity).order_by("pk").first()
     return found if found is not None else Patient.objects.create(clinic=clinic, **{**defaults, **identity})

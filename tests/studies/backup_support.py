@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from portal.celery import app
-from studies.archive import stores
+from studies.archive import keys, stores
+from studies.ingest import Origin, instances_ingest
+from studies.models import ClinicKey, Instance, Patient, Series, Study
+from tenants.models import Clinic
 
 
 def stored_bytes(store: str, key: str) -> bytes:
@@ -58,3 +61,22 @@ def backup_cache_clear() -> Iterator[None]:
     cache.clear()
     yield
     cache.clear()
+
+
+def ingest_replicated(clinic, paths, capture) -> list[Instance]:
+    """Ingest one batch as a client would; the queued replication (and its sidecar) runs inline."""
+    with celery_eager(), capture(execute=True):
+        items = instances_ingest(clinic=clinic, paths=[str(p) for p in paths], origin=Origin.system(source="upload"))
+    assert all(item.error is None for item in items)
+    return [item.result.instance for item in items]
+
+
+def lose_the_database() -> None:
+    """The index and the clinic keys are gone (the clinic row is kept only to keep the test short)."""
+    Instance.objects.all().delete()
+    Series.objects.all().delete()
+    Study.objects.all().delete()
+    Patient.objects.all().delete()
+    ClinicKey.objects.all().delete()
+    Clinic.objects.update(used_bytes=0)
+    keys.key_cache_clear()

@@ -16,25 +16,18 @@ from studies.backup import index_sidecar, recovery, replication, verification
 from studies.browse import services as browse_services
 from studies.ingest import Origin, instances_ingest
 from studies.models import ClinicKey, Instance, Patient, Series, Study
-from tenants.models import Clinic
 from tests.dicom_files import write_dicom_files
 from tests.factories import ingest_files, make_study, token_for
 from tests.studies.backup_support import (
     backup_cache_clear,  # noqa: F401 - autouse
     celery_eager,
+    ingest_replicated,
     local_path,
+    lose_the_database,
     stored_bytes,
 )
 
 BASE = "/dicomweb/clinic-a/"
-
-
-def ingest_replicated(clinic, paths, capture) -> list[Instance]:
-    """Ingest one batch as a client would; the queued replication (and its sidecar) runs inline."""
-    with celery_eager(), capture(execute=True):
-        items = instances_ingest(clinic=clinic, paths=[str(p) for p in paths], origin=Origin.system(source="upload"))
-    assert all(item.error is None for item in items)
-    return [item.result.instance for item in items]
 
 
 def index_state(clinic) -> dict:
@@ -60,17 +53,6 @@ def index_state(clinic) -> dict:
 def by_study_uid(answer: list[dict]) -> list[dict]:
     # The same studies, matched in the order they were (re)created: compare them in UID order.
     return sorted(answer, key=lambda study: study["0020000D"]["Value"][0])
-
-
-def lose_the_database() -> None:
-    """The index and the clinic keys are gone (the clinic row is kept only to keep the test short)."""
-    Instance.objects.all().delete()
-    Series.objects.all().delete()
-    Study.objects.all().delete()
-    Patient.objects.all().delete()
-    ClinicKey.objects.all().delete()
-    Clinic.objects.update(used_bytes=0)
-    keys.key_cache_clear()
 
 
 def sidecar_files(settings, clinic) -> list:
