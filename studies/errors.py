@@ -62,6 +62,16 @@ class StudyBeingPurged(StorageUnavailable):
     """
 
     code = "study_being_purged"
+class AnnouncedUidMismatch(PortalError):
+    """The file's SOP Instance UID is not the one its sender announced (C-STORE's Affected SOP Instance UID).
+
+    Storing it would let the sender believe we hold the announced instance and delete its own copy.
+    """
+
+    status = HTTPStatus.CONFLICT
+    code = "announced_uid_mismatch"
+
+
 class StudyMismatch(PortalError):
     """The instance belongs to another study than the one it was sent to (STOW-RS to one study)."""
 

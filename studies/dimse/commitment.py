@@ -7,6 +7,9 @@ the registered node. An instance is reported committed only when it is in the cl
 primary storage *and* its copy is in the backup store: a modality deletes its copy on that word.
 Instances not yet backed up are waited for (``STORAGE_COMMITMENT_WAIT_SECONDS``) and, if the copy
 still does not exist, reported failed, so the modality keeps its copy and may ask again later.
+
+Like every request on an open association, an N-ACTION is refused (0x0124) once its node was removed or
+may no longer call in; the report is not sent to a node removed while it was being prepared.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from studies.archive import stores
 from studies.archive.errors import ArchiveError
-from studies.dimse.handlers import NOT_AUTHORIZED, SUCCESS, AssociationInfo, association_info
-from studies.models import Instance
+from studies.dimse import nodes
+from studies.dimse import tls as node_tls
+from studies.dimse.handlers import NOT_AUTHORIZED, SUCCESS, AssociationInfo, association_info, still_allowed
+from studies.models import DicomNode, Instance
 from tenants.audit import audit_record
 from tenants.models import Clinic
 
@@ -150,6 +155,13 @@ def handle_action(event: Event) -> tuple[int, Dataset | None]:
     info = association_info(event.assoc)
     if info is None:
         return NOT_AUTHORIZED, None
+    close_old_connections()
+    try:
+        allowed = still_allowed(event.assoc, info)
+    finally:
+        close_old_connections()
+    if not allowed:
+        return NOT_AUTHORIZED, None
     request = event.request
     if not isinstance(request, N_ACTION):
         return NO_SUCH_ACTION, None
@@ -185,7 +197,10 @@ def _report(
         event_type, event_info = event_report(
             transaction_uid=transaction_uid, result=result, retrieve_ae=info.clinic.ae_title
         )
-        how = _send(assoc, info, event_type, event_info)
+        # The wait may have been long: a node removed (or shut out) meanwhile is told nothing, and one
+        # changed meanwhile is reached at its address and certificate as they are now.
+        node = nodes.dicom_node_inbound_current(clinic=info.clinic, node=info.node)
+        how = _send(assoc, info, node, event_type, event_info) if node is not None else "not sent: node removed"
         audit_record(
             clinic=info.clinic, action="dimse.commitment", actor_label=f"dicom:{info.calling_ae}",
             object_type="dicom_node", object_id=str(info.node.uuid), ip_address=info.address or None,
@@ -198,8 +213,11 @@ def _report(
         connection.close()
 
 
-def _send(assoc: Association, info: AssociationInfo, event_type: int, event_info: Dataset) -> str:
-    """Send the N-EVENT-REPORT on the requester's association if still open, else on a new one."""
+def _send(assoc: Association, info: AssociationInfo, node: DicomNode, event_type: int, event_info: Dataset) -> str:
+    """Send the N-EVENT-REPORT on the requester's association if still open, else on a new one.
+
+    A new association to a node with a pinned certificate is DICOM TLS (``node_tls``), or none.
+    """
     if assoc.is_established:
         # Only for this answer: the association's other waits (C-GET's stores on it) keep their timeout.
         usual_timeout, assoc.dimse_timeout = assoc.dimse_timeout, SAME_ASSOCIATION_ANSWER_SECONDS
@@ -219,9 +237,18 @@ def _send(assoc: Association, info: AssociationInfo, event_type: int, event_info
     ae.add_requested_context(StorageCommitmentPushModel)
     # On a new association the archive is the requester yet stays the SCP (PS3.4 J.3.3, role selection).
     role = build_role(StorageCommitmentPushModel, scp_role=True, scu_role=False)
-    report_assoc = ae.associate(info.node.host, info.node.port, ae_title=info.node.ae_title, ext_neg=[role])
+    try:
+        tls = node_tls.node_client_tls(node)
+    except node_tls.NodeTLSError as exc:
+        logger.warning("Storage commitment: report to node %s not sent: %s", node.uuid, exc.message)
+        return f"not sent: {exc.message}"
+    report_assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, ext_neg=[role],
+                                tls_args=tls.tls_args if tls is not None else None)
     if not report_assoc.is_established:
-        logger.warning("Storage commitment: node %s could not be reached for the report", info.node.uuid)
+        if tls is not None and tls.failure is not None:
+            logger.warning("Storage commitment: report to node %s not sent: %s", node.uuid, tls.failure.message)
+            return f"not sent: {tls.failure.message}"
+        logger.warning("Storage commitment: node %s could not be reached for the report", node.uuid)
         return "unreachable"
     try:
         status, _ = report_assoc.send_n_event_report(

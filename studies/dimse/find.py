@@ -82,11 +82,16 @@ FILE_META_GROUP = 0x0002
 
 
 class QueryError(Exception):
-    """The identifier cannot be processed; ``status`` is the C-FIND failure status to answer."""
+    """The identifier cannot be processed; ``status`` is the C-FIND failure status to answer.
 
-    def __init__(self, message: str, status: int = 0xC000) -> None:
+    ``reason`` says why without quoting the identifier's values (the message may: patient data), for the
+    audit trail.
+    """
+
+    def __init__(self, message: str, status: int = 0xC000, *, reason: str = "identifier refused") -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -103,10 +108,12 @@ def query_level(identifier: Dataset, *, sop_class_uid: str) -> str:
     """Return the identifier's Query/Retrieve Level, checked against the information model."""
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     if level not in LEVELS:
-        raise QueryError(f"Unknown Query/Retrieve Level {level!r}.", status=0xA900)
+        raise QueryError(f"Unknown Query/Retrieve Level {level!r}.", status=0xA900,
+                         reason="unknown Query/Retrieve Level")
     if level == "PATIENT" and sop_class_uid not in (PATIENT_ROOT_FIND, "1.2.840.10008.5.1.4.1.2.1.2",
                                                     "1.2.840.10008.5.1.4.1.2.1.3"):
-        raise QueryError("The Study Root model has no PATIENT level.", status=0xA900)
+        raise QueryError("The Study Root model has no PATIENT level.", status=0xA900,
+                         reason="PATIENT level in the Study Root model")
     return level
 
 
@@ -126,7 +133,7 @@ def key_q(keyword: str, values: list[str], path: str) -> Q:
     try:
         return matching.attribute_q(path, vr, values, name=keyword, multi_valued=keyword in MULTI_VALUED)
     except matching.MatchInvalid as exc:
-        raise QueryError(exc.message) from exc
+        raise QueryError(exc.message, reason=f"invalid matching value for {keyword}") from exc
 
 
 def _base_queryset(*, clinic: Clinic, level: str) -> QuerySet[Any]:
@@ -225,7 +232,7 @@ def _python_match(keyword: str, query_values: list[str], stored: list[str]) -> b
     try:
         return matching.header_match(dictionary_VR(keyword), query_values, stored)
     except matching.MatchInvalid as exc:
-        raise QueryError(exc.message) from exc
+        raise QueryError(exc.message, reason=f"invalid matching value for {keyword}") from exc
 
 
 def _format(value: Any, vr: str) -> Any:
@@ -340,7 +347,8 @@ def find_matches(*, clinic: Clinic, identifier: Dataset, sop_class_uid: str) -> 
             attr_level, field = INDEXED[keyword]
             if LEVELS.index(attr_level) > level_index:
                 # PS3.4 C.4.1.1.3.1: keys below the query level are not allowed.
-                raise QueryError(f"{keyword} is not a key at the {level} level.", status=0xA900)
+                raise QueryError(f"{keyword} is not a key at the {level} level.", status=0xA900,
+                                 reason=f"{keyword} is not a key at the {level} level")
             if keyword == "PatientName" and level != "PATIENT":
                 # The study's copy of the name: the search stays on the study table and its indexes.
                 queryset = queryset.filter(key_q(keyword, values, PATHS[level]["STUDY"] + field))
@@ -365,4 +373,4 @@ def find_matches(*, clinic: Clinic, identifier: Dataset, sop_class_uid: str) -> 
                     continue
                 yield _answer(identifier, level=level, row=row, clinic=clinic)
     except matching.SearchTooSlow as exc:
-        raise QueryError(exc.message, status=0xA700) from exc
+        raise QueryError(exc.message, status=0xA700, reason="search took too long") from exc

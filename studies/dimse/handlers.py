@@ -45,18 +45,19 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections, connection
 from pydicom import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.events import Event, EventHandlerType
 
 from studies import ingest
 from studies.archive import readahead
 from studies.archive.errors import ArchiveError, StorageUnavailable
 from studies.dimse import nodes
+from studies.dimse import tls as node_tls
+from studies.dimse.find import LEVELS as FIND_LEVELS
 from studies.dimse.find import QueryError, find_matches
 from studies.dimse.move import (
     accepted_syntaxes,
@@ -66,7 +67,14 @@ from studies.dimse.move import (
     send_syntax,
     storage_contexts,
 )
-from studies.errors import InstanceConflict, InstanceHeld, InvalidDicom, QuotaExceeded, StudyBeingPurged
+from studies.errors import (
+    AnnouncedUidMismatch,
+    InstanceConflict,
+    InstanceHeld,
+    InvalidDicom,
+    QuotaExceeded,
+    StudyBeingPurged,
+)
 from studies.models import DicomNode, Instance
 from studies.transcoding import TranscodeError, dataset_transcode
 from tenants.audit import audit_record
@@ -89,6 +97,8 @@ PROCESSING_FAILURE = 0x0110
 DATA_SET_DOES_NOT_MATCH = 0xA900
 # PS3.4 B.2.3 "Warning: Data Set does not match SOP Class": stored, under the data set's own SOP class.
 SOP_CLASS_MISMATCH_WARNING = 0xB007
+# C-MOVE "Refused: Move Destination unknown": pynetdicom's answer when the destination's association fails.
+MOVE_DESTINATION_UNKNOWN = 0xA801
 # C-STOREs re-check that their node may still call in at most this often (seconds), not once per image.
 NODE_RECHECK_SECONDS = 5.0
 
@@ -101,11 +111,20 @@ REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # rejected-transient, service user, no re
 AUDIT_STUDY_LIMIT = 50
 
 
+# A spooled C-STORE data set and the SOP Instance UID its request announced (Affected SOP Instance UID).
+_Received = tuple[str, str]
+
+
 @dataclass
 class _AccessCheck:
-    """When the association's node was last found registered and allowed to call in (monotonic clock)."""
+    """When the association's node was last found registered and allowed to call in (monotonic clock).
+
+    ``revoked`` once it was found removed or no longer allowed: every later request is refused (and
+    audited under the association's clinic) without a look-up.
+    """
 
     checked_at: float = field(default_factory=time.monotonic)
+    revoked: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,19 +138,21 @@ class AssociationInfo:
     address: str
     tls: bool = False
     # The group commit its C-STOREs go through, shared with the node's other associations from this address.
-    store: ingest.GroupCommit[ingest.ItemResult] | None = field(default=None, compare=False, repr=False)
+    store: ingest.GroupCommit[_Received, ingest.ItemResult] | None = field(default=None, compare=False, repr=False)
     access: _AccessCheck = field(default_factory=_AccessCheck, compare=False, repr=False)
 
 
 _associations: weakref.WeakKeyDictionary[Association, AssociationInfo] = weakref.WeakKeyDictionary()
 _associations_lock = threading.Lock()
 # One group commit per (clinic, node, calling AE, address), alive while one of its associations is.
-_store_groups: weakref.WeakValueDictionary[tuple[int, int, str, str], ingest.GroupCommit[ingest.ItemResult]] = (
-    weakref.WeakValueDictionary()
-)
+_store_groups: weakref.WeakValueDictionary[
+    tuple[int, int, str, str], ingest.GroupCommit[_Received, ingest.ItemResult]
+] = weakref.WeakValueDictionary()
 
 
-def _store_group(*, clinic: Clinic, node: DicomNode, calling_ae: str, address: str) -> ingest.GroupCommit[ingest.ItemResult]:
+def _store_group(
+    *, clinic: Clinic, node: DicomNode, calling_ae: str, address: str
+) -> ingest.GroupCommit[_Received, ingest.ItemResult]:
     """The group commit of this node's associations from this address (made by the first; lock held)."""
     key = (clinic.pk, node.pk, calling_ae, address)
     group = _store_groups.get(key)
@@ -143,8 +164,9 @@ def _store_group(*, clinic: Clinic, node: DicomNode, calling_ae: str, address: s
     return group
 
 
-def _ingest_batch(paths: list[str], *, clinic: Clinic, origin: ingest.Origin) -> list[ingest.ItemResult]:
-    return ingest.instances_ingest(clinic=clinic, paths=paths, origin=origin)
+def _ingest_batch(received: list[_Received], *, clinic: Clinic, origin: ingest.Origin) -> list[ingest.ItemResult]:
+    return ingest.instances_ingest(clinic=clinic, paths=[path for path, _ in received], origin=origin,
+                                   announced_uids=[uid for _, uid in received])
 
 
 def association_info(assoc: Association) -> AssociationInfo | None:
@@ -152,20 +174,21 @@ def association_info(assoc: Association) -> AssociationInfo | None:
         return _associations.get(assoc)
 
 
-def _still_allowed(assoc: Association, info: AssociationInfo, *, max_age: float = 0.0) -> bool:
+def still_allowed(assoc: Association, info: AssociationInfo, *, max_age: float = 0.0) -> bool:
     """Say whether the association's node is still registered and may call in (a query, unless checked lately).
 
-    A node found removed (or no longer allowed in) is forgotten with its association, so every later
+    A node found removed (or no longer allowed in) stays so for the rest of the association: every later
     request on it is refused without a look-up.
     """
+    if info.access.revoked:
+        return False
     now = time.monotonic()
     if max_age and now - info.access.checked_at < max_age:
         return True
     if nodes.dicom_node_may_call(clinic=info.clinic, node=info.node):
         info.access.checked_at = now
         return True
-    with _associations_lock:
-        _associations.pop(assoc, None)
+    info.access.revoked = True
     if info.store is not None and assoc.ident is not None:
         info.store.forget(assoc.ident)
     logger.info("DIMSE: node %s of clinic %s was removed or may no longer call in; refusing its requests",
@@ -367,33 +390,25 @@ def handle_closed(event: Event) -> None:
 
 
 def handle_echo(event: Event) -> int:
-    return SUCCESS if association_info(event.assoc) is not None else NOT_AUTHORIZED
-
-
-def _dataset_sop_uids(path: str) -> tuple[str, str] | None:
-    """The (SOP Class UID, SOP Instance UID) of a spooled data set, reading only its first elements.
-
-    None when they cannot be read: ingest then parses the file and refuses it if it is not valid DICOM.
-    """
+    """C-ECHO: success while the association's node may still call in, as for every other request."""
+    info = association_info(event.assoc)
+    if info is None:
+        return NOT_AUTHORIZED
+    close_old_connections()
     try:
-        with open(path, "rb") as fp:
-            ds = read_partial(fp, stop_when=lambda tag, vr, length: tag > 0x00080018)
-            return str(ds.get("SOPClassUID", "") or "").strip(), str(ds.get("SOPInstanceUID", "") or "").strip()
-    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, KeyError, AttributeError):
-        return None
+        return SUCCESS if still_allowed(event.assoc, info) else NOT_AUTHORIZED
+    finally:
+        close_old_connections()
 
 
 def _ingest(*, info: AssociationInfo, path: str, request: C_STORE) -> Dataset | int:
     clinic = info.clinic
     assert info.store is not None
-    uids = _dataset_sop_uids(path)
-    sop_class_uid, sop_instance_uid = uids or ("", "")
-    # The response names the Affected SOP Instance UID: a success for it when the file went in under
-    # another UID would let the modality delete an image we do not hold. Checked before anything is stored.
-    if sop_instance_uid and sop_instance_uid != str(request.AffectedSOPInstanceUID or "").strip():
-        return _status(DATA_SET_DOES_NOT_MATCH, "SOP Instance UID differs from the Affected SOP Instance UID")
     try:
-        item = info.store.submit(path)
+        # Ingest refuses the file, before storing anything, unless it is the instance the request names: a
+        # success for the Affected SOP Instance UID when the file went in under another would let the
+        # modality delete an image we do not hold.
+        item = info.store.submit((path, str(request.AffectedSOPInstanceUID or "").strip()))
     except StorageUnavailable as exc:
         logger.warning("C-STORE: storage refused for clinic %s (%s)", clinic.pk, exc.code)
         return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
@@ -405,6 +420,7 @@ def _ingest(*, info: AssociationInfo, path: str, request: C_STORE) -> Dataset | 
         logger.warning("C-STORE: could not spool the data set for clinic %s: %s", clinic.pk, exc.strerror)
         return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
     status = _store_status(clinic=clinic, error=item.error)
+    sop_class_uid = item.parsed.sop_class_uid if item.parsed is not None else ""
     if status == SUCCESS and sop_class_uid and sop_class_uid != str(request.AffectedSOPClassUID or "").strip():
         return _status(SOP_CLASS_MISMATCH_WARNING, "Stored, but the data set is of another SOP class")
     return status
@@ -420,6 +436,8 @@ def _store_status(*, clinic: Clinic, error: Exception | None) -> Dataset | int:
         return _status(OUT_OF_RESOURCES, "Study is being purged from the trash; retry later")
     if isinstance(error, InstanceHeld):
         return _status(HELD_FOR_REVIEW, "Held for review: patient differs from the study's")
+    if isinstance(error, AnnouncedUidMismatch):
+        return _status(DATA_SET_DOES_NOT_MATCH, error.message)
     if isinstance(error, InvalidDicom):
         return _status(CANNOT_UNDERSTAND, error.message)
     if isinstance(error, InstanceConflict):
@@ -454,7 +472,7 @@ def handle_store(event: Event) -> Dataset | int:
         return NOT_AUTHORIZED
     _connection_keep()
     try:
-        if not _still_allowed(event.assoc, info, max_age=NODE_RECHECK_SECONDS):
+        if not still_allowed(event.assoc, info, max_age=NODE_RECHECK_SECONDS):
             return NOT_AUTHORIZED
         try:
             # Set by scp.ae_build: pynetdicom spooled the incoming data set to a Part 10 file already.
@@ -481,6 +499,15 @@ def handle_store(event: Event) -> Dataset | int:
         _connection_keep()
 
 
+def _audit_find_refused(info: AssociationInfo, *, level: str, reason: str, status: int) -> None:
+    # The level only when it is one (it is the caller's free text otherwise), and a reason that quotes no value.
+    audit_record(clinic=info.clinic, action="dimse.find", actor_label=f"dicom:{info.calling_ae}",
+                 object_type="dicom_node", object_id=str(info.node.uuid), result="rejected",
+                 ip_address=info.address or None,
+                 details={"level": level if level in FIND_LEVELS else "", "reason": reason,
+                          "status": f"0x{status:04X}"})
+
+
 def handle_find(event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     info = association_info(event.assoc)
     if info is None:
@@ -489,22 +516,26 @@ def handle_find(event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     close_old_connections()
     sop_class_uid = str(event.request.AffectedSOPClassUID)
     matched = 0
+    level = ""
     try:
-        if not _still_allowed(event.assoc, info):
+        if not still_allowed(event.assoc, info):
+            _audit_find_refused(info, level="", reason="node removed or may no longer call in",
+                                status=NOT_AUTHORIZED)
             yield NOT_AUTHORIZED, None
             return
         identifier = event.identifier
+        level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
         for answer in find_matches(clinic=info.clinic, identifier=identifier, sop_class_uid=sop_class_uid):
             if event.is_cancelled:
                 yield CANCEL, None
                 return
             matched += 1
             yield PENDING, answer
-        level = str(identifier.get("QueryRetrieveLevel", ""))
         audit_record(clinic=info.clinic, action="dimse.find", actor_label=f"dicom:{info.calling_ae}",
                      object_type="dicom_node", object_id=str(info.node.uuid), ip_address=info.address or None,
                      details={"level": level, "matches": matched})
     except QueryError as exc:
+        _audit_find_refused(info, level=level, reason=exc.reason, status=exc.status)
         yield _status(exc.status, str(exc)), None
         return
     finally:
@@ -580,52 +611,118 @@ def _send_each(
         prepared.close()  # type: ignore[attr-defined]
 
 
+class _MoveTLSRefusal:
+    """Puts why into pynetdicom's own 0xA801 answer to one C-MOVE whose destination needs DICOM TLS.
+
+    When the destination's association cannot be opened (our certificate is not set, the node does not
+    speak TLS, its certificate does not match its pin) pynetdicom answers 0xA801 itself, without an Error
+    Comment and without running the handler again: this adds the comment on the way out and audits it.
+    """
+
+    def __init__(self, event: Event, info: AssociationInfo, *, destination: str) -> None:
+        self.assoc = event.assoc
+        self.info = info
+        self.message_id = event.request.MessageID
+        self.destination = destination
+        self.tls: node_tls.ClientTLS | None = None
+        self.failure: node_tls.NodeTLSError | None = None
+        self.answered = False
+        self.assoc.bind(evt.EVT_DIMSE_SENT, self._sent)
+
+    def close(self) -> None:
+        self.assoc.unbind(evt.EVT_DIMSE_SENT, self._sent)
+
+    def _sent(self, event: Event) -> None:
+        command = event.message.command_set
+        if (self.answered or type(event.message).__name__ != "C_MOVE_RSP"
+                or command.get("MessageIDBeingRespondedTo") != self.message_id):
+            return
+        self.answered = True
+        failure = self.failure or (self.tls.failure if self.tls is not None else None)
+        if failure is None or command.get("Status") != MOVE_DESTINATION_UNKNOWN:
+            return
+        command.ErrorComment = failure.comment
+        # pynetdicom counted the command set's length before this event: count it again with the comment.
+        del command.CommandGroupLength
+        command.CommandGroupLength = len(cast(bytes, encode(command, True, True)))
+        if self.failure is None:  # a failed handshake or pin: recorded here, the handler never runs again
+            _audit_move_tls_refused(self.info, destination=self.destination, failure=failure)
+
+
+def _audit_move_tls_refused(info: AssociationInfo, *, destination: str, failure: node_tls.NodeTLSError) -> None:
+    logger.warning("C-MOVE of clinic %s to %s not sent: %s", info.clinic.pk, destination, failure.message)
+    audit_record(clinic=info.clinic, action="dimse.retrieve", actor_label=f"dicom:{info.calling_ae}",
+                 object_type="dicom_node", object_id=str(info.node.uuid), result="failure",
+                 ip_address=info.address or None,
+                 details={"operation": "C-MOVE", "destination": destination, "reason": failure.message})
+
+
 def handle_move(event: Event) -> Iterator[Any]:
     """C-MOVE: send the matches to a registered destination (0xA801 for any other AE title).
 
     An identifier that cannot be retrieved (no unique key, a wildcard in it, a level the model lacks)
-    is answered with its QueryError's status (0xA900), and nothing is sent.
+    is answered with its QueryError's status (0xA900), and nothing is sent. A destination with a pinned
+    certificate is sent to over DICOM TLS only (``node_tls``); when that cannot be, the answer is 0xA801
+    with the reason in its Error Comment, and nothing is sent.
     """
     info = association_info(event.assoc)
     destination_ae = str(event.move_destination or "").strip()
     close_old_connections()
     refusal: Dataset | None = None
+    tls_refusal: _MoveTLSRefusal | None = None
     try:
-        if info is not None and not _still_allowed(event.assoc, info):
-            # pynetdicom answers a C-MOVE without opening a sub-association only with 0xA801.
-            info = None
-        node = nodes.dicom_node_destination_get(clinic=info.clinic, ae_title=destination_ae) if info else None
-        if info is None or node is None:
-            if info is not None:
-                audit_record(clinic=info.clinic, action="dimse.retrieve", actor_label=f"dicom:{info.calling_ae}",
-                             result="rejected", ip_address=info.address or None,
-                             details={"operation": "C-MOVE", "destination": destination_ae,
-                                      "reason": "move destination not registered"})
-            yield None, None
-            return
         try:
-            instances = _retrieve_setup(event, info, operation="C-MOVE", destination=destination_ae)
-        except QueryError as exc:
-            refusal = _status(exc.status, str(exc))
-            _audit_retrieve_refused(info, operation="C-MOVE", destination=destination_ae, status=exc.status)
-    finally:
+            if info is not None and not still_allowed(event.assoc, info):
+                # pynetdicom answers a C-MOVE without opening a sub-association only with 0xA801.
+                info = None
+            node = nodes.dicom_node_destination_get(clinic=info.clinic, ae_title=destination_ae) if info else None
+            if info is None or node is None:
+                if info is not None:
+                    audit_record(clinic=info.clinic, action="dimse.retrieve", actor_label=f"dicom:{info.calling_ae}",
+                                 result="rejected", ip_address=info.address or None,
+                                 details={"operation": "C-MOVE", "destination": destination_ae,
+                                          "reason": "move destination not registered"})
+                yield None, None
+                return
+            if node.tls_certificate_sha256:
+                tls_refusal = _MoveTLSRefusal(event, info, destination=destination_ae)
+                try:
+                    tls_refusal.tls = node_tls.node_client_tls(node)
+                except node_tls.NodeTLSError as exc:
+                    tls_refusal.failure = exc
+                    _audit_move_tls_refused(info, destination=destination_ae, failure=exc)
+                    yield None, None
+                    return
+            try:
+                instances = _retrieve_setup(event, info, operation="C-MOVE", destination=destination_ae)
+            except QueryError as exc:
+                refusal = _status(exc.status, str(exc))
+                _audit_retrieve_refused(info, operation="C-MOVE", destination=destination_ae, status=exc.status)
+        finally:
+            close_old_connections()
+        # Over DICOM TLS to a pinned node, the refusal's association too: it names both AE titles.
+        tls_args = {"tls_args": tls_refusal.tls.tls_args} if tls_refusal is not None and tls_refusal.tls else {}
+        if refusal is not None:
+            # pynetdicom 3 sends a handler's own status only after the destination's association is open
+            # and a sub-operation announced: that association carries no image and is released at once,
+            # and the failure counts the one announced sub-operation as failed. A destination that cannot
+            # be reached makes it 0xA801 (move destination unknown) instead.
+            yield node.host, node.port, {"contexts": refusal_contexts(), **tls_args}
+            yield 1
+            yield refusal, None
+            return
+        # The sub-association is opened by pynetdicom; its accepted contexts decide what is converted.
+        opened: list[Association] = []
+        handlers = [(evt.EVT_ACCEPTED, lambda accepted: opened.append(accepted.assoc))]
+        yield node.host, node.port, {"contexts": storage_contexts(instances), "evt_handlers": handlers, **tls_args}
+        yield len(instances)
+        yield from _send_each(event, info, instances, lambda: opened[0] if opened else None)
         close_old_connections()
-    if refusal is not None:
-        # pynetdicom 3 sends a handler's own status only after the destination's association is open
-        # and a sub-operation announced: that association carries no image and is released at once,
-        # and the failure counts the one announced sub-operation as failed. A destination that cannot
-        # be reached makes it 0xA801 (move destination unknown) instead.
-        yield node.host, node.port, {"contexts": refusal_contexts()}
-        yield 1
-        yield refusal, None
-        return
-    # The sub-association is opened by pynetdicom; its accepted contexts decide what is converted.
-    opened: list[Association] = []
-    handlers = [(evt.EVT_ACCEPTED, lambda accepted: opened.append(accepted.assoc))]
-    yield node.host, node.port, {"contexts": storage_contexts(instances), "evt_handlers": handlers}
-    yield len(instances)
-    yield from _send_each(event, info, instances, lambda: opened[0] if opened else None)
-    close_old_connections()
+    finally:
+        if tls_refusal is not None:
+            tls_refusal.close()
+            # Its refusal may have been audited after the handler last ran (_MoveTLSRefusal._sent).
+            close_old_connections()
 
 
 def handle_get(event: Event) -> Iterator[Any]:
@@ -635,7 +732,7 @@ def handle_get(event: Event) -> Iterator[Any]:
     refusal: Dataset | None = None
     instances: list[Instance] = []
     try:
-        if info is None or not _still_allowed(event.assoc, info):
+        if info is None or not still_allowed(event.assoc, info):
             refusal = _status(NOT_AUTHORIZED)
         else:
             instances = _retrieve_setup(event, info, operation="C-GET", destination=info.calling_ae)

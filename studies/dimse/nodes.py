@@ -103,7 +103,16 @@ def dicom_node_may_call(*, clinic: Clinic, node: DicomNode) -> bool:
     An association keeps the node it was accepted for; this tells a request on it whether the node
     was removed, or its inbound access switched off, in the meantime.
     """
-    return DicomNode.objects.for_clinic(clinic).filter(pk=node.pk, allow_inbound=True).exists()
+    return dicom_node_inbound_current(clinic=clinic, node=node) is not None
+
+
+def dicom_node_inbound_current(*, clinic: Clinic, node: DicomNode) -> DicomNode | None:
+    """Return the node as registered now if it may still call in (``dicom_node_may_call``'s rule), else None.
+
+    For work that outlives the association it was asked on (a storage commitment report): it goes to the
+    node's address and certificate as they are now.
+    """
+    return DicomNode.objects.for_clinic(clinic).filter(pk=node.pk, allow_inbound=True).first()
 
 
 def dicom_node_destination_get(*, clinic: Clinic, ae_title: str) -> DicomNode | None:

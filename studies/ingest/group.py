@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+# What a sender hands in (a file's path, or a path with what the sender said of it), and its answer.
+T = TypeVar("T")
 R = TypeVar("R")
 
 # At most this many files in one batch.
@@ -35,26 +37,26 @@ GROUP_LINGER_SECONDS = 0.02
 ACTIVE_SECONDS = 0.5
 
 
-class _Waiting(Generic[R]):
-    __slots__ = ("done", "error", "path", "result")
+class _Waiting(Generic[T, R]):
+    __slots__ = ("done", "error", "item", "result")
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, item: T) -> None:
+        self.item = item
         self.done = False
         self.result: R | None = None
         self.error: BaseException | None = None
 
 
-class GroupCommit(Generic[R]):
+class GroupCommit(Generic[T, R]):
     """Ingest the files several threads hand in through ``ingest`` (a batch function), together.
 
-    ``ingest(paths)`` returns one answer per path, in order; should it raise, every file of that batch
+    ``ingest(items)`` returns one answer per item, in order; should it raise, every file of that batch
     gets the exception (raised again in the thread that handed the file in).
     """
 
     def __init__(
         self,
-        ingest: Callable[[list[str]], list[R]],
+        ingest: Callable[[list[T]], list[R]],
         *,
         limit: int = GROUP_LIMIT,
         linger_seconds: float | None = None,
@@ -62,7 +64,7 @@ class GroupCommit(Generic[R]):
         self._ingest, self.limit = ingest, limit
         self.linger_seconds = GROUP_LINGER_SECONDS if linger_seconds is None else linger_seconds
         self._changed = threading.Condition()
-        self._waiting: list[_Waiting[R]] = []
+        self._waiting: list[_Waiting[T, R]] = []
         self._busy = False
         self._receiving = 0
         self._last_seen: dict[int, float] = {}
@@ -98,9 +100,9 @@ class GroupCommit(Generic[R]):
                 del self._last_seen[thread_id]
         return min(max(self._receiving, recent), self.limit)
 
-    def submit(self, path: str) -> R:
+    def submit(self, item: T) -> R:
         """Ingest the file with whatever the other senders hand in meanwhile; return its own answer."""
-        mine: _Waiting[R] = _Waiting(path)
+        mine: _Waiting[T, R] = _Waiting(item)
         with self._changed:
             self._last_seen[threading.get_ident()] = time.monotonic()
             self._waiting.append(mine)
@@ -127,9 +129,9 @@ class GroupCommit(Generic[R]):
                     self._busy = False
                     self._changed.notify_all()
 
-    def _run(self, batch: list[_Waiting[R]]) -> None:
+    def _run(self, batch: list[_Waiting[T, R]]) -> None:
         try:
-            answers = self._ingest([w.path for w in batch])
+            answers = self._ingest([w.item for w in batch])
         except BaseException as exc:
             for waiting in batch:
                 waiting.error, waiting.done = exc, True
@@ -142,7 +144,7 @@ class GroupCommit(Generic[R]):
         self.files += len(batch)
 
     @staticmethod
-    def _answer(waiting: _Waiting[R]) -> R:
+    def _answer(waiting: _Waiting[T, R]) -> R:
         if waiting.error is not None:
             raise waiting.error
         return waiting.result  # type: ignore[return-value]

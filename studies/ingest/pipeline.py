@@ -47,7 +47,14 @@ from portal.exceptions import PortalError
 from studies import admission, dicom
 from studies.archive import keys, objects, stores
 from studies.archive.errors import StorageFull, StorageUnavailable
-from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded, StudyBeingPurged, StudyMismatch
+from studies.errors import (
+    AnnouncedUidMismatch,
+    InstanceConflict,
+    InvalidDicom,
+    QuotaExceeded,
+    StudyBeingPurged,
+    StudyMismatch,
+)
 from studies.ingest import hooks
 from studies.ingest.index import (
     IndexItem,
@@ -153,10 +160,14 @@ def instances_ingest(
     origin: Origin,
     anonymize_project: Any = None,
     study_uid: str | None = None,
+    announced_uids: Sequence[str] | None = None,
 ) -> list[ItemResult]:
     """Ingest a batch of DICOM files; return one result per path, in order (never raises a domain error).
 
-    ``study_uid`` (STOW-RS to one study) refuses files of any other study with StudyMismatch. When the
+    ``study_uid`` (STOW-RS to one study) refuses files of any other study with StudyMismatch;
+    ``announced_uids`` (one per path, a C-STORE's Affected SOP Instance UID) refuses a file whose own SOP
+    Instance UID differs with AnnouncedUidMismatch. Both are checked on the received file, before anything
+    is stored or anonymized. When the
     clinic, the origin's API token, upload link or DICOM node says "anonymize on ingest" (or
     ``anonymize_project`` is given), only anonymized copies are stored: the originals are never written.
     """
@@ -170,25 +181,36 @@ def instances_ingest(
                 upload_link=origin.upload_link,
             ),
         )
+    announced = list(announced_uids) if announced_uids is not None else [""] * len(paths)
     if project is None:
-        return _ingest_batch(clinic=clinic, paths=paths, origin=origin, study_uid=study_uid)
-    return _ingest_anonymized(clinic=clinic, paths=paths, origin=origin, project=project, study_uid=study_uid)
+        return _ingest_batch(clinic=clinic, paths=paths, origin=origin, study_uid=study_uid, announced=announced)
+    return _ingest_anonymized(clinic=clinic, paths=paths, origin=origin, project=project, study_uid=study_uid,
+                              announced=announced)
+
+
+def _received_check(parsed: dicom.ParsedInstance, *, study_uid: str | None, announced: str) -> None:
+    """Refuse a received file that is not what its sender named: another study, or another instance."""
+    if study_uid is not None and parsed.study_instance_uid != study_uid:
+        raise StudyMismatch("The instance belongs to another study than the one named in the request.")
+    if announced and parsed.sop_instance_uid != announced:
+        raise AnnouncedUidMismatch("SOP Instance UID differs from the Affected SOP Instance UID")
 
 
 def _ingest_anonymized(
-    *, clinic: Clinic, paths: Sequence[str], origin: Origin, project: Any, study_uid: str | None
+    *, clinic: Clinic, paths: Sequence[str], origin: Origin, project: Any, study_uid: str | None,
+    announced: Sequence[str],
 ) -> list[ItemResult]:
     results: list[ItemResult] = []
-    for path in paths:
+    for path, announced_uid in zip(paths, announced, strict=True):
         item = ItemResult(path=path)
         anonymized_path = ""
         try:
             # A broken file is refused for what it is, before anonymization could hide why.
             item.parsed = dicom.parse_instance(path)
-            if study_uid is not None and item.parsed.study_instance_uid != study_uid:
-                raise StudyMismatch("The instance belongs to another study than the one named in the request.")
+            _received_check(item.parsed, study_uid=study_uid, announced=announced_uid)
             anonymized_path, anonymized = hooks.anonymizer().anonymize(project=project, source_path=path)
-            [done] = _ingest_batch(clinic=clinic, paths=[anonymized_path], origin=origin, study_uid=None)
+            [done] = _ingest_batch(clinic=clinic, paths=[anonymized_path], origin=origin, study_uid=None,
+                                   announced=[""])
             item.result, item.error = done.result, done.error
             if done.result is not None:
                 hooks.anonymizer().link(
@@ -206,14 +228,15 @@ def _ingest_anonymized(
     return results
 
 
-def _ingest_batch(*, clinic: Clinic, paths: Sequence[str], origin: Origin, study_uid: str | None) -> list[ItemResult]:
+def _ingest_batch(
+    *, clinic: Clinic, paths: Sequence[str], origin: Origin, study_uid: str | None, announced: Sequence[str]
+) -> list[ItemResult]:
     items = [ItemResult(path=path) for path in paths]
     pending: list[_Pending] = []
-    for item in items:
+    for item, announced_uid in zip(items, announced, strict=True):
         try:
             item.parsed = dicom.parse_instance(item.path)
-            if study_uid is not None and item.parsed.study_instance_uid != study_uid:
-                raise StudyMismatch("The instance belongs to another study than the one named in the request.")
+            _received_check(item.parsed, study_uid=study_uid, announced=announced_uid)
             pending.append(_Pending(item=item, parsed=item.parsed, size=os.path.getsize(item.path)))
         except PortalError as exc:
             item.error = exc
@@ -235,7 +258,9 @@ def _ingest_batch(*, clinic: Clinic, paths: Sequence[str], origin: Origin, study
     if pending:
         _store(clinic=clinic, pending=pending, origin=origin)
     if later:
-        again = _ingest_batch(clinic=clinic, paths=[e.item.path for e in later], origin=origin, study_uid=study_uid)
+        # Their UIDs were checked above; what is left to decide is whether the first one's copy is theirs.
+        again = _ingest_batch(clinic=clinic, paths=[e.item.path for e in later], origin=origin, study_uid=study_uid,
+                              announced=[""] * len(later))
         for entry, done in zip(later, again, strict=True):
             entry.item.result, entry.item.error = done.result, done.error
     return items

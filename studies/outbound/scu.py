@@ -4,6 +4,8 @@ Every association calls with the clinic's own AE title unless the node names ano
 (``DicomNode.calling_ae_title``), and asks for the node's AE title as called AE. Each function opens one
 association, does its work and releases it; failures to connect raise ``NodeUnreachable`` so callers can
 retry later, while a node's refusal of one instance is a per-instance result.
+A node with a pinned certificate is called over DICOM TLS only (``studies.dimse.tls``): when that cannot
+be, nothing is sent and ``NodeUnreachable`` says why.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from studies.dimse import tls as node_tls
 from studies.dimse.move import MAX_CONTEXTS, accepted_syntaxes, instance_dataset, send_syntax, storage_contexts
 from studies.dimse.scp import STORAGE_TRANSFER_SYNTAXES
 from studies.models import DicomNode, Instance
@@ -94,9 +97,15 @@ def _associate(
     ae: AE, node: DicomNode, *, roles: Iterable[SCP_SCU_RoleSelectionNegotiation] = (),
     evt_handlers: list[EventHandlerType] | None = None,
 ) -> Association:
+    try:
+        tls = node_tls.node_client_tls(node)
+    except node_tls.NodeTLSError as exc:
+        raise NodeUnreachable(exc.message) from exc
     assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, ext_neg=list(roles) or None,
-                         evt_handlers=evt_handlers)
+                         evt_handlers=evt_handlers, tls_args=tls.tls_args if tls is not None else None)
     if not assoc.is_established:
+        if tls is not None and tls.failure is not None:
+            raise NodeUnreachable(tls.failure.message)
         reason = "rejected the association" if assoc.is_rejected else "did not answer"
         raise NodeUnreachable(f"{node.ae_title} at {node.host}:{node.port} {reason}.")
     return assoc

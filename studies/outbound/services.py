@@ -414,10 +414,10 @@ class _Run:
     job: MigrationJob
     throttle: _Throttle
     quota_message: list[str]
-    received: GroupCommit[int] | None = None
+    received: GroupCommit[str, int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def dimse_ingest(self, origin: Origin) -> GroupCommit[int]:
+    def dimse_ingest(self, origin: Origin) -> GroupCommit[str, int]:
         """The one group commit of the slice's C-GET associations (made by the first to ask).
 
         A C-STORE is answered once its file's batch is committed; what the job's other associations receive

@@ -17,8 +17,10 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from studies.anonymize import services as anonymization
 from studies.dimse import handlers, nodes
-from studies.ingest import instance_ingest
+from studies.errors import AnnouncedUidMismatch
+from studies.ingest import Origin, instance_ingest, instances_ingest
 from studies.models import DicomNode, Instance
 from tenants.models import AuditEvent
 from tests.dicom_files import dataset_write, sample_dataset
@@ -135,6 +137,32 @@ def test_dataset_uid_differing_from_the_affected_uid_is_refused_and_not_stored(c
 
     assert status == 0xA900
     assert not Instance.objects.for_clinic(clinic).exists()
+
+
+def test_dataset_uid_differing_from_the_affected_uid_is_refused_when_the_node_anonymizes_too(clinic, scp_port,
+                                                                                            tmp_path):
+    project = anonymization.project_create(clinic=clinic, name="Registry", pseudonym_prefix="REG")
+    anonymization.ingest_rules_set(project=project, clinic_wide=True, api_tokens=[], dicom_nodes=[])
+    ds = ct()
+
+    status = raw_store(scp_port, clinic.ae_title, tmp_path, sop_class=CTImageStorage, sop_uid=generate_uid(),
+                       data=encoded(ds, implicit=False))
+
+    assert status == 0xA900
+    assert not Instance.objects.for_clinic(clinic).exists()
+
+
+def test_ingest_refuses_a_file_whose_uid_is_not_the_one_announced_and_stores_the_others(clinic, tmp_path):
+    good, bad = ct(), ct()
+    paths = [str(dataset_write(good, tmp_path / "good.dcm")), str(dataset_write(bad, tmp_path / "bad.dcm"))]
+
+    items = instances_ingest(clinic=clinic, paths=paths, origin=Origin.system(source="test"),
+                             announced_uids=[str(good.SOPInstanceUID), generate_uid()])
+
+    assert items[0].error is None
+    assert isinstance(items[1].error, AnnouncedUidMismatch)
+    assert list(Instance.objects.for_clinic(clinic).values_list("sop_instance_uid", flat=True)) == [
+        str(good.SOPInstanceUID)]
 
 
 def test_dataset_of_another_sop_class_than_the_context_is_stored_with_a_warning(clinic, scp_port, tmp_path):
