@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from django.core.signals import request_finished, request_started
 
 from tests.factories import PASSWORD
 
@@ -42,6 +45,48 @@ def page(browser, live_server) -> Iterator[object]:
     page = context.new_page()
     yield page
     context.close()
+
+
+@pytest.fixture(autouse=True)
+def _live_server_idle_at_the_end(live_server) -> Iterator[None]:
+    """After a test's browser contexts are closed, wait for the requests they left running on the server.
+
+    One still running (a viewer's image, say) may be writing its audit entry when the database is emptied
+    after the test, and the flush meeting that transaction deadlocks. Set up after ``live_server`` and before
+    the test's own page fixtures, so it is torn down after they closed their contexts and before the flush.
+    """
+    counter = _InFlight()
+    request_started.connect(counter.started, weak=False)
+    request_finished.connect(counter.finished, weak=False)
+    try:
+        yield
+        counter.wait_idle()
+    finally:
+        request_started.disconnect(counter.started)
+        request_finished.disconnect(counter.finished)
+
+
+class _InFlight:
+    """Counts the live server's requests that have started and not yet finished."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = threading.Condition()
+
+    def started(self, **kwargs: object) -> None:
+        with self.idle:
+            self.count += 1
+
+    def finished(self, **kwargs: object) -> None:
+        with self.idle:
+            self.count = max(0, self.count - 1)
+            self.idle.notify_all()
+
+    def wait_idle(self, seconds: float = 15.0) -> None:
+        deadline = time.monotonic() + seconds
+        with self.idle:
+            while self.count and time.monotonic() < deadline:
+                self.idle.wait(deadline - time.monotonic())
 
 
 @pytest.fixture
