@@ -239,6 +239,10 @@ def _rows_queryset(
             queryset, clinic=clinic, patient_q=query.patient_filters, path=paths["patient"]
         )
     queryset = matching.rows_narrow(queryset, query.name_filters)
+    if study_uid is not None and not (query.patient_filters or query.name_filters):
+        # Inside one study the matches are its few series or instances, and no patient is joined: one
+        # statement, sorted and cut at once (the two-step form below costs PostgreSQL twice the planning).
+        return queryset.order_by(*order).values(*columns)[query.offset : query.offset + query.limit + 1]
     # The page's ids first, then its rows with their parents: joined in the search itself, PostgreSQL
     # joined the patient of every match before sorting (15,000 buffers for the 5,000 of '*SON^?ARY').
     page = queryset.order_by(*order).values("id")[query.offset : query.offset + query.limit + 1]
