@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from pynetdicom import _config
+
+from studies.dimse.scp import scp_start, tls_context
+from tests.studies.dimse_support import HOST, free_port
 
 
 @dataclass(frozen=True)
@@ -72,3 +78,18 @@ class CertificateAuthority:
             builder = builder.add_extension(x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         return _write(self.folder, common_name, builder.sign(self.key, hashes.SHA256()), key)
+
+
+@contextlib.contextmanager
+def running_tls_listener(*, certificate: Issued, ca_file: Path) -> Iterator[int]:
+    """The portal's DICOM TLS listener in this process, with ``certificate``; yields its port."""
+    context = tls_context(certificate=str(certificate.certificate), private_key=str(certificate.key),
+                          ca_file=str(ca_file))
+    chunked = _config.STORE_RECV_CHUNKED_DATASET
+    port = free_port()
+    server = scp_start(host=HOST, port=port, ae_title="PACSPORTAL", block=False, ssl_context=context)
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        _config.STORE_RECV_CHUNKED_DATASET = chunked

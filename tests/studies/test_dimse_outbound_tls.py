@@ -19,19 +19,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydicom import Dataset, dcmread
-from pydicom.uid import generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, StudyRootQueryRetrieveInformationModelMove
 
 from studies.archive import stores
 from studies.dimse.commitment import COMMITMENT_INSTANCE
-from studies.dimse.scp import STORAGE_TRANSFER_SYNTAXES, scp_start, tls_context
+from studies.dimse.scp import STORAGE_TRANSFER_SYNTAXES, scp_start
 from studies.ingest import instance_ingest
 from studies.models import Instance
 from studies.outbound import scu, services
 from studies.outbound.models import JobStatus, SendJob
 from tenants.models import AuditEvent
 from tests.dicom_files import write_study
+from tests.studies.commitment_support import commitment_action
 from tests.studies.dimse_support import (
     HOST,
     dataset_bytes,
@@ -39,7 +39,7 @@ from tests.studies.dimse_support import (
     move,
     register_node,
 )
-from tests.studies.dimse_tls_support import CertificateAuthority, Issued
+from tests.studies.dimse_tls_support import CertificateAuthority, Issued, running_tls_listener
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 PINNED_AE = "PINNED1"
@@ -215,8 +215,28 @@ def _wait_listening(port: int) -> None:
     raise AssertionError(f"nothing listens on {port}")
 
 
-def test_a_pinned_node_listening_in_plain_gets_no_association_and_the_move_says_why(clinic, pki, plain_scp, study):
-    node = Node()
+# Why a C-MOVE to a pinned node sends nothing: the node's listener (plain TCP, another certificate) or
+# our own certificate missing; each time the answer's Error Comment and the audit entry say so.
+MOVE_REFUSALS = {
+    "node listening in plain TCP": ("plain", "DICOM TLS handshake", "did not complete a DICOM TLS handshake"),
+    "node presenting another certificate": (
+        "impostor", "Destination's TLS certificate does not match its pin",
+        "presented a certificate that does not match its pin",
+    ),
+    "our certificate not set": (
+        "no-certificate", "no TLS certificate", f"{PINNED_AE} requires DICOM TLS but DICOM_TLS_CERTIFICATE is not set.",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MOVE_REFUSALS.values(), ids=MOVE_REFUSALS.keys())
+def test_a_move_to_a_pinned_node_that_cannot_be_reached_over_tls_sends_nothing_and_says_why(
+    clinic, pki, plain_scp, study, settings, case
+):
+    kind, comment, reason = case
+    if kind == "no-certificate":
+        settings.DICOM_TLS_CERTIFICATE = ""
+    node = Node(_server_context(pki, _issue_for_both_ends(pki.ca, "impostor")) if kind == "impostor" else None)
     _pinned(clinic, node, pki, allow_inbound=False)
     try:
         final = _move_to_pinned(plain_scp, clinic, study)
@@ -224,43 +244,10 @@ def test_a_pinned_node_listening_in_plain_gets_no_association_and_the_move_says_
         node.close()
 
     assert final.Status == 0xA801
-    assert "DICOM TLS handshake" in final.ErrorComment
+    assert comment in final.ErrorComment
     assert (node.requests, node.received) == ([], {})
     refused = AuditEvent.objects.for_clinic(clinic).get(action="dimse.retrieve", result="failure")
-    assert "did not complete a DICOM TLS handshake" in refused.details["reason"]
-
-
-def test_a_node_presenting_another_certificate_gets_no_association_request(clinic, pki, plain_scp, study):
-    impostor = _issue_for_both_ends(pki.ca, "impostor")
-    node = Node(_server_context(pki, impostor))
-    _pinned(clinic, node, pki, allow_inbound=False)
-    try:
-        final = _move_to_pinned(plain_scp, clinic, study)
-    finally:
-        node.close()
-
-    assert final.Status == 0xA801
-    assert final.ErrorComment == "Destination's TLS certificate does not match its pin"
-    assert (node.requests, node.received) == ([], {})
-    refused = AuditEvent.objects.for_clinic(clinic).get(action="dimse.retrieve", result="failure")
-    assert "presented a certificate that does not match its pin" in refused.details["reason"]
-
-
-def test_a_move_to_a_pinned_node_sends_nothing_while_our_certificate_is_not_set(clinic, pki, plain_scp, study,
-                                                                                  settings):
-    settings.DICOM_TLS_CERTIFICATE = ""
-    node = Node()
-    _pinned(clinic, node, pki, allow_inbound=False)
-    try:
-        final = _move_to_pinned(plain_scp, clinic, study)
-    finally:
-        node.close()
-
-    assert final.Status == 0xA801
-    assert "no TLS certificate" in final.ErrorComment
-    assert (node.requests, node.received) == ([], {})
-    refused = AuditEvent.objects.for_clinic(clinic).get(action="dimse.retrieve", result="failure")
-    assert refused.details["reason"] == f"{PINNED_AE} requires DICOM TLS but DICOM_TLS_CERTIFICATE is not set."
+    assert reason in refused.details["reason"]
 
 
 def test_a_move_to_a_node_without_a_pin_still_goes_in_plain(clinic, pki, plain_scp, study):
@@ -281,16 +268,8 @@ def test_a_move_to_a_node_without_a_pin_still_goes_in_plain(clinic, pki, plain_s
 @pytest.fixture
 def tls_scp(pki):
     """The portal's DICOM TLS listener, with the portal's certificate."""
-    context = tls_context(certificate=str(pki.portal.certificate), private_key=str(pki.portal.key),
-                          ca_file=str(pki.ca.path))
-    chunked = _config.STORE_RECV_CHUNKED_DATASET
-    port = free_port()
-    server = scp_start(host=HOST, port=port, ae_title="PACSPORTAL", block=False, ssl_context=context)
-    try:
+    with running_tls_listener(certificate=pki.portal, ca_file=pki.ca.path) as port:
         yield port
-    finally:
-        server.shutdown()
-        _config.STORE_RECV_CHUNKED_DATASET = chunked
 
 
 def test_a_storage_commitment_report_to_a_pinned_node_comes_over_tls(clinic, pki, tls_scp, study, settings):
@@ -306,14 +285,7 @@ def test_a_storage_commitment_report_to_a_pinned_node_comes_over_tls(clinic, pki
     client.load_cert_chain(str(pki.node.certificate), str(pki.node.key))
     ae = AE(ae_title=PINNED_AE)
     ae.add_requested_context(StorageCommitmentPushModel)
-    action = Dataset()
-    action.TransactionUID = generate_uid()
-    action.ReferencedSOPSequence = []
-    for instance in Instance.objects.for_clinic(clinic):
-        item = Dataset()
-        item.ReferencedSOPClassUID = instance.sop_class_uid
-        item.ReferencedSOPInstanceUID = instance.sop_instance_uid
-        action.ReferencedSOPSequence.append(item)
+    action = commitment_action(Instance.objects.for_clinic(clinic).values_list("sop_class_uid", "sop_instance_uid"))
     try:
         assoc = ae.associate(HOST, tls_scp, ae_title=clinic.ae_title, tls_args=(client, "localhost"))
         assert assoc.is_established

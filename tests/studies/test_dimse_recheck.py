@@ -7,8 +7,6 @@ import json
 import time
 
 import pytest
-from pydicom import Dataset
-from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import StorageCommitmentPushModel, StudyRootQueryRetrieveInformationModelFind, Verification
 
@@ -19,8 +17,8 @@ from studies.ingest import instance_ingest
 from studies.models import DicomNode, Instance
 from tenants.models import AuditEvent
 from tests.dicom_files import write_study
+from tests.studies.commitment_support import Modality, commitment_action
 from tests.studies.dimse_support import HOST, MODALITY_AE, c_find, identifier, running_scp
-from tests.studies.test_dimse_commitment import Modality
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
 
@@ -44,18 +42,6 @@ def _open(port: int, called: str, *contexts: str):
 
 def _remove_node(clinic) -> None:
     nodes.dicom_node_delete(clinic=clinic, node=DicomNode.objects.for_clinic(clinic).get(ae_title=MODALITY_AE))
-
-
-def _commitment_request(references: list[tuple[str, str]]) -> Dataset:
-    action = Dataset()
-    action.TransactionUID = generate_uid()
-    action.ReferencedSOPSequence = []
-    for sop_class, uid in references:
-        item = Dataset()
-        item.ReferencedSOPClassUID = sop_class
-        item.ReferencedSOPInstanceUID = uid
-        action.ReferencedSOPSequence.append(item)
-    return action
 
 
 def _references(clinic) -> list[tuple[str, str]]:
@@ -112,7 +98,7 @@ def test_a_node_shut_out_cannot_request_storage_commitment_on_an_association_it_
     try:
         DicomNode.objects.filter(pk=node.pk).update(allow_inbound=False)
 
-        status, _ = assoc.send_n_action(_commitment_request(_references(clinic)), 1, StorageCommitmentPushModel,
+        status, _ = assoc.send_n_action(commitment_action(_references(clinic)), 1, StorageCommitmentPushModel,
                                         COMMITMENT_INSTANCE)
     finally:
         assoc.release()
@@ -133,7 +119,7 @@ def test_the_commitment_report_is_not_sent_to_a_node_removed_while_it_was_being_
     stores.get_store("replica").delete(lagging.object_key)
     Instance.objects.filter(pk=lagging.pk).update(replicated_at=None)
     assoc = _open(commitment_scp, clinic.ae_title, StorageCommitmentPushModel)
-    status, _ = assoc.send_n_action(_commitment_request(_references(clinic)), 1, StorageCommitmentPushModel,
+    status, _ = assoc.send_n_action(commitment_action(_references(clinic)), 1, StorageCommitmentPushModel,
                                     COMMITMENT_INSTANCE)
     assoc.release()
 

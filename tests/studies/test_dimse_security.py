@@ -16,17 +16,16 @@ from django.conf import settings
 from django.core.management import call_command
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from portal.exceptions import PortalError
 from studies.dimse import nodes
-from studies.dimse.scp import scp_start, tls_context
 from studies.models import DicomNode, Instance
 from tenants.models import AuditEvent
 from tests.databases import database_url
 from tests.studies.dimse_support import HOST, MODALITY_AE, dcmtk, free_port, running_scp
-from tests.studies.dimse_tls_support import CertificateAuthority
+from tests.studies.dimse_tls_support import CertificateAuthority, running_tls_listener
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -238,15 +237,8 @@ def pki(tmp_path):
 @pytest.fixture
 def tls_port(pki):
     ca, listener = pki
-    context = tls_context(certificate=str(listener.certificate), private_key=str(listener.key), ca_file=str(ca.path))
-    chunked = _config.STORE_RECV_CHUNKED_DATASET
-    port = free_port()
-    server = scp_start(host=HOST, port=port, ae_title="PACSPORTAL", block=False, ssl_context=context)
-    try:
+    with running_tls_listener(certificate=listener, ca_file=ca.path) as port:
         yield port
-    finally:
-        server.shutdown()
-        _config.STORE_RECV_CHUNKED_DATASET = chunked
 
 
 def tls_echo(port: int, *, ca, client=None, called: str, calling: str = MODALITY_AE):
