@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -24,6 +25,7 @@ class UsageApi(APIView):
         plan = serializers.CharField(allow_null=True)
         status = serializers.CharField(allow_null=True)
         uploads_paused = serializers.CharField(allow_null=True)
+        trash_days = serializers.IntegerField(help_text="Days a deleted study stays restorable (and counted).")
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request, clinic_slug: str) -> Response:
@@ -35,4 +37,5 @@ class UsageApi(APIView):
             "plan": usage.plan.code if usage.plan else None,
             "status": subscription.status if subscription else None,
             "uploads_paused": selectors.upload_block_reason(clinic=request.clinic),
+            "trash_days": settings.TRASH_DAYS,
         }).data)

@@ -244,6 +244,38 @@ def _plan_for_price(obj: dict[str, Any]) -> Plan | None:
     return Plan.objects.filter(code=code).first() if code else None
 
 
+def _names_another_clinic(subscription: Subscription, obj: dict[str, Any]) -> bool:
+    """Say whether the event's customer or subscription is already another clinic's.
+
+    The clinic is found by our metadata first; applying its handler would then copy another clinic's Stripe
+    ids onto this one, and later events found by those ids would land on the wrong clinic.
+    """
+    others = Subscription.objects.exclude(pk=subscription.pk)
+    subscription_id = obj.get("id") if obj.get("object") == "subscription" else obj.get("subscription")
+    if isinstance(subscription_id, dict):
+        subscription_id = subscription_id.get("id")
+    customer = obj.get("customer")
+    if isinstance(customer, dict):
+        customer = customer.get("id")
+    return bool(
+        (subscription_id and others.filter(stripe_subscription_id=subscription_id).exists())
+        or (customer and others.filter(stripe_customer_id=customer).exists())
+    )
+
+
+def stripe_event_check(event: Any) -> None:
+    """Raise ValueError unless a verified event has the shape the handlers read (id, type, created, object)."""
+    if not isinstance(event, dict):
+        raise ValueError("The event is not a JSON object.")
+    if not (isinstance(event.get("id"), str) and event["id"] and isinstance(event.get("type"), str)):
+        raise ValueError("The event has no id or type.")
+    if not isinstance(event.get("created"), int) or isinstance(event["created"], bool):
+        raise ValueError("The event has no creation time.")
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise ValueError("The event carries no object.")
+
+
 def _is_stale(subscription: Subscription, event: dict[str, Any]) -> bool:
     # Stripe does not guarantee order; an event older than the last one applied must not roll state back.
     return event["created"] < subscription.last_event_at
@@ -329,7 +361,11 @@ EVENT_HANDLERS: dict[str, Callable[[Subscription, dict[str, Any]], None]] = {
 
 @transaction.atomic
 def stripe_event_process(*, event: dict[str, Any]) -> str:
-    """Apply a verified Stripe event once; answer what was done ("duplicate", "ignored", "applied", ...)."""
+    """Apply a verified Stripe event once; answer what was done ("duplicate", "ignored", "applied", ...).
+
+    Raises ValueError for an event without the fields it needs (see ``stripe_event_check``).
+    """
+    stripe_event_check(event)
     try:
         with transaction.atomic():
             StripeEvent.objects.create(event_id=event["id"], type=event["type"], created=event["created"])
@@ -343,6 +379,15 @@ def stripe_event_process(*, event: dict[str, Any]) -> str:
     if subscription is None:
         logger.warning("Stripe event %s names no known clinic", event["id"])
         return "unknown_clinic"
+    if subscription.status == SubscriptionStatus.DESTROYED:
+        # The data and keys are gone for good: no event may make the clinic look subscribed again.
+        logger.info("Stripe event %s for clinic %s, whose data is destroyed, ignored", event["id"],
+                    subscription.clinic.uuid)
+        return "destroyed"
+    if _names_another_clinic(subscription, event["data"]["object"]):
+        logger.warning("Stripe event %s names a customer or subscription of another clinic than %s; not applied",
+                       event["id"], subscription.clinic.uuid)
+        return "conflict"
     if _is_stale(subscription, event):
         logger.info("Stripe event %s is older than the state already applied", event["id"])
         return "stale"

@@ -103,6 +103,12 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
         logger.warning("Rejected a Stripe webhook with a bad or stale signature from %s", request.META.get("REMOTE_ADDR"))
         return JsonResponse({"error": "invalid_signature", "message": "The signature is missing, wrong or too old."},
                             status=HTTPStatus.BAD_REQUEST)
+    try:
+        outcome = services.stripe_event_process(event=event)
+    except ValueError as exc:
+        # Signed but not an event we can read: answering 500 would only make Stripe retry it for days.
+        logger.warning("Rejected a signed Stripe webhook that is not a readable event: %s", exc)
+        return JsonResponse({"error": "malformed_event", "message": f"{exc} Nothing was changed."},
+                            status=HTTPStatus.BAD_REQUEST)
     # Stripe retries on non-2xx, so a duplicate or an unknown type still gets 200.
-    outcome = services.stripe_event_process(event=event)
     return JsonResponse({"received": True, "outcome": outcome})

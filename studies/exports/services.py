@@ -22,7 +22,7 @@ from celery import current_app
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -187,6 +187,14 @@ def _mail_ready(*, job: ClinicExport) -> None:
     )
     subject, _, text = body.partition("\n")
     send_mail(subject.strip(), text.strip() + "\n", settings.DEFAULT_FROM_EMAIL, [job.requested_by.email])
+
+
+def clinic_export_downloadable(*, clinic: Clinic) -> QuerySet[ClinicExport]:
+    """The clinic's exports whose parts may be downloaded now: done and not past their keeping time.
+
+    The hourly sweep deletes the archives later; until it runs, an expired link must already stop working.
+    """
+    return ClinicExport.objects.for_clinic(clinic).filter(status=ExportStatus.DONE, expires_at__gt=timezone.now())
 
 
 def clinic_export_part_downloaded(*, job: ClinicExport, number: int, by: Actor) -> None:

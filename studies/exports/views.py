@@ -68,7 +68,7 @@ def export_detail(request: ClinicRequest, clinic_slug: str, export_uuid: UUID) -
 
 def export_part_download(request: ClinicRequest, clinic_slug: str, export_uuid: UUID, number: int) -> HttpResponse:
     permissions.owner_check(request)
-    job = get_object_or_404(ClinicExport.objects.for_clinic(request.clinic), uuid=export_uuid, status=ExportStatus.DONE)
+    job = get_object_or_404(services.clinic_export_downloadable(clinic=request.clinic), uuid=export_uuid)
     if not 1 <= number <= len(job.parts):
         raise Http404("No such part.")
     part = job.parts[number - 1]
