@@ -7,9 +7,10 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth import password_validation
+from django.contrib.auth import authenticate, password_validation
 from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm, SetPasswordForm
 from django.core.exceptions import ValidationError
+from django.http import HttpRequest
 
 from tenants.models import Clinic, User
 from tenants.roles import Role
@@ -175,3 +176,15 @@ class PortalSetPasswordForm(SetPasswordForm):
 
 class PortalPasswordChangeForm(PasswordChangeForm):
     """Password change: Django's form (old password checked, every rule named)."""
+
+    def __init__(self, user: User, *args: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+        self.request = request
+        super().__init__(user, *args, **kwargs)
+
+    def clean_old_password(self) -> str:
+        old_password = self.cleaned_data["old_password"]
+        # Checked through authenticate(), as at sign-in, so that django-axes counts a wrong one toward the
+        # lockout and refuses a locked account: a signed-in session must not give unlimited guesses.
+        if authenticate(self.request, username=self.user.email, password=old_password) is None:
+            raise ValidationError(self.error_messages["password_incorrect"], code="password_incorrect")
+        return old_password

@@ -146,8 +146,10 @@ class SessionTimeoutMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        # The header first: a token request then never loads the session or its user.
-        if bearer_token(request) is None and request.user.is_authenticated:
+        # The header first: a token request then never loads the session or its user. One that also sends a
+        # session cookie is held to that session's limits, or any token would reopen an idle session's pages.
+        token = bearer_token(request) is not None
+        if (not token or settings.SESSION_COOKIE_NAME in request.COOKIES) and request.user.is_authenticated:
             now = time.time()
             session = request.session
             idle = session.get("idle_seconds", settings.SESSION_IDLE_TIMEOUT.total_seconds())
@@ -156,6 +158,9 @@ class SessionTimeoutMiddleware:
             if now - last_seen > idle or now - started > settings.SESSION_ABSOLUTE_TIMEOUT.total_seconds():
                 services.session_expire(request=request)
                 logout(request)
+                if token:
+                    # The session's user is gone; the token still speaks for itself where tokens are accepted.
+                    return self.get_response(request)
                 if is_api_path(request.path):
                     return unauthenticated_response(request)
                 login_url = reverse(settings.LOGIN_URL)
@@ -165,6 +170,7 @@ class SessionTimeoutMiddleware:
             # A background keep-alive poll must not count as activity. Activity is written down at a
             # coarse resolution, so that a page's burst of requests (viewer slices) saves the session once.
             resolution = min(ACTIVITY_RESOLUTION_SECONDS, idle / 10)
-            if request.headers.get("X-Session-Poll") != "1" and now - last_seen >= resolution:
+            # Nor a token's request: a script's token must not keep a person's session open.
+            if not token and request.headers.get("X-Session-Poll") != "1" and now - last_seen >= resolution:
                 session["last_seen_at"] = now
         return self.get_response(request)

@@ -195,6 +195,11 @@ def two_factor(request: HttpRequest) -> HttpResponse:
 @login_required
 def two_factor_setup(request: HttpRequest) -> HttpResponse:
     next_url = _safe_next(request) or reverse("tenants:account")
+    if selectors.user_has_two_factor(user=request.user) and not request.user.is_verified():
+        # Replacing an authenticator takes the current second factor: otherwise a session opened with the
+        # password alone (before two-factor was on, or stolen) could swap in its own and pass the clinic's rule.
+        here = f"{reverse('tenants:two-factor-setup')}?{urlencode({'next': next_url})}"
+        return redirect(f"{reverse('tenants:two-factor')}?{urlencode({'next': here})}")
     device = services.two_factor_device_get_or_start(user=request.user)
     form = forms.CodeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -275,6 +280,9 @@ class PasswordChangeView(auth_views.PasswordChangeView):
     form_class = forms.PortalPasswordChangeForm
     success_url = reverse_lazy("tenants:account")
 
+    def get_form_kwargs(self) -> dict[str, Any]:
+        return {**super().get_form_kwargs(), "request": self.request}
+
     def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
         services.password_changed_record(user=form.user, request=self.request, how="changed")
@@ -300,6 +308,12 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     template_name = "tenants/password_reset_confirm.html"
     form_class = forms.PortalSetPasswordForm
     success_url = reverse_lazy("tenants:password-reset-complete")
+
+    def get_user(self, uidb64: str) -> Any:
+        user = super().get_user(uidb64)
+        # Django's reset form mails active accounts only, but a link sent before the account was disabled
+        # would still set its password (and lift its lockout): the link dies with the account.
+        return user if user is not None and user.is_active else None
 
     def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
