@@ -519,6 +519,10 @@ CELERY_BEAT_SCHEDULE["backup-replica-reconcile"] = {"task": "studies.backup.task
 CLINIC_EXPORT_PART_BYTES = env_int("CLINIC_EXPORT_PART_BYTES", 4 * 1000**3)
 CLINIC_EXPORT_KEEP_DAYS = env_int("CLINIC_EXPORT_KEEP_DAYS", 7)
 CELERY_BEAT_SCHEDULE["clinic-exports-expire"] = {"task": "studies.exports.tasks.clinic_exports_expire", "schedule": 3600.0}
+# A build reports at least every minute while it runs; silent this long, its worker is taken to be dead and
+# the export is built again from the start (the sweep looks every 5 minutes).
+CLINIC_EXPORT_STALE_SECONDS = env_int("CLINIC_EXPORT_STALE_SECONDS", 900)
+CELERY_BEAT_SCHEDULE["clinic-exports-resume"] = {"task": "studies.exports.tasks.clinic_exports_resume", "schedule": 300.0}
 CELERY_BEAT_SCHEDULE["backup-verify"] = {"task": "studies.backup.tasks.backup_verify_batch", "schedule": 600.0}
 # Control-plane backup (issue 15; README "Disaster recovery"). SQLite: an encrypted snapshot to the replica
 # every DATABASE_BACKUP_INTERVAL_SECONDS (RPO); PostgreSQL: pgBackRest (WAL archiving + base backups).

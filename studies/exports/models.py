@@ -36,6 +36,12 @@ class ClinicExport(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # When the worker building it last reported (claim, then as it decrypts): a RUNNING export silent for
+    # CLINIC_EXPORT_STALE_SECONDS lost its worker, and the sweep has it built again.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Counts the builds that claimed it: a build writes only while it is the latest, so a worker taken for
+    # dead that wakes up again cannot overwrite the new build's parts or status.
+    attempt = models.PositiveIntegerField(default=0)
 
     objects = ClinicQuerySet.as_manager()
 

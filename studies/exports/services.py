@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 import zipfile
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TypedDict
@@ -22,7 +23,7 @@ from celery import current_app
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
-from django.db.models import QuerySet, Sum
+from django.db.models import F, Q, QuerySet, Sum
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 # Queued by name: studies.exports.tasks imports this module.
 EXPORT_BUILD_TASK = "studies.exports.tasks.clinic_export_build"
+# How often, at most, a build reports that it is alive (CLINIC_EXPORT_STALE_SECONDS is far longer).
+HEARTBEAT_SECONDS = 60
 
 
 def clinic_export_request(
@@ -104,17 +107,93 @@ def _zip_folder(folder: Path, archive: Path) -> None:
                 zf.write(path, path.relative_to(folder).as_posix())
 
 
+def _workdir_prefix(job: ClinicExport) -> str:
+    return f"clinic-export-{job.uuid}-"
+
+
+def _stale_before() -> datetime:
+    return timezone.now() - timedelta(seconds=settings.CLINIC_EXPORT_STALE_SECONDS)
+
+
+def _lost_worker() -> Q:
+    """A RUNNING export whose build has not reported for CLINIC_EXPORT_STALE_SECONDS: its worker is dead."""
+    stale = _stale_before()
+    return Q(status=ExportStatus.RUNNING) & (Q(heartbeat_at__lt=stale) | Q(heartbeat_at=None, created_at__lt=stale))
+
+
+def clinic_export_claim(*, clinic_id: int, export_id: int) -> ClinicExport | None:
+    """Claim an export for this build: a queued one, or a running one whose worker was lost; None if neither.
+
+    Taking over a lost build deletes the parts it had stored (their ZIPs are rebuilt from the start).
+    """
+    with transaction.atomic():
+        job = (
+            ClinicExport.objects.for_clinic(clinic_id).select_for_update()
+            .filter(Q(status=ExportStatus.QUEUED) | _lost_worker(), pk=export_id).first()
+        )
+        if job is None:
+            return None
+        orphans = [str(part["key"]) for part in job.parts]
+        ClinicExport.objects.filter(pk=job.pk).update(
+            status=ExportStatus.RUNNING, heartbeat_at=timezone.now(), attempt=F("attempt") + 1, parts=[],
+            studies_done=0,
+        )
+    for key in orphans:
+        objects.object_delete(clinic=job.clinic, key=key)
+    # A killed build left its plain DICOM files behind; on this machine they go now (on another, they stay in
+    # that worker's private temporary folder until it is cleaned).
+    for leftover in Path(tempfile.gettempdir()).glob(f"{_workdir_prefix(job)}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if orphans:
+        logger.warning("Export %s of clinic %s: its worker was lost; built again", job.uuid, clinic_id)
+    return ClinicExport.objects.select_related("clinic", "requested_by").get(pk=job.pk)
+
+
+def clinic_exports_resume() -> int:
+    """Queue a build again for every export whose worker was lost (beat runs this every 5 minutes)."""
+    lost = list(ClinicExport.objects.filter(_lost_worker()).values_list("clinic_id", "pk"))
+    for clinic_id, export_id in lost:
+        current_app.tasks[EXPORT_BUILD_TASK].delay(clinic_id=clinic_id, export_id=export_id)
+    return len(lost)
+
+
+class _Heartbeat:
+    """Reports the build as alive, at most once a minute, while it is still the export's latest build."""
+
+    def __init__(self, job: ClinicExport) -> None:
+        self.mine = ClinicExport.objects.filter(pk=job.pk, attempt=job.attempt, status=ExportStatus.RUNNING)
+        self.last = time.monotonic()
+
+    def __call__(self, message: str = "") -> None:
+        if time.monotonic() - self.last >= HEARTBEAT_SECONDS:
+            self.beat()
+
+    def beat(self, **fields: object) -> None:
+        """Report now (with ``fields`` updated too); raise BuildSuperseded if another build took the export."""
+        self.last = time.monotonic()
+        if not self.mine.update(heartbeat_at=timezone.now(), **fields):
+            raise BuildSuperseded()
+
+
+class BuildSuperseded(Exception):
+    """This build was taken for dead and another one claimed the export: it stops, and keeps nothing."""
+
+
 def clinic_export_build(*, job: ClinicExport) -> ClinicExport:
-    """Write every part of a claimed export, store it encrypted, and mail the requester."""
+    """Write every part of a claimed export, store it encrypted, and mail the requester.
+
+    Raises BuildSuperseded, having deleted what it stored, when another build claimed the export meanwhile.
+    """
     clinic = job.clinic
     plan = export_parts_plan(clinic=clinic, part_bytes=settings.CLINIC_EXPORT_PART_BYTES)
-    ClinicExport.objects.filter(pk=job.pk).update(studies_total=sum(len(p) for p in plan))
+    heartbeat = _Heartbeat(job)
+    heartbeat.beat(studies_total=sum(len(p) for p in plan))
     parts: list[ExportPart] = []
-    workdir = Path(tempfile.mkdtemp(prefix="clinic-export-"))
+    workdir = Path(tempfile.mkdtemp(prefix=_workdir_prefix(job)))
     try:
         for number, study_ids in enumerate(plan, start=1):
             folder = workdir / f"part-{number}"
-            report = export.clinic_export(clinic=clinic, target=folder, study_ids=study_ids)
+            report = export.clinic_export(clinic=clinic, target=folder, study_ids=study_ids, progress=heartbeat)
             archive = workdir / f"part-{number}.zip"
             _zip_folder(folder, archive)
             shutil.rmtree(folder, ignore_errors=True)
@@ -130,22 +209,20 @@ def clinic_export_build(*, job: ClinicExport) -> ClinicExport:
                     "name": f"{clinic.slug}-export-{job.created_at:%Y%m%d}-part-{number}-of-{len(plan)}.zip",
                 }
             )
-            ClinicExport.objects.filter(pk=job.pk).update(
-                studies_done=sum(p["studies"] for p in parts), parts=parts
-            )
-    except Exception:
+            heartbeat.beat(studies_done=sum(p["studies"] for p in parts), parts=parts)
+        now = timezone.now()
+        heartbeat.beat(
+            status=ExportStatus.DONE,
+            parts=parts,
+            finished_at=now,
+            expires_at=now + timedelta(days=settings.CLINIC_EXPORT_KEEP_DAYS),
+        )
+    except BaseException:
         for part in parts:
             objects.object_delete(clinic=clinic, key=str(part["key"]))
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    now = timezone.now()
-    ClinicExport.objects.filter(pk=job.pk).update(
-        status=ExportStatus.DONE,
-        parts=parts,
-        finished_at=now,
-        expires_at=now + timedelta(days=settings.CLINIC_EXPORT_KEEP_DAYS),
-    )
     job.refresh_from_db()
     audit_record(
         clinic=clinic,
@@ -159,9 +236,11 @@ def clinic_export_build(*, job: ClinicExport) -> ClinicExport:
 
 
 def clinic_export_fail(*, job: ClinicExport, reason: str) -> None:
-    ClinicExport.objects.filter(pk=job.pk).update(
+    failed = ClinicExport.objects.filter(pk=job.pk, attempt=job.attempt, status=ExportStatus.RUNNING).update(
         status=ExportStatus.FAILED, error=reason[:500], finished_at=timezone.now()
     )
+    if not failed:  # another build has the export now: its outcome is the one that counts
+        return
     audit_record(
         clinic=job.clinic,
         action="export.failed",

@@ -7,24 +7,24 @@ import logging
 from celery import shared_task
 
 from studies.exports import services
-from studies.exports.models import ClinicExport, ExportStatus
 
 logger = logging.getLogger(__name__)
 
 
 @shared_task(name=services.EXPORT_BUILD_TASK, acks_late=True)
 def clinic_export_build(*, clinic_id: int, export_id: int) -> str:
-    """Build one export; a redelivered message finds it claimed (or done) and does nothing."""
-    claimed = (
-        ClinicExport.objects.for_clinic(clinic_id)
-        .filter(pk=export_id, status=ExportStatus.QUEUED)
-        .update(status=ExportStatus.RUNNING)
-    )
-    if not claimed:
+    """Build one export; a redelivered message finds it claimed by a live build (or done) and does nothing.
+
+    One whose build lost its worker is claimed again and built from the start (``clinic_exports_resume``).
+    """
+    job = services.clinic_export_claim(clinic_id=clinic_id, export_id=export_id)
+    if job is None:
         return "skipped"
-    job = ClinicExport.objects.for_clinic(clinic_id).select_related("clinic", "requested_by").get(pk=export_id)
     try:
         services.clinic_export_build(job=job)
+    except services.BuildSuperseded:
+        logger.warning("Export %s of clinic %s: another build took it over; this one stopped", job.uuid, clinic_id)
+        return "superseded"
     except Exception:
         logger.exception("Export %s of clinic %s failed", job.uuid, clinic_id)
         services.clinic_export_fail(
@@ -37,3 +37,8 @@ def clinic_export_build(*, clinic_id: int, export_id: int) -> str:
 @shared_task(name="studies.exports.tasks.clinic_exports_expire")
 def clinic_exports_expire() -> int:
     return services.clinic_exports_expire()
+
+
+@shared_task(name="studies.exports.tasks.clinic_exports_resume")
+def clinic_exports_resume() -> int:
+    return services.clinic_exports_resume()

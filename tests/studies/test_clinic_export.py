@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import io
+import tempfile
+import uuid
 import zipfile
+from datetime import timedelta
 from http import HTTPStatus
+from pathlib import Path
 
 import pytest
 from django.core import mail
+from django.utils import timezone
 from pydicom import dcmread
 
-from studies.exports import tasks
+from studies.archive import objects, stores
+from studies.exports import services, tasks
 from studies.exports.models import ClinicExport, ExportStatus
 from tenants.models import AuditEvent
 from tests.dicom_files import write_ct
@@ -127,3 +133,45 @@ def test_expired_exports_lose_their_archives(client, owner, clinic, two_studies,
     job.refresh_from_db()
     assert job.status == ExportStatus.EXPIRED and job.parts == []
     assert client.get(f"/c/{clinic.slug}/exports/{job.uuid}/parts/1/").status_code == HTTPStatus.NOT_FOUND
+
+
+def _killed_mid_build(clinic, owner, *, minutes_ago: int) -> tuple[ClinicExport, str]:
+    """An export whose worker died after storing one part: RUNNING, its last report ``minutes_ago``."""
+    orphan = objects.object_put(clinic=clinic, source=io.BytesIO(b"part of a killed build"), object_uuid=uuid.uuid4())
+    job = ClinicExport.objects.create(
+        clinic=clinic, requested_by=owner, status=ExportStatus.RUNNING,
+        parts=[{"key": orphan.key, "size_bytes": orphan.size_bytes, "studies": 1, "instances": 2, "name": "p1.zip"}],
+        studies_done=1, heartbeat_at=timezone.now() - timedelta(minutes=minutes_ago),
+    )
+    return job, orphan.key
+
+
+def test_an_export_whose_worker_was_killed_is_built_again_by_the_sweep(clinic, owner, two_studies, settings):
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    job, orphan = _killed_mid_build(clinic, owner, minutes_ago=settings.CLINIC_EXPORT_STALE_SECONDS // 60 + 1)
+    leftover = Path(tempfile.mkdtemp(prefix=f"clinic-export-{job.uuid}-"))
+    (leftover / "image.dcm").write_bytes(b"plain DICOM of the killed build")
+
+    resumed = services.clinic_exports_resume()
+
+    job.refresh_from_db()
+    assert resumed == 1
+    assert job.status == ExportStatus.DONE
+    assert sum(part["studies"] for part in job.parts) == 2
+    assert orphan not in {part["key"] for part in job.parts}
+    assert not stores.get_store("primary").exists(orphan)
+    assert not leftover.exists()
+    assert len(mail.outbox) == 1
+
+
+def test_a_redelivered_build_takes_over_a_stale_export_and_not_a_live_one(clinic, owner, two_studies, settings):
+    live, _ = _killed_mid_build(clinic, owner, minutes_ago=0)
+
+    assert tasks.clinic_export_build(clinic_id=clinic.pk, export_id=live.pk) == "skipped"
+    assert services.clinic_exports_resume() == 0
+
+    ClinicExport.objects.filter(pk=live.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.CLINIC_EXPORT_STALE_SECONDS + 60))
+    assert tasks.clinic_export_build(clinic_id=clinic.pk, export_id=live.pk) == "done"
+    live.refresh_from_db()
+    assert live.status == ExportStatus.DONE
