@@ -746,8 +746,13 @@ def two_factor_check(*, user: User, code: str, by: Actor | None = None) -> CodeC
     allowed, info = recovery.verify_is_allowed()
     if not allowed:
         return CodeCheck(None, _throttled_message(info))
-    if not recovery.verify_token(code):
+    # Deleting the code is the check: django-otp's verify_token finds it, then deletes it, so two requests
+    # with the same code at once could both pass. Only the one whose DELETE removed the row may use it.
+    used, _ = StaticToken.objects.filter(device=recovery, token=code).delete()
+    if not used:
+        recovery.throttle_increment()
         return CodeCheck(None, WRONG_CODE_MESSAGE)
+    recovery.throttle_reset()
     auth_event_record(action="auth.recovery_code_used", user=user, by=by,
                       details={"remaining": recovery.token_set.count()})
     return CodeCheck(recovery)
