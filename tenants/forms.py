@@ -8,10 +8,11 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib.auth import authenticate, password_validation
-from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm, SetPasswordForm
+from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm, PasswordResetForm, SetPasswordForm
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
+from tenants import services
 from tenants.models import Clinic, User
 from tenants.roles import Role
 
@@ -188,3 +189,12 @@ class PortalPasswordChangeForm(PasswordChangeForm):
         if authenticate(self.request, username=self.user.email, password=old_password) is None:
             raise ValidationError(self.error_messages["password_incorrect"], code="password_incorrect")
         return old_password
+
+
+class PortalPasswordResetForm(PasswordResetForm):
+    """Password reset: Django's form, with at most a few mails per address an hour."""
+
+    def get_users(self, email: str) -> Any:
+        if not services.password_reset_mail_allowed(email=email):
+            return iter(())
+        return super().get_users(email)

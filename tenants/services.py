@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import smtplib
 import time
@@ -17,6 +18,7 @@ from django.contrib.auth import password_validation
 from django.contrib.auth.hashers import make_password
 from django.contrib.sessions.backends.base import SessionBase
 from django.core import signing
+from django.core.cache import cache
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
@@ -716,6 +718,24 @@ def _throttled_message(info: dict | None) -> str:
     locked_until = (info or {}).get("locked_until")
     seconds = max(1, int((locked_until - timezone.now()).total_seconds()) + 1) if locked_until else 1
     return f"Too many wrong codes: wait {seconds} second{'s' if seconds != 1 else ''}, then enter the current code."
+
+
+# Reset mails one address may be sent per hour: enough for a lost mail or two, too few to flood an inbox.
+PASSWORD_RESET_MAILS_PER_HOUR = 3
+
+
+def password_reset_mail_allowed(*, email: str) -> bool:
+    """Count a reset mail to this address; False once it had PASSWORD_RESET_MAILS_PER_HOUR this hour.
+
+    The form answers the same either way, so a refused mail tells an asker nothing about the account.
+    """
+    key = "password-reset-mails:" + hashlib.sha256(email.strip().casefold().encode()).hexdigest()
+    cache.add(key, 0, 3600)
+    try:
+        return cache.incr(key) <= PASSWORD_RESET_MAILS_PER_HOUR
+    except ValueError:  # the count expired between add and incr: this is the first of a new hour
+        cache.add(key, 1, 3600)
+        return True
 
 
 def two_factor_check(*, user: User, code: str, by: Actor | None = None) -> CodeCheck:

@@ -284,3 +284,10 @@ def test_security_headers_on_sign_in_and_clinic_pages(client, owner, clinic, set
         assert response["X-Content-Type-Options"] == "nosniff"
         assert "frame-ancestors 'none'" in response["Content-Security-Policy"]
         assert "max-age=31536000" in response["Strict-Transport-Security"]
+
+
+def test_reset_mails_to_one_address_are_limited_and_the_page_answers_the_same(client, owner):
+    answers = [client.post("/accounts/password/reset/", {"email": owner.email.upper()}) for _ in range(5)]
+
+    assert len(mail.outbox) == 3
+    assert {(a.status_code, a["Location"]) for a in answers} == {(HTTPStatus.FOUND, "/accounts/password/reset/sent/")}
