@@ -146,8 +146,8 @@ def _killed_mid_build(clinic, owner, *, minutes_ago: int) -> tuple[ClinicExport,
     return job, orphan.key
 
 
+@pytest.mark.usefixtures("tasks_run_inline")
 def test_an_export_whose_worker_was_killed_is_built_again_by_the_sweep(clinic, owner, two_studies, settings):
-    settings.CELERY_TASK_ALWAYS_EAGER = True
     job, orphan = _killed_mid_build(clinic, owner, minutes_ago=settings.CLINIC_EXPORT_STALE_SECONDS // 60 + 1)
     leftover = Path(tempfile.mkdtemp(prefix=f"clinic-export-{job.uuid}-"))
     (leftover / "image.dcm").write_bytes(b"plain DICOM of the killed build")
