@@ -9,6 +9,7 @@ from uuid import UUID
 
 import qrcode
 import qrcode.image.svg
+from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login, logout
@@ -90,6 +91,10 @@ def login_code(request: HttpRequest) -> HttpResponse:
     if user is None:
         request.session.pop(PENDING_LOGIN, None)
         return redirect("tenants:login")
+    if AxesProxyHandler.is_locked(request, credentials={"username": user.email}):
+        # Locked since its password was checked (wrong passwords from elsewhere): the code finishes nothing.
+        request.session.pop(PENDING_LOGIN, None)
+        return lockout_response(request)
     form = forms.SecondFactorForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         check = services.two_factor_check(user=user, code=form.cleaned_data["code"], by=Actor.from_request(request))

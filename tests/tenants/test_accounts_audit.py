@@ -90,6 +90,17 @@ def test_the_second_factor_cannot_be_brute_forced(client, owner, clinic, device)
     assert "_auth_user_id" not in client.session
 
 
+def test_an_account_locked_after_its_password_step_is_not_signed_in_by_its_code(client, owner, clinic, device):
+    client.post(LOGIN, {"username": owner.email, "password": PASSWORD})
+    for _ in range(5):  # meanwhile, wrong passwords from elsewhere lock the account
+        Client().post(LOGIN, {"username": owner.email, "password": "Wrong-password-1!"})
+
+    response = client.post(CODE, {"code": code_for(device)})
+
+    assert response.status_code == HTTPStatus.TOO_MANY_REQUESTS
+    assert "_auth_user_id" not in client.session
+
+
 def test_a_password_reset_leaves_two_factor_on(client, owner, clinic, device):
     client.post("/accounts/password/reset/", {"email": owner.email})
     link = re.search(r"http://\S+/accounts/password/reset/\S+/", mail.outbox[-1].body).group(0)
