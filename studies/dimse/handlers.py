@@ -645,8 +645,8 @@ class _MoveTLSRefusal:
         # pynetdicom counted the command set's length before this event: count it again with the comment.
         del command.CommandGroupLength
         command.CommandGroupLength = len(cast(bytes, encode(command, True, True)))
-        if self.failure is None:  # a failed handshake or pin: recorded here, the handler never runs again
-            _audit_move_tls_refused(self.info, destination=self.destination, failure=failure)
+        # Recorded here for every cause: after a failed handshake or pin the handler never runs again.
+        _audit_move_tls_refused(self.info, destination=self.destination, failure=failure)
 
 
 def _audit_move_tls_refused(info: AssociationInfo, *, destination: str, failure: node_tls.NodeTLSError) -> None:
@@ -690,7 +690,6 @@ def handle_move(event: Event) -> Iterator[Any]:
                     tls_refusal.tls = node_tls.node_client_tls(node)
                 except node_tls.NodeTLSError as exc:
                     tls_refusal.failure = exc
-                    _audit_move_tls_refused(info, destination=destination_ae, failure=exc)
                     yield None, None
                     return
             try:

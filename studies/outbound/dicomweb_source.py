@@ -13,6 +13,7 @@ clinic could probe the operator's private services, the cloud metadata endpoint 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import json
@@ -114,14 +115,9 @@ def url_address_check(url: str) -> None:
     checked again when it is made, which is the guard that counts (DNS can answer otherwise by then).
     """
     parts = urlsplit(url)
-    try:
-        found = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                                   type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError, ValueError):
-        return
-    addresses = [str(sockaddr[0]) for *_, sockaddr in found]
-    if addresses and not any(address_allowed(address) for address in addresses):
-        raise AddressRefused(addresses[0])
+    # The lookup a connection makes (_address_connectable), so the early answer and the guard agree.
+    with contextlib.suppress(OSError, UnicodeError, ValueError):
+        _address_connectable(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
 
 
 def _address_connectable(host: str, port: int) -> str:

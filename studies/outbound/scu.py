@@ -107,7 +107,7 @@ def _associate(
         if tls is not None and tls.failure is not None:
             raise NodeUnreachable(tls.failure.message)
         reason = "rejected the association" if assoc.is_rejected else "did not answer"
-        raise NodeUnreachable(f"{node.ae_title} at {node.host}:{node.port} {reason}.")
+        raise NodeUnreachable(f"{node_tls.node_label(node)} {reason}.")
     return assoc
 
 
