@@ -197,4 +197,5 @@ class PortalPasswordResetForm(PasswordResetForm):
     def get_users(self, email: str) -> Any:
         if not services.password_reset_mail_allowed(email=email):
             return iter(())
-        return super().get_users(email)
+        # Django signs each link from the user yielded here, so the stamp is in this mail's link only.
+        return (services.password_reset_request_record(user=user) for user in super().get_users(email))

@@ -45,6 +45,8 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
+    # Part of every reset link's signature: stamping a new request kills the links mailed before it.
+    password_reset_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = UserManager()
 

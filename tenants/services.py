@@ -738,6 +738,16 @@ def password_reset_mail_allowed(*, email: str) -> bool:
         return True
 
 
+def password_reset_request_record(*, user: User) -> User:
+    """Stamp a reset request on the user, before its mail's link is signed: the links mailed before it die.
+
+    Whoever reads an older mail later (a leaked mailbox, a forwarded message) then cannot set the password.
+    """
+    user.password_reset_requested_at = timezone.now()
+    user.save(update_fields=["password_reset_requested_at"])
+    return user
+
+
 def two_factor_check(*, user: User, code: str, by: Actor | None = None) -> CodeCheck:
     """Check a second-factor code: the authenticator's current code, or one of the user's recovery codes.
 

@@ -30,6 +30,7 @@ from tenants.audit import Actor
 from tenants.middleware import ClinicRequest
 from tenants.permissions import require_action
 from tenants.roles import Action
+from tenants.secrets import password_reset_token_generator
 
 
 def locked_message() -> str:
@@ -304,6 +305,7 @@ class PasswordResetView(auth_views.PasswordResetView):
     email_template_name = "emails/password_reset.txt"
     subject_template_name = "emails/password_reset_subject.txt"
     success_url = reverse_lazy("tenants:password-reset-done")
+    token_generator = password_reset_token_generator
 
 
 class PasswordResetDoneView(auth_views.PasswordResetDoneView):
@@ -314,6 +316,7 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     template_name = "tenants/password_reset_confirm.html"
     form_class = forms.PortalSetPasswordForm
     success_url = reverse_lazy("tenants:password-reset-complete")
+    token_generator = password_reset_token_generator
 
     def get_user(self, uidb64: str) -> Any:
         user = super().get_user(uidb64)
