@@ -7,11 +7,13 @@ The helpers they use (and the DICOM file builders) are in ``tests/studies/dimse_
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tenants.models import Clinic
-from tests.studies.dimse_support import VIEWER_AE, Receiver, register_node, running_scp, tasks_inline
+from tests.dicom_files import StudyFiles, write_study
+from tests.studies.dimse_support import VIEWER_AE, Receiver, ingest_paths, register_node, running_scp, tasks_inline
 
 
 @pytest.fixture
@@ -36,3 +38,14 @@ def receiver(clinic: Clinic) -> Iterator[Receiver]:
     register_node(clinic, ae_title=VIEWER_AE, port=receiving.port, allow_inbound=False)
     yield receiving
     receiving.close()
+
+
+@pytest.fixture
+def stored_ct_study(clinic: Clinic, tmp_path: Path) -> StudyFiles:
+    """A CT study of one series of two instances, stored in ``clinic`` as an upload stores it.
+
+    Its files stay under ``tmp_path / "originals"``: the tests compare what a node receives with them.
+    """
+    files = write_study(tmp_path / "originals", copies=2)
+    ingest_paths(clinic, files.files)
+    return files

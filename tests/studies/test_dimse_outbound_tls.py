@@ -25,12 +25,10 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, StudyRootQueryRetri
 from studies.archive import stores
 from studies.dimse.commitment import COMMITMENT_INSTANCE
 from studies.dimse.scp import STORAGE_TRANSFER_SYNTAXES, scp_start
-from studies.ingest import instance_ingest
 from studies.models import Instance
 from studies.outbound import scu, services
 from studies.outbound.models import JobStatus, SendJob
 from tenants.models import AuditEvent
-from tests.dicom_files import write_study
 from tests.studies.commitment_support import commitment_action
 from tests.studies.dimse_support import (
     HOST,
@@ -140,14 +138,6 @@ class Node:
 
 
 @pytest.fixture
-def study(clinic, tmp_path):
-    files = write_study(tmp_path / "originals", copies=2)
-    for path in files.files:
-        instance_ingest(clinic=clinic, source_path=str(path), source="test")
-    return files
-
-
-@pytest.fixture
 def plain_scp(clinic):
     """The portal's listener (plain TCP), with the test modality registered to call it."""
     register_node(clinic)
@@ -173,20 +163,20 @@ def _move_to_pinned(port: int, clinic, study) -> Dataset:
 # --- C-MOVE -------------------------------------------------------------------------------------------
 
 
-def test_a_move_to_a_pinned_node_arrives_over_tls_presenting_our_certificate(clinic, pki, plain_scp, study):
+def test_a_move_to_a_pinned_node_arrives_over_tls_presenting_our_certificate(clinic, pki, plain_scp, stored_ct_study):
     node = Node(_server_context(pki, pki.node))
     _pinned(clinic, node, pki, allow_inbound=False)
     try:
-        final = _move_to_pinned(plain_scp, clinic, study)
+        final = _move_to_pinned(plain_scp, clinic, stored_ct_study)
     finally:
         node.close()
 
-    assert (final.Status, final.NumberOfCompletedSuboperations) == (0x0000, len(study.files))
-    assert set(node.received) == set(study.sop_uids)
+    assert (final.Status, final.NumberOfCompletedSuboperations) == (0x0000, len(stored_ct_study.files))
+    assert set(node.received) == set(stored_ct_study.sop_uids)
     assert node.requests == [_sha256(pki.portal)]
 
 
-def test_dcmtk_storescp_over_tls_receives_a_move_to_its_pinned_node(clinic, pki, plain_scp, study, tmp_path):
+def test_dcmtk_storescp_over_tls_receives_a_move_to_its_pinned_node(clinic, pki, plain_scp, stored_ct_study, tmp_path):
     port, out = free_port(), tmp_path / "received"
     out.mkdir()
     register_node(clinic, ae_title=PINNED_AE, port=port, tls_certificate_pem=pki.node.pem, allow_inbound=False)
@@ -196,13 +186,14 @@ def test_dcmtk_storescp_over_tls_receives_a_move_to_its_pinned_node(clinic, pki,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_listening(port)
-        final = _move_to_pinned(plain_scp, clinic, study)
+        final = _move_to_pinned(plain_scp, clinic, stored_ct_study)
     finally:
         storescp.terminate()
         output = storescp.communicate(timeout=30)[0].decode(errors="replace")
 
     assert final.Status == 0x0000, output
-    assert {str(dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in out.iterdir()} == set(study.sop_uids)
+    received = {str(dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in out.iterdir()}
+    assert received == set(stored_ct_study.sop_uids)
 
 
 def _wait_listening(port: int) -> None:
@@ -231,7 +222,7 @@ MOVE_REFUSALS = {
 
 @pytest.mark.parametrize("case", MOVE_REFUSALS.values(), ids=MOVE_REFUSALS.keys())
 def test_a_move_to_a_pinned_node_that_cannot_be_reached_over_tls_sends_nothing_and_says_why(
-    clinic, pki, plain_scp, study, settings, case
+    clinic, pki, plain_scp, stored_ct_study, settings, case
 ):
     kind, comment, reason = case
     if kind == "no-certificate":
@@ -239,7 +230,7 @@ def test_a_move_to_a_pinned_node_that_cannot_be_reached_over_tls_sends_nothing_a
     node = Node(_server_context(pki, _issue_for_both_ends(pki.ca, "impostor")) if kind == "impostor" else None)
     _pinned(clinic, node, pki, allow_inbound=False)
     try:
-        final = _move_to_pinned(plain_scp, clinic, study)
+        final = _move_to_pinned(plain_scp, clinic, stored_ct_study)
     finally:
         node.close()
 
@@ -250,11 +241,11 @@ def test_a_move_to_a_pinned_node_that_cannot_be_reached_over_tls_sends_nothing_a
     assert reason in refused.details["reason"]
 
 
-def test_a_move_to_a_node_without_a_pin_still_goes_in_plain(clinic, pki, plain_scp, study):
+def test_a_move_to_a_node_without_a_pin_still_goes_in_plain(clinic, pki, plain_scp, stored_ct_study):
     node = Node()
     register_node(clinic, ae_title=PINNED_AE, port=node.port, allow_inbound=False)
     try:
-        final = _move_to_pinned(plain_scp, clinic, study)
+        final = _move_to_pinned(plain_scp, clinic, stored_ct_study)
     finally:
         node.close()
 
@@ -272,11 +263,11 @@ def tls_scp(pki):
         yield port
 
 
-def test_a_storage_commitment_report_to_a_pinned_node_comes_over_tls(clinic, pki, tls_scp, study, settings):
+def test_a_storage_commitment_report_to_a_pinned_node_comes_over_tls(clinic, pki, tls_scp, stored_ct_study, settings):
     # One instance without its backup copy holds the report back for a second, well after the release below:
     # the report then has to come on a new association.
     settings.STORAGE_COMMITMENT_WAIT_SECONDS = 1
-    lagging = Instance.objects.get(sop_instance_uid=study.sop_uids[1])
+    lagging = Instance.objects.get(sop_instance_uid=stored_ct_study.sop_uids[1])
     stores.get_store("replica").delete(lagging.object_key)
     Instance.objects.filter(pk=lagging.pk).update(replicated_at=None)
     node = Node(_server_context(pki, pki.node))
@@ -297,7 +288,8 @@ def test_a_storage_commitment_report_to_a_pinned_node_comes_over_tls(clinic, pki
 
     assert status.Status == 0x0000
     assert reported
-    assert {str(i.ReferencedSOPInstanceUID) for i in node.reports[0].ReferencedSOPSequence} == {study.sop_uids[0]}
+    referenced = {str(i.ReferencedSOPInstanceUID) for i in node.reports[0].ReferencedSOPSequence}
+    assert referenced == {stored_ct_study.sop_uids[0]}
     assert node.requests == [_sha256(pki.portal)]
 
 
@@ -310,7 +302,7 @@ def _send_job(clinic, node_row) -> SendJob:
                                   instances_total=Instance.objects.for_clinic(clinic).count())
 
 
-def test_a_send_to_a_pinned_node_goes_over_tls(clinic, pki, study):
+def test_a_send_to_a_pinned_node_goes_over_tls(clinic, pki, stored_ct_study):
     node = Node(_server_context(pki, pki.node))
     job = _send_job(clinic, _pinned(clinic, node, pki, allow_inbound=False))
     try:
@@ -319,12 +311,12 @@ def test_a_send_to_a_pinned_node_goes_over_tls(clinic, pki, study):
         node.close()
 
     job.refresh_from_db()
-    assert (job.status, job.instances_done) == (JobStatus.DONE, len(study.files))
-    assert set(node.received) == set(study.sop_uids)
+    assert (job.status, job.instances_done) == (JobStatus.DONE, len(stored_ct_study.files))
+    assert set(node.received) == set(stored_ct_study.sop_uids)
     assert node.requests == [_sha256(pki.portal)]
 
 
-def test_a_send_to_a_pinned_node_listening_in_plain_sends_nothing_and_records_why(clinic, pki, study):
+def test_a_send_to_a_pinned_node_listening_in_plain_sends_nothing_and_records_why(clinic, pki, stored_ct_study):
     node = Node()
     job = _send_job(clinic, _pinned(clinic, node, pki, allow_inbound=False))
     try:
@@ -339,7 +331,7 @@ def test_a_send_to_a_pinned_node_listening_in_plain_sends_nothing_and_records_wh
     assert (node.requests, node.received) == ([], {})
 
 
-def test_a_send_to_a_pinned_node_is_refused_while_our_certificate_is_not_set(clinic, pki, study, settings):
+def test_a_send_to_a_pinned_node_is_refused_while_our_certificate_is_not_set(clinic, pki, stored_ct_study, settings):
     settings.DICOM_TLS_CERTIFICATE = ""
     node = Node(_server_context(pki, pki.node))
     job = _send_job(clinic, _pinned(clinic, node, pki, allow_inbound=False))
@@ -354,7 +346,7 @@ def test_a_send_to_a_pinned_node_is_refused_while_our_certificate_is_not_set(cli
     assert node.requests == []
 
 
-def test_a_send_to_a_node_presenting_another_certificate_sends_nothing(clinic, pki, study):
+def test_a_send_to_a_node_presenting_another_certificate_sends_nothing(clinic, pki, stored_ct_study):
     node = Node(_server_context(pki, _issue_for_both_ends(pki.ca, "impostor")))
     job = _send_job(clinic, _pinned(clinic, node, pki, allow_inbound=False))
     try:

@@ -13,22 +13,12 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, StudyRootQueryRetri
 from studies.archive import stores
 from studies.dimse import nodes
 from studies.dimse.commitment import COMMITMENT_INSTANCE
-from studies.ingest import instance_ingest
 from studies.models import DicomNode, Instance
 from tenants.models import AuditEvent
-from tests.dicom_files import write_study
 from tests.studies.commitment_support import Modality, commitment_action
 from tests.studies.dimse_support import HOST, MODALITY_AE, c_find, identifier, running_scp
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("tasks_run_inline")]
-
-
-@pytest.fixture
-def study(clinic, tmp_path):
-    files = write_study(tmp_path / "originals", copies=2)
-    for path in files.files:
-        instance_ingest(clinic=clinic, source_path=str(path), source="test")
-    return files
 
 
 def _open(port: int, called: str, *contexts: str):
@@ -91,7 +81,7 @@ def commitment_scp(modality):
 
 
 def test_a_node_shut_out_cannot_request_storage_commitment_on_an_association_it_kept_open(
-    clinic, modality, commitment_scp, study
+    clinic, modality, commitment_scp, stored_ct_study
 ):
     listening, node = modality
     assoc = _open(commitment_scp, clinic.ae_title, StorageCommitmentPushModel)
@@ -110,12 +100,12 @@ def test_a_node_shut_out_cannot_request_storage_commitment_on_an_association_it_
 
 
 def test_the_commitment_report_is_not_sent_to_a_node_removed_while_it_was_being_prepared(
-    clinic, modality, commitment_scp, study, settings
+    clinic, modality, commitment_scp, stored_ct_study, settings
 ):
     listening, _ = modality
     # An instance without its backup copy holds the report back (two seconds), time to remove the node.
     settings.STORAGE_COMMITMENT_WAIT_SECONDS = 2
-    lagging = Instance.objects.get(sop_instance_uid=study.sop_uids[1])
+    lagging = Instance.objects.get(sop_instance_uid=stored_ct_study.sop_uids[1])
     stores.get_store("replica").delete(lagging.object_key)
     Instance.objects.filter(pk=lagging.pk).update(replicated_at=None)
     assoc = _open(commitment_scp, clinic.ae_title, StorageCommitmentPushModel)
@@ -134,7 +124,7 @@ def test_the_commitment_report_is_not_sent_to_a_node_removed_while_it_was_being_
 # --- C-FIND refusals are audited ----------------------------------------------------------------------
 
 
-def test_a_find_with_a_key_below_its_level_is_refused_and_audited(clinic, scp_port, study):
+def test_a_find_with_a_key_below_its_level_is_refused_and_audited(clinic, scp_port, stored_ct_study):
     answers, status = c_find(scp_port, clinic.ae_title, StudyRootQueryRetrieveInformationModelFind,
                              identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="", SOPInstanceUID="1.2.3"))
 
@@ -144,7 +134,7 @@ def test_a_find_with_a_key_below_its_level_is_refused_and_audited(clinic, scp_po
         "level": "STUDY", "reason": "SOPInstanceUID is not a key at the STUDY level", "status": "0xA900"})
 
 
-def test_a_refused_find_is_audited_without_the_values_it_asked_for(clinic, scp_port, study):
+def test_a_refused_find_is_audited_without_the_values_it_asked_for(clinic, scp_port, stored_ct_study):
     answers, status = c_find(scp_port, clinic.ae_title, StudyRootQueryRetrieveInformationModelFind,
                              identifier(QueryRetrieveLevel="STUDY", PatientName="SECRET^NAME",
                                         StudyDate="DOE19700101"))
@@ -156,7 +146,7 @@ def test_a_refused_find_is_audited_without_the_values_it_asked_for(clinic, scp_p
     assert "SECRET" not in json.dumps(event.details) and "DOE" not in json.dumps(event.details)
 
 
-def test_a_find_of_an_unknown_level_is_audited_without_the_level_it_named(clinic, scp_port, study):
+def test_a_find_of_an_unknown_level_is_audited_without_the_level_it_named(clinic, scp_port, stored_ct_study):
     c_find(scp_port, clinic.ae_title, StudyRootQueryRetrieveInformationModelFind,
            identifier(QueryRetrieveLevel="SMITH", PatientID=""))
 
@@ -165,7 +155,9 @@ def test_a_find_of_an_unknown_level_is_audited_without_the_level_it_named(clinic
         "level": "", "reason": "unknown Query/Retrieve Level", "status": "0xA900"})
 
 
-def test_finds_of_a_removed_node_on_an_association_it_kept_open_are_refused_and_audited(clinic, scp_port, study):
+def test_finds_of_a_removed_node_on_an_association_it_kept_open_are_refused_and_audited(
+    clinic, scp_port, stored_ct_study
+):
     assoc = _open(scp_port, clinic.ae_title, StudyRootQueryRetrieveInformationModelFind)
     query = identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="")
     try:
