@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from django.conf import settings
 from pydicom import Dataset
@@ -24,6 +25,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import (
@@ -264,12 +266,13 @@ def study_move(
 
 def study_get(
     *, clinic: Clinic, node: DicomNode, study_instance_uid: str, sop_class_uids: Iterable[str],
-    on_file: Callable[[str], int], sop_instance_uids: list[str] | None = None,
+    on_file: Callable[[str, str], int], sop_instance_uids: list[str] | None = None,
 ) -> None:
     """C-GET a study (or some of its instances) over our own association.
 
-    Each received instance is written to a temporary Part 10 file and handed to ``on_file``, which
-    returns the C-STORE status to answer (it ingests the file); the file is removed afterwards.
+    Each received instance is written to a temporary Part 10 file and handed to ``on_file`` with the SOP
+    Instance UID its C-STORE announced (Affected SOP Instance UID); ``on_file`` returns the C-STORE status
+    to answer (it ingests the file, refusing one that holds another instance); the file is removed afterwards.
     """
     ae = _ae(clinic=clinic, node=node)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet, UNCOMPRESSED)
@@ -286,18 +289,19 @@ def study_get(
         roles.append(build_role(sop_class_uid, scp_role=True))
 
     def handle_store(event: Event) -> int:
+        announced = str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "").strip()
         try:
             # In a process that also runs the listener, pynetdicom spools data sets to files already.
             spooled = str(event.dataset_path or "")
         except AttributeError:
             spooled = ""
         if spooled:
-            return on_file(spooled)
+            return on_file(spooled, announced)
         fd, path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(event.encoded_dataset(include_meta=True))
-            return on_file(path)
+            return on_file(path, announced)
         finally:
             os.unlink(path)
 

@@ -28,7 +28,8 @@ from pydicom import Dataset
 from billing import selectors as billing_selectors
 from portal.celery import app
 from portal.exceptions import PortalError
-from studies.errors import InstanceConflict, InvalidDicom, QuotaExceeded
+from studies.dimse.handlers import DATA_SET_DOES_NOT_MATCH
+from studies.errors import AnnouncedUidMismatch, InstanceConflict, InvalidDicom, QuotaExceeded
 from studies.ingest import GroupCommit, Origin, instances_ingest
 from studies.models import DicomNode, Instance, Series, Study
 from studies.outbound import dicomweb_source, scu
@@ -414,10 +415,11 @@ class _Run:
     job: MigrationJob
     throttle: _Throttle
     quota_message: list[str]
-    received: GroupCommit[str, int] | None = None
+    # Each C-GET file with the SOP Instance UID its C-STORE announced.
+    received: GroupCommit[tuple[str, str], int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def dimse_ingest(self, origin: Origin) -> GroupCommit[str, int]:
+    def dimse_ingest(self, origin: Origin) -> GroupCommit[tuple[str, str], int]:
         """The one group commit of the slice's C-GET associations (made by the first to ask).
 
         A C-STORE is answered once its file's batch is committed; what the job's other associations receive
@@ -426,29 +428,37 @@ class _Run:
         with self._lock:
             if self.received is None:
                 self.received = GroupCommit(
-                    lambda paths: _ingest_statuses(run=self, paths=paths, origin=origin),
+                    lambda received: _ingest_statuses(run=self, paths=[path for path, _ in received], origin=origin,
+                                                      announced_uids=[uid for _, uid in received]),
                     limit=INGEST_BATCH, linger_seconds=GROUP_LINGER_SECONDS,
                 )
             return self.received
 
 
-def _ingest_statuses(*, run: _Run, paths: list[str], origin: Origin) -> list[int]:
+def _ingest_statuses(
+    *, run: _Run, paths: list[str], origin: Origin, announced_uids: list[str] | None = None
+) -> list[int]:
     """Ingest retrieved files as one batch; answer a DICOM status per file.
 
     A file is answered success only once ingest returned it stored (or already present): its object
-    durable and its index rows committed. A full quota is remembered so that the job stops.
+    durable and its index rows committed. A full quota is remembered so that the job stops. With
+    ``announced_uids`` (C-GET: each C-STORE's Affected SOP Instance UID) a file holding another instance is
+    refused as the DIMSE listener refuses it: the announced one stays missing and is reported so.
     """
     if run.quota_message:
         return [0xA700] * len(paths)
     run.throttle.take(len(paths))
     statuses = []
-    for item in instances_ingest(clinic=run.job.clinic, paths=paths, origin=origin):
+    for item in instances_ingest(clinic=run.job.clinic, paths=paths, origin=origin, announced_uids=announced_uids):
         error = item.error
         if error is None:
             statuses.append(0x0000)
         elif isinstance(error, QuotaExceeded):
             run.quota_message.append(error.message)
             statuses.append(0xA700)
+        elif isinstance(error, AnnouncedUidMismatch):
+            logger.warning("Migration %s: an instance of the source was refused: %s", run.job.uuid, error)
+            statuses.append(DATA_SET_DOES_NOT_MATCH)
         elif isinstance(error, (InvalidDicom, InstanceConflict)):
             logger.warning("Migration %s: an instance of the source was refused: %s", run.job.uuid, error)
             statuses.append(0xC000 if isinstance(error, InvalidDicom) else 0x0111)
@@ -474,11 +484,11 @@ def _retrieve_dimse(*, run: _Run, study: MigrationStudy, listed: list[scu.Listed
 
     received = run.dimse_ingest(origin)
 
-    def on_file(path: str) -> int:
+    def on_file(path: str, announced_uid: str) -> int:
         # Runs inside pynetdicom's C-STORE handler, which turns exceptions into a failure status; returns
         # once the file's batch is committed (files of the job's other associations go in with it).
         try:
-            return received.submit(path)
+            return received.submit((path, announced_uid))
         except Exception:
             # Not stored: the instance stays missing and is retried.
             logger.exception("Migration %s: ingest failed for a received instance", job.uuid)
