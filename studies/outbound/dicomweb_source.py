@@ -341,11 +341,14 @@ class DicomwebSource:
                 return
             yield item
 
-    def instances_iter(self, *, study_instance_uid: str, uids: list[tuple[str, str]]) -> Iterator[Dataset]:
-        """The instances named by (series UID, SOP Instance UID), one request each; undecodable ones skipped."""
+    def instances_iter(self, *, study_instance_uid: str, uids: list[tuple[str, str]]) -> Iterator[tuple[str, Dataset]]:
+        """The instances named by (series UID, SOP Instance UID), one request each; undecodable ones skipped.
+
+        Each comes with the SOP Instance UID it was asked for: the source may answer with another instance.
+        """
         for series_instance_uid, sop_instance_uid in uids:
             try:
-                yield self._call(
+                yield sop_instance_uid, self._call(
                     "an instance retrieve (WADO-RS)",
                     functools.partial(
                         self.client.retrieve_instance, study_instance_uid, series_instance_uid, sop_instance_uid,

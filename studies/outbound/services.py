@@ -29,7 +29,7 @@ from billing import selectors as billing_selectors
 from portal.celery import app
 from portal.exceptions import PortalError
 from studies.dimse.handlers import DATA_SET_DOES_NOT_MATCH
-from studies.errors import AnnouncedUidMismatch, InstanceConflict, InvalidDicom, QuotaExceeded
+from studies.errors import AnnouncedUidMismatch, InstanceConflict, InvalidDicom, QuotaExceeded, StudyMismatch
 from studies.ingest import GroupCommit, Origin, instances_ingest
 from studies.models import DicomNode, Instance, Series, Study
 from studies.outbound import dicomweb_source, scu
@@ -436,27 +436,30 @@ class _Run:
 
 
 def _ingest_statuses(
-    *, run: _Run, paths: list[str], origin: Origin, announced_uids: list[str] | None = None
+    *, run: _Run, paths: list[str], origin: Origin, announced_uids: list[str] | None = None,
+    study_uid: str | None = None,
 ) -> list[int]:
     """Ingest retrieved files as one batch; answer a DICOM status per file.
 
     A file is answered success only once ingest returned it stored (or already present): its object
     durable and its index rows committed. A full quota is remembered so that the job stops. With
     ``announced_uids`` (C-GET: each C-STORE's Affected SOP Instance UID) a file holding another instance is
-    refused as the DIMSE listener refuses it: the announced one stays missing and is reported so.
+    refused as the DIMSE listener refuses it: the announced one stays missing and is reported so. With
+    ``study_uid`` (WADO-RS) a file of another study is refused the same way.
     """
     if run.quota_message:
         return [0xA700] * len(paths)
     run.throttle.take(len(paths))
     statuses = []
-    for item in instances_ingest(clinic=run.job.clinic, paths=paths, origin=origin, announced_uids=announced_uids):
+    for item in instances_ingest(clinic=run.job.clinic, paths=paths, origin=origin, announced_uids=announced_uids,
+                                 study_uid=study_uid):
         error = item.error
         if error is None:
             statuses.append(0x0000)
         elif isinstance(error, QuotaExceeded):
             run.quota_message.append(error.message)
             statuses.append(0xA700)
-        elif isinstance(error, AnnouncedUidMismatch):
+        elif isinstance(error, (AnnouncedUidMismatch, StudyMismatch)):
             logger.warning("Migration %s: an instance of the source was refused: %s", run.job.uuid, error)
             statuses.append(DATA_SET_DOES_NOT_MATCH)
         elif isinstance(error, (InvalidDicom, InstanceConflict)):
@@ -517,15 +520,26 @@ def _retrieve_dicomweb(*, run: _Run, study: MigrationStudy, listed: list[scu.Lis
     job = run.job
     source = _dicomweb(job)
     origin = Origin.migration_dicomweb(job=job)
+    # Each part with the SOP Instance UID it was asked for ("" in a whole study: any instance of it will do);
+    # ingest refuses a part of another study, or another instance than the one asked.
+    parts: Iterable[tuple[str, Dataset]]
     if len(missing) == len(listed):
-        datasets: Iterable[Dataset] = source.study_iter(study_instance_uid=study.study_instance_uid)
+        parts = (("", dataset) for dataset in source.study_iter(study_instance_uid=study.study_instance_uid))
     else:
         series_of = {item.sop_instance_uid: item.series_instance_uid for item in listed}
-        datasets = source.instances_iter(study_instance_uid=study.study_instance_uid,
-                                         uids=[(series_of[uid], uid) for uid in missing])
+        parts = source.instances_iter(study_instance_uid=study.study_instance_uid,
+                                      uids=[(series_of[uid], uid) for uid in missing])
     batch: list[str] = []
+    asked: list[str] = []
+
+    def ingest() -> None:
+        _ingest_statuses(run=run, paths=batch, origin=origin, announced_uids=asked,
+                         study_uid=study.study_instance_uid)
+        _unlink_all(batch)
+        asked.clear()
+
     try:
-        for dataset in datasets:
+        for asked_uid, dataset in parts:
             if run.quota_message:
                 break
             fd, path = tempfile.mkstemp(suffix=".dcm", dir=settings.FILE_UPLOAD_TEMP_DIR)
@@ -538,11 +552,11 @@ def _retrieve_dicomweb(*, run: _Run, study: MigrationStudy, listed: list[scu.Lis
                     os.unlink(path)
                     continue
             batch.append(path)
+            asked.append(asked_uid)
             if len(batch) >= INGEST_BATCH:
-                _ingest_statuses(run=run, paths=batch, origin=origin)
-                _unlink_all(batch)
+                ingest()
         if batch and not run.quota_message:
-            _ingest_statuses(run=run, paths=batch, origin=origin)
+            ingest()
     finally:
         _unlink_all(batch)
 
