@@ -431,16 +431,36 @@ def pending_plan_apply(*, subscription: Subscription) -> bool:
     return True
 
 
-def clinic_data_destroy(*, clinic: Clinic) -> None:
-    """Destroy a canceled clinic's data once its retention period has ended.
+def retention_ended(subscription: Subscription, *, now: datetime) -> bool:
+    """Whether a canceled subscription's reading period is over, so its clinic's data is to be destroyed."""
+    return (
+        subscription.status == SubscriptionStatus.CANCELED
+        and subscription.read_only_until is not None
+        and subscription.read_only_until <= now
+    )
+
+
+def clinic_data_destroy(*, clinic: Clinic) -> bool:
+    """Destroy a canceled clinic's data once its retention period has ended; return whether it did.
 
     The images, held instances and the clinic's keys are erased by ``studies.erasure`` (beside the data);
-    then the subscription is marked destroyed. Runs on the replica-admin worker. Safe to run twice.
+    then the subscription is marked destroyed. Runs on the replica-admin worker. Safe to run twice. Does
+    nothing unless the subscription is still canceled past its retention period (or destroyed already), since
+    the message may have waited in the queue while the clinic subscribed again.
     """
+    subscription = Subscription.objects.for_clinic(clinic).first()
+    due = subscription is not None and (
+        subscription.status == SubscriptionStatus.DESTROYED or retention_ended(subscription, now=timezone.now())
+    )
+    if not due:
+        logger.warning("Not destroying the data of clinic %s: its subscription is not canceled past retention",
+                       clinic.pk)
+        return False
     study_erasure.clinic_images_erase(clinic=clinic)
     Subscription.objects.for_clinic(clinic).update(status=SubscriptionStatus.DESTROYED, updated_at=timezone.now())
     audit_record(clinic=clinic, action="billing.data_destroyed", actor_label="system", object_type="clinic",
                  object_id=str(clinic.uuid))
+    return True
 
 
 def billing_enforce() -> None:
@@ -451,7 +471,7 @@ def billing_enforce() -> None:
     ):
         usage_warnings_check(clinic=subscription.clinic)
         pending_plan_apply(subscription=subscription)
-        if subscription.status == SubscriptionStatus.CANCELED and subscription.read_only_until and subscription.read_only_until <= now:
+        if retention_ended(subscription, now=now):
             # Breaks the cycle billing.tasks -> billing.services (tasks call the services).
             from billing import tasks
 

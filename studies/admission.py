@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 Reason = QuarantinedInstance.Reason
 
+_BEING_PURGED = "This file's study is being erased from the trash right now; send the file again in a few minutes."
 _STUDY_FIELDS = tuple(f.attname for f in Study._meta.concrete_fields)
 _PATIENT_FIELDS = tuple(f.attname for f in Patient._meta.concrete_fields)
 
@@ -177,9 +178,7 @@ def study_restore_from_trash(
     purge's claim can't interleave. Raises StudyBeingPurged while the purge is already erasing it.
     """
     if study.purge_started_at is not None:
-        raise StudyBeingPurged(
-            "This file's study is being erased from the trash right now; send the file again in a few minutes."
-        )
+        raise StudyBeingPurged(_BEING_PURGED)
     Study.objects.for_clinic(clinic).filter(pk=study.pk).update(deleted_at=None, deleted_by=None)
     study.deleted_at = None
     study.deleted_by = None
@@ -193,6 +192,28 @@ def study_restore_from_trash(
         details={"reason": reason},
     )
     logger.info("Study %s of clinic %s restored from the trash: %s", study.uuid, clinic.pk, reason)
+
+
+def duplicate_admit(
+    *, clinic: Clinic, study: Study, upload_link: Any = None, by: Actor | None = None, actor: User | None = None
+) -> None:
+    """Apply the trash rule to a file already stored in ``study`` and sent again, before it is answered "stored".
+
+    A trashed study is brought back (audited, reason "instance received again"), as for a new file: the
+    sender would otherwise keep no copy of an image the purge then erases. An outside sender's (upload link)
+    copy never brings a study back. Raises StudyBeingPurged while the purge is erasing it (or has just
+    erased it): sent again, the file then makes a new study. Updates ``study`` in place.
+    """
+    if study.deleted_at is None and study.purge_started_at is None:
+        return
+    with transaction.atomic():
+        # Locked as the ingest transaction locks it, so the purge's claim and this decision can't interleave.
+        current = Study.objects.for_clinic(clinic).select_for_update().filter(pk=study.pk).first()
+        if current is None or current.purge_started_at is not None:
+            raise StudyBeingPurged(_BEING_PURGED)
+        if current.deleted_at is not None and upload_link is None:
+            study_restore_from_trash(clinic=clinic, study=current, reason="instance received again", by=by, actor=actor)
+    study.deleted_at, study.deleted_by_id = current.deleted_at, current.deleted_by_id
 
 
 def instance_hold(

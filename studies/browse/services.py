@@ -127,7 +127,9 @@ def study_purge(*, clinic: Clinic, study_id: int, deleted_before: datetime | Non
         # The replica is deleted through the replica's own store (and credentials).
         _delete_object(clinic=clinic, key=key, store="replica")
     for key in thumbnails:
+        # A thumbnail is an image of the patient too, and replica_reconcile copies it to the replica.
         _delete_object(clinic=clinic, key=key, store="primary")
+        _delete_object(clinic=clinic, key=key, store="replica")
 
     with transaction.atomic():
         study = (

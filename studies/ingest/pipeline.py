@@ -561,6 +561,9 @@ def _undo(*, clinic: Clinic, entry: _Pending) -> None:
 
 def _duplicate(*, clinic: Clinic, existing: Instance, source_path: str, origin: Origin) -> IngestResult:
     if _same_content(clinic=clinic, existing=existing, source_path=source_path):
+        # Answered "stored": its study must not stay in the trash, nor be under the purge's hands.
+        admission.duplicate_admit(clinic=clinic, study=existing.series.study, upload_link=origin.upload_link,
+                                  actor=origin.user)
         return IngestResult(IngestOutcome.ALREADY_PRESENT, existing)
     _audit(
         clinic=clinic,

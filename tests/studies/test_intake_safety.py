@@ -560,8 +560,9 @@ def test_zip_upload_with_room_left_is_still_queued(
     assert queued == [{"clinic_id": clinic.pk, "batch_id": batch.pk}]
 
 
-def test_destroying_a_clinics_data_erases_its_held_instances_too(clinic, first_patient_study, tmp_path):
+def test_destroying_a_clinics_data_erases_its_held_instances_too(clinic, owner, first_patient_study, tmp_path):
     from billing import services as billing_services
+    from billing.models import Subscription
     from studies.errors import PatientMismatch
     from studies.ingest import instance_ingest
 
@@ -569,6 +570,8 @@ def test_destroying_a_clinics_data_erases_its_held_instances_too(clinic, first_p
         instance_ingest(clinic=clinic, source_path=str(other_patient_file(tmp_path, first_patient_study)))
     held = QuarantinedInstance.objects.get()
     quarantine_tasks.quarantined_replicate(clinic_id=clinic.pk, held_id=held.pk)
+    billing_services.subscription_cancel(clinic=clinic, user=owner)
+    Subscription.objects.filter(clinic=clinic).update(read_only_until=timezone.now() - timedelta(seconds=1))
 
     billing_services.clinic_data_destroy(clinic=clinic)
 
