@@ -74,6 +74,7 @@ from studies.errors import (
     InvalidDicom,
     QuotaExceeded,
     StudyBeingPurged,
+    StudyMismatch,
 )
 from studies.models import DicomNode, Instance
 from studies.transcoding import TranscodeError, dataset_transcode
@@ -430,24 +431,40 @@ def _store_status(*, clinic: Clinic, error: Exception | None) -> Dataset | int:
     """The C-STORE status of one instance of a batch: success, or why ingest refused it."""
     if error is None:
         return SUCCESS
-    if isinstance(error, QuotaExceeded):
-        return _status(OUT_OF_RESOURCES, error.message)
-    if isinstance(error, StudyBeingPurged):
-        return _status(OUT_OF_RESOURCES, "Study is being purged from the trash; retry later")
-    if isinstance(error, InstanceHeld):
-        return _status(HELD_FOR_REVIEW, "Held for review: patient differs from the study's")
-    if isinstance(error, AnnouncedUidMismatch):
-        return _status(DATA_SET_DOES_NOT_MATCH, error.message)
-    if isinstance(error, InvalidDicom):
-        return _status(CANNOT_UNDERSTAND, error.message)
-    if isinstance(error, InstanceConflict):
-        return _status(DUPLICATE_SOP_INSTANCE, "SOP Instance UID already stored with different content")
     if isinstance(error, StorageUnavailable):
-        # Full or unreachable storage: a retryable refusal, so the modality keeps the image and sends again.
         logger.warning("C-STORE: storage refused for clinic %s (%s)", clinic.pk, error.code)
-        return _status(OUT_OF_RESOURCES, "Storage is full or unavailable; retry later")
-    logger.error("C-STORE: instance of clinic %s refused: %s", clinic.pk, type(error).__name__)
-    return _status(OUT_OF_RESOURCES, "Storage is unavailable; retry later")
+    elif not isinstance(error, _SENDER_REFUSALS):
+        logger.error("C-STORE: instance of clinic %s refused: %s", clinic.pk, type(error).__name__)
+    return _status(*store_refusal(error))
+
+
+# Refusals that are the sender's file or the clinic's state, not the archive's fault: not logged as errors.
+_SENDER_REFUSALS = (QuotaExceeded, StudyBeingPurged, InstanceHeld, AnnouncedUidMismatch, StudyMismatch, InvalidDicom,
+                    InstanceConflict)
+
+
+def store_refusal(error: Exception) -> tuple[int, str]:
+    """The C-STORE failure status and Error Comment for why ingest refused an instance.
+
+    One rule for every C-STORE we answer: the listener's, and a migration's C-GET (we are the storage SCP of
+    its sub-operations), so a peer hears the same answer whichever side opened the association.
+    """
+    if isinstance(error, QuotaExceeded):
+        return OUT_OF_RESOURCES, error.message
+    if isinstance(error, StudyBeingPurged):
+        return OUT_OF_RESOURCES, "Study is being purged from the trash; retry later"
+    if isinstance(error, InstanceHeld):
+        return HELD_FOR_REVIEW, "Held for review: patient differs from the study's"
+    if isinstance(error, (AnnouncedUidMismatch, StudyMismatch)):
+        return DATA_SET_DOES_NOT_MATCH, error.message
+    if isinstance(error, InvalidDicom):
+        return CANNOT_UNDERSTAND, error.message
+    if isinstance(error, InstanceConflict):
+        return DUPLICATE_SOP_INSTANCE, "SOP Instance UID already stored with different content"
+    if isinstance(error, StorageUnavailable):
+        # Full or unreachable storage: a retryable refusal, so the sender keeps the image and sends again.
+        return OUT_OF_RESOURCES, "Storage is full or unavailable; retry later"
+    return OUT_OF_RESOURCES, "Storage is unavailable; retry later"
 
 
 def _connection_keep() -> None:

@@ -28,8 +28,8 @@ from pydicom import Dataset
 from billing import selectors as billing_selectors
 from portal.celery import app
 from portal.exceptions import PortalError
-from studies.dimse.handlers import DATA_SET_DOES_NOT_MATCH
-from studies.errors import AnnouncedUidMismatch, InstanceConflict, InvalidDicom, QuotaExceeded, StudyMismatch
+from studies.dimse.handlers import OUT_OF_RESOURCES, SUCCESS, store_refusal
+from studies.errors import QuotaExceeded
 from studies.ingest import GroupCommit, Origin, instances_ingest
 from studies.models import DicomNode, Instance, Series, Study
 from studies.outbound import dicomweb_source, scu
@@ -448,27 +448,21 @@ def _ingest_statuses(
     ``study_uid`` (WADO-RS) a file of another study is refused the same way.
     """
     if run.quota_message:
-        return [0xA700] * len(paths)
+        return [OUT_OF_RESOURCES] * len(paths)
     run.throttle.take(len(paths))
     statuses = []
     for item in instances_ingest(clinic=run.job.clinic, paths=paths, origin=origin, announced_uids=announced_uids,
                                  study_uid=study_uid):
         error = item.error
         if error is None:
-            statuses.append(0x0000)
-        elif isinstance(error, QuotaExceeded):
+            statuses.append(SUCCESS)
+            continue
+        if isinstance(error, QuotaExceeded):
             run.quota_message.append(error.message)
-            statuses.append(0xA700)
-        elif isinstance(error, (AnnouncedUidMismatch, StudyMismatch)):
-            logger.warning("Migration %s: an instance of the source was refused: %s", run.job.uuid, error)
-            statuses.append(DATA_SET_DOES_NOT_MATCH)
-        elif isinstance(error, (InvalidDicom, InstanceConflict)):
-            logger.warning("Migration %s: an instance of the source was refused: %s", run.job.uuid, error)
-            statuses.append(0xC000 if isinstance(error, InvalidDicom) else 0x0111)
         else:
-            # Retryable (storage unavailable, held by admission): it stays missing and is retried.
-            logger.warning("Migration %s: an instance could not be stored now: %s", run.job.uuid, error)
-            statuses.append(0xA700)
+            # It stays missing: retried if the cause can pass (storage down), reported missing otherwise.
+            logger.warning("Migration %s: an instance of the source was refused: %s", run.job.uuid, error)
+        statuses.append(store_refusal(error)[0])
     return statuses
 
 
@@ -495,7 +489,7 @@ def _retrieve_dimse(*, run: _Run, study: MigrationStudy, listed: list[scu.Listed
         except Exception:
             # Not stored: the instance stays missing and is retried.
             logger.exception("Migration %s: ingest failed for a received instance", job.uuid)
-            return 0xA700
+            return OUT_OF_RESOURCES
 
     for chunk in _chunks(missing, len(missing) == len(listed)):
         if run.quota_message:

@@ -1,4 +1,7 @@
-"""A migration whose source sends a file that is not the instance its C-STORE announced: refused and reported."""
+"""A migration whose source sends a file we refuse (not the announced instance, another patient's): refused and reported.
+
+The C-STOREs of a C-GET (we are their SCP on our own association) and of a C-MOVE (our listener) are answered alike.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +22,16 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from studies.models import Instance
+from studies.models import Instance, QuarantinedInstance
 from tests.dicom_files import write_study
+from tests.factories import ingest_files
 from tests.studies.dimse_support import HOST, free_port, identifier, register_node, running_scp
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.usefixtures("tasks_run_inline")]
 
 SOURCE_AE = "OLDPACS"
 DATA_SET_DOES_NOT_MATCH = 0xA900
+HELD_FOR_REVIEW = 0xC410
 
 
 class OldArchive:
@@ -169,3 +174,28 @@ def test_a_c_move_migration_refuses_a_file_that_is_not_the_announced_instance(cl
     assert set(archive.answers[announced_uid]) == {DATA_SET_DOES_NOT_MATCH}
     assert (report["status"], report["instances_done"], report["instances_failed"], report["missing"]) == (
         "failed", 2, 1, [announced_uid])
+
+
+@pytest.mark.parametrize("method", ["C-GET", "C-MOVE"])
+def test_a_file_of_another_patient_is_answered_held_for_review_whichever_side_opens_the_association(
+    client, clinic, admin, tmp_path, method
+):
+    study = write_study(tmp_path / "study", copies=2)
+    ingest_files(clinic=clinic, paths=[study.files[0]])
+    # The source's second file names the stored study, but another patient: it is held, never filed under ours.
+    other_patient = dcmread(study.files[1])
+    other_patient.PatientID = "SOMEONE-ELSE"
+    other_patient.save_as(tmp_path / "other.dcm")
+    held_uid = study.sop_uids[1]
+    client.force_login(admin)
+
+    with running_scp() as listener_port, old_archive({study.sop_uids[0]: study.files[0],
+                                                      held_uid: tmp_path / "other.dcm"},
+                                                     listener_port=listener_port) as archive:
+        register_node(clinic, ae_title=SOURCE_AE, port=archive.port)
+        report = _migrate(client, clinic, node=SOURCE_AE, method=method)
+
+    assert set(archive.answers[held_uid]) == {HELD_FOR_REVIEW}
+    assert QuarantinedInstance.objects.for_clinic(clinic).get().sop_instance_uid == held_uid
+    assert not Instance.objects.for_clinic(clinic).filter(sop_instance_uid=held_uid).exists()
+    assert (report["status"], report["missing"]) == ("failed", [held_uid])
