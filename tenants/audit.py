@@ -92,6 +92,12 @@ class Actor:
     def system(cls, label: str = "system") -> Actor:
         return cls(label=label)
 
+    def reader_key(self) -> str:
+        """Who reads, as the read-audit window tells readers apart (``read_first_in_window``)."""
+        if self.user is not None:
+            return f"u{self.user.pk}"
+        return f"t:{self.token_label}" if self.token_label else f"l:{self.label}"
+
     def audit_label(self, person: User | None = None) -> str:
         """The label the trail records: the token's, else the person's e-mail, else ``label``."""
         person = person or self.user

@@ -170,8 +170,7 @@ def study_read_record(
 
     Returns whether an entry was written (False: the same reader's read is already in the trail).
     """
-    reader = f"u{by.user.pk}" if by.user is not None else by.token_label or by.label
-    if not read_first_in_window("study", clinic.pk, reader, action, study.uuid):
+    if not read_first_in_window("study", clinic.pk, by.reader_key(), action, study.uuid):
         return False
     audit_record(clinic=clinic, action=action, by=by, object_type="study", object_id=str(study.uuid),
                  details=details or {})

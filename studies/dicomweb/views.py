@@ -74,18 +74,6 @@ def _base_url(request: ClinicRequest) -> str:
     return absolute_url(request, root)
 
 
-def _actor_key(request: ClinicRequest) -> str:
-    share = getattr(request, "share", None)
-    if share is not None:
-        return f"s{share.pk}"  # reads through a link are the link's, whoever is signed in
-    token = getattr(request, "api_token", None)
-    if token is not None:
-        return f"t{token.pk}"
-    if request.user.is_authenticated:
-        return f"u{request.user.pk}"
-    return str(getattr(request.membership, "label", "anonymous"))
-
-
 def _audit(request: ClinicRequest, action: str, *, study: Study | None = None, details: dict | None = None) -> None:
     """Record a DICOMweb access, at most once per caller, study and action per window.
 
@@ -93,13 +81,13 @@ def _audit(request: ClinicRequest, action: str, *, study: Study | None = None, d
     """
     object_id = str(study.uuid) if study is not None else ""
     share = getattr(request, "share", None)
-    if not read_first_in_window("dicomweb", request.clinic.pk, _actor_key(request), action, object_id):
-        return
     by = Actor.from_request(request)
     if share is not None:
         # The data goes out through the link: a visitor signed in to the portal (a member of another
         # clinic, say) is not who this clinic gave access to, so the link is the actor, not that user.
         by = dataclasses.replace(by, user=None, token_label="", label=f"share:{share.uuid}")
+    if not read_first_in_window("dicomweb", request.clinic.pk, by.reader_key(), action, object_id):
+        return
     anonymous = by.user is None and not by.token_label
     audit_record(
         clinic=request.clinic, action=action, by=by, object_type="study" if study else "",
