@@ -117,13 +117,23 @@ class MigrationOutput(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
 
 
+class MigrationDetailOutput(MigrationOutput):
+    """One migration, its speed, what is still missing and why: documents what ``_migration_data`` adds."""
+
+    instances_per_second = serializers.FloatField(allow_null=True, read_only=True)
+    seconds_left = serializers.IntegerField(allow_null=True, read_only=True)
+    missing = serializers.ListField(child=serializers.CharField(), read_only=True)
+    refused = serializers.DictField(child=serializers.CharField(), read_only=True)
+
+
 def _migration_data(job: MigrationJob, *, with_missing: bool) -> dict[str, Any]:
     data = dict(MigrationOutput(job).data)
     speed, seconds_left = services.migration_speed(job=job)
     data["instances_per_second"] = round(speed, 2) if speed is not None else None
     data["seconds_left"] = round(seconds_left) if seconds_left is not None else None
     if with_missing:
-        data["missing"] = services.migration_report(job=job).missing
+        report = services.migration_report(job=job)
+        data["missing"], data["refused"] = report.missing, report.refused
     return data
 
 
@@ -175,7 +185,7 @@ class MigrationListApi(APIView):
 class MigrationDetailApi(APIView):
     permission_classes = [has_action(Action.MANAGE)]
 
-    @extend_schema(responses=MigrationOutput)
+    @extend_schema(responses=MigrationDetailOutput)
     def get(self, request: Request, clinic_slug: str, migration_id: UUID) -> Response:
         job = MigrationJob.objects.for_clinic(request.clinic).select_related("node").filter(uuid=migration_id).first()
         if job is None:

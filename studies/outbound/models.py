@@ -188,6 +188,9 @@ class MigrationInstance(models.Model):
     series_instance_uid = models.CharField(max_length=64)
     sop_instance_uid = models.CharField(max_length=64)
     is_present = models.BooleanField(default=False)
+    # Why ingest refused the file the source sent for it, when sending it again cannot change that (another
+    # instance than announced, not DICOM, another patient's): it is then not asked for again, and is reported.
+    refusal = models.CharField(max_length=200, blank=True, default="")
 
     objects = ClinicQuerySet.as_manager()
 

@@ -29,7 +29,14 @@ from billing import selectors as billing_selectors
 from portal.celery import app
 from portal.exceptions import PortalError
 from studies.dimse.handlers import OUT_OF_RESOURCES, SUCCESS, store_refusal
-from studies.errors import QuotaExceeded
+from studies.errors import (
+    AnnouncedUidMismatch,
+    InstanceConflict,
+    InstanceHeld,
+    InvalidDicom,
+    QuotaExceeded,
+    StudyMismatch,
+)
 from studies.ingest import GroupCommit, Origin, instances_ingest
 from studies.models import DicomNode, Instance, Series, Study
 from studies.outbound import dicomweb_source, scu
@@ -78,6 +85,12 @@ class MigrationReport:
     instances_listed: int
     instances_present: int
     missing: list[str]
+    # Of the missing, those ingest refused for the file itself, with the reason (not asked for again).
+    refused: dict[str, str]
+
+    def missing_reasons(self) -> list[tuple[str, str]]:
+        """Each missing instance with why: the refusal, or "" when it was not received."""
+        return [(uid, self.refused.get(uid, "")) for uid in self.missing]
 
 
 def node_get(*, clinic: Clinic, ae_title: str) -> DicomNode:
@@ -372,14 +385,17 @@ def _present_uids(*, clinic: Clinic, uids: list[str]) -> set[str]:
     return present
 
 
-def _mark_present(*, study: MigrationStudy) -> list[str]:
-    """Record which listed instances our index holds; return the SOP Instance UIDs still missing."""
-    rows = list(MigrationInstance.objects.filter(study=study).values_list("sop_instance_uid", "is_present"))
-    uids = [uid for uid, is_present in rows if not is_present]
-    present = _present_uids(clinic=study.job.clinic, uids=uids)
+def _mark_present(*, study: MigrationStudy) -> tuple[list[str], list[str]]:
+    """Record which listed instances our index holds; return the SOP Instance UIDs still missing, and those
+    of them worth retrieving again (not refused for the file itself)."""
+    rows = list(MigrationInstance.objects.filter(study=study).values_list("sop_instance_uid", "is_present",
+                                                                           "refusal"))
+    missing = {uid: refusal for uid, is_present, refusal in rows if not is_present}
+    present = _present_uids(clinic=study.job.clinic, uids=list(missing))
     if present:
         MigrationInstance.objects.filter(study=study, sop_instance_uid__in=present).update(is_present=True)
-    return [uid for uid in uids if uid not in present]
+    still = [uid for uid in missing if uid not in present]
+    return still, [uid for uid in still if not missing[uid]]
 
 
 class _QuotaStop(Exception):
@@ -451,19 +467,35 @@ def _ingest_statuses(
         return [OUT_OF_RESOURCES] * len(paths)
     run.throttle.take(len(paths))
     statuses = []
-    for item in instances_ingest(clinic=run.job.clinic, paths=paths, origin=origin, announced_uids=announced_uids,
-                                 study_uid=study_uid):
+    items = instances_ingest(clinic=run.job.clinic, paths=paths, origin=origin, announced_uids=announced_uids,
+                             study_uid=study_uid)
+    for number, item in enumerate(items):
         error = item.error
         if error is None:
             statuses.append(SUCCESS)
             continue
+        status, reason = store_refusal(error)
         if isinstance(error, QuotaExceeded):
             run.quota_message.append(error.message)
         else:
-            # It stays missing: retried if the cause can pass (storage down), reported missing otherwise.
             logger.warning("Migration %s: an instance of the source was refused: %s", run.job.uuid, error)
-        statuses.append(store_refusal(error)[0])
+        if isinstance(error, _PERMANENT_REFUSALS):
+            asked = announced_uids[number] if announced_uids else ""
+            _refusal_record(job=run.job, sop_instance_uid=asked or (item.parsed.sop_instance_uid if item.parsed else ""),
+                            reason=reason)
+        statuses.append(status)
     return statuses
+
+
+# What ingest refuses for the file itself: the source sends the same file when asked again (a held one is
+# held again), so such an instance is not retrieved again but reported, with the reason, until it is here.
+_PERMANENT_REFUSALS = (AnnouncedUidMismatch, StudyMismatch, InvalidDicom, InstanceConflict, InstanceHeld)
+
+
+def _refusal_record(*, job: MigrationJob, sop_instance_uid: str, reason: str) -> None:
+    if sop_instance_uid:
+        MigrationInstance.objects.filter(study__job=job, sop_instance_uid=sop_instance_uid).update(
+            refusal=reason[:200])
 
 
 def _chunks(missing: list[str], whole_study: bool) -> list[list[str] | None]:
@@ -543,6 +575,8 @@ def _retrieve_dicomweb(*, run: _Run, study: MigrationStudy, listed: list[scu.Lis
                 except (ValueError, AttributeError, TypeError) as exc:
                     # E.g. no transfer syntax in the part: the instance stays missing and is reported.
                     logger.warning("Migration %s: an instance of the source cannot be written: %s", job.uuid, exc)
+                    _refusal_record(job=job, sop_instance_uid=asked_uid,
+                                    reason=f"The source's data set cannot be written as a DICOM file: {exc}")
                     os.unlink(path)
                     continue
             batch.append(path)
@@ -575,18 +609,19 @@ def migration_study_retrieve(*, job: MigrationJob, study: MigrationStudy, run: _
                            sop_instance_uid=item.sop_instance_uid[:64]) for item in listed],
         ignore_conflicts=True,
     )
-    missing = _mark_present(study=study)
-    if missing and not run.quota_message:
+    missing, retryable = _mark_present(study=study)
+    if retryable and not run.quota_message:
         retrieve = _retrieve_dicomweb if job.is_dicomweb else _retrieve_dimse
-        retrieve(run=run, study=study, listed=listed, missing=missing)
-        missing = _mark_present(study=study)
+        retrieve(run=run, study=study, listed=listed, missing=retryable)
+        missing, retryable = _mark_present(study=study)
     present = MigrationInstance.objects.filter(study=study, is_present=True).count()
     state = MigrationStudy.State.VERIFIED if not missing else MigrationStudy.State.INCOMPLETE
     attempts = study.attempts + 1
     MigrationStudy.objects.filter(pk=study.pk).update(
         instances_listed=len(listed), instances_present=present, attempts=attempts,
-        # Incomplete studies go back to pending until their attempts are used up.
-        state=MigrationStudy.State.PENDING if missing and attempts < MIGRATION_STUDY_ATTEMPTS else state,
+        # Incomplete studies go back to pending until their attempts are used up, unless what is missing
+        # was refused for the file itself: the source would send the same again.
+        state=MigrationStudy.State.PENDING if retryable and attempts < MIGRATION_STUDY_ATTEMPTS else state,
     )
     if run.quota_message:
         raise _QuotaStop(run.quota_message[0])
@@ -747,14 +782,17 @@ def _migration_finish(job: MigrationJob) -> None:
 
 def migration_report(*, job: MigrationJob) -> MigrationReport:
     studies = MigrationStudy.objects.filter(job=job)
-    missing = list(MigrationInstance.objects.filter(study__job=job, is_present=False)
-                   .order_by("pk").values_list("sop_instance_uid", flat=True)[:MISSING_LISTED])
+    rows = list(MigrationInstance.objects.filter(study__job=job, is_present=False)
+                .order_by("pk").values_list("sop_instance_uid", "refusal")[:MISSING_LISTED])
+    missing = [uid for uid, _ in rows]
+    refused = {uid: refusal for uid, refusal in rows if refusal}
     totals = studies.aggregate(listed=Sum("instances_listed"), present=Sum("instances_present"))
     return MigrationReport(
         studies_total=studies.count(),
         studies_verified=studies.filter(state=MigrationStudy.State.VERIFIED).count(),
         studies_incomplete=studies.filter(state=MigrationStudy.State.INCOMPLETE).count(),
         instances_listed=totals["listed"] or 0, instances_present=totals["present"] or 0, missing=missing,
+        refused=refused,
     )
 
 

@@ -87,6 +87,7 @@ def migration_detail(request: ClinicRequest, clinic_slug: str, migration_uuid: U
                              "failed": job.instances_failed, "total": job.instances_total})
     return render(request, "studies/outbound_migration.html", {
         "job": job, "report": services.migration_report(job=job), "speed": speed, "seconds_left": seconds_left,
+        "attempts": services.MIGRATION_STUDY_ATTEMPTS,
     })
 
 

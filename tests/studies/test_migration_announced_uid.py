@@ -155,9 +155,11 @@ def test_a_c_get_migration_refuses_a_file_that_is_not_the_announced_instance(cli
     assert not Instance.objects.for_clinic(clinic).filter(sop_instance_uid=wrong_uid).exists()
     assert {uid: answers[0] for uid, answers in archive.answers.items()} == {
         good_uids[0]: 0x0000, good_uids[1]: 0x0000, announced_uid: DATA_SET_DOES_NOT_MATCH}
-    assert set(archive.answers[announced_uid]) == {DATA_SET_DOES_NOT_MATCH}
+    # Asked once: the old archive would send the same wrong file again.
+    assert archive.answers[announced_uid] == [DATA_SET_DOES_NOT_MATCH]
     assert (report["status"], report["instances_done"], report["instances_failed"], report["missing"]) == (
         "failed", 2, 1, [announced_uid])
+    assert "Affected SOP Instance UID" in report["refused"][announced_uid]
 
 
 def test_a_c_move_migration_refuses_a_file_that_is_not_the_announced_instance(client, clinic, admin, tmp_path):
@@ -199,3 +201,7 @@ def test_a_file_of_another_patient_is_answered_held_for_review_whichever_side_op
     assert QuarantinedInstance.objects.for_clinic(clinic).get().sop_instance_uid == held_uid
     assert not Instance.objects.for_clinic(clinic).filter(sop_instance_uid=held_uid).exists()
     assert (report["status"], report["missing"]) == ("failed", [held_uid])
+    if method == "C-GET":
+        # Our own association's answers are the job's: the reason is reported, and it is not asked again.
+        assert report["refused"] == {held_uid: "Held for review: patient differs from the study's"}
+        assert len(archive.answers[held_uid]) == 1

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from django.urls import reverse
 from pydicom import dcmread
 
 from studies.ingest import instance_ingest
@@ -42,6 +43,7 @@ class _Source(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.listed = listed
         self.answers: dict[str, list[Path]] = {}
+        self.asked: list[str] = []  # each request's path, in order
 
     @property
     def url(self) -> str:
@@ -54,6 +56,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path.removeprefix("/dicom-web/")
+        self.server.asked.append(path)
         first = dcmread(self.server.listed[0], stop_before_pixels=True)
         if path == "studies":
             self._json(
@@ -145,7 +148,7 @@ def test_a_study_retrieve_answered_with_another_patients_study_stores_only_the_a
 
 
 def test_an_instance_retrieve_answered_with_another_instance_stores_nothing_and_reports_it_missing(
-    clinic, tmp_path, caplog
+    client, clinic, admin, tmp_path, caplog
 ):
     study = write_study(tmp_path / "study", copies=3)
     instance_ingest(clinic=clinic, source_path=str(study.files[0]), source="test")
@@ -161,3 +164,8 @@ def test_an_instance_retrieve_answered_with_another_instance_stores_nothing_and_
     assert (job.status, job.instances_done, job.instances_failed) == (JobStatus.FAILED, 1, 1)
     assert services.migration_report(job=job).missing == [study.sop_uids[1]]
     assert "was refused" in caplog.text
+    # Asked for once: the source would answer with the same wrong instance; the job's page says why.
+    assert source.asked.count(_instance_path(study, 1)) == 1
+    client.force_login(admin)
+    page = client.get(reverse("outbound:migration", kwargs={"clinic_slug": clinic.slug, "migration_uuid": job.uuid}))
+    assert f"{study.sop_uids[1]} <span class=\"muted\">refused: SOP Instance UID differs" in page.content.decode()
