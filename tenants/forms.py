@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import forms
 from django.conf import settings
@@ -12,11 +13,17 @@ from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm, Pa
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
+from portal.public_url import absolute_url
 from tenants import services
 from tenants.models import Clinic, User
 from tenants.roles import Role
+from tenants.secrets import password_reset_token_generator
 
 # Slugs that would read as part of the product rather than a clinic's name.
+# The reset mail: its link is signed by tenants.secrets (a newer mail kills the older links).
+RESET_SUBJECT_TEMPLATE = "emails/password_reset_subject.txt"
+RESET_EMAIL_TEMPLATE = "emails/password_reset.txt"
+
 RESERVED_SLUGS = frozenset({"admin", "api", "accounts", "static", "www", "dicomweb", "s", "c", "billing", "help"})
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,48}[a-z0-9])$")
 
@@ -192,10 +199,31 @@ class PortalPasswordChangeForm(PasswordChangeForm):
 
 
 class PortalPasswordResetForm(PasswordResetForm):
-    """Password reset: Django's form, with at most a few mails per address an hour."""
+    """Password reset: Django's form, with at most a few mails per address an hour, mailed by the worker.
+
+    The request only counts the mail and queues it, whether or not the address has an account: looking the
+    account up, stamping it and talking to the mail server would otherwise make the answer slower for an
+    address that has one, and tell a stranger which addresses do.
+    """
+
+    def save(self, *, request: HttpRequest | None = None, **ignored: Any) -> None:  # type: ignore[override]
+        email = self.cleaned_data["email"]
+        if not services.password_reset_mail_allowed(email=email):
+            return
+        # Breaks the cycle tenants.tasks -> tenants.forms (the task mails through this form).
+        from tenants import tasks
+
+        tasks.password_reset_mail.delay(email=email, base_url=absolute_url(request, "/") if request else "")
+
+    def links_mail(self, *, base_url: str) -> None:
+        """Mail a reset link to each active account with the form's address (on the worker)."""
+        parts = urlsplit(base_url or settings.PUBLIC_BASE_URL or "http://localhost")
+        super().save(
+            domain_override=parts.netloc, use_https=parts.scheme == "https",
+            subject_template_name=RESET_SUBJECT_TEMPLATE, email_template_name=RESET_EMAIL_TEMPLATE,
+            token_generator=password_reset_token_generator,
+        )
 
     def get_users(self, email: str) -> Any:
-        if not services.password_reset_mail_allowed(email=email):
-            return iter(())
         # Django signs each link from the user yielded here, so the stamp is in this mail's link only.
         return (services.password_reset_request_record(user=user) for user in super().get_users(email))

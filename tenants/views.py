@@ -300,12 +300,10 @@ class PasswordChangeView(auth_views.PasswordChangeView):
 
 
 class PasswordResetView(auth_views.PasswordResetView):
+    # The form queues the mail (PortalPasswordResetForm.save): its templates and signer are the form's.
     form_class = forms.PortalPasswordResetForm
     template_name = "tenants/password_reset.html"
-    email_template_name = "emails/password_reset.txt"
-    subject_template_name = "emails/password_reset_subject.txt"
     success_url = reverse_lazy("tenants:password-reset-done")
-    token_generator = password_reset_token_generator
 
 
 class PasswordResetDoneView(auth_views.PasswordResetDoneView):

@@ -61,6 +61,15 @@ def _fast_password_hashing(settings):
 
 
 @pytest.fixture
+def tasks_run_inline():
+    """Run the Celery tasks queued by the code under test in place (modules ask for it with ``usefixtures``)."""
+    from tests.studies.dimse_support import tasks_inline
+
+    with tasks_inline():
+        yield
+
+
+@pytest.fixture
 def owner(db) -> User:
     return make_user(email="owner@clinic-a.example", full_name="Olivia Owner")
 

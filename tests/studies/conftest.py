@@ -1,4 +1,4 @@
-"""Fixtures shared by the studies tests: the portal's DIMSE listener and Celery tasks run in place.
+"""Fixtures shared by the studies tests: the portal's DIMSE listener and stored studies.
 
 The helpers they use (and the DICOM file builders) are in ``tests/studies/dimse_support.py`` and
 ``tests/dicom_files.py``; a module that needs a different listener (no node, TLS) defines its own ``scp_port``.
@@ -13,14 +13,7 @@ import pytest
 
 from tenants.models import Clinic
 from tests.dicom_files import StudyFiles, write_study
-from tests.studies.dimse_support import VIEWER_AE, Receiver, ingest_paths, register_node, running_scp, tasks_inline
-
-
-@pytest.fixture
-def tasks_run_inline() -> Iterator[None]:
-    """Run the Celery tasks queued after commit in place (modules ask for it with ``usefixtures``)."""
-    with tasks_inline():
-        yield
+from tests.studies.dimse_support import VIEWER_AE, Receiver, ingest_paths, register_node, running_scp
 
 
 @pytest.fixture

@@ -14,6 +14,9 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from tests.factories import PASSWORD, make_member, token_for
 from tests.tenants.test_two_factor import code_for
 
+# Reset mails are queued by the request and sent by the worker: here, in place.
+pytestmark = pytest.mark.usefixtures("tasks_run_inline")
+
 LOGIN = "/accounts/login/"
 CODE = "/accounts/login/code/"
 SETUP = "/accounts/two-factor/setup/"

@@ -5,10 +5,16 @@ from __future__ import annotations
 import re
 from http import HTTPStatus
 
+import pytest
 from django.core import mail
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from tests.factories import PASSWORD
+
+# Reset mails are queued by the request and sent by the worker: here, in place.
+pytestmark = pytest.mark.usefixtures("tasks_run_inline")
 
 NEW_PASSWORD = "Copper-Heron-Meadow-58"
 DEAD_LINK = "has been used already or has expired"
@@ -75,3 +81,27 @@ def test_asking_again_for_an_unknown_address_answers_like_for_a_known_one(owner,
         (HTTPStatus.FOUND, "/accounts/password/reset/sent/")
     }
     assert len(mail.outbox) == 2
+
+
+def test_the_request_does_the_same_work_for_a_known_and_an_unknown_address(owner, clinic, monkeypatch):
+    # The account is looked up, stamped and mailed by the worker: the request's time tells nothing.
+    from tenants import tasks
+
+    queued: list[dict] = []
+    monkeypatch.setattr(tasks.password_reset_mail, "delay", lambda **kwargs: queued.append(kwargs))
+    statements = {}
+    for email in (owner.email, "nobody@nowhere.example"):
+        with CaptureQueriesContext(connection) as captured:
+            answer = Client().post("/accounts/password/reset/", {"email": email})
+        assert answer["Location"] == "/accounts/password/reset/sent/"
+        statements[email] = [query["sql"].replace(email, "?") for query in captured.captured_queries]
+
+    assert statements[owner.email] == statements["nobody@nowhere.example"]
+    assert not mail.outbox
+    assert [job["email"] for job in queued] == [owner.email, "nobody@nowhere.example"]
+
+    for job in queued:  # what the worker then does
+        tasks.password_reset_mail.run(**job)
+    (message,) = mail.outbox
+    assert message.to == [owner.email]
+    assert re.search(r"http://testserver/accounts/password/reset/\S+/\S+/", message.body)

@@ -3,11 +3,15 @@ from __future__ import annotations
 import re
 from http import HTTPStatus
 
+import pytest
 from django.core import mail
 from django.test import Client
 
 from tenants.models import AuditEvent
 from tests.factories import PASSWORD
+
+# Reset mails are queued by the request and sent by the worker: here, in place.
+pytestmark = pytest.mark.usefixtures("tasks_run_inline")
 
 NEW_PASSWORD = "Silver-Lantern-29#"
 
