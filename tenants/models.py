@@ -7,6 +7,7 @@ from typing import Self
 
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from tenants.roles import Role, role_can
@@ -133,6 +134,12 @@ class ApiToken(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     objects = ClinicQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            # The audit trail names a token by its name (``label``): one name, one token, revoked ones included.
+            models.UniqueConstraint(Lower("name"), "clinic", name="api_token_unique_name"),
+        ]
 
     def can(self, action: str) -> bool:
         return role_can(self.role, action)

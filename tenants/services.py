@@ -109,6 +109,10 @@ def api_token_create(
     name = name.strip()
     if not name:
         raise PortalError("Give the token a name, so that you can tell it apart later.")
+    # The audit trail names a token by its name: two of one name, revoked ones included, could not be told apart.
+    if ApiToken.objects.for_clinic(clinic).filter(name__iexact=name).exists():
+        raise PortalError(f"The clinic already has a token named '{name}' (revoked tokens count: the audit trail "
+                          "names tokens by name). Choose another name.")
     _check_may_grant(granted_by=granted_by, role=role)
     secret = new_secret("pacs_")
     token = ApiToken.objects.create(

@@ -35,8 +35,11 @@ def make_member(*, clinic: Clinic, role: str = Role.CLINICIAN, user: User | None
 
 
 def token_for(clinic: Clinic, role: str = "clinician") -> str:
-    """The secret of a new API token of ``clinic`` with ``role``."""
-    return services.api_token_create(clinic=clinic, name=f"dicomweb-{role}", role=role).secret
+    """The secret of a new API token of ``clinic`` with ``role`` (a name of its own: names are unique)."""
+    return services.api_token_create(clinic=clinic, name=f"dicomweb-{role}-{next(_token_numbers)}", role=role).secret
+
+
+_token_numbers = itertools.count(1)
 
 
 def make_study(

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import io
 import re
+import time
 from http import HTTPStatus
 
+import pytest
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from tenants import services
@@ -10,6 +14,7 @@ from tenants.audit import Actor
 from tenants.models import ApiToken, AuditEvent
 from tenants.roles import Role
 from tenants.secrets import secret_hash
+from tests.factories import make_clinic
 
 
 def create(client, clinic, name="Router", role=Role.UPLOADER):
@@ -131,3 +136,35 @@ def test_an_api_token_does_not_open_the_portals_pages(client, clinic):
     # The upload endpoint says it takes tokens (README), and still does.
     upload = client.post(f"/c/{clinic.slug}/upload/files/", {}, **auth)
     assert upload.status_code == 400 and upload.json()["outcome"] == "rejected"
+
+
+def test_a_second_token_of_the_same_name_is_refused_even_once_the_first_is_revoked(client, owner, clinic):
+    # The audit trail names a token by its name: two "Router" tokens could not be told apart in it.
+    client.force_login(owner)
+    create(client, clinic, name="Router")
+    services.api_token_revoke(token=ApiToken.objects.get(), granted_by=None, by=Actor(user=owner))
+
+    page = create(client, clinic, name="router ")
+    api = client.post(f"/api/v1/clinics/{clinic.slug}/tokens/", {"name": "ROUTER", "role": Role.UPLOADER},
+                      content_type="application/json")
+
+    assert page.status_code == HTTPStatus.BAD_REQUEST and "already has a token named" in page.content.decode()
+    assert api.status_code == HTTPStatus.BAD_REQUEST and "already has a token named" in api.json()["message"]
+    assert list(ApiToken.objects.for_clinic(clinic).values_list("name", flat=True)) == ["Router"]
+    # Another clinic may use the name.
+    assert services.api_token_create(clinic=make_clinic(), name="Router", role=Role.UPLOADER)
+
+
+def test_create_api_token_twice_without_a_name_makes_two_working_tokens(clinic):
+    secrets = []
+    for _ in range(2):
+        out = io.StringIO()
+        call_command("create_api_token", clinic=clinic.slug, role=Role.UPLOADER, stdout=out)
+        secrets.append(out.getvalue().strip())
+        time.sleep(1)  # the default name carries the time to the second
+
+    assert len({*secrets}) == 2
+    assert {t.token_hash for t in ApiToken.objects.for_clinic(clinic)} == {secret_hash(s) for s in secrets}
+    with pytest.raises(CommandError, match="already has a token named 'bridge'"):
+        for _ in range(2):
+            call_command("create_api_token", clinic=clinic.slug, role=Role.UPLOADER, name="bridge", stdout=io.StringIO())

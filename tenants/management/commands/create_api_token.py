@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from portal.exceptions import PortalError
 from tenants import services
@@ -17,14 +18,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--clinic", required=True, help="The clinic's slug.")
         parser.add_argument("--role", required=True)
-        parser.add_argument("--name", default="command line")
+        parser.add_argument("--name", help='Unique in the clinic; default "command line <date and time>".')
 
     def handle(self, *args: Any, **options: Any) -> None:
         clinic = Clinic.objects.filter(slug=options["clinic"]).first()
         if clinic is None:
             raise CommandError(f"No clinic with slug '{options['clinic']}'.")
         try:
-            created = services.api_token_create(clinic=clinic, name=options["name"], role=options["role"])
+            # Token names are unique in a clinic (the audit trail names tokens by name).
+            name = options["name"] or f"command line {timezone.now():%Y-%m-%d %H:%M:%S}"
+            created = services.api_token_create(clinic=clinic, name=name, role=options["role"])
         except PortalError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(created.secret)
