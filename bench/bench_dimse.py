@@ -47,6 +47,8 @@ def setup_django(database_url: str, var_dir: Path) -> dict[str, str]:
         "PRIMARY_STORE_URL": (var_dir / "primary").as_uri(),
         "REPLICA_STORE_URL": (var_dir / "replica").as_uri(),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+        # storescu, the benchmark's node, calls from 127.0.0.1: an internal address a node may have only if allowed.
+        "DICOM_NODE_ALLOWED_NETWORKS": "127.0.0.0/8",
     }
     os.environ.update(env)
     if database_url.startswith("postgres"):

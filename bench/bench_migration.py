@@ -130,7 +130,8 @@ def _worker_env(database_url: str, broker: str, var_dir: Path) -> dict[str, str]
     return {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings", "DATABASE_URL": database_url,
             "CELERY_BROKER_URL": broker, "PORTAL_VAR_DIR": str(var_dir), "LOG_LEVEL": "WARNING",
             "OUTBOUND_JOB_STALE_SECONDS": str(STALE_SECONDS), "REPLICATION_MODE": "async",
-            "DICOMWEB_SOURCE_ALLOWED_NETWORKS": LOCAL_SOURCE_NETWORKS}
+            "DICOMWEB_SOURCE_ALLOWED_NETWORKS": LOCAL_SOURCE_NETWORKS,
+            "DICOM_NODE_ALLOWED_NETWORKS": LOCAL_SOURCE_NETWORKS}
 
 
 def _worker_start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -212,8 +213,10 @@ def main() -> None:
 
         redis.Redis.from_url(broker).flushdb()  # the benchmark's own Redis database: no old messages
         os.environ["OUTBOUND_JOB_STALE_SECONDS"] = str(STALE_SECONDS)
-    # The private Orthanc listens on 127.0.0.1, an internal address a DICOMweb source may have only if allowed.
+    # The private Orthanc listens on 127.0.0.1, an internal address a DICOMweb source or a DICOM node may have
+    # only if allowed.
     os.environ["DICOMWEB_SOURCE_ALLOWED_NETWORKS"] = LOCAL_SOURCE_NETWORKS
+    os.environ["DICOM_NODE_ALLOWED_NETWORKS"] = LOCAL_SOURCE_NETWORKS
     django_setup(database_url, str(work / "var"), broker if args.kill_worker else "memory://")
     import pynetdicom.association
     from django.db.models import Count

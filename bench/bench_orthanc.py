@@ -197,6 +197,8 @@ def run_portal(
         "CELERY_BROKER_URL": "memory://",
         "LOG_LEVEL": "WARNING",
         "REPLICATION_MODE": "async",
+        # The benchmark's node calls from 127.0.0.1: an internal address a node may have only if allowed.
+        "DICOM_NODE_ALLOWED_NETWORKS": "127.0.0.0/8",
     }
     env["DATABASE_URL"] = database_url or f"sqlite:///{var / 'portal.sqlite3'}"
     if not debug:

@@ -63,6 +63,8 @@ def setup(database_url: str | None) -> tuple[Path, str, str, str]:
         "LOG_LEVEL": "ERROR",
         "REPLICATION_MODE": "async",
         "DATABASE_URL": database_url or f"sqlite:///{var / 'portal.sqlite3'}",
+        # The profiled node calls from 127.0.0.1: an internal address a node may have only if allowed.
+        "DICOM_NODE_ALLOWED_NETWORKS": "127.0.0.0/8",
     })
     import django
 

@@ -578,13 +578,16 @@ CELERY_BEAT_SCHEDULE["outbound-sweep"] = {"task": "outbound.outbound_sweep", "sc
 # link-local...), as CIDRs: a hospital's PACS over a VPN. Empty by default, so that no clinic can make the
 # portal connect into the operator's own network (its stores, Redis, the cloud metadata endpoint).
 DICOMWEB_SOURCE_ALLOWED_NETWORKS = env_list("DICOMWEB_SOURCE_ALLOWED_NETWORKS")
-for _network in DICOMWEB_SOURCE_ALLOWED_NETWORKS:
-    try:
-        ipaddress.ip_network(_network, strict=False)
-    except ValueError as _error:
-        raise ImproperlyConfigured(
-            f"DICOMWEB_SOURCE_ALLOWED_NETWORKS: {_error} (give CIDRs, e.g. 10.8.0.0/16)."
-        ) from None
+# The same for DICOM nodes (C-MOVE destinations, the nodes of sends, migrations and routing rules, storage
+# commitment reports): a node's host may be, and every association we open may go to, an internal address
+# only inside these networks.
+DICOM_NODE_ALLOWED_NETWORKS = env_list("DICOM_NODE_ALLOWED_NETWORKS")
+for _name in ("DICOMWEB_SOURCE_ALLOWED_NETWORKS", "DICOM_NODE_ALLOWED_NETWORKS"):
+    for _network in globals()[_name]:
+        try:
+            ipaddress.ip_network(_network, strict=False)
+        except ValueError as _error:
+            raise ImproperlyConfigured(f"{_name}: {_error} (give CIDRs, e.g. 10.8.0.0/16).") from None
 
 # Anonymization jobs: instances per batch message (a worker's processes take batches in parallel), and how
 # long a running job may go without a finished batch before the sweep re-queues what is left of it.

@@ -60,6 +60,17 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["tests.hashers.FastArgon2PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _dicom_nodes_on_test_networks(settings, monkeypatch):
+    # The tests' DICOM nodes are the peers they run on loopback, or stand for a clinic's network over a VPN
+    # (10.x, never connected to): as an operator would, allow those networks, here and in the workers and
+    # listeners a test starts as processes of their own. The guard's own tests
+    # (tests/studies/test_dicom_node_addresses.py) set their own.
+    networks = ["127.0.0.0/8", "10.0.0.0/8"]
+    settings.DICOM_NODE_ALLOWED_NETWORKS = networks
+    monkeypatch.setenv("DICOM_NODE_ALLOWED_NETWORKS", ",".join(networks))
+
+
 @pytest.fixture
 def tasks_run_inline():
     """Run the Celery tasks queued by the code under test in place (modules ask for it with ``usefixtures``)."""

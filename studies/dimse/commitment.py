@@ -216,7 +216,8 @@ def _report(
 def _send(assoc: Association, info: AssociationInfo, node: DicomNode, event_type: int, event_info: Dataset) -> str:
     """Send the N-EVENT-REPORT on the requester's association if still open, else on a new one.
 
-    A new association to a node with a pinned certificate is DICOM TLS (``node_tls``), or none.
+    A new association goes to an address the node may have (``nodes.node_connect_address``), and to a node
+    with a pinned certificate over DICOM TLS (``node_tls``); or there is none, and the return value says why.
     """
     if assoc.is_established:
         # Only for this answer: the association's other waits (C-GET's stores on it) keep their timeout.
@@ -238,11 +239,13 @@ def _send(assoc: Association, info: AssociationInfo, node: DicomNode, event_type
     # On a new association the archive is the requester yet stays the SCP (PS3.4 J.3.3, role selection).
     role = build_role(StorageCommitmentPushModel, scp_role=True, scu_role=False)
     try:
+        # The checked address itself, not the name again: DNS could answer otherwise by now.
+        address = nodes.node_connect_address(node)
         tls = node_tls.node_client_tls(node)
-    except node_tls.NodeTLSError as exc:
+    except (nodes.NodeAddressRefused, node_tls.NodeTLSError) as exc:
         logger.warning("Storage commitment: report to node %s not sent: %s", node.uuid, exc.message)
         return f"not sent: {exc.message}"
-    report_assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, ext_neg=[role],
+    report_assoc = ae.associate(address, node.port, ae_title=node.ae_title, ext_neg=[role],
                                 tls_args=tls.tls_args if tls is not None else None)
     if not report_assoc.is_established:
         if tls is not None and tls.failure is not None:

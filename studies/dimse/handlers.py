@@ -628,12 +628,13 @@ def _send_each(
         prepared.close()  # type: ignore[attr-defined]
 
 
-class _MoveTLSRefusal:
-    """Puts why into pynetdicom's own 0xA801 answer to one C-MOVE whose destination needs DICOM TLS.
+class _MoveRefusal:
+    """Puts why into pynetdicom's own 0xA801 answer to one C-MOVE whose destination cannot be called safely.
 
-    When the destination's association cannot be opened (our certificate is not set, the node does not
-    speak TLS, its certificate does not match its pin) pynetdicom answers 0xA801 itself, without an Error
-    Comment and without running the handler again: this adds the comment on the way out and audits it.
+    When the destination's association may not or cannot be opened (its host has no address we may connect
+    to; it needs DICOM TLS and our certificate is not set, the node does not speak TLS, or its certificate
+    does not match its pin) pynetdicom answers 0xA801 itself, without an Error Comment and without running
+    the handler again: this adds the comment on the way out and audits it.
     """
 
     def __init__(self, event: Event, info: AssociationInfo, *, destination: str) -> None:
@@ -642,7 +643,7 @@ class _MoveTLSRefusal:
         self.message_id = event.request.MessageID
         self.destination = destination
         self.tls: node_tls.ClientTLS | None = None
-        self.failure: node_tls.NodeTLSError | None = None
+        self.failure: node_tls.NodeTLSError | nodes.NodeAddressRefused | None = None
         self.answered = False
         self.assoc.bind(evt.EVT_DIMSE_SENT, self._sent)
 
@@ -663,10 +664,12 @@ class _MoveTLSRefusal:
         del command.CommandGroupLength
         command.CommandGroupLength = len(cast(bytes, encode(command, True, True)))
         # Recorded here for every cause: after a failed handshake or pin the handler never runs again.
-        _audit_move_tls_refused(self.info, destination=self.destination, failure=failure)
+        _audit_move_refused(self.info, destination=self.destination, failure=failure)
 
 
-def _audit_move_tls_refused(info: AssociationInfo, *, destination: str, failure: node_tls.NodeTLSError) -> None:
+def _audit_move_refused(
+    info: AssociationInfo, *, destination: str, failure: node_tls.NodeTLSError | nodes.NodeAddressRefused
+) -> None:
     logger.warning("C-MOVE of clinic %s to %s not sent: %s", info.clinic.pk, destination, failure.message)
     audit_record(clinic=info.clinic, action="dimse.retrieve", actor_label=f"dicom:{info.calling_ae}",
                  object_type="dicom_node", object_id=str(info.node.uuid), result="failure",
@@ -678,15 +681,16 @@ def handle_move(event: Event) -> Iterator[Any]:
     """C-MOVE: send the matches to a registered destination (0xA801 for any other AE title).
 
     An identifier that cannot be retrieved (no unique key, a wildcard in it, a level the model lacks)
-    is answered with its QueryError's status (0xA900), and nothing is sent. A destination with a pinned
-    certificate is sent to over DICOM TLS only (``node_tls``); when that cannot be, the answer is 0xA801
+    is answered with its QueryError's status (0xA900), and nothing is sent. The destination's association
+    goes to the address of its host checked now (``nodes.node_connect_address``), and to a destination with
+    a pinned certificate over DICOM TLS only (``node_tls``); when either cannot be, the answer is 0xA801
     with the reason in its Error Comment, and nothing is sent.
     """
     info = association_info(event.assoc)
     destination_ae = str(event.move_destination or "").strip()
     close_old_connections()
     refusal: Dataset | None = None
-    tls_refusal: _MoveTLSRefusal | None = None
+    move_refusal: _MoveRefusal | None = None
     try:
         try:
             if info is not None and not still_allowed(event.assoc, info):
@@ -702,13 +706,18 @@ def handle_move(event: Event) -> Iterator[Any]:
                 yield None, None
                 return
             if node.tls_certificate_sha256:
-                tls_refusal = _MoveTLSRefusal(event, info, destination=destination_ae)
-                try:
-                    tls_refusal.tls = node_tls.node_client_tls(node)
-                except node_tls.NodeTLSError as exc:
-                    tls_refusal.failure = exc
-                    yield None, None
-                    return
+                move_refusal = _MoveRefusal(event, info, destination=destination_ae)
+            try:
+                # pynetdicom is given the checked address itself, not the name again: DNS could answer
+                # otherwise by the time it connects.
+                address = nodes.node_connect_address(node)
+                if move_refusal is not None:
+                    move_refusal.tls = node_tls.node_client_tls(node)
+            except (nodes.NodeAddressRefused, node_tls.NodeTLSError) as exc:
+                move_refusal = move_refusal or _MoveRefusal(event, info, destination=destination_ae)
+                move_refusal.failure = exc
+                yield None, None
+                return
             try:
                 instances = _retrieve_setup(event, info, operation="C-MOVE", destination=destination_ae)
             except QueryError as exc:
@@ -717,27 +726,27 @@ def handle_move(event: Event) -> Iterator[Any]:
         finally:
             close_old_connections()
         # Over DICOM TLS to a pinned node, the refusal's association too: it names both AE titles.
-        tls_args = {"tls_args": tls_refusal.tls.tls_args} if tls_refusal is not None and tls_refusal.tls else {}
+        tls_args = {"tls_args": move_refusal.tls.tls_args} if move_refusal is not None and move_refusal.tls else {}
         if refusal is not None:
             # pynetdicom 3 sends a handler's own status only after the destination's association is open
             # and a sub-operation announced: that association carries no image and is released at once,
             # and the failure counts the one announced sub-operation as failed. A destination that cannot
             # be reached makes it 0xA801 (move destination unknown) instead.
-            yield node.host, node.port, {"contexts": refusal_contexts(), **tls_args}
+            yield address, node.port, {"contexts": refusal_contexts(), **tls_args}
             yield 1
             yield refusal, None
             return
         # The sub-association is opened by pynetdicom; its accepted contexts decide what is converted.
         opened: list[Association] = []
         handlers = [(evt.EVT_ACCEPTED, lambda accepted: opened.append(accepted.assoc))]
-        yield node.host, node.port, {"contexts": storage_contexts(instances), "evt_handlers": handlers, **tls_args}
+        yield address, node.port, {"contexts": storage_contexts(instances), "evt_handlers": handlers, **tls_args}
         yield len(instances)
         yield from _send_each(event, info, instances, lambda: opened[0] if opened else None)
         close_old_connections()
     finally:
-        if tls_refusal is not None:
-            tls_refusal.close()
-            # Its refusal may have been audited after the handler last ran (_MoveTLSRefusal._sent).
+        if move_refusal is not None:
+            move_refusal.close()
+            # Its refusal may have been audited after the handler last ran (_MoveRefusal._sent).
             close_old_connections()
 
 

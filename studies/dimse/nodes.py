@@ -1,4 +1,10 @@
-"""Registered remote DICOM nodes: who may call a clinic, and where C-MOVE may send."""
+"""Registered remote DICOM nodes: who may call a clinic, and where C-MOVE may send.
+
+A node's host is a clinic's input, and every association we open to it (C-MOVE destinations, sends,
+migrations, routing, storage commitment reports) starts inside the operator's network: it goes only to an
+address ``studies.addresses`` allows, internal ones only inside ``DICOM_NODE_ALLOWED_NETWORKS``
+(``node_connect_address``). Registration refuses a host that resolves only to refused addresses.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,13 @@ import socket
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 
 from portal.exceptions import PortalError
+from studies import addresses
+from studies.dimse.tls import node_label
 from studies.models import DicomNode
 from tenants.ae_titles import ae_title_clean
 from tenants.audit import Actor, audit_record
@@ -43,6 +52,59 @@ def _host_addresses(host: str) -> set[str]:
         return {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
     except (OSError, UnicodeError):
         return set()
+
+
+class NodeAddressRefused(Exception):
+    """No association may be opened to the node's host now: nothing was sent.
+
+    Its name resolves only to internal addresses the operator has not allowed, or does not resolve at all.
+    ``comment`` is the short form (64 characters at most) for a DIMSE Error Comment.
+    """
+
+    def __init__(self, message: str, *, comment: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.comment = comment[:64]
+
+
+def node_connect_address(node: DicomNode) -> str:
+    """Return the IP address to open an association to this node at, checked now.
+
+    The first address of the node's host that ``studies.addresses`` allows with DICOM_NODE_ALLOWED_NETWORKS.
+    Callers connect to this literal address, not to the host name: a second lookup could answer otherwise
+    (DNS rebinding). Raises NodeAddressRefused when there is none.
+    """
+    try:
+        return addresses.connectable_address(node.host, node.port, settings.DICOM_NODE_ALLOWED_NETWORKS,
+                                             ipv4_first=True)
+    except addresses.AddressRefused as exc:
+        raise NodeAddressRefused(
+            f"{node_label(node)} points at an internal address ({exc.address}); ask the operator to allow "
+            "that network.",
+            comment="Destination is at an internal address that is not allowed",
+        ) from None
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise NodeAddressRefused(
+            f"{node_label(node)} cannot be reached: its host name does not resolve.",
+            comment="Destination's host name does not resolve",
+        ) from exc
+
+
+def _host_check(host: str, port: int) -> None:
+    """Raise PortalError when the host resolves only to addresses a node may not have.
+
+    A name that does not resolve now passes: it may later (a VPN not up yet), and every association is
+    checked again when it is opened (``node_connect_address``), which is the guard that counts.
+    """
+    try:
+        addresses.connectable_address(host, port, settings.DICOM_NODE_ALLOWED_NETWORKS, ipv4_first=True)
+    except addresses.AddressRefused as exc:
+        raise PortalError(
+            f"The node's host points at an internal address ({exc.address}); ask the operator to allow that "
+            "network."
+        ) from None
+    except (OSError, UnicodeError, ValueError):
+        pass
 
 
 def certificate_sha256(pem: str) -> str:
@@ -142,7 +204,8 @@ def dicom_node_create(
     one, from ``host``'s address; ``allow_any_address`` (with ANY_ADDRESS_WARNING shown to whoever
     chose it) accepts it from anywhere, and is recorded as such in the audit trail. With a TLS client
     certificate (PEM) the node must call over DICOM TLS presenting it.
-    Raises PortalError for an invalid AE title, port or address, or an AE title already registered.
+    Raises PortalError for an invalid AE title, port or address, a host at an internal address the operator
+    has not allowed (DICOM_NODE_ALLOWED_NETWORKS), or an AE title already registered.
     """
     ae_title = ae_title_clean(ae_title)
     host = (host or "").strip()
@@ -158,6 +221,7 @@ def dicom_node_create(
         except ValueError as exc:
             raise PortalError("The address restriction must be an IP address or a network such as 10.0.0.0/24.") from exc
     fingerprint = certificate_sha256(tls_certificate_pem) if (tls_certificate_pem or "").strip() else ""
+    _host_check(host, int(port))
     try:
         with transaction.atomic():
             node = DicomNode.objects.create(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import json
 import logging
 import socket
@@ -34,6 +33,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NameResolutionError
 from urllib3.util.connection import allowed_gai_family
 
+from studies import addresses
 from studies.archive import sealing
 from studies.outbound.scu import ListedInstance, ListedStudy, NodeUnreachable
 from tenants.models import Clinic
@@ -55,11 +55,6 @@ SOP_CLASS_UID = "00080016"
 NUMBER_OF_STUDY_INSTANCES = "00201208"
 
 T = TypeVar("T")
-
-# Not global, although Python 3.11's flags call them so: IETF protocol assignments (192.0.0.0/24), the 6to4
-# relay, and 6to4 itself, which carries an IPv4 address (maybe an internal one) inside the IPv6 one.
-_NOT_GLOBAL = tuple(ipaddress.ip_network(network) for network in ("192.0.0.0/24", "192.88.99.0/24", "2002::/16"))
-
 
 class SourceUnreachable(NodeUnreachable):
     """The DICOMweb source cannot be reached now; the migration waits for it and resumes."""
@@ -88,24 +83,10 @@ class AddressRefused(Exception):
 
 
 def address_allowed(address: str) -> bool:
-    """Say whether a DICOMweb source may be reached at this IP address.
-
-    Public addresses may; loopback, link-local, unspecified, multicast, reserved, private, CGNAT and ULA ones
-    only inside a network of ``settings.DICOMWEB_SOURCE_ALLOWED_NETWORKS`` (a hospital's PACS over a VPN).
+    """Say whether a DICOMweb source may be reached at this IP address: a public one, or one inside a network
+    of ``settings.DICOMWEB_SOURCE_ALLOWED_NETWORKS`` (a hospital's PACS over a VPN); see ``studies.addresses``.
     """
-    ip = ipaddress.ip_address(address)
-    # ::ffff:127.0.0.1 is 127.0.0.1 on the wire: judge the IPv4 address it maps.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    networks = [ipaddress.ip_network(network, strict=False) for network in settings.DICOMWEB_SOURCE_ALLOWED_NETWORKS]
-    if any(ip in network for network in networks):
-        return True
-    internal = (
-        ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip.is_reserved
-        or ip.is_private or not ip.is_global or any(ip in network for network in _NOT_GLOBAL)
-        or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)
-    )
-    return not internal
+    return addresses.address_allowed(address, settings.DICOMWEB_SOURCE_ALLOWED_NETWORKS)
 
 
 def url_address_check(url: str) -> None:
@@ -122,13 +103,12 @@ def url_address_check(url: str) -> None:
 
 def _address_connectable(host: str, port: int) -> str:
     """The first address of ``host`` a source may have (a literal IP), or AddressRefused naming one it may not."""
-    refused = ""
-    for *_, sockaddr in socket.getaddrinfo(host.strip("[]"), port, allowed_gai_family(), socket.SOCK_STREAM):
-        address = str(sockaddr[0])
-        if address_allowed(address):
-            return address
-        refused = refused or address
-    raise AddressRefused(refused or host)
+    try:
+        return addresses.connectable_address(
+            host, port, settings.DICOMWEB_SOURCE_ALLOWED_NETWORKS, family=allowed_gai_family()
+        )
+    except addresses.AddressRefused as exc:
+        raise AddressRefused(exc.address) from None
 
 
 class _CheckedConnectionMixin:

@@ -5,7 +5,8 @@ Every association calls with the clinic's own AE title unless the node names ano
 association, does its work and releases it; failures to connect raise ``NodeUnreachable`` so callers can
 retry later, while a node's refusal of one instance is a per-instance result.
 A node with a pinned certificate is called over DICOM TLS only (``studies.dimse.tls``): when that cannot
-be, nothing is sent and ``NodeUnreachable`` says why.
+be, nothing is sent and ``NodeUnreachable`` says why; so too when the node's host has no address we may
+connect to (``nodes.node_connect_address``: internal addresses only inside DICOM_NODE_ALLOWED_NETWORKS).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from studies.dimse import nodes
 from studies.dimse import tls as node_tls
 from studies.dimse.move import MAX_CONTEXTS, accepted_syntaxes, instance_dataset, send_syntax, storage_contexts
 from studies.dimse.scp import STORAGE_TRANSFER_SYNTAXES
@@ -100,10 +102,12 @@ def _associate(
     evt_handlers: list[EventHandlerType] | None = None,
 ) -> Association:
     try:
+        # The checked address itself, not the name again: DNS could answer otherwise by now.
+        address = nodes.node_connect_address(node)
         tls = node_tls.node_client_tls(node)
-    except node_tls.NodeTLSError as exc:
+    except (nodes.NodeAddressRefused, node_tls.NodeTLSError) as exc:
         raise NodeUnreachable(exc.message) from exc
-    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, ext_neg=list(roles) or None,
+    assoc = ae.associate(address, node.port, ae_title=node.ae_title, ext_neg=list(roles) or None,
                          evt_handlers=evt_handlers, tls_args=tls.tls_args if tls is not None else None)
     if not assoc.is_established:
         if tls is not None and tls.failure is not None:
