@@ -61,6 +61,9 @@ logger = logging.getLogger(__name__)
 MIGRATION_SLICE_SECONDS = 60
 # Retrieval attempts per study before its missing instances are reported as missing.
 MIGRATION_STUDY_ATTEMPTS = 3
+# How long the next attempt at studies with instances still missing waits: a passing fault (storage full for a
+# moment, the source busy) then has time to pass, instead of a study's attempts being spent within seconds.
+MIGRATION_RETRY_SECONDS = 60
 # Instances named in one image-level retrieve.
 RETRIEVE_UIDS_PER_REQUEST = 200
 # Instances of one WADO-RS response handed to ingest at once (one lookup, one index transaction).
@@ -498,10 +501,10 @@ def _refusal_record(*, job: MigrationJob, sop_instance_uid: str, reason: str) ->
             refusal=reason[:200])
 
 
-def _chunks(missing: list[str], whole_study: bool) -> list[list[str] | None]:
+def _chunks(missing: list[str], whole_study: bool, size: int = RETRIEVE_UIDS_PER_REQUEST) -> list[list[str] | None]:
     if whole_study:
         return [None]
-    return [missing[i:i + RETRIEVE_UIDS_PER_REQUEST] for i in range(0, len(missing), RETRIEVE_UIDS_PER_REQUEST)]
+    return [missing[i:i + size] for i in range(0, len(missing), size)]
 
 
 def _retrieve_dimse(*, run: _Run, study: MigrationStudy, listed: list[scu.ListedInstance],
@@ -523,7 +526,16 @@ def _retrieve_dimse(*, run: _Run, study: MigrationStudy, listed: list[scu.Listed
             logger.exception("Migration %s: ingest failed for a received instance", job.uuid)
             return OUT_OF_RESOURCES
 
-    for chunk in _chunks(missing, len(missing) == len(listed)):
+    if job.method == MigrationJob.Method.GET:
+        # The throttle holds as the files are ingested (_ingest_statuses).
+        chunks = _chunks(missing, len(missing) == len(listed))
+    else:
+        # C-MOVE's files go to the DIMSE listener, out of the job's sight: with a rate, each request asks for
+        # at most a second's worth of instances, and waits for its turn before it goes.
+        rate = run.throttle.rate
+        chunks = _chunks(missing, not rate and len(missing) == len(listed),
+                         size=min(rate, RETRIEVE_UIDS_PER_REQUEST) if rate else RETRIEVE_UIDS_PER_REQUEST)
+    for chunk in chunks:
         if run.quota_message:
             break
         if job.method == MigrationJob.Method.GET:
@@ -532,6 +544,7 @@ def _retrieve_dimse(*, run: _Run, study: MigrationStudy, listed: list[scu.Listed
                               sop_class_uids=sop_classes or {"1.2.840.10008.5.1.4.1.1.7"}, on_file=on_file,
                               sop_instance_uids=chunk)
         else:
+            run.throttle.take(len(chunk or []))
             scu.study_move(clinic=clinic, node=node, study_instance_uid=study.study_instance_uid,
                            sop_instance_uids=chunk)
 
@@ -581,7 +594,9 @@ def _retrieve_dicomweb(*, run: _Run, study: MigrationStudy, listed: list[scu.Lis
                     continue
             batch.append(path)
             asked.append(asked_uid)
-            if len(batch) >= INGEST_BATCH:
+            # With a rate, a batch is at most a second's worth: the throttle's wait pauses reading the response,
+            # which a source could otherwise take for a stalled client.
+            if len(batch) >= min(INGEST_BATCH, run.throttle.rate or INGEST_BATCH):
                 ingest()
         if batch and not run.quota_message:
             ingest()
@@ -652,6 +667,15 @@ def migration_run(*, job: MigrationJob, slice_seconds: float = MIGRATION_SLICE_S
         return _migration_slice(job=job, slice_seconds=slice_seconds, clock=clock)
     finally:
         _release(MigrationJob, job.pk)
+
+
+def migration_next_slice_countdown(*, job: MigrationJob) -> float:
+    """Seconds until the next slice of a job that has more to do: at once while studies wait for their first
+    attempt; MIGRATION_RETRY_SECONDS when only retries are left; 5 minutes outside its time window."""
+    if not migration_in_window(job=job):
+        return 300
+    first_attempts = MigrationStudy.objects.filter(job=job, state=MigrationStudy.State.PENDING, attempts=0)
+    return 0 if first_attempts.exists() else MIGRATION_RETRY_SECONDS
 
 
 def _migration_slice(*, job: MigrationJob, slice_seconds: float, clock: Callable[[], float]) -> bool:

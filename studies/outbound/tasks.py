@@ -46,8 +46,7 @@ def migration_job_run(self, clinic_id: int, job_id: int) -> None:
         return
     if more:
         job.refresh_from_db()
-        waiting = not services.migration_in_window(job=job)
-        services.job_enqueue(job=job, countdown=300 if waiting else 0)
+        services.job_enqueue(job=job, countdown=services.migration_next_slice_countdown(job=job))
 
 
 @shared_task(name="outbound.route_deliveries_send", acks_late=True)
