@@ -482,10 +482,10 @@ def _ingest_statuses(
             run.quota_message.append(error.message)
         else:
             logger.warning("Migration %s: an instance of the source was refused: %s", run.job.uuid, error)
-        if isinstance(error, _PERMANENT_REFUSALS):
-            asked = announced_uids[number] if announced_uids else ""
-            _refusal_record(job=run.job, sop_instance_uid=asked or (item.parsed.sop_instance_uid if item.parsed else ""),
-                            reason=reason)
+        if isinstance(error, _PERMANENT_REFUSALS) and announced_uids:
+            # Recorded on the instance asked for (or announced) only: a part of a whole-study answer may be
+            # another study's instance, listed in that study of the job; asked for alone, it is recorded then.
+            _refusal_record(job=run.job, sop_instance_uid=announced_uids[number], reason=reason)
         statuses.append(status)
     return statuses
 
