@@ -19,15 +19,16 @@ from tenants.models import Clinic
 
 
 def clinic_images_erase(*, clinic: Clinic) -> None:
-    """Purge every study from both stores (objects, index rows, quota), then the held instances, then
+    """Erase the held instances, then purge every study from both stores (objects, index rows, quota), then
     the clinic's keys: the wrapped key documents in both stores and the key rows. Without its key no copy
     that might survive anywhere (a replica version kept by Object Lock, a backup of the database) can be read.
     """
+    # Instances held for review are stored too (studies.quarantine): erased first, so none is filed into a
+    # study after the purge below has passed it.
+    quarantine.quarantine_destroy_all(clinic=clinic)
     Study.objects.for_clinic(clinic).filter(deleted_at__isnull=True).update(deleted_at=timezone.now())
     for study_id in Study.objects.for_clinic(clinic).values_list("pk", flat=True):
         browse_services.study_purge(clinic=clinic, study_id=study_id)
-    # Instances held for review are stored too (studies.quarantine).
-    quarantine.quarantine_destroy_all(clinic=clinic)
     for row in ClinicKey.objects.for_clinic(clinic):
         document = archive_keys.key_document_key(clinic_uuid=clinic.uuid, key_id=row.key_id)
         for store_name in stores.STORE_NAMES:

@@ -33,6 +33,7 @@ from studies.archive.errors import ObjectMissing
 from studies.backup import replication
 from studies.backup import tasks as backup_tasks
 from studies.errors import InvalidDicom, StudyBeingPurged
+from studies.ingest import hooks as ingest_hooks
 from studies.models import Instance, QuarantinedInstance, Study
 from tenants.audit import Actor, audit_record
 from tenants.models import Clinic, Membership, User
@@ -61,7 +62,9 @@ def quarantined_file(
     """File a held instance into the study its Study Instance UID names (created if it is gone).
 
     Its object and quota use stay as they are; a study in the trash is brought back. Raises PortalError
-    when it can't be filed (its SOP Instance UID is stored meanwhile, or its series is another study's).
+    when it can't be filed (its SOP Instance UID is stored meanwhile, its series is another study's, or its
+    Study Instance UID now names another patient's study than the one it was held against: that study is
+    recorded, so the page shows it before the next try).
     """
     parsed = _parse_object(clinic=clinic, key=held.object_key)
     stored = objects.StoredObject(held.object_key, held.key_id, held.size_bytes, held.sha256)
@@ -75,9 +78,16 @@ def quarantined_file(
             study = (
                 Study.objects.for_clinic(clinic)
                 .select_for_update()
+                .select_related("patient")
                 .filter(study_instance_uid=parsed.study_instance_uid)
                 .first()
             )
+            if study is not None and study.pk != held.study_id and not admission.patient_matches(
+                study=study, parsed=parsed
+            ):
+                # The owner decided on the study the page showed (gone since, or none then): never file into
+                # another patient's study unseen.
+                raise _StudyChanged(study)
             if study is not None and study.deleted_at is not None:
                 try:
                     admission.study_restore_from_trash(
@@ -103,11 +113,25 @@ def quarantined_file(
                 object_id=str(held.uuid),
                 details={"instance": str(instance.uuid), "study": str(instance.series.study.uuid)},
             )
+            # What ingest starts after its commit: replication, and the thumbnail of a series it may begin.
+            for hook in ingest_hooks.after_commit_hooks():
+                transaction.on_commit(partial(hook, clinic, [instance]), robust=True)
+    except _StudyChanged as changed:
+        QuarantinedInstance.objects.for_clinic(clinic).filter(pk=held.pk).update(study=changed.study)
+        raise PortalError(
+            "Its Study Instance UID is now a study of another patient than the page showed: check it and decide "
+            "again."
+        ) from None
     except IntegrityError as exc:
         raise PortalError("An instance with this SOP Instance UID is stored meanwhile: discard this copy.") from exc
     except InvalidDicom as exc:
         raise PortalError(f"It can't be filed: {exc.message} Discard it instead.") from exc
     return instance
+
+
+class _StudyChanged(Exception):
+    def __init__(self, study: Study) -> None:
+        self.study = study
 
 
 def quarantined_discard(
@@ -120,6 +144,12 @@ def quarantined_discard(
             resolved_at=timezone.now(), resolved_by=actor, resolution=QuarantinedInstance.Resolution.DISCARDED
         ):
             raise PortalError("This instance was already filed or discarded.")
+        # Erased before the decision commits: a store that fails leaves the entry held (to discard again),
+        # never decided with both copies left behind. A commit that fails after it leaves an entry whose
+        # object is gone: filing it is refused, discarding it again succeeds. Before the quota's update, so
+        # the clinic's row (which every ingest batch locks) is not held while the store answers.
+        with contextlib.suppress(ObjectMissing):
+            objects.object_delete(clinic=clinic, key=held.object_key)
         ingest.quota_release(clinic=clinic, size_bytes=held.size_bytes)
         audit_record(
             clinic=clinic,
@@ -130,12 +160,10 @@ def quarantined_discard(
             object_id=str(held.uuid),
             details={"reason": held.reason},
         )
-    with contextlib.suppress(ObjectMissing):
-        objects.object_delete(clinic=clinic, key=held.object_key)
-    # The replica copy goes with the replica's own credentials, on the replica-admin queue.
-    transaction.on_commit(
-        partial(backup_tasks.replica_purge.delay, clinic_id=clinic.pk, key=held.object_key), robust=True
-    )
+        # The replica copy goes with the replica's own credentials, on the replica-admin queue.
+        transaction.on_commit(
+            partial(backup_tasks.replica_purge.delay, clinic_id=clinic.pk, key=held.object_key), robust=True
+        )
 
 
 # Owners and admins hear about held instances at most this often per clinic, not once per file.
@@ -171,19 +199,26 @@ def quarantine_notify(*, clinic: Clinic) -> bool:
 def quarantine_destroy_all(*, clinic: Clinic) -> int:
     """Erase every held instance of a clinic whose data is destroyed: objects in both stores, then rows.
 
-    Runs on the replica-admin worker (``billing.services.clinic_data_destroy``); returns how many.
+    Runs on the replica-admin worker (``billing.services.clinic_data_destroy``), before the studies are
+    purged: the open entries are claimed first, so none can be filed into a study once the purge has passed
+    it (one filed before the claim is an instance of a study the purge then erases). Returns how many.
     """
-    held = list(
-        QuarantinedInstance.objects.for_clinic(clinic).values_list("pk", "object_key", "size_bytes", "resolution")
-    )
-    for _, key, _, resolution in held:
+    with transaction.atomic():
+        claimed = dict(
+            QuarantinedInstance.objects.for_clinic(clinic).select_for_update().filter(resolved_at__isnull=True)
+            .values_list("pk", "size_bytes")
+        )
+        QuarantinedInstance.objects.for_clinic(clinic).filter(pk__in=claimed).update(
+            resolved_at=timezone.now(), resolution=QuarantinedInstance.Resolution.DISCARDED
+        )
+        ingest.quota_release(clinic=clinic, size_bytes=sum(claimed.values()))
+    held = list(QuarantinedInstance.objects.for_clinic(clinic).values_list("object_key", "resolution"))
+    for key, resolution in held:
         if resolution == QuarantinedInstance.Resolution.FILED:
             continue  # its object is an instance's now, purged with its study
         for store in ("primary", "replica"):
             with contextlib.suppress(ObjectMissing):
                 objects.object_delete(clinic=clinic, key=key, store=store)
-    unresolved = sum(size for _, _, size, resolution in held if not resolution)
-    ingest.quota_release(clinic=clinic, size_bytes=unresolved)
     QuarantinedInstance.objects.for_clinic(clinic).delete()
     return len(held)
 
