@@ -261,10 +261,11 @@ def quarantine_page(request: ClinicRequest, clinic_slug: str) -> HttpResponse:
 @require_POST
 def quarantine_resolve(request: ClinicRequest, clinic_slug: str, held_uuid: UUID) -> HttpResponse:
     """File a held instance into its study (``action=file``) or discard it (``action=discard``)."""
+    # The role first: a member who may not decide must not learn whether an id is held either.
+    permissions.action_check(request, Action.DELETE)
     held = quarantine.quarantine_get(clinic=request.clinic, held_uuid=held_uuid)
     if held is None:
         raise Http404("No such instance in quarantine.")
-    permissions.action_check(request, Action.DELETE)
     action = request.POST.get("action")
     try:
         if action == "file":

@@ -4,6 +4,7 @@ and discarding leave behind (stores, quota, index, thumbnails).
 
 from __future__ import annotations
 
+import uuid
 from http import HTTPStatus
 
 import pytest
@@ -69,6 +70,19 @@ def test_uploader_may_neither_list_nor_decide(client, clinic, uploader, first_pa
     answer = client.post(f"/c/{clinic.slug}/studies/quarantine/{held.uuid}/", {"action": "file"})
 
     assert page.status_code == answer.status_code == HTTPStatus.FORBIDDEN
+    assert QuarantinedInstance.objects.get().resolved_at is None
+
+
+def test_a_member_who_may_not_decide_can_not_tell_a_held_id_from_an_unknown_one(
+    client, clinic, clinician, first_patient_study, tmp_path
+):
+    held = hold(clinic, tmp_path, first_patient_study)
+    client.force_login(clinician)
+
+    known = client.post(f"/c/{clinic.slug}/studies/quarantine/{held.uuid}/", {"action": "discard"})
+    unknown = client.post(f"/c/{clinic.slug}/studies/quarantine/{uuid.uuid4()}/", {"action": "discard"})
+
+    assert known.status_code == unknown.status_code == HTTPStatus.FORBIDDEN
     assert QuarantinedInstance.objects.get().resolved_at is None
 
 
